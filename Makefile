@@ -1,0 +1,58 @@
+# fraudstream — `make run` shows fraud being caught live; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export FRAUDSTREAM_CACHE ?= $(CURDIR)/.cache
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+KAFKA_BROKER_URL ?= localhost:9092
+TOPIC ?= streaming.transactions.fraud
+
+.PHONY: help setup setup-test run test lint format bench consume clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed $(FRAUDSTREAM_CACHE)/.kafka  ## virtualenv, pinned Python deps, Kafka jars
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(FRAUDSTREAM_CACHE)/.kafka: $(VENV)/.installed
+	$(BIN)/fraudstream broker fetch
+	touch $@
+
+setup-test: setup  ## setup, plus Chromium, kcat and the docker compose plugin (for tests)
+	@if ! command -v chromium >/dev/null || ! command -v kcat >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium kcat; fi
+	@bash scripts/install-compose.sh
+
+run: setup  ## start broker, generator, detector and dashboard; Ctrl-C stops them all
+	$(BIN)/fraudstream run
+
+test: setup-test  ## the whole test suite against a real Kafka broker
+	$(BIN)/pytest
+
+lint: setup  ## ruff format --check, ruff check, mypy --strict
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+format: setup  ## apply ruff's formatting and fixes
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: setup  ## detector throughput: drain 200,000 preloaded transactions
+	$(BIN)/python benchmarks/detector_throughput.py
+
+consume: setup  ## read TOPIC with Kafka's own console consumer (read_committed)
+	$(BIN)/fraudstream broker tool console-consumer --bootstrap-server $(KAFKA_BROKER_URL) \
+	  --topic $(TOPIC) --from-beginning --isolation-level read_committed
+
+clean:  ## remove the virtualenv and caches (not the Kafka data in .fraudstream/)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,6 @@
+"""A local Apache Kafka (KRaft) for the embedded default and for tests."""
+
+from fraudstream.broker.artifacts import KAFKA_VERSION, default_cache_dir, ensure_kafka
+from fraudstream.broker.server import LocalBroker, free_port
+
+__all__ = ["KAFKA_VERSION", "LocalBroker", "default_cache_dir", "ensure_kafka", "free_port"]

@@ -1,0 +1,349 @@
+"""The `fraudstream` command: parses flags, builds `Settings` once, calls one app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlsplit
+
+from fraudstream.config import Settings, load_settings
+from fraudstream.errors import FraudstreamError
+
+__all__ = ["main"]
+
+log = logging.getLogger("fraudstream")
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _settings_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("Kafka (override the environment and .env)")
+    g.add_argument("--broker-url", dest="kafka_broker_url", metavar="HOST:PORT")
+    g.add_argument("--transactions-topic", metavar="TOPIC")
+    g.add_argument("--legit-topic", metavar="TOPIC")
+    g.add_argument("--fraud-topic", metavar="TOPIC")
+    g.add_argument("--dlq-topic", metavar="TOPIC")
+    g.add_argument("--partitions", dest="topic_partitions", type=int, metavar="N")
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _settings_flags()
+    parser = argparse.ArgumentParser(
+        prog="fraudstream", description="Real-time fraud detection on Apache Kafka."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    broker = sub.add_parser("broker", help="run a local Apache Kafka broker (KRaft)")
+    bsub = broker.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in [
+        ("start", "fetch Kafka if needed and start it; returns when it answers"),
+        ("stop", "stop the local broker cleanly"),
+        ("status", "exit 0 when the local broker runs"),
+        ("fetch", "only fetch the Kafka artifacts from Maven Central"),
+    ]:
+        a = bsub.add_parser(action, help=text, parents=[common])
+        a.add_argument("--port", type=int, help="broker port (default: from KAFKA_BROKER_URL)")
+        a.add_argument("--data-dir", type=Path, default=Path(".fraudstream/broker"))
+    tool = bsub.add_parser(
+        "tool", help="run an official Kafka tool from the fetched jars, e.g. console-consumer"
+    )
+    tool.add_argument("name", choices=sorted(_TOOLS), help="the tool")
+    tool.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+
+    sub.add_parser("topics", help="create the pipeline's topics if missing", parents=[common])
+
+    gen = sub.add_parser("generate", help="stream random transactions", parents=[common])
+    gen.add_argument("--rate", type=_rate, help="tx/s, or 'max' (default TRANSACTIONS_PER_SECOND)")
+    gen.add_argument("--count", type=int, help="stop after N transactions (default: run on)")
+    gen.add_argument("--seed", type=int, help="random seed, for a reproducible stream")
+    gen.add_argument("--quiet", action="store_true", help="no progress line")
+
+    det = sub.add_parser(
+        "detect", help="decide legit or fraud for each transaction", parents=[common]
+    )
+    det.add_argument("--group", dest="detector_group", help="consumer group id")
+    det.add_argument("--instance", dest="detector_instance", help="this instance's name")
+    det.add_argument("--batch-size", type=int)
+    det.add_argument("--commit-interval-ms", type=int)
+    det.add_argument("--commit-records", type=int)
+
+    dash = sub.add_parser("dashboard", help="serve the live web page", parents=[common])
+    dash.add_argument("--host", dest="dashboard_host")
+    dash.add_argument("--port", dest="dashboard_port", type=int)
+
+    run = sub.add_parser(
+        "run", help="broker + generator + detector + dashboard, until Ctrl-C", parents=[common]
+    )
+    run.add_argument("--rate", type=_rate, help="generator tx/s (default TRANSACTIONS_PER_SECOND)")
+    run.add_argument("--port", dest="dashboard_port", type=int, help="dashboard port")
+    return parser
+
+
+# Official tools in the kafka-tools / kafka_2.13 jars (what bin/kafka-*.sh run).
+_TOOLS = {
+    "console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "topics": "org.apache.kafka.tools.TopicCommand",
+    "consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+    "transactions": "org.apache.kafka.tools.TransactionsCommand",
+}
+
+
+def _rate(text: str) -> float:
+    if text == "max":
+        return math.inf
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("rate must be a positive number or 'max'")
+    return value
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    names = set(Settings.model_fields)
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def _is_local(url: str) -> tuple[bool, int]:
+    first = url.split(",")[0].strip()
+    parts = urlsplit("//" + first.split("://")[-1])
+    return (parts.hostname or "") in _LOCAL_HOSTS, parts.port or 9092
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set an event so loops finish cleanly; a second signal exits at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> threading.Event:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        return self.event
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.event.is_set():
+            raise SystemExit(130)
+        self.event.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except FraudstreamError as exc:
+        print(f"fraudstream: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "broker" and args.action == "tool":
+        return _tool(args.name, args.args)
+    settings = load_settings(**_overrides(args))
+    if args.command == "broker":
+        return _broker(args, settings)
+    if args.command == "topics":
+        from fraudstream.stream import ensure_topics
+
+        created = ensure_topics(settings)
+        print("created: " + ", ".join(created) if created else "all topics exist")
+        return 0
+    if args.command == "generate":
+        from fraudstream.generator import generate
+
+        stop = _StopOnSignal().install()
+        stats = generate(
+            settings,
+            rate=args.rate,
+            count=args.count,
+            seed=args.seed,
+            stop=stop,
+            progress=None if args.quiet else sys.stderr,
+        )
+        return 1 if stats.failed else 0
+    if args.command == "detect":
+        return _detect(settings)
+    if args.command == "dashboard":
+        from fraudstream.dashboard import serve
+
+        print(
+            f"dashboard on http://{settings.dashboard_host}:{settings.dashboard_port}/",
+            file=sys.stderr,
+        )
+        serve(settings)
+        return 0
+    if args.command == "run":
+        return _run(args, settings)
+    raise AssertionError(args.command)
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from fraudstream.broker import LocalBroker, ensure_kafka
+
+    if args.action == "fetch":
+        print(ensure_kafka())
+        return 0
+    local, url_port = _is_local(settings.kafka_broker_url)
+    if not local and args.port is None:
+        print(
+            f"KAFKA_BROKER_URL is {settings.kafka_broker_url}: using that cluster, "
+            "no local broker is managed",
+            file=sys.stderr,
+        )
+        return 0 if args.action != "status" else _probe(settings)
+    broker = LocalBroker(port=args.port or url_port, data_dir=args.data_dir)
+    if args.action == "start":
+        running = broker.status()
+        broker.start()
+        print(
+            f"Kafka {'already running' if running else 'started'} at {broker.bootstrap} "
+            f"(data {broker.data_dir}, log {broker.log_file})"
+        )
+        return 0
+    if args.action == "stop":
+        print("Kafka stopped" if broker.stop() else "no local Kafka was running")
+        return 0
+    up = broker.status()
+    print(f"Kafka {'running' if up else 'not running'} at {broker.bootstrap}")
+    return 0 if up else 1
+
+
+def _probe(settings: Settings) -> int:
+    from fraudstream.stream import check_connection
+
+    check_connection(settings)
+    return 0
+
+
+def _tool(name: str, tool_args: list[str]) -> int:
+    from fraudstream.broker import ensure_kafka
+    from fraudstream.broker.artifacts import java_executable
+
+    lib = ensure_kafka()
+    os.execv(
+        java_executable(),
+        [
+            "java",
+            "-Dlog4j2.level=WARN",
+            "-cp",
+            f"{lib}/*",
+            _TOOLS[name],
+            *[a for a in tool_args if a != "--"],
+        ],
+    )
+
+
+def _detect(settings: Settings) -> int:
+    from fraudstream.detection import Engine, tutorial_rules
+    from fraudstream.stream import Processor, ensure_topics
+
+    ensure_topics(settings)
+    engine = Engine(tutorial_rules(), threshold=settings.fraud_threshold, version="tutorial-1")
+    processor = Processor(settings, engine)
+    stop = _StopOnSignal().install()
+
+    def report() -> None:
+        while not stop.wait(5):
+            s = processor.stats
+            log.info(
+                "decided %d: legit %d, fraud %d, dead-letter %d",
+                s.total,
+                s.legit,
+                s.fraud,
+                s.dead_letter,
+            )
+
+    threading.Thread(target=report, daemon=True).start()
+    log.info(
+        "detector %s-%s reading %s",
+        settings.detector_group,
+        settings.detector_instance,
+        settings.transactions_topic,
+    )
+    stats = processor.run(stop)
+    log.info(
+        "stopped after %d: legit %d, fraud %d, dead-letter %d",
+        stats.total,
+        stats.legit,
+        stats.fraud,
+        stats.dead_letter,
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    """Everything at once, each app in its own process; Ctrl-C stops all of them cleanly."""
+    from fraudstream.broker import LocalBroker
+    from fraudstream.stream import check_connection, ensure_topics
+
+    local, port = _is_local(settings.kafka_broker_url)
+    broker: LocalBroker | None = None  # set only when we start it, so we stop it after
+    if local and not LocalBroker(port=port).status():
+        try:
+            check_connection(settings, timeout=2)  # somebody else's broker answers: use it
+        except FraudstreamError:
+            broker = LocalBroker(port=port)
+            print(f"starting Kafka at {broker.bootstrap} …", file=sys.stderr)
+            broker.start()
+    ensure_topics(settings)
+    env = os.environ | {
+        "KAFKA_BROKER_URL": settings.kafka_broker_url,
+        "TRANSACTIONS_TOPIC": settings.transactions_topic,
+        "LEGIT_TOPIC": settings.legit_topic,
+        "FRAUD_TOPIC": settings.fraud_topic,
+        "DLQ_TOPIC": settings.dlq_topic,
+        "DASHBOARD_PORT": str(settings.dashboard_port),
+    }
+    me = [sys.executable, "-m", "fraudstream"]
+    rate = (
+        [] if args.rate is None else ["--rate", "max" if math.isinf(args.rate) else str(args.rate)]
+    )
+    procs = [
+        subprocess.Popen([*me, "dashboard"], env=env, start_new_session=True),
+        subprocess.Popen([*me, "detect"], env=env, start_new_session=True),
+        subprocess.Popen([*me, "generate", *rate], env=env, start_new_session=True),
+    ]
+    stop = _StopOnSignal().install()
+    time.sleep(1)
+    print(
+        f"\n  fraudstream is running: open http://{settings.dashboard_host}:"
+        f"{settings.dashboard_port}/   (Ctrl-C stops everything)\n",
+        file=sys.stderr,
+    )
+    code = 0
+    try:
+        while not stop.wait(0.5):
+            if any(p.poll() is not None for p in procs):
+                code = 1
+                print("a component exited; stopping the others", file=sys.stderr)
+                break
+    finally:
+        for p in reversed(procs):  # generator first, so the detector sees its last records
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if broker is not None:
+            print("stopping Kafka …", file=sys.stderr)
+            broker.stop()
+    print("stopped", file=sys.stderr)
+    return code

@@ -1,0 +1,39 @@
+"""One root exception; each subclass says what to do next."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "FraudstreamError",
+    "KafkaUnavailableError",
+    "ProcessingError",
+]
+
+
+class FraudstreamError(Exception):
+    """Root of every error fraudstream raises on purpose."""
+
+
+class ConfigError(FraudstreamError):
+    """A setting is missing or invalid; the message names the key."""
+
+
+class BrokerError(FraudstreamError):
+    """The local Apache Kafka broker could not be fetched, started or stopped."""
+
+
+class KafkaUnavailableError(FraudstreamError):
+    """No Kafka broker answers at the configured address."""
+
+    def __init__(self, url: str, detail: str = "") -> None:
+        hint = (
+            f"no Kafka broker answers at {url} — start one with `fraudstream broker start`, "
+            "or point KAFKA_BROKER_URL at your cluster"
+        )
+        super().__init__(f"{hint} ({detail})" if detail else hint)
+        self.url = url
+
+
+class ProcessingError(FraudstreamError):
+    """The stream loop hit an error it cannot recover from (fatal or fenced producer)."""

@@ -1,0 +1,192 @@
+"""Transaction and decision types, and the JSON codec for both.
+
+A transaction is a JSON object. The tutorials' four-field form
+``{"source", "target", "amount", "currency"}`` is valid as it is: a missing ``id`` or
+``timestamp`` is derived from where the record sits in Kafka (see `Transaction.complete`).
+
+    tx = decode_transaction(b'{"source":"a","target":"b","amount":12.5,"currency":"EUR"}')
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, NamedTuple
+
+import msgspec
+import pycountry
+
+__all__ = [
+    "CURRENCIES",
+    "Decision",
+    "Decoded",
+    "InvalidTransaction",
+    "Reason",
+    "Transaction",
+    "decode_transaction",
+    "encode_decided",
+    "event_time_ms",
+]
+
+# ISO 4217 alphabetic codes, from pycountry's copy of the standard.
+CURRENCIES: frozenset[str] = frozenset(c.alpha_3 for c in pycountry.currencies)
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+Country = Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$")]
+Latitude = Annotated[float, msgspec.Meta(ge=-90, le=90)]
+Longitude = Annotated[float, msgspec.Meta(ge=-180, le=180)]
+# Epoch milliseconds, from 2000-01-01 to 2100-01-01: anything else is a unit mistake.
+EpochMs = Annotated[int, msgspec.Meta(ge=946_684_800_000, lt=4_102_444_800_000)]
+
+MAX_AMOUNT = 1e12
+
+
+class InvalidTransaction(ValueError):
+    """The bytes are not a valid transaction; `kind` names the class of problem."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Transaction(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One payment. `timestamp` is its event time: RFC 3339 text or epoch milliseconds."""
+
+    source: Text
+    target: Text
+    amount: float
+    currency: Currency
+    id: Text | None = None
+    timestamp: EpochMs | datetime | None = None
+    channel: Text | None = None
+    country: Country | None = None
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+    merchant: Text | None = None
+    device: Text | None = None
+    # Present only to detect inputs that already carry one; never trusted or passed on.
+    decision: Any = msgspec.UNSET
+
+    def check(self) -> None:
+        """Rules msgspec constraints cannot express."""
+        amount = self.amount
+        if not math.isfinite(amount) or amount <= 0 or amount > MAX_AMOUNT:
+            raise InvalidTransaction(
+                "invalid_amount", f"amount must be positive and finite, got {amount!r}"
+            )
+        cents = amount * 100
+        if abs(cents - round(cents)) > 1e-6 * max(1.0, cents):
+            raise InvalidTransaction(
+                "invalid_amount", f"amount must have at most two decimals, got {amount!r}"
+            )
+        if self.currency not in CURRENCIES:
+            raise InvalidTransaction(
+                "unknown_currency", f"currency {self.currency!r} is not an ISO 4217 code"
+            )
+        if (self.lat is None) != (self.lon is None):
+            raise InvalidTransaction("invalid_location", "lat and lon must be given together")
+        if isinstance(self.timestamp, datetime) and self.timestamp.tzinfo is None:
+            raise InvalidTransaction(
+                "invalid_timestamp", "timestamp must carry a time zone, e.g. 2026-01-31T12:00:00Z"
+            )
+
+    @property
+    def ts_ms(self) -> int:
+        """Event time in epoch milliseconds (after `complete`, never None)."""
+        return event_time_ms(self.timestamp)
+
+
+def event_time_ms(ts: int | datetime | None) -> int:
+    if ts is None:
+        raise ValueError("transaction has no timestamp yet; call complete() first")
+    if isinstance(ts, int):
+        return ts
+    return int(ts.timestamp() * 1000)
+
+
+class Reason(msgspec.Struct, frozen=True):
+    """One rule that fired, and why, in a line a human reads."""
+
+    rule: str
+    reason: str
+
+
+class Decision(msgspec.Struct, frozen=True):
+    outcome: Literal["legit", "fraud"]
+    score: float
+    reasons: list[Reason]
+    rules_version: str
+
+
+_decoder = msgspec.json.Decoder(Transaction)
+_encoder = msgspec.json.Encoder()
+
+
+class Decoded(NamedTuple):
+    """A valid transaction, and the JSON members (``b'"id":…,'``) derived for it, if any."""
+
+    tx: Transaction
+    added: bytes
+
+
+def decode_transaction(
+    value: bytes | None,
+    *,
+    topic: str = "",
+    partition: int = 0,
+    offset: int = 0,
+    record_ts_ms: int = 0,
+) -> Decoded:
+    """Decode and validate one record value; fill a missing id or timestamp from the record.
+
+    Raises `InvalidTransaction` for anything that is not a valid transaction.
+    """
+    if value is None:
+        raise InvalidTransaction("null_value", "record has no value (null / tombstone)")
+    try:
+        tx = _decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        raise InvalidTransaction("schema", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidTransaction("not_json", str(exc)) from None
+    except UnicodeDecodeError as exc:  # msgspec reports invalid UTF-8 as DecodeError; be safe
+        raise InvalidTransaction("not_utf8", str(exc)) from None
+    tx.check()
+    if tx.id is not None and tx.timestamp is not None:
+        return Decoded(tx, b"")
+    added = b""
+    tx_id, ts = tx.id, tx.timestamp
+    if tx_id is None:
+        tx_id = f"{topic}-{partition}-{offset}"
+        added += b'"id":' + _encoder.encode(tx_id) + b","
+    if ts is None:
+        ts = _record_time(record_ts_ms)
+        added += b'"timestamp":' + _encoder.encode(ts) + b","
+    return Decoded(msgspec.structs.replace(tx, id=tx_id, timestamp=ts), added)
+
+
+def _record_time(record_ts_ms: int) -> int:
+    if record_ts_ms <= 0:  # a record without a timestamp: keep event time well defined
+        return int(datetime.now(UTC).timestamp() * 1000)
+    return record_ts_ms
+
+
+def encode_decided(raw: bytes, decoded: Decoded, decision: Decision) -> bytes:
+    """The output value: the input object, all its fields at top level, plus `decision`.
+
+    The input is validated JSON, so the fast path appends to its bytes instead of re-encoding
+    it: unknown fields pass through untouched. Derived `id`/`timestamp` are appended too.
+    """
+    tx = decoded.tx
+    body = raw.rstrip()
+    if tx.decision is not msgspec.UNSET or not body.endswith(b"}"):
+        # Rare: the input carries its own "decision" (overwritten) — rebuild the object.
+        obj = msgspec.json.decode(raw)
+        obj["id"], obj["timestamp"] = tx.id, tx.timestamp
+        obj["decision"] = decision
+        return _encoder.encode(obj)
+    extra = decoded.added
+    inner = body[:-1].rstrip()
+    sep = b"" if inner.endswith(b"{") else b","
+    return inner + sep + extra + b'"decision":' + _encoder.encode(decision) + b"}"

@@ -1,0 +1,20 @@
+"""Stream runtime: Kafka clients, topics, the transactional detector loop, dead letters."""
+
+from fraudstream.stream.admin import ensure_topics
+from fraudstream.stream.clients import (
+    base_config,
+    check_connection,
+    consumer_config,
+    producer_config,
+)
+from fraudstream.stream.processor import Processor, ProcessorStats
+
+__all__ = [
+    "Processor",
+    "ProcessorStats",
+    "base_config",
+    "check_connection",
+    "consumer_config",
+    "ensure_topics",
+    "producer_config",
+]

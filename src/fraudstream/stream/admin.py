@@ -1,0 +1,46 @@
+"""Topic administration: create the pipeline's topics when they are missing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from fraudstream.config import Settings
+from fraudstream.errors import FraudstreamError
+from fraudstream.stream.clients import base_config, check_connection
+
+__all__ = ["ensure_topics"]
+
+
+def ensure_topics(
+    settings: Settings, topics: Iterable[str] | None = None, *, partitions: int | None = None
+) -> list[str]:
+    """Create each missing topic; return the names created. Existing topics are left alone."""
+    check_connection(settings)
+    wanted = list(topics if topics is not None else settings.all_topics)
+    admin = AdminClient(base_config(settings, "fraudstream-admin"))
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [t for t in dict.fromkeys(wanted) if t not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                t,
+                num_partitions=partitions or settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+            )
+            for t in missing
+        ],
+        operation_timeout=30,
+    )
+    for topic, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise FraudstreamError(f"could not create topic {topic}: {exc}") from None
+    return missing

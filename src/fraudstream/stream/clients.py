@@ -1,0 +1,59 @@
+"""Kafka client configurations, in one place, so every app talks to Kafka the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from fraudstream.config import Settings
+from fraudstream.errors import KafkaUnavailableError
+
+__all__ = ["base_config", "check_connection", "consumer_config", "producer_config"]
+
+
+def base_config(settings: Settings, client_id: str) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.kafka_broker_url, "client.id": client_id}
+
+
+def producer_config(
+    settings: Settings, client_id: str, *, transactional_id: str | None = None
+) -> dict[str, Any]:
+    """Idempotent always (no duplicates on retry); transactional when an id is given."""
+    conf = base_config(settings, client_id) | {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+    }
+    if transactional_id is not None:
+        conf["transactional.id"] = transactional_id
+        conf["transaction.timeout.ms"] = 60_000
+    return conf
+
+
+def consumer_config(
+    settings: Settings, client_id: str, *, group_id: str, from_beginning: bool = True
+) -> dict[str, Any]:
+    """Manual commits, committed data only (read_committed), cooperative rebalancing."""
+    return base_config(settings, client_id) | {
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "isolation.level": "read_committed",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.partition.eof": False,
+    }
+
+
+def check_connection(settings: Settings, timeout: float = 10.0) -> None:
+    """Raise `KafkaUnavailableError` (with what to do) unless a broker answers."""
+    admin = AdminClient(base_config(settings, "fraudstream-probe") | {"log_level": 0})
+    try:
+        md = admin.list_topics(timeout=timeout)
+    except Exception as exc:
+        raise KafkaUnavailableError(settings.kafka_broker_url, str(exc)) from None
+    if not md.brokers:
+        raise KafkaUnavailableError(settings.kafka_broker_url, "metadata lists no brokers")

@@ -1,0 +1,190 @@
+"""Fixtures: one real Kafka broker per test run, unique topics per test, app launchers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from fraudstream.broker import LocalBroker, free_port
+from fraudstream.config import Settings, load_settings
+from fraudstream.errors import BrokerError
+from fraudstream.stream import consumer_config, ensure_topics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """The real broker: the same code as `fraudstream broker start`, on a free port."""
+    broker = LocalBroker(port=free_port(), data_dir=tmp_path_factory.mktemp("kafka"))
+    try:
+        broker.start()
+    except BrokerError:
+        # A free port can be taken by another program between our probe and Kafka's bind;
+        # that (and only that) earns a second try on fresh ports.
+        if "Address already in use" not in broker.log_file.read_text(errors="replace"):
+            raise
+        broker = LocalBroker(port=free_port(), data_dir=tmp_path_factory.mktemp("kafka"))
+        broker.start()
+    yield broker
+    broker.stop()
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(kafka: LocalBroker) -> SettingsFactory:
+    """Settings on the test broker, with topic and group names no other test uses."""
+
+    def factory(**overrides: Any) -> Settings:
+        tag = uuid.uuid4().hex[:10]
+        values: dict[str, Any] = {
+            "kafka_broker_url": kafka.bootstrap,
+            "transactions_topic": f"t-{tag}.transactions",
+            "legit_topic": f"t-{tag}.legit",
+            "fraud_topic": f"t-{tag}.fraud",
+            "dlq_topic": f"t-{tag}.dlq",
+            "detector_group": f"detector-{tag}",
+            "topic_partitions": 3,
+            "_env_file": None,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    s = make_settings()
+    ensure_topics(s)
+    return s
+
+
+def produce_raw(settings: Settings, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Write (key, value) records to the input topic, as any third-party producer would."""
+    producer = Producer({"bootstrap.servers": settings.kafka_broker_url, "linger.ms": 5})
+    for key, value in records:
+        producer.produce(settings.transactions_topic, value, key)
+    assert producer.flush(30) == 0
+
+
+def read_all(settings: Settings, topic: str, *, expect: int, timeout: float = 60) -> list[Any]:
+    """Read a topic `read_committed` from the beginning until `expect` records (or timeout)."""
+    consumer = Consumer(
+        consumer_config(settings, "test-reader", group_id=f"reader-{uuid.uuid4().hex}")
+    )
+    md = consumer.list_topics(topic, timeout=10)
+    consumer.assign([TopicPartition(topic, p, -2) for p in md.topics[topic].partitions])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                out.append(msg)
+        # Nothing beyond what we expect may arrive either.
+        for msg in consumer.consume(num_messages=10_000, timeout=1.0):
+            assert msg.error() is None, msg.error()
+            out.append(msg)
+    finally:
+        consumer.close()
+    return out
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment that makes a `fraudstream` subprocess use `settings`."""
+    env = dict(os.environ)
+    for name in (
+        "kafka_broker_url",
+        "transactions_topic",
+        "legit_topic",
+        "fraud_topic",
+        "dlq_topic",
+        "detector_group",
+        "topic_partitions",
+    ):
+        env[name.upper()] = str(getattr(settings, name))
+    env.update(extra)
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `fraudstream ARGS` as its own process, output into `log`."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fraudstream", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_detector(settings: Settings, expect: int, timeout: float = 120) -> Any:
+    """Run the detector in this process until `expect` records are committed."""
+    import threading
+
+    from fraudstream.detection import Engine, tutorial_rules
+    from fraudstream.stream import Processor
+
+    processor = Processor(settings, Engine(tutorial_rules(), version="tutorial-1"))
+    stop = threading.Event()
+    timer = threading.Timer(timeout, stop.set)  # a guard, so a bug fails instead of hanging
+    timer.start()
+    try:
+        stats = processor.run(stop, stop_after=expect)
+    finally:
+        timer.cancel()
+    assert stats.total == expect, f"detector stopped at {stats.total} of {expect}"
+    return stats
+
+
+@pytest.fixture
+def dashboard(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """`fraudstream dashboard` as its own process on a free port; yields its base URL."""
+    import httpx
+
+    port = free_port()
+    proc = spawn(
+        ["dashboard"], env_for(settings, DASHBOARD_PORT=str(port)), tmp_path / "dashboard.log"
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()
+        try:
+            return bool(httpx.get(url + "/healthz", timeout=1).json()["ready"])
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, timeout=30, what="the dashboard to answer")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,78 @@
+"""Headless Chromium against the running dashboard: live rows, colours, and no XSS."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+from playwright.sync_api import Browser, expect, sync_playwright
+
+from fraudstream.config import Settings
+from tests.conftest import produce_raw, run_detector
+
+XSS = "<img src=x onerror=alert(1)>"
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is installed by `make setup-test`"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.mark.browser
+def test_page_shows_red_and_green_rows_live_and_fields_as_text(
+    browser: Browser, settings: Settings, dashboard: str
+) -> None:
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(dashboard + "/")
+    expect(page.locator("#status")).to_have_text("live")
+
+    records = [
+        {"id": "ok-1", "source": "alice", "target": "shop", "amount": 12.5},
+        {"id": "bad-1", "source": XSS, "target": "mule", "amount": 950.0},
+        {"id": "ok-2", "source": "bob", "target": "shop", "amount": 99.99},
+    ]
+    produce_raw(
+        settings,
+        [
+            (b"k", msgspec.json.encode(r | {"currency": "EUR", "timestamp": 1_790_000_000_000}))
+            for r in records
+        ],
+    )
+    run_detector(settings, 3)
+
+    rows = page.locator("#decisions tr")
+    expect(rows).to_have_count(3, timeout=30_000)
+    expect(page.locator("#decisions tr.fraud")).to_have_count(1)
+    expect(page.locator("#decisions tr.legit")).to_have_count(2)
+    fraud = page.locator("#decisions tr.fraud")
+    expect(fraud.locator("td").nth(3)).to_have_text(XSS)  # the markup shows as text
+    expect(fraud.locator("td.reasons")).to_contain_text("amount 950.0 >= 900")
+    assert page.locator("#decisions img").count() == 0
+    red = fraud.evaluate("el => getComputedStyle(el).color")
+    green = page.locator("#decisions tr.legit").first.evaluate("el => getComputedStyle(el).color")
+    assert red == "rgb(192, 24, 24)" and green == "rgb(10, 122, 47)"
+    expect(page.locator("#count-fraud")).to_have_text("1")
+    expect(page.locator("#count-total")).to_have_text("3")
+    # newest first: the last record written is the top row
+    expect(rows.first.locator("td.id")).to_have_text("ok-2")
+    assert dialogs == []
+    page.close()

@@ -1,0 +1,55 @@
+"""`fraudstream broker start | status | stop`, the real command on a second broker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fraudstream.broker import LocalBroker, free_port
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    if env is None:  # the default KAFKA_BROKER_URL (local), whatever the caller's shell says
+        env = {k: v for k, v in os.environ.items() if k != "KAFKA_BROKER_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "fraudstream", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_session_broker_runs_with_transactions_ready(kafka: LocalBroker) -> None:
+    assert kafka.status()
+    props = (kafka.data_dir / "server.properties").read_text()
+    assert "transaction.state.log.replication.factor=1" in props
+    assert "transaction.state.log.min.isr=1" in props
+    assert "process.roles=broker,controller" in props  # KRaft, no ZooKeeper
+
+
+def test_start_is_idempotent_status_reports_and_stop_is_clean(tmp_path: Path) -> None:
+    port, data = str(free_port()), str(tmp_path / "b")
+    opts = ["--port", port, "--data-dir", data]
+    assert cli("broker", "status", *opts).returncode == 1
+    first = cli("broker", "start", *opts)
+    assert first.returncode == 0, first.stderr
+    assert "started" in first.stdout
+    try:
+        again = cli("broker", "start", *opts)
+        assert again.returncode == 0 and "already running" in again.stdout
+        assert cli("broker", "status", *opts).returncode == 0
+    finally:
+        stop = cli("broker", "stop", *opts)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert cli("broker", "status", *opts).returncode == 1
+    assert "App info kafka.server for 1 unregistered" in (tmp_path / "b" / "broker.log").read_text()
+
+
+def test_nothing_local_is_started_for_a_remote_cluster(tmp_path: Path) -> None:
+    env = dict(os.environ, KAFKA_BROKER_URL="kafka.example.internal:9092")
+    out = cli("broker", "start", "--data-dir", str(tmp_path / "none"), env=env)
+    assert out.returncode == 0 and "no local broker" in out.stderr
+    assert not (tmp_path / "none").exists()

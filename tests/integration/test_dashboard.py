@@ -1,0 +1,116 @@
+"""The dashboard's SSE stream, fed by one shared consumer, against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import msgspec
+
+from fraudstream.config import Settings
+from tests.conftest import produce_raw, run_detector
+
+
+def decided_batch(settings: Settings, prefix: str, n: int) -> list[str]:
+    """Write `n` transactions, alternate legit and fraud, and run the detector over them."""
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    produce_raw(
+        settings,
+        [
+            (
+                b"k",
+                msgspec.json.encode(
+                    {
+                        "id": tid,
+                        "timestamp": 1_790_000_000_000,
+                        "source": "a",
+                        "target": "b",
+                        "amount": 950 if i % 2 else 10,
+                        "currency": "EUR",
+                    }
+                ),
+            )
+            for i, tid in enumerate(ids)
+        ],
+    )
+    return ids
+
+
+async def read_events(response: httpx.Response, want: set[str]) -> list[dict[str, Any]]:
+    """Collect SSE `decisions` items until every id in `want` has arrived."""
+    seen: list[dict[str, Any]] = []
+    event = None
+    async for line in response.aiter_lines():
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and event == "decisions":
+            payload = json.loads(line.split(":", 1)[1])
+            seen.extend(payload["items"])
+            if want <= {item["id"] for item in seen}:
+                return seen
+    raise AssertionError("stream ended early")
+
+
+def test_sse_delivers_decisions_with_outcome_reasons_and_counters(
+    settings: Settings, dashboard: str
+) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        async with (
+            httpx.AsyncClient(timeout=60) as client,
+            client.stream("GET", dashboard + "/stream") as response,
+        ):
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            ids = decided_batch(settings, "sse", 10)
+            run_detector(settings, 10)
+            return await asyncio.wait_for(read_events(response, set(ids)), 60)
+
+    items = asyncio.run(scenario())
+    by_id = {i["id"]: i for i in items if i["id"].startswith("sse-")}
+    assert len(by_id) == 10
+    for n in range(10):
+        item = by_id[f"sse-{n}"]
+        assert item["outcome"] == ("fraud" if n % 2 else "legit")
+        if n % 2:
+            assert item["reasons"][0]["rule"] == "amount_ge_900"
+    health = httpx.get(dashboard + "/healthz").json()
+    assert (health["legit"], health["fraud"], health["total"]) == (5, 5, 10)
+
+
+def test_page_is_served_with_a_content_security_policy(dashboard: str) -> None:
+    page = httpx.get(dashboard + "/")
+    assert page.status_code == 200
+    assert "Fraud Detector" in page.text and 'id="decisions"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert httpx.get(dashboard + "/static/app.js").status_code == 200
+
+
+def test_two_hundred_concurrent_sse_clients_all_receive_new_decisions(
+    settings: Settings, dashboard: str
+) -> None:
+    clients = 200
+
+    async def one(client: httpx.AsyncClient, connected: asyncio.Queue[None], want: set[str]) -> int:
+        async with client.stream("GET", dashboard + "/stream") as response:
+            assert response.status_code == 200
+            await connected.put(None)
+            items = await read_events(response, want)
+            return len(items)
+
+    async def scenario() -> list[int]:
+        limits = httpx.Limits(max_connections=clients + 10)
+        async with httpx.AsyncClient(timeout=90, limits=limits) as client:
+            connected: asyncio.Queue[None] = asyncio.Queue()
+            want = {f"many-{i}" for i in range(20)}
+            tasks = [asyncio.create_task(one(client, connected, want)) for _ in range(clients)]
+            for _ in range(clients):
+                await asyncio.wait_for(connected.get(), 60)
+            assert httpx.get(dashboard + "/healthz").json()["clients"] == clients
+            decided_batch(settings, "many", 20)
+            await asyncio.to_thread(run_detector, settings, 20)
+            return await asyncio.wait_for(asyncio.gather(*tasks), 90)
+
+    counts = asyncio.run(scenario())
+    assert len(counts) == clients and all(c >= 20 for c in counts)

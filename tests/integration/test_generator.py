@@ -1,0 +1,22 @@
+"""The generator's pacing, measured against the real broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from fraudstream.config import Settings
+from fraudstream.generator import generate
+from tests.conftest import read_all
+
+
+@pytest.mark.parametrize(("rate", "count"), [(10, 40), (1_000, 4_000), (50_000, 150_000)])
+def test_achieved_rate_is_within_two_percent_of_target(
+    settings: Settings, rate: int, count: int
+) -> None:
+    stats = generate(settings, rate=rate, count=count, seed=1, progress=None)
+    assert (stats.sent, stats.failed) == (count, 0)
+    assert abs(stats.rate - rate) / rate < 0.02, f"achieved {stats.rate:.1f} tx/s"
+    if count <= 4_000:  # every record landed, keyed by its source account
+        msgs = read_all(settings, settings.transactions_topic, expect=count)
+        assert len(msgs) == count
+        assert all(m.key() is not None and m.key().decode() in m.value().decode() for m in msgs)

@@ -1,0 +1,203 @@
+"""Generator → detector → legit / fraud / dead-letter, on the real broker."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import msgspec
+
+from fraudstream.config import Settings
+from fraudstream.generator import generate
+from tests.conftest import env_for, produce_raw, read_all, run_detector, spawn, wait_for
+
+
+def _decided(settings: Settings, expect: int) -> tuple[list[dict], list[dict]]:
+    legit = [
+        json.loads(m.value()) for m in read_all(settings, settings.legit_topic, expect=0, timeout=0)
+    ]
+    fraud = [
+        json.loads(m.value())
+        for m in read_all(settings, settings.fraud_topic, expect=expect - len(legit))
+    ]
+    return legit, fraud
+
+
+def test_ten_thousand_generated_transactions_are_each_decided_exactly_once(
+    settings: Settings,
+) -> None:
+    stats = generate(settings, rate=math.inf, count=10_000, seed=42, progress=None)
+    assert (stats.sent, stats.failed) == (10_000, 0)
+    inputs = {
+        t["id"]: t
+        for t in (
+            json.loads(m.value())
+            for m in read_all(settings, settings.transactions_topic, expect=10_000)
+        )
+    }
+    assert len(inputs) == 10_000
+
+    run_detector(settings, 10_000)
+    legit, fraud = _decided(settings, 10_000)
+
+    out_ids = [t["id"] for t in legit + fraud]
+    assert len(out_ids) == 10_000 and set(out_ids) == set(inputs)  # each exactly once
+    assert {t["id"] for t in fraud} == {i for i, t in inputs.items() if t["amount"] >= 900}
+    assert 500 < len(fraud) < 1500  # ~10% of uniform 1.00 to 1000.00
+    for t in fraud:
+        assert t["decision"]["outcome"] == "fraud"
+        assert t["decision"]["reasons"][0]["rule"] == "amount_ge_900"
+        assert {k: v for k, v in t.items() if k != "decision"} == inputs[t["id"]]
+    assert all(
+        t["decision"]["outcome"] == "legit" and t["decision"]["reasons"] == [] for t in legit
+    )
+    assert read_all(settings, settings.dlq_topic, expect=0, timeout=0) == []
+
+
+MALFORMED = [
+    b"not json",
+    b"\xff\xfe garbage",
+    b'{"source":"a","target":"b","amount":"12.00","currency":"EUR"}',
+    b'{"source":"a","amount":12,"currency":"EUR"}',
+    b'{"source":"a","target":"b","amount":-3,"currency":"EUR"}',
+    b'{"source":"a","target":"b","amount":3,"currency":"QQQ"}',
+    b"[]",
+    b"",
+    None,
+    b'{"source":"a","target":"b","amount":1.234,"currency":"EUR"}',
+]
+
+
+def test_malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows_on(
+    settings: Settings,
+) -> None:
+    records: list[tuple[bytes | None, bytes | None]] = []
+    good_ids = set()
+    for i in range(1000):
+        if i % 10 == 5:
+            records.append((f"bad-{i}".encode(), MALFORMED[(i // 10) % len(MALFORMED)]))
+        else:
+            amount = 950 if i % 7 == 0 else 12.5
+            good_ids.add(f"good-{i}")
+            records.append(
+                (
+                    b"acct",
+                    msgspec.json.encode(
+                        {
+                            "id": f"good-{i}",
+                            "timestamp": 1_790_000_000_000 + i,
+                            "source": "acct",
+                            "target": "shop",
+                            "amount": amount,
+                            "currency": "EUR",
+                        }
+                    ),
+                )
+            )
+    produce_raw(settings, records)
+
+    run_detector(settings, 1000)
+
+    dead = read_all(settings, settings.dlq_topic, expect=100)
+    assert len(dead) == 100
+    sent_bad = {k: v for k, v in records if k is not None and k.startswith(b"bad-")}
+    for msg in dead:
+        headers = dict(msg.headers())
+        assert msg.value() == sent_bad[msg.key()]  # unchanged
+        assert headers["source.topic"].decode() == settings.transactions_topic
+        assert int(headers["source.partition"]) >= 0 and int(headers["source.offset"]) >= 0
+        assert headers["error.class"] and headers["error.message"]
+        assert headers["error.stage"] == b"decode"
+    legit, fraud = _decided(settings, 900)
+    assert {t["id"] for t in legit + fraud} == good_ids
+    assert len(legit) + len(fraud) == 900
+    assert all(t["amount"] >= 900 for t in fraud) and all(t["amount"] < 900 for t in legit)
+
+
+def test_third_party_kcat_records_in_the_tutorial_form_are_routed(settings: Settings) -> None:
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is installed by `make setup-test`"
+    lines = (
+        b"\n".join(
+            [
+                b'{"source": "Jpe2zq1QDYTn", "target": "lLbLnl0FSr7T", "amount": 254.83, "currency": "EUR"}',
+                b'{"source": "mfGWAdLKW8jh", "target": "ede8FQpjBeej", "amount": 985.22, "currency": "EUR"}',
+                b'{"source": "GufdRdi1TElh", "target": "u0ANirFVu76B", "amount": 900.00, "currency": "EUR"}',
+            ]
+        )
+        + b"\n"
+    )
+    subprocess.run(
+        [kcat, "-b", settings.kafka_broker_url, "-P", "-t", settings.transactions_topic],
+        input=lines,
+        check=True,
+        timeout=30,
+    )
+    run_detector(settings, 3)
+
+    def kcat_read(topic: str, count: int) -> list[dict]:
+        out = subprocess.run(
+            [
+                kcat,
+                "-b",
+                settings.kafka_broker_url,
+                "-C",
+                "-t",
+                topic,
+                "-o",
+                "beginning",
+                "-c",
+                str(count),
+                "-e",
+                "-q",
+                "-X",
+                "isolation.level=read_committed",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    legit, fraud = kcat_read(settings.legit_topic, 1), kcat_read(settings.fraud_topic, 2)
+    assert [t["source"] for t in legit] == ["Jpe2zq1QDYTn"]
+    assert sorted(t["source"] for t in fraud) == ["GufdRdi1TElh", "mfGWAdLKW8jh"]
+    for t in legit + fraud:
+        assert t["id"].startswith(settings.transactions_topic + "-")
+        assert isinstance(t["timestamp"], int)
+
+
+def test_detector_command_stops_cleanly_on_sigterm_with_offsets_committed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    generate(settings, rate=math.inf, count=2000, seed=3, progress=None)
+    proc = spawn(["detect"], env_for(settings), tmp_path / "detect.log")
+    try:
+        wait_for(
+            lambda: (
+                len(read_all(settings, settings.legit_topic, expect=0, timeout=0))
+                + len(read_all(settings, settings.fraud_topic, expect=0, timeout=0))
+                >= 2000
+            ),
+            timeout=60,
+            what="the detector to decide all records",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, (tmp_path / "detect.log").read_text()
+    # The group's committed offsets cover the whole input: a restart would redo nothing.
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(
+        {"bootstrap.servers": settings.kafka_broker_url, "group.id": settings.detector_group}
+    )
+    parts = [TopicPartition(settings.transactions_topic, p) for p in range(3)]
+    committed = c.committed(parts, timeout=10)
+    ends = [c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
+    c.close()
+    assert [tp.offset for tp in committed] == ends

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+
+from fraudstream.config import load_settings
+from fraudstream.errors import ConfigError
+
+
+def test_defaults_are_the_tutorials_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KAFKA_BROKER_URL", "TRANSACTIONS_TOPIC", "TRANSACTIONS_PER_SECOND"):
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings(_env_file=None)
+    assert s.kafka_broker_url == "localhost:9092"
+    assert s.transactions_topic == "queueing.transactions"
+    assert s.legit_topic == "streaming.transactions.legit"
+    assert s.fraud_topic == "streaming.transactions.fraud"
+    assert s.dlq_topic == "streaming.transactions.dlq"
+    assert s.transactions_per_second == 1000
+    assert s.topic_partitions == 6
+
+
+def test_environment_then_env_file_then_flags(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env_file = tmp_path / ".env"
+    env_file.write_text("LEGIT_TOPIC=from.file\nFRAUD_TOPIC=from.file\n")
+    monkeypatch.setenv("FRAUD_TOPIC", "from.env")
+    s = load_settings(_env_file=env_file, dlq_topic="from.flag")
+    assert (s.legit_topic, s.fraud_topic, s.dlq_topic) == ("from.file", "from.env", "from.flag")
+
+
+def test_a_bad_setting_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSACTIONS_PER_SECOND", "fast")
+    with pytest.raises(ConfigError, match="TRANSACTIONS_PER_SECOND"):
+        load_settings(_env_file=None)
+    monkeypatch.delenv("TRANSACTIONS_PER_SECOND")
+    with pytest.raises(ConfigError, match="TOPIC_PARTITIONS"):
+        load_settings(_env_file=None, topic_partitions=0)

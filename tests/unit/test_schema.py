@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fraudstream.schema import (
+    Decision,
+    InvalidTransaction,
+    Reason,
+    decode_transaction,
+    encode_decided,
+)
+
+FOUR = b'{"source":"Jpe2zq1QDYTn","target":"lLbLnl0FSr7T","amount":254.83,"currency":"EUR"}'
+DECISION = Decision("fraud", 1.0, [Reason("amount_ge_900", "amount 950.0 >= 900")], "v1")
+
+
+def test_tutorial_four_field_form_is_valid_and_gets_id_and_time_from_the_record() -> None:
+    decoded = decode_transaction(
+        FOUR, topic="queueing.transactions", partition=2, offset=41, record_ts_ms=1_790_000_000_000
+    )
+    tx = decoded.tx
+    assert (tx.source, tx.target, tx.amount, tx.currency) == (
+        "Jpe2zq1QDYTn",
+        "lLbLnl0FSr7T",
+        254.83,
+        "EUR",
+    )
+    assert tx.id == "queueing.transactions-2-41"
+    assert tx.ts_ms == 1_790_000_000_000
+
+
+def test_given_id_and_rfc3339_timestamp_are_kept() -> None:
+    raw = (
+        b'{"id":"tx-1","timestamp":"2026-11-24T10:00:00Z","source":"a","target":"b",'
+        b'"amount":10,"currency":"USD","country":"FR","lat":48.85,"lon":2.35,'
+        b'"merchant":"m1","device":"d1","channel":"card"}'
+    )
+    decoded = decode_transaction(raw, topic="t", offset=5, record_ts_ms=1)
+    assert decoded.added == b""
+    assert decoded.tx.id == "tx-1"
+    assert decoded.tx.ts_ms == int(datetime(2026, 11, 24, 10, tzinfo=UTC).timestamp() * 1000)
+    assert decoded.tx.country == "FR"
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (None, "null_value"),
+        (b"", "not_json"),
+        (b"not json", "not_json"),
+        (b"\xff\xfe\xfd", "not_json"),
+        (b'{"source":"\xff","target":"b","amount":1,"currency":"EUR"}', "not_utf8"),
+        (b"[1, 2]", "schema"),
+        (b'{"target":"b","amount":1,"currency":"EUR"}', "schema"),
+        (b'{"source":"a","target":"b","amount":"12","currency":"EUR"}', "schema"),
+        (b'{"source":"","target":"b","amount":1,"currency":"EUR"}', "schema"),
+        (b'{"source":"a","target":"b","amount":-5,"currency":"EUR"}', "invalid_amount"),
+        (b'{"source":"a","target":"b","amount":0,"currency":"EUR"}', "invalid_amount"),
+        (b'{"source":"a","target":"b","amount":1.005,"currency":"EUR"}', "invalid_amount"),
+        (b'{"source":"a","target":"b","amount":NaN,"currency":"EUR"}', "not_json"),
+        (b'{"source":"a","target":"b","amount":1e999,"currency":"EUR"}', "schema"),
+        (b'{"source":"a","target":"b","amount":1,"currency":"eur"}', "schema"),
+        (b'{"source":"a","target":"b","amount":1,"currency":"ABC"}', "unknown_currency"),
+        (b'{"source":"a","target":"b","amount":1,"currency":"EUR","lat":10}', "invalid_location"),
+        (
+            b'{"source":"a","target":"b","amount":1,"currency":"EUR","timestamp":"2026-01-01T00:00:00"}',
+            "invalid_timestamp",
+        ),
+        (
+            b'{"source":"a","target":"b","amount":1,"currency":"EUR","timestamp":1700000000}',
+            "schema",
+        ),
+    ],
+)
+def test_invalid_input_is_rejected_with_its_kind(value: bytes | None, kind: str) -> None:
+    with pytest.raises(InvalidTransaction) as info:
+        decode_transaction(value)
+    assert info.value.kind == kind
+    assert str(info.value)
+
+
+def test_output_keeps_every_input_field_at_top_level_and_adds_the_decision() -> None:
+    raw = FOUR[:-1] + b', "extra": {"k": [1, 2]}}\n'
+    decoded = decode_transaction(
+        raw, topic="q", partition=0, offset=7, record_ts_ms=1_790_000_000_123
+    )
+    out = json.loads(encode_decided(raw, decoded, DECISION))
+    assert out["source"] == "Jpe2zq1QDYTn" and out["amount"] == 254.83
+    assert out["extra"] == {"k": [1, 2]}
+    assert out["id"] == "q-0-7" and out["timestamp"] == 1_790_000_000_123
+    assert out["decision"] == {
+        "outcome": "fraud",
+        "score": 1.0,
+        "reasons": [{"rule": "amount_ge_900", "reason": "amount 950.0 >= 900"}],
+        "rules_version": "v1",
+    }
+
+
+def test_a_decision_carried_by_the_input_is_replaced_not_duplicated() -> None:
+    raw = (
+        b'{"id":"x","timestamp":1790000000000,"source":"a","target":"b","amount":5,'
+        b'"currency":"EUR","decision":{"outcome":"legit"}}'
+    )
+    out = encode_decided(raw, decode_transaction(raw), DECISION)
+    assert out.count(b'"decision"') == 1
+    assert json.loads(out)["decision"]["outcome"] == "fraud"
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_either_decode_or_raise_invalid_transaction(value: bytes) -> None:
+    try:
+        decode_transaction(value)
+    except InvalidTransaction as exc:
+        assert exc.kind
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=5,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "source",
+                "target",
+                "amount",
+                "currency",
+                "id",
+                "timestamp",
+                "lat",
+                "lon",
+                "country",
+                "x",
+            ]
+        ),
+        json_values,
+    )
+)
+def test_arbitrary_json_objects_never_escape_as_anything_but_invalid_transaction(
+    obj: dict[str, object],
+) -> None:
+    raw = msgspec.json.encode(obj)
+    try:
+        decoded = decode_transaction(raw, topic="t", record_ts_ms=1_790_000_000_000)
+    except InvalidTransaction:
+        return
+    out = json.loads(encode_decided(raw, decoded, DECISION))
+    assert out["decision"]["outcome"] == "fraud"
+
+
+@given(
+    amount_cents=st.integers(min_value=1, max_value=10**11),
+    source=st.text(min_size=1, max_size=40),
+)
+def test_valid_transactions_round_trip(amount_cents: int, source: str) -> None:
+    amount = amount_cents / 100
+    raw = msgspec.json.encode(
+        {"source": source, "target": "t", "amount": amount, "currency": "GBP"}
+    )
+    decoded = decode_transaction(raw, topic="t", record_ts_ms=1_790_000_000_000)
+    assert decoded.tx.amount == amount
+    out = json.loads(encode_decided(raw, decoded, DECISION))
+    assert out["source"] == source and out["amount"] == amount
