@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     legit_topic: str = "streaming.transactions.legit"
     fraud_topic: str = "streaming.transactions.fraud"
     dlq_topic: str = "streaming.transactions.dlq"
+    labels_topic: str = "streaming.transactions.labels"
+    rules_file: str | None = None  # None: the shipped rules/default.yaml
     transactions_per_second: float = Field(default=1000.0, gt=0)
     topic_partitions: int = Field(default=6, ge=1, le=10_000)
     topic_replication_factor: int = Field(default=1, ge=1)
@@ -46,7 +48,8 @@ class Settings(BaseSettings):
     dashboard_history: int = Field(default=200, ge=1, le=10_000)
 
     @field_validator(
-        "kafka_broker_url", "transactions_topic", "legit_topic", "fraud_topic", "dlq_topic"
+        "kafka_broker_url", "transactions_topic", "legit_topic", "fraud_topic", "dlq_topic",
+        "labels_topic",
     )
     @classmethod
     def _not_blank(cls, value: str) -> str:
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
 
     @property
     def all_topics(self) -> tuple[str, ...]:
-        return (self.transactions_topic, *self.output_topics)
+        return (self.transactions_topic, *self.output_topics, self.labels_topic)
 
 
 def load_settings(**overrides: Any) -> Settings:

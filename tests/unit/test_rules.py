@@ -49,7 +49,7 @@ def test_scores_add_up_and_cap_at_one() -> None:
 
 def test_missing_optional_field_never_fires() -> None:
     rule = ThresholdRule("fr", "country", "==", "FR")
-    assert rule.evaluate(tx(10)) is None
+    assert rule.apply(tx(10), 1_790_000_000_000) is None
 
 
 @pytest.mark.parametrize(

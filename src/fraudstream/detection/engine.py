@@ -1,41 +1,128 @@
 """The pure detection core: a batch of transactions in, a decision for each out.
 
-No Kafka, no wall clock: the same code runs live, in tests and in backtests.
+No Kafka and no wall clock: time is each transaction's event time, so the same input gives
+the same decisions live, in tests, in backtests and in training.
 
-    engine = Engine(tutorial_rules(), threshold=0.5, version="tutorial-1")
+    engine = Engine.from_ruleset(load_ruleset(Path("rules/default.yaml")))
     decisions = engine.decide([tx1, tx2])
+    engine.observe_labels([Label(...)])   # confirmed verdicts, used from their own time on
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from fraudstream.detection.rules import Rule
+from fraudstream.detection.features import FEATURE_NAMES, FeatureState, Label
+from fraudstream.detection.model import FraudModel
+from fraudstream.detection.rules import Hit, Rule
+from fraudstream.detection.ruleset import RuleSet
+from fraudstream.detection.state import DAY, Tables
 from fraudstream.schema import Decision, Reason, Transaction
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "Scored"]
+
+Scored = tuple[list[float], list[Hit]]
 
 
 class Engine:
-    """Scores each transaction as the capped sum of the weights of the rules that fire."""
+    """Scores each transaction: the weights of the rules that fire, plus the model's
+    probability times its weight, capped at 1; fraud at or above `threshold`. An allow-list
+    hit makes it legit."""
 
-    def __init__(self, rules: Sequence[Rule], *, threshold: float = 0.5, version: str) -> None:
-        self.rules = tuple(rules)
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        *,
+        threshold: float = 0.5,
+        version: str,
+        model: FraudModel | None = None,
+        model_weight: float = 1.0,
+        features: bool | None = None,
+    ) -> None:
+        self.rules = tuple(copy.deepcopy(list(rules)))  # each engine owns its rules' state
         self.threshold = threshold
         self.version = version
+        self.model = model
+        self.model_weight = model_weight
+        self.tables = Tables()
+        for rule in self.rules:
+            rule.bind(self.tables)
+        want_features = model is not None if features is None else features
+        self.features = FeatureState(self.tables) if want_features else None
+        self.rule_ids = tuple(r.id for r in self.rules)
+        if model is not None:
+            self._model_rules = [self.rule_ids.index(r) if r in self.rule_ids else -1
+                                 for r in model.rule_ids]
+            if tuple(model.feature_names) != FEATURE_NAMES:
+                raise ValueError("the model was trained on other features; retrain it")
+        self._next_evict = 0
+
+    @classmethod
+    def from_ruleset(cls, ruleset: RuleSet, *, features: bool | None = None) -> Engine:
+        model = FraudModel.load(ruleset.model.path) if ruleset.model else None
+        version = ruleset.version + (f"+{model.version}" if model else "")
+        return cls(ruleset.rules, threshold=ruleset.threshold, version=version, model=model,
+                   model_weight=ruleset.model.weight if ruleset.model else 0.0,
+                   features=features)
+
+    def observe_labels(self, labels: Iterable[Label]) -> None:
+        if self.features is not None:
+            for label in labels:
+                self.features.label(label)
+
+    def score(self, batch: Sequence[Transaction]) -> list[Scored]:
+        """Feature rows and rule hits for each transaction, in order, updating the state."""
+        out: list[Scored] = []
+        rules, features = self.rules, self.features
+        for tx in batch:
+            ts = tx.ts_ms
+            if ts >= self._next_evict:
+                self.tables.evict(ts)
+                self._next_evict = ts + DAY
+            row = features.compute(tx, ts) if features is not None else []
+            hits = []
+            for rule in rules:
+                hit = rule.apply(tx, ts)
+                if hit is not None:
+                    hits.append(hit)
+            out.append((row, hits))
+        return out
+
+    def model_rows(self, scored: Sequence[Scored]) -> list[list[float]]:
+        """Model input: the feature row plus one 0/1 flag per rule the model was trained with."""
+        index = self._model_rules if self.model is not None else list(range(len(self.rules)))
+        ids = [self.rule_ids[i] if i >= 0 else "" for i in index]
+        rows = []
+        for row, hits in scored:
+            fired = {h.rule for h in hits}
+            rows.append(row + [1.0 if rid in fired else 0.0 for rid in ids])
+        return rows
 
     def decide(self, batch: Sequence[Transaction]) -> list[Decision]:
-        return [self._decide_one(tx) for tx in batch]
+        scored = self.score(batch)
+        if self.model is not None and scored:
+            probs = self.model.score(self.model_rows(scored))
+            return [self.combine(hits, float(p)) for (_, hits), p in zip(scored, probs, strict=True)]
+        return [self.combine(hits, None) for _, hits in scored]
 
-    def _decide_one(self, tx: Transaction) -> Decision:
+    def combine(self, hits: Sequence[Hit], probability: float | None) -> Decision:
+        """One decision from the rules that fired and the model's probability."""
         score = 0.0
-        reasons: list[Reason] = []
-        for rule in self.rules:
-            hit = rule.evaluate(tx)
-            if hit is not None:
-                score += hit.weight
-                reasons.append(Reason(hit.rule, hit.reason))
-        score = min(score, 1.0)
+        reasons = []
+        allowed = False
+        for h in hits:
+            allowed = allowed or h.allow
+            score += h.weight
+            reasons.append(Reason(h.rule, h.reason))
+        if probability is not None:
+            part = self.model_weight * probability
+            score += part
+            if part >= 0.05:
+                reasons.append(Reason("model", f"model probability {probability:.2f}"))
+        score = min(max(score, 0.0), 1.0)
         outcome: Literal["legit", "fraud"] = "fraud" if score >= self.threshold else "legit"
+        if allowed:
+            outcome = "legit"
         return Decision(outcome, round(score, 4), reasons, self.version)

@@ -1,24 +1,40 @@
-"""The rule interface and the tutorials' rule, expressed through it.
+"""Rule types. Each rule sees one transaction at a time, in event time, and may fire a `Hit`.
 
-A rule looks at one transaction and either stays silent (None) or returns a `Hit`: how much it
-adds to the score and a one-line reason. Stateful rules (velocity, fan-in, ...) implement the
-same interface over keyed event-time state.
+Stateful rules keep their per-key state in the engine's `Tables` (compact columns), read it,
+then update it with the transaction — so a rule sees every earlier transaction of its key,
+whatever batch it came in.
 
-    rule = ThresholdRule("amount_ge_900", "amount", ">=", 900, weight=1.0)
-    rule.evaluate(tx)  # Hit(rule="amount_ge_900", weight=1.0, reason="amount 950.0 >= 900")
+    rule = Velocity("burst", key="source", window_ms=HOUR, max_count=10, weight=0.6)
+    rule.bind(tables)
+    hit = rule.apply(tx, tx.ts_ms)   # Hit(rule="burst", weight=0.6, reason="12 payments ...")
 """
 
 from __future__ import annotations
 
+import math
 import operator
-from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import field as dc_field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fraudstream.detection.state import DAY, HOUR, MINUTE, Tables
 from fraudstream.schema import Transaction
 
-__all__ = ["OPERATORS", "Hit", "Rule", "ThresholdRule", "tutorial_rules"]
+__all__ = [
+    "OPERATORS",
+    "DormantAccount",
+    "FanIn",
+    "Hit",
+    "ImpossibleTravel",
+    "ListMatch",
+    "Rule",
+    "SmallThenLarge",
+    "ThresholdRule",
+    "Velocity",
+    "human_duration",
+    "short",
+    "tutorial_rules",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,15 +42,35 @@ class Hit:
     rule: str
     weight: float
     reason: str
+    allow: bool = False  # an allow-list hit: the transaction is legit whatever else fired
 
 
 class Rule(Protocol):
     """What the engine needs of a rule."""
 
-    @property
-    def id(self) -> str: ...
+    id: str
+    weight: float
 
-    def evaluate(self, tx: Transaction) -> Hit | None: ...
+    def bind(self, tables: Tables) -> None: ...
+
+    def apply(self, tx: Transaction, ts: int) -> Hit | None: ...
+
+
+def short(value: object) -> str:
+    """An account id cut for a reason line: 'ab12cd34ef56' -> 'ab12cd…'."""
+    text = str(value)
+    return text if len(text) <= 8 else text[:6] + "…"
+
+
+def human_duration(ms: int) -> str:
+    for unit, size in (("d", DAY), ("h", HOUR), ("min", MINUTE)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size} {unit}"
+    return f"{ms / 1000:g} s"
+
+
+def _money(x: float) -> str:
+    return f"{x:,.2f}"
 
 
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -49,7 +85,7 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ThresholdRule:
     """Fires when ``tx.<field> <op> <value>`` holds (a missing optional field never fires)."""
 
@@ -58,34 +94,319 @@ class ThresholdRule:
     op: str
     value: Any
     weight: float = 1.0
-    description: str = ""
-    _compare: Callable[[Any, Any], bool] = dc_field(init=False, repr=False)
+    _compare: Callable[[Any, Any], bool] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.op not in OPERATORS:
-            raise ValueError(
-                f"rule {self.id}: unknown operator {self.op!r}; use one of {list(OPERATORS)}"
-            )
+            raise ValueError(f"unknown operator {self.op!r}; use one of {list(OPERATORS)}")
         if self.field not in Transaction.__struct_fields__:
-            raise ValueError(f"rule {self.id}: transactions have no field {self.field!r}")
-        object.__setattr__(self, "_compare", OPERATORS[self.op])
+            raise ValueError(f"transactions have no field {self.field!r}")
+        if self.op in ("in", "not in"):
+            self.value = frozenset(self.value)
+        self._compare = OPERATORS[self.op]
 
-    def evaluate(self, tx: Transaction) -> Hit | None:
+    def bind(self, tables: Tables) -> None:
+        return None
+
+    def apply(self, tx: Transaction, ts: int) -> Hit | None:
         actual = getattr(tx, self.field)
         if actual is None or not self._compare(actual, self.value):
             return None
-        return Hit(self.id, self.weight, f"{self.field} {actual} {self.op} {self.value}")
+        shown = sorted(self.value) if isinstance(self.value, frozenset) else self.value
+        return Hit(self.id, self.weight, f"{self.field} {actual} {self.op} {shown}")
+
+
+@dataclass(slots=True)
+class Velocity:
+    """Count and/or sum of payments per key over a sliding event-time window.
+
+    The window is kept as `buckets` time buckets (a ring), so the state per key is fixed-size;
+    the count covers the current bucket and the `buckets - 1` before it.
+    """
+
+    id: str
+    key: str
+    window_ms: int
+    max_count: int | None = None
+    max_sum: float | None = None
+    weight: float = 1.0
+    buckets: int = 6
+    min_amount: float = 0.0  # count only payments in [min_amount, max_amount)
+    max_amount: float = math.inf
+    _cols: list[Any] = field(default_factory=list, repr=False)
+    _table: Any = field(default=None, repr=False)
+    _width: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_count is None and self.max_sum is None:
+            raise ValueError("give max_count, max_sum or both")
+        if self.window_ms % self.buckets:
+            raise ValueError(f"window must split into {self.buckets} equal buckets")
+        self._width = self.window_ms // self.buckets
+
+    def bind(self, tables: Tables) -> None:
+        self._table = tables[self.key]
+        t = self._table
+        self._cols = [
+            (t.column(f"{self.id}.b{i}", "i", -1), t.column(f"{self.id}.n{i}", "i", 0),
+             t.column(f"{self.id}.s{i}", "q", 0))
+            for i in range(self.buckets)
+        ]
+
+    def apply(self, tx: Transaction, ts: int) -> Hit | None:
+        key = getattr(tx, self.key)
+        if key is None or not self.min_amount <= tx.amount < self.max_amount:
+            return None
+        row = self._table.row(key, ts)
+        bid = ts // self._width
+        cents = round(tx.amount * 100)
+        bcol, ncol, scol = self._cols[bid % self.buckets]
+        stored = bcol[row]
+        if stored == bid:
+            ncol[row] += 1
+            scol[row] += cents
+        elif stored < bid:
+            bcol[row], ncol[row], scol[row] = bid, 1, cents
+        # else: older than the whole window; it counts nowhere
+        low = bid - self.buckets
+        count = total = 0
+        for b, n, s in self._cols:
+            if low < b[row] <= bid:
+                count += n[row]
+                total += s[row]
+        span = human_duration(self.window_ms)
+        who = f"{self.key} {short(key)}"
+        if self.max_count is not None and count > self.max_count:
+            band = ""
+            if self.min_amount > 0 or self.max_amount < math.inf:
+                band = f" of {_money(self.min_amount)} to {_money(self.max_amount)}"
+            return Hit(self.id, self.weight,
+                       f"{count} payments{band} in {span} from {who}, limit {self.max_count}")
+        if self.max_sum is not None and total / 100 > self.max_sum:
+            return Hit(self.id, self.weight, f"{_money(total / 100)} {tx.currency} in {span} "
+                       f"from {who}, limit {_money(self.max_sum)}")
+        return None
+
+
+@dataclass(slots=True)
+class FanIn:
+    """N distinct counterparties paying one key (fan-in) or paid by one key (fan-out).
+
+    fan-in: key=target, by=source; fan-out: key=source, by=target. With `same_amount`,
+    only payments of exactly the same amount count together (the tutorial's 50 × 1000 €).
+    Only payments of at least `min_amount` are tracked, which keeps the state small.
+    """
+
+    id: str
+    key: str
+    by: str
+    window_ms: int
+    min_distinct: int
+    same_amount: bool = False
+    min_amount: float = 0.0
+    weight: float = 1.0
+    _seen: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    _last_sweep: int = 0
+
+    def bind(self, tables: Tables) -> None:
+        return None
+
+    def apply(self, tx: Transaction, ts: int) -> Hit | None:
+        key, other = getattr(tx, self.key), getattr(tx, self.by)
+        if key is None or other is None or tx.amount < self.min_amount:
+            return None
+        group = f"{key}|{tx.amount:.2f}" if self.same_amount else key
+        members = self._seen.get(group)
+        if members is None:
+            members = self._seen[group] = {}
+        if members.get(other, -1) < ts:
+            members[other] = ts
+        horizon = ts - self.window_ms
+        distinct = sum(1 for t in members.values() if horizon < t <= ts)
+        if len(members) > 2 * self.min_distinct:  # trim what fell out of the window
+            for k in [k for k, t in members.items() if t <= horizon]:
+                del members[k]
+        if ts - self._last_sweep > self.window_ms:
+            self._sweep(horizon)
+            self._last_sweep = ts
+        if distinct >= self.min_distinct:
+            amount = f" of {_money(tx.amount)} {tx.currency}" if self.same_amount else ""
+            verb = "paying" if self.key == "target" else "paid by"
+            return Hit(self.id, self.weight,
+                       f"{distinct} distinct {self.by}s {verb} {self.key} {short(key)}{amount} "
+                       f"in {human_duration(self.window_ms)}, limit {self.min_distinct - 1}")
+        return None
+
+    def _sweep(self, horizon: int) -> None:
+        for group in [g for g, m in self._seen.items() if max(m.values()) <= horizon]:
+            del self._seen[group]
+
+    def state_size(self) -> int:
+        return sum(len(m) for m in self._seen.values())
+
+
+@dataclass(slots=True)
+class DormantAccount:
+    """Payments of at least `min_amount` by a key that woke up after `idle_ms` of silence:
+    the first one, and the others within `awake_ms` of waking."""
+
+    id: str
+    key: str
+    idle_ms: int
+    min_amount: float
+    weight: float = 1.0
+    awake_ms: int = DAY
+    _table: Any = field(default=None, repr=False)
+    _last: Any = field(default=None, repr=False)
+    _woke: Any = field(default=None, repr=False)
+    _idle: Any = field(default=None, repr=False)
+
+    def bind(self, tables: Tables) -> None:
+        self._table = tables[self.key]
+        self._last = self._table.column("last_ts", "q", 0)
+        self._woke = self._table.column(f"{self.id}.woke_ts", "q", 0)
+        self._idle = self._table.column(f"{self.id}.idle_d", "i", 0)
+
+    def apply(self, tx: Transaction, ts: int) -> Hit | None:
+        key = getattr(tx, self.key)
+        if key is None:
+            return None
+        row = self._table.row(key, ts)
+        last = self._last[row]
+        if ts > last:
+            self._last[row] = ts
+        if last and ts - last >= self.idle_ms:
+            self._woke[row], self._idle[row] = ts, (ts - last) // DAY
+        woke = self._woke[row]
+        if woke and tx.amount >= self.min_amount and 0 <= ts - woke <= self.awake_ms:
+            return Hit(self.id, self.weight,
+                       f"{_money(tx.amount)} {tx.currency} from {self.key} {short(key)}, "
+                       f"active again after {self._idle[row]} days without activity")
+        return None
+
+
+@dataclass(slots=True)
+class SmallThenLarge:
+    """Card testing: a payment of at most `small_max`, then one of `large_min` or more."""
+
+    id: str
+    key: str
+    small_max: float
+    large_min: float
+    within_ms: int
+    weight: float = 1.0
+    _table: Any = field(default=None, repr=False)
+    _small: Any = field(default=None, repr=False)
+
+    def bind(self, tables: Tables) -> None:
+        self._table = tables[self.key]
+        self._small = self._table.column(f"{self.id}.small_ts", "q", 0)
+
+    def apply(self, tx: Transaction, ts: int) -> Hit | None:
+        key = getattr(tx, self.key)
+        if key is None:
+            return None
+        row = self._table.row(key, ts)
+        if tx.amount <= self.small_max:
+            self._small[row] = max(self._small[row], ts)
+            return None
+        small = self._small[row]
+        if small and tx.amount >= self.large_min and 0 <= ts - small <= self.within_ms:
+            return Hit(self.id, self.weight,
+                       f"{_money(tx.amount)} {tx.currency} {human_duration(ts - small) if ts > small else '0 s'} "
+                       f"after a test payment of at most {_money(self.small_max)} "
+                       f"from {self.key} {short(key)}")
+        return None
+
+
+def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 12_742.0 * math.asin(min(1.0, math.sqrt(a)))
+
+
+@dataclass(slots=True)
+class ImpossibleTravel:
+    """Two payments of one key from places too far apart for the time between them."""
+
+    id: str
+    key: str
+    max_speed_kmh: float
+    min_distance_km: float = 100.0
+    weight: float = 1.0
+    _table: Any = field(default=None, repr=False)
+    _cols: Any = field(default=None, repr=False)
+
+    def bind(self, tables: Tables) -> None:
+        t = self._table = tables[self.key]
+        self._cols = (t.column("lat", "f", 0.0), t.column("lon", "f", 0.0),
+                      t.column("loc_ts", "q", 0))
+
+    def apply(self, tx: Transaction, ts: int) -> Hit | None:
+        key = getattr(tx, self.key)
+        if key is None or tx.lat is None or tx.lon is None:
+            return None
+        row = self._table.row(key, ts)
+        lat, lon, when = self._cols
+        prev_ts = when[row]
+        hit = None
+        if prev_ts and ts >= prev_ts:
+            km = _km(lat[row], lon[row], tx.lat, tx.lon)
+            hours = max((ts - prev_ts) / HOUR, 1 / 60)
+            if km >= self.min_distance_km and km / hours > self.max_speed_kmh:
+                hit = Hit(self.id, self.weight,
+                          f"{km:,.0f} km in {human_duration(max(ts - prev_ts, 1000))} "
+                          f"from {self.key} {short(key)} ({km / hours:,.0f} km/h, "
+                          f"limit {self.max_speed_kmh:,.0f})")
+        if ts >= prev_ts:
+            lat[row], lon[row], when[row] = tx.lat, tx.lon, ts
+        return hit
+
+
+@dataclass(slots=True)
+class ListMatch:
+    """`tx.<field>` is on a reference list; optionally only between two dates (a lockdown).
+
+    With `allow`, a match makes the transaction legit whatever else fired (an allow-list).
+    """
+
+    id: str
+    field: str
+    values: Collection[str]
+    list_name: str
+    weight: float = 1.0
+    allow: bool = False
+    from_ms: int | None = None
+    until_ms: int | None = None
+
+    def bind(self, tables: Tables) -> None:
+        self.values = frozenset(self.values)
+
+    def apply(self, tx: Transaction, ts: int) -> Hit | None:
+        value = getattr(tx, self.field)
+        if value is None or value not in self.values:
+            return None
+        if (self.from_ms is not None and ts < self.from_ms) or (
+            self.until_ms is not None and ts >= self.until_ms
+        ):
+            return None
+        return Hit(self.id, self.weight, f"{self.field} {short(value)} is on the list "
+                   f"{self.list_name}", allow=self.allow)
 
 
 def tutorial_rules() -> list[Rule]:
     """The tutorials' single rule: an amount of 900 or more is fraud."""
-    return [
-        ThresholdRule(
-            "amount_ge_900",
-            "amount",
-            ">=",
-            900,
-            weight=1.0,
-            description="the tutorials' rule: an amount of 900 or more",
-        )
-    ]
+    return [ThresholdRule("amount_ge_900", "amount", ">=", 900, weight=1.0)]
+
+
+RULE_TYPES: Mapping[str, type] = {
+    "threshold": ThresholdRule,
+    "velocity": Velocity,
+    "fan_in": FanIn,
+    "fan_out": FanIn,
+    "dormant": DormantAccount,
+    "small_then_large": SmallThenLarge,
+    "impossible_travel": ImpossibleTravel,
+    "list": ListMatch,
+}

@@ -1,4 +1,9 @@
-"""`fraudstream generate`: stream transactions into the input topic at a steady rate."""
+"""`fraudstream generate`: stream transactions into the input topic (or a file) at a steady rate.
+
+Two profiles: `tutorial` (the tutorials' uniform random payments) and `sim` (a simulated world
+with labelled fraud; the ground truth goes to the labels topic keyed by transaction id, never
+inside the transaction).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
@@ -15,10 +21,14 @@ from confluent_kafka import KafkaError, Producer
 
 from fraudstream.config import Settings
 from fraudstream.generator.pacing import Pacer
+from fraudstream.generator.sim import Simulator
 from fraudstream.generator.tutorial import TutorialSource
 from fraudstream.stream import ensure_topics, producer_config
 
-__all__ = ["GeneratorStats", "generate"]
+__all__ = ["GeneratorStats", "generate", "records"]
+
+# key, transaction JSON, and for the simulator (label key = transaction id, label JSON)
+Record = tuple[bytes, bytes, tuple[bytes, bytes] | None]
 
 
 @dataclass
@@ -32,12 +42,31 @@ class GeneratorStats:
         return self.sent / self.elapsed if self.elapsed > 0 else 0.0
 
 
+def records(
+    profile: str, seed: int | None, wall_ms: Callable[[], int], *, fraud_rate: float = 0.01
+) -> Iterator[Record]:
+    """Endless (key, value, label) records of a profile."""
+    encode = msgspec.json.Encoder().encode
+    if profile == "tutorial":
+        source = TutorialSource(seed)
+        while True:
+            tx = source.next(wall_ms())
+            yield tx.source.encode(), encode(tx), None
+    elif profile == "sim":
+        for tx, label in Simulator(seed=seed or 0, fraud_rate=fraud_rate):
+            yield tx["source"].encode(), encode(tx), (tx["id"].encode(), encode(label))
+    else:
+        raise ValueError(f"unknown profile {profile!r}; use tutorial or sim")
+
+
 def generate(
     settings: Settings,
     *,
     rate: float | None = None,
     count: int | None = None,
     seed: int | None = None,
+    profile: str = "tutorial",
+    fraud_rate: float = 0.01,
     stop: threading.Event | None = None,
     progress: TextIO | None = sys.stderr,
     clock: Callable[[], float] = time.monotonic,
@@ -46,23 +75,30 @@ def generate(
     """Produce `count` transactions (or until `stop`) at `rate` per second (inf: no pacing)."""
     stop = stop or threading.Event()
     rate = settings.transactions_per_second if rate is None else rate
-    ensure_topics(settings, [settings.transactions_topic])
+    topics = [settings.transactions_topic] + ([settings.labels_topic] if profile == "sim" else [])
+    ensure_topics(settings, topics)
     producer = Producer(producer_config(settings, "fraudstream-generator"))
     stats = GeneratorStats()
-    source = TutorialSource(seed)
-    encode = msgspec.json.Encoder().encode
-    topic = settings.transactions_topic
+    topic, labels_topic = settings.transactions_topic, settings.labels_topic
 
     def on_delivery(err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
             stats.failed += 1
 
+    def send(topic: str, value: bytes, key: bytes) -> None:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=on_delivery)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
+    source = records(profile, seed, wall_ms, fraud_rate=fraud_rate)
     limit = count if count is not None else 2**62
     chunk = 1 if math.isinf(rate) else max(1, min(10_000, int(rate / 200)))
     start = clock()
     pacer = Pacer(rate, start)
     next_report = start + 0.5
-    produce, poll = producer.produce, producer.poll
     while stats.sent < limit and not stop.is_set():
         now = clock()
         n = min(pacer.due(now), limit) - stats.sent
@@ -70,25 +106,19 @@ def generate(
             time.sleep(max(0.0, min(pacer.time_of(stats.sent + 1) - now, 0.05)))
             continue
         n = min(n, chunk * 20) if math.isinf(rate) else n
-        now_ms = wall_ms()
         for _ in range(n):
-            tx = source.next(now_ms)
-            value = encode(tx)
-            while True:
-                try:
-                    produce(topic, value, tx.source.encode(), on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    poll(0.05)
+            key, value, label = next(source)
+            send(topic, value, key)
+            if label is not None:
+                send(labels_topic, label[1], label[0])
         stats.sent += n
-        poll(0)
+        producer.poll(0)
         if progress is not None and now >= next_report:
             stats.elapsed = now - start
             _report(progress, stats, rate)
             next_report = now + 0.5
     stats.elapsed = clock() - start
-    remaining = producer.flush(30)
-    stats.failed += remaining
+    stats.failed += producer.flush(30)
     if progress is not None:
         _report(progress, stats, rate)
         progress.write("\n")
@@ -96,8 +126,31 @@ def generate(
     return stats
 
 
+def write_files(
+    path: Path, labels_path: Path | None, *, count: int, seed: int | None, profile: str,
+    fraud_rate: float = 0.01,
+) -> int:
+    """Write `count` transactions as JSON lines (and their labels to `labels_path`)."""
+    source = records(profile, seed, lambda: time.time_ns() // 1_000_000, fraud_rate=fraud_rate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        labels = open(labels_path, "wb") if labels_path is not None else None  # noqa: SIM115
+        try:
+            for _ in range(count):
+                _, value, label = next(source)
+                out.write(value + b"\n")
+                if labels is not None and label is not None:
+                    labels.write(label[1] + b"\n")
+        finally:
+            if labels is not None:
+                labels.close()
+    return count
+
+
 def _report(out: TextIO, stats: GeneratorStats, target: float) -> None:
     goal = "max" if math.isinf(target) else f"{target:,.0f}"
     failed = f" | {stats.failed:,} failed" if stats.failed else ""
-    out.write(f"\rgenerated {stats.sent:,} tx | {stats.rate:,.1f} tx/s (target {goal}){failed}   ")
+    out.write(
+        f"\rgenerated {stats.sent:,} tx | {stats.rate:,.1f} tx/s (target {goal}){failed}   "
+    )
     out.flush()

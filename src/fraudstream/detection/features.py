@@ -1,0 +1,238 @@
+"""Model features, computed by the same stateful code live, in backtests and in training.
+
+For each transaction, in event time: the account's spending over about 1, 7 and 30 days
+(exponentially decayed counts and sums, so the state per account is a few floats), time since
+its last payment, a new device, distance from its last place, time of day and weekend, and the
+confirmed-fraud risk of the target and merchant from labels known *before* the transaction.
+
+    fs = FeatureState(tables)
+    row = fs.compute(tx, ts)     # list[float], in FEATURE_NAMES order; then updates the state
+    fs.label(label)              # a confirmed verdict, applied at its own time
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import zlib
+from dataclasses import dataclass
+
+from fraudstream.detection.state import DAY, HOUR, Tables
+from fraudstream.schema import Transaction
+
+__all__ = ["FEATURE_NAMES", "FeatureState", "Label"]
+
+_TAUS = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "amount_log",
+    "amount_cents_zero",
+    "hour_sin",
+    "hour_cos",
+    "weekend",
+    "acct_count_1d",
+    "acct_count_7d",
+    "acct_count_30d",
+    "acct_mean_1d",
+    "acct_mean_7d",
+    "acct_mean_30d",
+    "amount_vs_mean_30d",
+    "acct_known",
+    "log_hours_since_last",
+    "new_device",
+    "km_from_last_place",
+    "kmh_from_last_place",
+    "log_minutes_since_tiny",
+    "acct_near_limit_1d",
+    "target_in_count_1d",
+    "target_in_log_mean_1d",
+    "target_fraud_30d",
+    "target_fraud_share_30d",
+    "merchant_fraud_30d",
+    "merchant_fraud_share_30d",
+    "target_fraud_3d",
+    "merchant_fraud_3d",
+    "log_hours_since_target_fraud",
+    "log_hours_since_merchant_fraud",
+    "merchant_fraud_share_3d",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A confirmed verdict (chargeback, analyst review) known from `known_ms` on."""
+
+    id: str
+    known_ms: int
+    is_fraud: bool
+    target: str | None = None
+    merchant: str | None = None
+    scenario: str | None = None
+
+
+def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(
+        math.radians(lon2 - lon1) / 2
+    ) ** 2
+    return 12_742.0 * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _decay(dt: int, tau: int) -> float:
+    return math.exp(-dt / tau) if dt > 0 else 1.0
+
+
+class FeatureState:
+    """The stateful feature extractor (one per engine)."""
+
+    NEAR_LIMIT = (9_000.0, 10_000.0)  # structuring: just under a 10,000 reporting limit
+    TINY = 2.0
+
+    def __init__(self, tables: Tables) -> None:
+        a = self.accounts = tables["source"]
+        self.a_ts = a.column("f.ts", "q", 0)
+        self.a_cnt = {k: a.column(f"f.c{k}", "f", 0.0) for k in _TAUS}
+        self.a_sum = {k: a.column(f"f.s{k}", "f", 0.0) for k in _TAUS}
+        self.a_near = a.column("f.near1d", "f", 0.0)
+        self.a_dev = (a.column("f.dev1", "I", 0), a.column("f.dev2", "I", 0))
+        self.a_loc = (a.column("f.lat", "f", 0.0), a.column("f.lon", "f", 0.0),
+                      a.column("f.loc_ts", "q", 0))
+        self.a_tiny = a.column("f.tiny_ts", "q", 0)
+        t = self.targets = tables["target"]
+        self.t_ts = t.column("f.ts", "q", 0)
+        self.t_cnt = t.column("f.c1d", "f", 0.0)
+        self.t_sum = t.column("f.s1d", "f", 0.0)
+        self.t_pay30 = t.column("f.p30d", "f", 0.0)
+        self.t_fraud = t.column("f.fraud30d", "f", 0.0)
+        self.t_fraud_ts = t.column("f.fraud_ts", "q", 0)
+        self.t_fraud3 = t.column("f.fraud3d", "f", 0.0)
+        m = self.merchants = tables["merchant"]
+        self.m_ts = m.column("f.ts", "q", 0)
+        self.m_pay30 = m.column("f.p30d", "f", 0.0)
+        self.m_fraud = m.column("f.fraud30d", "f", 0.0)
+        self.m_fraud_ts = m.column("f.fraud_ts", "q", 0)
+        self.m_fraud3 = m.column("f.fraud3d", "f", 0.0)
+        self.m_pay3 = m.column("f.p3d", "f", 0.0)
+        self._pending: list[tuple[int, int, Label]] = []
+        self._seq = 0
+
+    # --- labels ----------------------------------------------------------------------------
+
+    def label(self, label: Label) -> None:
+        """Queue a verdict; it affects only transactions at or after `label.known_ms`."""
+        if label.is_fraud:
+            self._seq += 1
+            heapq.heappush(self._pending, (label.known_ms, self._seq, label))
+
+    def _apply_labels(self, ts: int) -> None:
+        pending = self._pending
+        while pending and pending[0][0] <= ts:
+            known, _, lab = heapq.heappop(pending)
+            tau = _TAUS["30d"]
+            if lab.target is not None:
+                r = self.targets.row(lab.target, known)
+                gap = known - self.t_fraud_ts[r]
+                self.t_fraud[r] = self.t_fraud[r] * _decay(gap, tau) + 1
+                self.t_fraud3[r] = self.t_fraud3[r] * _decay(gap, 3 * DAY) + 1
+                self.t_fraud_ts[r] = max(known, self.t_fraud_ts[r])
+            if lab.merchant is not None:
+                r = self.merchants.row(lab.merchant, known)
+                gap = known - self.m_fraud_ts[r]
+                self.m_fraud[r] = self.m_fraud[r] * _decay(gap, tau) + 1
+                self.m_fraud3[r] = self.m_fraud3[r] * _decay(gap, 3 * DAY) + 1
+                self.m_fraud_ts[r] = max(known, self.m_fraud_ts[r])
+
+    # --- per transaction -------------------------------------------------------------------
+
+    def compute(self, tx: Transaction, ts: int) -> list[float]:
+        """The feature row for `tx` from what was known before it; then learn from it."""
+        if self._pending:
+            self._apply_labels(ts)
+        amount = tx.amount
+        seconds = ts // 1000
+        hour = (seconds % 86_400) / 3600
+        weekday = (seconds // 86_400 + 3) % 7  # 1970-01-01 was a Thursday; 5, 6 = Sat, Sun
+        row: list[float] = [
+            math.log1p(amount),
+            1.0 if amount == int(amount) else 0.0,
+            math.sin(2 * math.pi * hour / 24),
+            math.cos(2 * math.pi * hour / 24),
+            1.0 if weekday >= 5 else 0.0,
+        ]
+        # the account
+        r = self.accounts.row(tx.source, ts)
+        last = self.a_ts[r]
+        dt = ts - last if last else 0
+        decays = {k: _decay(dt, tau) for k, tau in _TAUS.items()}
+        counts = {k: self.a_cnt[k][r] * decays[k] for k in _TAUS}
+        sums = {k: self.a_sum[k][r] * decays[k] for k in _TAUS}
+        means = {k: sums[k] / counts[k] if counts[k] > 1e-6 else 0.0 for k in _TAUS}
+        row += [counts["1d"], counts["7d"], counts["30d"], means["1d"], means["7d"],
+                means["30d"], amount / (means["30d"] + 1.0), 1.0 if last else 0.0,
+                math.log1p(dt / HOUR) if last else -1.0]
+        dev1, dev2 = self.a_dev
+        device = zlib.crc32(tx.device.encode()) or 1 if tx.device is not None else 0
+        row.append(1.0 if device and last and device not in (dev1[r], dev2[r]) else 0.0)
+        lat, lon, loc_ts = self.a_loc
+        km = kmh = 0.0
+        if tx.lat is not None and tx.lon is not None and loc_ts[r]:
+            km = _km(lat[r], lon[r], tx.lat, tx.lon)
+            kmh = km / max((ts - loc_ts[r]) / HOUR, 1 / 60) if ts >= loc_ts[r] else 0.0
+        row += [km, min(kmh, 50_000.0)]
+        tiny = self.a_tiny[r]
+        row.append(math.log1p((ts - tiny) / 60_000) if tiny and ts >= tiny else -1.0)
+        near = self.a_near[r] * decays["1d"]
+        row.append(near)
+        # the target and the merchant
+        tr = self.targets.row(tx.target, ts)
+        t_dt = ts - self.t_ts[tr] if self.t_ts[tr] else 0
+        t_d1, t_d30 = _decay(t_dt, DAY), _decay(t_dt, 30 * DAY)
+        t_cnt, t_sum = self.t_cnt[tr] * t_d1, self.t_sum[tr] * t_d1
+        t_pay30 = self.t_pay30[tr] * t_d30
+        t_fraud = self.t_fraud[tr] * _decay(ts - self.t_fraud_ts[tr], 30 * DAY) \
+            if self.t_fraud_ts[tr] else 0.0
+        row += [t_cnt, math.log1p(t_sum / t_cnt) if t_cnt > 1e-6 else 0.0, t_fraud,
+                t_fraud / (t_pay30 + 1.0)]
+        m_fraud = m_share = m_fraud3 = m_pay3 = 0.0
+        m_since = -1.0
+        mr = -1
+        if tx.merchant is not None:
+            mr = self.merchants.row(tx.merchant, ts)
+            m_dt = ts - self.m_ts[mr] if self.m_ts[mr] else 0
+            m_pay30 = self.m_pay30[mr] * _decay(m_dt, 30 * DAY)
+            m_pay3 = self.m_pay3[mr] * _decay(m_dt, 3 * DAY)
+            m_known = self.m_fraud_ts[mr]
+            if m_known:
+                m_fraud = self.m_fraud[mr] * _decay(ts - m_known, 30 * DAY)
+                m_fraud3 = self.m_fraud3[mr] * _decay(ts - m_known, 3 * DAY)
+                m_since = math.log1p(max(0, ts - m_known) / HOUR)
+            m_share = m_fraud / (m_pay30 + 1.0)
+        t_known = self.t_fraud_ts[tr]
+        t_fraud3 = self.t_fraud3[tr] * _decay(ts - t_known, 3 * DAY) if t_known else 0.0
+        t_since = math.log1p(max(0, ts - t_known) / HOUR) if t_known else -1.0
+        row += [m_fraud, m_share, t_fraud3, m_fraud3, t_since, m_since, m_fraud3 / (m_pay3 + 1.0)]
+
+        # learn from this transaction (out-of-order events count at the newest time)
+        if ts >= last:
+            self.a_ts[r] = ts
+        for k in _TAUS:
+            self.a_cnt[k][r] = counts[k] + 1
+            self.a_sum[k][r] = sums[k] + amount
+        self.a_near[r] = near + (1.0 if self.NEAR_LIMIT[0] <= amount < self.NEAR_LIMIT[1] else 0)
+        if device and device not in (dev1[r], dev2[r]):
+            dev2[r], dev1[r] = dev1[r], device
+        if tx.lat is not None and tx.lon is not None and ts >= loc_ts[r]:
+            lat[r], lon[r], loc_ts[r] = tx.lat, tx.lon, ts
+        if amount <= self.TINY:
+            self.a_tiny[r] = max(tiny, ts)
+        if ts >= self.t_ts[tr]:
+            self.t_ts[tr] = ts
+        self.t_cnt[tr], self.t_sum[tr] = t_cnt + 1, t_sum + amount
+        self.t_pay30[tr] = t_pay30 + 1
+        if mr >= 0:
+            m_dt = ts - self.m_ts[mr] if self.m_ts[mr] else 0
+            self.m_pay30[mr] = m_pay30 + 1
+            self.m_pay3[mr] = m_pay3 + 1
+            if ts >= self.m_ts[mr]:
+                self.m_ts[mr] = ts
+        return row

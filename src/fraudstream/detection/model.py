@@ -1,0 +1,65 @@
+"""The trained model: a versioned file, loaded once, scoring whole batches at a time.
+
+    model = FraudModel.load(Path("models/default.model"))
+    probabilities = model.score(rows)       # rows: feature rows + rule hit flags, one per tx
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fraudstream.errors import FraudstreamError
+
+__all__ = ["MODEL_FORMAT", "FraudModel", "ModelError"]
+
+MODEL_FORMAT = 1
+
+
+class ModelError(FraudstreamError):
+    """A model file cannot be used."""
+
+
+@dataclass
+class FraudModel:
+    """A classifier plus what it was trained on: feature names, rule ids, version, metrics."""
+
+    estimator: Any
+    feature_names: tuple[str, ...]
+    rule_ids: tuple[str, ...]
+    version: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, rows: list[list[float]]) -> np.ndarray:  # type: ignore[type-arg]
+        """Fraud probability for each row (vectorised over the batch)."""
+        if not rows:
+            return np.zeros(0)
+        x = np.asarray(rows, dtype=np.float32)
+        return self.estimator.predict_proba(x)[:, 1]  # type: ignore[no-any-return]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"format": MODEL_FORMAT, "estimator": self.estimator,
+                "feature_names": self.feature_names, "rule_ids": self.rule_ids,
+                "version": self.version, "info": self.info}
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> FraudModel:
+        """Load a model file. Only load files you trained: the format is a Python pickle."""
+        try:
+            blob = pickle.loads(path.read_bytes())  # noqa: S301 - our own, versioned files
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+            raise ModelError(f"cannot load model {path}: {exc}; retrain with `fraudstream "
+                             "train`") from None
+        if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+            raise ModelError(f"{path} is not a fraudstream model of format {MODEL_FORMAT}; "
+                             "retrain it with `fraudstream train`")
+        return cls(blob["estimator"], tuple(blob["feature_names"]), tuple(blob["rule_ids"]),
+                   blob["version"], blob.get("info", {}))
