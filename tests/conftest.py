@@ -55,6 +55,7 @@ def make_settings(kafka: LocalBroker) -> SettingsFactory:
             "legit_topic": f"t-{tag}.legit",
             "fraud_topic": f"t-{tag}.fraud",
             "dlq_topic": f"t-{tag}.dlq",
+            "labels_topic": f"t-{tag}.labels",
             "detector_group": f"detector-{tag}",
             "topic_partitions": 3,
             "_env_file": None,
@@ -112,6 +113,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         "legit_topic",
         "fraud_topic",
         "dlq_topic",
+        "labels_topic",
         "detector_group",
         "topic_partitions",
     ):

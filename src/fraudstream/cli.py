@@ -17,7 +17,7 @@ from types import FrameType
 from urllib.parse import urlsplit
 
 from fraudstream.config import Settings, load_settings
-from fraudstream.errors import FraudstreamError
+from fraudstream.errors import ConfigError, FraudstreamError
 
 __all__ = ["main"]
 
@@ -68,6 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--rate", type=_rate, help="tx/s, or 'max' (default TRANSACTIONS_PER_SECOND)")
     gen.add_argument("--count", type=int, help="stop after N transactions (default: run on)")
     gen.add_argument("--seed", type=int, help="random seed, for a reproducible stream")
+    gen.add_argument(
+        "--profile",
+        choices=["tutorial", "sim"],
+        default="tutorial",
+        help="tutorial: uniform random payments; sim: a simulated world with "
+        "labelled fraud (labels go to LABELS_TOPIC)",
+    )
+    gen.add_argument(
+        "--fraud-rate",
+        type=float,
+        default=0.01,
+        help="sim: share of transactions that are fraud (default 0.01)",
+    )
+    gen.add_argument("--output", type=Path, help="write JSON lines to this file, not Kafka")
+    gen.add_argument("--labels-output", type=Path, help="with --output: the labels file")
     gen.add_argument("--quiet", action="store_true", help="no progress line")
 
     det = sub.add_parser(
@@ -78,6 +93,44 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument("--batch-size", type=int)
     det.add_argument("--commit-interval-ms", type=int)
     det.add_argument("--commit-records", type=int)
+    det.add_argument("--rules", dest="rules_file", help="rules file (default rules/default.yaml)")
+
+    rules = sub.add_parser("rules", help="work with rule files")
+    rsub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = rsub.add_parser("check", help="validate rule files; report each problem")
+    check.add_argument("files", nargs="+", type=Path)
+
+    history = argparse.ArgumentParser(add_help=False)
+    history.add_argument(
+        "--input",
+        help="transactions: a .jsonl/.csv/.parquet file or a topic (default TRANSACTIONS_TOPIC)",
+    )
+    history.add_argument("--labels", help="labels: a file or a topic (default LABELS_TOPIC)")
+    history.add_argument("--columns", help="CSV/Parquet renames, e.g. id=tx_id,source=from")
+    history.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    bt = sub.add_parser(
+        "backtest",
+        help="run a rule set over recorded history and judge it",
+        parents=[common, history],
+    )
+    bt.add_argument("--rules", dest="rules_file", help="candidate rules file")
+    bt.add_argument("--since", help="score only transactions from this date (YYYY-MM-DD) on")
+
+    tr = sub.add_parser(
+        "train", help="fit the model on labelled history (split in time)", parents=[common, history]
+    )
+    tr.add_argument("--rules", dest="rules_file", help="rules whose hits join the features")
+    tr.add_argument("--out", type=Path, default=Path("models/default.model"))
+    tr.add_argument("--test-share", type=float, default=0.3)
+    tr.add_argument("--gap-days", type=float, default=7)
+
+    ev = sub.add_parser(
+        "evaluate", help="join decisions with labels; precision, recall, ...", parents=[common]
+    )
+    ev.add_argument("--decisions", nargs="+", help="files or topics (default legit + fraud)")
+    ev.add_argument("--labels", help="a file or a topic (default LABELS_TOPIC)")
+    ev.add_argument("--json", action="store_true")
 
     dash = sub.add_parser("dashboard", help="serve the live web page", parents=[common])
     dash.add_argument("--host", dest="dashboard_host")
@@ -168,6 +221,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "generate":
         from fraudstream.generator import generate
 
+        if args.output is not None:
+            from fraudstream.generator.app import write_files
+
+            if args.count is None:
+                raise ConfigError("--output needs --count")
+            write_files(
+                args.output,
+                args.labels_output,
+                count=args.count,
+                seed=args.seed,
+                profile=args.profile,
+                fraud_rate=args.fraud_rate,
+            )
+            print(f"wrote {args.count:,} transactions to {args.output}", file=sys.stderr)
+            return 0
         stop = _StopOnSignal().install()
         stats = generate(
             settings,
@@ -175,9 +243,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             count=args.count,
             seed=args.seed,
             stop=stop,
+            profile=args.profile,
+            fraud_rate=args.fraud_rate,
             progress=None if args.quiet else sys.stderr,
         )
         return 1 if stats.failed else 0
+    if args.command == "rules":
+        return _rules_check(args.files)
+    if args.command in ("backtest", "train", "evaluate"):
+        from fraudstream.evaluation import cli as evaluation_cli
+
+        return evaluation_cli.run(args, settings)
     if args.command == "detect":
         return _detect(settings)
     if args.command == "dashboard":
@@ -250,12 +326,37 @@ def _tool(name: str, tool_args: list[str]) -> int:
     )
 
 
+def _rules_check(files: list[Path]) -> int:
+    from fraudstream.detection import check_rules_file
+
+    bad = 0
+    for path in files:
+        problems = check_rules_file(path)
+        if not problems:
+            print(f"{path}: ok")
+            continue
+        bad += 1
+        print(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}")
+        for rule_id, message in problems:
+            print(f"  {rule_id}: {message}")
+    return 1 if bad else 0
+
+
 def _detect(settings: Settings) -> int:
-    from fraudstream.detection import Engine, tutorial_rules
+    from fraudstream.detection import Engine, load_ruleset
     from fraudstream.stream import Processor, ensure_topics
 
+    path = Path(settings.rules_file or "rules/default.yaml")
+    ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
     ensure_topics(settings)
-    engine = Engine(tutorial_rules(), threshold=settings.fraud_threshold, version="tutorial-1")
+    engine = Engine.from_ruleset(ruleset)
+    log.info(
+        "rules %s version %s: %d rules%s",
+        path,
+        engine.version,
+        len(engine.rules),
+        ", with model" if engine.model else "",
+    )
     processor = Processor(settings, engine)
     stop = _StopOnSignal().install()
 
@@ -309,6 +410,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         "LEGIT_TOPIC": settings.legit_topic,
         "FRAUD_TOPIC": settings.fraud_topic,
         "DLQ_TOPIC": settings.dlq_topic,
+        "LABELS_TOPIC": settings.labels_topic,
         "DASHBOARD_PORT": str(settings.dashboard_port),
     }
     me = [sys.executable, "-m", "fraudstream"]
@@ -318,7 +420,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     procs = [
         subprocess.Popen([*me, "dashboard"], env=env, start_new_session=True),
         subprocess.Popen([*me, "detect"], env=env, start_new_session=True),
-        subprocess.Popen([*me, "generate", *rate], env=env, start_new_session=True),
+        subprocess.Popen(
+            [*me, "generate", "--profile", "sim", *rate], env=env, start_new_session=True
+        ),
     ]
     stop = _StopOnSignal().install()
     time.sleep(1)

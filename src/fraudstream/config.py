@@ -48,7 +48,11 @@ class Settings(BaseSettings):
     dashboard_history: int = Field(default=200, ge=1, le=10_000)
 
     @field_validator(
-        "kafka_broker_url", "transactions_topic", "legit_topic", "fraud_topic", "dlq_topic",
+        "kafka_broker_url",
+        "transactions_topic",
+        "legit_topic",
+        "fraud_topic",
+        "dlq_topic",
         "labels_topic",
     )
     @classmethod

@@ -21,8 +21,10 @@ __all__ = [
     "Decision",
     "Decoded",
     "InvalidTransaction",
+    "LabelRecord",
     "Reason",
     "Transaction",
+    "decode_label",
     "decode_transaction",
     "encode_decided",
     "event_time_ms",
@@ -117,6 +119,31 @@ class Decision(msgspec.Struct, frozen=True):
     score: float
     reasons: list[Reason]
     rules_version: str
+
+
+class LabelRecord(msgspec.Struct, frozen=True):
+    """Ground truth for one transaction, on the labels topic (keyed by transaction id)."""
+
+    id: Text
+    is_fraud: bool
+    known_ms: int = 0  # when the verdict became known (event time); 0: known from the start
+    scenario: str | None = None
+    target: str | None = None
+    merchant: str | None = None
+
+
+_label_decoder = msgspec.json.Decoder(LabelRecord)
+
+
+def decode_label(value: bytes | None) -> LabelRecord:
+    if value is None:
+        raise InvalidTransaction("null_value", "label record has no value")
+    try:
+        return _label_decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        raise InvalidTransaction("schema", str(exc)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidTransaction("not_json", str(exc)) from None
 
 
 _decoder = msgspec.json.Decoder(Transaction)

@@ -19,8 +19,8 @@ from fraudstream.detection.rules import (
     tutorial_rules,
 )
 from fraudstream.detection.ruleset import (
-    RuleSet,
     RulesError,
+    RuleSet,
     check_rules_file,
     load_ruleset,
     parse_duration,

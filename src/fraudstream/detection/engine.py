@@ -53,8 +53,9 @@ class Engine:
         self.features = FeatureState(self.tables) if want_features else None
         self.rule_ids = tuple(r.id for r in self.rules)
         if model is not None:
-            self._model_rules = [self.rule_ids.index(r) if r in self.rule_ids else -1
-                                 for r in model.rule_ids]
+            self._model_rules = [
+                self.rule_ids.index(r) if r in self.rule_ids else -1 for r in model.rule_ids
+            ]
             if tuple(model.feature_names) != FEATURE_NAMES:
                 raise ValueError("the model was trained on other features; retrain it")
         self._next_evict = 0
@@ -63,9 +64,14 @@ class Engine:
     def from_ruleset(cls, ruleset: RuleSet, *, features: bool | None = None) -> Engine:
         model = FraudModel.load(ruleset.model.path) if ruleset.model else None
         version = ruleset.version + (f"+{model.version}" if model else "")
-        return cls(ruleset.rules, threshold=ruleset.threshold, version=version, model=model,
-                   model_weight=ruleset.model.weight if ruleset.model else 0.0,
-                   features=features)
+        return cls(
+            ruleset.rules,
+            threshold=ruleset.threshold,
+            version=version,
+            model=model,
+            model_weight=ruleset.model.weight if ruleset.model else 0.0,
+            features=features,
+        )
 
     def observe_labels(self, labels: Iterable[Label]) -> None:
         if self.features is not None:
@@ -104,7 +110,9 @@ class Engine:
         scored = self.score(batch)
         if self.model is not None and scored:
             probs = self.model.score(self.model_rows(scored))
-            return [self.combine(hits, float(p)) for (_, hits), p in zip(scored, probs, strict=True)]
+            return [
+                self.combine(hits, float(p)) for (_, hits), p in zip(scored, probs, strict=True)
+            ]
         return [self.combine(hits, None) for _, hits in scored]
 
     def combine(self, hits: Sequence[Hit], probability: float | None) -> Decision:

@@ -15,10 +15,9 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
-from dataclasses import dataclass
 
 from fraudstream.detection.state import DAY, HOUR, Tables
-from fraudstream.schema import Transaction
+from fraudstream.schema import LabelRecord, Transaction
 
 __all__ = ["FEATURE_NAMES", "FeatureState", "Label"]
 
@@ -58,23 +57,15 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
-    """A confirmed verdict (chargeback, analyst review) known from `known_ms` on."""
-
-    id: str
-    known_ms: int
-    is_fraud: bool
-    target: str | None = None
-    merchant: str | None = None
-    scenario: str | None = None
+Label = LabelRecord  # a confirmed verdict, known from `known_ms` on
 
 
 def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(
-        math.radians(lon2 - lon1) / 2
-    ) ** 2
+    a = (
+        math.sin((p2 - p1) / 2) ** 2
+        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    )
     return 12_742.0 * math.asin(min(1.0, math.sqrt(a)))
 
 
@@ -95,8 +86,11 @@ class FeatureState:
         self.a_sum = {k: a.column(f"f.s{k}", "f", 0.0) for k in _TAUS}
         self.a_near = a.column("f.near1d", "f", 0.0)
         self.a_dev = (a.column("f.dev1", "I", 0), a.column("f.dev2", "I", 0))
-        self.a_loc = (a.column("f.lat", "f", 0.0), a.column("f.lon", "f", 0.0),
-                      a.column("f.loc_ts", "q", 0))
+        self.a_loc = (
+            a.column("f.lat", "f", 0.0),
+            a.column("f.lon", "f", 0.0),
+            a.column("f.loc_ts", "q", 0),
+        )
         self.a_tiny = a.column("f.tiny_ts", "q", 0)
         t = self.targets = tables["target"]
         self.t_ts = t.column("f.ts", "q", 0)
@@ -167,9 +161,17 @@ class FeatureState:
         counts = {k: self.a_cnt[k][r] * decays[k] for k in _TAUS}
         sums = {k: self.a_sum[k][r] * decays[k] for k in _TAUS}
         means = {k: sums[k] / counts[k] if counts[k] > 1e-6 else 0.0 for k in _TAUS}
-        row += [counts["1d"], counts["7d"], counts["30d"], means["1d"], means["7d"],
-                means["30d"], amount / (means["30d"] + 1.0), 1.0 if last else 0.0,
-                math.log1p(dt / HOUR) if last else -1.0]
+        row += [
+            counts["1d"],
+            counts["7d"],
+            counts["30d"],
+            means["1d"],
+            means["7d"],
+            means["30d"],
+            amount / (means["30d"] + 1.0),
+            1.0 if last else 0.0,
+            math.log1p(dt / HOUR) if last else -1.0,
+        ]
         dev1, dev2 = self.a_dev
         device = zlib.crc32(tx.device.encode()) or 1 if tx.device is not None else 0
         row.append(1.0 if device and last and device not in (dev1[r], dev2[r]) else 0.0)
@@ -189,10 +191,17 @@ class FeatureState:
         t_d1, t_d30 = _decay(t_dt, DAY), _decay(t_dt, 30 * DAY)
         t_cnt, t_sum = self.t_cnt[tr] * t_d1, self.t_sum[tr] * t_d1
         t_pay30 = self.t_pay30[tr] * t_d30
-        t_fraud = self.t_fraud[tr] * _decay(ts - self.t_fraud_ts[tr], 30 * DAY) \
-            if self.t_fraud_ts[tr] else 0.0
-        row += [t_cnt, math.log1p(t_sum / t_cnt) if t_cnt > 1e-6 else 0.0, t_fraud,
-                t_fraud / (t_pay30 + 1.0)]
+        t_fraud = (
+            self.t_fraud[tr] * _decay(ts - self.t_fraud_ts[tr], 30 * DAY)
+            if self.t_fraud_ts[tr]
+            else 0.0
+        )
+        row += [
+            t_cnt,
+            math.log1p(t_sum / t_cnt) if t_cnt > 1e-6 else 0.0,
+            t_fraud,
+            t_fraud / (t_pay30 + 1.0),
+        ]
         m_fraud = m_share = m_fraud3 = m_pay3 = 0.0
         m_since = -1.0
         mr = -1

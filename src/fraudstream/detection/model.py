@@ -1,7 +1,7 @@
 """The trained model: a versioned file, loaded once, scoring whole batches at a time.
 
-    model = FraudModel.load(Path("models/default.model"))
-    probabilities = model.score(rows)       # rows: feature rows + rule hit flags, one per tx
+model = FraudModel.load(Path("models/default.model"))
+probabilities = model.score(rows)       # rows: feature rows + rule hit flags, one per tx
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class FraudModel:
     version: str
     info: dict[str, Any] = field(default_factory=dict)
 
-    def score(self, rows: list[list[float]]) -> np.ndarray:  # type: ignore[type-arg]
+    def score(self, rows: list[list[float]]) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Fraud probability for each row (vectorised over the batch)."""
         if not rows:
             return np.zeros(0)
@@ -43,9 +43,14 @@ class FraudModel:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        blob = {"format": MODEL_FORMAT, "estimator": self.estimator,
-                "feature_names": self.feature_names, "rule_ids": self.rule_ids,
-                "version": self.version, "info": self.info}
+        blob = {
+            "format": MODEL_FORMAT,
+            "estimator": self.estimator,
+            "feature_names": self.feature_names,
+            "rule_ids": self.rule_ids,
+            "version": self.version,
+            "info": self.info,
+        }
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL))
         tmp.replace(path)
@@ -54,12 +59,20 @@ class FraudModel:
     def load(cls, path: Path) -> FraudModel:
         """Load a model file. Only load files you trained: the format is a Python pickle."""
         try:
-            blob = pickle.loads(path.read_bytes())  # noqa: S301 - our own, versioned files
+            blob = pickle.loads(path.read_bytes())
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-            raise ModelError(f"cannot load model {path}: {exc}; retrain with `fraudstream "
-                             "train`") from None
+            raise ModelError(
+                f"cannot load model {path}: {exc}; retrain with `fraudstream train`"
+            ) from None
         if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-            raise ModelError(f"{path} is not a fraudstream model of format {MODEL_FORMAT}; "
-                             "retrain it with `fraudstream train`")
-        return cls(blob["estimator"], tuple(blob["feature_names"]), tuple(blob["rule_ids"]),
-                   blob["version"], blob.get("info", {}))
+            raise ModelError(
+                f"{path} is not a fraudstream model of format {MODEL_FORMAT}; "
+                "retrain it with `fraudstream train`"
+            )
+        return cls(
+            blob["estimator"],
+            tuple(blob["feature_names"]),
+            tuple(blob["rule_ids"]),
+            blob["version"],
+            blob.get("info", {}),
+        )

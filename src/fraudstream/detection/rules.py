@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any, Protocol
 
 from fraudstream.detection.state import DAY, HOUR, MINUTE, Tables
@@ -94,7 +95,7 @@ class ThresholdRule:
     op: str
     value: Any
     weight: float = 1.0
-    _compare: Callable[[Any, Any], bool] = field(init=False, repr=False)
+    _compare: Callable[[Any, Any], bool] = dc_field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.op not in OPERATORS:
@@ -133,8 +134,9 @@ class Velocity:
     buckets: int = 6
     min_amount: float = 0.0  # count only payments in [min_amount, max_amount)
     max_amount: float = math.inf
-    _cols: list[Any] = field(default_factory=list, repr=False)
-    _table: Any = field(default=None, repr=False)
+    _cols: list[Any] = dc_field(default_factory=list, repr=False)
+    _table: Any = dc_field(default=None, repr=False)
+    _head: Any = dc_field(default=None, repr=False)
     _width: int = 0
 
     def __post_init__(self) -> None:
@@ -145,11 +147,12 @@ class Velocity:
         self._width = self.window_ms // self.buckets
 
     def bind(self, tables: Tables) -> None:
-        self._table = tables[self.key]
-        t = self._table
+        # A ring of `buckets` slots per key: the newest bucket id, then a count and a sum
+        # (cents) per slot — 4 + 6 bytes a slot, whatever the traffic.
+        t = self._table = tables[self.key]
+        self._head = t.column(f"{self.id}.head", "i", -1)
         self._cols = [
-            (t.column(f"{self.id}.b{i}", "i", -1), t.column(f"{self.id}.n{i}", "i", 0),
-             t.column(f"{self.id}.s{i}", "q", 0))
+            (t.column(f"{self.id}.n{i}", "H", 0), t.column(f"{self.id}.s{i}", "i", 0))
             for i in range(self.buckets)
         ]
 
@@ -158,20 +161,22 @@ class Velocity:
         if key is None or not self.min_amount <= tx.amount < self.max_amount:
             return None
         row = self._table.row(key, ts)
+        buckets, cols = self.buckets, self._cols
         bid = ts // self._width
-        cents = round(tx.amount * 100)
-        bcol, ncol, scol = self._cols[bid % self.buckets]
-        stored = bcol[row]
-        if stored == bid:
-            ncol[row] += 1
-            scol[row] += cents
-        elif stored < bid:
-            bcol[row], ncol[row], scol[row] = bid, 1, cents
-        # else: older than the whole window; it counts nowhere
-        low = bid - self.buckets
+        head = self._head[row]
+        if bid > head:  # the window moves on: empty the slots it passes
+            for b in range(max(head + 1, bid - buckets + 1), bid + 1):
+                n, s = cols[b % buckets]
+                n[row] = s[row] = 0
+            self._head[row] = head = bid
+        if bid > head - buckets:  # else older than the whole window: it counts nowhere
+            n, s = cols[bid % buckets]
+            n[row] = min(n[row] + 1, 65_535)
+            s[row] = min(s[row] + round(tx.amount * 100), 2**31 - 1)
         count = total = 0
-        for b, n, s in self._cols:
-            if low < b[row] <= bid:
+        for b in range(max(bid, head) - buckets + 1, min(bid, head) + 1):
+            if b > head - buckets:
+                n, s = cols[b % buckets]
                 count += n[row]
                 total += s[row]
         span = human_duration(self.window_ms)
@@ -180,11 +185,18 @@ class Velocity:
             band = ""
             if self.min_amount > 0 or self.max_amount < math.inf:
                 band = f" of {_money(self.min_amount)} to {_money(self.max_amount)}"
-            return Hit(self.id, self.weight,
-                       f"{count} payments{band} in {span} from {who}, limit {self.max_count}")
+            return Hit(
+                self.id,
+                self.weight,
+                f"{count} payments{band} in {span} from {who}, limit {self.max_count}",
+            )
         if self.max_sum is not None and total / 100 > self.max_sum:
-            return Hit(self.id, self.weight, f"{_money(total / 100)} {tx.currency} in {span} "
-                       f"from {who}, limit {_money(self.max_sum)}")
+            return Hit(
+                self.id,
+                self.weight,
+                f"{_money(total / 100)} {tx.currency} in {span} "
+                f"from {who}, limit {_money(self.max_sum)}",
+            )
         return None
 
 
@@ -193,7 +205,8 @@ class FanIn:
     """N distinct counterparties paying one key (fan-in) or paid by one key (fan-out).
 
     fan-in: key=target, by=source; fan-out: key=source, by=target. With `same_amount`,
-    only payments of exactly the same amount count together (the tutorial's 50 × 1000 €).
+    only payments of exactly the same amount count together (the tutorial's
+    50 payments of 1000 EUR).
     Only payments of at least `min_amount` are tracked, which keeps the state small.
     """
 
@@ -205,7 +218,7 @@ class FanIn:
     same_amount: bool = False
     min_amount: float = 0.0
     weight: float = 1.0
-    _seen: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    _seen: dict[str, dict[str, int]] = dc_field(default_factory=dict, repr=False)
     _last_sweep: int = 0
 
     def bind(self, tables: Tables) -> None:
@@ -232,9 +245,12 @@ class FanIn:
         if distinct >= self.min_distinct:
             amount = f" of {_money(tx.amount)} {tx.currency}" if self.same_amount else ""
             verb = "paying" if self.key == "target" else "paid by"
-            return Hit(self.id, self.weight,
-                       f"{distinct} distinct {self.by}s {verb} {self.key} {short(key)}{amount} "
-                       f"in {human_duration(self.window_ms)}, limit {self.min_distinct - 1}")
+            return Hit(
+                self.id,
+                self.weight,
+                f"{distinct} distinct {self.by}s {verb} {self.key} {short(key)}{amount} "
+                f"in {human_duration(self.window_ms)}, limit {self.min_distinct - 1}",
+            )
         return None
 
     def _sweep(self, horizon: int) -> None:
@@ -256,10 +272,10 @@ class DormantAccount:
     min_amount: float
     weight: float = 1.0
     awake_ms: int = DAY
-    _table: Any = field(default=None, repr=False)
-    _last: Any = field(default=None, repr=False)
-    _woke: Any = field(default=None, repr=False)
-    _idle: Any = field(default=None, repr=False)
+    _table: Any = dc_field(default=None, repr=False)
+    _last: Any = dc_field(default=None, repr=False)
+    _woke: Any = dc_field(default=None, repr=False)
+    _idle: Any = dc_field(default=None, repr=False)
 
     def bind(self, tables: Tables) -> None:
         self._table = tables[self.key]
@@ -279,9 +295,12 @@ class DormantAccount:
             self._woke[row], self._idle[row] = ts, (ts - last) // DAY
         woke = self._woke[row]
         if woke and tx.amount >= self.min_amount and 0 <= ts - woke <= self.awake_ms:
-            return Hit(self.id, self.weight,
-                       f"{_money(tx.amount)} {tx.currency} from {self.key} {short(key)}, "
-                       f"active again after {self._idle[row]} days without activity")
+            return Hit(
+                self.id,
+                self.weight,
+                f"{_money(tx.amount)} {tx.currency} from {self.key} {short(key)}, "
+                f"active again after {self._idle[row]} days without activity",
+            )
         return None
 
 
@@ -295,8 +314,8 @@ class SmallThenLarge:
     large_min: float
     within_ms: int
     weight: float = 1.0
-    _table: Any = field(default=None, repr=False)
-    _small: Any = field(default=None, repr=False)
+    _table: Any = dc_field(default=None, repr=False)
+    _small: Any = dc_field(default=None, repr=False)
 
     def bind(self, tables: Tables) -> None:
         self._table = tables[self.key]
@@ -312,10 +331,13 @@ class SmallThenLarge:
             return None
         small = self._small[row]
         if small and tx.amount >= self.large_min and 0 <= ts - small <= self.within_ms:
-            return Hit(self.id, self.weight,
-                       f"{_money(tx.amount)} {tx.currency} {human_duration(ts - small) if ts > small else '0 s'} "
-                       f"after a test payment of at most {_money(self.small_max)} "
-                       f"from {self.key} {short(key)}")
+            return Hit(
+                self.id,
+                self.weight,
+                f"{_money(tx.amount)} {tx.currency} {human_duration(max(ts - small, 1000))} "
+                f"after a test payment of at most {_money(self.small_max)} "
+                f"from {self.key} {short(key)}",
+            )
         return None
 
 
@@ -335,13 +357,16 @@ class ImpossibleTravel:
     max_speed_kmh: float
     min_distance_km: float = 100.0
     weight: float = 1.0
-    _table: Any = field(default=None, repr=False)
-    _cols: Any = field(default=None, repr=False)
+    _table: Any = dc_field(default=None, repr=False)
+    _cols: Any = dc_field(default=None, repr=False)
 
     def bind(self, tables: Tables) -> None:
         t = self._table = tables[self.key]
-        self._cols = (t.column("lat", "f", 0.0), t.column("lon", "f", 0.0),
-                      t.column("loc_ts", "q", 0))
+        self._cols = (
+            t.column("lat", "f", 0.0),
+            t.column("lon", "f", 0.0),
+            t.column("loc_ts", "q", 0),
+        )
 
     def apply(self, tx: Transaction, ts: int) -> Hit | None:
         key = getattr(tx, self.key)
@@ -355,10 +380,13 @@ class ImpossibleTravel:
             km = _km(lat[row], lon[row], tx.lat, tx.lon)
             hours = max((ts - prev_ts) / HOUR, 1 / 60)
             if km >= self.min_distance_km and km / hours > self.max_speed_kmh:
-                hit = Hit(self.id, self.weight,
-                          f"{km:,.0f} km in {human_duration(max(ts - prev_ts, 1000))} "
-                          f"from {self.key} {short(key)} ({km / hours:,.0f} km/h, "
-                          f"limit {self.max_speed_kmh:,.0f})")
+                hit = Hit(
+                    self.id,
+                    self.weight,
+                    f"{km:,.0f} km in {human_duration(max(ts - prev_ts, 1000))} "
+                    f"from {self.key} {short(key)} ({km / hours:,.0f} km/h, "
+                    f"limit {self.max_speed_kmh:,.0f})",
+                )
         if ts >= prev_ts:
             lat[row], lon[row], when[row] = tx.lat, tx.lon, ts
         return hit
@@ -391,8 +419,12 @@ class ListMatch:
             self.until_ms is not None and ts >= self.until_ms
         ):
             return None
-        return Hit(self.id, self.weight, f"{self.field} {short(value)} is on the list "
-                   f"{self.list_name}", allow=self.allow)
+        return Hit(
+            self.id,
+            self.weight,
+            f"{self.field} {short(value)} is on the list {self.list_name}",
+            allow=self.allow,
+        )
 
 
 def tutorial_rules() -> list[Rule]:

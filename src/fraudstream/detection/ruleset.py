@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,14 @@ from fraudstream.detection.rules import (
 )
 from fraudstream.errors import FraudstreamError
 
-__all__ = ["ModelRef", "RuleSet", "RulesError", "check_rules_file", "load_ruleset", "parse_duration"]
+__all__ = [
+    "ModelRef",
+    "RuleSet",
+    "RulesError",
+    "check_rules_file",
+    "load_ruleset",
+    "parse_duration",
+]
 
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 _KEYS = {"source", "target", "device", "merchant", "country", "channel"}
@@ -94,7 +101,7 @@ class _FileSpec(BaseModel):
     lists: dict[str, list[str]] = {}
     lists_file: str | None = None
     model: _ModelSpec | None = None
-    rules: list[_RuleSpec]
+    rules: list[dict[str, Any]]  # each validated on its own, so every rule's problems show
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +121,12 @@ class RuleSet:
 
 def _when(value: Any) -> int:
     if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
     elif isinstance(value, date):
-        dt = datetime.combine(value, time(), tzinfo=timezone.utc)
+        dt = datetime.combine(value, time(), tzinfo=UTC)
     else:
         dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        dt = dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+        dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
 
@@ -137,24 +144,54 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
     if spec.type == "threshold":
         rule = ThresholdRule(rid, p.pop("field"), p.pop("op"), p.pop("value"), weight=w)
     elif spec.type == "velocity":
-        rule = Velocity(rid, _key(p), parse_duration(p.pop("window")), p.pop("max_count", None),
-                        p.pop("max_sum", None), weight=w, buckets=int(p.pop("buckets", 6)),
-                        min_amount=float(p.pop("min_amount", 0.0)),
-                        max_amount=float(p.pop("max_amount", math.inf)))
+        rule = Velocity(
+            rid,
+            _key(p),
+            parse_duration(p.pop("window")),
+            p.pop("max_count", None),
+            p.pop("max_sum", None),
+            weight=w,
+            buckets=int(p.pop("buckets", 6)),
+            min_amount=float(p.pop("min_amount", 0.0)),
+            max_amount=float(p.pop("max_amount", math.inf)),
+        )
     elif spec.type in ("fan_in", "fan_out"):
         key, by = ("target", "source") if spec.type == "fan_in" else ("source", "target")
-        rule = FanIn(rid, _key(p, "key", key), _key(p, "by", by), parse_duration(p.pop("window")),
-                     int(p.pop("min_distinct")), bool(p.pop("same_amount", False)),
-                     float(p.pop("min_amount", 0.0)), weight=w)
+        rule = FanIn(
+            rid,
+            _key(p, "key", key),
+            _key(p, "by", by),
+            parse_duration(p.pop("window")),
+            int(p.pop("min_distinct")),
+            bool(p.pop("same_amount", False)),
+            float(p.pop("min_amount", 0.0)),
+            weight=w,
+        )
     elif spec.type == "dormant":
-        rule = DormantAccount(rid, _key(p, "key", "source"), parse_duration(p.pop("idle")),
-                              float(p.pop("min_amount", 0.0)), weight=w)
+        rule = DormantAccount(
+            rid,
+            _key(p, "key", "source"),
+            parse_duration(p.pop("idle")),
+            float(p.pop("min_amount", 0.0)),
+            weight=w,
+        )
     elif spec.type == "small_then_large":
-        rule = SmallThenLarge(rid, _key(p, "key", "source"), float(p.pop("small_max")),
-                              float(p.pop("large_min")), parse_duration(p.pop("within")), weight=w)
+        rule = SmallThenLarge(
+            rid,
+            _key(p, "key", "source"),
+            float(p.pop("small_max")),
+            float(p.pop("large_min")),
+            parse_duration(p.pop("within")),
+            weight=w,
+        )
     elif spec.type == "impossible_travel":
-        rule = ImpossibleTravel(rid, _key(p, "key", "source"), float(p.pop("max_speed_kmh")),
-                                float(p.pop("min_distance_km", 100.0)), weight=w)
+        rule = ImpossibleTravel(
+            rid,
+            _key(p, "key", "source"),
+            float(p.pop("max_speed_kmh")),
+            float(p.pop("min_distance_km", 100.0)),
+            weight=w,
+        )
     elif spec.type == "list":
         name = p.pop("list")
         if name not in lists:
@@ -166,8 +203,16 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
         start = end = None
         if during is not None:
             start, end = _when(during[0]), _when(during[1])
-        rule = ListMatch(rid, field_name, frozenset(lists[name]), name, weight=w,
-                         allow=p.pop("action", "flag") == "allow", from_ms=start, until_ms=end)
+        rule = ListMatch(
+            rid,
+            field_name,
+            frozenset(lists[name]),
+            name,
+            weight=w,
+            allow=p.pop("action", "flag") == "allow",
+            from_ms=start,
+            until_ms=end,
+        )
     else:
         raise ValueError(
             f"unknown type {spec.type!r}; use threshold, velocity, fan_in, fan_out, dormant, "
@@ -178,7 +223,7 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
     return rule
 
 
-def _parse(path: Path) -> tuple[RuleSet | None, list[tuple[str, str]]]:
+def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list[tuple[str, str]]]:
     try:
         raw = yaml.safe_load(path.read_text("utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -186,19 +231,21 @@ def _parse(path: Path) -> tuple[RuleSet | None, list[tuple[str, str]]]:
     try:
         spec = _FileSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = err["loc"]
-            rid = "file"
-            if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
-                rules = raw.get("rules") or []
-                entry = rules[loc[1]] if loc[1] < len(rules) else {}
-                rid = entry.get("id", f"rules[{loc[1]}]") if isinstance(entry, dict) else rid
-                loc = loc[2:]
-            problems.append((str(rid), f"{'.'.join(map(str, loc)) or 'value'}: {err['msg']}"))
-        return None, problems
+        return None, [
+            ("file", f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}") for e in exc.errors()
+        ]
     lists = dict(spec.lists)
-    problems = []
+    problems: list[tuple[str, str]] = []
+    specs: list[_RuleSpec] = []
+    for i, entry in enumerate(spec.rules):
+        try:
+            specs.append(_RuleSpec.model_validate(entry))
+        except ValidationError as exc:
+            rid = str(entry.get("id", f"rules[{i}]")) if isinstance(entry, dict) else f"rules[{i}]"
+            problems += [
+                (rid, f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}")
+                for e in exc.errors()
+            ]
     if spec.lists_file:
         try:
             extra = yaml.safe_load((path.parent / spec.lists_file).read_text("utf-8")) or {}
@@ -207,7 +254,7 @@ def _parse(path: Path) -> tuple[RuleSet | None, list[tuple[str, str]]]:
             problems.append(("lists_file", f"cannot read {spec.lists_file}: {exc}"))
     built: list[Rule] = []
     seen: set[str] = set()
-    for rs in spec.rules:
+    for rs in specs:
         if rs.id in seen:
             problems.append((rs.id, "duplicate rule id"))
         seen.add(rs.id)
@@ -224,14 +271,19 @@ def _parse(path: Path) -> tuple[RuleSet | None, list[tuple[str, str]]]:
     model = None
     if spec.model is not None:
         model_path = (path.parent / spec.model.file).resolve()
-        if not model_path.exists():
-            problems.append(("model", f"model file {model_path} does not exist; train one with "
-                             "`fraudstream train`"))
+        if require_model and not model_path.exists():
+            problems.append(
+                (
+                    "model",
+                    f"model file {model_path} does not exist; train one with `fraudstream train`",
+                )
+            )
         model = ModelRef(model_path, spec.model.weight)
     if problems:
         return None, problems
-    return RuleSet(spec.version, spec.threshold, tuple(built),
-                   {r.id: r.description for r in spec.rules}, model), []
+    return RuleSet(
+        spec.version, spec.threshold, tuple(built), {r.id: r.description for r in specs}, model
+    ), []
 
 
 def check_rules_file(path: Path) -> list[tuple[str, str]]:
@@ -239,8 +291,9 @@ def check_rules_file(path: Path) -> list[tuple[str, str]]:
     return _parse(path)[1]
 
 
-def load_ruleset(path: Path) -> RuleSet:
-    ruleset, problems = _parse(path)
+def load_ruleset(path: Path, *, require_model: bool = True) -> RuleSet:
+    """The rule set in `path`; raises `RulesError` listing every problem."""
+    ruleset, problems = _parse(path, require_model)
     if ruleset is None:
         raise RulesError(path, problems)
     return ruleset

@@ -39,13 +39,15 @@ def outcomes(
         if since_ms is not None and tx.ts_ms < since_ms:
             continue
         label = labels.get(tx.id or "")
-        out.append(Outcome(
-            is_fraud=bool(label and label.is_fraud),
-            scenario=label.scenario if label else None,
-            flagged=d.outcome == "fraud",
-            score=d.score,
-            rules=tuple(r.rule for r in d.reasons if r.rule != "model"),
-        ))
+        out.append(
+            Outcome(
+                is_fraud=bool(label and label.is_fraud),
+                scenario=label.scenario if label else None,
+                flagged=d.outcome == "fraud",
+                score=d.score,
+                rules=tuple(r.rule for r in d.reasons if r.rule != "model"),
+            )
+        )
     return out
 
 
@@ -62,5 +64,6 @@ def backtest(
     decisions: list[Decision] = []
     for i in range(0, len(transactions), CHUNK):
         decisions += engine.decide(transactions[i : i + CHUNK])
-    return BacktestResult(decisions,
-                          report(outcomes(transactions, decisions, labels, since_ms=since_ms)))
+    return BacktestResult(
+        decisions, report(outcomes(transactions, decisions, labels, since_ms=since_ms))
+    )

@@ -38,8 +38,7 @@ def report(outcomes: Iterable[Outcome]) -> Report:
     fn = sum(1 for o in rows if not o.flagged and o.is_fraud)
     tn = len(rows) - tp - fp - fn
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    f1 = (round(2 * precision * recall / (precision + recall), 4)
-          if precision and recall else None)
+    f1 = round(2 * precision * recall / (precision + recall), 4) if precision and recall else None
     y = np.fromiter((o.is_fraud for o in rows), dtype=bool, count=len(rows))
     s = np.fromiter((o.score for o in rows), dtype=float, count=len(rows))
     both = 0 < y.sum() < len(rows)
@@ -52,8 +51,11 @@ def report(outcomes: Iterable[Outcome]) -> Report:
             totals[name] += 1
             caught[name] += o.flagged
     for name in sorted(totals):
-        per_scenario[name] = {"fraud": totals[name], "caught": caught[name],
-                              "recall": _ratio(caught[name], totals[name])}
+        per_scenario[name] = {
+            "fraud": totals[name],
+            "caught": caught[name],
+            "recall": _ratio(caught[name], totals[name]),
+        }
     fired: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     for o in rows:
         for r in o.rules:
@@ -101,6 +103,8 @@ def format_report(r: Report) -> str:
         lines.append(f"{name:<28}{s['fraud']:>8,}{s['caught']:>8,}{_fmt(s['recall']):>8}")
     lines += ["", f"{'rule':<28}{'fired':>9}{'on fraud':>9}{'precision':>10}{'recall':>8}"]
     for name, s in r["per_rule"].items():
-        lines.append(f"{name:<28}{s['fired']:>9,}{s['on_fraud']:>9,}"
-                     f"{_fmt(s['precision']):>10}{_fmt(s['recall']):>8}")
+        lines.append(
+            f"{name:<28}{s['fired']:>9,}{s['on_fraud']:>9,}"
+            f"{_fmt(s['precision']):>10}{_fmt(s['recall']):>8}"
+        )
     return "\n".join(lines)

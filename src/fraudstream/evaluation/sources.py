@@ -19,7 +19,14 @@ from confluent_kafka import Consumer, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.detection import Label
-from fraudstream.schema import InvalidTransaction, Transaction, decode_transaction, event_time_ms
+from fraudstream.errors import FraudstreamError
+from fraudstream.schema import (
+    InvalidTransaction,
+    Transaction,
+    decode_label,
+    decode_transaction,
+    event_time_ms,
+)
 from fraudstream.stream import consumer_config
 
 __all__ = ["iter_records", "read_decisions", "read_labels", "read_transactions"]
@@ -29,12 +36,17 @@ _NUMERIC = {"amount", "lat", "lon"}
 
 def _topic_values(settings: Settings, topic: str) -> Iterator[tuple[bytes | None, int, int, int]]:
     """Every committed record of a topic, from the beginning to its end when reading starts."""
-    consumer = Consumer(consumer_config(settings, "fraudstream-reader",
-                                        group_id=f"fraudstream-reader-{uuid.uuid4()}"))
+    consumer = Consumer(
+        consumer_config(
+            settings, "fraudstream-reader", group_id=f"fraudstream-reader-{uuid.uuid4()}"
+        )
+    )
     try:
         md = consumer.list_topics(topic, timeout=10)
         if topic not in md.topics or md.topics[topic].error is not None:
-            raise FileNotFoundError(f"topic {topic} does not exist")
+            raise FraudstreamError(
+                f"{topic} is neither a file nor an existing topic at {settings.kafka_broker_url}"
+            )
         ends = {}
         for p in md.topics[topic].partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
@@ -48,9 +60,9 @@ def _topic_values(settings: Settings, topic: str) -> Iterator[tuple[bytes | None
             for msg in msgs:
                 if msg.error() is not None:
                     continue
-                p = msg.partition()
-                yield msg.value(), p, msg.offset(), msg.timestamp()[1]
-                if p in ends and msg.offset() + 1 >= ends[p]:
+                p, off = int(msg.partition() or 0), int(msg.offset() or 0)
+                yield msg.value(), p, off, msg.timestamp()[1]
+                if p in ends and off + 1 >= ends[p]:
                     del ends[p]
     finally:
         consumer.close()
@@ -74,7 +86,7 @@ def iter_records(
                         yield line, path.name, 0, i, 0
         return
     if settings is None:
-        raise FileNotFoundError(f"{source} is neither a file nor (without Kafka) a topic")
+        raise FraudstreamError(f"{source} is not a file (and no Kafka settings to read a topic)")
     for value, p, off, ts in _topic_values(settings, source):
         yield value, source, p, off, ts
 
@@ -117,40 +129,30 @@ def read_transactions(
     invalid = 0
     for value, topic, p, off, ts in iter_records(source, settings, columns):
         try:
-            txs.append(decode_transaction(value, topic=topic, partition=p, offset=off,
-                                          record_ts_ms=ts).tx)
+            txs.append(
+                decode_transaction(value, topic=topic, partition=p, offset=off, record_ts_ms=ts).tx
+            )
         except InvalidTransaction:
             invalid += 1
     txs.sort(key=lambda t: event_time_ms(t.timestamp))
     return txs, invalid
 
 
-class _LabelRecord(msgspec.Struct):
-    id: str
-    is_fraud: bool
-    known_ms: int | None = None
-    scenario: str | None = None
-    target: str | None = None
-    merchant: str | None = None
-
-
 def read_labels(
     source: str, settings: Settings | None = None, columns: dict[str, str] | None = None
 ) -> dict[str, Label]:
     """Labels by transaction id. Without `known_ms`, a label counts as known from the start."""
-    decoder = msgspec.json.Decoder(_LabelRecord)
     out: dict[str, Label] = {}
     for value, *_ in iter_records(source, settings, columns):
         if not value:
             continue
         raw = msgspec.json.decode(value)
-        if isinstance(raw.get("is_fraud"), str):
-            raw["is_fraud"] = raw["is_fraud"].strip().lower() in ("1", "true", "yes")
+        if isinstance(raw.get("is_fraud"), (str, int)) and not isinstance(raw["is_fraud"], bool):
+            raw["is_fraud"] = str(raw["is_fraud"]).strip().lower() in ("1", "true", "yes")
         if isinstance(raw.get("known_ms"), float):
             raw["known_ms"] = int(raw["known_ms"])
-        rec = decoder.decode(msgspec.json.encode(raw))
-        out[rec.id] = Label(rec.id, rec.known_ms or 0, rec.is_fraud, rec.target, rec.merchant,
-                            rec.scenario)
+        label = decode_label(msgspec.json.encode(raw))
+        out[label.id] = label
     return out
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from fraudstream.detection import DAY, Engine, FEATURE_NAMES, FraudModel, Label, RuleSet
+from fraudstream.detection import DAY, FEATURE_NAMES, Engine, FraudModel, Label, RuleSet
 from fraudstream.evaluation.backtest import CHUNK, outcomes
 from fraudstream.evaluation.metrics import Report, report
 from fraudstream.schema import Decision, Transaction
@@ -47,15 +46,19 @@ def train(
     """Fit on the first (1 - test_share) of the time span, test after a gap of `gap_days`."""
     if not transactions:
         raise ValueError("no transactions to train on")
-    engine = Engine(ruleset.rules, threshold=ruleset.threshold, version=ruleset.version,
-                    features=True)
+    engine = Engine(
+        ruleset.rules, threshold=ruleset.threshold, version=ruleset.version, features=True
+    )
     engine.observe_labels(labels.values())
     scored = []
     for i in range(0, len(transactions), CHUNK):
         scored += engine.score(transactions[i : i + CHUNK])
     rows = np.asarray(engine.model_rows(scored), dtype=np.float32)
-    y = np.fromiter((bool((lab := labels.get(t.id or "")) and lab.is_fraud) for t in transactions),
-                    dtype=bool, count=len(transactions))
+    y = np.fromiter(
+        (bool((lab := labels.get(t.id or "")) and lab.is_fraud) for t in transactions),
+        dtype=bool,
+        count=len(transactions),
+    )
     ts = np.fromiter((t.ts_ms for t in transactions), dtype=np.int64, count=len(transactions))
     first, last = int(ts.min()), int(ts.max())
     train_end = first + int((last - first) * (1 - test_share))
@@ -64,24 +67,39 @@ def train(
     if not y[train_mask].any() or train_mask.sum() < 100:
         raise ValueError("the training days hold no fraud labels (or too few transactions)")
     estimator = HistGradientBoostingClassifier(
-        max_iter=300, learning_rate=0.08, max_leaf_nodes=31, l2_regularization=1.0,
-        early_stopping=False, random_state=seed,
+        max_iter=300,
+        learning_rate=0.08,
+        max_leaf_nodes=31,
+        l2_regularization=1.0,
+        early_stopping=False,
+        random_state=seed,
     )
     estimator.fit(rows[train_mask], y[train_mask])
-    split = {"train": [_day(first), _day(train_end)], "gap_days": gap_days,
-             "test": [_day(test_start), _day(last)],
-             "train_transactions": int(train_mask.sum()), "test_transactions": int(test_mask.sum())}
+    split = {
+        "train": [_day(first), _day(train_end)],
+        "gap_days": gap_days,
+        "test": [_day(test_start), _day(last)],
+        "train_transactions": int(train_mask.sum()),
+        "test_transactions": int(test_mask.sum()),
+    }
     version = f"gbt-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}"
     model = FraudModel(estimator, FEATURE_NAMES, engine.rule_ids, version, {"split": split})
     # rules and model together on the test days, exactly as the live engine combines them
-    live = Engine(ruleset.rules, threshold=ruleset.threshold, version=ruleset.version,
-                  model=model, model_weight=ruleset.model.weight if ruleset.model else 1.0)
+    live = Engine(
+        ruleset.rules,
+        threshold=ruleset.threshold,
+        version=ruleset.version,
+        model=model,
+        model_weight=ruleset.model.weight if ruleset.model else 1.0,
+    )
     probs = model.score(rows[test_mask].tolist()) if test_mask.any() else np.zeros(0)
-    test_idx = np.flatnonzero(test_mask)
-    decisions: list[Decision] = [live.combine(scored[i][1], float(p))
-                                 for i, p in zip(test_idx, probs, strict=True)]
+    test_idx = [int(i) for i in np.flatnonzero(test_mask)]
+    decisions: list[Decision] = [
+        live.combine(scored[i][1], float(p)) for i, p in zip(test_idx, probs, strict=True)
+    ]
     test_txs = [transactions[i] for i in test_idx]
     result = report(outcomes(test_txs, decisions, labels))
-    model.info["test_report"] = {k: result[k] for k in ("precision", "recall", "f1", "roc_auc",
-                                                         "average_precision")}
+    model.info["test_report"] = {
+        k: result[k] for k in ("precision", "recall", "f1", "roc_auc", "average_precision")
+    }
     return TrainResult(model, result, split)

@@ -50,8 +50,8 @@ def records(
     if profile == "tutorial":
         source = TutorialSource(seed)
         while True:
-            tx = source.next(wall_ms())
-            yield tx.source.encode(), encode(tx), None
+            t = source.next(wall_ms())
+            yield t.source.encode(), encode(t), None
     elif profile == "sim":
         for tx, label in Simulator(seed=seed or 0, fraud_rate=fraud_rate):
             yield tx["source"].encode(), encode(tx), (tx["id"].encode(), encode(label))
@@ -127,7 +127,12 @@ def generate(
 
 
 def write_files(
-    path: Path, labels_path: Path | None, *, count: int, seed: int | None, profile: str,
+    path: Path,
+    labels_path: Path | None,
+    *,
+    count: int,
+    seed: int | None,
+    profile: str,
     fraud_rate: float = 0.01,
 ) -> int:
     """Write `count` transactions as JSON lines (and their labels to `labels_path`)."""
@@ -150,7 +155,5 @@ def write_files(
 def _report(out: TextIO, stats: GeneratorStats, target: float) -> None:
     goal = "max" if math.isinf(target) else f"{target:,.0f}"
     failed = f" | {stats.failed:,} failed" if stats.failed else ""
-    out.write(
-        f"\rgenerated {stats.sent:,} tx | {stats.rate:,.1f} tx/s (target {goal}){failed}   "
-    )
+    out.write(f"\rgenerated {stats.sent:,} tx | {stats.rate:,.1f} tx/s (target {goal}){failed}   ")
     out.flush()

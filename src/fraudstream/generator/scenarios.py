@@ -29,8 +29,11 @@ def _place(w: World, far: bool, not_city: int) -> tuple[str, str, float, float]:
 
 def _at(place: tuple[str, str, float, float], w: World) -> dict[str, Any]:
     _, country, lat, lon = place
-    return {"country": country, "lat": round(lat + w.rng.uniform(-0.05, 0.05), 4),
-            "lon": round(lon + w.rng.uniform(-0.05, 0.05), 4)}
+    return {
+        "country": country,
+        "lat": round(lat + w.rng.uniform(-0.05, 0.05), 4),
+        "lon": round(lon + w.rng.uniform(-0.05, 0.05), 4),
+    }
 
 
 def stolen_card_spree(w: World, now: int) -> list[Event]:
@@ -43,9 +46,21 @@ def stolen_card_spree(w: World, now: int) -> list[Event]:
     for _ in range(rng.randint(6, 14)):
         t += rng.randint(1, 8) * MIN
         shop = "m-" + w._id(8)
-        out.append((t, {"source": victim.id, "target": shop, "merchant": shop,
-                        "amount": w.amount(250, 0.5), "currency": "EUR", "channel": "card",
-                        "device": device, **_at(place, w)}))
+        out.append(
+            (
+                t,
+                {
+                    "source": victim.id,
+                    "target": shop,
+                    "merchant": shop,
+                    "amount": w.amount(250, 0.5),
+                    "currency": "EUR",
+                    "channel": "card",
+                    "device": device,
+                    **_at(place, w),
+                },
+            )
+        )
     return out
 
 
@@ -59,15 +74,39 @@ def card_testing(w: World, now: int) -> list[Event]:
     for _ in range(rng.randint(2, 4)):
         t += rng.randint(20, 180) * 1000
         shop = w.shops[rng.randrange(len(w.shops) - len(w.closed))].id
-        out.append((t, {"source": victim.id, "target": shop, "merchant": shop,
-                        "amount": round(rng.uniform(0.1, 1.99), 2), "currency": "EUR",
-                        "channel": "online", "device": device, **_at(place, w)}))
+        out.append(
+            (
+                t,
+                {
+                    "source": victim.id,
+                    "target": shop,
+                    "merchant": shop,
+                    "amount": round(rng.uniform(0.1, 1.99), 2),
+                    "currency": "EUR",
+                    "channel": "online",
+                    "device": device,
+                    **_at(place, w),
+                },
+            )
+        )
     for _ in range(rng.randint(1, 2)):
         t += rng.randint(2, 20) * MIN
         shop = "m-" + w._id(8)
-        out.append((t, {"source": victim.id, "target": shop, "merchant": shop,
-                        "amount": round(rng.uniform(300, 2000), 2), "currency": "EUR",
-                        "channel": "online", "device": device, **_at(place, w)}))
+        out.append(
+            (
+                t,
+                {
+                    "source": victim.id,
+                    "target": shop,
+                    "merchant": shop,
+                    "amount": round(rng.uniform(300, 2000), 2),
+                    "currency": "EUR",
+                    "channel": "online",
+                    "device": device,
+                    **_at(place, w),
+                },
+            )
+        )
     return out
 
 
@@ -78,9 +117,20 @@ def mule_fan_in(w: World, now: int) -> list[Event]:
     out = []
     for _ in range(rng.randint(40, 60)):
         a = w.pick_account()
-        out.append((now + rng.randrange(DAY), {
-            "source": a.id, "target": mule, "amount": 1000.0, "currency": "EUR",
-            "channel": "transfer", "device": a.devices[0], **_at(CITIES[a.city], w)}))
+        out.append(
+            (
+                now + rng.randrange(DAY),
+                {
+                    "source": a.id,
+                    "target": mule,
+                    "amount": 1000.0,
+                    "currency": "EUR",
+                    "channel": "transfer",
+                    "device": a.devices[0],
+                    **_at(CITIES[a.city], w),
+                },
+            )
+        )
     return out
 
 
@@ -94,9 +144,20 @@ def account_takeover(w: World, now: int) -> list[Event]:
     for _ in range(rng.randint(1, 3)):
         t += rng.randint(1, 20) * MIN
         amount = round(max(500.0, victim.median_amount * rng.uniform(8, 20)), 2)
-        out.append((t, {"source": victim.id, "target": payee, "amount": amount,
-                        "currency": "EUR", "channel": "transfer", "device": device,
-                        **_at(place, w)}))
+        out.append(
+            (
+                t,
+                {
+                    "source": victim.id,
+                    "target": payee,
+                    "amount": amount,
+                    "currency": "EUR",
+                    "channel": "transfer",
+                    "device": device,
+                    **_at(place, w),
+                },
+            )
+        )
     return out
 
 
@@ -113,9 +174,20 @@ def dormant_reactivation(w: World, now: int) -> list[Event]:
     for _ in range(rng.randint(1, 3)):
         t += rng.randint(5, 90) * MIN
         payee = w._id(12)
-        out.append((t, {"source": a.id, "target": payee, "amount": round(rng.uniform(500, 3000), 2),
-                        "currency": "EUR", "channel": "transfer", "device": device,
-                        **_at(CITIES[a.city], w)}))
+        out.append(
+            (
+                t,
+                {
+                    "source": a.id,
+                    "target": payee,
+                    "amount": round(rng.uniform(500, 3000), 2),
+                    "currency": "EUR",
+                    "channel": "transfer",
+                    "device": device,
+                    **_at(CITIES[a.city], w),
+                },
+            )
+        )
     return out
 
 
@@ -127,9 +199,20 @@ def structuring(w: World, now: int) -> list[Event]:
     t, out = now, []
     for _ in range(rng.randint(4, 8)):
         t += rng.randint(30, 480) * MIN
-        out.append((t, {"source": a.id, "target": rng.choice(payees),
-                        "amount": round(rng.uniform(9_000, 9_990), 2), "currency": "EUR",
-                        "channel": "transfer", "device": a.devices[0], **_at(CITIES[a.city], w)}))
+        out.append(
+            (
+                t,
+                {
+                    "source": a.id,
+                    "target": rng.choice(payees),
+                    "amount": round(rng.uniform(9_000, 9_990), 2),
+                    "currency": "EUR",
+                    "channel": "transfer",
+                    "device": a.devices[0],
+                    **_at(CITIES[a.city], w),
+                },
+            )
+        )
     return out
 
 
@@ -142,10 +225,21 @@ def lockdown_closed_merchant(w: World, now: int) -> list[Event]:
     out = []
     for _ in range(rng.randint(1, 3)):
         a = w.pick_account()
-        out.append((now + rng.randrange(6 * HOUR), {
-            "source": a.id, "target": shop.id, "merchant": shop.id,
-            "amount": w.amount(120, 0.8), "currency": "EUR", "channel": "card",
-            "device": a.devices[0], **_at(CITIES[shop.city], w)}))
+        out.append(
+            (
+                now + rng.randrange(6 * HOUR),
+                {
+                    "source": a.id,
+                    "target": shop.id,
+                    "merchant": shop.id,
+                    "amount": w.amount(120, 0.8),
+                    "currency": "EUR",
+                    "channel": "card",
+                    "device": a.devices[0],
+                    **_at(CITIES[shop.city], w),
+                },
+            )
+        )
     return out
 
 
@@ -160,9 +254,15 @@ SCENARIOS: dict[str, Callable[[World, int], list[Event]]] = {
 }
 # compromised_merchant labels ordinary traffic at a skimmed shop: see Simulator.
 
-_MEAN_SIZE = {"stolen_card_spree": 10, "card_testing": 4.5, "mule_fan_in": 50,
-              "account_takeover": 2, "dormant_reactivation": 2, "structuring": 6,
-              "lockdown_closed_merchant": 2}
+_MEAN_SIZE = {
+    "stolen_card_spree": 10,
+    "card_testing": 4.5,
+    "mule_fan_in": 50,
+    "account_takeover": 2,
+    "dormant_reactivation": 2,
+    "structuring": 6,
+    "lockdown_closed_merchant": 2,
+}
 
 
 def mean_size(name: str) -> float:

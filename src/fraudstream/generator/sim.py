@@ -1,8 +1,8 @@
 """The simulator: ordinary traffic from `World`, labelled fraud from `scenarios`, in time order.
 
-    sim = Simulator(seed=7, fraud_rate=0.01)
-    for tx, label in sim.take(1000):   # tx: dict (the transaction), label: dict (ground truth)
-        ...
+sim = Simulator(seed=7, fraud_rate=0.01)
+for tx, label in sim.take(1000):   # tx: dict (the transaction), label: dict (ground truth)
+    ...
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ class Simulator:
     def __post_init__(self) -> None:
         self.world = World(self.seed, self.accounts, self.merchants)
         w = self.world
-        w.dormant = [a for a in w.people if a.dormant_after_ms is not None]  # type: ignore[attr-defined]
         share = self.fraud_rate / (len(SCENARIOS) + 1)
         # scenario starts per ordinary transaction
         self._rates = {name: share / mean_size(name) for name in SCENARIOS}
@@ -56,10 +55,18 @@ class Simulator:
             known = ts + 60 * DAY  # a payment nobody disputed is settled after two months
         else:
             known = ts + int(self.label_delay_ms * rng.uniform(0.25, 1.75))
-        return {"id": tx["id"], "is_fraud": scenario is not None, "scenario": scenario,
-                "known_ms": known, "target": tx["target"], "merchant": tx.get("merchant")}
+        return {
+            "id": tx["id"],
+            "is_fraud": scenario is not None,
+            "scenario": scenario,
+            "known_ms": known,
+            "target": tx["target"],
+            "merchant": tx.get("merchant"),
+        }
 
-    def _emit(self, ts: int, tx: dict[str, Any], scenario: str | None) -> tuple[dict, dict]:
+    def _emit(
+        self, ts: int, tx: dict[str, Any], scenario: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         self._n += 1
         tx = {"id": f"s{self.seed}-{self._n}", "timestamp": ts, **tx}
         return tx, self._label(tx, scenario)
@@ -75,13 +82,15 @@ class Simulator:
             while self._next_compromise <= ts:
                 shop = w.shops[w.rng.randrange(len(w.shops) - len(w.closed))]
                 days = w.rng.randint(*COMPROMISE_DAYS)
-                self.compromised[shop.id] = (self._next_compromise,
-                                             self._next_compromise + days * DAY)
-                self._next_compromise += int(
-                    poisson_gap(w.rng, self._compromise_per_day) * DAY) + 1
-            tx = w.next_normal()
-            if tx is None:
+                self.compromised[shop.id] = (
+                    self._next_compromise,
+                    self._next_compromise + days * DAY,
+                )
+                self._next_compromise += int(poisson_gap(w.rng, self._compromise_per_day) * DAY) + 1
+            normal = w.next_normal()
+            if normal is None:
                 continue
+            tx = normal
             self._normal += 1
             for name, at in self._next.items():
                 if self._normal >= at:

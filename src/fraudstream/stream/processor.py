@@ -22,7 +22,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from fraudstream.config import Settings
 from fraudstream.detection import Engine
 from fraudstream.errors import ProcessingError
-from fraudstream.schema import Decoded, InvalidTransaction, decode_transaction, encode_decided
+from fraudstream.schema import (
+    Decoded,
+    InvalidTransaction,
+    decode_label,
+    decode_transaction,
+    encode_decided,
+)
 from fraudstream.stream.clients import consumer_config, producer_config
 from fraudstream.stream.dlq import dlq_headers
 
@@ -77,9 +83,10 @@ class Processor:
         """Process until `stop` is set (or `stop_after` records are committed), then commit."""
         stop = stop or threading.Event()
         self.producer.init_transactions(30)
-        self.consumer.subscribe(
-            [self.settings.transactions_topic], on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+        topics = [self.settings.transactions_topic]
+        if self.engine.features is not None:  # confirmed verdicts feed the features
+            topics.append(self.settings.labels_topic)
+        self.consumer.subscribe(topics, on_revoke=self._on_revoke, on_lost=self._on_lost)
         interval = self.settings.commit_interval_ms / 1000
         try:
             while not stop.is_set():
@@ -114,6 +121,8 @@ class Processor:
             self._txn_records = 0
         valid: list[tuple[Any, Decoded]] = []
         offsets = self._offsets
+        labels_topic = self.settings.labels_topic
+        labels = []
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -123,6 +132,12 @@ class Processor:
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             offsets[(topic, partition)] = offset + 1
+            if topic == labels_topic:
+                try:
+                    labels.append(decode_label(msg.value()))
+                except InvalidTransaction as exc:
+                    self._dead_letter(msg, exc.kind, str(exc), "label")
+                continue
             try:
                 decoded = decode_transaction(
                     msg.value(),
@@ -136,6 +151,8 @@ class Processor:
                 continue
             valid.append((msg, decoded))
         self._txn_records += len(msgs)
+        if labels:
+            self.engine.observe_labels(labels)
         if not valid:
             return
         decisions = self.engine.decide([d.tx for _, d in valid])

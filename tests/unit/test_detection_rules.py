@@ -1,0 +1,176 @@
+"""Each rule type, and rule files, as plain code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fraudstream.detection import (
+    DAY,
+    HOUR,
+    MINUTE,
+    DormantAccount,
+    Engine,
+    FanIn,
+    ImpossibleTravel,
+    ListMatch,
+    SmallThenLarge,
+    Tables,
+    Velocity,
+    check_rules_file,
+    load_ruleset,
+)
+from fraudstream.detection.rules import Rule
+from fraudstream.schema import Transaction
+
+T0 = 1_780_000_000_000
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tx(
+    t: int, amount: float = 10.0, source: str = "acct-000001", target: str = "shop", **kw: object
+) -> Transaction:
+    return Transaction(
+        source=source,
+        target=target,
+        amount=amount,
+        currency="EUR",
+        id=f"{source}-{t}",
+        timestamp=t,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def run(rule: Rule, txs: list[Transaction]) -> list[str | None]:
+    rule.bind(Tables())
+    out = []
+    for t in txs:
+        hit = rule.apply(t, t.ts_ms)
+        out.append(hit.reason if hit else None)
+    return out
+
+
+def test_velocity_counts_payments_per_key_in_the_window() -> None:
+    rule = Velocity("burst", "source", HOUR, max_count=3)
+    reasons = run(rule, [tx(T0 + i * 5 * MINUTE) for i in range(5)] + [tx(T0 + 3 * HOUR)])
+    assert reasons[:3] == [None, None, None]
+    assert reasons[3] == "4 payments in 1 h from source acct-0…, limit 3"
+    assert reasons[4] is not None and reasons[5] is None  # the window slid past
+
+
+def test_velocity_sum_and_amount_band() -> None:
+    spend = Velocity("spend", "source", DAY, max_sum=1000)
+    assert run(spend, [tx(T0, 600), tx(T0 + HOUR, 500)]) == [
+        None,
+        "1,100.00 EUR in 1 d from source acct-0…, limit 1,000.00",
+    ]
+    band = Velocity("struct", "source", 2 * DAY, max_count=1, min_amount=9000, max_amount=10000)
+    got = run(band, [tx(T0, 9500), tx(T0 + HOUR, 50), tx(T0 + 2 * HOUR, 9900)])
+    assert got[:2] == [None, None]
+    assert got[2] == "2 payments of 9,000.00 to 10,000.00 in 2 d from source acct-0…, limit 1"
+
+
+def test_fan_in_same_amount_from_distinct_sources() -> None:
+    rule = FanIn("mule", "target", "source", DAY, min_distinct=3, same_amount=True, min_amount=500)
+    txs = [tx(T0 + i * HOUR, 1000, source=f"src-{i}", target="mule-1") for i in range(4)]
+    txs.insert(2, tx(T0 + 90 * MINUTE, 999, source="other", target="mule-1"))
+    got = run(rule, txs)
+    assert got[:4] == [
+        None,
+        None,
+        None,
+        "3 distinct sources paying target mule-1 of 1,000.00 EUR in 1 d, limit 2",
+    ]
+
+
+def test_fan_out_to_distinct_targets() -> None:
+    rule = FanIn("spray", "source", "target", HOUR, min_distinct=3, min_amount=200)
+    got = run(rule, [tx(T0 + i * MINUTE, 300, target=f"new-{i}") for i in range(3)])
+    assert got[2] == "3 distinct targets paid by source acct-0… in 1 h, limit 2"
+
+
+def test_dormant_account_waking_up() -> None:
+    rule = DormantAccount("dormant", "source", 60 * DAY, min_amount=300)
+    got = run(
+        rule,
+        [tx(T0, 20), tx(T0 + 90 * DAY, 500), tx(T0 + 90 * DAY + HOUR, 800), tx(T0 + 92 * DAY, 800)],
+    )
+    assert got[0] is None
+    assert got[1] == "500.00 EUR from source acct-0…, active again after 90 days without activity"
+    assert got[2] is not None and got[3] is None  # within a day of waking; not two days later
+
+
+def test_small_then_large_card_testing() -> None:
+    rule = SmallThenLarge("testing", "source", small_max=2, large_min=250, within_ms=30 * MINUTE)
+    got = run(rule, [tx(T0, 0.5), tx(T0 + 10 * MINUTE, 400), tx(T0 + 2 * HOUR, 400)])
+    assert got == [
+        None,
+        "400.00 EUR 10 min after a test payment of at most 2.00 from source acct-0…",
+        None,
+    ]
+
+
+def test_impossible_travel() -> None:
+    rule = ImpossibleTravel("travel", "source", max_speed_kmh=900, min_distance_km=300)
+    paris, lagos, lyon = (48.857, 2.352), (6.524, 3.379), (45.764, 4.836)
+    got = run(
+        rule,
+        [
+            tx(T0, lat=paris[0], lon=paris[1]),
+            tx(T0 + HOUR, lat=lyon[0], lon=lyon[1]),
+            tx(T0 + 2 * HOUR, lat=lagos[0], lon=lagos[1]),
+        ],
+    )
+    assert got[:2] == [None, None]  # Paris to Lyon in an hour: a fast train, not impossible
+    assert got[2] is not None and got[2].startswith("4,3") and "limit 900" in got[2]
+
+
+def test_lists_block_and_allow_with_dates() -> None:
+    closed = ListMatch("closed", "merchant", {"m-1"}, "closed", from_ms=T0, until_ms=T0 + DAY)
+    assert run(
+        closed,
+        [tx(T0 - 1, merchant="m-1"), tx(T0 + 1, merchant="m-1"), tx(T0 + DAY, merchant="m-1")],
+    ) == [None, "merchant m-1 is on the list closed", None]
+    block = ListMatch("blocked", "source", {"bad"}, "blocked_accounts", weight=1.0)
+    allow = ListMatch("vip", "source", {"bad"}, "allowed_accounts", weight=0.0, allow=True)
+    engine = Engine([block, allow], version="v", threshold=0.5)
+    (d,) = engine.decide([tx(T0, source="bad")])
+    assert d.outcome == "legit" and {r.rule for r in d.reasons} == {"blocked", "vip"}
+
+
+def test_shipped_rule_files_are_valid() -> None:
+    for name in ("default.yaml", "tutorial.yaml"):
+        assert check_rules_file(REPO / "rules" / name) == [], name
+    assert len(load_ruleset(REPO / "rules" / "default.yaml").rules) >= 10
+
+
+def test_rules_check_reports_each_problem_with_the_rule_id(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("""
+version: "1"
+rules:
+  - {id: v1, type: velocity, params: {key: account, window: 1h, max_count: 3}}
+  - {id: f1, type: fan_in, params: {window: 24h}}
+  - {id: w1, type: threshold, weight: heavy, params: {field: amount, op: ">=", value: 1}}
+  - {id: l1, type: list, params: {field: source, list: nope}}
+  - {id: x1, type: magic}
+  - {id: d1, type: dormant, params: {idle: soon, min_amount: 1}}
+""")
+    problems = dict(check_rules_file(bad))
+    assert set(problems) == {"v1", "f1", "w1", "l1", "x1", "d1"}
+    assert "key must be one of" in problems["v1"]
+    assert "missing parameter 'min_distinct'" in problems["f1"]
+    assert "weight" in problems["w1"]
+    assert "no list named 'nope'" in problems["l1"]
+    assert "unknown type 'magic'" in problems["x1"]
+    assert "not a duration" in problems["d1"]
+
+
+def test_an_invalid_rules_file_stops_loading_with_what_to_do(tmp_path: Path) -> None:
+    from fraudstream.detection import RulesError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: '1'\nrules:\n  - {id: x1, type: magic}\n")
+    with pytest.raises(RulesError, match="fraudstream rules check"):
+        load_ruleset(bad)
