@@ -5,6 +5,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY requirements.lock pyproject.toml README.md ./
 RUN pip install -r requirements.lock
 COPY src ./src
+COPY rules ./rules
 RUN pip install --no-deps .
 RUN useradd --create-home fraudstream
 USER fraudstream

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import load_settings
-from fraudstream.detection import Engine, tutorial_rules
+from fraudstream.detection import Engine, load_ruleset, tutorial_rules
 from fraudstream.generator import generate
 from fraudstream.stream import Processor, ensure_topics
 
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--rules", type=Path, help="a rules file (default: the tutorial rule)")
     args = parser.parse_args()
 
     url = os.environ.get("BENCH_KAFKA_BROKER_URL")
@@ -56,7 +57,13 @@ def main() -> None:
         gen = generate(settings, rate=math.inf, count=args.count, seed=1, progress=None)
         print(f"preloaded {gen.sent:,} transactions in {time.perf_counter() - t0:.1f}s")
 
-        processor = Processor(settings, Engine(tutorial_rules(), version="tutorial-1"))
+        engine = (
+            Engine.from_ruleset(load_ruleset(args.rules))
+            if args.rules
+            else Engine(tutorial_rules(), version="tutorial-1")
+        )
+        print(f"rules: {args.rules or 'the tutorial rule'}")
+        processor = Processor(settings, engine)
         stop = threading.Event()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         stats = processor.run(stop, stop_after=args.count)

@@ -41,7 +41,6 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     commit_interval_ms: int = Field(default=100, ge=1)
     commit_records: int = Field(default=20_000, ge=1)
-    fraud_threshold: float = Field(default=0.5, gt=0)
 
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(default=5000, ge=0, le=65535)

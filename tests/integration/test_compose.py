@@ -49,7 +49,7 @@ def test_app_composition_runs_generator_detector_dashboard_from_one_dockerfile()
         assert env["LEGIT_TOPIC"] == "streaming.transactions.legit"
         assert env["FRAUD_TOPIC"] == "streaming.transactions.fraud"
     assert services["generator"]["environment"]["TRANSACTIONS_PER_SECOND"] == "1000"
-    assert services["generator"]["command"] == ["generate"]
+    assert services["generator"]["command"] == ["generate", "--profile", "sim"]
     assert services["detector"]["command"] == ["detect"]
     assert services["dashboard"]["ports"][0]["target"] == 5000
     assert c["networks"]["default"]["name"] == "kafka-network"
