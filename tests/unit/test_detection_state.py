@@ -20,7 +20,7 @@ from fraudstream.detection import (
     Table,
     load_ruleset,
 )
-from fraudstream.detection.rules import _km
+from fraudstream.detection.geo import km_between
 from fraudstream.schema import Transaction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def reference(txs: list[Transaction]) -> list[set[str]]:
         located = [p for p in mine if p.lat is not None]
         if located and t.lat is not None and t.lon is not None:
             prev = located[-1]
-            km = _km(f32(prev.lat or 0), f32(prev.lon or 0), t.lat, t.lon)
+            km = km_between(f32(prev.lat or 0), f32(prev.lon or 0), t.lat, t.lon)
             hours = max((ts - prev.ts_ms) / HOUR, 1 / 60)
             if km >= 300 and km / hours > 900:
                 fired.add("impossible_travel")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
+from typing import Any
 
+from fraudstream.detection.geo import km_between
 from fraudstream.detection.state import DAY, HOUR, Tables
 from fraudstream.schema import LabelRecord, Transaction
 
@@ -58,15 +60,6 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 
 Label = LabelRecord  # a confirmed verdict, known from `known_ms` on
-
-
-def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = (
-        math.sin((p2 - p1) / 2) ** 2
-        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    )
-    return 12_742.0 * math.asin(min(1.0, math.sqrt(a)))
 
 
 def _decay(dt: int, tau: int) -> float:
@@ -122,19 +115,27 @@ class FeatureState:
         pending = self._pending
         while pending and pending[0][0] <= ts:
             known, _, lab = heapq.heappop(pending)
-            tau = _TAUS["30d"]
             if lab.target is not None:
-                r = self.targets.row(lab.target, known)
-                gap = known - self.t_fraud_ts[r]
-                self.t_fraud[r] = self.t_fraud[r] * _decay(gap, tau) + 1
-                self.t_fraud3[r] = self.t_fraud3[r] * _decay(gap, 3 * DAY) + 1
-                self.t_fraud_ts[r] = max(known, self.t_fraud_ts[r])
+                self._count_fraud(
+                    self.targets, self.t_fraud, self.t_fraud3, self.t_fraud_ts, lab.target, known
+                )
             if lab.merchant is not None:
-                r = self.merchants.row(lab.merchant, known)
-                gap = known - self.m_fraud_ts[r]
-                self.m_fraud[r] = self.m_fraud[r] * _decay(gap, tau) + 1
-                self.m_fraud3[r] = self.m_fraud3[r] * _decay(gap, 3 * DAY) + 1
-                self.m_fraud_ts[r] = max(known, self.m_fraud_ts[r])
+                self._count_fraud(
+                    self.merchants,
+                    self.m_fraud,
+                    self.m_fraud3,
+                    self.m_fraud_ts,
+                    lab.merchant,
+                    known,
+                )
+
+    @staticmethod
+    def _count_fraud(table: Any, over30: Any, over3: Any, last: Any, key: str, known: int) -> None:
+        r = table.row(key, known)
+        gap = known - last[r]
+        over30[r] = over30[r] * _decay(gap, 30 * DAY) + 1
+        over3[r] = over3[r] * _decay(gap, 3 * DAY) + 1
+        last[r] = max(known, last[r])
 
     # --- per transaction -------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class FeatureState:
         lat, lon, loc_ts = self.a_loc
         km = kmh = 0.0
         if tx.lat is not None and tx.lon is not None and loc_ts[r]:
-            km = _km(lat[r], lon[r], tx.lat, tx.lon)
+            km = km_between(lat[r], lon[r], tx.lat, tx.lon)
             kmh = km / max((ts - loc_ts[r]) / HOUR, 1 / 60) if ts >= loc_ts[r] else 0.0
         row += [km, min(kmh, 50_000.0)]
         tiny = self.a_tiny[r]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any, Protocol
 
+from fraudstream.detection.geo import km_between
 from fraudstream.detection.state import DAY, HOUR, MINUTE, Tables
 from fraudstream.schema import Transaction
 
@@ -341,13 +342,6 @@ class SmallThenLarge:
         return None
 
 
-def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 12_742.0 * math.asin(min(1.0, math.sqrt(a)))
-
-
 @dataclass(slots=True)
 class ImpossibleTravel:
     """Two payments of one key from places too far apart for the time between them."""
@@ -377,7 +371,7 @@ class ImpossibleTravel:
         prev_ts = when[row]
         hit = None
         if prev_ts and ts >= prev_ts:
-            km = _km(lat[row], lon[row], tx.lat, tx.lon)
+            km = km_between(lat[row], lon[row], tx.lat, tx.lon)
             hours = max((ts - prev_ts) / HOUR, 1 / 60)
             if km >= self.min_distance_km and km / hours > self.max_speed_kmh:
                 hit = Hit(
