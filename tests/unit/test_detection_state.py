@@ -205,3 +205,28 @@ def test_a_label_counts_only_from_the_time_it_became_known() -> None:
 
     assert risk_at(T0) == 0.0
     assert risk_at(T0 + 2 * HOUR) > 0.9
+
+
+def test_state_stays_within_300_bytes_per_active_account() -> None:
+    engine = Engine.from_ruleset(RULES, features=True)
+    n = 50_000
+    for start in range(0, n, 5000):
+        engine.decide(
+            [
+                Transaction(
+                    id=f"t{i}",
+                    timestamp=T0 + i * 50_000,
+                    source=f"acct{i:08d}",
+                    target=f"m{i % 500}",
+                    merchant=f"m{i % 500}",
+                    amount=10.0 + i % 700,
+                    currency="EUR",
+                    lat=48.8,
+                    lon=2.3,
+                    device=f"d{i}",
+                )
+                for i in range(start, start + 5000)
+            ]
+        )
+    assert len(engine.tables["source"]) == n
+    assert engine.state_bytes() / n <= 300

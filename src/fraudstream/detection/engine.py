@@ -16,7 +16,7 @@ from typing import Literal
 
 from fraudstream.detection.features import FEATURE_NAMES, FeatureState, Label
 from fraudstream.detection.model import FraudModel
-from fraudstream.detection.rules import Hit, Rule
+from fraudstream.detection.rules import FanIn, Hit, Rule
 from fraudstream.detection.ruleset import RuleSet
 from fraudstream.detection.state import DAY, Tables
 from fraudstream.schema import Decision, Reason, Transaction
@@ -72,6 +72,14 @@ class Engine:
             model_weight=ruleset.model.weight if ruleset.model else 0.0,
             features=features,
         )
+
+    def state_bytes(self) -> int:
+        """Bytes of detection state held in memory: every table, fan-in/out sets, labels."""
+        total = sum(t.allocated() for t in self.tables.tables.values())
+        total += sum(r.allocated() for r in self.rules if isinstance(r, FanIn))
+        if self.features is not None:
+            total += self.features.pending_bytes()
+        return total
 
     def observe_labels(self, labels: Iterable[Label]) -> None:
         if self.features is not None:

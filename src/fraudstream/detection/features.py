@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 import zlib
 from typing import Any
 
@@ -110,6 +111,12 @@ class FeatureState:
         if label.is_fraud:
             self._seq += 1
             heapq.heappush(self._pending, (label.known_ms, self._seq, label))
+
+    def pending_bytes(self) -> int:
+        """Bytes of the verdicts not yet known at the current event time."""
+        return sys.getsizeof(self._pending) + sum(
+            sys.getsizeof(entry) + sys.getsizeof(entry[2]) for entry in self._pending
+        )
 
     def _apply_labels(self, ts: int) -> None:
         pending = self._pending

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -118,6 +119,19 @@ class ThresholdRule:
         return Hit(self.id, self.weight, f"{self.field} {actual} {self.op} {shown}")
 
 
+class _Nothing:
+    """A column that is not kept: reads 0, ignores writes."""
+
+    def __getitem__(self, row: int) -> int:
+        return 0
+
+    def __setitem__(self, row: int, value: int) -> None:
+        return None
+
+
+_NOTHING = _Nothing()
+
+
 @dataclass(slots=True)
 class Velocity:
     """Count and/or sum of payments per key over a sliding event-time window.
@@ -148,12 +162,17 @@ class Velocity:
         self._width = self.window_ms // self.buckets
 
     def bind(self, tables: Tables) -> None:
-        # A ring of `buckets` slots per key: the newest bucket id, then a count and a sum
-        # (cents) per slot — 4 + 6 bytes a slot, whatever the traffic.
+        # A ring of `buckets` slots per key: the newest bucket id, then per slot a count
+        # (2 bytes, for max_count) and a sum in cents (4 bytes, for max_sum) — only the ones
+        # the limits need are kept.
         t = self._table = tables[self.key]
         self._head = t.column(f"{self.id}.head", "i", -1)
+        counts, sums = self.max_count is not None, self.max_sum is not None
         self._cols = [
-            (t.column(f"{self.id}.n{i}", "H", 0), t.column(f"{self.id}.s{i}", "i", 0))
+            (
+                t.column(f"{self.id}.n{i}", "H", 0) if counts else _NOTHING,
+                t.column(f"{self.id}.s{i}", "i", 0) if sums else _NOTHING,
+            )
             for i in range(self.buckets)
         ]
 
@@ -258,8 +277,12 @@ class FanIn:
         for group in [g for g, m in self._seen.items() if max(m.values()) <= horizon]:
             del self._seen[group]
 
-    def state_size(self) -> int:
-        return sum(len(m) for m in self._seen.values())
+    def allocated(self) -> int:
+        """Bytes of the windowed counterparty sets (keys counted too)."""
+        return sys.getsizeof(self._seen) + sum(
+            sys.getsizeof(g) + sys.getsizeof(m) + sum(sys.getsizeof(k) for k in m)
+            for g, m in self._seen.items()
+        )
 
 
 @dataclass(slots=True)

@@ -14,10 +14,11 @@ Rows are recycled when a key has been idle longer than the table's retention (in
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from dataclasses import dataclass, field
 
-__all__ = ["DAY", "HOUR", "MINUTE", "Column", "Table", "Tables"]
+__all__ = ["DAY", "HOUR", "MINUTE", "Column", "KeyIndex", "Table", "Tables"]
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -32,13 +33,88 @@ class Column:
     data: array  # type: ignore[type-arg]
 
 
+class KeyIndex:
+    """Key -> row, as an open-addressing table of (64-bit key hash, row): 12 bytes a slot,
+    at most half full, instead of a dict holding every key string (~130 bytes a key).
+
+    Two keys with the same 64-bit hash would share a row; with a million keys the chance
+    that any pair does is about 3 in 100 million. Hashes are per process (Python's `hash`):
+    the index is rebuilt from the keys on restore, never persisted.
+    """
+
+    def __init__(self, capacity: int = 16) -> None:
+        size = 16
+        while size < 2 * capacity:
+            size *= 2
+        self._hashes = array("q", [0]) * size
+        self._rows = array("i", [0]) * size
+        self._mask = size - 1
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self, key: str) -> int | None:
+        h = hash(key) or 1
+        hashes, mask = self._hashes, self._mask
+        i = h & mask
+        while True:
+            x = hashes[i]
+            if x == h:
+                return self._rows[i]
+            if x == 0:
+                return None
+            i = (i + 1) & mask
+
+    def put(self, key: str, row: int) -> None:
+        """Add a key that is not in the index yet."""
+        if 2 * (self._count + 1) > len(self._hashes):
+            self._rebuild(2 * (self._count + 1))
+        self._insert(hash(key) or 1, row)
+
+    def _insert(self, h: int, row: int) -> None:
+        hashes, mask = self._hashes, self._mask
+        i = h & mask
+        while hashes[i] != 0:
+            i = (i + 1) & mask
+        hashes[i], self._rows[i] = h, row
+        self._count += 1
+
+    def allocated(self) -> int:
+        return sys.getsizeof(self._hashes) + sys.getsizeof(self._rows)
+
+    def rows(self) -> list[int]:
+        """The row of every key."""
+        return [r for h, r in zip(self._hashes, self._rows, strict=True) if h != 0]
+
+    def stale_rows(self, seen: array, horizon: int) -> list[int]:  # type: ignore[type-arg]
+        """Rows whose last event time is before `horizon` (without listing all rows)."""
+        return [
+            r for h, r in zip(self._hashes, self._rows, strict=True) if h != 0 and seen[r] < horizon
+        ]
+
+    def _rebuild(self, capacity: int, drop: frozenset[int] = frozenset()) -> None:
+        """Re-insert every entry (but rows in `drop`) into a table for `capacity` keys."""
+        fresh = KeyIndex(capacity)
+        for h, r in zip(self._hashes, self._rows, strict=True):  # no list: no memory peak
+            if h != 0 and r not in drop:
+                fresh._insert(h, r)
+        self._hashes, self._rows = fresh._hashes, fresh._rows
+        self._mask, self._count = fresh._mask, fresh._count
+
+    def drop_rows(self, rows: list[int]) -> None:
+        """Forget the keys of these rows (after an eviction)."""
+        if rows:
+            self._rebuild(self._count - len(rows), frozenset(rows))
+
+
 class Table:
     """Rows of typed columns keyed by a string; idle keys are evicted in event time."""
 
     def __init__(self, key: str, *, retention_ms: int) -> None:
         self.key = key
         self.retention_ms = retention_ms
-        self.index: dict[str, int] = {}
+        self.index = KeyIndex()
         self.columns: dict[str, Column] = {}
         self._free: list[int] = []
         self._size = 0
@@ -58,7 +134,7 @@ class Table:
         r = index.get(key)
         if r is None:
             r = self._new_row()
-            index[key] = r
+            index.put(key, r)
         seen = self._seen
         if ts > seen[r]:
             seen[r] = ts
@@ -82,11 +158,10 @@ class Table:
     def evict(self, now_ms: int) -> int:
         """Forget keys idle for longer than the retention; returns how many."""
         horizon = now_ms - self.retention_ms
-        seen = self._seen
-        old = [k for k, r in self.index.items() if seen[r] < horizon]
-        for k in old:
-            self._free.append(self.index.pop(k))
-        return len(old)
+        stale = self.index.stale_rows(self._seen, horizon)
+        self.index.drop_rows(stale)
+        self._free += stale
+        return len(stale)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -107,13 +182,21 @@ class Table:
         r = self.index.get(key)
         if r is None:
             r = self._new_row()
-            self.index[key] = r
+            self.index.put(key, r)
         for col, value in zip(self.columns.values(), values, strict=True):
             col.data[r] = value
 
     def nbytes(self) -> int:
-        """Bytes held by the columns (the index dict is measured separately)."""
+        """Bytes the columns use (one item per row)."""
         return sum(c.data.itemsize * len(c.data) for c in self.columns.values())
+
+    def allocated(self) -> int:
+        """Bytes the table holds in memory: columns (with their spare room) and key index."""
+        return (
+            sum(sys.getsizeof(c.data) for c in self.columns.values())
+            + self.index.allocated()
+            + sys.getsizeof(self._free)
+        )
 
 
 @dataclass
