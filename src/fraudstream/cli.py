@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0.01,
         help="sim: share of transactions that are fraud (default 0.01)",
     )
+    gen.add_argument(
+        "--label-delay",
+        default="2d",
+        help="sim: mean delay before a fraud verdict is known, like a chargeback "
+        "(default 2d; each label's known_ms is 0.25x to 1.75x of it)",
+    )
     gen.add_argument("--output", type=Path, help="write JSON lines to this file, not Kafka")
     gen.add_argument("--labels-output", type=Path, help="with --output: the labels file")
     gen.add_argument("--quiet", action="store_true", help="no progress line")
@@ -219,6 +225,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("created: " + ", ".join(created) if created else "all topics exist")
         return 0
     if args.command == "generate":
+        from fraudstream.detection import parse_duration
+
+        try:
+            parse_duration(args.label_delay)
+        except ValueError as exc:
+            raise ConfigError(f"--label-delay: {exc}") from None
         from fraudstream.generator import generate
 
         if args.output is not None:
@@ -233,6 +245,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 profile=args.profile,
                 fraud_rate=args.fraud_rate,
+                label_delay_ms=parse_duration(args.label_delay),
             )
             print(f"wrote {args.count:,} transactions to {args.output}", file=sys.stderr)
             return 0
@@ -245,6 +258,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             stop=stop,
             profile=args.profile,
             fraud_rate=args.fraud_rate,
+            label_delay_ms=parse_duration(args.label_delay),
             progress=None if args.quiet else sys.stderr,
         )
         return 1 if stats.failed else 0

@@ -43,7 +43,12 @@ class GeneratorStats:
 
 
 def records(
-    profile: str, seed: int | None, wall_ms: Callable[[], int], *, fraud_rate: float = 0.01
+    profile: str,
+    seed: int | None,
+    wall_ms: Callable[[], int],
+    *,
+    fraud_rate: float = 0.01,
+    label_delay_ms: int = 2 * 86_400_000,
 ) -> Iterator[Record]:
     """Endless (key, value, label) records of a profile."""
     encode = msgspec.json.Encoder().encode
@@ -53,7 +58,9 @@ def records(
             t = source.next(wall_ms())
             yield t.source.encode(), encode(t), None
     elif profile == "sim":
-        for tx, label in Simulator(seed=seed or 0, fraud_rate=fraud_rate):
+        for tx, label in Simulator(
+            seed=seed or 0, fraud_rate=fraud_rate, label_delay_ms=label_delay_ms
+        ):
             yield tx["source"].encode(), encode(tx), (tx["id"].encode(), encode(label))
     else:
         raise ValueError(f"unknown profile {profile!r}; use tutorial or sim")
@@ -67,6 +74,7 @@ def generate(
     seed: int | None = None,
     profile: str = "tutorial",
     fraud_rate: float = 0.01,
+    label_delay_ms: int = 2 * 86_400_000,
     stop: threading.Event | None = None,
     progress: TextIO | None = sys.stderr,
     clock: Callable[[], float] = time.monotonic,
@@ -93,7 +101,7 @@ def generate(
             except BufferError:
                 producer.poll(0.05)
 
-    source = records(profile, seed, wall_ms, fraud_rate=fraud_rate)
+    source = records(profile, seed, wall_ms, fraud_rate=fraud_rate, label_delay_ms=label_delay_ms)
     limit = count if count is not None else 2**62
     chunk = 1 if math.isinf(rate) else max(1, min(10_000, int(rate / 200)))
     start = clock()
@@ -134,9 +142,16 @@ def write_files(
     seed: int | None,
     profile: str,
     fraud_rate: float = 0.01,
+    label_delay_ms: int = 2 * 86_400_000,
 ) -> int:
     """Write `count` transactions as JSON lines (and their labels to `labels_path`)."""
-    source = records(profile, seed, lambda: time.time_ns() // 1_000_000, fraud_rate=fraud_rate)
+    source = records(
+        profile,
+        seed,
+        lambda: time.time_ns() // 1_000_000,
+        fraud_rate=fraud_rate,
+        label_delay_ms=label_delay_ms,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as out:
         labels = open(labels_path, "wb") if labels_path is not None else None  # noqa: SIM115
