@@ -190,3 +190,29 @@ def dashboard(settings: Settings, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def read_to_end(settings: Settings, topic: str, timeout: float = 120) -> list[Any]:
+    """Every committed record of `topic`, from the beginning to its current end."""
+    consumer = Consumer(
+        consumer_config(settings, "test-reader", group_id=f"reader-{uuid.uuid4().hex}")
+    )
+    out: list[Any] = []
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
+                                                  cached=False)[1] for p in parts}
+        todo = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, -2) for p in todo])
+        deadline = time.monotonic() + timeout
+        while todo:
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                out.append(msg)
+            for tp in consumer.position([TopicPartition(topic, p) for p in todo]):
+                if tp.offset >= ends[tp.partition]:
+                    todo.discard(tp.partition)
+    finally:
+        consumer.close()
+    return out

@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument("--commit-interval-ms", type=int)
     det.add_argument("--commit-records", type=int)
     det.add_argument("--rules", dest="rules_file", help="rules file (default rules/default.yaml)")
+    det.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run N detector processes in one consumer group (instances 0..N-1)",
+    )
 
     rules = sub.add_parser("rules", help="work with rule files")
     rsub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -269,6 +275,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return evaluation_cli.run(args, settings)
     if args.command == "detect":
+        if args.workers > 1:
+            return _workers(args.workers, settings)
         return _detect(settings)
     if args.command == "dashboard":
         from fraudstream.dashboard import serve
@@ -354,6 +362,34 @@ def _rules_check(files: list[Path]) -> int:
         for rule_id, message in problems:
             print(f"  {rule_id}: {message}")
     return 1 if bad else 0
+
+
+def _workers(n: int, settings: Settings) -> int:
+    """N detector processes, one per core; SIGTERM/Ctrl-C stops them all cleanly."""
+    from fraudstream.detection import load_ruleset
+
+    load_ruleset(Path(settings.rules_file or "rules/default.yaml"))  # fail once, here
+    argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+    if "--workers" in sys.argv[1:]:  # "--workers N" as two words
+        i = sys.argv[1:].index("--workers")
+        argv = sys.argv[1:][:i] + sys.argv[1:][i + 2 :]
+    base = settings.detector_instance
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fraudstream", *argv, "--instance", f"{base}-{i}"],
+            start_new_session=True,
+        )
+        for i in range(n)
+    ]
+    stop = _StopOnSignal().install()
+    while not stop.wait(0.5):
+        if all(p.poll() is not None for p in procs):
+            break
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    codes = [p.wait() for p in procs]
+    return max(codes)
 
 
 def _detect(settings: Settings) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fraudstream.errors import ConfigError
@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(default=5000, ge=0, le=65535)
     dashboard_history: int = Field(default=200, ge=1, le=10_000)
+    dashboard_token: SecretStr | None = None  # when set, the page and stream require it
 
     @field_validator(
         "kafka_broker_url",

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import uvicorn
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -60,6 +62,31 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class RequireToken:
+    """When DASHBOARD_TOKEN is set, `/` and `/stream` need `?token=…` or a Bearer header."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in ("/", "/stream"):
+            given = b""
+            for name, value in scope.get("headers", []):
+                if name == b"authorization" and value.startswith(b"Bearer "):
+                    given = value[7:]
+            for part in scope.get("query_string", b"").split(b"&"):
+                if part.startswith(b"token="):
+                    given = unquote_to_bytes(part[6:])
+            if not hmac.compare_digest(given, self.token):
+                response = PlainTextResponse(
+                    "a token is required: open the page as /?token=<DASHBOARD_TOKEN>", 401
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings, feed: Feed | None = None) -> Starlette:
     feed = feed or Feed(settings)
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
@@ -100,7 +127,12 @@ def create_app(settings: Settings, feed: Feed | None = None) -> Starlette:
             Route("/healthz", health),
             Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
         ],
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[Middleware(SecurityHeaders)]
+        + (
+            [Middleware(RequireToken, token=settings.dashboard_token.get_secret_value())]
+            if settings.dashboard_token is not None
+            else []
+        ),
         lifespan=lifespan,
     )
 

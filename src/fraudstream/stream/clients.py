@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
@@ -9,11 +11,26 @@ from confluent_kafka.admin import AdminClient
 from fraudstream.config import Settings
 from fraudstream.errors import KafkaUnavailableError
 
-__all__ = ["base_config", "check_connection", "consumer_config", "producer_config"]
+__all__ = ["base_config", "check_connection", "consumer_config", "passthrough", "producer_config"]
+
+
+def passthrough(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Any librdkafka setting from `KAFKA_<NAME>` variables: KAFKA_SECURITY_PROTOCOL=SASL_SSL
+    becomes security.protocol (KAFKA_BROKER_URL excepted). Values are never logged."""
+    env = os.environ if environ is None else environ
+    return {
+        k[6:].lower().replace("_", "."): v
+        for k, v in env.items()
+        if k.startswith("KAFKA_") and k != "KAFKA_BROKER_URL" and v
+    }
 
 
 def base_config(settings: Settings, client_id: str) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka_broker_url, "client.id": client_id}
+    return {
+        "bootstrap.servers": settings.kafka_broker_url,
+        "client.id": client_id,
+        **passthrough(),
+    }
 
 
 def producer_config(

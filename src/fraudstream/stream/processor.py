@@ -11,6 +11,8 @@ commit replays the batch, and `read_committed` readers never see its half-writte
 from __future__ import annotations
 
 import logging
+import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +35,24 @@ from fraudstream.stream.clients import consumer_config, producer_config
 from fraudstream.stream.dlq import dlq_headers
 
 __all__ = ["Processor", "ProcessorStats"]
+
+
+def _fatal_message(err: KafkaError) -> str:
+    if err.code() in (
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+    ):
+        return (
+            f"this detector was fenced: another instance with the same transactional.id "
+            f"took over ({err}); its uncommitted work was aborted. Do not run two instances "
+            "with the same --instance; restart this one only if the other is gone"
+        )
+    return (
+        f"unrecoverable Kafka error ({err}); the detector stops without committing the open "
+        "transaction — restart it to resume from the last commit"
+    )
+
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +94,9 @@ class Processor:
         self._txn_started = 0.0
         self._txn_records = 0
         self._pending = ProcessorStats()
+        # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
+        self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
+        self._chaos = random.Random()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -89,26 +112,38 @@ class Processor:
         self.consumer.subscribe(topics, on_revoke=self._on_revoke, on_lost=self._on_lost)
         interval = self.settings.commit_interval_ms / 1000
         try:
-            while not stop.is_set():
-                msgs = self.consumer.consume(num_messages=self.settings.batch_size, timeout=0.05)
-                if msgs:
-                    self._process(msgs)
-                if self._in_txn and (
-                    self._txn_records >= self.settings.commit_records
-                    or self.clock() - self._txn_started >= interval
-                ):
-                    self._commit()
-                if stop_after is not None and self.stats.total >= stop_after:
-                    break
-            if self._in_txn:
-                self._commit()
+            self._loop(stop, stop_after, interval)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            raise ProcessingError(_fatal_message(err)) from None
         finally:
             self.close()
         return self.stats
 
-    def close(self) -> None:
+    def _loop(self, stop: threading.Event, stop_after: int | None, interval: float) -> None:
+        while not stop.is_set():
+            msgs = self.consumer.consume(num_messages=self.settings.batch_size, timeout=0.05)
+            if msgs:
+                self._process(msgs)
+            if self._in_txn and (
+                self._txn_records >= self.settings.commit_records
+                or self.clock() - self._txn_started >= interval
+            ):
+                self._commit()
+            if stop_after is not None and self.stats.total >= stop_after:
+                break
         if self._in_txn:
-            self._abort()
+            self._commit()
+
+    def close(self) -> None:
+        """Abort what is uncommitted (a fenced producer cannot: the broker aborts it) and
+        leave the group."""
+        if self._in_txn:
+            try:
+                self.producer.abort_transaction(10)
+            except KafkaException as exc:
+                log.warning("could not abort the open transaction: %s", exc.args[0])
+            self._in_txn = False
         self.consumer.close()
 
     # --- processing ------------------------------------------------------------------------
@@ -182,6 +217,10 @@ class Processor:
     # --- transactions ----------------------------------------------------------------------
 
     def _commit(self) -> None:
+        if self._chaos_abort_rate and self._chaos.random() < self._chaos_abort_rate:
+            log.warning("chaos: aborting this transaction on purpose")
+            self._abort()
+            return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         try:
             if offsets:
@@ -195,10 +234,7 @@ class Processor:
                 log.warning("transaction aborted, rewinding to committed offsets: %s", err)
                 self._abort()
                 return
-            raise ProcessingError(
-                f"cannot commit the transaction ({err}); this instance stops — restart it, "
-                "another instance may have taken over its transactional.id"
-            ) from None
+            raise ProcessingError(_fatal_message(err)) from None
         self._in_txn = False
         self._offsets.clear()
         s, p = self.stats, self._pending
@@ -227,7 +263,7 @@ class Processor:
         try:
             self.producer.abort_transaction(30)
         except KafkaException as exc:
-            raise ProcessingError(f"cannot abort the transaction: {exc.args[0]}") from None
+            raise ProcessingError(_fatal_message(exc.args[0])) from None
         self._in_txn = False
         self._offsets.clear()
         self._pending = ProcessorStats()

@@ -56,7 +56,7 @@
     counters.rate.textContent = data.stats.rate.toLocaleString();
   }
 
-  const source = new EventSource("stream");
+  const source = new EventSource("stream" + window.location.search);  // carries ?token=
   source.addEventListener("decisions", (event) => show(event.data));
   source.onopen = () => { status.textContent = "live"; status.className = "status live"; };
   source.onerror = () => { status.textContent = "reconnecting…"; status.className = "status"; };

@@ -1,0 +1,231 @@
+"""Fault scenarios, each ending with the one verifier (tests/chaos/verify.py).
+
+The detector runs as its own process (`fraudstream detect`) with the tutorial rule, which needs
+no state, so "equals a clean run" is exact per record. Kills happen when the group's committed
+progress passes random points, not after fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from fraudstream.broker import LocalBroker, free_port
+from fraudstream.config import Settings, load_settings
+from fraudstream.generator import TutorialSource, generate
+from fraudstream.stream import ensure_topics
+from tests.chaos.verify import verify
+from tests.conftest import REPO, SettingsFactory, env_for, produce_raw, spawn, wait_for
+
+pytestmark = pytest.mark.chaos
+TUTORIAL_RULES = str(REPO / "rules" / "tutorial.yaml")
+
+
+class Detectors:
+    """Start, kill, stop detector processes of one group; logs under tmp_path."""
+
+    def __init__(self, settings: Settings, tmp_path: Path, **env: str) -> None:
+        self.settings, self.tmp_path, self.env = settings, tmp_path, env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, instance: str = "0") -> subprocess.Popen[bytes]:
+        log = self.tmp_path / f"detect-{instance}-{len(self.procs)}.log"
+        env = env_for(self.settings, RULES_FILE=TUTORIAL_RULES, KAFKA_SESSION_TIMEOUT_MS="6000",
+                      KAFKA_HEARTBEAT_INTERVAL_MS="1000", **self.env)
+        proc = spawn(["detect", "--instance", instance], env, log)
+        proc.log = log  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.log.read_text()  # type: ignore[attr-defined]
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.kill()
+        proc.wait(30)
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+
+
+@pytest.fixture
+def detectors(settings: Settings, tmp_path: Path) -> Iterator[Detectors]:
+    d = Detectors(settings, tmp_path)
+    yield d
+    d.cleanup()
+
+
+def committed(settings: Settings) -> int:
+    """Input records the group has committed (its progress)."""
+    c = Consumer({"bootstrap.servers": settings.kafka_broker_url,
+                  "group.id": settings.detector_group})
+    try:
+        topic = settings.transactions_topic
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        try:
+            tps = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        except KafkaException as exc:
+            if exc.args[0].retriable() or exc.args[0].code() == KafkaError.NOT_COORDINATOR:
+                return 0  # the coordinator is still loading: no answer yet
+            raise
+        return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        c.close()
+
+
+def wait_committed(settings: Settings, at_least: int, timeout: float = 180) -> None:
+    wait_for(lambda: committed(settings) >= at_least, timeout=timeout,
+             what=f"{at_least} records committed")
+
+
+def test_sigkill_at_five_random_moments(settings: Settings, detectors: Detectors) -> None:
+    n = 200_000
+    assert generate(settings, rate=math.inf, count=n, seed=21, progress=None).sent == n
+    moments = sorted(random.Random().sample(range(n // 10, n * 9 // 10), 5))
+    proc = detectors.start()
+    for moment in moments:
+        wait_committed(settings, moment)
+        detectors.kill(proc)
+        proc = detectors.start()
+    wait_committed(settings, n)
+    detectors.stop(proc)
+    v = verify(settings)
+    assert (v.valid, v.decided, v.dead) == (n, n, 0)
+
+
+def test_random_aborts(settings: Settings, tmp_path: Path) -> None:
+    n = 50_000
+    generate(settings, rate=math.inf, count=n, seed=22, progress=None)
+    d = Detectors(settings, tmp_path, FRAUDSTREAM_CHAOS_ABORT_RATE="0.33")
+    try:
+        proc = d.start()
+        wait_committed(settings, n)
+        d.stop(proc)
+    finally:
+        d.cleanup()
+    assert "chaos: aborting" in proc.log.read_text()  # type: ignore[attr-defined]
+    v = verify(settings)
+    assert (v.valid, v.decided) == (n, n)
+
+
+def test_zombie_is_fenced_and_its_late_writes_never_appear(
+    settings: Settings, detectors: Detectors
+) -> None:
+    n = 60_000
+    generate(settings, rate=math.inf, count=n, seed=23, progress=None)
+    zombie = detectors.start("z")
+    wait_committed(settings, n // 5)
+    zombie.send_signal(signal.SIGSTOP)
+    replacement = detectors.start("z")  # same transactional.id: fences the zombie
+    wait_committed(settings, n)
+    zombie.send_signal(signal.SIGCONT)
+    more = 3_000  # work for whoever holds partitions after the zombie rejoins
+    generate(settings, rate=math.inf, count=more, seed=24, progress=None)
+    code = zombie.wait(90)
+    assert code != 0
+    assert "fenced" in zombie.log.read_text()  # type: ignore[attr-defined]
+    wait_committed(settings, n + more)
+    detectors.stop(replacement)
+    v = verify(settings)
+    assert (v.valid, v.decided) == (n + more, n + more)
+
+
+def test_poison_pills_go_to_the_dead_letter_topic(
+    settings: Settings, detectors: Detectors
+) -> None:
+    source, rng = TutorialSource(25), random.Random(25)
+    garbage = [b"", b"not json", b"\xff\xfe\x00", b'{"source":1}', b"[]", None,
+               b'{"source":"a","target":"b","amount":-1,"currency":"EUR"}',
+               b'{"source":"a","target":"b","amount":1,"currency":"XXZ"}',
+               b'{"source":"a","target":"b","amount":NaN,"currency":"EUR"}']
+    records: list[tuple[bytes | None, bytes | None]] = []
+    for i in range(30_000):
+        if rng.random() < 0.01:
+            records.append((f"junk-{i}".encode(), rng.choice(garbage)))
+        else:
+            tx = source.next(1_790_000_000_000 + i)
+            records.append((tx.source.encode(), msgspec.json.encode(tx)))
+    produce_raw(settings, records)
+    proc = detectors.start()
+    wait_committed(settings, len(records))
+    detectors.stop(proc)
+    v = verify(settings)
+    bad = sum(1 for k, _ in records if k is not None and k.startswith(b"junk-"))
+    assert v.decided + v.dead == v.inputs == len(records)
+    assert v.dead == bad > 200
+
+
+def test_rebalance_add_stop_kill_restart(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(topic_partitions=6)
+    ensure_topics(settings)
+    n = 150_000
+    generate(settings, rate=math.inf, count=n, seed=26, progress=None)
+    d = Detectors(settings, tmp_path)
+    try:
+        first = d.start("w0")
+        wait_committed(settings, n // 10)
+        second, third = d.start("w1"), d.start("w2")
+        wait_committed(settings, 3 * n // 10)
+        d.stop(second)  # clean leave
+        wait_committed(settings, n // 2)
+        d.kill(third)  # crash
+        wait_committed(settings, 6 * n // 10)
+        third = d.start("w2")
+        wait_committed(settings, n)
+        d.stop(first)
+        d.stop(third)
+    finally:
+        d.cleanup()
+    v = verify(settings)
+    assert (v.valid, v.decided) == (n, n)
+
+
+def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
+    broker = LocalBroker(port=free_port(), data_dir=tmp_path / "kafka")
+    broker.start()
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        _env_file=None, kafka_broker_url=broker.bootstrap, topic_partitions=3,
+        transactions_topic=f"b-{tag}.in", legit_topic=f"b-{tag}.legit",
+        fraud_topic=f"b-{tag}.fraud", dlq_topic=f"b-{tag}.dlq", labels_topic=f"b-{tag}.labels",
+        detector_group=f"b-{tag}",
+    )
+    d = Detectors(settings, tmp_path)
+    try:
+        ensure_topics(settings)
+        n = 100_000
+        generate(settings, rate=math.inf, count=n, seed=27, progress=None)
+        proc = d.start()
+        wait_committed(settings, n // 4)
+        broker.kill()
+        broker.start()
+        # The detector rides it out, or exits saying why; then it is restarted, as an
+        # orchestrator would.
+        def progressed() -> bool:
+            nonlocal proc
+            if proc.poll() is not None:
+                proc = d.start()
+            return committed(settings) >= n
+
+        wait_for(progressed, timeout=240, what="all records committed after the broker restart")
+        d.stop(proc)
+        v = verify(settings)
+        assert (v.valid, v.decided) == (n, n)
+    finally:
+        d.cleanup()
+        broker.stop()
