@@ -200,8 +200,10 @@ def read_to_end(settings: Settings, topic: str, timeout: float = 120) -> list[An
     out: list[Any] = []
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
-                                                  cached=False)[1] for p in parts}
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in parts
+        }
         todo = {p for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(topic, p, -2) for p in todo])
         deadline = time.monotonic() + timeout

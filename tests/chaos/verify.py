@@ -25,12 +25,19 @@ class Verdict:
 
 
 def _watermarks(settings: Settings, topic: str, isolation: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": settings.kafka_broker_url,
-                  "group.id": f"wm-{uuid.uuid4().hex}", "isolation.level": isolation})
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_broker_url,
+            "group.id": f"wm-{uuid.uuid4().hex}",
+            "isolation.level": isolation,
+        }
+    )
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
-                                           cached=False)[1] for p in parts}
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in parts
+        }
     finally:
         c.close()
 
@@ -46,8 +53,13 @@ def verify(settings: Settings, *, group: str | None = None) -> Verdict:
     bad: set[tuple[int, int]] = set()
     for m in inputs:
         try:
-            decoded = decode_transaction(m.value(), topic=m.topic(), partition=m.partition(),
-                                         offset=m.offset(), record_ts_ms=m.timestamp()[1])
+            decoded = decode_transaction(
+                m.value(),
+                topic=m.topic(),
+                partition=m.partition(),
+                offset=m.offset(),
+                record_ts_ms=m.timestamp()[1],
+            )
         except InvalidTransaction:
             bad.add((m.partition(), m.offset()))
             continue
@@ -76,21 +88,29 @@ def verify(settings: Settings, *, group: str | None = None) -> Verdict:
     assert not lost, f"{len(lost)} lost, e.g. {next(iter(lost))}"
 
     dead = read_to_end(settings, settings.dlq_topic)
-    dead_at = [(int(dict(m.headers())["source.partition"]), int(dict(m.headers())["source.offset"]))
-               for m in dead]
+    dead_at = [
+        (int(dict(m.headers())["source.partition"]), int(dict(m.headers())["source.offset"]))
+        for m in dead
+    ]
     assert len(dead_at) == len(set(dead_at)), "a dead letter was written twice"
     assert set(dead_at) == bad, "dead letters do not match the bad input"
 
     for topic in (settings.legit_topic, settings.fraud_topic, settings.dlq_topic):
         assert _watermarks(settings, topic, "read_committed") == _watermarks(
-            settings, topic, "read_uncommitted"), f"a transaction hangs open on {topic}"
+            settings, topic, "read_uncommitted"
+        ), f"a transaction hangs open on {topic}"
 
-    c = Consumer({"bootstrap.servers": settings.kafka_broker_url,
-                  "group.id": group or settings.detector_group})
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_broker_url,
+            "group.id": group or settings.detector_group,
+        }
+    )
     try:
         ends = _watermarks(settings, settings.transactions_topic, "read_uncommitted")
-        committed = c.committed([TopicPartition(settings.transactions_topic, p) for p in ends],
-                                timeout=10)
+        committed = c.committed(
+            [TopicPartition(settings.transactions_topic, p) for p in ends], timeout=10
+        )
         assert {tp.partition: tp.offset for tp in committed} == ends, "consumer lag is not 0"
     finally:
         c.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -114,3 +116,35 @@ def test_two_hundred_concurrent_sse_clients_all_receive_new_decisions(
 
     counts = asyncio.run(scenario())
     assert len(counts) == clients and all(c >= 20 for c in counts)
+
+
+def test_a_dashboard_token_is_required_when_set(settings: Settings, tmp_path: Path) -> None:
+    from fraudstream.broker import free_port
+    from tests.conftest import env_for, spawn, wait_for
+
+    port = free_port()
+    proc = spawn(
+        ["dashboard"],
+        env_for(settings, DASHBOARD_PORT=str(port), DASHBOARD_TOKEN="let me in"),
+        tmp_path / "d.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=30, what="the dashboard")
+        assert httpx.get(url + "/").status_code == 401
+        assert httpx.get(url + "/stream", timeout=5).status_code == 401
+        assert httpx.get(url + "/?token=let%20me%20in").status_code == 200
+        assert (
+            httpx.get(url + "/", headers={"Authorization": "Bearer let me in"}).status_code == 200
+        )
+        assert "let me in" not in (tmp_path / "d.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)

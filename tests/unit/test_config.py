@@ -34,3 +34,29 @@ def test_a_bad_setting_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRANSACTIONS_PER_SECOND")
     with pytest.raises(ConfigError, match="TOPIC_PARTITIONS"):
         load_settings(_env_file=None, topic_partitions=0)
+
+
+def test_any_kafka_client_setting_passes_through_from_kafka_variables() -> None:
+    from fraudstream.stream.clients import passthrough
+
+    env = {
+        "KAFKA_BROKER_URL": "b:9092",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_PASSWORD": "s3cret",
+        "OTHER": "x",
+    }
+    assert passthrough(env) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.password": "s3cret",
+    }
+
+
+def test_the_dashboard_token_is_a_secret_that_does_not_print(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DASHBOARD_TOKEN", "t0ken-value")
+    s = load_settings(_env_file=None)
+    assert s.dashboard_token is not None and s.dashboard_token.get_secret_value() == "t0ken-value"
+    assert "t0ken-value" not in repr(s) and "t0ken-value" not in str(s)
