@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 KAFKA_BROKER_URL ?= localhost:9092
 TOPIC ?= streaming.transactions.fraud
 
-.PHONY: help setup setup-test run test lint format bench consume clean eval model
+.PHONY: help setup setup-test run test lint format bench chaos consume clean eval model
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ lint: setup  ## ruff format --check, ruff check, mypy --strict
 format: setup  ## apply ruff's formatting and fixes
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+chaos: setup-test  ## only the fault scenarios (also part of make test)
+	$(BIN)/pytest tests/chaos
 
 bench: setup  ## detector throughput: drain 200,000 preloaded transactions
 	$(BIN)/python benchmarks/detector_throughput.py
