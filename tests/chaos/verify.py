@@ -6,12 +6,13 @@ import json
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
 from fraudstream.config import Settings
-from fraudstream.detection import Engine, tutorial_rules
+from fraudstream.detection import Engine, load_ruleset, tutorial_rules
 from fraudstream.schema import InvalidTransaction, decode_transaction, encode_decided
 from tests.conftest import read_to_end
 
@@ -42,12 +43,21 @@ def _watermarks(settings: Settings, topic: str, isolation: str) -> dict[int, int
         c.close()
 
 
-def verify(settings: Settings, *, group: str | None = None) -> Verdict:
+def verify(settings: Settings, *, group: str | None = None, rules: Path | None = None) -> Verdict:
     """Read input, legit, fraud and dead letters `read_committed` from the beginning and check:
     every input appears exactly once, nothing else appears, order within a partition is kept,
     every decision equals a clean run's, no transaction hangs, and the group's lag is 0."""
     inputs = read_to_end(settings, settings.transactions_topic)
-    oracle = Engine(tutorial_rules(), version="tutorial-1")  # stateless: a clean run per record
+    # The oracle is a clean single-process run over the input in order (with stateful rules
+    # the input has one partition, so that order is the live one): it catches state counted
+    # twice or lost across a restore.
+    oracle = (
+        Engine.from_ruleset(load_ruleset(rules))
+        if rules is not None
+        else Engine(tutorial_rules(), version="tutorial-1")
+    )
+    if rules is not None:
+        assert len({m.partition() for m in inputs}) <= 1, "stateful oracle needs one partition"
     expected: dict[str, bytes] = {}
     position: dict[str, tuple[int, int]] = {}
     bad: set[tuple[int, int]] = set()

@@ -230,3 +230,44 @@ def test_state_stays_within_300_bytes_per_active_account() -> None:
         )
     assert len(engine.tables["source"]) == n
     assert engine.state_bytes() / n <= 300
+
+
+def _sim_txs(n: int, seed: int = 5) -> list[Transaction]:
+    import msgspec
+
+    from fraudstream.generator.sim import Simulator
+    from fraudstream.schema import decode_transaction
+
+    return [
+        decode_transaction(msgspec.json.encode(tx)).tx
+        for tx, _ in Simulator(seed=seed, fraud_rate=0.05).take(n)
+    ]
+
+
+def test_an_aborted_transaction_leaves_the_state_as_it_was() -> None:
+    txs = _sim_txs(6000)
+    engine = Engine.from_ruleset(RULES, features=True)
+    engine.decide(txs[:2000])
+    engine.begin()
+    engine.decide(txs[2000:3000])
+    engine.rollback()  # as if these 1,000 were never seen...
+    engine.begin()
+    engine.decide(txs[2000:3000])  # ...and then redone
+    engine.commit()
+    clean_again = Engine.from_ruleset(RULES, features=True)
+    clean_again.decide(txs[:3000])
+    assert engine.decide(txs[3000:]) == clean_again.decide(txs[3000:])
+
+
+def test_changelog_records_restore_an_engine_that_decides_as_the_original() -> None:
+    txs = _sim_txs(6000, seed=6)
+    original = Engine.from_ruleset(RULES)
+    log: list[tuple[bytes, bytes | None]] = []
+    for i in range(0, 4000, 500):
+        original.begin()
+        original.decide(txs[i : i + 500])
+        log += original.changes()
+        original.commit()
+    restored = Engine.from_ruleset(RULES)
+    assert restored.restore(log) == len(log)
+    assert restored.decide(txs[4000:]) == original.decide(txs[4000:])

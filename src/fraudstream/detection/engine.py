@@ -14,6 +14,8 @@ import copy
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+import msgspec
+
 from fraudstream.detection.features import FEATURE_NAMES, FeatureState, Label
 from fraudstream.detection.model import FraudModel
 from fraudstream.detection.rules import FanIn, Hit, Rule
@@ -22,6 +24,8 @@ from fraudstream.detection.state import DAY, Tables
 from fraudstream.schema import Decision, Reason, Transaction
 
 __all__ = ["Engine", "Scored"]
+
+_json = msgspec.json.Encoder().encode
 
 Scored = tuple[list[float], list[Hit]]
 
@@ -59,6 +63,7 @@ class Engine:
             if tuple(model.feature_names) != FEATURE_NAMES:
                 raise ValueError("the model was trained on other features; retrain it")
         self._next_evict = 0
+        self._fan_rules = [r for r in self.rules if isinstance(r, FanIn)]
 
     @classmethod
     def from_ruleset(cls, ruleset: RuleSet, *, features: bool | None = None) -> Engine:
@@ -72,6 +77,63 @@ class Engine:
             model_weight=ruleset.model.weight if ruleset.model else 0.0,
             features=features,
         )
+
+    # --- transactions and the changelog: state changes commit or abort with the outputs -----
+
+    def begin(self) -> None:
+        """Start journaling state changes (the stream runtime's transaction began)."""
+        for t in self.tables.tables.values():
+            t.begin()
+        for r in self._fan_rules:
+            r.begin()
+        if self.features is not None:
+            self.features.begin()
+
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """Changelog records (key, value) for all state touched since `begin`."""
+        out: list[tuple[bytes, bytes | None]] = []
+        for name, t in self.tables.tables.items():
+            prefix = b"t\x00" + name.encode() + b"\x00"
+            out += [(prefix + k.encode(), t.dump_row(k)) for k in t.touched()]
+        for r in self._fan_rules:
+            prefix = b"f\x00" + r.id.encode() + b"\x00"
+            out += [(prefix + g.encode(), None if m is None else _json(m)) for g, m in r.changes()]
+        return out
+
+    def rollback(self) -> None:
+        """Undo every state change since `begin` (the transaction was aborted)."""
+        for t in self.tables.tables.values():
+            t.rollback()
+        for r in self._fan_rules:
+            r.rollback()
+        if self.features is not None:
+            self.features.rollback()
+
+    def commit(self) -> None:
+        for t in self.tables.tables.values():
+            t.commit()
+        for r in self._fan_rules:
+            r.commit()
+        if self.features is not None:
+            self.features.commit()
+
+    def restore(self, records: Iterable[tuple[bytes, bytes | None]]) -> int:
+        """Load changelog records (oldest first); returns how many keys were loaded."""
+        fans = {r.id: r for r in self._fan_rules}
+        n = 0
+        for key, value in records:
+            kind, name, k = key.split(b"\x00", 2)
+            if kind == b"t":
+                table = self.tables[name.decode()]
+                if value is None:
+                    table.reset_row(k.decode())
+                else:
+                    table.load_row(k.decode(), value)
+            elif kind == b"f" and name.decode() in fans:
+                members = None if value is None else msgspec.json.decode(value)
+                fans[name.decode()].load_group(k.decode(), members)
+            n += 1
+        return n
 
     def state_bytes(self) -> int:
         """Bytes of detection state held in memory: every table, fan-in/out sets, labels."""

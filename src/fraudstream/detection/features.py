@@ -103,6 +103,26 @@ class FeatureState:
         self.m_pay3 = m.column("f.p3d", "f", 0.0)
         self._pending: list[tuple[int, int, Label]] = []
         self._seq = 0
+        self._journal: tuple[list[tuple[int, int, Label]], list[tuple[int, int, Label]]] | None
+        self._journal = None  # (pushed, popped) while a transaction is open
+
+    def begin(self) -> None:
+        self._journal = ([], [])
+
+    def rollback(self) -> None:
+        if self._journal is None:
+            return
+        pushed, popped = self._journal
+        self._journal = None
+        if pushed:
+            gone = {id(e) for e in pushed}
+            self._pending = [e for e in self._pending if id(e) not in gone]
+            heapq.heapify(self._pending)
+        for entry in popped:
+            heapq.heappush(self._pending, entry)
+
+    def commit(self) -> None:
+        self._journal = None
 
     # --- labels ----------------------------------------------------------------------------
 
@@ -110,7 +130,10 @@ class FeatureState:
         """Queue a verdict; it affects only transactions at or after `label.known_ms`."""
         if label.is_fraud:
             self._seq += 1
-            heapq.heappush(self._pending, (label.known_ms, self._seq, label))
+            entry = (label.known_ms, self._seq, label)
+            heapq.heappush(self._pending, entry)
+            if self._journal is not None:
+                self._journal[0].append(entry)
 
     def pending_bytes(self) -> int:
         """Bytes of the verdicts not yet known at the current event time."""
@@ -121,7 +144,10 @@ class FeatureState:
     def _apply_labels(self, ts: int) -> None:
         pending = self._pending
         while pending and pending[0][0] <= ts:
-            known, _, lab = heapq.heappop(pending)
+            entry = heapq.heappop(pending)
+            if self._journal is not None:
+                self._journal[1].append(entry)
+            known, _, lab = entry
             if lab.target is not None:
                 self._count_fraud(
                     self.targets, self.t_fraud, self.t_fraud3, self.t_fraud_ts, lab.target, known

@@ -239,6 +239,8 @@ class FanIn:
     min_amount: float = 0.0
     weight: float = 1.0
     _seen: dict[str, dict[str, int]] = dc_field(default_factory=dict, repr=False)
+    # While a transaction is open: each group touched -> a copy of it before (None: new).
+    journal: dict[str, dict[str, int] | None] | None = dc_field(default=None, repr=False)
     _last_sweep: int = 0
 
     def bind(self, tables: Tables) -> None:
@@ -250,6 +252,8 @@ class FanIn:
             return None
         group = f"{key}|{tx.amount:.2f}" if self.same_amount else key
         members = self._seen.get(group)
+        if self.journal is not None and group not in self.journal:
+            self.journal[group] = dict(members) if members is not None else None
         if members is None:
             members = self._seen[group] = {}
         if members.get(other, -1) < ts:
@@ -275,7 +279,35 @@ class FanIn:
 
     def _sweep(self, horizon: int) -> None:
         for group in [g for g, m in self._seen.items() if max(m.values()) <= horizon]:
+            if self.journal is not None and group not in self.journal:
+                self.journal[group] = dict(self._seen[group])
             del self._seen[group]
+
+    # --- transactions and the changelog ----------------------------------------------------
+
+    def begin(self) -> None:
+        self.journal = {}
+
+    def changes(self) -> list[tuple[str, dict[str, int] | None]]:
+        """Each group touched in the open transaction, as it is now (None: gone)."""
+        return [(g, self._seen.get(g)) for g in self.journal or ()]
+
+    def rollback(self) -> None:
+        journal, self.journal = self.journal or {}, None
+        for group, before in journal.items():
+            if before is None:
+                self._seen.pop(group, None)
+            else:
+                self._seen[group] = before
+
+    def commit(self) -> None:
+        self.journal = None
+
+    def load_group(self, group: str, members: dict[str, int] | None) -> None:
+        if members is None:
+            self._seen.pop(group, None)
+        else:
+            self._seen[group] = members
 
     def allocated(self) -> int:
         """Bytes of the windowed counterparty sets (keys counted too)."""

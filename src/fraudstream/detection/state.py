@@ -118,6 +118,9 @@ class Table:
         self.columns: dict[str, Column] = {}
         self._free: list[int] = []
         self._size = 0
+        self._packer: struct.Struct | None = None
+        # While a transaction is open: each key touched -> its row before (None: it was new).
+        self.journal: dict[str, bytes | None] | None = None
         self._seen = self.column("_seen", "q", 0)  # last event time touching the row
 
     def column(self, name: str, typecode: str, default: int | float) -> array:  # type: ignore[type-arg]
@@ -126,11 +129,15 @@ class Table:
             return self.columns[name].data
         data = array(typecode, [default]) * self._size if self._size else array(typecode)
         self.columns[name] = Column(name, typecode, default, data)
+        self._packer = None
         return data
 
     def row(self, key: str, ts: int) -> int:
         """The key's row, created with defaults when new; marks it seen at `ts`."""
         index = self.index
+        journal = self.journal
+        if journal is not None and key not in journal:
+            journal[key] = self.dump_row(key)
         r = index.get(key)
         if r is None:
             r = self._new_row()
@@ -169,7 +176,36 @@ class Table:
     # --- compact serialisation of one key's state ------------------------------------------
 
     def _struct(self) -> struct.Struct:
-        return struct.Struct("<" + "".join(c.typecode for c in self.columns.values()))
+        if self._packer is None:
+            self._packer = struct.Struct("<" + "".join(c.typecode for c in self.columns.values()))
+        return self._packer
+
+    def reset_row(self, key: str) -> None:
+        """Put a key's row back to defaults (as good as absent: every rule reads defaults as
+        'nothing seen')."""
+        r = self.index.get(key)
+        if r is not None:
+            for col in self.columns.values():
+                col.data[r] = col.default
+
+    # --- transactions: undo what an aborted transaction changed -----------------------------
+
+    def begin(self) -> None:
+        self.journal = {}
+
+    def touched(self) -> list[str]:
+        return list(self.journal or ())
+
+    def rollback(self) -> None:
+        journal, self.journal = self.journal or {}, None
+        for key, before in journal.items():
+            if before is None:
+                self.reset_row(key)
+            else:
+                self.load_row(key, before)
+
+    def commit(self) -> None:
+        self.journal = None
 
     def dump_row(self, key: str) -> bytes | None:
         r = self.index.get(key)

@@ -16,7 +16,11 @@ __all__ = ["ensure_topics"]
 
 
 def ensure_topics(
-    settings: Settings, topics: Iterable[str] | None = None, *, partitions: int | None = None
+    settings: Settings,
+    topics: Iterable[str] | None = None,
+    *,
+    partitions: int | None = None,
+    compacted: Iterable[str] = (),
 ) -> list[str]:
     """Create each missing topic; return the names created. Existing topics are left alone."""
     check_connection(settings)
@@ -26,12 +30,14 @@ def ensure_topics(
     missing = [t for t in dict.fromkeys(wanted) if t not in existing]
     if not missing:
         return []
+    compact = set(compacted)
     futures = admin.create_topics(
         [
             NewTopic(
                 t,
-                num_partitions=partitions or settings.topic_partitions,
+                num_partitions=1 if t in compact else partitions or settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
+                config={"cleanup.policy": "compact"} if t in compact else {},
             )
             for t in missing
         ],

@@ -31,6 +31,8 @@ from fraudstream.schema import (
     decode_transaction,
     encode_decided,
 )
+from fraudstream.stream.admin import ensure_topics
+from fraudstream.stream.changelog import changelog_topic, read_changelog
 from fraudstream.stream.clients import consumer_config, producer_config
 from fraudstream.stream.dlq import dlq_headers
 
@@ -64,6 +66,7 @@ class ProcessorStats:
     dead_letter: int = 0
     commits: int = 0
     aborts: int = 0
+    restored_keys: int = 0
 
     @property
     def total(self) -> int:
@@ -94,6 +97,7 @@ class Processor:
         self._txn_started = 0.0
         self._txn_records = 0
         self._pending = ProcessorStats()
+        self._changelog = changelog_topic(settings)
         # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
         self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
         self._chaos = random.Random()
@@ -105,11 +109,14 @@ class Processor:
     ) -> ProcessorStats:
         """Process until `stop` is set (or `stop_after` records are committed), then commit."""
         stop = stop or threading.Event()
+        ensure_topics(self.settings, [self._changelog], compacted=[self._changelog])
         self.producer.init_transactions(30)
         topics = [self.settings.transactions_topic]
         if self.engine.features is not None:  # confirmed verdicts feed the features
             topics.append(self.settings.labels_topic)
-        self.consumer.subscribe(topics, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
         interval = self.settings.commit_interval_ms / 1000
         try:
             self._loop(stop, stop_after, interval)
@@ -151,6 +158,7 @@ class Processor:
     def _process(self, msgs: list[Any]) -> None:  # Any: no Optional checks on the hot path
         if not self._in_txn:
             self.producer.begin_transaction()
+            self.engine.begin()
             self._in_txn = True
             self._txn_started = self.clock()
             self._txn_records = 0
@@ -223,6 +231,8 @@ class Processor:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         try:
+            for key, value in self.engine.changes():  # state, in the same transaction
+                self._produce_to(self._changelog, 0, key, value)
             if offsets:
                 self.producer.send_offsets_to_transaction(
                     offsets, self.consumer.consumer_group_metadata(), 30
@@ -236,6 +246,7 @@ class Processor:
                 return
             raise ProcessingError(_fatal_message(err)) from None
         self._in_txn = False
+        self.engine.commit()
         self._offsets.clear()
         s, p = self.stats, self._pending
         s.legit, s.fraud, s.dead_letter = (
@@ -265,6 +276,7 @@ class Processor:
         except KafkaException as exc:
             raise ProcessingError(_fatal_message(exc.args[0])) from None
         self._in_txn = False
+        self.engine.rollback()  # the state goes back with the outputs
         self._offsets.clear()
         self._pending = ProcessorStats()
         self.stats.aborts += 1
@@ -275,6 +287,25 @@ class Processor:
                     self.consumer.seek(tp)
                 else:  # nothing committed yet: start over from the beginning
                     self.consumer.seek(TopicPartition(tp.topic, tp.partition, -2))
+
+    def _produce_to(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition=partition)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Restore before any record of the new partitions is processed: commit what is open,
+        # then load every key's latest committed state.
+        if self._in_txn:
+            self._commit()
+        started = time.monotonic()
+        n = self.engine.restore(read_changelog(self.settings))
+        self.stats.restored_keys = n
+        if n:
+            log.info("restored %d state records in %.2fs", n, time.monotonic() - started)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit what we did for these partitions before another instance takes them over.
