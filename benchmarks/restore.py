@@ -1,0 +1,164 @@
+"""State restore speed, and the time a detector takes to resume after a SIGKILL.
+
+    python benchmarks/restore.py [--accounts 1000000]
+
+Starts its own broker. (1) Builds the state of N accounts (one simulated-style payment each)
+with the default rules, writing every state change to the changelog topic in Kafka
+transactions, as the detector does; then times reading the changelog back and loading it into
+a fresh engine (keys per second). (2) Runs `fraudstream detect` on that group, SIGKILLs it
+while it works, restarts it at once, and times from the kill to the first new commit of the
+restarted process (group rejoin + restore + first transaction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from fraudstream.broker import LocalBroker, free_port
+from fraudstream.config import load_settings
+from fraudstream.detection import Engine, load_ruleset
+from fraudstream.generator import generate
+from fraudstream.schema import Transaction
+from fraudstream.stream import ensure_topics, producer_config
+from fraudstream.stream.changelog import changelog_topic, read_changelog
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = 1_780_000_000_000
+
+
+def committed(settings, topic: str) -> int:  # type: ignore[no-untyped-def]
+    c = Consumer(
+        {"bootstrap.servers": settings.kafka_broker_url, "group.id": settings.detector_group}
+    )
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        try:
+            tps = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        except Exception:
+            return -1
+        return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        c.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    args = parser.parse_args()
+    n = args.accounts
+    broker = LocalBroker(port=free_port(), data_dir=Path(tempfile.mkdtemp()) / "kafka")
+    broker.start()
+    try:
+        tag = uuid.uuid4().hex[:8]
+        settings = load_settings(
+            _env_file=None,
+            kafka_broker_url=broker.bootstrap,
+            topic_partitions=3,
+            transactions_topic=f"r-{tag}.in",
+            legit_topic=f"r-{tag}.legit",
+            fraud_topic=f"r-{tag}.fraud",
+            dlq_topic=f"r-{tag}.dlq",
+            labels_topic=f"r-{tag}.labels",
+            detector_group=f"r-{tag}",
+        )
+        ensure_topics(settings)
+        log_topic = changelog_topic(settings)
+        ensure_topics(settings, [log_topic], compacted=[log_topic])
+        ruleset = load_ruleset(REPO / "rules" / "default.yaml")
+        engine = Engine.from_ruleset(ruleset)
+        producer = Producer(producer_config(settings, "bench", transactional_id=f"bench-{tag}"))
+        producer.init_transactions(30)
+        t = time.perf_counter()
+        step = 30 * 86_400_000 // n
+        for start in range(0, n, 20_000):
+            batch = [
+                Transaction(
+                    id=f"t{i}",
+                    timestamp=T0 + i * step,
+                    source=f"acct{i:08d}",
+                    target=f"m{i % 5000}",
+                    merchant=f"m{i % 5000}",
+                    amount=10.0 + i % 500,
+                    currency="EUR",
+                    lat=48.8,
+                    lon=2.3,
+                )
+                for i in range(start, min(n, start + 20_000))
+            ]
+            producer.begin_transaction()
+            engine.begin()
+            engine.decide(batch)
+            for key, value in engine.changes():
+                while True:
+                    try:
+                        producer.produce(log_topic, value, key, partition=0)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            engine.commit()
+            producer.commit_transaction(60)
+        print(f"built and wrote the state of {n:,} accounts in {time.perf_counter() - t:.1f}s")
+
+        t = time.perf_counter()
+        records = read_changelog(settings)
+        read = time.perf_counter() - t
+        fresh = Engine.from_ruleset(ruleset)
+        t = time.perf_counter()
+        loaded = fresh.restore(records)
+        load = time.perf_counter() - t
+        print(
+            f"restore: {len(records):,} changelog records read in {read:.1f}s, loaded in "
+            f"{load:.1f}s -> {len(records) / (read + load):,.0f} keys/s "
+            f"({loaded:,} loaded, {len(fresh.tables['source']):,} accounts)"
+        )
+
+        generate(settings, rate=math.inf, count=300_000, seed=3, profile="sim", progress=None)
+        env = dict(
+            os.environ,
+            KAFKA_BROKER_URL=settings.kafka_broker_url,
+            TRANSACTIONS_TOPIC=settings.transactions_topic,
+            LEGIT_TOPIC=settings.legit_topic,
+            FRAUD_TOPIC=settings.fraud_topic,
+            DLQ_TOPIC=settings.dlq_topic,
+            LABELS_TOPIC=settings.labels_topic,
+            DETECTOR_GROUP=settings.detector_group,
+            RULES_FILE=str(REPO / "rules" / "default.yaml"),
+            KAFKA_SESSION_TIMEOUT_MS=os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "10000"),
+        )
+        cmd = [sys.executable, "-m", "fraudstream", "detect"]
+        out = open(Path(tempfile.mkdtemp()) / "detect.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        topic = settings.transactions_topic
+        while committed(settings, topic) < 50_000:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at, before = time.perf_counter(), committed(settings, topic)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        while committed(settings, topic) <= before:
+            time.sleep(0.1)
+        resumed = time.perf_counter() - killed_at
+        print(
+            f"resume after SIGKILL with {n:,} accounts in state: first new commit "
+            f"{resumed:.1f}s after the kill (session.timeout.ms "
+            f"{env['KAFKA_SESSION_TIMEOUT_MS']}: the dead member must time out first)"
+        )
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()
