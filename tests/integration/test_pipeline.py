@@ -118,6 +118,30 @@ def test_malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows_on(
     assert all(t["amount"] >= 900 for t in fraud) and all(t["amount"] < 900 for t in legit)
 
 
+def test_a_one_megabyte_value_goes_to_the_dead_letter_topic(settings: Settings) -> None:
+    from confluent_kafka import Producer
+
+    huge = b'{"source":"' + b"a" * (1024 * 1024) + b'","target":"b","amount":1,"currency":"EUR"}'
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka_broker_url, "message.max.bytes": 4_194_304}
+    )
+    producer.produce(settings.transactions_topic, huge, b"big")
+    producer.produce(
+        settings.transactions_topic,
+        msgspec.json.encode(
+            {"id": "after", "source": "a", "target": "b", "amount": 5.0, "currency": "EUR"}
+        ),
+        b"big",
+    )
+    assert producer.flush(30) == 0
+    run_detector(settings, 2)
+    (dead,) = read_all(settings, settings.dlq_topic, expect=1)
+    assert dead.value() == huge
+    assert dict(dead.headers())["error.class"] == b"schema"
+    legit, fraud = _decided(settings, 1)
+    assert [t["id"] for t in legit + fraud] == ["after"]
+
+
 def test_third_party_kcat_records_in_the_tutorial_form_are_routed(settings: Settings) -> None:
     kcat = shutil.which("kcat")
     assert kcat, "kcat is installed by `make setup-test`"

@@ -204,6 +204,8 @@ class LocalBroker:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
+            # Room for oversized bad input (a 1 MB value) to reach the dead-letter topic.
+            "message.max.bytes": "4194304",
             "log.retention.hours": "168",
         }
         props.write_text("".join(f"{k}={v}\n" for k, v in lines.items()), "utf-8")

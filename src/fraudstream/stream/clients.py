@@ -44,6 +44,9 @@ def producer_config(
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
+        # An oversized bad record is forwarded unchanged to the dead-letter topic; the
+        # broker's message.max.bytes must allow it too (the local broker's is 4 MiB).
+        "message.max.bytes": 4_194_304,
     }
     if transactional_id is not None:
         conf["transactional.id"] = transactional_id
