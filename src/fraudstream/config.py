@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     commit_interval_ms: int = Field(default=100, ge=1)
     commit_records: int = Field(default=20_000, ge=1)
+    # A commit still unfinished after this long is treated as fatal: the process exits so a
+    # restart resumes from the last commit (librdkafka can block past its own timeout when
+    # the coordinator moves, issues 5456 and 5511).
+    commit_stuck_timeout_ms: int = Field(default=60_000, ge=1000)
 
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(default=5000, ge=0, le=65535)

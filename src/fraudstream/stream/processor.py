@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -98,6 +99,7 @@ class Processor:
         self._txn_records = 0
         self._pending = ProcessorStats()
         self._changelog = changelog_topic(settings)
+        self._commit_deadline: float | None = None
         # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
         self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
         self._chaos = random.Random()
@@ -109,6 +111,9 @@ class Processor:
     ) -> ProcessorStats:
         """Process until `stop` is set (or `stop_after` records are committed), then commit."""
         stop = stop or threading.Event()
+        threading.Thread(
+            target=self._watchdog, args=(stop,), name="commit-watchdog", daemon=True
+        ).start()
         ensure_topics(self.settings, [self._changelog], compacted=[self._changelog])
         self.producer.init_transactions(30)
         topics = [self.settings.transactions_topic]
@@ -224,7 +229,27 @@ class Processor:
 
     # --- transactions ----------------------------------------------------------------------
 
+    def _watchdog(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            deadline = self._commit_deadline
+            if deadline is not None and time.monotonic() > deadline:
+                log.error(
+                    "a Kafka transaction commit has been stuck for %.0fs (librdkafka can block "
+                    "past its timeout when the coordinator moves); exiting so that a restart "
+                    "resumes from the last commit — nothing uncommitted is visible to readers",
+                    self.settings.commit_stuck_timeout_ms / 1000,
+                )
+                sys.stderr.flush()
+                os._exit(3)
+
     def _commit(self) -> None:
+        self._commit_deadline = time.monotonic() + self.settings.commit_stuck_timeout_ms / 1000
+        try:
+            self._commit_once()
+        finally:
+            self._commit_deadline = None
+
+    def _commit_once(self) -> None:
         if self._chaos_abort_rate and self._chaos.random() < self._chaos_abort_rate:
             log.warning("chaos: aborting this transaction on purpose")
             self._abort()
