@@ -83,7 +83,9 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]).upper() or "settings"
-            problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+            secret = any(w in key for w in ("TOKEN", "PASSWORD", "SECRET", "KEY"))
+            shown = "***" if secret else repr(err.get("input"))
+            problems.append(f"{key}: {err['msg']} (got {shown})")
         raise ConfigError(
             "invalid configuration — fix these settings in the environment, .env or flags:\n  "
             + "\n  ".join(problems)

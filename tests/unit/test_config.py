@@ -60,3 +60,16 @@ def test_the_dashboard_token_is_a_secret_that_does_not_print(
     s = load_settings(_env_file=None)
     assert s.dashboard_token is not None and s.dashboard_token.get_secret_value() == "t0ken-value"
     assert "t0ken-value" not in repr(s) and "t0ken-value" not in str(s)
+
+
+def test_kafka_settings_in_the_env_file_pass_through_too(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from fraudstream.stream.clients import passthrough
+
+    (tmp_path / ".env").write_text("KAFKA_SSL_CA_LOCATION=/etc/ca.pem\nKAFKA_ACKS=1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAFKA_ACKS", "all")  # the environment wins over the file
+    got = passthrough()
+    assert got["ssl.ca.location"] == "/etc/ca.pem" and got["acks"] == "all"

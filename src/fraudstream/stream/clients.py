@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
+from dotenv import dotenv_values
 
 from fraudstream.config import Settings
 from fraudstream.errors import KafkaUnavailableError
@@ -15,9 +16,16 @@ __all__ = ["base_config", "check_connection", "consumer_config", "passthrough", 
 
 
 def passthrough(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Any librdkafka setting from `KAFKA_<NAME>` variables: KAFKA_SECURITY_PROTOCOL=SASL_SSL
-    becomes security.protocol (KAFKA_BROKER_URL excepted). Values are never logged."""
-    env = os.environ if environ is None else environ
+    """Any librdkafka setting from `KAFKA_<NAME>` variables (the environment, then `.env`):
+    KAFKA_SECURITY_PROTOCOL=SASL_SSL becomes security.protocol (KAFKA_BROKER_URL excepted).
+    Values are never logged."""
+    if environ is None:
+        env: Mapping[str, str] = {
+            **{k: v for k, v in dotenv_values(".env").items() if v is not None},
+            **os.environ,
+        }
+    else:
+        env = environ
     return {
         k[6:].lower().replace("_", "."): v
         for k, v in env.items()
