@@ -24,17 +24,16 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from synthetic import one_payment_per_account
 
 from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import load_settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.generator import generate
-from fraudstream.schema import Transaction
 from fraudstream.stream import ensure_topics, producer_config
 from fraudstream.stream.changelog import changelog_topic, read_changelog
 
 REPO = Path(__file__).resolve().parents[1]
-T0 = 1_780_000_000_000
 
 
 def committed(settings, topic: str) -> int:  # type: ignore[no-untyped-def]
@@ -80,22 +79,8 @@ def main() -> None:
         producer = Producer(producer_config(settings, "bench", transactional_id=f"bench-{tag}"))
         producer.init_transactions(30)
         t = time.perf_counter()
-        step = 30 * 86_400_000 // n
         for start in range(0, n, 20_000):
-            batch = [
-                Transaction(
-                    id=f"t{i}",
-                    timestamp=T0 + i * step,
-                    source=f"acct{i:08d}",
-                    target=f"m{i % 5000}",
-                    merchant=f"m{i % 5000}",
-                    amount=10.0 + i % 500,
-                    currency="EUR",
-                    lat=48.8,
-                    lon=2.3,
-                )
-                for i in range(start, min(n, start + 20_000))
-            ]
+            batch = one_payment_per_account(n, start, start + 20_000)
             producer.begin_transaction()
             engine.begin()
             engine.decide(batch)

@@ -16,11 +16,10 @@ import gc
 import time
 from pathlib import Path
 
+from synthetic import MONTH_MS, T0, one_payment_per_account
+
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.schema import Transaction
-
-T0 = 1_780_000_000_000
-MONTH_MS = 30 * 86_400_000
 
 
 def rss() -> int:
@@ -37,22 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     ruleset = load_ruleset(Path(__file__).resolve().parents[1] / "rules" / "default.yaml")
     n = args.accounts
-    step = MONTH_MS // n
-    txs = [
-        Transaction(
-            id=f"t{i}",
-            timestamp=T0 + i * step,
-            source=f"acct{i:08d}",
-            target=f"m{i % 5000}",
-            merchant=f"m{i % 5000}",
-            amount=10.0 + i % 500,
-            currency="EUR",
-            lat=48.8,
-            lon=2.3,
-            device=f"d{i}",
-        )
-        for i in range(n)
-    ]
+    txs = one_payment_per_account(n)
     second = [
         Transaction(
             id=f"u{i}",

@@ -127,7 +127,8 @@ def test_sigkill_at_five_random_moments(settings: Settings, detectors: Detectors
 def test_random_aborts(settings: Settings, tmp_path: Path) -> None:
     n = 50_000
     generate(settings, rate=math.inf, count=n, seed=22, progress=None)
-    d = Detectors(settings, tmp_path, FRAUDSTREAM_CHAOS_ABORT_RATE="0.33")
+    # Small transactions (500 records): about a hundred of them, a third aborted.
+    d = Detectors(settings, tmp_path, FRAUDSTREAM_CHAOS_ABORT_RATE="0.33", COMMIT_RECORDS="500")
     try:
         proc = d.start()
         wait_committed(settings, n)
@@ -241,7 +242,11 @@ def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
         settings, rate=math.inf, count=n, seed=28, profile="sim", fraud_rate=0.05, progress=None
     )
     d = Detectors(
-        settings, tmp_path, rules=str(DEFAULT_RULES), FRAUDSTREAM_CHAOS_ABORT_RATE=abort_rate
+        settings,
+        tmp_path,
+        rules=str(DEFAULT_RULES),
+        FRAUDSTREAM_CHAOS_ABORT_RATE=abort_rate,
+        COMMIT_RECORDS="1000",
     )
     try:
         proc = d.start()

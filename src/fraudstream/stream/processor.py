@@ -297,6 +297,9 @@ class Processor:
     def _abort(self) -> None:
         """Abort the open transaction and rewind every assigned partition to its commit."""
         try:
+            # Let in-flight requests settle first: librdkafka can fail an abort racing them
+            # with a fatal INVALID_TXN_STATE (librdkafka issue 4849).
+            self.producer.flush(30)
             self.producer.abort_transaction(30)
         except KafkaException as exc:
             raise ProcessingError(_fatal_message(exc.args[0])) from None
