@@ -23,32 +23,17 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from synthetic import one_payment_per_account
 
 from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import load_settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.generator import generate
-from fraudstream.stream import ensure_topics, producer_config
+from fraudstream.stream import committed_progress, ensure_topics, producer_config
 from fraudstream.stream.changelog import changelog_topic, read_changelog
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def committed(settings, topic: str) -> int:  # type: ignore[no-untyped-def]
-    c = Consumer(
-        {"bootstrap.servers": settings.kafka_broker_url, "group.id": settings.detector_group}
-    )
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        try:
-            tps = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-        except Exception:
-            return -1
-        return sum(max(tp.offset, 0) for tp in tps)
-    finally:
-        c.close()
 
 
 def main() -> None:
@@ -124,14 +109,13 @@ def main() -> None:
         cmd = [sys.executable, "-m", "fraudstream", "detect"]
         out = open(Path(tempfile.mkdtemp()) / "detect.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        topic = settings.transactions_topic
-        while committed(settings, topic) < 50_000:
+        while committed_progress(settings) < 50_000:
             time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        killed_at, before = time.perf_counter(), committed(settings, topic)
+        killed_at, before = time.perf_counter(), committed_progress(settings)
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        while committed(settings, topic) <= before:
+        while committed_progress(settings) <= before:
             time.sleep(0.1)
         resumed = time.perf_counter() - killed_at
         print(

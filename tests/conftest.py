@@ -107,17 +107,9 @@ def read_all(settings: Settings, topic: str, *, expect: int, timeout: float = 60
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment that makes a `fraudstream` subprocess use `settings`."""
     env = dict(os.environ)
-    for name in (
-        "kafka_broker_url",
-        "transactions_topic",
-        "legit_topic",
-        "fraud_topic",
-        "dlq_topic",
-        "labels_topic",
-        "detector_group",
-        "topic_partitions",
-    ):
-        env[name.upper()] = str(getattr(settings, name))
+    for name, value in settings.model_dump().items():  # every setting, by its env name
+        if value is not None:
+            env[name.upper()] = str(value)
     env.update(extra)
     return env
 

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import TutorialSource, generate
-from fraudstream.stream import ensure_topics
+from fraudstream.stream import committed_progress, ensure_topics
 from tests.chaos.verify import verify
 from tests.conftest import REPO, SettingsFactory, env_for, produce_raw, spawn, wait_for
 
@@ -82,23 +81,7 @@ def detectors(settings: Settings, tmp_path: Path) -> Iterator[Detectors]:
     d.cleanup()
 
 
-def committed(settings: Settings) -> int:
-    """Input records the group has committed (its progress)."""
-    c = Consumer(
-        {"bootstrap.servers": settings.kafka_broker_url, "group.id": settings.detector_group}
-    )
-    try:
-        topic = settings.transactions_topic
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        try:
-            tps = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-        except KafkaException as exc:
-            if exc.args[0].retriable() or exc.args[0].code() == KafkaError.NOT_COORDINATOR:
-                return 0  # the coordinator is still loading: no answer yet
-            raise
-        return sum(max(tp.offset, 0) for tp in tps)
-    finally:
-        c.close()
+committed = committed_progress
 
 
 def wait_committed(settings: Settings, at_least: int, timeout: float = 180) -> None:

@@ -1,6 +1,6 @@
 """Stream runtime: Kafka clients, topics, the transactional detector loop, dead letters."""
 
-from fraudstream.stream.admin import ensure_topics
+from fraudstream.stream.admin import committed_progress, ensure_topics
 from fraudstream.stream.clients import (
     base_config,
     check_connection,
@@ -14,6 +14,7 @@ __all__ = [
     "ProcessorStats",
     "base_config",
     "check_connection",
+    "committed_progress",
     "consumer_config",
     "ensure_topics",
     "producer_config",

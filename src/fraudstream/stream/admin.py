@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -12,7 +12,7 @@ from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import base_config, check_connection
 
-__all__ = ["ensure_topics"]
+__all__ = ["committed_progress", "ensure_topics"]
 
 
 def ensure_topics(
@@ -50,3 +50,24 @@ def ensure_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise FraudstreamError(f"could not create topic {topic}: {exc}") from None
     return missing
+
+
+def committed_progress(settings: Settings) -> int:
+    """Input records the detector group has committed, over all partitions (0 while the
+    group coordinator is still loading)."""
+    topic = settings.transactions_topic
+    consumer = Consumer(
+        base_config(settings, "fraudstream-progress") | {"group.id": settings.detector_group}
+    )
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        try:
+            tps = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.retriable() or err.code() == KafkaError.NOT_COORDINATOR:
+                return 0
+            raise
+        return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        consumer.close()
