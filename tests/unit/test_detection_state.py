@@ -271,3 +271,56 @@ def test_changelog_records_restore_an_engine_that_decides_as_the_original() -> N
     restored = Engine.from_ruleset(RULES)
     assert restored.restore(log) == len(log)
     assert restored.decide(txs[4000:]) == original.decide(txs[4000:])
+
+
+def _staged(full: Engine, txs: list[Transaction], labels: list[Label]) -> tuple[list, list]:  # type: ignore[type-arg]
+    """Run each stage's engine over the stream in order, as the staged pipeline does."""
+    parts: list[dict[str, list[float]]] = [{} for _ in txs]
+    hits: list[list] = [[] for _ in txs]  # type: ignore[type-arg]
+    for key in full.stage_keys():
+        stage = full.for_stage(key)
+        stage.observe_labels(labels)
+        for (row, found), p, h in zip(stage.score(txs), parts, hits, strict=True):
+            p[key] = row
+            h += found
+    return parts, hits
+
+
+def test_stages_by_key_decide_as_one_engine() -> None:
+    """Splitting the work by key (source, target, merchant stages) changes nothing."""
+    from fraudstream.detection.features import assemble_row
+
+    txs = _sim_txs(8000, seed=8)
+    labels = [
+        Label(t.id or "", True, known_ms=t.ts_ms + HOUR, target=t.target, merchant=t.merchant)
+        for t in txs[::40]
+    ]
+    one = Engine.from_ruleset(RULES, features=True)
+    one.observe_labels(labels)
+    scored = one.score(txs)
+    full = Engine.from_ruleset(RULES, features=True)
+    assert full.stage_keys() == ["source", "target", "merchant"]
+    parts, hits = _staged(full, txs, labels)
+    rows = [assemble_row(p["source"], p["target"], p["merchant"]) for p in parts]
+    assert rows == [row for row, _ in scored]
+    assert any(row[FEATURE_NAMES.index("merchant_fraud_30d")] > 0 for row in rows)
+    reference = Engine.from_ruleset(RULES, features=True)
+    reference.observe_labels(labels)
+    assert full.finish(parts, hits) == reference.decide(txs)
+
+
+def test_queued_verdicts_survive_a_restore() -> None:
+    txs = _sim_txs(3000, seed=9)
+    labels = [
+        Label(t.id or "", True, known_ms=t.ts_ms + 8 * HOUR, target=t.target, merchant=t.merchant)
+        for t in txs[:1000:10]
+    ]
+    original = Engine.from_ruleset(RULES, features=True)
+    original.begin()
+    original.observe_labels(labels)
+    original.decide(txs[:1500])  # some verdicts applied, the later ones still queued
+    log = original.changes()
+    original.commit()
+    restored = Engine.from_ruleset(RULES, features=True)
+    restored.restore(log)
+    assert restored.score(txs[1500:]) == original.score(txs[1500:])

@@ -16,18 +16,30 @@ from typing import Literal
 
 import msgspec
 
-from fraudstream.detection.features import FEATURE_NAMES, FeatureState, Label
+from fraudstream.detection.features import (
+    FEATURE_NAMES,
+    FeatureState,
+    Label,
+    Parts,
+    assemble_row,
+)
 from fraudstream.detection.model import FraudModel
 from fraudstream.detection.rules import FanIn, Hit, Rule
 from fraudstream.detection.ruleset import RuleSet
 from fraudstream.detection.state import DAY, Tables
 from fraudstream.schema import Decision, Reason, Transaction
 
-__all__ = ["Engine", "Scored"]
+__all__ = ["Engine", "Scored", "rule_key"]
 
 _json = msgspec.json.Encoder().encode
 
 Scored = tuple[list[float], list[Hit]]
+
+
+def rule_key(rule: Rule) -> str:
+    """The field a rule keeps its state by ("source" for stateless rules)."""
+    key = getattr(rule, "key", "source")
+    return key if isinstance(key, str) else "source"
 
 
 class Engine:
@@ -44,7 +56,12 @@ class Engine:
         model: FraudModel | None = None,
         model_weight: float = 1.0,
         features: bool | None = None,
+        part: str | None = None,
     ) -> None:
+        self.all_rules = tuple(rules)
+        self.part = part
+        if part is not None:  # one stage of a key-partitioned pipeline: its key's rules only
+            rules = [r for r in rules if rule_key(r) == part]
         self.rules = tuple(copy.deepcopy(list(rules)))  # each engine owns its rules' state
         self.threshold = threshold
         self.version = version
@@ -54,8 +71,14 @@ class Engine:
         for rule in self.rules:
             rule.bind(self.tables)
         want_features = model is not None if features is None else features
-        self.features = FeatureState(self.tables) if want_features else None
-        self.rule_ids = tuple(r.id for r in self.rules)
+        self.has_features = want_features
+        parts = Parts() if part is None else Parts.only(part)
+        self.features = (
+            FeatureState(self.tables, parts)
+            if want_features and (parts.source or parts.target or parts.merchant)
+            else None
+        )
+        self.rule_ids = tuple(r.id for r in self.all_rules)
         if model is not None:
             self._model_rules = [
                 self.rule_ids.index(r) if r in self.rule_ids else -1 for r in model.rule_ids
@@ -78,6 +101,45 @@ class Engine:
             features=features,
         )
 
+    # --- a key-partitioned pipeline: one stage per key field -----------------------------
+
+    def stage_keys(self) -> list[str]:
+        """The key fields whose state this rule set needs, "source" (the input key) first.
+        Each other key is a stage of its own, fed through a repartition topic."""
+        keys = ["source"]
+        for rule in self.all_rules:
+            if rule_key(rule) not in keys:
+                keys.append(rule_key(rule))
+        if self.has_features:
+            keys += [k for k in ("target", "merchant") if k not in keys]
+        return keys
+
+    def for_stage(self, key: str) -> Engine:
+        """A fresh engine holding only `key`'s rules and features (no model)."""
+        return Engine(
+            self.all_rules,
+            threshold=self.threshold,
+            version=self.version,
+            features=self.has_features,
+            part=key,
+        )
+
+    def finish(
+        self, parts: Sequence[dict[str, list[float]]], hits: Sequence[list[Hit]]
+    ) -> list[Decision]:
+        """Decisions from what the stages found: each transaction's feature parts by stage key
+        and its hits from every stage (summed in rule order, as one engine would)."""
+        order = {rid: i for i, rid in enumerate(self.rule_ids)}
+        ordered = [sorted(h, key=lambda hit: order[hit.rule]) for h in hits]
+        if self.model is None:
+            return [self.combine(h, None) for h in ordered]
+        rows = [
+            assemble_row(p.get("source", []), p.get("target", []), p.get("merchant", []))
+            for p in parts
+        ]
+        probs = self.model.score(self.model_rows(list(zip(rows, ordered, strict=True))))
+        return [self.combine(h, float(pr)) for h, pr in zip(ordered, probs, strict=True)]
+
     # --- transactions and the changelog: state changes commit or abort with the outputs -----
 
     def begin(self) -> None:
@@ -98,6 +160,8 @@ class Engine:
         for r in self._fan_rules:
             prefix = b"f\x00" + r.id.encode() + b"\x00"
             out += [(prefix + g.encode(), None if m is None else _json(m)) for g, m in r.changes()]
+        if self.features is not None:
+            out += [(b"l\x00\x00" + k, v) for k, v in self.features.changes()]
         return out
 
     def rollback(self) -> None:
@@ -120,6 +184,7 @@ class Engine:
     def restore(self, records: Iterable[tuple[bytes, bytes | None]]) -> int:
         """Load changelog records (oldest first); returns how many keys were loaded."""
         fans = {r.id: r for r in self._fan_rules}
+        labels: dict[bytes, bytes | None] = {}
         n = 0
         for key, value in records:
             kind, name, k = key.split(b"\x00", 2)
@@ -132,7 +197,11 @@ class Engine:
             elif kind == b"f" and name.decode() in fans:
                 members = None if value is None else msgspec.json.decode(value)
                 fans[name.decode()].load_group(k.decode(), members)
+            elif kind == b"l":
+                labels[k] = value
             n += 1
+        if labels and self.features is not None:
+            self.features.load(labels)
         return n
 
     def state_bytes(self) -> int:
@@ -151,13 +220,17 @@ class Engine:
     def score(self, batch: Sequence[Transaction]) -> list[Scored]:
         """Feature rows and rule hits for each transaction, in order, updating the state."""
         out: list[Scored] = []
-        rules, features = self.rules, self.features
+        rules, features, part = self.rules, self.features, self.part
         for tx in batch:
             ts = tx.ts_ms
             if ts >= self._next_evict:
                 self.tables.evict(ts)
                 self._next_evict = ts + DAY
-            row = features.compute(tx, ts) if features is not None else []
+            row = (
+                (features.compute(tx, ts) if part is None else features.compute_part(tx, ts))
+                if features is not None
+                else []
+            )
             hits = []
             for rule in rules:
                 hit = rule.apply(tx, ts)
@@ -168,7 +241,7 @@ class Engine:
 
     def model_rows(self, scored: Sequence[Scored]) -> list[list[float]]:
         """Model input: the feature row plus one 0/1 flag per rule the model was trained with."""
-        index = self._model_rules if self.model is not None else list(range(len(self.rules)))
+        index = self._model_rules if self.model is not None else list(range(len(self.rule_ids)))
         ids = [self.rule_ids[i] if i >= 0 else "" for i in index]
         rows = []
         for row, hits in scored:

@@ -16,13 +16,16 @@ import heapq
 import math
 import sys
 import zlib
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from fraudstream.detection.geo import km_between
 from fraudstream.detection.state import DAY, HOUR, Tables
 from fraudstream.schema import LabelRecord, Transaction
 
-__all__ = ["FEATURE_NAMES", "FeatureState", "Label"]
+__all__ = ["FEATURE_NAMES", "FeatureState", "Label", "Parts", "assemble_row"]
 
 _TAUS = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
 
@@ -62,6 +65,22 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 Label = LabelRecord  # a confirmed verdict, known from `known_ms` on
 
+_label_codec = (msgspec.msgpack.Encoder().encode, msgspec.msgpack.Decoder(tuple[int, Label]).decode)
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Which keys' features a `FeatureState` holds: all three in one engine, or one each in
+    the stages of a key-partitioned pipeline."""
+
+    source: bool = True
+    target: bool = True
+    merchant: bool = True
+
+    @classmethod
+    def only(cls, key: str) -> Parts:
+        return cls(key == "source", key == "target", key == "merchant")
+
 
 def _decay(dt: int, tau: int) -> float:
     return math.exp(-dt / tau) if dt > 0 else 1.0
@@ -73,7 +92,8 @@ class FeatureState:
     NEAR_LIMIT = (9_000.0, 10_000.0)  # structuring: just under a 10,000 reporting limit
     TINY = 2.0
 
-    def __init__(self, tables: Tables) -> None:
+    def __init__(self, tables: Tables, parts: Parts | None = None) -> None:
+        self.parts = parts or Parts()
         a = self.accounts = tables["source"]
         self.a_ts = a.column("f.ts", "q", 0)
         self.a_cnt = {k: a.column(f"f.c{k}", "f", 0.0) for k in _TAUS}
@@ -135,6 +155,26 @@ class FeatureState:
             if self._journal is not None:
                 self._journal[0].append(entry)
 
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """Changelog records for the verdicts queued or applied in the open transaction."""
+        if self._journal is None:
+            return []
+        pushed, popped = self._journal
+        gone = {e[1] for e in popped}
+        out: list[tuple[bytes, bytes | None]] = [(b"%d" % seq, None) for seq in sorted(gone)]
+        out += [(b"%d" % e[1], _label_codec[0]((e[0], e[2]))) for e in pushed if e[1] not in gone]
+        return out
+
+    def load(self, records: dict[bytes, bytes | None]) -> None:
+        """Restore the queued verdicts from their latest changelog records (None: applied)."""
+        for seq, value in records.items():
+            n = int(seq)
+            self._seq = max(self._seq, n)
+            if value is not None:
+                known, label = _label_codec[1](value)
+                self._pending.append((known, n, label))
+        heapq.heapify(self._pending)
+
     def pending_bytes(self) -> int:
         """Bytes of the verdicts not yet known at the current event time."""
         return sys.getsizeof(self._pending) + sum(
@@ -148,11 +188,11 @@ class FeatureState:
             if self._journal is not None:
                 self._journal[1].append(entry)
             known, _, lab = entry
-            if lab.target is not None:
+            if lab.target is not None and self.parts.target:
                 self._count_fraud(
                     self.targets, self.t_fraud, self.t_fraud3, self.t_fraud_ts, lab.target, known
                 )
-            if lab.merchant is not None:
+            if lab.merchant is not None and self.parts.merchant:
                 self._count_fraud(
                     self.merchants,
                     self.m_fraud,
@@ -176,6 +216,24 @@ class FeatureState:
         """The feature row for `tx` from what was known before it; then learn from it."""
         if self._pending:
             self._apply_labels(ts)
+        return assemble_row(
+            self._account(tx, ts) if self.parts.source else [],
+            self._target(tx, ts) if self.parts.target else [],
+            self._merchant(tx, ts) if self.parts.merchant else [],
+        )
+
+    def compute_part(self, tx: Transaction, ts: int) -> list[float]:
+        """Only the features of the keys this state holds (a stage of a staged pipeline):
+        account, target or merchant values, in `assemble_row`'s argument order."""
+        if self._pending:
+            self._apply_labels(ts)
+        if self.parts.source:
+            return self._account(tx, ts)
+        if self.parts.target:
+            return self._target(tx, ts)
+        return self._merchant(tx, ts)
+
+    def _account(self, tx: Transaction, ts: int) -> list[float]:
         amount = tx.amount
         seconds = ts // 1000
         hour = (seconds % 86_400) / 3600
@@ -187,7 +245,6 @@ class FeatureState:
             math.cos(2 * math.pi * hour / 24),
             1.0 if weekday >= 5 else 0.0,
         ]
-        # the account
         r = self.accounts.row(tx.source, ts)
         last = self.a_ts[r]
         dt = ts - last if last else 0
@@ -219,42 +276,6 @@ class FeatureState:
         row.append(math.log1p((ts - tiny) / 60_000) if tiny and ts >= tiny else -1.0)
         near = self.a_near[r] * decays["1d"]
         row.append(near)
-        # the target and the merchant
-        tr = self.targets.row(tx.target, ts)
-        t_dt = ts - self.t_ts[tr] if self.t_ts[tr] else 0
-        t_d1, t_d30 = _decay(t_dt, DAY), _decay(t_dt, 30 * DAY)
-        t_cnt, t_sum = self.t_cnt[tr] * t_d1, self.t_sum[tr] * t_d1
-        t_pay30 = self.t_pay30[tr] * t_d30
-        t_fraud = (
-            self.t_fraud[tr] * _decay(ts - self.t_fraud_ts[tr], 30 * DAY)
-            if self.t_fraud_ts[tr]
-            else 0.0
-        )
-        row += [
-            t_cnt,
-            math.log1p(t_sum / t_cnt) if t_cnt > 1e-6 else 0.0,
-            t_fraud,
-            t_fraud / (t_pay30 + 1.0),
-        ]
-        m_fraud = m_share = m_fraud3 = m_pay3 = 0.0
-        m_since = -1.0
-        mr = -1
-        if tx.merchant is not None:
-            mr = self.merchants.row(tx.merchant, ts)
-            m_dt = ts - self.m_ts[mr] if self.m_ts[mr] else 0
-            m_pay30 = self.m_pay30[mr] * _decay(m_dt, 30 * DAY)
-            m_pay3 = self.m_pay3[mr] * _decay(m_dt, 3 * DAY)
-            m_known = self.m_fraud_ts[mr]
-            if m_known:
-                m_fraud = self.m_fraud[mr] * _decay(ts - m_known, 30 * DAY)
-                m_fraud3 = self.m_fraud3[mr] * _decay(ts - m_known, 3 * DAY)
-                m_since = math.log1p(max(0, ts - m_known) / HOUR)
-            m_share = m_fraud / (m_pay30 + 1.0)
-        t_known = self.t_fraud_ts[tr]
-        t_fraud3 = self.t_fraud3[tr] * _decay(ts - t_known, 3 * DAY) if t_known else 0.0
-        t_since = math.log1p(max(0, ts - t_known) / HOUR) if t_known else -1.0
-        row += [m_fraud, m_share, t_fraud3, m_fraud3, t_since, m_since, m_fraud3 / (m_pay3 + 1.0)]
-
         # learn from this transaction (out-of-order events count at the newest time)
         if ts >= last:
             self.a_ts[r] = ts
@@ -268,14 +289,58 @@ class FeatureState:
             lat[r], lon[r], loc_ts[r] = tx.lat, tx.lon, ts
         if amount <= self.TINY:
             self.a_tiny[r] = max(tiny, ts)
+        return row
+
+    def _target(self, tx: Transaction, ts: int) -> list[float]:
+        tr = self.targets.row(tx.target, ts)
+        t_dt = ts - self.t_ts[tr] if self.t_ts[tr] else 0
+        t_d1, t_d30 = _decay(t_dt, DAY), _decay(t_dt, 30 * DAY)
+        t_cnt, t_sum = self.t_cnt[tr] * t_d1, self.t_sum[tr] * t_d1
+        t_pay30 = self.t_pay30[tr] * t_d30
+        t_known = self.t_fraud_ts[tr]
+        t_fraud = self.t_fraud[tr] * _decay(ts - t_known, 30 * DAY) if t_known else 0.0
+        t_fraud3 = self.t_fraud3[tr] * _decay(ts - t_known, 3 * DAY) if t_known else 0.0
+        t_since = math.log1p(max(0, ts - t_known) / HOUR) if t_known else -1.0
+        row = [
+            t_cnt,
+            math.log1p(t_sum / t_cnt) if t_cnt > 1e-6 else 0.0,
+            t_fraud,
+            t_fraud / (t_pay30 + 1.0),
+            t_fraud3,
+            t_since,
+        ]
         if ts >= self.t_ts[tr]:
             self.t_ts[tr] = ts
-        self.t_cnt[tr], self.t_sum[tr] = t_cnt + 1, t_sum + amount
+        self.t_cnt[tr], self.t_sum[tr] = t_cnt + 1, t_sum + tx.amount
         self.t_pay30[tr] = t_pay30 + 1
-        if mr >= 0:
-            m_dt = ts - self.m_ts[mr] if self.m_ts[mr] else 0
-            self.m_pay30[mr] = m_pay30 + 1
-            self.m_pay3[mr] = m_pay3 + 1
-            if ts >= self.m_ts[mr]:
-                self.m_ts[mr] = ts
         return row
+
+    def _merchant(self, tx: Transaction, ts: int) -> list[float]:
+        if tx.merchant is None:
+            return [0.0, 0.0, 0.0, -1.0, 0.0]
+        m_fraud = m_fraud3 = 0.0
+        m_since = -1.0
+        mr = self.merchants.row(tx.merchant, ts)
+        m_dt = ts - self.m_ts[mr] if self.m_ts[mr] else 0
+        m_pay30 = self.m_pay30[mr] * _decay(m_dt, 30 * DAY)
+        m_pay3 = self.m_pay3[mr] * _decay(m_dt, 3 * DAY)
+        m_known = self.m_fraud_ts[mr]
+        if m_known:
+            m_fraud = self.m_fraud[mr] * _decay(ts - m_known, 30 * DAY)
+            m_fraud3 = self.m_fraud3[mr] * _decay(ts - m_known, 3 * DAY)
+            m_since = math.log1p(max(0, ts - m_known) / HOUR)
+        row = [m_fraud, m_fraud / (m_pay30 + 1.0), m_fraud3, m_since, m_fraud3 / (m_pay3 + 1.0)]
+        self.m_pay30[mr] = m_pay30 + 1
+        self.m_pay3[mr] = m_pay3 + 1
+        if ts >= self.m_ts[mr]:
+            self.m_ts[mr] = ts
+        return row
+
+
+def assemble_row(account: list[float], target: list[float], merchant: list[float]) -> list[float]:
+    """The full feature row, in FEATURE_NAMES order, from the three keys' parts (an empty part
+    stays empty: a state holding only some keys)."""
+    if not target or not merchant:
+        return account + target + merchant
+    t, m = target, merchant
+    return account + t[:4] + m[:2] + [t[4], m[2], t[5], m[3], m[4]]
