@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # restart resumes from the last commit (librdkafka can block past its own timeout when
     # the coordinator moves, issues 5456 and 5511).
     commit_stuck_timeout_ms: int = Field(default=60_000, ge=1000)
+    # An input partition read to its end and silent this long stops holding back the stages
+    # keyed by payee or merchant (they wait for every partition to pass a time first).
+    partition_idle_ms: int = Field(default=1000, ge=0)
 
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(default=5000, ge=0, le=65535)

@@ -130,6 +130,9 @@ class LabelRecord(msgspec.Struct, frozen=True):
     scenario: str | None = None
     target: str | None = None
     merchant: str | None = None
+    # when the verdict was published, in event time (default: the record's timestamp); it
+    # takes its place among the transactions there, and takes effect from known_ms on
+    published_ms: int | None = None
 
 
 _label_decoder = msgspec.json.Decoder(LabelRecord)

@@ -60,6 +60,7 @@ class Simulator:
             "is_fraud": scenario is not None,
             "scenario": scenario,
             "known_ms": known,
+            "published_ms": ts,
             "target": tx["target"],
             "merchant": tx.get("merchant"),
         }

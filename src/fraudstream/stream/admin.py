@@ -35,7 +35,7 @@ def ensure_topics(
         [
             NewTopic(
                 t,
-                num_partitions=1 if t in compact else partitions or settings.topic_partitions,
+                num_partitions=partitions or settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
                 config={"cleanup.policy": "compact"} if t in compact else {},
             )

@@ -1,9 +1,8 @@
-"""The detector's state changelog: a compacted topic written in the same transaction as the
-outputs, read back from the beginning when partitions are assigned.
+"""State changelogs: compacted topics written in the same transaction as the outputs, one
+partition per task (a stage's partition), read back when that partition is assigned.
 
-One partition holds every key's latest committed state, so any instance can restore any key:
-simple and exact, at the cost of every instance holding all keys (co-partitioned changelogs
-come with the repartition step of scale-out).
+    records = read_changelog(settings, "fraud-detector.changelog", [0, 3])
+    records[3]   # [(key, value), ...] oldest first, committed only
 """
 
 from __future__ import annotations
@@ -11,42 +10,69 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import consumer_config
 
-__all__ = ["changelog_topic", "read_changelog"]
+__all__ = ["read_changelog"]
+
+_NOT_YET = (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
-def changelog_topic(settings: Settings) -> str:
-    return f"{settings.detector_group}.changelog"
+def _end_offset(consumer: Consumer, tp: TopicPartition, timeout: float = 30) -> int:
+    """The partition's end offset, waiting while a topic just created is not known yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NOT_YET or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
-def read_changelog(settings: Settings, timeout: float = 300) -> list[tuple[bytes, bytes | None]]:
-    """Every committed changelog record, oldest first (read_committed, to the current end)."""
-    topic = changelog_topic(settings)
+def read_changelog(
+    settings: Settings, topic: str, partitions: list[int], timeout: float = 300
+) -> dict[int, list[tuple[bytes, bytes | None]]]:
+    """Every committed record of these partitions, oldest first (read_committed, to the end
+    as it is now)."""
+    out: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
+    if not partitions:
+        return out
     consumer = Consumer(
         consumer_config(
             settings, "fraudstream-restore", group_id=f"fraudstream-restore-{uuid.uuid4()}"
         )
     )
-    out: list[tuple[bytes, bytes | None]] = []
     try:
-        tp = TopicPartition(topic, 0)
-        end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-        if end <= 0:
+        ends = {}
+        for p in partitions:
+            end = consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=10, cached=False
+            )[1]
+            if end > 0:
+                ends[p] = end
+        if not ends:
             return out
-        consumer.assign([TopicPartition(topic, 0, -2)])
+        consumer.assign([TopicPartition(topic, p, -2) for p in ends])
         deadline = time.monotonic() + timeout
-        while consumer.position([tp])[0].offset < end:
+        left = dict(ends)
+        while left:
             if time.monotonic() > deadline:
-                raise FraudstreamError(f"restoring state from {topic} took over {timeout:.0f}s")
+                raise FraudstreamError(
+                    f"restoring state from {topic} took over {timeout:.0f}s; is the broker "
+                    "overloaded? Restart the detector to try again"
+                )
             for msg in consumer.consume(num_messages=10_000, timeout=0.5):
                 key = msg.key()
-                if msg.error() is None and key is not None:
-                    out.append((key, msg.value()))
+                partition = msg.partition()
+                if msg.error() is None and key is not None and partition is not None:
+                    out[partition].append((key, msg.value()))
+            for tp in consumer.position([TopicPartition(topic, p) for p in list(left)]):
+                if tp.offset >= left[tp.partition]:
+                    del left[tp.partition]
     finally:
         consumer.close()
     return out

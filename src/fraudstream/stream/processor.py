@@ -1,8 +1,11 @@
 """The detector's consume-decide-produce loop, with Kafka transactions.
 
-Outputs (legit, fraud, dead-letter) and the input offsets are committed in one transaction
-every `commit_records` records or `commit_interval_ms`, whichever comes first: a crash before the
-commit replays the batch, and `read_committed` readers never see its half-written outputs.
+One consumer reads every topic of the topology (`stream/topology.py`): the input, and, when the
+rule set keeps state by payee or merchant, the repartition topics between the stages. Each
+assigned partition is a *task* with its own state. Everything a batch produces — outputs,
+dead letters, repartition records, marks, changelog records — and every task's input offset
+commit in one Kafka transaction every `commit_records` records or `commit_interval_ms`: a
+crash before the commit replays the batch, and `read_committed` readers never see it.
 
     processor = Processor(settings, engine)
     processor.run(stop_event)
@@ -23,7 +26,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from fraudstream.config import Settings
-from fraudstream.detection import Engine
+from fraudstream.detection import Engine, Hit
 from fraudstream.errors import ProcessingError
 from fraudstream.schema import (
     Decoded,
@@ -33,11 +36,30 @@ from fraudstream.schema import (
     encode_decided,
 )
 from fraudstream.stream.admin import ensure_topics
-from fraudstream.stream.changelog import changelog_topic, read_changelog
+from fraudstream.stream.changelog import read_changelog
 from fraudstream.stream.clients import consumer_config, producer_config
 from fraudstream.stream.dlq import dlq_headers
+from fraudstream.stream.ordering import (
+    DATA,
+    INF,
+    LABEL,
+    MARK,
+    Envelope,
+    Key,
+    Meta,
+    Orderer,
+    decode_envelope,
+    decode_meta,
+    encode_envelope,
+    encode_meta,
+)
+from fraudstream.stream.topology import Stage, Topology
 
 __all__ = ["Processor", "ProcessorStats"]
+
+log = logging.getLogger(__name__)
+
+META_KEY = b"m"
 
 
 def _fatal_message(err: KafkaError) -> str:
@@ -57,9 +79,6 @@ def _fatal_message(err: KafkaError) -> str:
     )
 
 
-log = logging.getLogger(__name__)
-
-
 @dataclass
 class ProcessorStats:
     legit: int = 0
@@ -72,6 +91,63 @@ class ProcessorStats:
     @property
     def total(self) -> int:
         return self.legit + self.fraud + self.dead_letter
+
+
+class Task:
+    """One assigned partition of one stage: its state engine, bookkeeping and buffer."""
+
+    def __init__(
+        self, stage: Stage, partition: int, origin: int, engine: Engine | None, meta: Meta
+    ) -> None:
+        self.stage = stage
+        self.partition = partition
+        self.origin = origin  # its id downstream: the partition (labels: after the input's)
+        self.engine = engine
+        self.meta = meta
+        self._saved = encode_meta(meta)
+        self.orderer = Orderer(stage.upstream, meta) if stage.upstream else None
+        self.dirty = False  # read something since the last commit
+        self.at_end: float | None = None  # input tasks: when the partition was read to its end
+        self.idle = False
+
+    def begin(self) -> None:
+        if self.engine is not None:
+            self.engine.begin()
+
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        out = self.engine.changes() if self.engine is not None else []
+        meta = encode_meta(self.meta)
+        if meta != self._saved:
+            out.append((META_KEY, meta))
+        return out
+
+    def commit(self) -> None:
+        if self.engine is not None:
+            self.engine.commit()
+        self._saved = encode_meta(self.meta)
+        self.dirty = False
+
+    def rollback(self) -> None:
+        if self.engine is not None:
+            self.engine.rollback()
+        self.meta = decode_meta(self._saved)
+        if self.orderer is not None:
+            self.orderer.reset(self.meta)
+        self.dirty = False
+        self.at_end = None
+        self.idle = False
+
+    def bound(self) -> Key | None:
+        """This task's mark: nothing it sends later is at or below it."""
+        if self.orderer is not None:
+            return self.orderer.bound()
+        m = self.meta
+        return (INF if self.idle else m.stream_time, self.origin, m.last_offset)
+
+    def commit_offset(self) -> int | None:
+        if self.orderer is not None:
+            return self.orderer.commit_offset()
+        return self.meta.last_offset + 1 if self.dirty else None
 
 
 class Processor:
@@ -91,20 +167,46 @@ class Processor:
         self.stats = ProcessorStats()
         instance = instance or settings.detector_instance
         name = f"{settings.detector_group}-{instance}"
-        self.consumer = Consumer(consumer_config(settings, name, group_id=settings.detector_group))
+        self.consumer = Consumer(
+            consumer_config(settings, name, group_id=settings.detector_group)
+            | {"enable.partition.eof": True}  # an input read to its end may go idle
+        )
         self.producer = Producer(producer_config(settings, name, transactional_id=name))
+        self.topology: Topology | None = None
+        self.tasks: dict[tuple[str, int], Task] = {}
         self._in_txn = False
-        self._offsets: dict[tuple[str, int], int] = {}
         self._txn_started = 0.0
         self._txn_records = 0
         self._pending = ProcessorStats()
-        self._changelog = changelog_topic(settings)
         self._commit_deadline: float | None = None
+        self._idle_s = settings.partition_idle_ms / 1000
         # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
         self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
         self._chaos = random.Random()
 
     # --- lifecycle -------------------------------------------------------------------------
+
+    def _partitions(self, topic: str) -> int:
+        md = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None or not md.partitions:
+            return 0
+        return len(md.partitions)
+
+    def _build_topology(self) -> Topology:
+        s = self.settings
+        ensure_topics(s, [s.transactions_topic])
+        keys = self.engine.stage_keys()
+        labels = 0
+        if len(keys) > 1 and self.engine.has_features:
+            ensure_topics(s, [s.labels_topic])
+            labels = self._partitions(s.labels_topic)
+        topology = Topology(s, keys, self._partitions(s.transactions_topic), labels)
+        repartition, changelogs = topology.internal()
+        for topic, n in repartition:
+            ensure_topics(s, [topic], partitions=n)
+        for topic, n in changelogs:
+            ensure_topics(s, [topic], partitions=n, compacted=[topic])
+        return topology
 
     def run(
         self, stop: threading.Event | None = None, *, stop_after: int | None = None
@@ -114,13 +216,13 @@ class Processor:
         threading.Thread(
             target=self._watchdog, args=(stop,), name="commit-watchdog", daemon=True
         ).start()
-        ensure_topics(self.settings, [self._changelog], compacted=[self._changelog])
+        self.topology = self._build_topology()
         self.producer.init_transactions(30)
-        topics = [self.settings.transactions_topic]
-        if self.engine.features is not None:  # confirmed verdicts feed the features
-            topics.append(self.settings.labels_topic)
         self.consumer.subscribe(
-            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            self.topology.topics(),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         interval = self.settings.commit_interval_ms / 1000
         try:
@@ -137,6 +239,8 @@ class Processor:
             msgs = self.consumer.consume(num_messages=self.settings.batch_size, timeout=0.05)
             if msgs:
                 self._process(msgs)
+            if not self._in_txn and self._marks_due():
+                self._begin()
             if self._in_txn and (
                 self._txn_records >= self.settings.commit_records
                 or self.clock() - self._txn_started >= interval
@@ -160,59 +264,212 @@ class Processor:
 
     # --- processing ------------------------------------------------------------------------
 
+    def _begin(self) -> None:
+        self.producer.begin_transaction()
+        for task in self.tasks.values():
+            task.begin()
+        self._in_txn = True
+        self._txn_started = self.clock()
+        self._txn_records = 0
+
     def _process(self, msgs: list[Any]) -> None:  # Any: no Optional checks on the hot path
         if not self._in_txn:
-            self.producer.begin_transaction()
-            self.engine.begin()
-            self._in_txn = True
-            self._txn_started = self.clock()
-            self._txn_records = 0
-        valid: list[tuple[Any, Decoded]] = []
-        offsets = self._offsets
-        labels_topic = self.settings.labels_topic
-        labels = []
+            self._begin()
+        runs: dict[tuple[str, int], list[Any]] = {}
+        ends: dict[tuple[str, int], bool] = {}  # whether a partition's last event was its end
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    ends[(msg.topic(), msg.partition())] = True
+                    continue
                 if err.fatal():
                     raise ProcessingError(f"consumer failed: {err}")
                 log.warning("consumer error: %s", err)
                 continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            offsets[(topic, partition)] = offset + 1
-            if topic == labels_topic:
-                try:
-                    labels.append(decode_label(msg.value()))
-                except InvalidTransaction as exc:
-                    self._dead_letter(msg, exc.kind, str(exc), "label")
+            tp = (msg.topic(), msg.partition())
+            run = runs.get(tp)
+            if run is None:
+                runs[tp] = [msg]
+            else:
+                run.append(msg)
+            if ends:
+                ends.pop(tp, None)
+        self._txn_records += len(msgs)
+        keyed = []
+        for tp, run in runs.items():
+            task = self.tasks.get(tp)
+            if task is None:  # not ours (any more): the new owner reads it again
                 continue
+            task.dirty = True
+            task.at_end = None
+            task.idle = False
+            index = task.stage.index
+            if index == 0:
+                self._read_input(task, run)
+            elif index < 0:
+                self._read_labels(task, run)
+            else:
+                self._offer(task, run)
+                keyed.append(task)
+        for tp, _ in ends.items():
+            task = self.tasks.get(tp)
+            if task is not None and task.at_end is None:
+                task.at_end = self.clock()
+        assert self.topology is not None
+        for stage in self.topology.stages[1:]:  # upstream first: their output is read later
+            for task in keyed:
+                if task.stage is stage:
+                    self._release(task)
+
+    def _read_input(self, task: Task, msgs: list[Any]) -> None:
+        valid: list[tuple[Any, Decoded, int]] = []
+        meta = task.meta
+        stream_time = meta.stream_time
+        for msg in msgs:
+            offset = msg.offset()
             try:
                 decoded = decode_transaction(
                     msg.value(),
-                    topic=topic,
-                    partition=partition,
+                    topic=msg.topic(),
+                    partition=msg.partition(),
                     offset=offset,
                     record_ts_ms=msg.timestamp()[1],
                 )
             except InvalidTransaction as exc:
                 self._dead_letter(msg, exc.kind, str(exc), "decode")
                 continue
-            valid.append((msg, decoded))
-        self._txn_records += len(msgs)
-        if labels:
-            self.engine.observe_labels(labels)
+            ts = decoded.tx.ts_ms
+            if ts > stream_time:
+                stream_time = ts
+            valid.append((msg, decoded, stream_time))
+        meta.stream_time = stream_time
+        meta.last_offset = msgs[-1].offset()
         if not valid:
             return
-        decisions = self.engine.decide([d.tx for _, d in valid])
-        legit, fraud = self.settings.legit_topic, self.settings.fraud_topic
-        for (msg, decoded), decision in zip(valid, decisions, strict=True):
-            value = encode_decided(msg.value(), decoded, decision)
-            if decision.outcome == "fraud":
-                self._produce(fraud, msg.key(), value, msg.headers())
-                self._pending.fraud += 1
-            else:
-                self._produce(legit, msg.key(), value, msg.headers())
-                self._pending.legit += 1
+        assert task.engine is not None and self.topology is not None
+        scored = task.engine.score([d.tx for _, d, _ in valid])
+        if not self.topology.staged:  # one stage: decide here
+            combine = self.engine.combine
+            for (msg, decoded, _), (_, hits) in zip(valid, scored, strict=True):
+                decision = combine(hits, None)
+                value = encode_decided(msg.value(), decoded, decision)
+                self._output(msg.key(), value, msg.headers(), decision.outcome)
+            return
+        to = self.topology.next(task.stage)
+        q = task.partition
+        key = to.key
+        for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
+            tx = decoded.tx
+            env = Envelope(
+                DATA,
+                order_time,
+                q,
+                msg.offset(),
+                q,
+                0,
+                tx,
+                msg.value(),
+                decoded.added,
+                msg.key(),
+                msg.headers(),
+                {"source": row},
+                [(h.rule, h.weight, h.reason, h.allow) for h in hits],
+            )
+            self._forward(task, to, self.topology.route(to, getattr(tx, key), q), env)
+
+    def _read_labels(self, task: Task, msgs: list[Any]) -> None:
+        assert self.topology is not None
+        meta = task.meta
+        to = self.topology.stages[1]
+        q = task.origin
+        for msg in msgs:
+            meta.last_offset = msg.offset()
+            try:
+                label = decode_label(msg.value())
+            except InvalidTransaction as exc:
+                self._dead_letter(msg, exc.kind, str(exc), "label")
+                continue
+            # a verdict takes its place in time when it was published
+            published = label.published_ms
+            if published is None:
+                published = msg.timestamp()[1]
+            meta.stream_time = max(meta.stream_time, published)
+            env = Envelope(LABEL, meta.stream_time, q, msg.offset(), q, 0, label=label)
+            self._forward(task, to, self.topology.route(to, getattr(label, to.key, None), q), env)
+
+    def _offer(self, task: Task, msgs: list[Any]) -> None:
+        orderer = task.orderer
+        assert orderer is not None
+        for msg in msgs:
+            try:
+                env = decode_envelope(msg.value())
+            except Exception as exc:  # not written by a detector: keep it, never stop
+                self._dead_letter(msg, type(exc).__name__, str(exc), "repartition")
+                continue
+            orderer.offer(env, msg.offset())
+
+    def _release(self, task: Task) -> None:
+        assert task.orderer is not None and self.topology is not None
+        released = task.orderer.release()
+        if not released:
+            return
+        stage = task.stage
+        if stage.index == len(self.topology.stages) - 1:
+            self._decide(released)
+            return
+        engine = task.engine
+        assert engine is not None
+        to = self.topology.next(stage)
+        last = to.index == len(self.topology.stages) - 1
+        run: list[Envelope] = []
+        for env in released:
+            if env.kind == DATA:
+                run.append(env)
+                continue
+            self._score_run(task, engine, to, run)
+            run = []
+            assert env.label is not None
+            engine.observe_labels([env.label])
+            if not last:  # the next keyed stage wants the verdict too
+                value = getattr(env.label, to.key, None)
+                self._forward(task, to, self.topology.route(to, value, env.q), env)
+        self._score_run(task, engine, to, run)
+
+    def _score_run(self, task: Task, engine: Engine, to: Stage, run: list[Envelope]) -> None:
+        if not run:
+            return
+        assert self.topology is not None
+        key = task.stage.key
+        for env, (row, hits) in zip(run, engine.score([e.tx for e in run]), strict=True):  # type: ignore[misc]
+            env.parts[key] = row
+            env.hits += [(h.rule, h.weight, h.reason, h.allow) for h in hits]
+            value = getattr(env.tx, to.key) if to.key else None
+            self._forward(task, to, self.topology.route(to, value, env.q), env)
+
+    def _decide(self, released: list[Envelope]) -> None:
+        data = [e for e in released if e.kind == DATA]
+        decisions = self.engine.finish(
+            [e.parts for e in data], [[Hit(*h) for h in e.hits] for e in data]
+        )
+        for env, decision in zip(data, decisions, strict=True):
+            assert env.tx is not None
+            value = encode_decided(env.value, Decoded(env.tx, env.added), decision)
+            self._output(env.key, value, env.headers, decision.outcome)
+
+    def _forward(self, task: Task, to: Stage, partition: int, env: Envelope) -> None:
+        seq = task.meta.seq
+        n = seq[partition] = seq.get(partition, 0) + 1
+        env.u, env.s = task.origin, n
+        self._produce_to(to.topic, partition, None, encode_envelope(env))
+
+    def _output(self, key: Any, value: bytes, headers: Any, outcome: str) -> None:
+        if outcome == "fraud":
+            self._produce(self.settings.fraud_topic, key, value, headers)
+            self._pending.fraud += 1
+        else:
+            self._produce(self.settings.legit_topic, key, value, headers)
+            self._pending.legit += 1
 
     def _dead_letter(self, msg: Any, error_class: str, message: str, stage: str) -> None:
         headers = dlq_headers(msg, error_class, message, stage)
@@ -226,6 +483,51 @@ class Processor:
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self.producer.poll(0.05)
+
+    def _produce_to(
+        self, topic: str, partition: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition=partition)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    # --- marks -----------------------------------------------------------------------------
+
+    def _marks_due(self) -> bool:
+        """Whether some task has a mark to send (an input gone idle, a bound that moved)."""
+        if self.topology is None or not self.topology.staged:
+            return False
+        now = self.clock()
+        due = False
+        for task in self.tasks.values():
+            at_end = task.at_end
+            if task.orderer is None and at_end is not None and now - at_end >= self._idle_s:
+                task.idle = True
+            if task.stage.index != len(self.topology.stages) - 1:
+                bound = task.bound()
+                due = due or (bound is not None and bound != task.meta.sent)
+        return due
+
+    def _send_marks(self) -> None:
+        """Each task's mark to every partition of the next stage, if it moved."""
+        assert self.topology is not None
+        last = len(self.topology.stages) - 1
+        for task in self.tasks.values():
+            if task.stage.index == last:
+                continue
+            bound = task.bound()
+            meta = task.meta
+            if bound is None or bound == meta.sent:
+                continue
+            meta.sent = bound
+            meta.mark_seq += 1
+            to = self.topology.stages[1] if task.stage.index < 0 else self.topology.next(task.stage)
+            value = encode_envelope(Envelope(MARK, *bound, task.origin, meta.mark_seq))
+            for p in range(to.partitions):
+                self._produce_to(to.topic, p, None, value)
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -254,10 +556,17 @@ class Processor:
             log.warning("chaos: aborting this transaction on purpose")
             self._abort()
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         try:
-            for key, value in self.engine.changes():  # state, in the same transaction
-                self._produce_to(self._changelog, 0, key, value)
+            if self.topology is not None and self.topology.staged:
+                self._marks_due()
+                self._send_marks()
+            offsets = []
+            for (topic, partition), task in self.tasks.items():
+                for key, value in task.changes():  # state, in the same transaction
+                    self._produce_to(task.stage.changelog, partition, key, value)
+                offset = task.commit_offset()
+                if offset is not None:
+                    offsets.append(TopicPartition(topic, partition, offset))
             if offsets:
                 self.producer.send_offsets_to_transaction(
                     offsets, self.consumer.consumer_group_metadata(), 30
@@ -271,8 +580,8 @@ class Processor:
                 return
             raise ProcessingError(_fatal_message(err)) from None
         self._in_txn = False
-        self.engine.commit()
-        self._offsets.clear()
+        for task in self.tasks.values():
+            task.commit()
         s, p = self.stats, self._pending
         s.legit, s.fraud, s.dead_letter = (
             s.legit + p.legit,
@@ -304,8 +613,8 @@ class Processor:
         except KafkaException as exc:
             raise ProcessingError(_fatal_message(exc.args[0])) from None
         self._in_txn = False
-        self.engine.rollback()  # the state goes back with the outputs
-        self._offsets.clear()
+        for task in self.tasks.values():
+            task.rollback()  # the state goes back with the outputs
         self._pending = ProcessorStats()
         self.stats.aborts += 1
         assigned = self.consumer.assignment()
@@ -316,22 +625,38 @@ class Processor:
                 else:  # nothing committed yet: start over from the beginning
                     self.consumer.seek(TopicPartition(tp.topic, tp.partition, -2))
 
-    def _produce_to(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value, key, partition=partition)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+    # --- assignment ------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Restore before any record of the new partitions is processed: commit what is open,
-        # then load every key's latest committed state.
+        # then load each new task's latest committed state from its changelog partition.
         if self._in_txn:
             self._commit()
+        assert self.topology is not None
         started = time.monotonic()
-        n = self.engine.restore(read_changelog(self.settings))
-        self.stats.restored_keys = n
+        by_stage: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_stage.setdefault(tp.topic, []).append(tp.partition)
+        n = 0
+        for topic, parts in by_stage.items():
+            stage = self.topology.by_topic[topic]
+            records = read_changelog(self.settings, stage.changelog, parts)
+            for p in parts:
+                engine = None
+                if stage.index == 0 or (0 < stage.index < len(self.topology.stages) - 1):
+                    engine = self.engine.for_stage(stage.key)
+                meta = Meta()
+                state = []
+                for key, value in records[p]:
+                    if key == META_KEY:
+                        meta = decode_meta(value) if value is not None else Meta()
+                    else:
+                        state.append((key, value))
+                if engine is not None:
+                    n += engine.restore(state)
+                origin = p + (self.topology.stages[0].partitions if stage.index < 0 else 0)
+                self.tasks[(topic, p)] = Task(stage, p, origin, engine, meta)
+        self.stats.restored_keys += n
         if n:
             log.info("restored %d state records in %.2fs", n, time.monotonic() - started)
 
@@ -339,7 +664,11 @@ class Processor:
         # Commit what we did for these partitions before another instance takes them over.
         if self._in_txn:
             self._commit()
+        for tp in partitions:
+            self.tasks.pop((tp.topic, tp.partition), None)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._in_txn:
             self._abort()
+        for tp in partitions:
+            self.tasks.pop((tp.topic, tp.partition), None)

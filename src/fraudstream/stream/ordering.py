@@ -1,0 +1,150 @@
+"""Deterministic order for state keyed by something other than the input key.
+
+A stage keyed by, say, the payee reads a repartition topic that every input partition writes
+to; the order in which their records meet there depends on timing. To decide the same way
+with one process or ten, a keyed stage buffers what it reads and releases it in *order-key*
+order, `(time, origin partition, origin offset)`, only once every upstream task has promised
+(with a mark) that nothing smaller will follow. `time` is the origin partition's stream time
+(the largest event time seen so far), so within a partition the keys grow with the offset.
+
+Exactly once across restarts: an upstream task numbers its data messages per downstream
+partition (1, 2, 3 …); a stage remembers which numbers it has released (`done`, plus any
+released out of order in `ahead`) and skips them when it reads them again after a rewind.
+Its committed input offset is the smallest offset still buffered, so nothing unreleased is
+ever skipped by the consumer.
+
+This module is pure (no Kafka): the processor feeds it records and commits what it says.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import msgspec
+
+from fraudstream.schema import LabelRecord, Transaction
+
+__all__ = ["DATA", "INF", "LABEL", "MARK", "Envelope", "Key", "Meta", "Orderer"]
+
+DATA, LABEL, MARK = 0, 1, 2
+INF = 1 << 62  # the time of an idle upstream's mark: it holds nothing back
+Key = tuple[int, int, int]  # (order time, origin partition, origin offset)
+
+
+class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
+    """One record on a repartition topic: a transaction on its way through the stages, a
+    label verdict, or an upstream task's mark (its promise: nothing at or below `t, q, o`
+    will follow)."""
+
+    kind: int
+    t: int
+    q: int
+    o: int
+    u: int  # the upstream task (its partition) that sent it
+    s: int  # DATA/LABEL: its number from `u` to this partition; MARK: u's mark number
+    tx: Transaction | None = None
+    value: bytes = b""  # the input record as received (the output keeps it unchanged)
+    added: bytes = b""  # JSON members derived for it (id, timestamp)
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None
+    parts: dict[str, list[float]] = {}
+    hits: list[tuple[str, float, str, bool]] = []
+    label: LabelRecord | None = None
+
+    @property
+    def order(self) -> Key:
+        return (self.t, self.q, self.o)
+
+
+class Meta(msgspec.Struct, omit_defaults=True):
+    """A task's bookkeeping, committed in its changelog with its state."""
+
+    stream_time: int = 0  # input tasks: the largest event time seen
+    last_offset: int = -1  # input tasks: the last input offset processed
+    seq: dict[int, int] = {}  # data messages sent, per downstream partition
+    mark_seq: int = 0  # marks sent
+    sent: Key | None = None  # the last mark sent
+    done: dict[int, int] = {}  # per upstream: every data number up to this one released
+    ahead: dict[int, list[int]] = {}  # per upstream: numbers released beyond `done`
+    marks: dict[int, Key] = {}  # per upstream: its latest mark
+    mark_seen: dict[int, int] = {}  # per upstream: the number of that mark
+
+
+encode_envelope = msgspec.msgpack.Encoder().encode
+decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
+encode_meta = msgspec.msgpack.Encoder().encode
+decode_meta = msgspec.msgpack.Decoder(Meta).decode
+
+
+class Orderer:
+    """The buffer of one keyed-stage task: `offer` what is read, `release` what may go."""
+
+    def __init__(self, upstream: int, meta: Meta) -> None:
+        self.upstream = upstream
+        self.meta = meta
+        self._pending: list[tuple[int, int, int, int, Any]] = []
+        self._next_offset: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def reset(self, meta: Meta) -> None:
+        """Forget the buffer (the input is rewound to the committed offset)."""
+        self.meta = meta
+        self._pending.clear()
+        self._next_offset = None
+
+    def offer(self, env: Envelope, offset: int) -> None:
+        self._next_offset = offset + 1
+        m, u = self.meta, env.u
+        if env.kind == MARK:
+            if env.s > m.mark_seen.get(u, 0):
+                m.marks[u] = (env.t, env.q, env.o)
+                m.mark_seen[u] = env.s
+            return
+        if env.s <= m.done.get(u, 0) or env.s in m.ahead.get(u, ()):
+            return  # released before a rewind: already in the committed state and outputs
+        heapq.heappush(self._pending, (env.t, env.q, env.o, offset, env))
+
+    def bound(self) -> Key | None:
+        """Nothing at or below this key can still arrive (None: an upstream is unheard)."""
+        marks = self.meta.marks
+        if len(marks) < self.upstream:
+            return None
+        return min(marks.values())
+
+    def release(self) -> list[Envelope]:
+        """Every buffered record at or below the bound, in order-key order."""
+        bound = self.bound()
+        pending = self._pending
+        out: list[Envelope] = []
+        if bound is None:
+            return out
+        while pending and pending[0][:3] <= bound:
+            env = heapq.heappop(pending)[4]
+            self._done(env.u, env.s)
+            out.append(env)
+        return out
+
+    def _done(self, u: int, s: int) -> None:
+        m = self.meta
+        done = m.done.get(u, 0)
+        if s == done + 1:
+            done = s
+            ahead = m.ahead.get(u)
+            if ahead:
+                while done + 1 in ahead:
+                    done += 1
+                    ahead.remove(done)
+                if not ahead:
+                    del m.ahead[u]
+            m.done[u] = done
+        else:  # released out of number order (an upstream's late record)
+            m.ahead.setdefault(u, []).append(s)
+
+    def commit_offset(self) -> int | None:
+        """The input offset to commit: the oldest still buffered, else the next to read."""
+        if self._pending:
+            return min(e[3] for e in self._pending)
+        return self._next_offset
