@@ -22,7 +22,7 @@ import pytest
 from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import TutorialSource, generate
-from fraudstream.stream import committed_progress, ensure_topics
+from fraudstream.stream import committed_progress, ensure_topics, group_lag
 from tests.chaos.verify import verify
 from tests.conftest import REPO, SettingsFactory, env_for, produce_raw, spawn, wait_for
 
@@ -92,6 +92,12 @@ def wait_committed(settings: Settings, at_least: int, timeout: float = 180) -> N
     )
 
 
+def wait_done(settings: Settings, n: int, timeout: float = 180) -> None:
+    """All `n` inputs read, and every later stage (if the rules have any) drained."""
+    wait_committed(settings, n, timeout)
+    wait_for(lambda: group_lag(settings) == 0, timeout=timeout, what="the group to drain")
+
+
 def test_sigkill_at_five_random_moments(settings: Settings, detectors: Detectors) -> None:
     n = 200_000
     assert generate(settings, rate=math.inf, count=n, seed=21, progress=None).sent == n
@@ -101,7 +107,7 @@ def test_sigkill_at_five_random_moments(settings: Settings, detectors: Detectors
         wait_committed(settings, moment)
         detectors.kill(proc)
         proc = detectors.start()
-    wait_committed(settings, n)
+    wait_done(settings, n)
     detectors.stop(proc)
     v = verify(settings)
     assert (v.valid, v.decided, v.dead) == (n, n, 0)
@@ -114,7 +120,7 @@ def test_random_aborts(settings: Settings, tmp_path: Path) -> None:
     d = Detectors(settings, tmp_path, FRAUDSTREAM_CHAOS_ABORT_RATE="0.33", COMMIT_RECORDS="500")
     try:
         proc = d.start()
-        wait_committed(settings, n)
+        wait_done(settings, n)
         d.stop(proc)
     finally:
         d.cleanup()
@@ -132,7 +138,7 @@ def test_zombie_is_fenced_and_its_late_writes_never_appear(
     wait_committed(settings, n // 5)
     zombie.send_signal(signal.SIGSTOP)
     replacement = detectors.start("z")  # same transactional.id: fences the zombie
-    wait_committed(settings, n)
+    wait_done(settings, n)
     zombie.send_signal(signal.SIGCONT)
     more = 3_000  # work for whoever holds partitions after the zombie rejoins
     generate(settings, rate=math.inf, count=more, seed=24, progress=None)
@@ -198,7 +204,7 @@ def test_rebalance_add_stop_kill_restart(make_settings: SettingsFactory, tmp_pat
         wait_committed(settings, 6 * n // 10)
         third = d.ready(d.start("w2"))
         feeder.join(60)
-        wait_committed(settings, n)
+        wait_done(settings, n)
         d.stop(first)
         d.stop(third)
     finally:
@@ -237,7 +243,7 @@ def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
             wait_committed(settings, moment)
             d.kill(proc)
             proc = d.start()
-        wait_committed(settings, n)
+        wait_done(settings, n)
         d.stop(proc)
     finally:
         d.cleanup()

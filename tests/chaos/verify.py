@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from fraudstream.config import Settings
 from fraudstream.detection import Engine, load_ruleset, tutorial_rules
 from fraudstream.schema import InvalidTransaction, decode_transaction, encode_decided
+from fraudstream.stream import group_lag
 from tests.conftest import read_to_end
 
 
@@ -124,4 +125,6 @@ def verify(settings: Settings, *, group: str | None = None, rules: Path | None =
         assert {tp.partition: tp.offset for tp in committed} == ends, "consumer lag is not 0"
     finally:
         c.close()
+    stages = settings.model_copy(update={"detector_group": group or settings.detector_group})
+    assert group_lag(stages) == 0, "records wait unfinished between the detector's stages"
     return Verdict(len(inputs), len(expected), len(seen), len(dead))

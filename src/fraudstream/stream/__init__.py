@@ -1,6 +1,6 @@
 """Stream runtime: Kafka clients, topics, the transactional detector loop, dead letters."""
 
-from fraudstream.stream.admin import committed_progress, ensure_topics
+from fraudstream.stream.admin import committed_progress, ensure_topics, group_lag
 from fraudstream.stream.clients import (
     base_config,
     check_connection,
@@ -15,6 +15,7 @@ __all__ = [
     "base_config",
     "check_connection",
     "committed_progress",
+    "group_lag",
     "consumer_config",
     "ensure_topics",
     "producer_config",

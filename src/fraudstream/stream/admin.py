@@ -12,7 +12,7 @@ from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import base_config, check_connection
 
-__all__ = ["committed_progress", "ensure_topics"]
+__all__ = ["committed_progress", "ensure_topics", "group_lag"]
 
 
 def ensure_topics(
@@ -69,5 +69,32 @@ def committed_progress(settings: Settings) -> int:
                 return 0
             raise
         return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        consumer.close()
+
+
+def group_lag(settings: Settings) -> int:
+    """Records the detector group has not finished: the input and every internal topic
+    between its stages (0 when every decision is committed and nothing waits in a stage)."""
+    group = settings.detector_group
+    consumer = Consumer(base_config(settings, "fraudstream-lag") | {"group.id": group})
+    try:
+        topics = consumer.list_topics(timeout=10).topics
+        names = [settings.transactions_topic] + [
+            t for t in topics if t.startswith(group + ".") and not t.endswith(".changelog")
+        ]
+        tps = [TopicPartition(t, p) for t in names if t in topics for p in topics[t].partitions]
+        try:
+            committed = consumer.committed(tps, timeout=10)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.retriable() or err.code() == KafkaError.NOT_COORDINATOR:
+                return -1
+            raise
+        lag = 0
+        for tp in committed:
+            end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+            lag += end - max(tp.offset, 0)
+        return lag
     finally:
         consumer.close()

@@ -84,7 +84,6 @@ class Orderer:
         self.upstream = upstream
         self.meta = meta
         self._pending: list[tuple[int, int, int, int, Any]] = []
-        self._next_offset: int | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -93,10 +92,8 @@ class Orderer:
         """Forget the buffer (the input is rewound to the committed offset)."""
         self.meta = meta
         self._pending.clear()
-        self._next_offset = None
 
     def offer(self, env: Envelope, offset: int) -> None:
-        self._next_offset = offset + 1
         m, u = self.meta, env.u
         if env.kind == MARK:
             if env.s > m.mark_seen.get(u, 0):
@@ -143,8 +140,8 @@ class Orderer:
         else:  # released out of number order (an upstream's late record)
             m.ahead.setdefault(u, []).append(s)
 
-    def commit_offset(self) -> int | None:
-        """The input offset to commit: the oldest still buffered, else the next to read."""
+    def oldest(self) -> int | None:
+        """The input offset of the oldest record still buffered (the offset to commit)."""
         if self._pending:
             return min(e[3] for e in self._pending)
-        return self._next_offset
+        return None

@@ -144,10 +144,16 @@ class Task:
         m = self.meta
         return (INF if self.idle else m.stream_time, self.origin, m.last_offset)
 
-    def commit_offset(self) -> int | None:
+    def commit_offset(self, position: int) -> int | None:
+        """The input offset to commit: the oldest record still buffered, else the reading
+        position (`position` < 0: nothing read yet)."""
         if self.orderer is not None:
-            return self.orderer.commit_offset()
-        return self.meta.last_offset + 1 if self.dirty else None
+            buffered = self.orderer.oldest()
+            if buffered is not None:
+                return buffered
+        elif not self.dirty:
+            return None
+        return position if position >= 0 else None
 
 
 class Processor:
@@ -561,10 +567,16 @@ class Processor:
                 self._marks_due()
                 self._send_marks()
             offsets = []
+            # where each partition's reading stands (past transaction markers, unlike the
+            # last record's offset + 1, so a finished group shows no lag)
+            positions = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.tasks])
+            }
             for (topic, partition), task in self.tasks.items():
                 for key, value in task.changes():  # state, in the same transaction
                     self._produce_to(task.stage.changelog, partition, key, value)
-                offset = task.commit_offset()
+                offset = task.commit_offset(positions.get((topic, partition), -1))
                 if offset is not None:
                     offsets.append(TopicPartition(topic, partition, offset))
             if offsets:
