@@ -15,8 +15,8 @@ __all__ = [
     "base_config",
     "check_connection",
     "committed_progress",
-    "group_lag",
     "consumer_config",
     "ensure_topics",
+    "group_lag",
     "producer_config",
 ]

@@ -81,7 +81,10 @@ def group_lag(settings: Settings) -> int:
     try:
         topics = consumer.list_topics(timeout=10).topics
         names = [settings.transactions_topic] + [
-            t for t in topics if t.startswith(group + ".") and not t.endswith(".changelog")
+            t
+            for t in topics
+            if (t.startswith(group + ".by-") and not t.endswith(".changelog"))
+            or t == group + ".ordered"
         ]
         tps = [TopicPartition(t, p) for t in names if t in topics for p in topics[t].partitions]
         try:

@@ -79,6 +79,13 @@ def _fatal_message(err: KafkaError) -> str:
     )
 
 
+def _abortable(err: KafkaError) -> bool:
+    """An error that aborting the transaction (and redoing it) gets past."""
+    if err.fatal():
+        return False
+    return bool(err.txn_requires_abort()) or err.code() == KafkaError._STATE
+
+
 @dataclass
 class ProcessorStats:
     legit: int = 0
@@ -108,7 +115,8 @@ class Task:
         self.orderer = Orderer(stage.upstream, meta) if stage.upstream else None
         self.dirty = False  # read something since the last commit
         self.at_end: float | None = None  # input tasks: when the partition was read to its end
-        self.idle = False
+        # An input that was idle when its last owner committed stays so until a record comes.
+        self.idle = meta.sent is not None and meta.sent[0] == INF and stage.upstream == 0
 
     def begin(self) -> None:
         if self.engine is not None:
@@ -135,7 +143,7 @@ class Task:
             self.orderer.reset(self.meta)
         self.dirty = False
         self.at_end = None
-        self.idle = False
+        self.idle = self.meta.sent is not None and self.meta.sent[0] == INF and not self.orderer
 
     def bound(self) -> Key | None:
         """This task's mark: nothing it sends later is at or below it."""
@@ -244,7 +252,15 @@ class Processor:
         while not stop.is_set():
             msgs = self.consumer.consume(num_messages=self.settings.batch_size, timeout=0.05)
             if msgs:
-                self._process(msgs)
+                try:
+                    self._process(msgs)
+                except KafkaException as exc:
+                    # e.g. the producer lost its epoch mid-transaction (librdkafka refuses
+                    # to produce until the transaction is aborted): abort and redo
+                    if not self._in_txn or not _abortable(exc.args[0]):
+                        raise
+                    log.warning("producing failed, aborting and rewinding: %s", exc.args[0])
+                    self._abort()
             if not self._in_txn and self._marks_due():
                 self._begin()
             if self._in_txn and (
@@ -586,7 +602,7 @@ class Processor:
             self._commit_with_retry()
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            if err.txn_requires_abort():
+            if _abortable(err):
                 log.warning("transaction aborted, rewinding to committed offsets: %s", err)
                 self._abort()
                 return
