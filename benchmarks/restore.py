@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -31,7 +32,7 @@ from fraudstream.config import load_settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.generator import generate
 from fraudstream.stream import committed_progress, ensure_topics, producer_config
-from fraudstream.stream.changelog import changelog_topic, read_changelog
+from fraudstream.stream.changelog import read_changelog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,10 +58,13 @@ def main() -> None:
             detector_group=f"r-{tag}",
         )
         ensure_topics(settings)
-        log_topic = changelog_topic(settings)
-        ensure_topics(settings, [log_topic], compacted=[log_topic])
+        # the input stage's changelog, one partition per input partition (the accounts'
+        # state; payee state lives in the next stage's changelog)
+        log_topic = f"{settings.detector_group}.changelog"
+        parts = settings.topic_partitions
+        ensure_topics(settings, [log_topic], partitions=parts, compacted=[log_topic])
         ruleset = load_ruleset(REPO / "rules" / "default.yaml")
-        engine = Engine.from_ruleset(ruleset)
+        engine = Engine.from_ruleset(ruleset).for_stage("source")
         producer = Producer(producer_config(settings, "bench", transactional_id=f"bench-{tag}"))
         producer.init_transactions(30)
         t = time.perf_counter()
@@ -72,7 +76,7 @@ def main() -> None:
             for key, value in engine.changes():
                 while True:
                     try:
-                        producer.produce(log_topic, value, key, partition=0)
+                        producer.produce(log_topic, value, key, partition=zlib.crc32(key) % parts)
                         break
                     except BufferError:
                         producer.poll(0.05)
@@ -81,9 +85,10 @@ def main() -> None:
         print(f"built and wrote the state of {n:,} accounts in {time.perf_counter() - t:.1f}s")
 
         t = time.perf_counter()
-        records = read_changelog(settings)
+        by_partition = read_changelog(settings, log_topic, list(range(parts)))
+        records = [r for p in range(parts) for r in by_partition[p]]
         read = time.perf_counter() - t
-        fresh = Engine.from_ruleset(ruleset)
+        fresh = Engine.from_ruleset(ruleset).for_stage("source")
         t = time.perf_counter()
         loaded = fresh.restore(records)
         load = time.perf_counter() - t

@@ -18,7 +18,12 @@ from fraudstream.stream.clients import consumer_config
 
 __all__ = ["read_changelog"]
 
-_NOT_YET = (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART)
+_NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+)
 
 
 def _end_offset(consumer: Consumer, tp: TopicPartition, timeout: float = 30) -> int:
@@ -28,7 +33,8 @@ def _end_offset(consumer: Consumer, tp: TopicPartition, timeout: float = 30) -> 
         try:
             return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
         except KafkaException as exc:
-            if exc.args[0].code() not in _NOT_YET or time.monotonic() > deadline:
+            err = exc.args[0]
+            if not (err.code() in _NOT_YET or err.retriable()) or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
 
