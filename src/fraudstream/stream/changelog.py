@@ -55,9 +55,7 @@ def read_changelog(
     try:
         ends = {}
         for p in partitions:
-            end = consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=10, cached=False
-            )[1]
+            end = _end_offset(consumer, TopicPartition(topic, p))
             if end > 0:
                 ends[p] = end
         if not ends:
