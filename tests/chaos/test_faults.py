@@ -217,13 +217,15 @@ def test_rebalance_add_stop_kill_restart(make_settings: SettingsFactory, tmp_pat
 DEFAULT_RULES = REPO / "rules" / "default.yaml"
 
 
-@pytest.mark.parametrize("abort_rate", ["0", "0.33"])
+@pytest.mark.parametrize(("abort_rate", "timeout_rate"), [("0", "0"), ("0.33", "0"), ("0", "0.03")])
 def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
-    make_settings: SettingsFactory, tmp_path: Path, abort_rate: str
+    make_settings: SettingsFactory, tmp_path: Path, abort_rate: str, timeout_rate: str
 ) -> None:
     """The default rules keep per-account and per-target state; it is written to the
     changelog in each transaction and restored after every SIGKILL, so the decisions equal a
-    clean run's exactly: nothing counted twice, nothing forgotten."""
+    clean run's exactly: nothing counted twice, nothing forgotten. Variants: one transaction
+    in three aborted; one commit in 33 "timing out" past its retries (committed or not, at
+    random), which replaces the producer and reloads the state in-process."""
     settings = make_settings(topic_partitions=1)
     ensure_topics(settings)
     n = 60_000
@@ -235,6 +237,7 @@ def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
         tmp_path,
         rules=str(DEFAULT_RULES),
         FRAUDSTREAM_CHAOS_ABORT_RATE=abort_rate,
+        FRAUDSTREAM_CHAOS_COMMIT_TIMEOUT_RATE=timeout_rate,
         COMMIT_RECORDS="1000",
     )
     try:
@@ -248,6 +251,8 @@ def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
     finally:
         d.cleanup()
     assert "restored" in proc.log.read_text()  # type: ignore[attr-defined]
+    if timeout_rate != "0":
+        assert "replacing the producer" in proc.log.read_text()  # type: ignore[attr-defined]
     v = verify(settings, rules=DEFAULT_RULES)
     assert (v.valid, v.decided) == (n, n)
 

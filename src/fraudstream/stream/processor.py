@@ -93,6 +93,7 @@ class ProcessorStats:
     dead_letter: int = 0
     commits: int = 0
     aborts: int = 0
+    renewed: int = 0  # producers replaced after a commit that kept timing out
     restored_keys: int = 0
 
     @property
@@ -104,8 +105,16 @@ class Task:
     """One assigned partition of one stage: its state engine, bookkeeping and buffer."""
 
     def __init__(
-        self, stage: Stage, partition: int, origin: int, engine: Engine | None, meta: Meta
+        self,
+        stage: Stage,
+        partition: int,
+        origin: int,
+        engine: Engine | None,
+        meta: Meta,
+        *,
+        keep_meta: bool = True,  # False in a one-stage topology: no marks, nothing to keep
     ) -> None:
+        self.keep_meta = keep_meta
         self.stage = stage
         self.partition = partition
         self.origin = origin  # its id downstream: the partition (labels: after the input's)
@@ -124,15 +133,17 @@ class Task:
 
     def changes(self) -> list[tuple[bytes, bytes | None]]:
         out = self.engine.changes() if self.engine is not None else []
-        meta = encode_meta(self.meta)
-        if meta != self._saved:
-            out.append((META_KEY, meta))
+        if self.keep_meta:
+            meta = encode_meta(self.meta)
+            if meta != self._saved:
+                out.append((META_KEY, meta))
         return out
 
     def commit(self) -> None:
         if self.engine is not None:
             self.engine.commit()
-        self._saved = encode_meta(self.meta)
+        if self.keep_meta:
+            self._saved = encode_meta(self.meta)
         self.dirty = False
 
     def rollback(self) -> None:
@@ -185,6 +196,7 @@ class Processor:
             consumer_config(settings, name, group_id=settings.detector_group)
             | {"enable.partition.eof": True}  # an input read to its end may go idle
         )
+        self._name = name
         self.producer = Producer(producer_config(settings, name, transactional_id=name))
         self.topology: Topology | None = None
         self.tasks: dict[tuple[str, int], Task] = {}
@@ -196,6 +208,9 @@ class Processor:
         self._idle_s = settings.partition_idle_ms / 1000
         # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
         self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
+        self._chaos_commit_timeout_rate = float(
+            os.environ.get("FRAUDSTREAM_CHAOS_COMMIT_TIMEOUT_RATE") or 0
+        )
         self._chaos = random.Random()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -606,6 +621,9 @@ class Processor:
                 log.warning("transaction aborted, rewinding to committed offsets: %s", err)
                 self._abort()
                 return
+            if err.retriable():  # still failing after the retry budget: see _renew_producer
+                self._renew_producer(err)
+                return
             raise ProcessingError(_fatal_message(err)) from None
         self._in_txn = False
         for task in self.tasks.values():
@@ -620,8 +638,18 @@ class Processor:
         self._pending = ProcessorStats()
 
     def _commit_with_retry(self, attempts: int = 5) -> None:
+        # Fault tests only: a commit that keeps timing out, having committed or not.
+        chaos = bool(self._chaos_commit_timeout_rate) and (
+            self._chaos.random() < self._chaos_commit_timeout_rate
+        )
+        if chaos and self._chaos.random() < 0.5:
+            self.producer.commit_transaction(30)
         for attempt in range(attempts):
             try:
+                if chaos:
+                    raise KafkaException(
+                        KafkaError(KafkaError._TIMED_OUT, "chaos: commit timed out", retriable=True)
+                    )
                 self.producer.commit_transaction(30)
                 return
             except KafkaException as exc:
@@ -630,6 +658,29 @@ class Processor:
                     log.warning("commit failed (%s), retrying", err)
                     continue
                 raise
+
+    def _renew_producer(self, err: KafkaError) -> None:
+        """A commit that still times out after its retries is fatal for this producer:
+        whether it committed is unknown, and librdkafka lacks the client side of KIP-890 to
+        find out. A fresh producer with the same transactional.id fences the old one (the
+        coordinator completes or aborts its transaction); then every task reloads its state
+        from its changelog and the input rewinds to the committed offsets, which agree
+        whatever the old transaction's fate."""
+        log.error(
+            "a transaction commit failed after its retries (%s); replacing the producer and "
+            "redoing the work since the last commit",
+            err,
+        )
+        self.producer.purge()
+        self.producer = Producer(
+            producer_config(self.settings, self._name, transactional_id=self._name)
+        )
+        self.producer.init_transactions(60)
+        self._in_txn = False
+        self._pending = ProcessorStats()
+        self.stats.renewed += 1
+        self._restore(list(self.tasks))
+        self._rewind()
 
     def _abort(self) -> None:
         """Abort the open transaction and rewind every assigned partition to its commit."""
@@ -645,6 +696,10 @@ class Processor:
             task.rollback()  # the state goes back with the outputs
         self._pending = ProcessorStats()
         self.stats.aborts += 1
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset."""
         assigned = self.consumer.assignment()
         if assigned:
             for tp in self.consumer.committed(assigned, timeout=30):
@@ -660,11 +715,15 @@ class Processor:
         # then load each new task's latest committed state from its changelog partition.
         if self._in_txn:
             self._commit()
+        self._restore([(tp.topic, tp.partition) for tp in partitions])
+
+    def _restore(self, partitions: list[tuple[str, int]]) -> None:
+        """(Re)create these partitions' tasks from their changelog partitions."""
         assert self.topology is not None
         started = time.monotonic()
         by_stage: dict[str, list[int]] = {}
-        for tp in partitions:
-            by_stage.setdefault(tp.topic, []).append(tp.partition)
+        for topic, partition in partitions:
+            by_stage.setdefault(topic, []).append(partition)
         n = 0
         for topic, parts in by_stage.items():
             stage = self.topology.by_topic[topic]
@@ -683,7 +742,9 @@ class Processor:
                 if engine is not None:
                     n += engine.restore(state)
                 origin = p + (self.topology.stages[0].partitions if stage.index < 0 else 0)
-                self.tasks[(topic, p)] = Task(stage, p, origin, engine, meta)
+                self.tasks[(topic, p)] = Task(
+                    stage, p, origin, engine, meta, keep_meta=self.topology.staged
+                )
         self.stats.restored_keys += n
         if n:
             log.info("restored %d state records in %.2fs", n, time.monotonic() - started)
