@@ -299,23 +299,20 @@ def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
         broker.stop()
 
 
-def test_decisions_are_the_same_with_one_or_three_processes(
-    make_settings: SettingsFactory, tmp_path: Path
-) -> None:
-    """State keyed by payee (mule fan-in) lives in a stage fed by a repartition topic and
-    released in event-time order, so three processes that join, crash and rejoin while the
-    input arrives decide every transaction exactly as one clean process does later, byte for
-    byte, on the same input."""
-    three = make_settings(topic_partitions=6)
-    ensure_topics(three)
-    n = 80_000
+def _three_then_one(
+    three: Settings, tmp_path: Path, rules: str, *, n: int, rate: int, seed: int
+) -> dict[str, bytes]:
+    """Three detector processes decide `n` simulated transactions while they arrive (they
+    join, one is SIGKILLed at a random point and restarted); then one clean process decides
+    the same input into other topics. Verifies the three's output against the clean one's and
+    returns the clean one's decisions."""
     feeder = threading.Thread(
         target=generate,
         args=(three,),
         kwargs={
-            "rate": 8_000,
+            "rate": rate,
             "count": n,
-            "seed": 30,
+            "seed": seed,
             "profile": "sim",
             "fraud_rate": 0.05,
             "progress": None,
@@ -324,11 +321,7 @@ def test_decisions_are_the_same_with_one_or_three_processes(
     (tmp_path / "three").mkdir()
     # a partition counts as idle only after 5 s at its end: never while the feeder runs
     d = Detectors(
-        three,
-        tmp_path / "three",
-        rules=str(DEFAULT_RULES),
-        COMMIT_RECORDS="2000",
-        PARTITION_IDLE_MS="5000",
+        three, tmp_path / "three", rules=rules, COMMIT_RECORDS="2000", PARTITION_IDLE_MS="5000"
     )
     try:
         feeder.start()
@@ -357,7 +350,7 @@ def test_decisions_are_the_same_with_one_or_three_processes(
     )
     ensure_topics(one)
     (tmp_path / "one").mkdir()
-    clean = Detectors(one, tmp_path / "one", rules=str(DEFAULT_RULES))
+    clean = Detectors(one, tmp_path / "one", rules=rules)
     try:
         proc = clean.start()
         wait_done(one, n)
@@ -366,6 +359,48 @@ def test_decisions_are_the_same_with_one_or_three_processes(
         clean.cleanup()
     reference = decided(one)
     assert len(reference) == n
-    assert any(b'"rule":"mule_fan_in"' in v for v in reference.values())
     v = verify(three, reference=reference)
     assert (v.valid, v.decided) == (n, n)
+    return reference
+
+
+def test_decisions_are_the_same_with_one_or_three_processes(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """State keyed by payee (mule fan-in) lives in a stage fed by a repartition topic and
+    released in event-time order, so three processes that join, crash and rejoin while the
+    input arrives decide every transaction exactly as one clean process does later, byte for
+    byte, on the same input."""
+    three = make_settings(topic_partitions=6)
+    ensure_topics(three)
+    reference = _three_then_one(three, tmp_path, str(DEFAULT_RULES), n=80_000, rate=8_000, seed=30)
+    assert any(b'"rule":"mule_fan_in"' in v for v in reference.values())
+
+
+def test_with_the_model_and_label_feedback_too(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """With the model on, payee and merchant features and the label verdicts that feed them
+    go through two keyed stages (by payee, by merchant): still byte for byte one process's."""
+    from fraudstream.detection import load_ruleset
+    from fraudstream.evaluation import read_labels, read_transactions, train
+    from fraudstream.generator.app import write_files
+
+    history, verdicts = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
+    write_files(history, verdicts, count=30_000, seed=12, profile="sim", fraud_rate=0.05)
+    txs, _ = read_transactions(str(history))
+    result = train(load_ruleset(DEFAULT_RULES), txs, read_labels(str(verdicts)), gap_days=1)
+    model_file = tmp_path / "m.model"
+    result.model.save(model_file)
+    rules = tmp_path / "with-model.yaml"
+    rules.write_text(
+        DEFAULT_RULES.read_text().replace(
+            "lists_file: lists.yaml",
+            f"lists_file: {REPO / 'rules' / 'lists.yaml'}\n"
+            f"model: {{file: {model_file}, weight: 2.5}}",
+        )
+    )
+    three = make_settings(topic_partitions=6)
+    ensure_topics(three)
+    reference = _three_then_one(three, tmp_path, str(rules), n=30_000, rate=4_000, seed=31)
+    assert any(b'"rule":"model"' in v for v in reference.values())
