@@ -18,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
@@ -361,7 +362,21 @@ def _three_then_one(
     assert len(reference) == n
     v = verify(three, reference=reference)
     assert (v.valid, v.decided) == (n, n)
+    # what the group has committed past on the repartition topic is deleted as it goes
+    assert _low_watermarks(three, f"{three.detector_group}.by-target") > 0
     return reference
+
+
+def _low_watermarks(settings: Settings, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": settings.kafka_broker_url, "group.id": "low-watermarks"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[0]
+            for p in parts
+        )
+    finally:
+        c.close()
 
 
 def test_decisions_are_the_same_with_one_or_three_processes(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from fraudstream.config import Settings
 from fraudstream.detection import Engine, Hit
@@ -37,7 +38,7 @@ from fraudstream.schema import (
 )
 from fraudstream.stream.admin import ensure_topics
 from fraudstream.stream.changelog import read_changelog
-from fraudstream.stream.clients import consumer_config, producer_config
+from fraudstream.stream.clients import base_config, consumer_config, producer_config
 from fraudstream.stream.dlq import dlq_headers
 from fraudstream.stream.ordering import (
     DATA,
@@ -60,6 +61,7 @@ __all__ = ["Processor", "ProcessorStats"]
 log = logging.getLogger(__name__)
 
 META_KEY = b"m"
+PURGE_EVERY_S = 10.0  # how often consumed repartition records are deleted
 
 
 def _fatal_message(err: KafkaError) -> str:
@@ -77,6 +79,19 @@ def _fatal_message(err: KafkaError) -> str:
         f"unrecoverable Kafka error ({err}); the detector stops without committing the open "
         "transaction — restart it to resume from the last commit"
     )
+
+
+def _log_purge_failure(tp: TopicPartition) -> Callable[[Any], None]:
+    def done(future: Any) -> None:
+        if future.exception() is not None:
+            log.warning(
+                "could not delete old records of %s[%d]: %s",
+                tp.topic,
+                tp.partition,
+                future.exception(),
+            )
+
+    return done
 
 
 def _abortable(err: KafkaError) -> bool:
@@ -206,6 +221,8 @@ class Processor:
         self._pending = ProcessorStats()
         self._commit_deadline: float | None = None
         self._idle_s = settings.partition_idle_ms / 1000
+        self._admin: AdminClient | None = None
+        self._next_purge = 0.0
         # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
         self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
         self._chaos_commit_timeout_rate = float(
@@ -636,6 +653,22 @@ class Processor:
         )
         s.commits += 1
         self._pending = ProcessorStats()
+        if self.topology is not None and self.topology.staged and self.clock() >= self._next_purge:
+            self._purge(offsets)
+
+    def _purge(self, offsets: list[TopicPartition]) -> None:
+        """Delete what the group has committed past on the repartition topics (as Kafka
+        Streams does): nobody reads those records again. Not waited for."""
+        assert self.topology is not None
+        self._next_purge = self.clock() + PURGE_EVERY_S
+        internal = {s.topic for s in self.topology.stages[1:]}
+        done = [tp for tp in offsets if tp.topic in internal and tp.offset > 0]
+        if not done:
+            return
+        if self._admin is None:
+            self._admin = AdminClient(base_config(self.settings, f"{self._name}-purge"))
+        for tp, future in self._admin.delete_records(done).items():
+            future.add_done_callback(_log_purge_failure(tp))
 
     def _commit_with_retry(self, attempts: int = 5) -> None:
         # Fault tests only: a commit that keeps timing out, having committed or not.
