@@ -81,13 +81,11 @@ def test_a_crash_after_a_commit_neither_loses_nor_repeats(
         orderer.offer(env, offset)
         if data.draw(st.booleans()):
             released += orderer.release()
-        if data.draw(st.booleans()):  # a commit: the meta and the offset to resume from
+        if data.draw(st.booleans()):  # a commit, after a release (as the processor does)
+            released += orderer.release()
             oldest = orderer.oldest()
-            committed = (
-                encode_meta(orderer.meta),
-                oldest if oldest is not None else offset + 1,
-                len(released),
-            )
+            resume = oldest if oldest is not None else offset + 1
+            committed = (encode_meta(orderer.committed_meta(resume)), resume, len(released))
     # crash: what was released after the last commit is gone with its transaction
     meta, resume, kept = committed
     released = released[:kept]

@@ -84,6 +84,11 @@ class Orderer:
         self.upstream = upstream
         self.meta = meta
         self._pending: list[tuple[int, int, int, int, Any]] = []
+        # The marks as they stood at the last commit's resume offset, and those read since:
+        # a restart re-reads from that offset, so it must not know the later marks yet (it
+        # would release re-read records as they come instead of in key order).
+        self._base: tuple[dict[int, Key], dict[int, int]] = (dict(meta.marks), dict(meta.mark_seen))
+        self._log: list[tuple[int, int, Key, int]] = []
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -92,6 +97,8 @@ class Orderer:
         """Forget the buffer (the input is rewound to the committed offset)."""
         self.meta = meta
         self._pending.clear()
+        self._base = (dict(meta.marks), dict(meta.mark_seen))
+        self._log.clear()
 
     def offer(self, env: Envelope, offset: int) -> None:
         m, u = self.meta, env.u
@@ -99,6 +106,7 @@ class Orderer:
             if env.s > m.mark_seen.get(u, 0):
                 m.marks[u] = (env.t, env.q, env.o)
                 m.mark_seen[u] = env.s
+                self._log.append((offset, u, m.marks[u], env.s))
             return
         if env.s <= m.done.get(u, 0) or env.s in m.ahead.get(u, ()):
             return  # released before a rewind: already in the committed state and outputs
@@ -139,6 +147,20 @@ class Orderer:
             m.done[u] = done
         else:  # released out of number order (an upstream's late record)
             m.ahead.setdefault(u, []).append(s)
+
+    def committed_meta(self, resume: int) -> Meta:
+        """The bookkeeping to commit with input offset `resume`: the marks read before it,
+        everything else as it is now."""
+        marks, seen = self._base
+        keep = []
+        for entry in self._log:
+            offset, u, key, seq = entry
+            if offset < resume:
+                marks[u], seen[u] = key, seq
+            else:
+                keep.append(entry)
+        self._log = keep
+        return msgspec.structs.replace(self.meta, marks=dict(marks), mark_seen=dict(seen))
 
     def oldest(self) -> int | None:
         """The input offset of the oldest record still buffered (the offset to commit)."""

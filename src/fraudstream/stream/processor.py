@@ -13,6 +13,7 @@ crash before the commit replays the batch, and `read_committed` readers never se
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import logging
 import os
@@ -137,6 +138,7 @@ class Task:
         self.engine = engine
         self.meta = meta
         self._saved = encode_meta(meta)
+        self._committing = self._saved
         self.orderer = Orderer(stage.upstream, meta) if stage.upstream else None
         self.dirty = False  # read something since the last commit
         self.at_end: float | None = None  # input tasks: when the partition was read to its end
@@ -147,19 +149,24 @@ class Task:
         if self.engine is not None:
             self.engine.begin()
 
-    def changes(self) -> list[tuple[bytes, bytes | None]]:
+    def changes(self, resume: int | None) -> list[tuple[bytes, bytes | None]]:
+        """Changelog records of this transaction; `resume`: the input offset it commits."""
         out = self.engine.changes() if self.engine is not None else []
         if self.keep_meta:
-            meta = encode_meta(self.meta)
-            if meta != self._saved:
-                out.append((META_KEY, meta))
+            meta = self.meta
+            if self.orderer is not None and resume is not None:
+                meta = self.orderer.committed_meta(resume)
+            blob = encode_meta(meta)
+            if blob != self._saved:
+                out.append((META_KEY, blob))
+            self._committing = blob
         return out
 
     def commit(self) -> None:
         if self.engine is not None:
             self.engine.commit()
         if self.keep_meta:
-            self._saved = encode_meta(self.meta)
+            self._saved = self._committing
         self.dirty = False
 
     def rollback(self) -> None:
@@ -224,6 +231,7 @@ class Processor:
         self._idle_s = settings.partition_idle_ms / 1000
         self._admin: AdminClient | None = None
         self._next_purge = 0.0
+        self._committed: list[TopicPartition] = []  # the offsets of the last commit
         # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
         self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
         self._chaos_commit_timeout_rate = float(
@@ -309,6 +317,8 @@ class Processor:
                 break
         if self._in_txn:
             self._commit()
+        if self.topology is not None and self.topology.staged and self._committed:
+            self._purge(self._committed, wait=10)
 
     def close(self) -> None:
         """Abort what is uncommitted (a fenced producer cannot: the broker aborts it) and
@@ -627,9 +637,9 @@ class Processor:
                 for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.tasks])
             }
             for (topic, partition), task in self.tasks.items():
-                for key, value in task.changes():  # state, in the same transaction
-                    self._produce_to(task.stage.changelog, partition, key, value)
                 offset = task.commit_offset(positions.get((topic, partition), -1))
+                for key, value in task.changes(offset):  # state, in the same transaction
+                    self._produce_to(task.stage.changelog, partition, key, value)
                 if offset is not None:
                     offsets.append(TopicPartition(topic, partition, offset))
             if offsets:
@@ -658,12 +668,13 @@ class Processor:
         )
         s.commits += 1
         self._pending = ProcessorStats()
+        self._committed = offsets
         if self.topology is not None and self.topology.staged and self.clock() >= self._next_purge:
             self._purge(offsets)
 
-    def _purge(self, offsets: list[TopicPartition]) -> None:
+    def _purge(self, offsets: list[TopicPartition], wait: float = 0) -> None:
         """Delete what the group has committed past on the repartition topics (as Kafka
-        Streams does): nobody reads those records again. Not waited for."""
+        Streams does): nobody reads those records again. Waited for only on a clean stop."""
         assert self.topology is not None
         self._next_purge = self.clock() + PURGE_EVERY_S
         internal = {s.topic for s in self.topology.stages[1:]}
@@ -672,8 +683,11 @@ class Processor:
             return
         if self._admin is None:
             self._admin = AdminClient(base_config(self.settings, f"{self._name}-purge"))
-        for tp, future in self._admin.delete_records(done).items():
+        futures = self._admin.delete_records(done)
+        for tp, future in futures.items():
             future.add_done_callback(_log_purge_failure(tp))
+        if wait:
+            concurrent.futures.wait(list(futures.values()), timeout=wait)
 
     def _commit_with_retry(self, attempts: int = 5) -> None:
         # Fault tests only: a commit that keeps timing out, having committed or not.
