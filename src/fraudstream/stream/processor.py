@@ -182,7 +182,13 @@ class Task:
     def bound(self) -> Key | None:
         """This task's mark: nothing it sends later is at or below it."""
         if self.orderer is not None:
-            return self.orderer.bound()
+            # After a restart the marks read past the resume offset are read again; the mark
+            # sent before stays true meanwhile (the upstream promises hold), so never resend
+            # a lower one.
+            bound, sent = self.orderer.bound(), self.meta.sent
+            if bound is None or (sent is not None and sent > bound):
+                return sent
+            return bound
         m = self.meta
         return (INF if self.idle else m.stream_time, self.origin, m.last_offset)
 
