@@ -142,8 +142,7 @@ class Task:
         self.orderer = Orderer(stage.upstream, meta) if stage.upstream else None
         self.dirty = False  # read something since the last commit
         self.at_end: float | None = None  # input tasks: when the partition was read to its end
-        # An input that was idle when its last owner committed stays so until a record comes.
-        self.idle = meta.sent is not None and meta.sent[0] == INF and stage.upstream == 0
+        self.idle = self._was_idle()
 
     def begin(self) -> None:
         if self.engine is not None:
@@ -177,7 +176,12 @@ class Task:
             self.orderer.reset(self.meta)
         self.dirty = False
         self.at_end = None
-        self.idle = self.meta.sent is not None and self.meta.sent[0] == INF and not self.orderer
+        self.idle = self._was_idle()
+
+    def _was_idle(self) -> bool:
+        """An input whose last committed mark said idle (it stays so until a record comes)."""
+        sent = self.meta.sent
+        return self.orderer is None and sent is not None and sent[0] == INF
 
     def bound(self) -> Key | None:
         """This task's mark: nothing it sends later is at or below it."""
@@ -456,7 +460,7 @@ class Processor:
     def _read_labels(self, task: Task, msgs: list[Any]) -> None:
         assert self.topology is not None
         meta = task.meta
-        to = self.topology.stages[1]
+        to = self.topology.next(task.stage)
         q = task.origin
         for msg in msgs:
             meta.last_offset = msg.offset()
@@ -490,13 +494,13 @@ class Processor:
         if not released:
             return
         stage = task.stage
-        if stage.index == len(self.topology.stages) - 1:
+        if self.topology.is_output(stage):
             self._decide(released)
             return
         engine = task.engine
         assert engine is not None
         to = self.topology.next(stage)
-        last = to.index == len(self.topology.stages) - 1
+        last = self.topology.is_output(to)
         run: list[Envelope] = []
         for env in released:
             if env.kind == DATA:
@@ -581,7 +585,7 @@ class Processor:
             at_end = task.at_end
             if task.orderer is None and at_end is not None and now - at_end >= self._idle_s:
                 task.idle = True
-            if task.stage.index != len(self.topology.stages) - 1:
+            if not self.topology.is_output(task.stage):
                 bound = task.bound()
                 due = due or (bound is not None and bound != task.meta.sent)
         return due
@@ -589,9 +593,8 @@ class Processor:
     def _send_marks(self) -> None:
         """Each task's mark to every partition of the next stage, if it moved."""
         assert self.topology is not None
-        last = len(self.topology.stages) - 1
         for task in self.tasks.values():
-            if task.stage.index == last:
+            if self.topology.is_output(task.stage):
                 continue
             bound = task.bound()
             meta = task.meta
@@ -599,7 +602,7 @@ class Processor:
                 continue
             meta.sent = bound
             meta.mark_seq += 1
-            to = self.topology.stages[1] if task.stage.index < 0 else self.topology.next(task.stage)
+            to = self.topology.next(task.stage)
             value = encode_envelope(Envelope(MARK, *bound, task.origin, meta.mark_seq))
             for p in range(to.partitions):
                 self._produce_to(to.topic, p, None, value)
@@ -788,7 +791,7 @@ class Processor:
             records = read_changelog(self.settings, stage.changelog, parts)
             for p in parts:
                 engine = None
-                if stage.index == 0 or (0 < stage.index < len(self.topology.stages) - 1):
+                if stage.index >= 0 and not self.topology.is_output(stage):
                     engine = self.engine.for_stage(stage.key)
                 meta = Meta()
                 state = []

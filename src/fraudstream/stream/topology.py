@@ -72,7 +72,12 @@ class Topology:
         )
 
     def next(self, stage: Stage) -> Stage:
-        return self.stages[stage.index + 1]
+        """Where a task of `stage` sends (label tasks: the first keyed stage)."""
+        return self.stages[max(stage.index, 0) + 1]
+
+    def is_output(self, stage: Stage) -> bool:
+        """The last stage of a staged topology: it decides and writes legit/fraud."""
+        return self.staged and stage.index == len(self.stages) - 1
 
     def route(self, to: Stage, value: str | None, origin: int) -> int:
         """The partition of `to` for a record whose key field holds `value` (records without
