@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 KAFKA_BROKER_URL ?= localhost:9092
 TOPIC ?= streaming.transactions.fraud
 
-.PHONY: help setup setup-test run test lint format bench chaos consume clean eval model
+.PHONY: help setup setup-test run test lint format bench chaos consume clean eval model reset
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench: setup  ## detector throughput: drain 200,000 preloaded transactions
 consume: setup  ## read TOPIC with Kafka's own console consumer (read_committed)
 	$(BIN)/fraudstream broker tool console-consumer --bootstrap-server $(KAFKA_BROKER_URL) \
 	  --topic $(TOPIC) --from-beginning --isolation-level read_committed
+
+reset: setup  ## wipe the local broker's data (.fraudstream/broker) after a confirmation
+	$(BIN)/fraudstream reset
 
 clean:  ## remove the virtualenv and caches (not the Kafka data in .fraudstream/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

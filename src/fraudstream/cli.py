@@ -65,6 +65,25 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("topics", help="create the pipeline's topics if missing", parents=[common])
 
+    reset = sub.add_parser(
+        "reset",
+        help="start over: a detector group's internal topics and offsets (--group), or the "
+        "local broker's data (no --group)",
+        parents=[common],
+    )
+    reset.add_argument(
+        "--group",
+        help="delete this detector group's internal topics and committed offsets "
+        "(its detectors must be stopped); it then starts from the input's beginning",
+    )
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    reset.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".fraudstream/broker"),
+        help="without --group: the local broker's data directory to wipe",
+    )
+
     gen = sub.add_parser("generate", help="stream random transactions", parents=[common])
     gen.add_argument("--rate", type=_rate, help="tx/s, or 'max' (default TRANSACTIONS_PER_SECOND)")
     gen.add_argument("--count", type=int, help="stop after N transactions (default: run on)")
@@ -232,6 +251,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         created = ensure_topics(settings)
         print("created: " + ", ".join(created) if created else "all topics exist")
         return 0
+    if args.command == "reset":
+        return _reset(args, settings)
     if args.command == "generate":
         from fraudstream.detection import parse_duration
 
@@ -325,6 +346,65 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if up else 1
 
 
+def _confirm(question: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{question} — confirm with --yes (no terminal to ask on)")
+    answer = input(f"{question} Type 'yes' to go on: ")
+    return answer.strip().lower() == "yes"
+
+
+def _reset(args: argparse.Namespace, settings: Settings) -> int:
+    if args.group:
+        from fraudstream.stream.layout import group_topics, reset_group
+
+        topics = group_topics(settings, args.group)
+        what = f"{len(topics)} internal topic(s) ({', '.join(topics)})" if topics else "no topics"
+        if not _confirm(
+            f"This deletes group {args.group}'s committed offsets and {what} at "
+            f"{settings.kafka_broker_url}; its next detector starts from the input's beginning.",
+            args.yes,
+        ):
+            print("nothing deleted", file=sys.stderr)
+            return 1
+        deleted, existed = reset_group(settings, args.group)
+        print(
+            f"group {args.group}: {'offsets deleted' if existed else 'no offsets'}, "
+            f"{len(deleted)} topic(s) deleted"
+        )
+        return 0
+    from fraudstream.broker import LocalBroker
+
+    local, port = _is_local(settings.kafka_broker_url)
+    if not local:
+        raise ConfigError(
+            f"KAFKA_BROKER_URL is {settings.kafka_broker_url}: `fraudstream reset` without "
+            "--group wipes only a local broker's data; reset a detector group on that cluster "
+            "with --group G"
+        )
+    broker = LocalBroker(port=port, data_dir=args.data_dir)
+    if broker.status():
+        raise FraudstreamError(
+            f"the local broker at {broker.bootstrap} is running; stop it first "
+            "(Ctrl-C in `make run`, or `fraudstream broker stop`), then reset"
+        )
+    if not args.data_dir.exists():
+        print(f"nothing to reset: {args.data_dir} does not exist")
+        return 0
+    if not _confirm(
+        f"This deletes every topic, record and offset of the local broker ({args.data_dir}).",
+        args.yes,
+    ):
+        print("nothing deleted", file=sys.stderr)
+        return 1
+    import shutil
+
+    shutil.rmtree(args.data_dir)
+    print(f"deleted {args.data_dir}; the next `make run` starts on an empty broker")
+    return 0
+
+
 def _probe(settings: Settings) -> int:
     from fraudstream.stream import check_connection
 
@@ -397,9 +477,11 @@ def _workers(n: int, settings: Settings) -> int:
 def _detect(settings: Settings) -> int:
     from fraudstream.detection import Engine, load_ruleset
     from fraudstream.stream import Processor, ensure_topics
+    from fraudstream.stream.clients import wait_for_broker
 
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
+    wait_for_broker(settings, settings.startup_timeout_ms / 1000)
     ensure_topics(settings)
     engine = Engine.from_ruleset(ruleset)
     log.info(

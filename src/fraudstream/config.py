@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # An input partition read to its end and silent this long stops holding back the stages
     # keyed by payee or merchant (they wait for every partition to pass a time first).
     partition_idle_ms: int = Field(default=1000, ge=0)
+    # How long a starting detector waits for the broker (and its topics) before giving up.
+    startup_timeout_ms: int = Field(default=60_000, ge=0)
+    # Fault tests only: raise in the Nth batch read (0: never), as a bug would.
+    fault_crash_at_batch: int = Field(default=0, ge=0)
 
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(default=5000, ge=0, le=65535)

@@ -11,6 +11,7 @@ from confluent_kafka.cimpl import NewTopic
 from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import base_config, check_connection
+from fraudstream.stream.topology import Topology
 
 __all__ = ["committed_progress", "ensure_topics", "group_lag"]
 
@@ -81,10 +82,7 @@ def group_lag(settings: Settings) -> int:
     try:
         topics = consumer.list_topics(timeout=10).topics
         names = [settings.transactions_topic] + [
-            t
-            for t in topics
-            if (t.startswith(group + ".by-") and not t.endswith(".changelog"))
-            or t == group + ".ordered"
+            t for t in topics if Topology.is_repartition(group, t)
         ]
         tps = [TopicPartition(t, p) for t in names if t in topics for p in topics[t].partitions]
         try:

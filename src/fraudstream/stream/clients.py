@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +14,16 @@ from dotenv import dotenv_values
 from fraudstream.config import Settings
 from fraudstream.errors import KafkaUnavailableError
 
-__all__ = ["base_config", "check_connection", "consumer_config", "passthrough", "producer_config"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "base_config",
+    "check_connection",
+    "consumer_config",
+    "passthrough",
+    "producer_config",
+    "wait_for_broker",
+]
 
 
 def passthrough(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -85,3 +96,24 @@ def check_connection(settings: Settings, timeout: float = 10.0) -> None:
         raise KafkaUnavailableError(settings.kafka_broker_url, str(exc)) from None
     if not md.brokers:
         raise KafkaUnavailableError(settings.kafka_broker_url, "metadata lists no brokers")
+
+
+def wait_for_broker(settings: Settings, timeout: float) -> None:
+    """Wait up to `timeout` seconds for a broker to answer, saying once what it waits for."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        try:
+            check_connection(settings, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            return
+        except KafkaUnavailableError:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                log.info(
+                    "waiting up to %.0fs for a Kafka broker at %s",
+                    timeout,
+                    settings.kafka_broker_url,
+                )
+                said = True
+            time.sleep(0.5)

@@ -38,10 +38,10 @@ from fraudstream.schema import (
     decode_transaction,
     encode_decided,
 )
-from fraudstream.stream.admin import ensure_topics
 from fraudstream.stream.changelog import read_changelog
 from fraudstream.stream.clients import base_config, consumer_config, producer_config
 from fraudstream.stream.dlq import dlq_headers
+from fraudstream.stream.layout import prepare_topology
 from fraudstream.stream.ordering import (
     DATA,
     INF,
@@ -242,6 +242,7 @@ class Processor:
         self._admin: AdminClient | None = None
         self._next_purge = 0.0
         self._committed: list[TopicPartition] = []  # the offsets of the last commit
+        self._batches = 0
         # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
         self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
         self._chaos_commit_timeout_rate = float(
@@ -251,28 +252,6 @@ class Processor:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def _partitions(self, topic: str) -> int:
-        md = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None or not md.partitions:
-            return 0
-        return len(md.partitions)
-
-    def _build_topology(self) -> Topology:
-        s = self.settings
-        ensure_topics(s, [s.transactions_topic])
-        keys = self.engine.stage_keys()
-        labels = 0
-        if len(keys) > 1 and self.engine.has_features:
-            ensure_topics(s, [s.labels_topic])
-            labels = self._partitions(s.labels_topic)
-        topology = Topology(s, keys, self._partitions(s.transactions_topic), labels)
-        repartition, changelogs = topology.internal()
-        for topic, n in repartition:
-            ensure_topics(s, [topic], partitions=n)
-        for topic, n in changelogs:
-            ensure_topics(s, [topic], partitions=n, compacted=[topic])
-        return topology
-
     def run(
         self, stop: threading.Event | None = None, *, stop_after: int | None = None
     ) -> ProcessorStats:
@@ -281,7 +260,13 @@ class Processor:
         threading.Thread(
             target=self._watchdog, args=(stop,), name="commit-watchdog", daemon=True
         ).start()
-        self.topology = self._build_topology()
+        try:
+            self.topology = prepare_topology(
+                self.settings, self.engine.stage_keys(), labels=self.engine.has_features
+            )
+        except BaseException:
+            self.consumer.close()
+            raise
         # Each record allocates short-lived objects (decoded values, envelopes); with the
         # default thresholds the collector keeps rescanning the long-lived state. Collect
         # young objects less often (benchmarks/detector_throughput.py: before and after).
@@ -352,6 +337,9 @@ class Processor:
         self._txn_records = 0
 
     def _process(self, msgs: list[Any]) -> None:  # Any: no Optional checks on the hot path
+        self._batches += 1
+        if self._batches == self.settings.fault_crash_at_batch:
+            raise RuntimeError(f"fault injection: crash in batch {self._batches}")
         if not self._in_txn:
             self._begin()
         runs: dict[tuple[str, int], list[Any]] = {}

@@ -38,6 +38,9 @@ class Topology:
     ) -> None:
         group = settings.detector_group
         p = input_partitions
+        if p < 1 or label_partitions < 0:  # a topic's metadata read too early: never build on it
+            raise ValueError(f"a topology needs partitions (input {p}, labels {label_partitions})")
+        self.shape_topic = f"{group}.topology"  # what the group's internal topics were made for
         self.staged = len(keys) > 1
         self.labels = label_partitions if self.staged and label_partitions else 0
         stages = [Stage(0, keys[0], settings.transactions_topic, p, f"{group}.changelog", 0)]
@@ -58,6 +61,28 @@ class Topology:
         )
         if self.labels:
             self.by_topic[self.label_stage.topic] = self.label_stage
+
+    @staticmethod
+    def is_repartition(group: str, topic: str) -> bool:
+        """A topic between two stages of `group` (`<group>.by-<key>`, `<group>.ordered`)."""
+        return (
+            topic.startswith(group + ".by-") and not topic.endswith(".changelog")
+        ) or topic == group + ".ordered"
+
+    @staticmethod
+    def is_internal(group: str, topic: str) -> bool:
+        """Any topic a detector of `group` made for itself: repartition topics, changelogs,
+        the record of its shape. These names are made here and nowhere else."""
+        if not topic.startswith(group + "."):
+            return False
+        rest = topic[len(group) + 1 :]
+        return rest in (
+            "changelog",
+            "topology",
+            "ordered",
+            "ordered.changelog",
+            "labels.changelog",
+        ) or rest.startswith("by-")
 
     def topics(self) -> list[str]:
         """What the detector subscribes to."""

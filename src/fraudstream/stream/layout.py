@@ -1,0 +1,267 @@
+"""The detector's topics at start: awaited, created, checked against the group's past.
+
+A detector builds its topology (`topology.py`) from the partition counts of the input and
+labels topics. Those counts are read only once the broker reports every partition with a
+leader (a topic just created can show none for a moment, and a topology of 0 partitions is
+never built). The group's internal topics must match the topology: a group started with one
+input topic, partition count or rule set keeps changelogs, marks and offsets that mean
+nothing to another one. The shape each group was built for is recorded in
+`<group>.topology`; a detector whose shape differs stops at start, saying what differs and
+how to go on (a new `--group`, or `fraudstream reset --group G`).
+
+    topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    reset_group(settings, "fraudstream-detector")   # delete its internal topics and offsets
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from fraudstream.config import Settings
+from fraudstream.errors import ConfigError, FraudstreamError
+from fraudstream.stream.admin import ensure_topics
+from fraudstream.stream.clients import base_config, wait_for_broker
+from fraudstream.stream.topology import Topology
+
+__all__ = [
+    "GroupMismatchError",
+    "Shape",
+    "group_topics",
+    "prepare_topology",
+    "reset_group",
+    "wait_for_partitions",
+]
+
+log = logging.getLogger(__name__)
+
+SHAPE_KEY = b"shape"
+
+
+class GroupMismatchError(ConfigError):
+    """The group's internal topics were made for another topology."""
+
+
+class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """What a group's internal topics were made for."""
+
+    input: str
+    partitions: int
+    stages: list[str]
+    labels: str = ""
+    label_partitions: int = 0
+
+    @classmethod
+    def of(cls, topology: Topology) -> Shape:
+        first = topology.stages[0]
+        return cls(
+            input=first.topic,
+            partitions=first.partitions,
+            stages=[s.key for s in topology.stages if s.key],
+            labels=topology.label_stage.topic if topology.labels else "",
+            label_partitions=topology.labels,
+        )
+
+    def differences(self, now: Shape) -> list[str]:
+        out = []
+        if self.input != now.input:
+            out.append(f"input topic {self.input} → {now.input}")
+        if self.partitions != now.partitions:
+            out.append(f"input partitions {self.partitions} → {now.partitions}")
+        if self.stages != now.stages:
+            out.append(f"stages (state keys of the rules) {self.stages} → {now.stages}")
+        if (self.labels, self.label_partitions) != (now.labels, now.label_partitions):
+            before = f"{self.labels} ({self.label_partitions})" if self.labels else "none"
+            after = f"{now.labels} ({now.label_partitions})" if now.labels else "none"
+            out.append(f"labels topic {before} → {after}")
+        return out
+
+
+def wait_for_partitions(
+    settings: Settings,
+    topic: str,
+    *,
+    timeout: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """The topic's partition count, once the broker reports every partition with a leader.
+    Raises a `FraudstreamError` naming the topic when that takes longer than `timeout`."""
+    admin = AdminClient(base_config(settings, "fraudstream-metadata"))
+    deadline = clock() + timeout
+    said = False
+    while True:
+        detail = "not known to the broker"
+        try:
+            md = admin.list_topics(topic, timeout=5).topics.get(topic)
+        except KafkaException as exc:
+            md, detail = None, str(exc.args[0])
+        if md is not None:
+            if md.error is not None:
+                detail = str(md.error)
+            elif not md.partitions:
+                detail = "no partitions reported yet"
+            elif any(p.leader < 0 for p in md.partitions.values()):
+                detail = "partitions without a leader yet"
+            else:
+                return len(md.partitions)
+        if clock() > deadline:
+            raise FraudstreamError(
+                f"topic {topic} has no usable partitions after {timeout:.0f}s ({detail}); "
+                "is the broker healthy? Check `fraudstream broker status` and try again"
+            )
+        if not said:
+            log.info("waiting for topic %s: %s", topic, detail)
+            said = True
+        time.sleep(0.1)
+
+
+def _existing_partitions(settings: Settings, topics: list[str]) -> dict[str, int]:
+    admin = AdminClient(base_config(settings, "fraudstream-metadata"))
+    listed = admin.list_topics(timeout=10).topics
+    return {t: len(listed[t].partitions) for t in topics if t in listed and listed[t].partitions}
+
+
+def _read_shape(settings: Settings, topic: str) -> Shape | None:
+    consumer = Consumer(
+        base_config(settings, "fraudstream-shape")
+        | {"group.id": "fraudstream-shape", "enable.auto.commit": False}
+    )
+    try:
+        tp = TopicPartition(topic, 0)
+        end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+        if end <= 0:
+            return None
+        consumer.assign([TopicPartition(topic, 0, -2)])
+        shape: Shape | None = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=100, timeout=0.5):
+                value = msg.value()
+                if msg.error() is None and msg.key() == SHAPE_KEY and value:
+                    try:
+                        shape = msgspec.json.decode(value, type=Shape)
+                    except msgspec.DecodeError:
+                        shape = None
+            if consumer.position([tp])[0].offset >= end:
+                return shape
+        raise FraudstreamError(f"could not read {topic} within 30s; is the broker overloaded?")
+    finally:
+        consumer.close()
+
+
+def _write_shape(settings: Settings, topic: str, shape: Shape) -> None:
+    producer = Producer(base_config(settings, "fraudstream-shape") | {"acks": "all"})
+    producer.produce(topic, msgspec.json.encode(shape), SHAPE_KEY, partition=0)
+    if producer.flush(30):
+        raise FraudstreamError(f"could not write {topic}; is the broker healthy?")
+
+
+def _next_step(group: str) -> str:
+    return (
+        f"start it with a new group (`fraudstream detect --group {group}-2`), or delete "
+        f"this group's internal topics and offsets with `fraudstream reset --group {group}` "
+        "(its detectors stopped) to start it over from the input's beginning"
+    )
+
+
+def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> Topology:
+    """Await the input (and labels) topic, build the topology, create its internal topics,
+    and check them against what the group was built for (recording it the first time)."""
+    s = settings
+    wait_for_broker(s, s.startup_timeout_ms / 1000)
+    ensure_topics(s, [s.transactions_topic])
+    label_partitions = 0
+    if len(keys) > 1 and labels:
+        ensure_topics(s, [s.labels_topic])
+        label_partitions = wait_for_partitions(s, s.labels_topic)
+    topology = Topology(s, keys, wait_for_partitions(s, s.transactions_topic), label_partitions)
+    group = s.detector_group
+    now = Shape.of(topology)
+    ensure_topics(s, [topology.shape_topic], partitions=1, compacted=[topology.shape_topic])
+    wait_for_partitions(s, topology.shape_topic)
+    before = _read_shape(s, topology.shape_topic)
+    if before is not None and before != now:
+        raise GroupMismatchError(
+            f"group {group} was built for another topology: "
+            + "; ".join(before.differences(now))
+            + f". Its internal topics, state and offsets belong to that one: {_next_step(group)}"
+        )
+    repartition, changelogs = topology.internal()
+    wanted = dict(repartition + changelogs)
+    have = _existing_partitions(s, list(wanted))
+    wrong = [f"{t} has {have[t]} (needs {n})" for t, n in wanted.items() if have.get(t, n) != n]
+    if wrong:
+        raise GroupMismatchError(
+            f"group {group}'s internal topics do not match its topology: "
+            + "; ".join(wrong)
+            + f". {_next_step(group)}"
+        )
+    for topic, n in repartition:
+        ensure_topics(s, [topic], partitions=n)
+    for topic, n in changelogs:
+        ensure_topics(s, [topic], partitions=n, compacted=[topic])
+    for topic in wanted:
+        wait_for_partitions(s, topic)
+    if before is None:
+        _write_shape(s, topology.shape_topic, now)
+    return topology
+
+
+def group_topics(settings: Settings, group: str) -> list[str]:
+    """The internal topics of a detector group (repartition, changelogs, its shape)."""
+    admin = AdminClient(base_config(settings, "fraudstream-admin"))
+    listed = admin.list_topics(timeout=10).topics
+    return sorted(t for t in listed if Topology.is_internal(group, t))
+
+
+def reset_group(settings: Settings, group: str) -> tuple[list[str], bool]:
+    """Delete a group's internal topics and its committed offsets; returns (topics deleted,
+    whether the group's offsets existed). Refused while members of the group are running."""
+    admin = AdminClient(base_config(settings, "fraudstream-admin"))
+    described = admin.describe_consumer_groups([group])[group]
+    try:
+        members = described.result(timeout=30).members
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+            raise FraudstreamError(f"could not describe group {group}: {exc}") from None
+        members = []
+    if members:
+        names = ", ".join(sorted({m.client_id for m in members}))
+        raise FraudstreamError(
+            f"group {group} has {len(members)} running member(s) ({names}); stop its "
+            "detectors first (Ctrl-C or SIGTERM), then reset"
+        )
+    existed = True
+    try:
+        admin.delete_consumer_groups([group], request_timeout=30)[group].result(timeout=30)
+    except KafkaException as exc:
+        code = exc.args[0].code()
+        if code == KafkaError.GROUP_ID_NOT_FOUND:
+            existed = False
+        else:
+            raise FraudstreamError(f"could not delete group {group}'s offsets: {exc}") from None
+    topics = group_topics(settings, group)
+    if topics:
+        for topic, future in admin.delete_topics(topics, operation_timeout=30).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise FraudstreamError(f"could not delete {topic}: {exc}") from None
+        _await_deleted(admin, topics)
+    return topics, existed
+
+
+def _await_deleted(admin: AdminClient, topics: list[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = admin.list_topics(timeout=10).topics
+        if not any(t in listed for t in topics):
+            return
+        time.sleep(0.2)
+    raise FraudstreamError(f"topics still listed {timeout:.0f}s after deletion: {topics}")

@@ -1,0 +1,42 @@
+"""The stages' shape: never built on unknown partitions; what differs between two shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from fraudstream.config import load_settings
+from fraudstream.stream.layout import Shape
+from fraudstream.stream.topology import Topology
+
+SETTINGS = load_settings(_env_file=None, detector_group="g", transactions_topic="in")
+
+
+def test_a_topology_of_zero_partitions_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs partitions"):
+        Topology(SETTINGS, ["source", "target"], 0, 0)
+
+
+def test_internal_topic_names_come_from_one_place() -> None:
+    t = Topology(SETTINGS, ["source", "target", "merchant"], 3, 2)
+    repartition, changelogs = t.internal()
+    names = [n for n, _ in repartition + changelogs] + [t.shape_topic]
+    assert all(Topology.is_internal("g", n) for n in names)
+    assert [n for n in names if Topology.is_repartition("g", n)] == [n for n, _ in repartition]
+    assert not Topology.is_internal("g", "in")
+    assert not Topology.is_internal("g2", "g2x.changelog")
+
+
+def test_shape_differences_name_what_changed() -> None:
+    before = Shape.of(Topology(SETTINGS, ["source", "target"], 3, 0))
+    assert before.differences(before) == []
+    other = SETTINGS.model_copy(update={"transactions_topic": "in2"})
+    now = Shape.of(Topology(other, ["source"], 1, 0))
+    assert before.differences(now) == [
+        "input topic in → in2",
+        "input partitions 3 → 1",
+        "stages (state keys of the rules) ['source', 'target'] → ['source']",
+    ]
+    with_labels = Shape.of(Topology(SETTINGS, ["source", "target"], 3, 4))
+    assert before.differences(with_labels) == [
+        "labels topic none → streaming.transactions.labels (4)"
+    ]
