@@ -78,9 +78,13 @@ def generate(
     stop: threading.Event | None = None,
     progress: TextIO | None = sys.stderr,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
     wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
 ) -> GeneratorStats:
-    """Produce `count` transactions (or until `stop`) at `rate` per second (inf: no pacing)."""
+    """Produce `count` transactions (or until `stop`) at `rate` per second (inf: no pacing).
+
+    `clock` and `sleep` pace the output (a test passes a simulated clock and a `sleep` that
+    advances it); `wall_ms` stamps the tutorial profile's transactions."""
     stop = stop or threading.Event()
     rate = settings.transactions_per_second if rate is None else rate
     topics = [settings.transactions_topic] + ([settings.labels_topic] if profile == "sim" else [])
@@ -111,7 +115,7 @@ def generate(
         now = clock()
         n = min(pacer.due(now), limit) - stats.sent
         if n <= 0:
-            time.sleep(max(0.0, min(pacer.time_of(stats.sent + 1) - now, 0.05)))
+            sleep(min(pacer.time_of(stats.sent + 1) - now, 0.05))  # > 0: none is due
             continue
         n = min(n, chunk * 20) if math.isinf(rate) else n
         for _ in range(n):
