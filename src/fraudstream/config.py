@@ -4,18 +4,27 @@ Names are the tutorials' (`KAFKA_BROKER_URL`, `TRANSACTIONS_TOPIC`, ...). A bad 
 start with a message naming the key::
 
     settings = load_settings(transactions_per_second=500)
+
+Other `KAFKA_<NAME>` variables are librdkafka settings (`stream.clients.passthrough`); one that
+librdkafka does not know (a typo such as `KAFKA_BROKER_ULR`) or whose value it refuses also
+fails at start, naming the variable and, for a typo, the nearest setting.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fraudstream.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "kafka_variable_problems", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -48,6 +57,15 @@ class Settings(BaseSettings):
     # An input partition read to its end and silent this long stops holding back the stages
     # keyed by payee or merchant (they wait for every partition to pass a time first).
     partition_idle_ms: int = Field(default=1000, ge=0)
+    # An event time further ahead than this of the wall clock goes to the dead-letter topic
+    # (event_time_skew); further ahead of its partition's stream time, it is decided at the
+    # stream's time and flagged, so one record cannot hold the stages back.
+    max_event_time_skew_ms: int = Field(default=3_600_000, ge=0)
+    # Input pending and no decision committed for this long: the detector logs what it waits
+    # for (stage, partition, upstream mark, records buffered); `fraudstream status` says stalled.
+    stall_warning_ms: int = Field(default=30_000, ge=1000)
+    # How often each detector publishes its health to <group>.status.
+    status_interval_ms: int = Field(default=5_000, ge=100)
     # How long a starting detector waits for the broker (and its topics) before giving up.
     startup_timeout_ms: int = Field(default=60_000, ge=0)
     # Fault tests only: raise in the Nth batch read (0: never), as a bug would.
@@ -82,18 +100,98 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build `Settings`; flags given as overrides win over the environment and `.env`."""
-    given = {k: v for k, v in overrides.items() if v is not None}
+    """Build `Settings`; flags given as overrides win over the environment and `.env`.
+
+    `_env_file` (default `.env`; None for none) is also where `KAFKA_<NAME>` variables are
+    checked, besides the environment."""
+    given = {k: v for k, v in overrides.items() if v is not None or k == "_env_file"}
+    env_file = given.get("_env_file", ".env")
+    problems = kafka_variable_problems(_kafka_environment(env_file))
+    settings = None
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]).upper() or "settings"
             secret = any(w in key for w in ("TOKEN", "PASSWORD", "SECRET", "KEY"))
             shown = "***" if secret else repr(err.get("input"))
             problems.append(f"{key}: {err['msg']} (got {shown})")
+    if problems or settings is None:
         raise ConfigError(
             "invalid configuration — fix these settings in the environment, .env or flags:\n  "
             + "\n  ".join(problems)
         ) from None
+    return settings
+
+
+def _kafka_environment(env_file: str | Path | None) -> dict[str, str]:
+    """`KAFKA_*` variables from the env file, then the environment (which wins), as the
+    Kafka clients read them."""
+    found: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        found.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    found.update(os.environ)
+    return {k: v for k, v in found.items() if k.startswith("KAFKA_")}
+
+
+def _env_names() -> list[str]:
+    return [name.upper() for name in Settings.model_fields]
+
+
+def kafka_variable_problems(environ: Mapping[str, str]) -> list[str]:
+    """What is wrong with the `KAFKA_<NAME>` variables in `environ`, one line each.
+
+    Besides the settings above (`KAFKA_BROKER_URL`), a `KAFKA_<NAME>` variable is passed to
+    librdkafka as `<name>` with dots (`KAFKA_SECURITY_PROTOCOL` -> `security.protocol`). A name
+    librdkafka does not have is a mistake either way: named with the nearest setting when it
+    looks like a typo of one, else named alone (the client would refuse it later). Values
+    are never shown (they may be secrets)."""
+    names = _env_names()
+    problems = []
+    for var, value in sorted(environ.items()):
+        if not var.startswith("KAFKA_") or var in names or not value:
+            continue
+        prop = var[6:].lower().replace("_", ".")
+        verdict = _librdkafka_verdict(prop, value)
+        if verdict == "unknown":
+            near = difflib.get_close_matches(var, names, n=1, cutoff=0.75)
+            if near:
+                problems.append(
+                    f"{var}: not a setting — did you mean {near[0]}? (rename it; librdkafka "
+                    f"has no setting {prop!r} either)"
+                )
+            else:
+                problems.append(
+                    f"{var}: librdkafka has no setting {prop!r} (KAFKA_<NAME> variables are "
+                    "passed to it as <name> with dots, e.g. KAFKA_SECURITY_PROTOCOL -> "
+                    "security.protocol) — correct the name or unset the variable"
+                )
+        elif verdict == "invalid":
+            problems.append(
+                f"{var}: librdkafka refuses this value for {prop!r} — see its CONFIGURATION.md"
+            )
+    return problems
+
+
+_SENTINEL = "fraudstream.no.such.setting"
+
+
+def _librdkafka_verdict(prop: str, value: str) -> str:
+    """'known', 'unknown' or 'invalid' (a known setting with a value librdkafka refuses).
+
+    Asks librdkafka itself, without creating a client: the configuration is applied in order
+    and a final setting that cannot exist fails it before any client starts."""
+    from confluent_kafka import KafkaException, Producer
+
+    try:
+        Producer({prop: value, _SENTINEL: "x"})
+    except KafkaException as exc:
+        message = str(exc.args[0].str() if exc.args else exc)
+        if f'property: "{prop}"' in message:
+            return "unknown"
+        if f'property "{prop}"' in message:
+            return "invalid"
+        return "known"
+    except Exception:  # anything else: leave it to the client, which reports it in full
+        return "known"
+    return "known"  # created without complaint (cannot happen with the sentinel)

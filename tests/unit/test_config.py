@@ -73,3 +73,68 @@ def test_kafka_settings_in_the_env_file_pass_through_too(
     monkeypatch.setenv("KAFKA_ACKS", "all")  # the environment wins over the file
     got = passthrough()
     assert got["ssl.ca.location"] == "/etc/ca.pem" and got["acks"] == "all"
+
+
+@pytest.fixture
+def no_kafka_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Only the KAFKA_* variables a test sets (none from the caller's shell)."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("KAFKA_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_a_typo_of_a_setting_in_a_kafka_variable_names_the_nearest_setting(
+    no_kafka_env: pytest.MonkeyPatch,
+) -> None:
+    no_kafka_env.setenv("KAFKA_BROKER_ULR", "b:9092")
+    with pytest.raises(ConfigError, match=r"KAFKA_BROKER_ULR: .*did you mean KAFKA_BROKER_URL\?"):
+        load_settings(_env_file=None)
+    no_kafka_env.delenv("KAFKA_BROKER_ULR")
+    no_kafka_env.setenv("KAFKA_TRANSACTIONS_TOPIC", "t")  # a setting that has no KAFKA_ prefix
+    with pytest.raises(ConfigError, match="did you mean TRANSACTIONS_TOPIC"):
+        load_settings(_env_file=None)
+
+
+def test_a_kafka_variable_librdkafka_does_not_know_is_named(
+    no_kafka_env: pytest.MonkeyPatch,
+) -> None:
+    no_kafka_env.setenv("KAFKA_HOME", "/opt/kafka")  # not a client setting, not a typo of ours
+    with pytest.raises(ConfigError, match=r"KAFKA_HOME: librdkafka has no setting 'home'"):
+        load_settings(_env_file=None)
+
+
+def test_a_refused_value_is_named_without_showing_it(no_kafka_env: pytest.MonkeyPatch) -> None:
+    no_kafka_env.setenv("KAFKA_SECURITY_PROTOCOL", "s3cret-looking")
+    with pytest.raises(ConfigError, match="KAFKA_SECURITY_PROTOCOL") as caught:
+        load_settings(_env_file=None)
+    assert "s3cret-looking" not in str(caught.value)
+
+
+def test_librdkafka_settings_still_pass_through(no_kafka_env: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "KAFKA_BROKER_URL": "b:9092",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "u",
+        "KAFKA_SASL_PASSWORD": "p",
+        "KAFKA_SSL_CA_LOCATION": "/etc/ca.pem",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",  # a consumer setting
+        "KAFKA_ACKS": "all",  # a producer (topic-level) setting
+        "KAFKA_UNUSED": "",  # empty: ignored, as passthrough ignores it
+    }.items():
+        no_kafka_env.setenv(name, value)
+    assert load_settings(_env_file=None).kafka_broker_url == "b:9092"
+
+
+def test_kafka_variables_in_the_env_file_are_checked_too(
+    no_kafka_env: pytest.MonkeyPatch,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    (tmp_path / ".env").write_text("KAFKA_BROKR_URL=b:9092\n")
+    no_kafka_env.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"KAFKA_BROKR_URL: .*did you mean KAFKA_BROKER_URL"):
+        load_settings()
+    load_settings(_env_file=None)  # no env file: nothing read from it
