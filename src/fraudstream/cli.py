@@ -302,13 +302,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _workers(args.workers, settings)
         return _detect(settings)
     if args.command == "dashboard":
-        from fraudstream.dashboard import serve
+        from fraudstream.dashboard import listen, serve
+        from fraudstream.stream import check_connection
 
+        sock = listen(settings)  # a port in use stops here, before the URL is announced
+        check_connection(settings)  # and so does a broker that does not answer
         print(
-            f"dashboard on http://{settings.dashboard_host}:{settings.dashboard_port}/",
+            f"dashboard on http://{settings.dashboard_host}:{sock.getsockname()[1]}/",
             file=sys.stderr,
         )
-        serve(settings)
+        serve(settings, sock)
         return 0
     if args.command == "run":
         return _run(args, settings)

@@ -1,6 +1,6 @@
 """The live web page: decisions streamed to browsers over Server-Sent Events."""
 
-from fraudstream.dashboard.app import create_app, serve
+from fraudstream.dashboard.app import create_app, listen, serve
 from fraudstream.dashboard.feed import Feed
 
-__all__ = ["Feed", "create_app", "serve"]
+__all__ = ["Feed", "create_app", "listen", "serve"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fraudstream.config import Settings
 from fraudstream.dashboard.feed import Feed
+from fraudstream.errors import ConfigError, FraudstreamError
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "listen", "serve"]
 
 _HERE = Path(__file__).parent
 CSP = (
@@ -137,12 +140,42 @@ def create_app(settings: Settings, feed: Feed | None = None) -> Starlette:
     )
 
 
-def serve(settings: Settings) -> None:
-    """Run the dashboard until Ctrl-C / SIGTERM."""
-    uvicorn.run(
+def listen(settings: Settings) -> socket.socket:
+    """The dashboard's socket, bound now (as uvicorn binds it), so that a port in use or a
+    host that is not this machine's stops the command with what to do, before the URL is
+    announced."""
+    host, port = settings.dashboard_host, settings.dashboard_port
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} is in use — stop what uses it or pass --port N (DASHBOARD_PORT)"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(
+                f"port {port} needs privileges to listen on — pass --port N with N above 1023"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}) — pass --host with an "
+            "address of this machine (DASHBOARD_HOST), e.g. 127.0.0.1 or 0.0.0.0"
+        ) from None
+    return sock
+
+
+def serve(settings: Settings, sock: socket.socket | None = None) -> None:
+    """Run the dashboard until Ctrl-C / SIGTERM, on `sock` (from `listen`) or a new one."""
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.dashboard_host,
         port=settings.dashboard_port,
         log_level="warning",
         timeout_graceful_shutdown=2,
     )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock if sock is not None else listen(settings)])
+    if not server.started:
+        raise FraudstreamError("the dashboard stopped before it could serve — see the log above")

@@ -25,6 +25,7 @@ import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
 from fraudstream.config import Settings
+from fraudstream.errors import FraudstreamError
 from fraudstream.stream import consumer_config, ensure_topics
 
 __all__ = ["Feed", "FeedStats"]
@@ -139,6 +140,8 @@ class Feed:
                 items, legit, fraud = self._decode(msgs, topics)
                 if items and self._loop is not None:
                     self._loop.call_soon_threadsafe(self._publish, items, legit, fraud)
+        except FraudstreamError as exc:  # says what to do; no traceback
+            log.error("dashboard feed stopped: %s", exc)
         except Exception:
             log.exception("dashboard feed stopped")
             raise
