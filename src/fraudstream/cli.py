@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="stream random transactions", parents=[common])
     gen.add_argument("--rate", type=_rate, help="tx/s, or 'max' (default TRANSACTIONS_PER_SECOND)")
-    gen.add_argument("--count", type=int, help="stop after N transactions (default: run on)")
+    gen.add_argument("--count", type=_count, help="stop after N transactions (default: run on)")
     gen.add_argument("--seed", type=int, help="random seed, for a reproducible stream")
     gen.add_argument(
         "--profile",
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--fraud-rate",
-        type=float,
+        type=_share_incl,
         default=0.01,
         help="sim: share of transactions that are fraud (default 0.01)",
     )
@@ -154,8 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--rules", dest="rules_file", help="rules whose hits join the features")
     tr.add_argument("--out", type=Path, default=Path("models/default.model"))
-    tr.add_argument("--test-share", type=float, default=0.3)
-    tr.add_argument("--gap-days", type=float, default=7)
+    tr.add_argument("--test-share", type=_share_excl, default=0.3)
+    tr.add_argument("--gap-days", type=_days, default=7)
 
     ev = sub.add_parser(
         "evaluate", help="join decisions with labels; precision, recall, ...", parents=[common]
@@ -190,9 +190,62 @@ _TOOLS = {
 def _rate(text: str) -> float:
     if text == "max":
         return math.inf
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number; give tx/s like 500, or 'max'"
+        ) from None
     if not value > 0:
-        raise argparse.ArgumentTypeError("rate must be a positive number or 'max'")
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0; give tx/s like 500, or 'max'")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a count; give a whole number of transactions, like 1000"
+        )
+    return value
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {what}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; give {what}")
+    return value
+
+
+def _share_incl(text: str) -> float:
+    value = _number(text, "a share from 0 to 1, like 0.01 for 1%")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a share; give a number from 0 to 1, like 0.01 for 1%"
+        )
+    return value
+
+
+def _share_excl(text: str) -> float:
+    value = _number(text, "a share between 0 and 1, like 0.3 for the last 30%")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a share between 0 and 1 (both excluded: each side needs days); "
+            "give e.g. 0.3 to test on the last 30% of the history"
+        )
+    return value
+
+
+def _days(text: str) -> float:
+    value = _number(text, "days, like 7 (0 for no gap)")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; give days, like 7 (0 for no gap)")
     return value
 
 

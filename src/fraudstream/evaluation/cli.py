@@ -4,28 +4,71 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
 from fraudstream.config import Settings
 from fraudstream.detection import load_ruleset
-from fraudstream.errors import ConfigError
+from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.evaluation.backtest import backtest
 from fraudstream.evaluation.metrics import Outcome, Report, format_report, report
 from fraudstream.evaluation.sources import read_decisions, read_labels, read_transactions
 from fraudstream.evaluation.train import train
+from fraudstream.schema import Transaction
 
 __all__ = ["run"]
+
+_FIELDS = sorted(f.name for f in msgspec.structs.fields(Transaction) if f.name != "decision")
 
 
 def _columns(text: str | None) -> dict[str, str] | None:
     if not text:
         return None
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        field, eq, column = (x.strip() for x in part.partition("="))
+        if not eq or not field or not column:
+            raise ConfigError(
+                f"--columns: {part!r} is not field=column; give pairs like id=tx_id,source=from"
+            )
+        if field not in _FIELDS:
+            raise ConfigError(
+                f"--columns: {field!r} is not a transaction field; fields are "
+                f"{', '.join(_FIELDS)} (field=column, e.g. id=tx_id)"
+            )
+        out[field] = column
+    return out
+
+
+def _since(text: str | None) -> int | None:
+    """--since as epoch ms: a date (or date and time) in UTC unless it names its zone."""
+    if not text:
+        return None
     try:
-        return dict(tuple(part.split("=", 1)) for part in text.split(","))  # type: ignore[misc]
+        day = datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError("--columns takes name=column pairs: id=tx_id,source=from") from None
+        raise ConfigError(
+            f"--since: {text!r} is not a date; give YYYY-MM-DD, like 2026-01-31"
+        ) from None
+    return int(day.replace(tzinfo=day.tzinfo or UTC).timestamp() * 1000)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before a long training run, not after, when the model cannot be written."""
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; give a file, like {out / 'default.model'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--out: cannot create {out.parent} ({exc.strerror or exc}); give another path"
+        ) from None
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"--out: {out.parent} is not writable; give another path")
 
 
 def _print(r: Report, as_json: bool) -> None:
@@ -54,22 +97,30 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
         _print(report(rows), args.json)
         return 0
+    # Every argument is checked before the history is read (which may take long, or connect).
     columns = _columns(args.columns)
+    if args.command == "backtest":
+        since = _since(args.since)
+        ruleset = load_ruleset(rules)
+    else:
+        ruleset = load_ruleset(rules, require_model=False)
+        _check_writable(args.out)
     txs, invalid = read_transactions(args.input or settings.transactions_topic, settings, columns)
     labels = read_labels(args.labels or settings.labels_topic, settings)
     if invalid:
         print(f"skipped {invalid:,} invalid records", file=sys.stderr)
     if args.command == "backtest":
-        ruleset = load_ruleset(rules)
-        since = None
-        if args.since:
-            since = int(datetime.fromisoformat(args.since).replace(tzinfo=UTC).timestamp() * 1000)
         result = backtest(ruleset, txs, labels, since_ms=since)
         _print(result.report, args.json)
         return 0
-    ruleset = load_ruleset(rules, require_model=False)
     trained = train(ruleset, txs, labels, test_share=args.test_share, gap_days=args.gap_days)
-    trained.model.save(args.out)
+    try:
+        trained.model.save(args.out)
+    except OSError as exc:
+        raise FraudstreamError(
+            f"cannot write the model to {args.out} ({exc.strerror or exc}); "
+            "free space or give another --out"
+        ) from None
     print(
         f"model {trained.model.version} saved to {args.out}; trained on "
         f"{trained.split['train']}, tested on {trained.split['test']} after a "

@@ -8,6 +8,7 @@ RFC 3339 text.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import uuid
 from collections.abc import Iterable, Iterator
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.detection import Label
-from fraudstream.errors import FraudstreamError
+from fraudstream.errors import FraudstreamError, KafkaUnavailableError
 from fraudstream.schema import (
     InvalidTransaction,
     Transaction,
@@ -32,6 +33,9 @@ from fraudstream.stream import consumer_config
 __all__ = ["iter_records", "read_decisions", "read_labels", "read_transactions"]
 
 _NUMERIC = {"amount", "lat", "lon"}
+# A source with one of these endings, or a '/' (never in a topic name), is a file.
+_FILE_SUFFIXES = {".jsonl", ".json", ".ndjson", ".txt", ".csv", ".parquet"}
+_FORMATS = "a .jsonl, .csv or .parquet file, or a topic"
 
 
 def _topic_values(settings: Settings, topic: str) -> Iterator[tuple[bytes | None, int, int, int]]:
@@ -42,16 +46,20 @@ def _topic_values(settings: Settings, topic: str) -> Iterator[tuple[bytes | None
         )
     )
     try:
-        md = consumer.list_topics(topic, timeout=10)
-        if topic not in md.topics or md.topics[topic].error is not None:
-            raise FraudstreamError(
-                f"{topic} is neither a file nor an existing topic at {settings.kafka_broker_url}"
-            )
-        ends = {}
-        for p in md.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
+        try:
+            md = consumer.list_topics(topic, timeout=10)
+            if topic not in md.topics or md.topics[topic].error is not None:
+                raise FraudstreamError(
+                    f"{topic} is neither a file nor an existing topic at "
+                    f"{settings.kafka_broker_url} — give {_FORMATS}"
+                )
+            ends = {}
+            for p in md.topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > low:
+                    ends[p] = high
+        except KafkaException as exc:
+            raise KafkaUnavailableError(settings.kafka_broker_url, str(exc)) from None
         consumer.assign([TopicPartition(topic, p, -2) for p in ends])
         idle = 0
         while ends and idle < 3:  # transaction markers keep positions one short: idle ends it
@@ -75,16 +83,23 @@ def iter_records(
     path = Path(source)
     if path.exists():
         suffix = path.suffix.lower()
-        if suffix in (".csv", ".parquet"):
-            rows = _csv_rows(path, columns) if suffix == ".csv" else _parquet_rows(path, columns)
-            for i, row in enumerate(rows):
-                yield msgspec.json.encode(row), path.name, 0, i, 0
-        else:
-            with open(path, "rb") as f:
-                for i, line in enumerate(f):
-                    if line.strip():
-                        yield line, path.name, 0, i, 0
+        try:
+            if suffix in (".csv", ".parquet"):
+                rows = (_csv_rows if suffix == ".csv" else _parquet_rows)(path, columns)
+                for i, row in enumerate(rows):
+                    yield msgspec.json.encode(row), path.name, 0, i, 0
+            else:
+                with open(path, "rb") as f:
+                    for i, line in enumerate(f):
+                        if line.strip():
+                            yield line, path.name, 0, i, 0
+        except OSError as exc:
+            raise FraudstreamError(
+                f"cannot read {source}: {exc.strerror or exc} — give {_FORMATS}"
+            ) from None
         return
+    if "/" in source or path.suffix.lower() in _FILE_SUFFIXES:
+        raise FraudstreamError(f"{source}: no such file — check the path, or give {_FORMATS}")
     if settings is None:
         raise FraudstreamError(f"{source} is not a file (and no Kafka settings to read a topic)")
     for value, p, off, ts in _topic_values(settings, source):
@@ -100,25 +115,44 @@ def _rename(row: dict[str, Any], columns: dict[str, str] | None) -> dict[str, An
         if v is None or v == "":
             continue
         if k in _NUMERIC or (k == "timestamp" and isinstance(v, str) and v.isdigit()):
-            v = float(v) if k in _NUMERIC else int(v)
+            # not a number: kept as text, so the schema counts the record invalid, as any other
+            with contextlib.suppress(ValueError):
+                v = float(v) if k in _NUMERIC else int(v)
         out[k] = v
     return out
 
 
 def _csv_rows(path: Path, columns: dict[str, str] | None) -> Iterator[dict[str, Any]]:
     with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise FraudstreamError(
+                    f"{path}, line {reader.line_num + 1}: not UTF-8 CSV ({exc}) — save it as "
+                    "UTF-8 CSV with a header row, or give a .jsonl or .parquet file"
+                ) from None
             yield _rename(row, columns)
 
 
 def _parquet_rows(path: Path, columns: dict[str, str] | None) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches():
-        for row in batch.to_pylist():
-            if hasattr(row.get("timestamp"), "timestamp"):
-                row["timestamp"] = int(row["timestamp"].timestamp() * 1000)
-            yield _rename(row, columns)
+    try:
+        batches = pq.ParquetFile(path).iter_batches()
+        for batch in batches:
+            for row in batch.to_pylist():
+                if hasattr(row.get("timestamp"), "timestamp"):
+                    row["timestamp"] = int(row["timestamp"].timestamp() * 1000)
+                yield _rename(row, columns)
+    except pa.ArrowException as exc:
+        raise FraudstreamError(
+            f"{path} is not a readable Parquet file ({exc}) — give {_FORMATS}"
+        ) from None
 
 
 def read_transactions(
@@ -143,17 +177,38 @@ def read_labels(
 ) -> dict[str, Label]:
     """Labels by transaction id. Without `known_ms`, a label counts as known from the start."""
     out: dict[str, Label] = {}
-    for value, *_ in iter_records(source, settings, columns):
+    for value, topic, p, off, _ in iter_records(source, settings, columns):
         if not value:
             continue
-        raw = msgspec.json.decode(value)
-        if isinstance(raw.get("is_fraud"), (str, int)) and not isinstance(raw["is_fraud"], bool):
-            raw["is_fraud"] = str(raw["is_fraud"]).strip().lower() in ("1", "true", "yes")
-        if isinstance(raw.get("known_ms"), float):
-            raw["known_ms"] = int(raw["known_ms"])
-        label = decode_label(msgspec.json.encode(raw))
+        try:
+            raw = msgspec.json.decode(value)
+            if not isinstance(raw, dict):
+                raise InvalidTransaction("schema", f"a JSON {type(raw).__name__}, not an object")
+            flag = raw.get("is_fraud")
+            if isinstance(flag, (str, int)) and not isinstance(flag, bool):
+                raw["is_fraud"] = str(flag).strip().lower() in ("1", "true", "yes")
+            for k in ("known_ms", "published_ms"):  # CSV gives text, JSON may give 1.0
+                v = raw.get(k)
+                if isinstance(v, float) or (isinstance(v, str) and v.isdigit()):
+                    raw[k] = int(v)
+            label = decode_label(msgspec.json.encode(raw))
+        except (msgspec.MsgspecError, InvalidTransaction) as exc:
+            raise FraudstreamError(
+                f"{_where(source, topic, p, off)} is not a label ({exc}) — labels are JSON "
+                'objects like {"id": "t1", "is_fraud": true}; check --labels'
+            ) from None
         out[label.id] = label
     return out
+
+
+def _where(source: str, topic: str, partition: int, offset: int) -> str:
+    """A record's place, as its owner would look for it (a file's line, or a topic's offset)."""
+    suffix = Path(source).suffix.lower()
+    if not Path(source).exists():
+        return f"{topic} partition {partition} offset {offset}"
+    if suffix == ".parquet":
+        return f"{source}, row {offset + 1}"
+    return f"{source}, line {offset + (2 if suffix == '.csv' else 1)}"  # CSV: after its header
 
 
 def read_decisions(
@@ -162,9 +217,15 @@ def read_decisions(
     """Decided transactions (detector output) by id, from topics or JSON-lines files."""
     out: dict[str, dict[str, Any]] = {}
     for source in sources:
-        for value, *_ in iter_records(source, settings):
+        for value, topic, p, off, _ in iter_records(source, settings):
             if value:
-                record = msgspec.json.decode(value)
+                try:
+                    record = msgspec.json.decode(value)
+                except msgspec.DecodeError as exc:
+                    raise FraudstreamError(
+                        f"{_where(source, topic, p, off)} is not JSON ({exc}) — --decisions "
+                        "takes the detector's output: its topics, or JSON lines read from them"
+                    ) from None
                 if isinstance(record, dict) and "decision" in record and "id" in record:
                     out[record["id"]] = record
     return out

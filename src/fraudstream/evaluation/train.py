@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from fraudstream.detection import DAY, FEATURE_NAMES, Engine, FraudModel, Label, RuleSet
+from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.evaluation.backtest import CHUNK, outcomes
 from fraudstream.evaluation.metrics import Report, report
 from fraudstream.schema import Decision, Transaction
@@ -44,8 +45,15 @@ def train(
     seed: int = 0,
 ) -> TrainResult:
     """Fit on the first (1 - test_share) of the time span, test after a gap of `gap_days`."""
+    if not 0 < test_share < 1:
+        raise ConfigError(f"--test-share must be between 0 and 1 (got {test_share}), like 0.3")
+    if not gap_days >= 0:
+        raise ConfigError(f"--gap-days must be 0 or more (got {gap_days}), like 7")
     if not transactions:
-        raise ValueError("no transactions to train on")
+        raise FraudstreamError(
+            "no valid transactions to train on — point --input at a file or topic of "
+            "transactions (see `fraudstream generate --profile sim --output`)"
+        )
     engine = Engine(
         ruleset.rules, threshold=ruleset.threshold, version=ruleset.version, features=True
     )
@@ -65,7 +73,12 @@ def train(
     test_start = train_end + int(gap_days * DAY)
     train_mask, test_mask = ts < train_end, ts >= test_start
     if not y[train_mask].any() or train_mask.sum() < 100:
-        raise ValueError("the training days hold no fraud labels (or too few transactions)")
+        raise FraudstreamError(
+            f"the training days ({_day(first)} to {_day(train_end)}) hold "
+            f"{int(train_mask.sum()):,} transactions and {int(y[train_mask].sum()):,} labelled "
+            "fraud; training needs at least 100 and some fraud — give labels for those days "
+            "(--labels), a longer history (--input) or a smaller --test-share"
+        )
     estimator = HistGradientBoostingClassifier(
         max_iter=300,
         learning_rate=0.08,

@@ -20,6 +20,7 @@ import msgspec
 from confluent_kafka import KafkaError, Producer
 
 from fraudstream.config import Settings
+from fraudstream.errors import FraudstreamError
 from fraudstream.generator.pacing import Pacer
 from fraudstream.generator.sim import Simulator
 from fraudstream.generator.tutorial import TutorialSource
@@ -156,18 +157,27 @@ def write_files(
         fraud_rate=fraud_rate,
         label_delay_ms=label_delay_ms,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as out:
-        labels = open(labels_path, "wb") if labels_path is not None else None  # noqa: SIM115
-        try:
-            for _ in range(count):
-                _, value, label = next(source)
-                out.write(value + b"\n")
-                if labels is not None and label is not None:
-                    labels.write(label[1] + b"\n")
-        finally:
-            if labels is not None:
-                labels.close()
+    try:
+        for target in (path, labels_path):
+            if target is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as out:
+            labels = open(labels_path, "wb") if labels_path is not None else None  # noqa: SIM115
+            try:
+                for _ in range(count):
+                    _, value, label = next(source)
+                    out.write(value + b"\n")
+                    if labels is not None and label is not None:
+                        labels.write(label[1] + b"\n")
+            finally:
+                if labels is not None:
+                    labels.close()
+    except OSError as exc:
+        where = exc.filename or path
+        raise FraudstreamError(
+            f"cannot write {where} ({exc.strerror or exc}) — give another --output or "
+            "--labels-output path"
+        ) from None
     return count
 
 

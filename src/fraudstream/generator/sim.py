@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,8 @@ class Simulator:
         per_shop_day = w.total_per_day * 0.85 / len(w.shops)
         mean_days = sum(COMPROMISE_DAYS) / 2
         self._compromise_per_day = share * w.total_per_day / (per_shop_day * mean_days)
-        self._next_compromise = w.start_ms + int(poisson_gap(w.rng, self._compromise_per_day) * DAY)
+        gap = poisson_gap(w.rng, self._compromise_per_day)  # inf when fraud_rate is 0
+        self._next_compromise = w.start_ms + int(gap * DAY) if math.isfinite(gap) else 2**62
         self.compromised: dict[str, tuple[int, int]] = {}
         self._heap: list[tuple[int, int, dict[str, Any], str]] = []
         self._seq = itertools.count()
