@@ -67,13 +67,18 @@ class Run:
         return self.out + self.err
 
 
-def fraudstream(*args: str, cwd: Path, env: dict[str, str] | None = None, **extra_env: str) -> Run:
+def fraudstream(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Run:
     if env is None:  # none of the caller's KAFKA_* settings, and no broker to reach
         env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
         env["KAFKA_BROKER_URL"] = DEAD
     proc = subprocess.run(
         [sys.executable, "-m", "fraudstream", *args],
-        env=env | extra_env,
+        env=env | (extra_env or {}),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -306,7 +311,7 @@ def test_every_bad_argument_is_refused_with_a_message_and_no_traceback(
 ) -> None:
     failures = []
     for name, case in cases(files):
-        run = fraudstream(*case.args, cwd=tmp_path, **case.env)
+        run = fraudstream(*case.args, cwd=tmp_path, extra_env=case.env)
         try:
             assert_refused(run, *case.expected)
         except AssertionError as exc:

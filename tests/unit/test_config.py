@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fraudstream.config import load_settings
@@ -64,7 +66,7 @@ def test_the_dashboard_token_is_a_secret_that_does_not_print(
 
 def test_kafka_settings_in_the_env_file_pass_through_too(
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     from fraudstream.stream.clients import passthrough
 
@@ -131,7 +133,7 @@ def test_librdkafka_settings_still_pass_through(no_kafka_env: pytest.MonkeyPatch
 
 def test_kafka_variables_in_the_env_file_are_checked_too(
     no_kafka_env: pytest.MonkeyPatch,
-    tmp_path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     (tmp_path / ".env").write_text("KAFKA_BROKR_URL=b:9092\n")
     no_kafka_env.chdir(tmp_path)
