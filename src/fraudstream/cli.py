@@ -65,6 +65,17 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("topics", help="create the pipeline's topics if missing", parents=[common])
 
+    st = sub.add_parser(
+        "status",
+        help="per stage and partition: committed, end, lag, buffered, last mark; exit 1 when "
+        "the group is stalled",
+        parents=[common],
+    )
+    st.add_argument(
+        "--group", dest="detector_group", help="the detector group (default: DETECTOR_GROUP)"
+    )
+    st.add_argument("--json", action="store_true", help="print it as JSON")
+
     reset = sub.add_parser(
         "reset",
         help="start over: a detector group's internal topics and offsets (--group), or the "
@@ -306,6 +317,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "reset":
         return _reset(args, settings)
+    if args.command == "status":
+        import msgspec
+
+        from fraudstream.stream import check_connection
+        from fraudstream.stream.health import format_status, read_status
+
+        check_connection(settings)
+        status = read_status(settings)
+        if args.json:
+            print(msgspec.json.encode(status).decode())
+        else:
+            print(format_status(status))
+        return 1 if status.stalled else 0
     if args.command == "generate":
         from fraudstream.detection import parse_duration
 

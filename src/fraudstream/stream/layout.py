@@ -182,7 +182,8 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
     topology = Topology(s, keys, wait_for_partitions(s, s.transactions_topic), label_partitions)
     group = s.detector_group
     now = Shape.of(topology)
-    ensure_topics(s, [topology.shape_topic], partitions=1, compacted=[topology.shape_topic])
+    own = [topology.shape_topic, topology.status_topic]
+    ensure_topics(s, own, partitions=1, compacted=own)
     wait_for_partitions(s, topology.shape_topic)
     before = _read_shape(s, topology.shape_topic)
     if before is not None and before != now:

@@ -51,6 +51,7 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     parts: dict[str, list[float]] = {}
     hits: list[tuple[str, float, str, bool]] = []
     label: LabelRecord | None = None
+    note: str = ""  # why it is decided at its partition's stream time (event_time_skew)
 
     @property
     def order(self) -> Key:

@@ -23,8 +23,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -32,8 +34,10 @@ from fraudstream.config import Settings
 from fraudstream.detection import Engine, Hit
 from fraudstream.errors import ProcessingError
 from fraudstream.schema import (
+    Decision,
     Decoded,
     InvalidTransaction,
+    Reason,
     decode_label,
     decode_transaction,
     encode_decided,
@@ -41,6 +45,7 @@ from fraudstream.schema import (
 from fraudstream.stream.changelog import read_changelog
 from fraudstream.stream.clients import base_config, consumer_config, producer_config
 from fraudstream.stream.dlq import dlq_headers
+from fraudstream.stream.health import StallWatch, Status, TaskStatus, describe_key, waits
 from fraudstream.stream.layout import prepare_topology
 from fraudstream.stream.ordering import (
     DATA,
@@ -94,6 +99,25 @@ def _log_purge_failure(tp: TopicPartition) -> Callable[[Any], None]:
             )
 
     return done
+
+
+def _flag(decision: Decision, note: str) -> Decision:
+    """The decision of a record decided at its partition's stream time, saying so."""
+    return msgspec.structs.replace(
+        decision, reasons=[*decision.reasons, Reason("event_time_skew", note)]
+    )
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _span(ms: int) -> str:
+    s = ms / 1000
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if s >= size:
+            return f"{s / size:.1f}{unit}"
+    return f"{s:.1f}s"
 
 
 def _abortable(err: KafkaError) -> bool:
@@ -218,10 +242,12 @@ class Processor:
         *,
         instance: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.clock = clock
+        self.wall_ms = wall_ms  # only to refuse event times from the future
         self.stats = ProcessorStats()
         instance = instance or settings.detector_instance
         name = f"{settings.detector_group}-{instance}"
@@ -230,6 +256,7 @@ class Processor:
             | {"enable.partition.eof": True}  # an input read to its end may go idle
         )
         self._name = name
+        self._instance = instance
         self.producer = Producer(producer_config(settings, name, transactional_id=name))
         self.topology: Topology | None = None
         self.tasks: dict[tuple[str, int], Task] = {}
@@ -243,6 +270,11 @@ class Processor:
         self._next_purge = 0.0
         self._committed: list[TopicPartition] = []  # the offsets of the last commit
         self._batches = 0
+        self._next_health = 0.0
+        self._next_status = 0.0
+        self._stall = StallWatch(settings.stall_warning_ms)
+        self._last_commit_ms = 0
+        self._status_producer: Producer | None = None
         # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
         self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
         self._chaos_commit_timeout_rate = float(
@@ -310,6 +342,8 @@ class Processor:
                 self._commit()
             if stop_after is not None and self.stats.total >= stop_after:
                 break
+            if self.clock() >= self._next_health:
+                self._health()
         if self._in_txn:
             self._commit()
         if self.topology is not None and self.topology.staged and self._committed:
@@ -325,6 +359,8 @@ class Processor:
                 log.warning("could not abort the open transaction: %s", exc.args[0])
             self._in_txn = False
         self.consumer.close()
+        if self._status_producer is not None:
+            self._status_producer.flush(5)
 
     # --- processing ------------------------------------------------------------------------
 
@@ -393,6 +429,9 @@ class Processor:
         valid: list[tuple[Any, Decoded, int]] = []
         meta = task.meta
         stream_time = meta.stream_time
+        skew = self.settings.max_event_time_skew_ms
+        latest = self.wall_ms() + skew  # no event time beyond this is believed
+        flagged: dict[int, str] = {}  # offset -> why a record was decided at stream time
         for msg in msgs:
             offset = msg.offset()
             try:
@@ -407,6 +446,27 @@ class Processor:
                 self._dead_letter(msg, exc.kind, str(exc), "decode")
                 continue
             ts = decoded.tx.ts_ms
+            if ts > latest:
+                self._dead_letter(
+                    msg,
+                    "event_time_skew",
+                    f"event time {_iso(ts)} is {_span(ts - latest + skew)} ahead of the wall "
+                    f"clock, more than MAX_EVENT_TIME_SKEW_MS ({_span(skew)}); fix the "
+                    "producer's clock or the record's timestamp",
+                    "decode",
+                )
+                continue
+            if stream_time and ts > stream_time + skew:
+                # Far ahead of its partition's time (another clock, e.g. a record without
+                # timestamp in a replay): decided and ordered at the stream's time, so one
+                # record cannot hold every other partition's records back in the stages.
+                at = stream_time + skew
+                flagged[offset] = (
+                    f"event time {_iso(ts)} is {_span(ts - stream_time)} ahead of its "
+                    f"partition's stream time {_iso(stream_time)}; decided at {_iso(at)}"
+                )
+                decoded = Decoded(msgspec.structs.replace(decoded.tx, timestamp=at), decoded.added)
+                ts = at
             if ts > stream_time:
                 stream_time = ts
             valid.append((msg, decoded, stream_time))
@@ -420,6 +480,8 @@ class Processor:
             combine = self.engine.combine
             for (msg, decoded, _), (_, hits) in zip(valid, scored, strict=True):
                 decision = combine(hits, None)
+                if flagged and msg.offset() in flagged:
+                    decision = _flag(decision, flagged[msg.offset()])
                 value = encode_decided(msg.value(), decoded, decision)
                 self._output(msg.key(), value, msg.headers(), decision.outcome)
             return
@@ -443,6 +505,8 @@ class Processor:
                 {"source": row},
                 [(h.rule, h.weight, h.reason, h.allow) for h in hits],
             )
+            if flagged and msg.offset() in flagged:
+                env.note = flagged[msg.offset()]
             self._forward(task, to, self.topology.route(to, getattr(tx, key), q), env)
 
     def _read_labels(self, task: Task, msgs: list[Any]) -> None:
@@ -521,6 +585,8 @@ class Processor:
         )
         for env, decision in zip(data, decisions, strict=True):
             assert env.tx is not None
+            if env.note:
+                decision = _flag(decision, env.note)
             value = encode_decided(env.value, Decoded(env.tx, env.added), decision)
             self._output(env.key, value, env.headers, decision.outcome)
 
@@ -560,6 +626,91 @@ class Processor:
                 return
             except BufferError:
                 self.producer.poll(0.05)
+
+    # --- health ----------------------------------------------------------------------------
+
+    def task_status(self) -> list[TaskStatus]:
+        """Each task's buffer and marks, as `fraudstream status` shows them."""
+        assert self.topology is not None
+        out = []
+        for (topic, partition), task in sorted(self.tasks.items()):
+            marks = task.meta.marks
+            lowest, lowest_mark = -1, ""
+            if task.orderer is not None and marks and len(marks) >= task.stage.upstream:
+                lowest = min(marks, key=lambda u: marks[u])
+                lowest_mark = describe_key(marks[lowest])
+            out.append(
+                TaskStatus(
+                    topic,
+                    partition,
+                    self.topology.stage_name(task.stage),
+                    buffered=len(task.orderer) if task.orderer is not None else 0,
+                    mark=describe_key(task.meta.sent),
+                    upstream=task.stage.upstream if task.orderer is not None else 0,
+                    heard=len(marks),
+                    lowest=lowest,
+                    lowest_mark=lowest_mark,
+                )
+            )
+        return out
+
+    def _unread(self) -> list[str]:
+        """Assigned partitions with records not read yet (from the consumer's cached
+        watermarks: no request to the broker)."""
+        tps = [TopicPartition(t, p) for t, p in self.tasks]
+        out = []
+        for tp in self.consumer.position(tps) if tps else []:
+            try:
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            except KafkaException:
+                continue
+            if tp.offset >= 0 and high > tp.offset:
+                out.append(f"{tp.topic}[{tp.partition}] at {tp.offset} of {high}")
+        return out
+
+    def _health(self) -> None:
+        """Once a second: warn when stalled; every STATUS_INTERVAL_MS: publish the status."""
+        now = self.clock()
+        self._next_health = now + 1.0
+        if self.topology is None:
+            return
+        self._stall.progress(self.stats.total, now)
+        tasks = self.task_status()
+        held = waits(tasks)
+        unread = self._unread() if not held else []
+        pending = bool(held or unread)
+        if self._stall.should_warn(now, pending=pending):
+            log.warning(
+                "no decision committed for %.0fs while input is pending (STALL_WARNING_MS); %s",
+                self.settings.stall_warning_ms / 1000,
+                "; ".join(held) if held else "unread: " + ", ".join(unread[:10]),
+            )
+        if now >= self._next_status:
+            self._next_status = now + self.settings.status_interval_ms / 1000
+            self._publish_status(tasks, stalled=self._stall.stalled(now, pending=pending))
+
+    def _publish_status(self, tasks: list[TaskStatus], *, stalled: bool) -> None:
+        assert self.topology is not None
+        if self._status_producer is None:
+            self._status_producer = Producer(base_config(self.settings, f"{self._name}-status"))
+        status = Status(
+            self._instance,
+            self.wall_ms(),
+            self._last_commit_ms,
+            self.stats.total,
+            stalled,
+            tasks,
+        )
+        try:
+            self._status_producer.produce(
+                self.topology.status_topic,
+                msgspec.json.encode(status),
+                self._instance.encode(),
+                partition=0,
+            )
+            self._status_producer.poll(0)
+        except (BufferError, KafkaException) as exc:  # health reports never stop the work
+            log.debug("status not published: %s", exc)
 
     # --- marks -----------------------------------------------------------------------------
 
@@ -664,6 +815,7 @@ class Processor:
             s.dead_letter + p.dead_letter,
         )
         s.commits += 1
+        self._last_commit_ms = self.wall_ms()
         self._pending = ProcessorStats()
         self._committed = offsets
         if self.topology is not None and self.topology.staged and self.clock() >= self._next_purge:

@@ -41,6 +41,7 @@ class Topology:
         if p < 1 or label_partitions < 0:  # a topic's metadata read too early: never build on it
             raise ValueError(f"a topology needs partitions (input {p}, labels {label_partitions})")
         self.shape_topic = f"{group}.topology"  # what the group's internal topics were made for
+        self.status_topic = f"{group}.status"  # each instance's latest health report
         self.staged = len(keys) > 1
         self.labels = label_partitions if self.staged and label_partitions else 0
         stages = [Stage(0, keys[0], settings.transactions_topic, p, f"{group}.changelog", 0)]
@@ -83,6 +84,14 @@ class Topology:
             "ordered.changelog",
             "labels.changelog",
         ) or rest.startswith("by-")
+
+    def stage_name(self, stage: Stage) -> str:
+        """How logs and `fraudstream status` call a stage."""
+        if stage.index == 0:
+            return "input"
+        if stage.index < 0:
+            return "labels"
+        return stage.topic.rsplit(".", 1)[-1]
 
     def topics(self) -> list[str]:
         """What the detector subscribes to."""

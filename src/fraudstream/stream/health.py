@@ -1,0 +1,276 @@
+"""Never stuck in silence: what a detector waits for, said in its log and on `<group>.status`.
+
+Every few seconds a detector takes a snapshot of its tasks (per stage and partition: records
+buffered, the last mark sent, its stream time) and publishes it, with the age of its last
+commit, to the compacted topic `<group>.status` (key: the instance), which
+`fraudstream status` reads. When input is pending and no decision has been committed for
+`STALL_WARNING_MS`, it logs a warning naming what holds the records back: which stage and
+partition, how many records it buffers, which upstream's mark it waits for.
+
+    watch = StallWatch(30_000)
+    watch.progress(decided_total, now)          # after each commit
+    if watch.stalled(now, pending=True): ...
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, TopicPartition
+
+from fraudstream.config import Settings
+from fraudstream.stream.clients import base_config
+from fraudstream.stream.ordering import INF, Key
+from fraudstream.stream.topology import Topology
+
+__all__ = [
+    "GroupStatus",
+    "StallWatch",
+    "Status",
+    "TaskStatus",
+    "describe_key",
+    "format_status",
+    "read_status",
+    "waits",
+]
+
+
+class TaskStatus(msgspec.Struct, frozen=True):
+    topic: str
+    partition: int
+    stage: str  # "input", "labels", "by-target", …, "ordered"
+    buffered: int = 0  # records held until the upstream marks allow them out
+    mark: str = ""  # the last mark this task sent downstream
+    upstream: int = 0  # how many upstream tasks it needs marks from
+    heard: int = 0  # how many of them it has heard
+    lowest: int = -1  # the upstream whose mark holds it back (the lowest), -1: none
+    lowest_mark: str = ""
+
+
+class Status(msgspec.Struct, frozen=True):
+    """One detector instance's report."""
+
+    instance: str
+    at_ms: int  # wall clock when reported
+    last_commit_ms: int  # wall clock of its last commit (0: none yet)
+    decided: int  # records decided (legit + fraud + dead letters) since it started
+    stalled: bool
+    tasks: list[TaskStatus]
+
+
+def describe_key(key: Key | None) -> str:
+    if key is None:
+        return ""
+    t, q, o = key
+    if t >= INF:
+        return f"idle (partition {q}, offset {o})"
+    when = datetime.fromtimestamp(t / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{when} (partition {q}, offset {o})"
+
+
+def waits(tasks: list[TaskStatus]) -> list[str]:
+    """What the tasks that buffer records wait for, one line each, most buffered first."""
+    out = []
+    for t in sorted(tasks, key=lambda t: -t.buffered):
+        if not t.buffered:
+            continue
+        if t.heard < t.upstream:
+            why = (
+                f"marks from {t.upstream - t.heard} of its {t.upstream} upstream tasks, unheard yet"
+            )
+        elif t.lowest >= 0:
+            why = f"upstream task {t.lowest}'s mark to pass its records (at {t.lowest_mark})"
+        else:
+            why = "its next release"
+        out.append(f"{t.topic}[{t.partition}] buffers {t.buffered} records, waiting for {why}")
+    return out
+
+
+class StallWatch:
+    """Decides when 'no decision for a while, input pending' deserves a warning."""
+
+    def __init__(self, warn_after_ms: int) -> None:
+        self.warn_after = warn_after_ms / 1000
+        self._decided = -1
+        self._since: float | None = None  # when decisions last moved
+        self._warned_at: float | None = None
+
+    def progress(self, decided: int, now: float) -> None:
+        if decided != self._decided:
+            self._decided = decided
+            self._since = now
+            self._warned_at = None
+
+    def stalled(self, now: float, *, pending: bool) -> bool:
+        """Pending input and no decision for `warn_after` seconds."""
+        if self._since is None:
+            self._since = now
+        if not pending:
+            self._since = now
+            return False
+        return now - self._since >= self.warn_after
+
+    def should_warn(self, now: float, *, pending: bool) -> bool:
+        """`stalled`, at most once per `warn_after` seconds."""
+        if not self.stalled(now, pending=pending):
+            return False
+        if self._warned_at is not None and now - self._warned_at < self.warn_after:
+            return False
+        self._warned_at = now
+        return True
+
+
+# --- reading it back: `fraudstream status` -----------------------------------------------
+
+
+class Row(msgspec.Struct):
+    stage: str
+    topic: str
+    partition: int
+    committed: int  # -1: nothing committed yet
+    end: int
+    buffered: int = 0
+    mark: str = ""
+    instance: str = ""
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - max(self.committed, 0))
+
+
+class GroupStatus(msgspec.Struct):
+    group: str
+    rows: list[Row]
+    reports: list[Status]  # the latest of each instance
+    now_ms: int
+    stalled: bool
+    why: str
+
+
+def read_status(
+    settings: Settings, *, now_ms: int | None = None, fresh_ms: int | None = None
+) -> GroupStatus:
+    """Per stage and partition: committed and end offsets, lag; from the instances' reports:
+    records buffered, the last mark, the last commit's age. Stalled when an instance says so,
+    or when records wait and no instance has committed (or reported) for STALL_WARNING_MS."""
+    group = settings.detector_group
+    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    fresh = fresh_ms if fresh_ms is not None else 3 * settings.status_interval_ms
+    consumer = Consumer(base_config(settings, "fraudstream-status") | {"group.id": group})
+    try:
+        listed = consumer.list_topics(timeout=10).topics
+        internal = sorted(t for t in listed if Topology.is_repartition(group, t))
+        stage_topics = [settings.transactions_topic, *internal]
+        tps = [
+            TopicPartition(t, p)
+            for t in stage_topics
+            if t in listed
+            for p in sorted(listed[t].partitions)
+        ]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, 30)}
+        reports = _latest_reports(consumer, f"{group}.status", listed)
+    finally:
+        consumer.close()
+    by_task = {
+        (t.topic, t.partition): (t, r.instance)
+        for r in reports
+        if now - r.at_ms <= fresh
+        for t in r.tasks
+    }
+    rows = []
+    for tp in tps:
+        end = _end(settings, tp)
+        task, instance = by_task.get((tp.topic, tp.partition), (None, ""))
+        stage = "input" if tp.topic == settings.transactions_topic else tp.topic.rsplit(".", 1)[-1]
+        rows.append(
+            Row(
+                stage,
+                tp.topic,
+                tp.partition,
+                committed[(tp.topic, tp.partition)],
+                end,
+                buffered=task.buffered if task else 0,
+                mark=task.mark if task else "",
+                instance=instance,
+            )
+        )
+    live = [r for r in reports if now - r.at_ms <= fresh]
+    waiting = sum(r.lag for r in rows) + sum(r.buffered for r in rows)
+    stalled, why = False, ""
+    if any(r.stalled for r in live):
+        stalled = True
+        why = "instance(s) " + ", ".join(r.instance for r in live if r.stalled) + " report a stall"
+    elif waiting and not live:
+        stalled = True
+        why = f"{waiting} records wait and no detector of group {group} has reported lately"
+    elif waiting:
+        last = max(r.last_commit_ms for r in live)
+        if now - last > settings.stall_warning_ms:
+            stalled = True
+            why = f"{waiting} records wait and the last commit was {(now - last) / 1000:.0f}s ago"
+    return GroupStatus(group, rows, reports, now, stalled, why)
+
+
+def _latest_reports(consumer: Consumer, topic: str, listed: dict[str, Any]) -> list[Status]:
+    if topic not in listed:
+        return []
+    tp = TopicPartition(topic, 0)
+    end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+    if end <= 0:
+        return []
+    consumer.assign([TopicPartition(topic, 0, -2)])
+    latest: dict[bytes, Status] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for msg in consumer.consume(num_messages=1000, timeout=0.5):
+            key, value = msg.key(), msg.value()
+            if msg.error() is None and key is not None and value:
+                try:
+                    latest[key] = msgspec.json.decode(value, type=Status)
+                except msgspec.DecodeError:
+                    continue
+        if consumer.position([tp])[0].offset >= end:
+            break
+    return sorted(latest.values(), key=lambda r: r.instance)
+
+
+def _end(settings: Settings, tp: TopicPartition) -> int:
+    consumer = Consumer(base_config(settings, "fraudstream-status") | {"group.id": "status"})
+    try:
+        return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+    finally:
+        consumer.close()
+
+
+def format_status(status: GroupStatus) -> str:
+    """The table `fraudstream status` prints."""
+    lines = [f"group {status.group}"]
+    for r in status.reports:
+        age = (status.now_ms - r.last_commit_ms) / 1000 if r.last_commit_ms else None
+        seen = (status.now_ms - r.at_ms) / 1000
+        lines.append(
+            f"  instance {r.instance}: decided {r.decided}, last commit "
+            + (f"{age:.1f}s ago" if age is not None else "none yet")
+            + f", reported {seen:.0f}s ago{' — STALLED' if r.stalled else ''}"
+        )
+    header = ("stage", "partition", "committed", "end", "lag", "buffered", "last mark")
+    table = [header] + [
+        (
+            r.stage,
+            str(r.partition),
+            str(r.committed) if r.committed >= 0 else "-",
+            str(r.end),
+            str(r.lag),
+            str(r.buffered),
+            r.mark or "-",
+        )
+        for r in status.rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    lines.append(f"STALLED: {status.why}" if status.stalled else "ok: nothing is stuck")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Never stuck in silence: a stalled group says what it waits for, in its log and in
+`fraudstream status`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from fraudstream.config import Settings
+from fraudstream.stream import committed_progress, group_lag
+from tests.chaos.test_faults import Detectors
+from tests.conftest import REPO, env_for, wait_for
+
+pytestmark = pytest.mark.kafka
+DEFAULT_RULES = str(REPO / "rules" / "default.yaml")
+T0 = 1_767_225_600_000  # 2026-01-01
+
+
+def _status(settings: Settings) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fraudstream", "status"],
+        env=env_for(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Path) -> None:
+    """Partition 2 of the input stays empty and never idles (PARTITION_IDLE_MS=10 min), so the
+    payee stage cannot release anything: a stall, which must be named."""
+    producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
+    n = 200
+    for i in range(n):
+        tx = {
+            "id": f"st-{i}",
+            "source": f"a{i % 7}",
+            "target": f"b{i % 5}",
+            "amount": 12.5,
+            "currency": "EUR",
+            "timestamp": T0 + i * 1000,
+        }
+        producer.produce(settings.transactions_topic, json.dumps(tx).encode(), partition=i % 2)
+    assert producer.flush(30) == 0
+
+    stalling = Detectors(
+        settings,
+        tmp_path,
+        rules=DEFAULT_RULES,
+        PARTITION_IDLE_MS="600000",
+        STALL_WARNING_MS="2000",
+        STATUS_INTERVAL_MS="500",
+    )
+    try:
+        proc = stalling.start()
+        log = proc.log  # type: ignore[attr-defined]
+        wait_for(
+            lambda: "no decision committed for" in log.read_text(), timeout=60, what="a warning"
+        )
+        warning = next(x for x in log.read_text().splitlines() if "no decision committed" in x)
+        assert "by-target[" in warning and "waiting for upstream task 2's mark" in warning, warning
+
+        def reported_stalled() -> bool:
+            done = _status(settings)
+            return done.returncode == 1 and "STALLED" in done.stdout
+
+        wait_for(reported_stalled, timeout=60, what="status to report the stall")
+        shown = _status(settings).stdout
+        assert "instance 0" in shown and "by-target" in shown and "input" in shown, shown
+        stalling.stop(proc)
+    finally:
+        stalling.cleanup()
+
+    flowing = Detectors(settings, tmp_path, rules=DEFAULT_RULES, STATUS_INTERVAL_MS="500")
+    try:
+        proc = flowing.start()
+        wait_for(
+            lambda: committed_progress(settings) >= n and group_lag(settings) == 0,
+            timeout=60,
+            what="the group to drain",
+        )
+        wait_for(lambda: _status(settings).returncode == 0, timeout=60, what="status ok")
+        assert "ok: nothing is stuck" in _status(settings).stdout
+        flowing.stop(proc)
+    finally:
+        flowing.cleanup()
