@@ -554,6 +554,29 @@ def _workers(n: int, settings: Settings) -> int:
     return max(codes)
 
 
+_held: list[object] = []  # locks kept for the life of the process
+
+
+def _one_detector(settings: Settings) -> None:
+    """Refuse a second detector of the same group and instance on this machine (it would
+    fence the running one into a shutdown)."""
+    from fraudstream.locks import ProcessLock
+
+    key = (settings.kafka_broker_url, settings.detector_group, settings.detector_instance)
+    name = f"{settings.detector_group}-{settings.detector_instance}"
+    lock = ProcessLock.acquire("detector", *key, directory=settings.lock_dir, info=name)
+    if lock is None:
+        holder = ProcessLock.holder("detector", *key, directory=settings.lock_dir)
+        pid = holder.split()[0] if holder else "?"
+        raise ConfigError(
+            f"detector {name} already runs on this machine (pid {pid}, group "
+            f"{settings.detector_group}, broker {settings.kafka_broker_url}); to add another, "
+            f"start it with `--instance 1` (or any other name), or run several with "
+            "`fraudstream detect --workers N`; to replace it, stop that one first"
+        )
+    _held.append(lock)
+
+
 def _detect(settings: Settings) -> int:
     from fraudstream.detection import Engine, load_ruleset
     from fraudstream.stream import Processor, ensure_topics
@@ -561,6 +584,7 @@ def _detect(settings: Settings) -> int:
 
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
+    _one_detector(settings)
     wait_for_broker(settings, settings.startup_timeout_ms / 1000)
     ensure_topics(settings)
     engine = Engine.from_ruleset(ruleset)
@@ -606,8 +630,22 @@ def _detect(settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     """Everything at once, each app in its own process; Ctrl-C stops all of them cleanly."""
     from fraudstream.broker import LocalBroker
+    from fraudstream.locks import ProcessLock
     from fraudstream.stream import check_connection, ensure_topics
 
+    url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
+    lock = ProcessLock.acquire(
+        "run", settings.kafka_broker_url, directory=settings.lock_dir, info=url
+    )
+    if lock is None:
+        holder = ProcessLock.holder("run", settings.kafka_broker_url, directory=settings.lock_dir)
+        pid, _, page = holder.partition(" ")
+        raise FraudstreamError(
+            f"fraudstream is already running here (pid {pid or '?'}, dashboard {page or '?'}) "
+            f"on {settings.kafka_broker_url}; open its page, or stop it with Ctrl-C in its "
+            "terminal first. Nothing was started"
+        )
+    _held.append(lock)
     local, port = _is_local(settings.kafka_broker_url)
     broker: LocalBroker | None = None  # set only when we start it, so we stop it after
     if local and not LocalBroker(port=port).status():

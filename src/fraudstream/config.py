@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     stall_warning_ms: int = Field(default=30_000, ge=1000)
     # How often each detector publishes its health to <group>.status.
     status_interval_ms: int = Field(default=5_000, ge=100)
+    # Where the lock files that keep one detector per group and instance (and one `run`) on
+    # this machine are kept (default: <tmp>/fraudstream-locks).
+    lock_dir: str | None = None
     # How long a starting detector waits for the broker (and its topics) before giving up.
     startup_timeout_ms: int = Field(default=60_000, ge=0)
     # Fault tests only: raise in the Nth batch read (0: never), as a bug would.

@@ -24,6 +24,7 @@ __all__ = [
     "LabelRecord",
     "Reason",
     "Transaction",
+    "complete_label",
     "decode_label",
     "decode_transaction",
     "encode_decided",
@@ -126,7 +127,9 @@ class LabelRecord(msgspec.Struct, frozen=True):
 
     id: Text
     is_fraud: bool
-    known_ms: int = 0  # when the verdict became known (event time); 0: known from the start
+    # when the verdict became known (event time); absent: when it was published (live: its
+    # published_ms, else the record's time; history: published_ms, else the transaction's)
+    known_ms: int | None = None
     scenario: str | None = None
     target: str | None = None
     merchant: str | None = None
@@ -136,6 +139,19 @@ class LabelRecord(msgspec.Struct, frozen=True):
 
 
 _label_decoder = msgspec.json.Decoder(LabelRecord)
+
+
+def complete_label(
+    label: LabelRecord, *, published_ms: int, target: str | None = None, merchant: str | None = None
+) -> LabelRecord:
+    """The label with its defaults applied: known when published (when `known_ms` is absent),
+    and the payee and merchant of its transaction when it does not name them."""
+    return msgspec.structs.replace(
+        label,
+        known_ms=published_ms if label.known_ms is None else label.known_ms,
+        target=label.target if label.target is not None else target,
+        merchant=label.merchant if label.merchant is not None else merchant,
+    )
 
 
 def decode_label(value: bytes | None) -> LabelRecord:

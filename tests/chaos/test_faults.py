@@ -138,6 +138,8 @@ def test_zombie_is_fenced_and_its_late_writes_never_appear(
     zombie = detectors.start("z")
     wait_committed(settings, n // 5)
     zombie.send_signal(signal.SIGSTOP)
+    # As if on another machine (the lock that refuses a second "z" here is per machine):
+    detectors.env["LOCK_DIR"] = str(detectors.tmp_path / "other-machine")
     replacement = detectors.start("z")  # same transactional.id: fences the zombie
     wait_done(settings, n)
     zombie.send_signal(signal.SIGCONT)

@@ -21,7 +21,7 @@ def test_train_split_in_time_save_load_and_score_live(tmp_path: Path) -> None:
     write_files(txs_file, labels_file, count=60_000, seed=11, profile="sim", fraud_rate=0.03)
     txs, invalid = read_transactions(str(txs_file))
     labels = read_labels(str(labels_file))
-    assert invalid == 0 and len(txs) == len(labels) == 60_000
+    assert not invalid and len(txs) == len(labels) == 60_000
     ruleset = load_ruleset(REPO / "rules" / "default.yaml")
     result = train(ruleset, txs, labels, test_share=0.3, gap_days=1)
     train_days, test_days = result.split["train"], result.split["test"]
@@ -75,7 +75,7 @@ def test_history_from_csv_and_parquet_with_a_column_mapping(tmp_path: Path) -> N
     )
     for name in ("h.csv", "h.parquet"):
         txs, invalid = read_transactions(str(tmp_path / name), columns=columns)
-        assert invalid == 0
+        assert not invalid
         assert [(t.id, t.source, t.target, t.amount) for t in txs] == [
             ("a1", "acc1", "shop", 12.5),
             ("a2", "acc1", "shop", 950.0),

@@ -148,6 +148,8 @@ class FeatureState:
 
     def label(self, label: Label) -> None:
         """Queue a verdict; it affects only transactions at or after `label.known_ms`."""
+        if label.known_ms is None:
+            raise ValueError(f"label {label.id} has no known_ms: complete_label() it first")
         if label.is_fraud:
             self._seq += 1
             entry = (label.known_ms, self._seq, label)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from fraudstream.detection import Engine, Label, RuleSet
 from fraudstream.evaluation.metrics import Outcome, Report, report
+from fraudstream.evaluation.sources import complete_labels
 from fraudstream.schema import Decision, Transaction
 
 __all__ = ["BacktestResult", "backtest", "outcomes"]
@@ -59,6 +60,7 @@ def backtest(
     since_ms: int | None = None,
 ) -> BacktestResult:
     """Decide every transaction in order; labels feed back from their `known_ms` on."""
+    labels = complete_labels(labels, transactions)[0]  # defaults, when not done yet
     engine = Engine.from_ruleset(ruleset)
     engine.observe_labels(labels.values())
     decisions: list[Decision] = []

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,12 @@ from fraudstream.detection import load_ruleset
 from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.evaluation.backtest import backtest
 from fraudstream.evaluation.metrics import Outcome, Report, format_report, report
-from fraudstream.evaluation.sources import read_decisions, read_labels, read_transactions
+from fraudstream.evaluation.sources import (
+    complete_labels,
+    read_decisions,
+    read_labels,
+    read_transactions,
+)
 from fraudstream.evaluation.train import train
 from fraudstream.schema import Transaction
 
@@ -106,9 +112,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ruleset = load_ruleset(rules, require_model=False)
         _check_writable(args.out)
     txs, invalid = read_transactions(args.input or settings.transactions_topic, settings, columns)
-    labels = read_labels(args.labels or settings.labels_topic, settings)
+    labels, label_counts = complete_labels(
+        read_labels(args.labels or settings.labels_topic, settings), txs
+    )
     if invalid:
-        print(f"skipped {invalid:,} invalid records", file=sys.stderr)
+        print(
+            f"skipped {sum(invalid.values()):,} invalid records: {_by_class(invalid)}",
+            file=sys.stderr,
+        )
+    if label_counts["label_without_transaction"]:
+        print(
+            f"skipped {label_counts['label_without_transaction']:,} labels whose id is no "
+            "transaction of the input (label_without_transaction)",
+            file=sys.stderr,
+        )
+    if label_counts["known_when_published"]:
+        print(
+            f"{label_counts['known_when_published']:,} labels without known_ms: taken as known "
+            "when published (published_ms, else the transaction's time)",
+            file=sys.stderr,
+        )
     if args.command == "backtest":
         result = backtest(ruleset, txs, labels, since_ms=since)
         _print(result.report, args.json)
@@ -129,3 +152,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     _print(trained.report, args.json)
     return 0
+
+
+def _by_class(counts: Counter[str]) -> str:
+    """`schema 3, invalid_amount 2`: most first, as the dead-letter headers name them."""
+    return ", ".join(f"{k} {v:,}" for k, v in counts.most_common())

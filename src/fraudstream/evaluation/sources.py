@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import uuid
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from fraudstream.errors import FraudstreamError, KafkaUnavailableError
 from fraudstream.schema import (
     InvalidTransaction,
     Transaction,
+    complete_label,
     decode_label,
     decode_transaction,
     event_time_ms,
@@ -157,25 +159,51 @@ def _parquet_rows(path: Path, columns: dict[str, str] | None) -> Iterator[dict[s
 
 def read_transactions(
     source: str, settings: Settings | None = None, columns: dict[str, str] | None = None
-) -> tuple[list[Transaction], int]:
-    """Valid transactions in event-time order (stable), and how many records were invalid."""
+) -> tuple[list[Transaction], Counter[str]]:
+    """Valid transactions in event-time order (stable), and the invalid records skipped, by
+    class (the dead-letter topic's `error.class`)."""
     txs: list[Transaction] = []
-    invalid = 0
+    invalid: Counter[str] = Counter()
     for value, topic, p, off, ts in iter_records(source, settings, columns):
         try:
             txs.append(
                 decode_transaction(value, topic=topic, partition=p, offset=off, record_ts_ms=ts).tx
             )
-        except InvalidTransaction:
-            invalid += 1
+        except InvalidTransaction as exc:
+            invalid[exc.kind] += 1
     txs.sort(key=lambda t: event_time_ms(t.timestamp))
     return txs, invalid
+
+
+def complete_labels(
+    labels: dict[str, Label], transactions: Sequence[Transaction]
+) -> tuple[dict[str, Label], Counter[str]]:
+    """Labels with their defaults applied from the transactions they label: known when
+    published (`published_ms`, else the transaction's time) unless `known_ms` says, and the
+    transaction's payee and merchant when the label does not name them. Also returns what
+    was skipped or defaulted, by reason: `label_without_transaction` (no such id: nothing to
+    learn from it), `known_when_published` (no `known_ms`)."""
+    by_id = {t.id: t for t in transactions if t.id is not None}
+    out: dict[str, Label] = {}
+    counts: Counter[str] = Counter()
+    for tx_id, label in labels.items():
+        tx = by_id.get(tx_id)
+        if tx is None:
+            counts["label_without_transaction"] += 1
+            continue
+        if label.known_ms is None:
+            counts["known_when_published"] += 1
+        published = label.published_ms if label.published_ms is not None else tx.ts_ms
+        out[tx_id] = complete_label(
+            label, published_ms=published, target=tx.target, merchant=tx.merchant
+        )
+    return out, counts
 
 
 def read_labels(
     source: str, settings: Settings | None = None, columns: dict[str, str] | None = None
 ) -> dict[str, Label]:
-    """Labels by transaction id. Without `known_ms`, a label counts as known from the start."""
+    """Labels by transaction id, as given (`complete_labels` applies the defaults)."""
     out: dict[str, Label] = {}
     for value, topic, p, off, _ in iter_records(source, settings, columns):
         if not value:

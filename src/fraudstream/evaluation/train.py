@@ -19,6 +19,7 @@ from fraudstream.detection import DAY, FEATURE_NAMES, Engine, FraudModel, Label,
 from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.evaluation.backtest import CHUNK, outcomes
 from fraudstream.evaluation.metrics import Report, report
+from fraudstream.evaluation.sources import complete_labels
 from fraudstream.schema import Decision, Transaction
 
 __all__ = ["TrainResult", "train"]
@@ -57,6 +58,7 @@ def train(
     engine = Engine(
         ruleset.rules, threshold=ruleset.threshold, version=ruleset.version, features=True
     )
+    labels = complete_labels(labels, transactions)[0]  # defaults, when not done yet
     engine.observe_labels(labels.values())
     scored = []
     for i in range(0, len(transactions), CHUNK):

@@ -21,6 +21,7 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from fraudstream.schema import (
     Decoded,
     InvalidTransaction,
     Reason,
+    complete_label,
     decode_label,
     decode_transaction,
     encode_decided,
@@ -270,6 +272,8 @@ class Processor:
         self._next_purge = 0.0
         self._committed: list[TopicPartition] = []  # the offsets of the last commit
         self._batches = 0
+        self._skipped_labels: Counter[str] = Counter()  # label records dead-lettered, by class
+        self._skipped_said: dict[str, int] = {}
         self._next_health = 0.0
         self._next_status = 0.0
         self._stall = StallWatch(settings.stall_warning_ms)
@@ -519,15 +523,29 @@ class Processor:
             try:
                 label = decode_label(msg.value())
             except InvalidTransaction as exc:
-                self._dead_letter(msg, exc.kind, str(exc), "label")
+                self._skip_label(msg, exc.kind, str(exc))
                 continue
-            # a verdict takes its place in time when it was published
+            if label.is_fraud and label.target is None:
+                self._skip_label(
+                    msg,
+                    "label_incomplete",
+                    f"fraud label {label.id} names no target: the payee-risk features need "
+                    "the labelled payment's target (and its merchant, when it had one)",
+                )
+                continue
+            # a verdict takes its place in time when it was published, and is known from
+            # then on unless it says when (known_ms)
             published = label.published_ms
             if published is None:
                 published = msg.timestamp()[1]
+            label = complete_label(label, published_ms=published)
             meta.stream_time = max(meta.stream_time, published)
             env = Envelope(LABEL, meta.stream_time, q, msg.offset(), q, 0, label=label)
             self._forward(task, to, self.topology.route(to, getattr(label, to.key, None), q), env)
+
+    def _skip_label(self, msg: Any, error_class: str, message: str) -> None:
+        self._dead_letter(msg, error_class, message, "label")
+        self._skipped_labels[error_class] += 1
 
     def _offer(self, task: Task, msgs: list[Any]) -> None:
         orderer = task.orderer
@@ -684,6 +702,13 @@ class Processor:
                 "no decision committed for %.0fs while input is pending (STALL_WARNING_MS); %s",
                 self.settings.stall_warning_ms / 1000,
                 "; ".join(held) if held else "unread: " + ", ".join(unread[:10]),
+            )
+        if self._skipped_labels != self._skipped_said and now >= self._next_status:
+            self._skipped_said = dict(self._skipped_labels)
+            log.warning(
+                "skipped %d label records (dead-letter topic, error.stage=label): %s",
+                sum(self._skipped_labels.values()),
+                ", ".join(f"{k} {v}" for k, v in sorted(self._skipped_labels.items())),
             )
         if now >= self._next_status:
             self._next_status = now + self.settings.status_interval_ms / 1000
