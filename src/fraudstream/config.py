@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fraudstream.errors import ConfigError
 
-__all__ = ["Settings", "kafka_variable_problems", "load_settings"]
+__all__ = ["Settings", "is_kafka_tool_variable", "kafka_variable_problems", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -137,6 +137,18 @@ def _kafka_environment(env_file: str | Path | None) -> dict[str, str]:
     return {k: v for k, v in found.items() if k.startswith("KAFKA_")}
 
 
+# Variables of Kafka's own scripts and images (the JVM's, not a client's): neither passed to
+# librdkafka nor an error, so a machine with a Kafka installation keeps working.
+_KAFKA_TOOL_VARIABLES = frozenset(
+    {"KAFKA_HOME", "KAFKA_DEBUG", "KAFKA_LOG_DIR", "KAFKA_CLUSTER_ID", "KAFKA_VERSION"}
+)
+
+
+def is_kafka_tool_variable(var: str) -> bool:
+    """KAFKA_HOME, KAFKA_OPTS, KAFKA_HEAP_OPTS, …: for Kafka's scripts, not for clients."""
+    return var in _KAFKA_TOOL_VARIABLES or var.endswith("_OPTS") or var.startswith("KAFKA_CFG_")
+
+
 def _env_names() -> list[str]:
     return [name.upper() for name in Settings.model_fields]
 
@@ -153,6 +165,8 @@ def kafka_variable_problems(environ: Mapping[str, str]) -> list[str]:
     problems = []
     for var, value in sorted(environ.items()):
         if not var.startswith("KAFKA_") or var in names or not value:
+            continue
+        if is_kafka_tool_variable(var):
             continue
         prop = var[6:].lower().replace("_", ".")
         verdict = _librdkafka_verdict(prop, value)

@@ -103,9 +103,18 @@ def test_a_typo_of_a_setting_in_a_kafka_variable_names_the_nearest_setting(
 def test_a_kafka_variable_librdkafka_does_not_know_is_named(
     no_kafka_env: pytest.MonkeyPatch,
 ) -> None:
-    no_kafka_env.setenv("KAFKA_HOME", "/opt/kafka")  # not a client setting, not a typo of ours
-    with pytest.raises(ConfigError, match=r"KAFKA_HOME: librdkafka has no setting 'home'"):
+    no_kafka_env.setenv("KAFKA_FETCH_SOMETHING", "1")  # not a client setting, not a typo of ours
+    with pytest.raises(ConfigError, match=r"KAFKA_FETCH_SOMETHING: librdkafka has no setting"):
         load_settings(_env_file=None)
+
+
+def test_kafka_s_own_script_variables_are_left_alone(no_kafka_env: pytest.MonkeyPatch) -> None:
+    from fraudstream.stream.clients import passthrough
+
+    for name in ("KAFKA_HOME", "KAFKA_OPTS", "KAFKA_HEAP_OPTS", "KAFKA_LOG4J_OPTS"):
+        no_kafka_env.setenv(name, "-Xmx1G")
+    load_settings(_env_file=None)  # no error
+    assert passthrough({"KAFKA_HOME": "/opt/kafka", "KAFKA_HEAP_OPTS": "-Xmx1G"}) == {}
 
 
 def test_a_refused_value_is_named_without_showing_it(no_kafka_env: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 from dotenv import dotenv_values
 
-from fraudstream.config import Settings
+from fraudstream.config import Settings, is_kafka_tool_variable
 from fraudstream.errors import KafkaUnavailableError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,10 @@ def passthrough(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {
         k[6:].lower().replace("_", "."): v
         for k, v in env.items()
-        if k.startswith("KAFKA_") and k != "KAFKA_BROKER_URL" and v
+        if k.startswith("KAFKA_")
+        and k != "KAFKA_BROKER_URL"
+        and v
+        and not is_kafka_tool_variable(k)
     }
 
 
