@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -44,6 +45,19 @@ SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
+def fault_rng(request: pytest.FixtureRequest) -> random.Random:
+    """The source of a fault test's random choices (kill points, the seeds of the faults a
+    detector injects): seeded from FAULT_SEED when it is set, to replay a failure, else at
+    random. The seed is printed (pytest shows it with a failure's output) and kept in the
+    test's report."""
+    given = os.environ.get("FAULT_SEED")
+    seed = int(given) if given else random.SystemRandom().randrange(2**32)
+    print(f"FAULT_SEED={seed} ({request.node.nodeid}); replay with FAULT_SEED={seed}")
+    request.node.user_properties.append(("FAULT_SEED", seed))
+    return random.Random(seed)
+
+
+@pytest.fixture
 def make_settings(kafka: LocalBroker) -> SettingsFactory:
     """Settings on the test broker, with topic and group names no other test uses."""
 
@@ -73,35 +87,30 @@ def settings(make_settings: SettingsFactory) -> Settings:
     return s
 
 
-def produce_raw(settings: Settings, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    """Write (key, value) records to the input topic, as any third-party producer would."""
+Record = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, list[Any]]
+
+
+def produce_raw(settings: Settings, records: list[Record]) -> None:
+    """Write (key, value[, headers]) records to the input topic, as any third-party producer
+    would."""
     producer = Producer({"bootstrap.servers": settings.kafka_broker_url, "linger.ms": 5})
-    for key, value in records:
-        producer.produce(settings.transactions_topic, value, key)
+    for key, value, *headers in records:
+        producer.produce(
+            settings.transactions_topic, value, key, headers=headers[0] if headers else None
+        )
     assert producer.flush(30) == 0
 
 
 def read_all(settings: Settings, topic: str, *, expect: int, timeout: float = 60) -> list[Any]:
-    """Read a topic `read_committed` from the beginning until `expect` records (or timeout)."""
-    consumer = Consumer(
-        consumer_config(settings, "test-reader", group_id=f"reader-{uuid.uuid4().hex}")
-    )
-    md = consumer.list_topics(topic, timeout=10)
-    consumer.assign([TopicPartition(topic, p, -2) for p in md.topics[topic].partitions])
-    out: list[Any] = []
+    """Every committed record of `topic` from the beginning to its end, read once it holds
+    `expect` records (or when `timeout` has passed): to the end as it stands then, never for
+    a fixed window of time."""
     deadline = time.monotonic() + timeout
-    try:
-        while len(out) < expect and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
-                assert msg.error() is None, msg.error()
-                out.append(msg)
-        # Nothing beyond what we expect may arrive either.
-        for msg in consumer.consume(num_messages=10_000, timeout=1.0):
-            assert msg.error() is None, msg.error()
-            out.append(msg)
-    finally:
-        consumer.close()
-    return out
+    while True:
+        out = read_to_end(settings, topic)
+        if len(out) >= expect or time.monotonic() >= deadline:
+            return out
+        time.sleep(0.2)
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
