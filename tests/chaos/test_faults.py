@@ -2,16 +2,21 @@
 
 The detector runs as its own process (`fraudstream detect`) with the tutorial rule, which needs
 no state, so "equals a clean run" is exact per record. Kills happen when the group's committed
-progress passes random points, not after fixed sleeps.
+progress passes random points, not after fixed sleeps. Every random choice (kill points, and
+the seeds of the aborts and commit timeouts a detector injects) comes from the test's
+`fault_rng`, whose seed is printed; FAULT_SEED=<seed> replays it.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
+import re
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,30 +29,55 @@ from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import TutorialSource, generate
 from fraudstream.stream import committed_progress, ensure_topics, group_lag
-from tests.chaos.verify import decided, verify
-from tests.conftest import REPO, SettingsFactory, env_for, produce_raw, spawn, wait_for
+from tests.chaos.verify import decided, topic_ends, verify
+from tests.conftest import (
+    REPO,
+    Record,
+    SettingsFactory,
+    env_for,
+    produce_raw,
+    read_to_end,
+    spawn,
+    wait_for,
+)
 
 pytestmark = pytest.mark.chaos
 TUTORIAL_RULES = str(REPO / "rules" / "tutorial.yaml")
+# On a started detector's PYTHONPATH: seeds its injected faults (see its docstring).
+SEEDED = Path(__file__).parent / "seeded"
 
 
 class Detectors:
-    """Start, kill, stop detector processes of one group; logs under tmp_path."""
+    """Start, kill, stop detector processes of one group; logs under tmp_path. With `rng`,
+    each process's injected faults are seeded from it (and the seed is in its log)."""
 
     def __init__(
-        self, settings: Settings, tmp_path: Path, rules: str = TUTORIAL_RULES, **env: str
+        self,
+        settings: Settings,
+        tmp_path: Path,
+        rules: str = TUTORIAL_RULES,
+        rng: random.Random | None = None,
+        **env: str,
     ) -> None:
         self.settings, self.tmp_path, self.env, self.rules = settings, tmp_path, env, rules
+        self.rng = rng
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, instance: str = "0") -> subprocess.Popen[bytes]:
+    def start(self, instance: str = "0", **extra: str) -> subprocess.Popen[bytes]:
         log = self.tmp_path / f"detect-{instance}-{len(self.procs)}.log"
+        seeded: dict[str, str] = {}
+        if self.rng is not None:
+            path = os.environ.get("PYTHONPATH")
+            seeded = {
+                "PYTHONPATH": os.pathsep.join([str(SEEDED), *([path] if path else [])]),
+                "FRAUDSTREAM_CHAOS_SEED": str(self.rng.randrange(2**32)),
+            }
         env = env_for(
             self.settings,
             RULES_FILE=self.rules,
             KAFKA_SESSION_TIMEOUT_MS="6000",
             KAFKA_HEARTBEAT_INTERVAL_MS="1000",
-            **self.env,
+            **(self.env | seeded | extra),
         )
         proc = spawn(["detect", "--instance", instance], env, log)
         proc.log = log  # type: ignore[attr-defined]
@@ -74,6 +104,22 @@ class Detectors:
                 p.kill()
                 p.wait(30)
 
+    def logs(self) -> list[tuple[str, str]]:
+        """(name, text) of every process's log, in start order."""
+        return [(p.log.name, p.log.read_text()) for p in self.procs]  # type: ignore[attr-defined]
+
+    def check_logs(self, allowed_errors: tuple[str, ...] = ()) -> None:
+        """No process logged a traceback, or an error but those expected."""
+        for name, text in self.logs():
+            assert "Traceback" not in text, f"{name}:\n{text[-5000:]}"
+            for line in text.splitlines():
+                if re.search(r" (ERROR|CRITICAL) ", line):
+                    assert any(a in line for a in allowed_errors), f"{name}: {line}"
+
+
+def log_of(proc: subprocess.Popen[bytes]) -> str:
+    return proc.log.read_text()  # type: ignore[attr-defined,no-any-return]
+
 
 @pytest.fixture
 def detectors(settings: Settings, tmp_path: Path) -> Iterator[Detectors]:
@@ -99,10 +145,12 @@ def wait_done(settings: Settings, n: int, timeout: float = 180) -> None:
     wait_for(lambda: group_lag(settings) == 0, timeout=timeout, what="the group to drain")
 
 
-def test_sigkill_at_five_random_moments(settings: Settings, detectors: Detectors) -> None:
+def test_sigkill_at_five_random_moments(
+    settings: Settings, detectors: Detectors, fault_rng: random.Random
+) -> None:
     n = 200_000
     assert generate(settings, rate=math.inf, count=n, seed=21, progress=None).sent == n
-    moments = sorted(random.Random().sample(range(n // 10, n * 9 // 10), 5))
+    moments = sorted(fault_rng.sample(range(n // 10, n * 9 // 10), 5))
     proc = detectors.start()
     for moment in moments:
         wait_committed(settings, moment)
@@ -110,48 +158,115 @@ def test_sigkill_at_five_random_moments(settings: Settings, detectors: Detectors
         proc = detectors.start()
     wait_done(settings, n)
     detectors.stop(proc)
+    detectors.check_logs()
     v = verify(settings)
     assert (v.valid, v.decided, v.dead) == (n, n, 0)
 
 
-def test_random_aborts(settings: Settings, tmp_path: Path) -> None:
+def test_random_aborts(settings: Settings, tmp_path: Path, fault_rng: random.Random) -> None:
     n = 50_000
     generate(settings, rate=math.inf, count=n, seed=22, progress=None)
     # Small transactions (500 records): about a hundred of them, a third aborted.
-    d = Detectors(settings, tmp_path, FRAUDSTREAM_CHAOS_ABORT_RATE="0.33", COMMIT_RECORDS="500")
+    d = Detectors(
+        settings,
+        tmp_path,
+        rng=fault_rng,
+        FRAUDSTREAM_CHAOS_ABORT_RATE="0.33",
+        COMMIT_RECORDS="500",
+    )
     try:
         proc = d.start()
         wait_done(settings, n)
         d.stop(proc)
     finally:
         d.cleanup()
-    assert "chaos: aborting" in proc.log.read_text()  # type: ignore[attr-defined]
+    assert "chaos: aborting" in log_of(proc)
+    d.check_logs()
     v = verify(settings)
     assert (v.valid, v.decided) == (n, n)
 
 
+def open_transactions(settings: Settings, topics: list[str]) -> dict[tuple[str, int], range]:
+    """Per partition of `topics`, the offsets written by a transaction still open (between
+    the read_committed end and the high watermark)."""
+    out = {}
+    for topic in topics:
+        committed = topic_ends(settings, topic, "read_committed")
+        for p, end in topic_ends(settings, topic, "read_uncommitted").items():
+            if end > committed[p]:
+                out[(topic, p)] = range(committed[p], end)
+    return out
+
+
 def test_zombie_is_fenced_and_its_late_writes_never_appear(
-    settings: Settings, detectors: Detectors
+    settings: Settings, tmp_path: Path, fault_rng: random.Random
 ) -> None:
-    n = 60_000
-    generate(settings, rate=math.inf, count=n, seed=23, progress=None)
-    zombie = detectors.start("z")
-    wait_committed(settings, n // 5)
-    zombie.send_signal(signal.SIGSTOP)
-    # As if on another machine (the lock that refuses a second "z" here is per machine):
-    detectors.env["LOCK_DIR"] = str(detectors.tmp_path / "other-machine")
-    replacement = detectors.start("z")  # same transactional.id: fences the zombie
-    wait_done(settings, n)
-    zombie.send_signal(signal.SIGCONT)
-    more = 3_000  # work for whoever holds partitions after the zombie rejoins
-    generate(settings, rate=math.inf, count=more, seed=24, progress=None)
-    code = zombie.wait(90)
-    assert code != 0
-    assert "fenced" in zombie.log.read_text()  # type: ignore[attr-defined]
-    wait_committed(settings, n + more)
-    detectors.stop(replacement)
+    n, rate = 60_000, 4_000
+    # Input keeps arriving while the zombie works, so it always has a transaction going.
+    feeder = threading.Thread(
+        target=generate,
+        args=(settings,),
+        kwargs={"rate": rate, "count": n, "seed": 23, "progress": None},
+    )
+    # A commit cut by SIGSTOP must not end in the commit watchdog's exit 3 after SIGCONT
+    # (its deadline runs on while the process is stopped): this test is about fencing.
+    d = Detectors(settings, tmp_path, rng=fault_rng, COMMIT_STUCK_TIMEOUT_MS="600000")
+    outputs = [settings.legit_topic, settings.fraud_topic]
+    try:
+        zombie = d.ready(d.start("z"))
+        feeder.start()
+        wait_committed(settings, n // 10)
+        # Writes in flight when stopped, proven rather than hoped for: stop the zombie at a
+        # random moment, give the broker a second to write the markers of a commit that
+        # had already completed (the stopped process can neither commit nor write), and
+        # keep it stopped only if an output partition then still holds records of an open
+        # transaction: records the zombie wrote and had not committed. Otherwise let it
+        # run a little and try again. (Committed progress still moving would show a
+        # transaction going on, not that it had written anything yet.)
+        in_flight: dict[tuple[str, int], range] = {}
+        for _ in range(40):
+            time.sleep(fault_rng.uniform(0.05, 0.5))
+            zombie.send_signal(signal.SIGSTOP)
+            time.sleep(1.0)
+            in_flight = open_transactions(settings, outputs)
+            if in_flight:
+                break
+            zombie.send_signal(signal.SIGCONT)
+        assert in_flight, "never caught the zombie with an open transaction in 40 tries"
+        print(f"zombie stopped with writes in flight: {in_flight}")
+        # As if on another machine (the lock that refuses a second "z" here is per machine):
+        d.env["LOCK_DIR"] = str(tmp_path / "other-machine")
+        replacement = d.start("z")  # same transactional.id: fences the zombie
+        feeder.join(120)
+        wait_done(settings, n)
+        zombie.send_signal(signal.SIGCONT)
+        more = 3_000  # work for whoever holds partitions after the zombie rejoins
+        generate(settings, rate=math.inf, count=more, seed=24, progress=None)
+        code = zombie.wait(90)
+        assert code == 2, f"zombie exited {code}, not 2:\n{log_of(zombie)[-5000:]}"
+        assert "fenced" in log_of(zombie)
+        wait_done(settings, n + more)
+        d.stop(replacement)
+    finally:
+        feeder.join(120)
+        d.cleanup()
+    # The zombie's open transaction was aborted: none of the records it had in flight is
+    # visible to a read_committed reader.
+    for (topic, partition), offsets in in_flight.items():
+        visible = [
+            m.offset()
+            for m in read_to_end(settings, topic)
+            if m.partition() == partition and m.offset() in offsets
+        ]
+        assert not visible, f"the zombie's writes {topic}[{partition}] {visible} were committed"
+    d.check_logs(allowed_errors=("fenced",))
     v = verify(settings)
     assert (v.valid, v.decided) == (n + more, n + more)
+
+
+FUTURE = (
+    b'{"source":"f","target":"g","amount":5.00,"currency":"EUR","timestamp":"2090-01-01T00:00:00Z"}'
+)
 
 
 def test_poison_pills_go_to_the_dead_letter_topic(settings: Settings, detectors: Detectors) -> None:
@@ -166,22 +281,30 @@ def test_poison_pills_go_to_the_dead_letter_topic(settings: Settings, detectors:
         b'{"source":"a","target":"b","amount":-1,"currency":"EUR"}',
         b'{"source":"a","target":"b","amount":1,"currency":"XXZ"}',
         b'{"source":"a","target":"b","amount":NaN,"currency":"EUR"}',
+        b'{"source":"a","target":"b","amount":1,"currency":"EUR","lat":1}',
+        b'{"source":"a","target":"b","amount":1,"currency":"EUR","timestamp":"2026-01-01T00:00:00"}',
+        FUTURE,  # valid, but beyond the wall clock: event_time_skew
     ]
-    records: list[tuple[bytes | None, bytes | None]] = []
+    records: list[Record] = []
     for i in range(30_000):
+        # the producer's own headers, on some good and some bad records: kept either way
+        headers = [("trace-id", f"t{i}".encode()), ("origin", b"test")] if i % 3 == 0 else []
         if rng.random() < 0.01:
-            records.append((f"junk-{i}".encode(), rng.choice(garbage)))
+            records.append((f"junk-{i}".encode(), rng.choice(garbage), headers))
         else:
             tx = source.next(1_790_000_000_000 + i)
-            records.append((tx.source.encode(), msgspec.json.encode(tx)))
+            records.append((tx.source.encode(), msgspec.json.encode(tx), headers))
     produce_raw(settings, records)
     proc = detectors.start()
     wait_committed(settings, len(records))
     detectors.stop(proc)
+    detectors.check_logs()
     v = verify(settings)
-    bad = sum(1 for k, _ in records if k is not None and k.startswith(b"junk-"))
+    bad = sum(1 for k, *_ in records if k is not None and k.startswith(b"junk-"))
     assert v.decided + v.dead == v.inputs == len(records)
     assert v.dead == bad > 200
+    classes = {dict(m.headers())["error.class"] for m in read_to_end(settings, settings.dlq_topic)}
+    assert {b"not_json", b"schema", b"null_value", b"event_time_skew"} <= classes, classes
 
 
 def test_rebalance_add_stop_kill_restart(make_settings: SettingsFactory, tmp_path: Path) -> None:
@@ -218,11 +341,16 @@ def test_rebalance_add_stop_kill_restart(make_settings: SettingsFactory, tmp_pat
 
 
 DEFAULT_RULES = REPO / "rules" / "default.yaml"
+RENEWED = "replacing the producer"  # the ERROR line of a commit timed out past its retries
 
 
 @pytest.mark.parametrize(("abort_rate", "timeout_rate"), [("0", "0"), ("0.33", "0"), ("0", "0.03")])
 def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
-    make_settings: SettingsFactory, tmp_path: Path, abort_rate: str, timeout_rate: str
+    make_settings: SettingsFactory,
+    tmp_path: Path,
+    abort_rate: str,
+    timeout_rate: str,
+    fault_rng: random.Random,
 ) -> None:
     """The default rules keep per-account and per-target state; it is written to the
     changelog in each transaction and restored after every SIGKILL, so the decisions equal a
@@ -239,25 +367,53 @@ def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
         settings,
         tmp_path,
         rules=str(DEFAULT_RULES),
+        rng=fault_rng,
         FRAUDSTREAM_CHAOS_ABORT_RATE=abort_rate,
         FRAUDSTREAM_CHAOS_COMMIT_TIMEOUT_RATE=timeout_rate,
         COMMIT_RECORDS="1000",
     )
+    had_state: list[bool] = []  # per process: whether the group had committed state then
     try:
+        if timeout_rate != "0":
+            # At least one timeout, forced: a first detector whose every commit times out
+            # (committing first or not, at random), SIGKILLed once it has replaced its
+            # producer; the others time out at the scenario's rate.
+            had_state.append(False)
+            first = d.start(FRAUDSTREAM_CHAOS_COMMIT_TIMEOUT_RATE="1")
+            wait_for(
+                lambda: first.poll() is not None or RENEWED in log_of(first),
+                timeout=120,
+                what="the first detector to replace its producer",
+            )
+            assert first.poll() is None, log_of(first)
+            d.kill(first)
+        had_state.append(committed(settings) > 0)
         proc = d.start()
-        for moment in sorted(random.Random().sample(range(n // 10, n * 9 // 10), 3)):
+        for moment in sorted(fault_rng.sample(range(n // 10, n * 9 // 10), 3)):
             wait_committed(settings, moment)
             d.kill(proc)
+            had_state.append(True)
             proc = d.start()
         wait_done(settings, n)
         d.stop(proc)
     finally:
         d.cleanup()
-    assert "restored" in proc.log.read_text()  # type: ignore[attr-defined]
+    logs = d.logs()
+    for (name, text), restoring in zip(logs, had_state, strict=True):
+        if restoring:
+            assert "restored" in text, f"{name} did not restore the state:\n{text[-3000:]}"
+    if abort_rate != "0":
+        assert any("chaos: aborting" in text for _, text in logs), "no transaction aborted"
     if timeout_rate != "0":
-        assert "replacing the producer" in proc.log.read_text()  # type: ignore[attr-defined]
+        assert RENEWED in logs[0][1]
+        renewals = sum(text.count(RENEWED) for _, text in logs)
+        print(f"commits timed out past their retries: {renewals}")
+    d.check_logs(allowed_errors=(RENEWED,) if timeout_rate != "0" else ())
     v = verify(settings, rules=DEFAULT_RULES)
     assert (v.valid, v.decided) == (n, n)
+
+
+STUCK = "a Kafka transaction commit has been stuck"  # the commit watchdog's ERROR line
 
 
 def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
@@ -289,16 +445,24 @@ def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
         broker.kill()
         broker.start()
 
-        # The detector rides it out, or exits saying why (a commit stuck in librdkafka past
-        # COMMIT_STUCK_TIMEOUT_MS); then it is restarted, as an orchestrator would.
+        # The detector rides it out, or exits with code 3 saying a commit is stuck in
+        # librdkafka past COMMIT_STUCK_TIMEOUT_MS (the README's promise); then, and only
+        # then, it is restarted, as an orchestrator would. Any other exit fails the test.
         def progressed() -> bool:
             nonlocal proc
-            if proc.poll() is not None:
+            code = proc.poll()
+            if code is not None:
+                text = log_of(proc)
+                assert code == 3 and STUCK in text, (
+                    f"the detector exited {code} after the broker restart, not 3 with the "
+                    f"commit watchdog's message:\n{text[-5000:]}"
+                )
                 proc = d.start()
             return committed(settings) >= n and group_lag(settings) == 0
 
         wait_for(progressed, timeout=240, what="all records committed after the broker restart")
         d.stop(proc)
+        d.check_logs(allowed_errors=(STUCK,))
         v = verify(settings, rules=DEFAULT_RULES)
         assert (v.valid, v.decided) == (n, n)
     finally:
@@ -307,7 +471,14 @@ def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
 
 
 def _three_then_one(
-    three: Settings, tmp_path: Path, rules: str, *, n: int, rate: int, seed: int
+    three: Settings,
+    tmp_path: Path,
+    rules: str,
+    *,
+    n: int,
+    rate: int,
+    seed: int,
+    rng: random.Random,
 ) -> dict[str, bytes]:
     """Three detector processes decide `n` simulated transactions while they arrive (they
     join, one is SIGKILLed at a random point and restarted); then one clean process decides
@@ -335,7 +506,7 @@ def _three_then_one(
         workers = [d.ready(d.start("w0"))]
         wait_committed(three, n // 10)
         workers += [d.ready(d.start("w1")), d.ready(d.start("w2"))]
-        wait_committed(three, random.Random().randrange(n // 4, n * 3 // 4))
+        wait_committed(three, rng.randrange(n // 4, n * 3 // 4))
         d.kill(workers.pop(1))  # a crash mid-run: its tasks move, their state is restored
         workers.append(d.ready(d.start("w1")))
         feeder.join(120)
@@ -345,6 +516,7 @@ def _three_then_one(
     finally:
         feeder.join(120)
         d.cleanup()
+    d.check_logs()
 
     tag = uuid.uuid4().hex[:8]
     one = three.model_copy(
@@ -364,6 +536,7 @@ def _three_then_one(
         clean.stop(proc)
     finally:
         clean.cleanup()
+    clean.check_logs()
     reference = decided(one)
     assert len(reference) == n
     v = verify(three, reference=reference)
@@ -386,7 +559,7 @@ def _low_watermarks(settings: Settings, topic: str) -> int:
 
 
 def test_decisions_are_the_same_with_one_or_three_processes(
-    make_settings: SettingsFactory, tmp_path: Path
+    make_settings: SettingsFactory, tmp_path: Path, fault_rng: random.Random
 ) -> None:
     """State keyed by payee (mule fan-in) lives in a stage fed by a repartition topic and
     released in event-time order, so three processes that join, crash and rejoin while the
@@ -394,12 +567,14 @@ def test_decisions_are_the_same_with_one_or_three_processes(
     byte, on the same input."""
     three = make_settings(topic_partitions=6)
     ensure_topics(three)
-    reference = _three_then_one(three, tmp_path, str(DEFAULT_RULES), n=80_000, rate=8_000, seed=30)
+    reference = _three_then_one(
+        three, tmp_path, str(DEFAULT_RULES), n=80_000, rate=8_000, seed=30, rng=fault_rng
+    )
     assert any(b'"rule":"mule_fan_in"' in v for v in reference.values())
 
 
 def test_with_the_model_and_label_feedback_too(
-    make_settings: SettingsFactory, tmp_path: Path
+    make_settings: SettingsFactory, tmp_path: Path, fault_rng: random.Random
 ) -> None:
     """With the model on, payee and merchant features and the label verdicts that feed them
     go through two keyed stages (by payee, by merchant): still byte for byte one process's."""
@@ -423,5 +598,7 @@ def test_with_the_model_and_label_feedback_too(
     )
     three = make_settings(topic_partitions=6)
     ensure_topics(three)
-    reference = _three_then_one(three, tmp_path, str(rules), n=30_000, rate=4_000, seed=31)
+    reference = _three_then_one(
+        three, tmp_path, str(rules), n=30_000, rate=4_000, seed=31, rng=fault_rng
+    )
     assert any(b'"rule":"model"' in v for v in reference.values())
