@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -163,19 +164,18 @@ def run_detector(settings: Settings, expect: int, timeout: float = 120) -> Any:
     return stats
 
 
-@pytest.fixture
-def dashboard(settings: Settings, tmp_path: Path) -> Iterator[str]:
-    """`fraudstream dashboard` as its own process on a free port; yields its base URL."""
+@contextlib.contextmanager
+def running_dashboard(settings: Settings, log: Path, **env: str) -> Iterator[str]:
+    """`fraudstream dashboard` as its own process on a free port (more settings in `env`),
+    ready to serve; yields its base URL, stops it after."""
     import httpx
 
     port = free_port()
-    proc = spawn(
-        ["dashboard"], env_for(settings, DASHBOARD_PORT=str(port)), tmp_path / "dashboard.log"
-    )
+    proc = spawn(["dashboard"], env_for(settings, DASHBOARD_PORT=str(port), **env), log)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
-        assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()
+        assert proc.poll() is None, log.read_text()
         try:
             return bool(httpx.get(url + "/healthz", timeout=1).json()["ready"])
         except httpx.HTTPError:
@@ -191,6 +191,13 @@ def dashboard(settings: Settings, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def dashboard(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """`fraudstream dashboard` as its own process on a free port; yields its base URL."""
+    with running_dashboard(settings, tmp_path / "dashboard.log") as url:
+        yield url
 
 
 def read_to_end(settings: Settings, topic: str, timeout: float = 120) -> list[Any]:
