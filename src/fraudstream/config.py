@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     stall_warning_ms: int = Field(default=30_000, ge=1000)
     # How often each detector publishes its health to <group>.status.
     status_interval_ms: int = Field(default=5_000, ge=100)
+    # What the keyed stages of one process may buffer (records waiting for upstream marks):
+    # past either bound the input partitions that are ahead are paused until it halves.
+    max_buffered_records: int = Field(default=100_000, ge=1)
+    max_buffered_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
     # Where the lock files that keep one detector per group and instance (and one `run`) on
     # this machine are kept (default: <tmp>/fraudstream-locks).
     lock_dir: str | None = None

@@ -84,7 +84,8 @@ class Orderer:
     def __init__(self, upstream: int, meta: Meta) -> None:
         self.upstream = upstream
         self.meta = meta
-        self._pending: list[tuple[int, int, int, int, Any]] = []
+        self._pending: list[tuple[int, int, int, int, Any, int]] = []
+        self.bytes = 0  # the buffered records' size on the wire, for back-pressure
         # The marks as they stood at the last commit's resume offset, and those read since:
         # a restart re-reads from that offset, so it must not know the later marks yet (it
         # would release re-read records as they come instead of in key order).
@@ -98,10 +99,11 @@ class Orderer:
         """Forget the buffer (the input is rewound to the committed offset)."""
         self.meta = meta
         self._pending.clear()
+        self.bytes = 0
         self._base = (dict(meta.marks), dict(meta.mark_seen))
         self._log.clear()
 
-    def offer(self, env: Envelope, offset: int) -> None:
+    def offer(self, env: Envelope, offset: int, size: int = 0) -> None:
         m, u = self.meta, env.u
         if env.kind == MARK:
             if env.s > m.mark_seen.get(u, 0):
@@ -111,7 +113,8 @@ class Orderer:
             return
         if env.s <= m.done.get(u, 0) or env.s in m.ahead.get(u, ()):
             return  # released before a rewind: already in the committed state and outputs
-        heapq.heappush(self._pending, (env.t, env.q, env.o, offset, env))
+        heapq.heappush(self._pending, (env.t, env.q, env.o, offset, env, size))
+        self.bytes += size
 
     def bound(self) -> Key | None:
         """Nothing at or below this key can still arrive (None: an upstream is unheard)."""
@@ -128,7 +131,9 @@ class Orderer:
         if bound is None:
             return out
         while pending and pending[0][:3] <= bound:
-            env = heapq.heappop(pending)[4]
+            entry = heapq.heappop(pending)
+            env = entry[4]
+            self.bytes -= entry[5]
             self._done(env.u, env.s)
             out.append(env)
         return out

@@ -103,6 +103,11 @@ def _log_purge_failure(tp: TopicPartition) -> Callable[[Any], None]:
     return done
 
 
+def _bound_of(task: Task) -> Key:
+    bound = task.bound()
+    return bound if bound is not None else (-1, -1, -1)
+
+
 def _flag(decision: Decision, note: str) -> Decision:
     """The decision of a record decided at its partition's stream time, saying so."""
     return msgspec.structs.replace(
@@ -272,6 +277,9 @@ class Processor:
         self._next_purge = 0.0
         self._committed: list[TopicPartition] = []  # the offsets of the last commit
         self._batches = 0
+        self._keyed = False  # a staged topology: keyed stages buffer, inputs may be paused
+        self._paused: set[tuple[str, int]] = set()  # input partitions paused for back-pressure
+        self._next_backpressure = 0.0
         self._skipped_labels: Counter[str] = Counter()  # label records dead-lettered, by class
         self._skipped_said: dict[str, int] = {}
         self._next_health = 0.0
@@ -314,6 +322,7 @@ class Processor:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        self._keyed = self.topology.staged
         interval = self.settings.commit_interval_ms / 1000
         try:
             self._loop(stop, stop_after, interval)
@@ -337,6 +346,8 @@ class Processor:
                         raise
                     log.warning("producing failed, aborting and rewinding: %s", exc.args[0])
                     self._abort()
+            if self._keyed:
+                self._backpressure()
             if not self._in_txn and self._marks_due():
                 self._begin()
             if self._in_txn and (
@@ -556,7 +567,7 @@ class Processor:
             except Exception as exc:  # not written by a detector: keep it, never stop
                 self._dead_letter(msg, type(exc).__name__, str(exc), "repartition")
                 continue
-            orderer.offer(env, msg.offset())
+            orderer.offer(env, msg.offset(), len(msg.value()))
 
     def _release(self, task: Task) -> None:
         assert task.orderer is not None and self.topology is not None
@@ -644,6 +655,69 @@ class Processor:
                 return
             except BufferError:
                 self.producer.poll(0.05)
+
+    # --- back-pressure ---------------------------------------------------------------------
+
+    def _backpressure(self) -> None:
+        """Keep what waits between the stages under MAX_BUFFERED_RECORDS / _BYTES: the records
+        the keyed stages buffer (until the upstream marks let them out) and those not read
+        yet from this process's repartition partitions (where a backlog on the input would
+        otherwise pile up, far ahead of the decisions). Past either bound, pause every input
+        partition of this process but the one holding the stages back (the lowest mark: it
+        must go on for anything to be released); resume all below half. Pausing only delays
+        reading, so order, marks and exactly-once are untouched."""
+        now = self.clock()
+        if now < self._next_backpressure:
+            return
+        self._next_backpressure = now + 0.05
+        records = nbytes = 0
+        inputs = []
+        internal = []
+        for (topic, partition), task in self.tasks.items():
+            orderer = task.orderer
+            if orderer is not None:
+                records += len(orderer)
+                nbytes += orderer.bytes
+                internal.append(TopicPartition(topic, partition))
+            elif task.stage.index == 0:
+                inputs.append(task)
+        if not inputs:
+            return
+        for tp in self.consumer.position(internal) if internal else []:
+            try:
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            except KafkaException:
+                continue
+            if tp.offset >= 0 and high > tp.offset:
+                records += high - tp.offset
+        s = self.settings
+        over = records > s.max_buffered_records or nbytes > s.max_buffered_bytes
+        under = records <= s.max_buffered_records // 2 and nbytes <= s.max_buffered_bytes // 2
+        if over or (self._paused and not under):
+            # the laggard can change while paused (it reached its end and went idle, or
+            # passed another): always keep the current one reading, or nothing drains
+            laggard = min(inputs, key=_bound_of)
+            want = {(t.stage.topic, t.partition) for t in inputs if t is not laggard}
+        elif self._paused:
+            want = set()
+        else:
+            return
+        if want == self._paused:
+            return
+        resume, pause = self._paused - want, want - self._paused
+        if resume:
+            self.consumer.resume([TopicPartition(t, p) for t, p in resume])
+        if pause:
+            self.consumer.pause([TopicPartition(t, p) for t, p in pause])
+        if not self._paused and want:
+            log.info(
+                "%d records wait between the stages (%.0f MB buffered): pausing %d input "
+                "partitions until they drain (MAX_BUFFERED_RECORDS / MAX_BUFFERED_BYTES)",
+                records,
+                nbytes / 1e6,
+                len(want),
+            )
+        self._paused = want
 
     # --- health ----------------------------------------------------------------------------
 
@@ -981,9 +1055,11 @@ class Processor:
             self._commit()
         for tp in partitions:
             self.tasks.pop((tp.topic, tp.partition), None)
+            self._paused.discard((tp.topic, tp.partition))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._in_txn:
             self._abort()
         for tp in partitions:
             self.tasks.pop((tp.topic, tp.partition), None)
+            self._paused.discard((tp.topic, tp.partition))

@@ -1,0 +1,71 @@
+"""Bounded buffers: with a tiny MAX_BUFFERED_RECORDS the detector keeps pausing the input
+partitions that run ahead, and still decides byte for byte what an unbounded run decides."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fraudstream.config import Settings
+from fraudstream.generator import generate
+from fraudstream.stream import ensure_topics
+from tests.chaos.test_faults import Detectors, wait_done
+from tests.conftest import REPO, SettingsFactory, read_to_end
+
+pytestmark = pytest.mark.chaos
+DEFAULT_RULES = str(REPO / "rules" / "default.yaml")
+
+
+def test_paused_inputs_decide_what_an_unbounded_run_decides(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    bounded: Settings = make_settings(topic_partitions=3)
+    ensure_topics(bounded)
+    n = 30_000
+    generate(
+        bounded, rate=math.inf, count=n, seed=51, profile="sim", fraud_rate=0.05, progress=None
+    )
+    tag = uuid.uuid4().hex[:8]
+    free = bounded.model_copy(
+        update={
+            "detector_group": f"free-{tag}",
+            "legit_topic": f"f-{tag}.legit",
+            "fraud_topic": f"f-{tag}.fraud",
+            "dlq_topic": f"f-{tag}.dlq",
+        }
+    )
+    ensure_topics(free)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "f").mkdir()
+    small = Detectors(
+        bounded, tmp_path / "b", rules=DEFAULT_RULES, MAX_BUFFERED_RECORDS="300", BATCH_SIZE="200"
+    )
+    unbounded = Detectors(free, tmp_path / "f", rules=DEFAULT_RULES)
+    try:
+        proc = small.start()
+        wait_done(bounded, n)
+        small.stop(proc)
+        assert "pausing" in proc.log.read_text()  # type: ignore[attr-defined]
+        proc = unbounded.start()
+        wait_done(free, n)
+        unbounded.stop(proc)
+    finally:
+        small.cleanup()
+        unbounded.cleanup()
+    paused, reference = _decisions(bounded), _decisions(free)
+    assert len(reference) == n and read_to_end(bounded, bounded.dlq_topic) == []
+    assert paused == reference  # every id once, each decision byte for byte the same
+
+
+def _decisions(settings: Settings) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for topic in (settings.legit_topic, settings.fraud_topic):
+        for m in read_to_end(settings, topic):
+            tx_id = json.loads(m.value())["id"]
+            assert tx_id not in out, f"{tx_id} decided twice"
+            out[tx_id] = m.value()
+    return out
