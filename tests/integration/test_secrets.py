@@ -1,0 +1,111 @@
+"""Secrets never logged: "`KAFKA_<NAME>` … any librdkafka setting … (never logged)" (README).
+
+Every command a user runs, and the detector and dashboard processes, run with
+KAFKA_SASL_PASSWORD set; no line of any of their logs (stdout and stderr, with LOG_LEVEL=DEBUG)
+holds the password, plain or URL-encoded. (librdkafka's own `debug` output cannot be switched on
+from the environment: KAFKA_DEBUG is one of Kafka's script variables, never passed on.) The
+broker here speaks PLAINTEXT, which librdkafka accepts with SASL settings it then does not use
+(it warns that they do not apply); the error paths run too: a SASL connection the broker
+refuses, a misspelt secret variable, and an invalid setting beside the password.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import httpx
+
+from fraudstream.config import Settings
+from tests.conftest import REPO, env_for, read_to_end, running_dashboard, spawn, wait_for
+
+PASSWORD = "s3cr3t-p@ss"
+FORMS = {PASSWORD, quote(PASSWORD, safe=""), quote_plus(PASSWORD)}  # s3cr3t-p%40ss
+SASL = {
+    "KAFKA_SASL_MECHANISM": "PLAIN",
+    "KAFKA_SASL_USERNAME": "fraud-user",
+    "KAFKA_SASL_PASSWORD": PASSWORD,
+    "LOG_LEVEL": "DEBUG",
+}
+TUTORIAL_RULES = str(REPO / "rules" / "tutorial.yaml")
+
+
+def _run(args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> int:
+    with open(log, "wb") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "fraudstream", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            timeout=120,
+        )
+    return done.returncode
+
+
+def test_the_sasl_password_is_in_no_log(settings: Settings, tmp_path: Path) -> None:
+    env = env_for(settings, RULES_FILE=TUTORIAL_RULES, **SASL)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    codes: dict[str, int] = {}
+
+    codes["topics"] = _run(["topics"], env, logs / "topics.log")
+    codes["generate"] = _run(
+        ["generate", "--count", "300", "--rate", "max", "--seed", "5"], env, logs / "generate.log"
+    )
+    detect = spawn(["detect"], env, logs / "detect.log")
+    try:
+        wait_for(
+            lambda: (
+                len(read_to_end(settings, settings.legit_topic))
+                + len(read_to_end(settings, settings.fraud_topic))
+                >= 300
+            ),
+            timeout=90,
+            what="the detector to decide the 300 records",
+        )
+    finally:
+        detect.send_signal(signal.SIGTERM)
+        codes["detect"] = detect.wait(60)
+    codes["status"] = _run(["status"], env, logs / "status.log")
+    codes["status --json"] = _run(["status", "--json"], env, logs / "status-json.log")
+    codes["evaluate"] = _run(["evaluate"], env, logs / "evaluate.log")
+    with running_dashboard(settings, logs / "dashboard.log", **SASL) as url:
+        assert httpx.get(url + "/", timeout=10).status_code == 200
+    # the password in a .env file rather than the environment
+    dotenv = tmp_path / "dotenv"
+    dotenv.mkdir()
+    (dotenv / ".env").write_text(f"KAFKA_SASL_PASSWORD={PASSWORD}\n")
+    without = {k: v for k, v in env.items() if k != "KAFKA_SASL_PASSWORD"}
+    codes["topics (.env)"] = _run(["topics"], without, logs / "topics-dotenv.log", cwd=dotenv)
+
+    # error paths: SASL the broker does not speak, a misspelt secret, a bad setting beside it
+    sasl = env | {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
+    codes["topics over SASL"] = _run(["topics"], sasl, logs / "topics-sasl.log")
+    typo = {k: v for k, v in env.items() if k != "KAFKA_SASL_PASSWORD"}
+    typo["KAFKA_SASL_PASWORD"] = PASSWORD
+    codes["misspelt"] = _run(["topics"], typo, logs / "misspelt.log")
+    codes["bad setting"] = _run(["detect"], env | {"BATCH_SIZE": "0"}, logs / "bad-setting.log")
+
+    assert codes == {
+        "topics": 0,
+        "generate": 0,
+        "detect": 0,
+        "status": 0,
+        "status --json": 0,
+        "evaluate": 0,
+        "topics (.env)": 0,
+        "topics over SASL": 2,
+        "misspelt": 2,
+        "bad setting": 2,
+    }, codes
+    texts = {log.name: log.read_text(errors="replace") for log in sorted(logs.iterdir())}
+    assert "stopped after 300" in texts["detect.log"]
+    assert "KAFKA_SASL_PASWORD" in texts["misspelt.log"]
+    assert "BATCH_SIZE" in texts["bad-setting.log"]
+    for name, text in texts.items():
+        for form in FORMS:
+            assert form not in text, f"{name} holds the password ({form!r}):\n{text[-3000:]}"
