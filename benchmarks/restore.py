@@ -28,13 +28,34 @@ from confluent_kafka import Producer
 from synthetic import one_payment_per_account
 
 from fraudstream.broker import LocalBroker, free_port
-from fraudstream.config import load_settings
+from fraudstream.config import Settings, load_settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.generator import generate
 from fraudstream.stream import committed_progress, ensure_topics, producer_config
 from fraudstream.stream.changelog import read_changelog
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def kill_and_restart(settings: Settings, env: dict[str, str]) -> float:
+    """Start a detector, SIGKILL it while it works, restart it at once: seconds from the kill
+    to the restarted process's first new commit."""
+    cmd = [sys.executable, "-m", "fraudstream", "detect"]
+    out = open(Path(tempfile.mkdtemp()) / "detect.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    start = committed_progress(settings)
+    while committed_progress(settings) < start + 30_000:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at, before = time.perf_counter(), committed_progress(settings)
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    while committed_progress(settings) <= before:
+        time.sleep(0.05)
+    resumed = time.perf_counter() - killed_at
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    return resumed
 
 
 def main() -> None:
@@ -111,25 +132,20 @@ def main() -> None:
             RULES_FILE=str(REPO / "rules" / "default.yaml"),
             KAFKA_SESSION_TIMEOUT_MS=os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "10000"),
         )
-        cmd = [sys.executable, "-m", "fraudstream", "detect"]
-        out = open(Path(tempfile.mkdtemp()) / "detect.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        while committed_progress(settings) < 50_000:
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed_at, before = time.perf_counter(), committed_progress(settings)
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        while committed_progress(settings) <= before:
-            time.sleep(0.1)
-        resumed = time.perf_counter() - killed_at
-        print(
-            f"resume after SIGKILL with {n:,} accounts in state: first new commit "
-            f"{resumed:.1f}s after the kill (session.timeout.ms "
-            f"{env['KAFKA_SESSION_TIMEOUT_MS']}: the dead member must time out first)"
-        )
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        for name, extra in (
+            ("dynamic membership (the default)", {}),
+            (
+                "static membership (DETECTOR_STATIC_MEMBERSHIP=true)",
+                {"DETECTOR_STATIC_MEMBERSHIP": "true"},
+            ),
+        ):
+            resumed = kill_and_restart(settings, dict(env, **extra))
+            print(
+                f"resume after SIGKILL with {n:,} accounts in state, {name}: first new commit "
+                f"{resumed:.1f}s after the kill (session.timeout.ms "
+                f"{env['KAFKA_SESSION_TIMEOUT_MS']})",
+                flush=True,
+            )
     finally:
         broker.stop()
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
 
     detector_group: str = "fraudstream-detector"
     detector_instance: str = "0"
+    # Static membership (Kafka's group.instance.id = <group>-<instance>): a restarted instance
+    # gets its partitions back at once instead of after the dead one's session timeout; a
+    # stopped one keeps them until its session times out (for detectors run by a supervisor).
+    detector_static_membership: bool = False
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     commit_interval_ms: int = Field(default=100, ge=1)
     commit_records: int = Field(default=20_000, ge=1)

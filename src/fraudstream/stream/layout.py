@@ -233,9 +233,16 @@ def reset_group(settings: Settings, group: str) -> tuple[list[str], bool]:
         members = []
     if members:
         names = ", ".join(sorted({m.client_id for m in members}))
+        static = any(getattr(m, "group_instance_id", None) for m in members)
         raise FraudstreamError(
             f"group {group} has {len(members)} running member(s) ({names}); stop its "
             "detectors first (Ctrl-C or SIGTERM), then reset"
+            + (
+                " — stopped static members (DETECTOR_STATIC_MEMBERSHIP) stay until their "
+                "session times out (KAFKA_SESSION_TIMEOUT_MS, 45 s by default): try again then"
+                if static
+                else ""
+            )
         )
     existed = True
     try:

@@ -258,9 +258,11 @@ class Processor:
         self.stats = ProcessorStats()
         instance = instance or settings.detector_instance
         name = f"{settings.detector_group}-{instance}"
+        static = {"group.instance.id": name} if settings.detector_static_membership else {}
         self.consumer = Consumer(
             consumer_config(settings, name, group_id=settings.detector_group)
             | {"enable.partition.eof": True}  # an input read to its end may go idle
+            | static
         )
         self._name = name
         self._instance = instance
