@@ -37,12 +37,16 @@ from fraudstream.stream.changelog import read_changelog
 REPO = Path(__file__).resolve().parents[1]
 
 
-def kill_and_restart(settings: Settings, env: dict[str, str]) -> float:
-    """Start a detector, SIGKILL it while it works, restart it at once: seconds from the kill
-    to the restarted process's first new commit."""
+def kill_and_restart(settings: Settings, env: dict[str, str], state: Path | None) -> float:
+    """Start a detector, SIGKILL it while it works (after its first snapshot, with `state`),
+    restart it at once: seconds from the kill to the restarted process's first new commit."""
     cmd = [sys.executable, "-m", "fraudstream", "detect"]
-    out = open(Path(tempfile.mkdtemp()) / "detect.log", "wb")  # noqa: SIM115
+    log = Path(tempfile.mkdtemp()) / "detect.log"
+    out = open(log, "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if state is not None:
+        while not list(state.rglob("*.snapshot")):
+            time.sleep(0.2)
     start = committed_progress(settings)
     while committed_progress(settings) < start + 30_000:
         time.sleep(0.2)
@@ -53,6 +57,7 @@ def kill_and_restart(settings: Settings, env: dict[str, str]) -> float:
     while committed_progress(settings) <= before:
         time.sleep(0.05)
     resumed = time.perf_counter() - killed_at
+    print(f"  (detector log: {log})")
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     return resumed
@@ -119,7 +124,7 @@ def main() -> None:
             f"({loaded:,} loaded, {len(fresh.tables['source']):,} accounts)"
         )
 
-        generate(settings, rate=math.inf, count=300_000, seed=3, profile="sim", progress=None)
+        generate(settings, rate=math.inf, count=600_000, seed=3, profile="sim", progress=None)
         env = dict(
             os.environ,
             KAFKA_BROKER_URL=settings.kafka_broker_url,
@@ -132,14 +137,25 @@ def main() -> None:
             RULES_FILE=str(REPO / "rules" / "default.yaml"),
             KAFKA_SESSION_TIMEOUT_MS=os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "10000"),
         )
+        state = Path(tempfile.mkdtemp()) / "state"
         for name, extra in (
-            ("dynamic membership (the default)", {}),
+            ("dynamic membership, no snapshot (before)", {"SNAPSHOT_INTERVAL_MS": "0"}),
             (
-                "static membership (DETECTOR_STATIC_MEMBERSHIP=true)",
-                {"DETECTOR_STATIC_MEMBERSHIP": "true"},
+                "static membership, no snapshot",
+                {"DETECTOR_STATIC_MEMBERSHIP": "true", "SNAPSHOT_INTERVAL_MS": "0"},
+            ),
+            (
+                "static membership + local snapshot (the defaults' snapshot, static on)",
+                {
+                    "DETECTOR_STATIC_MEMBERSHIP": "true",
+                    "SNAPSHOT_INTERVAL_MS": "5000",
+                    "STATE_DIR": str(state),
+                },
             ),
         ):
-            resumed = kill_and_restart(settings, dict(env, **extra))
+            resumed = kill_and_restart(
+                settings, dict(env, **extra), state if "STATE_DIR" in extra else None
+            )
             print(
                 f"resume after SIGKILL with {n:,} accounts in state, {name}: first new commit "
                 f"{resumed:.1f}s after the kill (session.timeout.ms "

@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument("--rules", dest="rules_file", help="rules file (default rules/default.yaml)")
     det.add_argument(
         "--workers",
-        type=int,
+        type=_processes,
         default=1,
         help="run N detector processes in one consumer group (instances 0..N-1)",
     )
@@ -224,6 +224,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _processes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of processes; give 1 to 64, like the machine's cores"
+        )
+    return value
+
+
 def _number(text: str, what: str) -> float:
     try:
         value = float(text)
@@ -296,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     args = _parser().parse_args(argv)
+    global _CLI_ARGS
+    _CLI_ARGS = list(sys.argv[1:]) if argv is None else None
     try:
         return _dispatch(args)
     except FraudstreamError as exc:
@@ -555,6 +569,22 @@ def _workers(n: int, settings: Settings) -> int:
 
 
 _held: list[object] = []  # locks kept for the life of the process
+_CLI_ARGS: list[str] | None = None  # the command line, when run as a command (not in-process)
+
+
+def _stable_hashing(settings: Settings) -> None:
+    """Run with this installation's string-hash seed, so that a local state snapshot (whose
+    key index holds `hash(key)`) stays valid for the next process: re-execute if needed."""
+    if not settings.snapshot_interval_ms:
+        return
+    from fraudstream.locks import hash_seed
+
+    seed = hash_seed(Path(settings.state_dir))
+    if os.environ.get("PYTHONHASHSEED") != seed and _CLI_ARGS is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        argv = [sys.executable, "-m", "fraudstream", *_CLI_ARGS]
+        os.execve(sys.executable, argv, os.environ | {"PYTHONHASHSEED": seed})
 
 
 def _one_detector(settings: Settings) -> None:
@@ -578,6 +608,7 @@ def _one_detector(settings: Settings) -> None:
 
 
 def _detect(settings: Settings) -> int:
+    _stable_hashing(settings)  # may re-execute: before the heavy imports
     from fraudstream.detection import Engine, load_ruleset
     from fraudstream.stream import Processor, ensure_topics
     from fraudstream.stream.clients import wait_for_broker

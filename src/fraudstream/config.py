@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # past either bound the input partitions that are ahead are paused until it halves.
     max_buffered_records: int = Field(default=100_000, ge=1)
     max_buffered_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
+    # Local state snapshots (restart from one plus the changelog's tail): how often, right
+    # after a commit (0: never), and where.
+    snapshot_interval_ms: int = Field(default=30_000, ge=0)
+    state_dir: str = ".fraudstream/state"
     # Where the lock files that keep one detector per group and instance (and one `run`) on
     # this machine are kept (default: <tmp>/fraudstream-locks).
     lock_dir: str | None = None
@@ -81,6 +85,8 @@ class Settings(BaseSettings):
     startup_timeout_ms: int = Field(default=60_000, ge=0)
     # Fault tests only: raise in the Nth batch read (0: never), as a bug would.
     fault_crash_at_batch: int = Field(default=0, ge=0)
+    # Fault tests only: pause this long halfway through writing each state snapshot.
+    fault_snapshot_write_delay_ms: int = Field(default=0, ge=0)
 
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(default=5000, ge=0, le=65535)

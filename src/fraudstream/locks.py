@@ -1,4 +1,5 @@
-"""One of each on a machine: an advisory lock file per running detector instance or `run`.
+"""Local coordination on one machine: an advisory lock file per running detector instance or
+`run` (one of each), and the installation's string-hash seed (for local state snapshots).
 
 The operating system releases a lock when its process ends, however it ends (even SIGKILL),
 so a crashed detector never blocks its own restart.
@@ -9,15 +10,17 @@ so a crashed detector never blocks its own restart.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import IO
 
-__all__ = ["ProcessLock"]
+__all__ = ["ProcessLock", "hash_seed"]
 
 
 def _path(kind: str, parts: tuple[str, ...], directory: str | None) -> Path:
@@ -64,3 +67,21 @@ class ProcessLock:
     def release(self) -> None:
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
+
+
+def hash_seed(root: Path) -> str:
+    """This installation's string-hash seed (kept in `<root>/hashseed`, made once at
+    random): detectors run with it, so a snapshot's key index stays valid across restarts,
+    and nobody outside knows it (no crafted keys that collide)."""
+    path = root / "hashseed"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        root.mkdir(parents=True, exist_ok=True)
+        seed = str(secrets.randbelow(2**32 - 1) + 1)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(seed)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # first writer wins; others read its seed
+        tmp.unlink(missing_ok=True)
+        return path.read_text().strip()

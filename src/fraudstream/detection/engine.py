@@ -11,6 +11,7 @@ the same decisions live, in tests, in backtests and in training.
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -203,6 +204,44 @@ class Engine:
         if labels and self.features is not None:
             self.features.load(labels)
         return n
+
+    # --- a local snapshot of the whole state (restart without re-reading the changelog) -----
+
+    def layout(self) -> str:
+        """What a snapshot of this engine must match: rules, tables and their columns, and
+        this process's string hashing (the key indexes hold `hash(key)`)."""
+        tables = {n: t.layout() for n, t in sorted(self.tables.tables.items())}
+        rules = [r.id for r in self.rules]
+        return repr((self.version, self.part, rules, tables, hash("fraudstream-key-hash")))
+
+    def snapshot(self) -> bytes:
+        """Every piece of state, as it is now (call between transactions)."""
+        state = {
+            "layout": self.layout(),
+            "tables": {n: t.dump() for n, t in self.tables.tables.items()},
+            "fans": {r.id: (r._seen, r._last_sweep) for r in self._fan_rules},
+            "labels": None
+            if self.features is None
+            else (self.features._pending, self.features._seq),
+            "next_evict": self._next_evict,
+        }
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def load_snapshot(self, blob: bytes) -> bool:
+        """Load a `snapshot` (of an engine built the same way, in a process hashing strings
+        the same way); False, and nothing changed, when it does not match."""
+        state = pickle.loads(blob)  # our own file, written by `snapshot` (see stream/snapshot.py)
+        if not isinstance(state, dict) or state.get("layout") != self.layout():
+            return False
+        for name, dumped in state["tables"].items():
+            self.tables[name].load(dumped)
+        fans = {r.id: r for r in self._fan_rules}
+        for rule_id, (seen, last_sweep) in state["fans"].items():
+            fans[rule_id]._seen, fans[rule_id]._last_sweep = seen, last_sweep
+        if self.features is not None and state["labels"] is not None:
+            self.features._pending, self.features._seq = state["labels"]
+        self._next_evict = state["next_evict"]
+        return True
 
     def state_bytes(self) -> int:
         """Bytes of detection state held in memory: every table, fan-in/out sets, labels."""

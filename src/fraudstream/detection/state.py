@@ -102,6 +102,18 @@ class KeyIndex:
         self._hashes, self._rows = fresh._hashes, fresh._rows
         self._mask, self._count = fresh._mask, fresh._count
 
+    def dump(self) -> tuple[bytes, bytes, int, int]:
+        """The index as raw arrays (its hashes are this process's `hash()`: valid only where
+        that gives the same values, see `Engine.snapshot`)."""
+        return self._hashes.tobytes(), self._rows.tobytes(), self._mask, self._count
+
+    def load(self, dumped: tuple[bytes, bytes, int, int]) -> None:
+        hashes, rows, self._mask, self._count = dumped
+        self._hashes = array("q")
+        self._hashes.frombytes(hashes)
+        self._rows = array("i")
+        self._rows.frombytes(rows)
+
     def drop_rows(self, rows: list[int]) -> None:
         """Forget the keys of these rows (after an eviction)."""
         if rows:
@@ -172,6 +184,32 @@ class Table:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    # --- the whole table at once (a local snapshot) ---------------------------------------
+
+    def layout(self) -> list[tuple[str, str]]:
+        """Its columns' names and types, in order."""
+        return [(c.name, c.typecode) for c in self.columns.values()]
+
+    def dump(self) -> dict[str, object]:
+        return {
+            "size": self._size,
+            "free": list(self._free),
+            "index": self.index.dump(),
+            "columns": {c.name: c.data.tobytes() for c in self.columns.values()},
+        }
+
+    def load(self, dumped: dict[str, object]) -> None:
+        """Replace the contents in place (rules hold the column arrays themselves)."""
+        self._size = dumped["size"]  # type: ignore[assignment]
+        self._free = list(dumped["free"])  # type: ignore[call-overload]
+        self.index.load(dumped["index"])  # type: ignore[arg-type]
+        blobs: dict[str, bytes] = dumped["columns"]  # type: ignore[assignment]
+        for col in self.columns.values():
+            fresh = array(col.typecode)
+            fresh.frombytes(blobs[col.name])
+            col.data[:] = fresh
+        self.journal = None
 
     # --- compact serialisation of one key's state ------------------------------------------
 

@@ -16,7 +16,7 @@ from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import consumer_config
 
-__all__ = ["read_changelog"]
+__all__ = ["end_offsets", "read_changelog", "topic_id"]
 
 _NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
     KafkaError._UNKNOWN_PARTITION,
@@ -40,10 +40,16 @@ def _end_offset(consumer: Consumer, tp: TopicPartition, timeout: float = 30) -> 
 
 
 def read_changelog(
-    settings: Settings, topic: str, partitions: list[int], timeout: float = 300
+    settings: Settings,
+    topic: str,
+    partitions: list[int],
+    timeout: float = 300,
+    *,
+    start: dict[int, int] | None = None,
 ) -> dict[int, list[tuple[bytes, bytes | None]]]:
     """Every committed record of these partitions, oldest first (read_committed, to the end
-    as it is now)."""
+    as it is now); from `start[p]` on where given (a snapshot's offset), else whole."""
+    start = start or {}
     out: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
     if not partitions:
         return out
@@ -56,11 +62,11 @@ def read_changelog(
         ends = {}
         for p in partitions:
             end = _end_offset(consumer, TopicPartition(topic, p))
-            if end > 0:
+            if end > max(start.get(p, 0), 0):
                 ends[p] = end
         if not ends:
             return out
-        consumer.assign([TopicPartition(topic, p, -2) for p in ends])
+        consumer.assign([TopicPartition(topic, p, start.get(p, -2)) for p in ends])
         deadline = time.monotonic() + timeout
         left = dict(ends)
         while left:
@@ -80,3 +86,26 @@ def read_changelog(
     finally:
         consumer.close()
     return out
+
+
+def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The partitions' end offsets now (a topic just created waits for its leader)."""
+    consumer = Consumer(
+        consumer_config(settings, "fraudstream-ends", group_id=f"fraudstream-ends-{uuid.uuid4()}")
+    )
+    try:
+        return {p: _end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
+    finally:
+        consumer.close()
+
+
+def topic_id(settings: Settings, topic: str) -> str:
+    """The topic's id: a topic deleted and created again under the same name has another."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    from fraudstream.stream.clients import base_config
+
+    admin = AdminClient(base_config(settings, "fraudstream-topic-id"))
+    described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=30)
+    return str(described.topic_id)

@@ -22,6 +22,7 @@ import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
 from fraudstream.config import Settings
+from fraudstream.stream.changelog import end_offsets
 from fraudstream.stream.clients import base_config
 from fraudstream.stream.ordering import INF, Key
 from fraudstream.stream.topology import Topology
@@ -171,7 +172,7 @@ def read_status(
             for p in sorted(listed[t].partitions)
         ]
         committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, 30)}
-        reports = _latest_reports(consumer, f"{group}.status", listed)
+        reports = _latest_reports(settings, consumer, f"{group}.status", listed)
     finally:
         consumer.close()
     by_task = {
@@ -214,11 +215,13 @@ def read_status(
     return GroupStatus(group, rows, reports, now, stalled, why)
 
 
-def _latest_reports(consumer: Consumer, topic: str, listed: dict[str, Any]) -> list[Status]:
+def _latest_reports(
+    settings: Settings, consumer: Consumer, topic: str, listed: dict[str, Any]
+) -> list[Status]:
     if topic not in listed:
         return []
     tp = TopicPartition(topic, 0)
-    end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+    end = end_offsets(settings, topic, [0])[0]
     if end <= 0:
         return []
     consumer.assign([TopicPartition(topic, 0, -2)])
@@ -238,11 +241,7 @@ def _latest_reports(consumer: Consumer, topic: str, listed: dict[str, Any]) -> l
 
 
 def _end(settings: Settings, tp: TopicPartition) -> int:
-    consumer = Consumer(base_config(settings, "fraudstream-status") | {"group.id": "status"})
-    try:
-        return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
-    finally:
-        consumer.close()
+    return end_offsets(settings, tp.topic, [tp.partition])[tp.partition]
 
 
 def format_status(status: GroupStatus) -> str:

@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient
 from fraudstream.config import Settings
 from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.stream.admin import ensure_topics
+from fraudstream.stream.changelog import end_offsets
 from fraudstream.stream.clients import base_config, wait_for_broker
 from fraudstream.stream.topology import Topology
 
@@ -133,7 +134,7 @@ def _read_shape(settings: Settings, topic: str) -> Shape | None:
     )
     try:
         tp = TopicPartition(topic, 0)
-        end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+        end = end_offsets(settings, topic, [0])[0]  # waits out a new topic's leader election
         if end <= 0:
             return None
         consumer.assign([TopicPartition(topic, 0, -2)])

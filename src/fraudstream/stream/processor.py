@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -44,7 +45,7 @@ from fraudstream.schema import (
     decode_transaction,
     encode_decided,
 )
-from fraudstream.stream.changelog import read_changelog
+from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id
 from fraudstream.stream.clients import base_config, consumer_config, producer_config
 from fraudstream.stream.dlq import dlq_headers
 from fraudstream.stream.health import StallWatch, Status, TaskStatus, describe_key, waits
@@ -63,6 +64,7 @@ from fraudstream.stream.ordering import (
     encode_envelope,
     encode_meta,
 )
+from fraudstream.stream.snapshot import Snapshot, SnapshotStore
 from fraudstream.stream.topology import Stage, Topology
 
 __all__ = ["Processor", "ProcessorStats"]
@@ -279,6 +281,17 @@ class Processor:
         self._next_purge = 0.0
         self._committed: list[TopicPartition] = []  # the offsets of the last commit
         self._batches = 0
+        self._snapshots = (
+            SnapshotStore(
+                Path(settings.state_dir),
+                settings.detector_group,
+                write_delay_s=settings.fault_snapshot_write_delay_ms / 1000,
+            )
+            if settings.snapshot_interval_ms
+            else None
+        )
+        self._next_snapshot = clock() + settings.snapshot_interval_ms / 1000
+        self._topic_ids: dict[str, str] = {}
         self._keyed = False  # a staged topology: keyed stages buffer, inputs may be paused
         self._paused: set[tuple[str, int]] = set()  # input partitions paused for back-pressure
         self._next_backpressure = 0.0
@@ -363,6 +376,8 @@ class Processor:
                 self._health()
         if self._in_txn:
             self._commit()
+        if self._snapshots is not None and not self._in_txn and self.stats.commits:
+            self._snapshot()  # a clean stop leaves the freshest snapshot for the restart
         if self.topology is not None and self.topology.staged and self._committed:
             self._purge(self._committed, wait=10)
 
@@ -378,6 +393,8 @@ class Processor:
         self.consumer.close()
         if self._status_producer is not None:
             self._status_producer.flush(5)
+        if self._snapshots is not None:
+            self._snapshots.flush()
 
     # --- processing ------------------------------------------------------------------------
 
@@ -917,6 +934,8 @@ class Processor:
         )
         s.commits += 1
         self._last_commit_ms = self.wall_ms()
+        if self._snapshots is not None and self.clock() >= self._next_snapshot:
+            self._snapshot()
         self._pending = ProcessorStats()
         self._committed = offsets
         if self.topology is not None and self.topology.staged and self.clock() >= self._next_purge:
@@ -1020,21 +1039,37 @@ class Processor:
         self._restore([(tp.topic, tp.partition) for tp in partitions])
 
     def _restore(self, partitions: list[tuple[str, int]]) -> None:
-        """(Re)create these partitions' tasks from their changelog partitions."""
+        """(Re)create these partitions' tasks: from a local snapshot and the changelog's tail
+        after it where a snapshot matches, else from the whole changelog partition."""
         assert self.topology is not None
         started = time.monotonic()
         by_stage: dict[str, list[int]] = {}
         for topic, partition in partitions:
             by_stage.setdefault(topic, []).append(partition)
-        n = 0
+        n = tail = 0
+        from_snapshot = 0
         for topic, parts in by_stage.items():
             stage = self.topology.by_topic[topic]
-            records = read_changelog(self.settings, stage.changelog, parts)
+            stateful = stage.index >= 0 and not self.topology.is_output(stage)
+            snaps = self._usable_snapshots(stage.changelog, parts) if stateful else {}
+            engines: dict[int, Engine] = {}
+            metas: dict[int, Meta] = {}
+            for p, snap in list(snaps.items()):
+                loaded_engine = self.engine.for_stage(stage.key)
+                if loaded_engine.load_snapshot(snap.state):
+                    engines[p], metas[p] = loaded_engine, decode_meta(snap.meta)
+                else:
+                    assert self._snapshots is not None
+                    self._snapshots.discard(stage.changelog, p, "was made for other rules")
+                    del snaps[p]
+            start = {p: snap.offset for p, snap in snaps.items()}
+            records = read_changelog(self.settings, stage.changelog, parts, start=start)
+            from_snapshot += len(snaps)
             for p in parts:
-                engine = None
-                if stage.index >= 0 and not self.topology.is_output(stage):
+                engine: Engine | None = engines.get(p)
+                if engine is None and stateful:
                     engine = self.engine.for_stage(stage.key)
-                meta = Meta()
+                meta = metas.get(p, Meta())
                 state = []
                 for key, value in records[p]:
                     if key == META_KEY:
@@ -1042,14 +1077,76 @@ class Processor:
                     else:
                         state.append((key, value))
                 if engine is not None:
-                    n += engine.restore(state)
+                    loaded = engine.restore(state)
+                    n += loaded
+                    tail += loaded if p in snaps else 0
                 origin = p + (self.topology.stages[0].partitions if stage.index < 0 else 0)
                 self.tasks[(topic, p)] = Task(
                     stage, p, origin, engine, meta, keep_meta=self.topology.staged
                 )
         self.stats.restored_keys += n
-        if n:
-            log.info("restored %d state records in %.2fs", n, time.monotonic() - started)
+        if n or from_snapshot:
+            log.info(
+                "restored %d tasks from local snapshots (+%d changelog records after them) "
+                "and %d changelog records in all, in %.2fs",
+                from_snapshot,
+                tail,
+                n,
+                time.monotonic() - started,
+            )
+
+    def _usable_snapshots(self, changelog: str, parts: list[int]) -> dict[int, Snapshot]:
+        """The local snapshots of these changelog partitions that can be trusted."""
+        if self._snapshots is None:
+            return {}
+        found = {p: s for p in parts if (s := self._snapshots.read(changelog, p)) is not None}
+        if not found:
+            return {}
+        current = topic_id(self.settings, changelog)
+        ends = end_offsets(self.settings, changelog, list(found))
+        usable = {}
+        for p, snap in found.items():
+            if snap.topic_id != current:
+                self._snapshots.discard(changelog, p, "belongs to another changelog topic")
+            elif snap.offset > ends[p]:
+                self._snapshots.discard(
+                    changelog, p, f"is ahead of the changelog ({snap.offset} > {ends[p]})"
+                )
+            else:
+                usable[p] = snap
+        return usable
+
+    def _snapshot(self) -> None:
+        """Right after a commit: each stateful task's state, as of the changelog's end."""
+        assert self.topology is not None and self._snapshots is not None
+        self._next_snapshot = self.clock() + self.settings.snapshot_interval_ms / 1000
+        started = time.monotonic()
+        by_changelog: dict[str, list[Task]] = {}
+        for task in self.tasks.values():
+            if task.engine is not None:
+                by_changelog.setdefault(task.stage.changelog, []).append(task)
+        for changelog, tasks in by_changelog.items():
+            ids = self._topic_ids
+            if changelog not in ids:
+                ids[changelog] = topic_id(self.settings, changelog)
+            ends = end_offsets(self.settings, changelog, [t.partition for t in tasks])
+            for task in tasks:
+                assert task.engine is not None
+                self._snapshots.write(
+                    Snapshot(
+                        changelog,
+                        task.partition,
+                        ids[changelog],
+                        ends[task.partition],
+                        task._saved,
+                        task.engine.snapshot(),
+                    )
+                )
+        log.info(
+            "state snapshot of %d tasks taken in %.2fs (written in the background)",
+            sum(len(t) for t in by_changelog.values()),
+            time.monotonic() - started,
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit what we did for these partitions before another instance takes them over.
