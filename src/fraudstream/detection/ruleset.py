@@ -130,97 +130,165 @@ def _when(value: Any) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def _key(params: dict[str, Any], name: str = "key", default: str | None = None) -> str:
-    key = params.pop(name, default)
-    if key not in _KEYS:
-        raise ValueError(f"{name} must be one of {sorted(_KEYS)}, got {key!r}")
-    return str(key)
+_REQUIRED = object()
+
+
+class _Params:
+    """A rule's parameters, taken one by one; every problem is noted, none stops the rest."""
+
+    def __init__(self, spec_type: str, params: dict[str, Any]) -> None:
+        self.type = spec_type
+        self.left = dict(params)
+        self.problems: list[str] = []
+
+    def take(self, name: str, convert: Any = None, default: Any = _REQUIRED) -> Any:
+        if name in self.left:
+            value = self.left.pop(name)
+        elif default is _REQUIRED:
+            self.problems.append(f"missing parameter {name!r} for type {self.type}")
+            return None
+        else:
+            value = default
+        if convert is None:
+            return value
+        try:
+            return convert(value)
+        except (ValueError, TypeError) as exc:
+            self.problems.append(f"{name}: {exc}")
+            return None
+
+    def key(self, name: str = "key", default: str | None = None) -> str:
+        def check(value: Any) -> str:
+            if value not in _KEYS:
+                raise ValueError(f"must be one of {sorted(_KEYS)}, got {value!r}")
+            return str(value)
+
+        value = self.take(name, check, default)
+        if value is None and self.problems and self.problems[-1].startswith(f"{name}: "):
+            self.problems[-1] = f"{name} " + self.problems[-1][len(name) + 2 :]
+        return str(value)
+
+
+class _RuleProblems(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
-    p = dict(spec.params)
+    """The rule; raises `_RuleProblems` with every problem of its parameters."""
+    q = _Params(spec.type, spec.params)
     rid, w = spec.id, spec.weight
-    rule: Rule
+    make: Any
     if spec.type == "threshold":
-        rule = ThresholdRule(rid, p.pop("field"), p.pop("op"), p.pop("value"), weight=w)
+        args = (q.take("field"), q.take("op"), q.take("value"))
+
+        def make() -> Rule:
+            return ThresholdRule(rid, *args, weight=w)
     elif spec.type == "velocity":
-        rule = Velocity(
-            rid,
-            _key(p),
-            parse_duration(p.pop("window")),
-            p.pop("max_count", None),
-            p.pop("max_sum", None),
-            weight=w,
-            buckets=int(p.pop("buckets", 6)),
-            min_amount=float(p.pop("min_amount", 0.0)),
-            max_amount=float(p.pop("max_amount", math.inf)),
+        v = (
+            q.key(),
+            q.take("window", parse_duration),
+            q.take("max_count", None, None),
+            q.take("max_sum", None, None),
+            q.take("buckets", int, 6),
+            q.take("min_amount", float, 0.0),
+            q.take("max_amount", float, math.inf),
         )
+
+        def make() -> Rule:
+            return Velocity(
+                rid,
+                v[0],
+                v[1],
+                v[2],
+                v[3],
+                weight=w,
+                buckets=v[4],
+                min_amount=v[5],
+                max_amount=v[6],
+            )
     elif spec.type in ("fan_in", "fan_out"):
         key, by = ("target", "source") if spec.type == "fan_in" else ("source", "target")
-        rule = FanIn(
-            rid,
-            _key(p, "key", key),
-            _key(p, "by", by),
-            parse_duration(p.pop("window")),
-            int(p.pop("min_distinct")),
-            bool(p.pop("same_amount", False)),
-            float(p.pop("min_amount", 0.0)),
-            weight=w,
+        f = (
+            q.key("key", key),
+            q.key("by", by),
+            q.take("window", parse_duration),
+            q.take("min_distinct", int),
+            q.take("same_amount", bool, False),
+            q.take("min_amount", float, 0.0),
         )
+
+        def make() -> Rule:
+            return FanIn(rid, *f, weight=w)
     elif spec.type == "dormant":
-        rule = DormantAccount(
-            rid,
-            _key(p, "key", "source"),
-            parse_duration(p.pop("idle")),
-            float(p.pop("min_amount", 0.0)),
-            weight=w,
-        )
+        d = (q.key(), q.take("idle", parse_duration), q.take("min_amount", float, 0.0))
+
+        def make() -> Rule:
+            return DormantAccount(rid, *d, weight=w)
     elif spec.type == "small_then_large":
-        rule = SmallThenLarge(
-            rid,
-            _key(p, "key", "source"),
-            float(p.pop("small_max")),
-            float(p.pop("large_min")),
-            parse_duration(p.pop("within")),
-            weight=w,
+        t = (
+            q.key(),
+            q.take("small_max", float),
+            q.take("large_min", float),
+            q.take("within", parse_duration),
         )
+
+        def make() -> Rule:
+            return SmallThenLarge(rid, *t, weight=w)
     elif spec.type == "impossible_travel":
-        rule = ImpossibleTravel(
-            rid,
-            _key(p, "key", "source"),
-            float(p.pop("max_speed_kmh")),
-            float(p.pop("min_distance_km", 100.0)),
-            weight=w,
-        )
+        i = (q.key(), q.take("max_speed_kmh", float), q.take("min_distance_km", float, 100.0))
+
+        def make() -> Rule:
+            return ImpossibleTravel(rid, *i, weight=w)
     elif spec.type == "list":
-        name = p.pop("list")
-        if name not in lists:
-            raise ValueError(f"no list named {name!r}; lists are {sorted(lists)}")
-        field_name = p.pop("field")
-        if field_name not in _KEYS:
-            raise ValueError(f"field must be one of {sorted(_KEYS)}")
-        during = p.pop("during", None)
-        start = end = None
-        if during is not None:
-            start, end = _when(during[0]), _when(during[1])
-        rule = ListMatch(
-            rid,
-            field_name,
-            frozenset(lists[name]),
-            name,
-            weight=w,
-            allow=p.pop("action", "flag") == "allow",
-            from_ms=start,
-            until_ms=end,
-        )
+
+        def known(name: Any) -> Any:
+            if name not in lists:
+                raise ValueError(f"no list named {name!r}; lists are {sorted(lists)}")
+            return name
+
+        def field_of(name: Any) -> Any:
+            if name not in _KEYS:
+                raise ValueError(f"must be one of {sorted(_KEYS)}")
+            return name
+
+        def period(during: Any) -> tuple[int | None, int | None]:
+            if during is None:
+                return None, None
+            return _when(during[0]), _when(during[1])
+
+        name = q.take("list", known)
+        field_name = q.take("field", field_of)
+        start, end = q.take("during", period, None) or (None, None)
+        allow = q.take("action", None, "flag") == "allow"
+
+        def make() -> Rule:
+            return ListMatch(
+                rid,
+                field_name,
+                frozenset(lists[name]),
+                name,
+                weight=w,
+                allow=allow,
+                from_ms=start,
+                until_ms=end,
+            )
     else:
-        raise ValueError(
-            f"unknown type {spec.type!r}; use threshold, velocity, fan_in, fan_out, dormant, "
-            "small_then_large, impossible_travel or list"
+        raise _RuleProblems(
+            [
+                f"unknown type {spec.type!r}; use threshold, velocity, fan_in, fan_out, "
+                "dormant, small_then_large, impossible_travel or list"
+            ]
         )
-    if p:
-        raise ValueError(f"unknown parameters for {spec.type}: {sorted(p)}")
-    return rule
+    if q.left:
+        q.problems.append(f"unknown parameters for {spec.type}: {sorted(q.left)}")
+    if q.problems:
+        raise _RuleProblems(q.problems)
+    try:
+        return make()  # type: ignore[no-any-return]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _RuleProblems([str(exc)]) from None
 
 
 def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list[tuple[str, str]]]:
@@ -228,16 +296,24 @@ def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list
         raw = yaml.safe_load(path.read_text("utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         return None, [("file", str(exc))]
+    problems: list[tuple[str, str]] = []
     try:
-        spec = _FileSpec.model_validate(raw)
+        spec: _FileSpec | None = _FileSpec.model_validate(raw)
     except ValidationError as exc:
-        return None, [
+        spec = None
+        problems += [
             ("file", f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}") for e in exc.errors()
         ]
-    lists = dict(spec.lists)
-    problems: list[tuple[str, str]] = []
+    # the rules are checked whatever is wrong above them, so every problem shows at once
+    top = raw if isinstance(raw, dict) else {}
+    entries = spec.rules if spec is not None else top.get("rules")
+    entries = entries if isinstance(entries, list) else []
+    raw_lists = spec.lists if spec is not None else top.get("lists")
+    lists = dict(raw_lists) if isinstance(raw_lists, dict) else {}
+    lists_file = spec.lists_file if spec is not None else top.get("lists_file")
     specs: list[_RuleSpec] = []
-    for i, entry in enumerate(spec.rules):
+    unchecked: list[_RuleSpec] = []  # invalid fields, but their parameters can be checked
+    for i, entry in enumerate(entries):
         try:
             specs.append(_RuleSpec.model_validate(entry))
         except ValidationError as exc:
@@ -246,12 +322,18 @@ def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list
                 (rid, f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}")
                 for e in exc.errors()
             ]
-    if spec.lists_file:
+            if isinstance(entry, dict) and isinstance(entry.get("params", {}), dict):
+                unchecked.append(
+                    _RuleSpec.model_construct(
+                        id=rid, type=str(entry.get("type", "")), params=entry.get("params", {})
+                    )
+                )
+    if isinstance(lists_file, str) and lists_file:
         try:
-            extra = yaml.safe_load((path.parent / spec.lists_file).read_text("utf-8")) or {}
+            extra = yaml.safe_load((path.parent / lists_file).read_text("utf-8")) or {}
             lists.update({k: [str(x) for x in v] for k, v in extra.items()})
         except (OSError, yaml.YAMLError, AttributeError, TypeError) as exc:
-            problems.append(("lists_file", f"cannot read {spec.lists_file}: {exc}"))
+            problems.append(("lists_file", f"cannot read {lists_file}: {exc}"))
     built: list[Rule] = []
     seen: set[str] = set()
     for rs in specs:
@@ -260,14 +342,24 @@ def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list
         seen.add(rs.id)
         try:
             rule = _build(rs, lists)
-        except KeyError as exc:
-            problems.append((rs.id, f"missing parameter {exc.args[0]!r} for type {rs.type}"))
-            continue
-        except (ValueError, TypeError) as exc:
-            problems.append((rs.id, str(exc)))
+        except _RuleProblems as exc:
+            problems += [(rs.id, message) for message in exc.problems]
             continue
         if rs.enabled:
             built.append(rule)
+    for rs in unchecked:
+        if rs.type:
+            try:
+                _build(rs, lists)
+            except _RuleProblems as exc:
+                problems += [(rs.id, message) for message in exc.problems]
+    # each rule's problems together, in the file's order (file-level ones first)
+    order = {
+        str(e.get("id")): i for i, e in reversed(list(enumerate(entries))) if isinstance(e, dict)
+    }
+    problems.sort(key=lambda item: order.get(item[0], -1))
+    if spec is None:
+        return None, problems
     model = None
     if spec.model is not None:
         model_path = (path.parent / spec.model.file).resolve()
