@@ -62,6 +62,7 @@ class Detectors:
         self.settings, self.tmp_path, self.env, self.rules = settings, tmp_path, env, rules
         self.rng = rng
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.expected_exits: set[int] = set()  # pids stopped, killed or expected to exit
 
     def start(self, instance: str = "0", **extra: str) -> subprocess.Popen[bytes]:
         log = self.tmp_path / f"detect-{instance}-{len(self.procs)}.log"
@@ -90,12 +91,27 @@ class Detectors:
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        self.expect_exit(proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, proc.log.read_text()  # type: ignore[attr-defined]
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        self.expect_exit(proc)
         proc.kill()
         proc.wait(30)
+
+    def expect_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        """`proc` is about to end on purpose: `check_alive` stops asking for it."""
+        self.expected_exits.add(proc.pid)
+
+    def check_alive(self) -> None:
+        """Every process not stopped or killed on purpose still runs (a crash fails the test
+        at once, with its log, instead of a wait timing out)."""
+        for p in self.procs:
+            if p.pid not in self.expected_exits and p.poll() is not None:
+                raise AssertionError(
+                    f"{p.log.name} exited {p.returncode}:\n{log_of(p)[-5000:]}"  # type: ignore[attr-defined]
+                )
 
     def cleanup(self) -> None:
         for p in self.procs:
@@ -130,21 +146,36 @@ def detectors(settings: Settings, tmp_path: Path) -> Iterator[Detectors]:
 committed = committed_progress
 
 
-def wait_committed(settings: Settings, at_least: int, timeout: float = 180) -> None:
+def wait_committed(
+    settings: Settings, at_least: int, timeout: float = 180, d: Detectors | None = None
+) -> None:
+    """The group has committed `at_least` input records (while `d`'s processes run)."""
+
+    def done() -> bool:
+        if d is not None:
+            d.check_alive()
+        return committed(settings) >= at_least
+
     wait_for(
-        lambda: committed(settings) >= at_least,
+        done,
         timeout=timeout,
         what=f"{at_least} records committed",
     )
 
 
-def wait_done(settings: Settings, n: int, timeout: float = 180, settle: float = 2.0) -> None:
+def wait_done(
+    settings: Settings,
+    n: int,
+    timeout: float = 180,
+    settle: float = 2.0,
+    d: Detectors | None = None,
+) -> None:
     """All `n` inputs read, and every later stage (if the rules have any) drained, and still
     so `settle` seconds later. An input partition at its end sends one more mark once it has
     been idle for PARTITION_IDLE_MS (1 s unless a test sets it): a detector stopped before
     that mark is read leaves it on the repartition topic, unread until its next run, which
     the verifier would count as lag. `settle` must exceed PARTITION_IDLE_MS."""
-    wait_committed(settings, n, timeout)
+    wait_committed(settings, n, timeout, d)
     wait_for(lambda: group_lag(settings) == 0, timeout=timeout, what="the group to drain")
     time.sleep(settle)
     wait_for(lambda: group_lag(settings) == 0, timeout=timeout, what="the group to settle")
@@ -158,10 +189,10 @@ def test_sigkill_at_five_random_moments(
     moments = sorted(fault_rng.sample(range(n // 10, n * 9 // 10), 5))
     proc = detectors.start()
     for moment in moments:
-        wait_committed(settings, moment)
+        wait_committed(settings, moment, d=detectors)
         detectors.kill(proc)
         proc = detectors.start()
-    wait_done(settings, n)
+    wait_done(settings, n, d=detectors)
     detectors.stop(proc)
     detectors.check_logs()
     v = verify(settings)
@@ -181,7 +212,7 @@ def test_random_aborts(settings: Settings, tmp_path: Path, fault_rng: random.Ran
     )
     try:
         proc = d.start()
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
         d.stop(proc)
     finally:
         d.cleanup()
@@ -220,7 +251,7 @@ def test_zombie_is_fenced_and_its_late_writes_never_appear(
     try:
         zombie = d.ready(d.start("z"))
         feeder.start()
-        wait_committed(settings, n // 10)
+        wait_committed(settings, n // 10, d=d)
         # Writes in flight when stopped, proven rather than hoped for: stop the zombie at a
         # random moment, give the broker a second to write the markers of a commit that
         # had already completed (the stopped process can neither commit nor write), and
@@ -243,14 +274,15 @@ def test_zombie_is_fenced_and_its_late_writes_never_appear(
         d.env["LOCK_DIR"] = str(tmp_path / "other-machine")
         replacement = d.start("z")  # same transactional.id: fences the zombie
         feeder.join(120)
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
+        d.expect_exit(zombie)  # it wakes up fenced, and exits
         zombie.send_signal(signal.SIGCONT)
         more = 3_000  # work for whoever holds partitions after the zombie rejoins
         generate(settings, rate=math.inf, count=more, seed=24, progress=None)
         code = zombie.wait(90)
         assert code == 2, f"zombie exited {code}, not 2:\n{log_of(zombie)[-5000:]}"
         assert "fenced" in log_of(zombie)
-        wait_done(settings, n + more)
+        wait_done(settings, n + more, d=d)
         d.stop(replacement)
     finally:
         if feeder.ident is not None:
@@ -302,7 +334,7 @@ def test_poison_pills_go_to_the_dead_letter_topic(settings: Settings, detectors:
             records.append((tx.source.encode(), msgspec.json.encode(tx), headers))
     produce_raw(settings, records)
     proc = detectors.start()
-    wait_committed(settings, len(records))
+    wait_committed(settings, len(records), d=detectors)
     detectors.stop(proc)
     detectors.check_logs()
     v = verify(settings)
@@ -327,16 +359,16 @@ def test_rebalance_add_stop_kill_restart(make_settings: SettingsFactory, tmp_pat
     try:
         first = d.ready(d.start("w0"))
         feeder.start()
-        wait_committed(settings, n // 10)
+        wait_committed(settings, n // 10, d=d)
         second, third = d.ready(d.start("w1")), d.ready(d.start("w2"))
-        wait_committed(settings, 3 * n // 10)
+        wait_committed(settings, 3 * n // 10, d=d)
         d.stop(second)  # clean leave
-        wait_committed(settings, n // 2)
+        wait_committed(settings, n // 2, d=d)
         d.kill(third)  # crash
-        wait_committed(settings, 6 * n // 10)
+        wait_committed(settings, 6 * n // 10, d=d)
         third = d.ready(d.start("w2"))
         feeder.join(60)
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
         d.stop(first)
         d.stop(third)
     finally:
@@ -396,11 +428,11 @@ def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
         had_state.append(committed(settings) > 0)
         proc = d.start()
         for moment in sorted(fault_rng.sample(range(n // 10, n * 9 // 10), 3)):
-            wait_committed(settings, moment)
+            wait_committed(settings, moment, d=d)
             d.kill(proc)
             had_state.append(True)
             proc = d.start()
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
         d.stop(proc)
     finally:
         d.cleanup()
@@ -447,7 +479,7 @@ def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
             settings, rate=math.inf, count=n, seed=27, profile="sim", fraud_rate=0.05, progress=None
         )
         proc = d.start()
-        wait_committed(settings, n // 4)
+        wait_committed(settings, n // 4, d=d)
         broker.kill()
         broker.start()
 
@@ -510,13 +542,13 @@ def _three_then_one(
     try:
         feeder.start()
         workers = [d.ready(d.start("w0"))]
-        wait_committed(three, n // 10)
+        wait_committed(three, n // 10, d=d)
         workers += [d.ready(d.start("w1")), d.ready(d.start("w2"))]
-        wait_committed(three, rng.randrange(n // 4, n * 3 // 4))
+        wait_committed(three, rng.randrange(n // 4, n * 3 // 4), d=d)
         d.kill(workers.pop(1))  # a crash mid-run: its tasks move, their state is restored
         workers.append(d.ready(d.start("w1")))
         feeder.join(120)
-        wait_done(three, n, settle=6.0)  # PARTITION_IDLE_MS is 5 s here
+        wait_done(three, n, settle=6.0, d=d)  # PARTITION_IDLE_MS is 5 s here
         for w in workers:
             d.stop(w)
     finally:
@@ -538,7 +570,7 @@ def _three_then_one(
     clean = Detectors(one, tmp_path / "one", rules=rules)
     try:
         proc = clean.start()
-        wait_done(one, n)
+        wait_done(one, n, d=clean)
         clean.stop(proc)
     finally:
         clean.cleanup()

@@ -114,7 +114,7 @@ def test_sigterm_while_transactions_are_open_commits_them_and_leaves_the_group(
     try:
         proc = d.ready(d.start())
         feeder.start()
-        wait_committed(settings, n // 10)
+        wait_committed(settings, n // 10, d=d)
         in_flight: dict[tuple[str, int], range] = {}
         for _ in range(40):
             time.sleep(fault_rng.uniform(0.05, 0.5))
@@ -126,6 +126,7 @@ def test_sigterm_while_transactions_are_open_commits_them_and_leaves_the_group(
             proc.send_signal(signal.SIGCONT)
         assert in_flight, "never caught the detector with an open transaction in 40 tries"
         print(f"SIGTERM with writes in flight: {in_flight}")
+        d.expect_exit(proc)
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGCONT)
         code = proc.wait(60)
@@ -144,7 +145,7 @@ def test_sigterm_while_transactions_are_open_commits_them_and_leaves_the_group(
             )
         feeder.join(120)
         successor = d.start()
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
         d.stop(successor)
     finally:
         if feeder.ident is not None:
