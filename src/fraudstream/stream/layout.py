@@ -22,6 +22,7 @@ from collections.abc import Callable
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from fraudstream.config import Settings
 from fraudstream.errors import ConfigError, FraudstreamError
@@ -141,7 +142,7 @@ def _read_shape(settings: Settings, topic: str) -> Shape | None:
         shape: Shape | None = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=100, timeout=0.5):
+            for msg in consumer.consume(num_messages=100, timeout=0.1):
                 value = msg.value()
                 if msg.error() is None and msg.key() == SHAPE_KEY and value:
                     try:
@@ -183,9 +184,13 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
     topology = Topology(s, keys, wait_for_partitions(s, s.transactions_topic), label_partitions)
     group = s.detector_group
     now = Shape.of(topology)
+    repartition, changelogs = topology.internal()
+    wanted = dict(repartition + changelogs)
+    have = _existing_partitions(s, list(wanted))
+    wrong = [f"{t} has {have[t]} (needs {n})" for t, n in wanted.items() if have.get(t, n) != n]
     own = [topology.shape_topic, topology.status_topic]
-    ensure_topics(s, own, partitions=1, compacted=own)
-    wait_for_partitions(s, topology.shape_topic)
+    _create_missing(s, {t: (1, True) for t in own})
+    _wait_for_leaders(s, own)
     before = _read_shape(s, topology.shape_topic)
     if before is not None and before != now:
         raise GroupMismatchError(
@@ -193,25 +198,72 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
             + "; ".join(before.differences(now))
             + f". Its internal topics, state and offsets belong to that one: {_next_step(group)}"
         )
-    repartition, changelogs = topology.internal()
-    wanted = dict(repartition + changelogs)
-    have = _existing_partitions(s, list(wanted))
-    wrong = [f"{t} has {have[t]} (needs {n})" for t, n in wanted.items() if have.get(t, n) != n]
     if wrong:
         raise GroupMismatchError(
             f"group {group}'s internal topics do not match its topology: "
             + "; ".join(wrong)
             + f". {_next_step(group)}"
         )
-    for topic, n in repartition:
-        ensure_topics(s, [topic], partitions=n)
-    for topic, n in changelogs:
-        ensure_topics(s, [topic], partitions=n, compacted=[topic])
-    for topic in wanted:
-        wait_for_partitions(s, topic)
+    # the other internal topics in one request, then one wait for all their leaders
+    _create_missing(
+        s, {t: (n, False) for t, n in repartition} | {t: (n, True) for t, n in changelogs}
+    )
+    _wait_for_leaders(s, list(wanted))
     if before is None:
         _write_shape(s, topology.shape_topic, now)
     return topology
+
+
+def _create_missing(settings: Settings, specs: dict[str, tuple[int, bool]]) -> None:
+    """Create the topics of `specs` (name -> partitions, compacted) that do not exist, in one
+    request; existing ones are left as they are."""
+    admin = AdminClient(base_config(settings, "fraudstream-admin"))
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = {t: spec for t, spec in specs.items() if t not in existing}
+    if not missing:
+        return
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                t,
+                num_partitions=n,
+                replication_factor=settings.topic_replication_factor,
+                config={"cleanup.policy": "compact"} if compact else {},
+            )
+            for t, (n, compact) in missing.items()
+        ],
+        operation_timeout=30,
+    )
+    for topic, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise FraudstreamError(f"could not create topic {topic}: {exc}") from None
+
+
+def _wait_for_leaders(settings: Settings, topics: list[str], timeout: float = 30.0) -> None:
+    """Until every partition of these topics has a leader (one metadata request a round)."""
+    admin = AdminClient(base_config(settings, "fraudstream-metadata"))
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = admin.list_topics(timeout=10).topics
+        waiting = [
+            t
+            for t in topics
+            if t not in listed
+            or listed[t].error is not None
+            or not listed[t].partitions
+            or any(p.leader < 0 for p in listed[t].partitions.values())
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise FraudstreamError(
+                f"topics without usable partitions after {timeout:.0f}s: {', '.join(waiting)}; "
+                "is the broker healthy? Check `fraudstream broker status` and try again"
+            )
+        time.sleep(0.05)
 
 
 def group_topics(settings: Settings, group: str) -> list[str]:
