@@ -7,7 +7,6 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import httpx
-import pytest
 
 from fraudstream.config import Settings
 from tests.conftest import running_dashboard
@@ -78,13 +77,6 @@ def test_a_wrong_token_is_refused_and_the_right_one_opens_the_stream(
     assert TOKEN not in text and right not in text, "the token was logged"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RequireToken (src/fraudstream/dashboard/app.py) decodes ?token= with "
-    "unquote_to_bytes, which keeps '+' as '+', while a query string's '+' is a space "
-    "(application/x-www-form-urlencoded, as urllib.parse.urlencode, httpx params and HTML "
-    "forms write it): a token with a space sent so (?token=let+me+in) is refused with 401",
-)
 def test_a_form_encoded_token_with_a_space_is_accepted(settings: Settings, tmp_path: Path) -> None:
     with running_dashboard(settings, tmp_path / "d.log", DASHBOARD_TOKEN="let me in") as url:
         query = urlencode({"token": "let me in"})  # token=let+me+in

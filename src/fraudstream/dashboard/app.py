@@ -80,7 +80,8 @@ class RequireToken:
                     given = value[7:]
             for part in scope.get("query_string", b"").split(b"&"):
                 if part.startswith(b"token="):
-                    given = unquote_to_bytes(part[6:])
+                    # a query string is form-encoded: '+' is a space there
+                    given = unquote_to_bytes(part[6:].replace(b"+", b" "))
             if not hmac.compare_digest(given, self.token):
                 response = PlainTextResponse(
                     "a token is required: open the page as /?token=<DASHBOARD_TOKEN>", 401

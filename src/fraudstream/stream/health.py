@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from fraudstream.config import Settings
+from fraudstream.errors import FraudstreamError
 from fraudstream.stream.changelog import end_offsets
 from fraudstream.stream.clients import base_config
 from fraudstream.stream.ordering import INF, Key
@@ -171,7 +172,7 @@ def read_status(
             if t in listed
             for p in sorted(listed[t].partitions)
         ]
-        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, 30)}
+        committed = {(tp.topic, tp.partition): tp.offset for tp in _committed(consumer, tps, group)}
         reports = _latest_reports(settings, consumer, f"{group}.status", listed)
     finally:
         consumer.close()
@@ -213,6 +214,22 @@ def read_status(
             stalled = True
             why = f"{waiting} records wait and the last commit was {(now - last) / 1000:.0f}s ago"
     return GroupStatus(group, rows, reports, now, stalled, why)
+
+
+def _committed(consumer: Consumer, tps: list[TopicPartition], group: str) -> list[TopicPartition]:
+    """The group's committed offsets, riding out a coordinator still loading or busy (just
+    after a member crashed mid-transaction)."""
+    for attempt in range(3):
+        try:
+            return list(consumer.committed(tps, 15))
+        except KafkaException as exc:
+            err = exc.args[0]
+            if attempt == 2 or not (err.retriable() or err.code() == KafkaError._TIMED_OUT):
+                raise FraudstreamError(
+                    f"could not read group {group}'s committed offsets ({err}); its coordinator "
+                    "may still be recovering from a crashed member: try again in a few seconds"
+                ) from None
+    raise AssertionError("unreachable")
 
 
 def _latest_reports(

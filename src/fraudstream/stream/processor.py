@@ -307,7 +307,8 @@ class Processor:
         self._chaos_commit_timeout_rate = float(
             os.environ.get("FRAUDSTREAM_CHAOS_COMMIT_TIMEOUT_RATE") or 0
         )
-        self._chaos = random.Random()
+        # their seed, to replay a fault test (FRAUDSTREAM_CHAOS_SEED; unset: at random)
+        self._chaos = random.Random(os.environ.get("FRAUDSTREAM_CHAOS_SEED"))
 
     # --- lifecycle -------------------------------------------------------------------------
 
