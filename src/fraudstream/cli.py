@@ -463,9 +463,15 @@ def _reset(args: argparse.Namespace, settings: Settings) -> int:
             print("nothing deleted", file=sys.stderr)
             return 1
         deleted, existed = reset_group(settings, args.group)
+        import shutil
+
+        from fraudstream.stream.snapshot import SnapshotStore
+
+        snapshots = SnapshotStore(Path(settings.state_dir), args.group).dir
+        shutil.rmtree(snapshots, ignore_errors=True)  # stale now: its changelogs are gone
         print(
             f"group {args.group}: {'offsets deleted' if existed else 'no offsets'}, "
-            f"{len(deleted)} topic(s) deleted"
+            f"{len(deleted)} topic(s) deleted, local snapshots in {snapshots} removed"
         )
         return 0
     from fraudstream.broker import LocalBroker
@@ -483,19 +489,23 @@ def _reset(args: argparse.Namespace, settings: Settings) -> int:
             f"the local broker at {broker.bootstrap} is running; stop it first "
             "(Ctrl-C in `make run`, or `fraudstream broker stop`), then reset"
         )
-    if not args.data_dir.exists():
-        print(f"nothing to reset: {args.data_dir} does not exist")
+    state = Path(settings.state_dir)
+    there = [p for p in (args.data_dir, state) if p.exists()]
+    if not there:
+        print(f"nothing to reset: neither {args.data_dir} nor {state} exists")
         return 0
     if not _confirm(
-        f"This deletes every topic, record and offset of the local broker ({args.data_dir}).",
+        f"This deletes every topic, record and offset of the local broker ({args.data_dir}) "
+        f"and the detectors' local state snapshots ({state}).",
         args.yes,
     ):
         print("nothing deleted", file=sys.stderr)
         return 1
     import shutil
 
-    shutil.rmtree(args.data_dir)
-    print(f"deleted {args.data_dir}; the next `make run` starts on an empty broker")
+    for path in there:
+        shutil.rmtree(path)
+    print(f"deleted {', '.join(map(str, there))}; the next `make run` starts on an empty broker")
     return 0
 
 
