@@ -226,3 +226,29 @@ def read_to_end(settings: Settings, topic: str, timeout: float = 120) -> list[An
     finally:
         consumer.close()
     return out
+
+
+def model_rules(
+    tmp_path: Path, *, count: int, seed: int, fraud_rate: float, gap_days: float
+) -> Path:
+    """rules/default.yaml plus a model trained here on `count` simulated transactions."""
+    from fraudstream.detection import load_ruleset
+    from fraudstream.evaluation import read_labels, read_transactions, train
+    from fraudstream.generator.app import write_files
+
+    default = REPO / "rules" / "default.yaml"
+    history, verdicts = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
+    write_files(history, verdicts, count=count, seed=seed, profile="sim", fraud_rate=fraud_rate)
+    txs, _ = read_transactions(str(history))
+    result = train(load_ruleset(default), txs, read_labels(str(verdicts)), gap_days=gap_days)
+    model_file = tmp_path / "m.model"
+    result.model.save(model_file)
+    rules = tmp_path / "with-model.yaml"
+    rules.write_text(
+        default.read_text().replace(
+            "lists_file: lists.yaml",
+            f"lists_file: {REPO / 'rules' / 'lists.yaml'}\n"
+            f"model: {{file: {model_file}, weight: 2.5}}",
+        )
+    )
+    return rules

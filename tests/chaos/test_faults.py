@@ -35,6 +35,7 @@ from tests.conftest import (
     Record,
     SettingsFactory,
     env_for,
+    model_rules,
     produce_raw,
     read_to_end,
     spawn,
@@ -635,24 +636,7 @@ def test_with_the_model_and_label_feedback_too(
 ) -> None:
     """With the model on, payee and merchant features and the label verdicts that feed them
     go through two keyed stages (by payee, by merchant): still byte for byte one process's."""
-    from fraudstream.detection import load_ruleset
-    from fraudstream.evaluation import read_labels, read_transactions, train
-    from fraudstream.generator.app import write_files
-
-    history, verdicts = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
-    write_files(history, verdicts, count=30_000, seed=12, profile="sim", fraud_rate=0.05)
-    txs, _ = read_transactions(str(history))
-    result = train(load_ruleset(DEFAULT_RULES), txs, read_labels(str(verdicts)), gap_days=1)
-    model_file = tmp_path / "m.model"
-    result.model.save(model_file)
-    rules = tmp_path / "with-model.yaml"
-    rules.write_text(
-        DEFAULT_RULES.read_text().replace(
-            "lists_file: lists.yaml",
-            f"lists_file: {REPO / 'rules' / 'lists.yaml'}\n"
-            f"model: {{file: {model_file}, weight: 2.5}}",
-        )
-    )
+    rules = model_rules(tmp_path, count=30_000, seed=12, fraud_rate=0.05, gap_days=1)
     three = make_settings(topic_partitions=6)
     ensure_topics(three)
     reference = _three_then_one(

@@ -11,41 +11,22 @@ import pytest
 from confluent_kafka import Producer
 
 from fraudstream.config import Settings
-from fraudstream.detection import load_ruleset
-from fraudstream.evaluation import read_labels, read_transactions, train
+from fraudstream.evaluation import read_labels, read_transactions
 from fraudstream.evaluation.sources import complete_labels
 from fraudstream.generator import generate
 from fraudstream.generator.app import write_files
 from tests.chaos.test_faults import Detectors, wait_done
-from tests.conftest import REPO, SettingsFactory, read_to_end
+from tests.conftest import REPO, SettingsFactory, model_rules, read_to_end
 
 pytestmark = pytest.mark.kafka
 DEFAULT_RULES = REPO / "rules" / "default.yaml"
-
-
-def _model_rules(tmp_path: Path) -> Path:
-    history, verdicts = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
-    write_files(history, verdicts, count=8_000, seed=12, profile="sim", fraud_rate=0.08)
-    txs, _ = read_transactions(str(history))
-    result = train(load_ruleset(DEFAULT_RULES), txs, read_labels(str(verdicts)), gap_days=0.2)
-    model_file = tmp_path / "m.model"
-    result.model.save(model_file)
-    rules = tmp_path / "with-model.yaml"
-    rules.write_text(
-        DEFAULT_RULES.read_text().replace(
-            "lists_file: lists.yaml",
-            f"lists_file: {REPO / 'rules' / 'lists.yaml'}\n"
-            f"model: {{file: {model_file}, weight: 2.5}}",
-        )
-    )
-    return rules
 
 
 def test_labels_the_detector_cannot_use_are_dead_lettered_and_counted(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
     settings: Settings = make_settings(topic_partitions=1)
-    rules = _model_rules(tmp_path)
+    rules = model_rules(tmp_path, count=8_000, seed=12, fraud_rate=0.08, gap_days=0.2)
     n = 300
     generate(settings, rate=50_000, count=n, seed=5, profile="sim", fraud_rate=0.05, progress=None)
     producer = Producer({"bootstrap.servers": settings.kafka_broker_url})

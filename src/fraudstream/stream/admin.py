@@ -13,7 +13,7 @@ from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import base_config, check_connection
 from fraudstream.stream.topology import Topology
 
-__all__ = ["committed_progress", "ensure_topics", "group_lag"]
+__all__ = ["committed_progress", "create_missing", "ensure_topics", "group_lag"]
 
 
 def ensure_topics(
@@ -26,21 +26,28 @@ def ensure_topics(
     """Create each missing topic; return the names created. Existing topics are left alone."""
     check_connection(settings)
     wanted = list(topics if topics is not None else settings.all_topics)
+    compact = set(compacted)
+    n = partitions or settings.topic_partitions
+    return create_missing(settings, {t: (n, t in compact) for t in wanted})
+
+
+def create_missing(settings: Settings, specs: dict[str, tuple[int, bool]]) -> list[str]:
+    """Create the topics of `specs` (name -> partitions, compacted) that do not exist, in one
+    request; return the names created. Existing ones are left as they are."""
     admin = AdminClient(base_config(settings, "fraudstream-admin"))
     existing = set(admin.list_topics(timeout=10).topics)
-    missing = [t for t in dict.fromkeys(wanted) if t not in existing]
+    missing = {t: spec for t, spec in specs.items() if t not in existing}
     if not missing:
         return []
-    compact = set(compacted)
     futures = admin.create_topics(
         [
             NewTopic(
                 t,
-                num_partitions=partitions or settings.topic_partitions,
+                num_partitions=n,
                 replication_factor=settings.topic_replication_factor,
-                config={"cleanup.policy": "compact"} if t in compact else {},
+                config={"cleanup.policy": "compact"} if compact else {},
             )
-            for t in missing
+            for t, (n, compact) in missing.items()
         ],
         operation_timeout=30,
     )
@@ -50,7 +57,7 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise FraudstreamError(f"could not create topic {topic}: {exc}") from None
-    return missing
+    return list(missing)
 
 
 def committed_progress(settings: Settings) -> int:
@@ -76,7 +83,8 @@ def committed_progress(settings: Settings) -> int:
 
 def group_lag(settings: Settings) -> int:
     """Records the detector group has not finished: the input and every internal topic
-    between its stages (0 when every decision is committed and nothing waits in a stage)."""
+    between its stages (0 when every decision is committed and nothing waits in a stage; -1
+    while that cannot be known yet: a coordinator loading, a topic just created)."""
     group = settings.detector_group
     consumer = Consumer(base_config(settings, "fraudstream-lag") | {"group.id": group})
     try:
@@ -94,7 +102,17 @@ def group_lag(settings: Settings) -> int:
             raise
         lag = 0
         for tp in committed:
-            end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+            try:
+                end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+            except KafkaException as exc:  # a topic just created: its leader is not known yet
+                if exc.args[0].retriable() or exc.args[0].code() in (
+                    KafkaError.NOT_LEADER_FOR_PARTITION,
+                    KafkaError.LEADER_NOT_AVAILABLE,
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    KafkaError._UNKNOWN_PARTITION,
+                ):
+                    return -1
+                raise
             lag += end - max(tp.offset, 0)
         return lag
     finally:

@@ -22,11 +22,10 @@ from collections.abc import Callable
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from fraudstream.config import Settings
 from fraudstream.errors import ConfigError, FraudstreamError
-from fraudstream.stream.admin import ensure_topics
+from fraudstream.stream.admin import create_missing, ensure_topics
 from fraudstream.stream.changelog import end_offsets
 from fraudstream.stream.clients import base_config, wait_for_broker
 from fraudstream.stream.topology import Topology
@@ -189,7 +188,7 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
     have = _existing_partitions(s, list(wanted))
     wrong = [f"{t} has {have[t]} (needs {n})" for t, n in wanted.items() if have.get(t, n) != n]
     own = [topology.shape_topic, topology.status_topic]
-    _create_missing(s, {t: (1, True) for t in own})
+    create_missing(s, {t: (1, True) for t in own})
     _wait_for_leaders(s, own)
     before = _read_shape(s, topology.shape_topic)
     if before is not None and before != now:
@@ -205,41 +204,13 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
             + f". {_next_step(group)}"
         )
     # the other internal topics in one request, then one wait for all their leaders
-    _create_missing(
+    create_missing(
         s, {t: (n, False) for t, n in repartition} | {t: (n, True) for t, n in changelogs}
     )
     _wait_for_leaders(s, list(wanted))
     if before is None:
         _write_shape(s, topology.shape_topic, now)
     return topology
-
-
-def _create_missing(settings: Settings, specs: dict[str, tuple[int, bool]]) -> None:
-    """Create the topics of `specs` (name -> partitions, compacted) that do not exist, in one
-    request; existing ones are left as they are."""
-    admin = AdminClient(base_config(settings, "fraudstream-admin"))
-    existing = set(admin.list_topics(timeout=10).topics)
-    missing = {t: spec for t, spec in specs.items() if t not in existing}
-    if not missing:
-        return
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                t,
-                num_partitions=n,
-                replication_factor=settings.topic_replication_factor,
-                config={"cleanup.policy": "compact"} if compact else {},
-            )
-            for t, (n, compact) in missing.items()
-        ],
-        operation_timeout=30,
-    )
-    for topic, future in futures.items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise FraudstreamError(f"could not create topic {topic}: {exc}") from None
 
 
 def _wait_for_leaders(settings: Settings, topics: list[str], timeout: float = 30.0) -> None:
