@@ -617,6 +617,23 @@ def _one_detector(settings: Settings) -> None:
     _held.append(lock)
 
 
+def _not_elsewhere(settings: Settings) -> None:
+    """Refuse to start when the same group and instance runs on another machine (the lock
+    above sees only this one); a stopped one leaves the group within its session timeout."""
+    from fraudstream.stream.layout import running_elsewhere
+
+    name = f"{settings.detector_group}-{settings.detector_instance}"
+    host = running_elsewhere(settings, name)
+    if host is not None:
+        raise ConfigError(
+            f"detector {name} already runs on {host} (a member of group "
+            f"{settings.detector_group} on {settings.kafka_broker_url}); to add another, start "
+            "it with `--instance 1` (or any other name unused in the group); if that one has "
+            "stopped, it leaves the group when its session times out (KAFKA_SESSION_TIMEOUT_MS, "
+            "45 s by default): try again then"
+        )
+
+
 def _detect(settings: Settings) -> int:
     _stable_hashing(settings)  # may re-execute: before the heavy imports
     from fraudstream.detection import Engine, load_ruleset
@@ -627,6 +644,7 @@ def _detect(settings: Settings) -> int:
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
     _one_detector(settings)
     wait_for_broker(settings, settings.startup_timeout_ms / 1000)
+    _not_elsewhere(settings)
     ensure_topics(settings)
     engine = Engine.from_ruleset(ruleset)
     log.info(

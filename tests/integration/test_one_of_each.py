@@ -3,7 +3,11 @@ refused at start with a message, and the running one carries on unharmed."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +16,9 @@ from fraudstream.broker import free_port
 from fraudstream.config import Settings
 from fraudstream.generator import generate
 from fraudstream.stream import committed_progress
+from fraudstream.stream.layout import group_members
 from tests.chaos.test_faults import Detectors
-from tests.conftest import env_for, spawn, wait_for
+from tests.conftest import REPO, env_for, spawn, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -30,6 +35,49 @@ def test_a_second_detector_of_the_same_instance_is_refused(
         assert "already runs on this machine" in said and "--instance 1" in said, said
         assert "Traceback" not in said
         generate(settings, rate=50_000, count=500, seed=3, progress=None)
+        wait_for(lambda: committed_progress(settings) >= 500, what="the first to decide")
+        assert first.poll() is None
+        d.stop(first)
+        assert "fenced" not in first.log.read_text()  # type: ignore[attr-defined]
+    finally:
+        d.cleanup()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="another machine is played by a UTS namespace (unshare -u), which needs root",
+)
+def test_the_same_instance_on_another_machine_is_refused(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The lock sees one machine; the group sees all: a detector whose group already has a
+    member of its name from another host is refused, and that one is left alone."""
+    d = Detectors(settings, tmp_path)
+    try:
+        first = d.ready(d.start())
+        wait_for(
+            lambda: len(group_members(settings, settings.detector_group)) == 1,
+            timeout=60,
+            what="the first detector to join its group",
+        )
+        env = env_for(settings, RULES_FILE=d.rules, LOCK_DIR=str(tmp_path / "other-locks"))
+        log = tmp_path / "other-machine.log"
+        with open(log, "wb") as out:
+            other = subprocess.Popen(
+                [
+                    *("unshare", "-u", "sh", "-c", 'hostname other-box && exec "$@"', "sh"),
+                    *(sys.executable, "-m", "fraudstream", "detect", "--instance", "0"),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        assert other.wait(60) == 2
+        said = log.read_text()
+        assert f"already runs on {os.uname().nodename}" in said, said
+        assert "--instance 1" in said and "Traceback" not in said, said
+        generate(settings, rate=50_000, count=500, seed=4, progress=None)
         wait_for(lambda: committed_progress(settings) >= 500, what="the first to decide")
         assert first.poll() is None
         d.stop(first)

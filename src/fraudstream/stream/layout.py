@@ -16,8 +16,10 @@ how to go on (a new `--group`, or `fraudstream reset --group G`).
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -33,7 +35,9 @@ from fraudstream.stream.topology import Topology
 __all__ = [
     "GroupMismatchError",
     "Shape",
+    "group_members",
     "group_topics",
+    "member_name",
     "prepare_topology",
     "reset_group",
     "wait_for_partitions",
@@ -237,6 +241,55 @@ def _wait_for_leaders(settings: Settings, topics: list[str], timeout: float = 30
         time.sleep(0.05)
 
 
+def member_name(name: str, host: str | None = None) -> str:
+    """A detector's client id in its group: `<group>-<instance>@<host>` (the host tells a
+    dead predecessor on this machine from a live detector on another)."""
+    return f"{name}@{host or socket.gethostname()}"
+
+
+def group_members(settings: Settings, group: str, admin: AdminClient | None = None) -> list[Any]:
+    """The group's current members (`MemberDescription`s: client_id, host, ...), [] if none."""
+    admin = admin or AdminClient(base_config(settings, "fraudstream-admin"))
+    deadline = time.monotonic() + settings.startup_timeout_ms / 1000
+    said = False
+    while True:
+        described = admin.describe_consumer_groups([group], request_timeout=30)[group]
+        try:
+            return list(described.result(timeout=30).members)
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.GROUP_ID_NOT_FOUND:
+                return []
+            if code not in _COORDINATOR_STARTING or time.monotonic() > deadline:
+                raise FraudstreamError(
+                    f"could not describe group {group}: {exc} — is the broker "
+                    f"{settings.kafka_broker_url} healthy?"
+                ) from None
+            if not said:  # a fresh broker elects the group coordinator in a few seconds
+                log.info("waiting for the broker's group coordinator (%s)", exc.args[0].name())
+                said = True
+            time.sleep(0.2)
+
+
+_COORDINATOR_STARTING = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+}
+
+
+def running_elsewhere(settings: Settings, name: str) -> str | None:
+    """The host on which detector `name` (`<group>-<instance>`) is a member of its group
+    from another machine, or None. A member of the same name from this machine is a dead
+    predecessor (the local lock is ours), not a rival: its partitions come back to us."""
+    mine = member_name(name)
+    for m in group_members(settings, settings.detector_group):
+        cid = m.client_id or ""
+        if cid.startswith(f"{name}@") and cid != mine:
+            return cid.partition("@")[2]
+    return None
+
+
 def group_topics(settings: Settings, group: str) -> list[str]:
     """The internal topics of a detector group (repartition, changelogs, its shape)."""
     admin = AdminClient(base_config(settings, "fraudstream-admin"))
@@ -248,13 +301,7 @@ def reset_group(settings: Settings, group: str) -> tuple[list[str], bool]:
     """Delete a group's internal topics and its committed offsets; returns (topics deleted,
     whether the group's offsets existed). Refused while members of the group are running."""
     admin = AdminClient(base_config(settings, "fraudstream-admin"))
-    described = admin.describe_consumer_groups([group])[group]
-    try:
-        members = described.result(timeout=30).members
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-            raise FraudstreamError(f"could not describe group {group}: {exc}") from None
-        members = []
+    members = group_members(settings, group, admin)
     if members:
         names = ", ".join(sorted({m.client_id for m in members}))
         static = any(getattr(m, "group_instance_id", None) for m in members)

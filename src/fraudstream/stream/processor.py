@@ -49,7 +49,7 @@ from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id
 from fraudstream.stream.clients import base_config, consumer_config, producer_config
 from fraudstream.stream.dlq import dlq_headers
 from fraudstream.stream.health import StallWatch, Status, TaskStatus, describe_key, waits
-from fraudstream.stream.layout import prepare_topology
+from fraudstream.stream.layout import member_name, prepare_topology
 from fraudstream.stream.ordering import (
     DATA,
     INF,
@@ -262,7 +262,7 @@ class Processor:
         name = f"{settings.detector_group}-{instance}"
         static = {"group.instance.id": name} if settings.detector_static_membership else {}
         self.consumer = Consumer(
-            consumer_config(settings, name, group_id=settings.detector_group)
+            consumer_config(settings, member_name(name), group_id=settings.detector_group)
             | {"enable.partition.eof": True}  # an input read to its end may go idle
             | static
         )
