@@ -385,7 +385,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "rules":
         return _rules_check(args.files)
     if args.command in ("backtest", "train", "evaluate"):
+        from fraudstream.detection.model import limit_native_threads
         from fraudstream.evaluation import cli as evaluation_cli
+
+        limit_native_threads(settings.model_threads)
 
         return evaluation_cli.run(args, settings)
     if args.command == "detect":
@@ -637,8 +640,11 @@ def _not_elsewhere(settings: Settings) -> None:
 def _detect(settings: Settings) -> int:
     _stable_hashing(settings)  # may re-execute: before the heavy imports
     from fraudstream.detection import Engine, load_ruleset
+    from fraudstream.detection.model import limit_native_threads
     from fraudstream.stream import Processor, ensure_topics
     from fraudstream.stream.clients import wait_for_broker
+
+    limit_native_threads(settings.model_threads)
 
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     lock_dir: str | None = None
     # How long a starting detector waits for the broker (and its topics) before giving up.
     startup_timeout_ms: int = Field(default=60_000, ge=0)
+    # Threads of the native pools (OpenMP, BLAS) in a detector, `train` or `backtest`: one by
+    # default, so that N processes on N cores do not fight over them (scoring is compiled and
+    # runs in the calling thread anyway).
+    model_threads: int = Field(default=1, ge=1, le=256)
     # Fault tests only: raise in the Nth batch read (0: never), as a bug would.
     fault_crash_at_batch: int = Field(default=0, ge=0)
     # Fault tests only: pause this long halfway through writing each state snapshot.
