@@ -199,9 +199,8 @@ class Velocity:
                 n, s = cols[b % buckets]
                 count += n[row]
                 total += s[row]
-        span = human_duration(self.window_ms)
-        who = f"{self.key} {short(key)}"
         if self.max_count is not None and count > self.max_count:
+            span, who = human_duration(self.window_ms), f"{self.key} {short(key)}"
             band = ""
             if self.min_amount > 0 or self.max_amount < math.inf:
                 band = f" of {_money(self.min_amount)} to {_money(self.max_amount)}"
@@ -211,6 +210,7 @@ class Velocity:
                 f"{count} payments{band} in {span} from {who}, limit {self.max_count}",
             )
         if self.max_sum is not None and total / 100 > self.max_sum:
+            span, who = human_duration(self.window_ms), f"{self.key} {short(key)}"
             return Hit(
                 self.id,
                 self.weight,

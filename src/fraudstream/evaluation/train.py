@@ -22,7 +22,7 @@ from fraudstream.evaluation.metrics import Report, report
 from fraudstream.evaluation.sources import complete_labels
 from fraudstream.schema import Decision, Transaction
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "features_of", "make_estimator", "train"]
 
 
 @dataclass
@@ -34,6 +34,55 @@ class TrainResult:
 
 def _day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+# The model's size: trees x leaves per tree. Scoring cost grows with both (the compiled
+# kernel walks every tree); benchmarks/model_size.py measures both against average precision.
+TREES = 300
+LEAVES = 31
+
+
+LEARNING_RATE = 0.08
+
+
+def make_estimator(
+    *,
+    trees: int = TREES,
+    leaves: int = LEAVES,
+    learning_rate: float = LEARNING_RATE,
+    seed: int = 0,
+) -> HistGradientBoostingClassifier:
+    return HistGradientBoostingClassifier(
+        max_iter=trees,
+        learning_rate=learning_rate,
+        max_leaf_nodes=leaves,
+        l2_regularization=1.0,
+        early_stopping=False,
+        random_state=seed,
+    )
+
+
+def features_of(
+    ruleset: RuleSet, transactions: Sequence[Transaction], labels: dict[str, Label]
+) -> tuple[Engine, list[Any], np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """One pass of the live engine over the history (labels known from their own time):
+    the engine, its (row, hits) per transaction, the model's input rows, fraud flags and
+    event times."""
+    engine = Engine(
+        ruleset.rules, threshold=ruleset.threshold, version=ruleset.version, features=True
+    )
+    engine.observe_labels(labels.values())
+    scored = []
+    for i in range(0, len(transactions), CHUNK):
+        scored += engine.score(transactions[i : i + CHUNK])
+    rows = np.asarray(engine.model_rows(scored), dtype=np.float32)
+    y = np.fromiter(
+        (bool((lab := labels.get(t.id or "")) and lab.is_fraud) for t in transactions),
+        dtype=bool,
+        count=len(transactions),
+    )
+    ts = np.fromiter((t.ts_ms for t in transactions), dtype=np.int64, count=len(transactions))
+    return engine, scored, rows, y, ts
 
 
 def train(
@@ -55,21 +104,8 @@ def train(
             "no valid transactions to train on — point --input at a file or topic of "
             "transactions (see `fraudstream generate --profile sim --output`)"
         )
-    engine = Engine(
-        ruleset.rules, threshold=ruleset.threshold, version=ruleset.version, features=True
-    )
     labels = complete_labels(labels, transactions)[0]  # defaults, when not done yet
-    engine.observe_labels(labels.values())
-    scored = []
-    for i in range(0, len(transactions), CHUNK):
-        scored += engine.score(transactions[i : i + CHUNK])
-    rows = np.asarray(engine.model_rows(scored), dtype=np.float32)
-    y = np.fromiter(
-        (bool((lab := labels.get(t.id or "")) and lab.is_fraud) for t in transactions),
-        dtype=bool,
-        count=len(transactions),
-    )
-    ts = np.fromiter((t.ts_ms for t in transactions), dtype=np.int64, count=len(transactions))
+    engine, scored, rows, y, ts = features_of(ruleset, transactions, labels)
     first, last = int(ts.min()), int(ts.max())
     train_end = first + int((last - first) * (1 - test_share))
     test_start = train_end + int(gap_days * DAY)
@@ -81,14 +117,7 @@ def train(
             "fraud; training needs at least 100 and some fraud — give labels for those days "
             "(--labels), a longer history (--input) or a smaller --test-share"
         )
-    estimator = HistGradientBoostingClassifier(
-        max_iter=300,
-        learning_rate=0.08,
-        max_leaf_nodes=31,
-        l2_regularization=1.0,
-        early_stopping=False,
-        random_state=seed,
-    )
+    estimator = make_estimator(seed=seed)
     estimator.fit(rows[train_mask], y[train_mask])
     split = {
         "train": [_day(first), _day(train_end)],
