@@ -50,8 +50,15 @@ format: setup  ## apply ruff's formatting and fixes
 chaos: setup-test  ## only the fault scenarios (also part of make test)
 	$(BIN)/pytest tests/chaos
 
-bench: setup  ## detector throughput: drain 200,000 preloaded transactions
-	$(BIN)/python benchmarks/detector_throughput.py
+BENCH_VENV := .venv-bench
+bench: setup $(BENCH_VENV)/.installed  ## fraudstream vs the tutorial loop, Quix Streams, a passthrough; latency (BENCH_ARGS="--count N --only NAME,...")
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+$(BENCH_VENV)/.installed: benchmarks/requirements.lock  # kafka-python, quixstreams, matplotlib
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -r benchmarks/requirements.lock
+	touch $@
 
 consume: setup  ## read TOPIC with Kafka's own console consumer (read_committed)
 	$(BIN)/fraudstream broker tool console-consumer --bootstrap-server $(KAFKA_BROKER_URL) \

@@ -11,15 +11,15 @@ contender, one after the other on the same input (each in its own group and outp
 - unbounded: the same with both limits out of reach (what the detector did before).
 
 For each: the time from launch to the first committed decision (read_committed), the peak
-resident memory (VmRSS, sampled every 0.25 s), and how many decisions were committed when the
-window closed (or when everything was decided). Not a test: the figures go in the README.
+resident memory (VmHWM, read every 0.25 s; the README's figures of 2026-11-27 sampled
+VmRSS), and how many decisions were committed when the window closed (or when everything
+was decided). Not a test: the figures go in the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,34 +27,18 @@ import time
 import uuid
 from pathlib import Path
 
+from benchkit import REPO, ProcessTree, env_for, kafka
 from confluent_kafka import Consumer
 
-from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import generate
 from fraudstream.stream import consumer_config, ensure_topics
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def run(
     settings: Settings, env_extra: dict[str, str], count: int, window: float
 ) -> dict[str, float]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[name.upper()] = str(value)
-    env.update(env_extra, RULES_FILE=str(REPO / "rules" / "default.yaml"))
+    env = env_for(settings, **env_extra, RULES_FILE=str(REPO / "rules" / "default.yaml"))
     reader = Consumer(
         consumer_config(settings, "bench-reader", group_id=f"reader-{uuid.uuid4().hex}")
     )
@@ -64,12 +48,12 @@ def run(
     proc = subprocess.Popen(
         [sys.executable, "-m", "fraudstream", "detect"], env=env, stdout=log, stderr=log
     )
+    tree = ProcessTree(proc.pid)
     first = math.nan
     decided = 0
-    peak = 0.0
     try:
         while time.monotonic() - start < window and decided < count:
-            peak = max(peak, _rss_mb(proc.pid))
+            tree.sample()
             for msg in reader.consume(num_messages=100_000, timeout=0.25):
                 if msg.error() is None:
                     decided += 1
@@ -82,7 +66,7 @@ def run(
         proc.terminate()
         proc.wait(60)
         reader.close()
-    return {"first_s": first, "peak_mb": peak, "decided": decided, "elapsed_s": elapsed}
+    return {"first_s": first, "peak_mb": tree.peak_rss_mb, "decided": decided, "elapsed_s": elapsed}
 
 
 def main() -> None:
@@ -92,13 +76,11 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=120, help="seconds per contender")
     args = parser.parse_args()
 
-    broker = LocalBroker(port=free_port(), data_dir=Path(tempfile.mkdtemp()) / "kafka")
-    broker.start()
-    try:
+    with kafka() as url:
         tag = uuid.uuid4().hex[:8]
         base = load_settings(
             _env_file=None,
-            kafka_broker_url=broker.bootstrap,
+            kafka_broker_url=url,
             transactions_topic=f"backlog-{tag}.transactions",
             labels_topic=f"backlog-{tag}.labels",
             topic_partitions=args.partitions,
@@ -134,8 +116,6 @@ def main() -> None:
                 f"{r['decided']:>12,.0f} in {r['elapsed_s']:.0f}s",
                 flush=True,
             )
-    finally:
-        broker.stop()
 
 
 if __name__ == "__main__":

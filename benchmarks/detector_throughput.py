@@ -14,13 +14,13 @@ import argparse
 import math
 import os
 import platform
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from fraudstream.broker import LocalBroker, free_port
+from benchkit import kafka
+
 from fraudstream.config import load_settings
 from fraudstream.detection import Engine, load_ruleset, tutorial_rules
 from fraudstream.generator import generate
@@ -34,13 +34,7 @@ def main() -> None:
     parser.add_argument("--rules", type=Path, help="a rules file (default: the tutorial rule)")
     args = parser.parse_args()
 
-    url = os.environ.get("BENCH_KAFKA_BROKER_URL")
-    broker = None
-    if url is None:
-        broker = LocalBroker(port=free_port(), data_dir=Path(tempfile.mkdtemp()) / "kafka")
-        broker.start()
-        url = broker.bootstrap
-    try:
+    with kafka() as url:
         tag = uuid.uuid4().hex[:8]
         settings = load_settings(
             _env_file=None,
@@ -84,9 +78,6 @@ def main() -> None:
             f"CPU  {cpu:.2f}s  -> {cpu / stats.total * 1e6:.1f} µs CPU per transaction "
             "(all threads of the detector process)"
         )
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-from fraudstream.broker import LocalBroker, free_port
+from benchkit import kafka
+
 from fraudstream.config import load_settings
 from fraudstream.generator import generate
 from fraudstream.stream import ensure_topics
@@ -35,13 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
 
-    url = os.environ.get("BENCH_KAFKA_BROKER_URL")
-    broker = None
-    if url is None:
-        broker = LocalBroker(port=free_port(), data_dir=Path(tempfile.mkdtemp()) / "kafka")
-        broker.start()
-        url = broker.bootstrap
-    try:
+    with kafka() as url:
         print(
             f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}; {args.seconds:g} s per target"
@@ -66,9 +59,6 @@ def main() -> None:
                 f"{rate:>10,.0f} {stats.sent:>9,} {stats.rate:>10,.1f}/s "
                 f"{deviation:>+9.2%} {cpu:>6.2f}s"
             )
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

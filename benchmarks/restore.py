@@ -24,17 +24,15 @@ import uuid
 import zlib
 from pathlib import Path
 
+from benchkit import REPO, kafka
 from confluent_kafka import Producer
 from synthetic import one_payment_per_account
 
-from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.generator import generate
 from fraudstream.stream import committed_progress, ensure_topics, producer_config
 from fraudstream.stream.changelog import read_changelog
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def kill_and_restart(settings: Settings, env: dict[str, str], state: Path | None) -> float:
@@ -68,13 +66,11 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1_000_000)
     args = parser.parse_args()
     n = args.accounts
-    broker = LocalBroker(port=free_port(), data_dir=Path(tempfile.mkdtemp()) / "kafka")
-    broker.start()
-    try:
+    with kafka() as url:
         tag = uuid.uuid4().hex[:8]
         settings = load_settings(
             _env_file=None,
-            kafka_broker_url=broker.bootstrap,
+            kafka_broker_url=url,
             topic_partitions=3,
             transactions_topic=f"r-{tag}.in",
             legit_topic=f"r-{tag}.legit",
@@ -162,8 +158,6 @@ def main() -> None:
                 f"{env['KAFKA_SESSION_TIMEOUT_MS']})",
                 flush=True,
             )
-    finally:
-        broker.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,443 @@
+"""`make bench`: fraudstream against the tutorials' loop, Quix Streams and a bare passthrough,
+on the same input, then fraudstream's latency at steady rates.
+
+    python benchmarks/bench.py [--count 1000000] [--only default,quix,...] [--skip-latency]
+        [--latency-seconds 25] [--latency-rates 1000,10000,half] [--out FILE.json]
+
+Starts its own broker (or uses BENCH_KAFKA_BROKER_URL), preloads N simulated transactions
+(the `sim` profile, labels included) into one 6-partition topic, then runs each contender as
+its own process, one after the other, each reading that topic in its own consumer group and
+writing to its own output topics:
+
+  default      fraudstream detect, rules/default.yaml
+  model        fraudstream detect, rules/with-model.yaml with a model trained here first
+  workers2     fraudstream detect --workers 2, rules/default.yaml
+  tutorial     the tutorials' loop (kafka-python, one message at a time; contenders/)
+  quix         Quix Streams, the default rules' account velocity rules, exactly-once
+  passthrough  confluent-kafka batches copied to one topic, no decoding, at-least-once
+
+For each: tx/s (launch until all N records are visible to a read_committed reader of its
+outputs), CPU µs per transaction (user+system of its process tree at that moment) and peak
+resident memory (VmHWM of its largest process). Then the latency of `fraudstream detect`
+(default rules) from produce to read_committed visibility at 1,000 and 10,000 tx/s and half
+the default contender's throughput (`latency.py`). Results go to a JSON file and a chart
+(PNG, drawn by `bench_chart.py` with .venv-bench's matplotlib). tutorial and quix run with
+.venv-bench's python (BENCH_PYTHON), which `make bench` builds from benchmarks/
+requirements.lock. Not a test: figures depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import latency
+import yaml
+from benchkit import REPO, ProcessTree, env_for, kafka
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+
+from fraudstream.config import Settings, load_settings
+from fraudstream.generator import generate
+from fraudstream.stream import consumer_config, ensure_topics, producer_config
+
+CONTENDERS = {
+    "default": "fraudstream, default rules",
+    "model": "fraudstream, rules + model",
+    "workers2": "fraudstream, default rules, 2 workers",
+    "tutorial": "tutorial loop (kafka-python)",
+    "quix": "Quix Streams, velocity rules, exactly-once",
+    "passthrough": "passthrough (confluent-kafka)",
+}
+SEED = 1
+BENCH_PYTHON = Path(os.environ.get("BENCH_PYTHON", REPO / ".venv-bench" / "bin" / "python"))
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Contender:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    outputs: list[str]
+
+
+def main() -> None:
+    args = parse_args()
+    today = datetime.date.today().isoformat()
+    out = args.out or HERE / "results" / f"bench-{today}.json"
+    work = Path(tempfile.mkdtemp(prefix="fraudstream-bench-"))
+    report: dict[str, Any] = {
+        "date": today,
+        "command": "python benchmarks/bench.py " + shlex.join(sys.argv[1:]),
+        "machine": machine(),
+        "commit": commit(),
+        "count": args.count,
+        "partitions": args.partitions,
+        "train_count": args.train_count if "model" in args.only else None,
+        "latency_seconds": None if args.skip_latency else args.latency_seconds,
+        "contenders": [],
+        "latency": [],
+    }
+    print(
+        f"{report['machine']['cpu']}, {report['machine']['cores']} cores; commit "
+        f"{report['commit']}; load average {report['machine']['load_average']}; logs in {work}"
+    )
+    with kafka() as url:
+        tag = f"bench-{uuid.uuid4().hex[:6]}"
+        base = load_settings(
+            _env_file=None,
+            kafka_broker_url=url,
+            transactions_topic=f"{tag}.transactions",
+            labels_topic=f"{tag}.labels",
+            topic_partitions=args.partitions,
+        )
+        ensure_topics(base, [base.transactions_topic, base.labels_topic])
+        t0 = time.perf_counter()
+        gen = generate(
+            base, rate=math.inf, count=args.count, seed=SEED, profile="sim", progress=None
+        )
+        if gen.failed:
+            raise SystemExit(f"preloading failed: {gen.failed:,} transactions not delivered")
+        print(f"preloaded {args.count:,} simulated transactions in {time.perf_counter() - t0:.1f}s")
+
+        warm_up(base)
+        model_rules = None
+        if "model" in args.only:
+            try:
+                model_rules = train_model(base, work, args.train_count)
+            except subprocess.CalledProcessError:
+                print(f"training the model failed; see {work / 'train.log'}")
+
+        print(f"{'contender':<44} {'tx/s':>9} {'CPU µs/tx':>10} {'peak RSS':>9} {'wall':>8}")
+        for name in args.only:
+            try:
+                contender = prepare(name, base, work, tag, model_rules)
+                result = run(contender, base, args.count, args.timeout, work)
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+                result = {"name": name, "error": str(exc)}
+            result["label"] = CONTENDERS[name]
+            report["contenders"].append(result)
+            print(row(result), flush=True)
+        report["ratios"] = ratios(report["contenders"])
+        for line in report["ratios"]["lines"]:
+            print(line)
+
+        if not args.skip_latency:
+            rates = latency_rates(args.latency_rates, report["contenders"])
+            if rates:
+                print(f"latency, fraudstream default rules, {args.latency_seconds:g} s per rate:")
+                try:
+                    report["latency"] = latency.measure(
+                        base, rates, args.latency_seconds, work, SEED + 1
+                    )
+                except RuntimeError as exc:
+                    report["latency_error"] = str(exc)
+                    print(f"latency: {exc}")
+        for state in work.glob("*-state"):
+            shutil.rmtree(state, ignore_errors=True)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {out}")
+    chart(out)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--count", type=int, default=1_000_000, help="transactions to preload")
+    p.add_argument("--partitions", type=int, default=6)
+    p.add_argument(
+        "--only",
+        default=",".join(CONTENDERS),
+        type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+        help=f"contenders to run, comma-separated (default: all of {', '.join(CONTENDERS)})",
+    )
+    p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--latency-seconds", type=float, default=25.0, help="per rate")
+    p.add_argument(
+        "--latency-rates",
+        default="1000,10000,half",
+        help="tx/s, comma-separated; 'half' is half the default contender's throughput",
+    )
+    p.add_argument(
+        "--train-count", type=int, default=200_000, help="simulated history the model learns"
+    )
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per contender at most")
+    p.add_argument(
+        "--out", type=Path, help="results JSON (default benchmarks/results/bench-DATE.json)"
+    )
+    args = p.parse_args()
+    if args.count < 1:
+        p.error("--count must be at least 1")
+    unknown = set(args.only) - set(CONTENDERS)
+    if unknown:
+        p.error(
+            f"unknown contender(s) {', '.join(sorted(unknown))}; pick from {', '.join(CONTENDERS)}"
+        )
+    return args
+
+
+def prepare(name: str, base: Settings, work: Path, tag: str, model_rules: Path | None) -> Contender:
+    """The command, environment and output topics of contender `name` (its topics created);
+    `model_rules`: the rules file with the trained model."""
+    run_tag = f"{tag}-{name}"
+    topics = {t: f"{run_tag}.{t}" for t in ("legit", "fraud", "dlq")}
+    if name in ("default", "model", "workers2"):
+        rules = REPO / "rules" / "default.yaml"
+        if name == "model":
+            if model_rules is None:
+                raise RuntimeError(f"no model (see {work / 'train.log'})")
+            rules = model_rules
+        settings = base.model_copy(
+            update={
+                "legit_topic": topics["legit"],
+                "fraud_topic": topics["fraud"],
+                "dlq_topic": topics["dlq"],
+                "detector_group": run_tag,
+                "rules_file": str(rules),
+                "partition_idle_ms": 0,  # the input is all there: a partition at its end is done
+                "state_dir": str(work / f"{name}-state"),
+            }
+        )
+        ensure_topics(settings, list(settings.output_topics))
+        argv = [sys.executable, "-m", "fraudstream", "detect"]
+        if name == "workers2":
+            argv += ["--workers", "2"]
+        return Contender(name, argv, env_for(settings), list(settings.output_topics))
+
+    env = dict(
+        os.environ,
+        KAFKA_BROKER_URL=base.kafka_broker_url,
+        TRANSACTIONS_TOPIC=base.transactions_topic,
+        BENCH_GROUP=run_tag,
+    )
+    if name == "passthrough":
+        out = f"{run_tag}.out"
+        ensure_topics(base, [out])
+        script = HERE / "contenders" / "passthrough.py"
+        return Contender(name, [sys.executable, str(script)], dict(env, OUTPUT_TOPIC=out), [out])
+    if not BENCH_PYTHON.exists():
+        raise RuntimeError(f"{BENCH_PYTHON} is missing: `make bench` builds .venv-bench")
+    outputs = [topics["legit"], topics["fraud"]]
+    ensure_topics(base, outputs)
+    env.update(LEGIT_TOPIC=outputs[0], FRAUD_TOPIC=outputs[1])
+    script = {"tutorial": "tutorial_loop.py", "quix": "quix_velocity.py"}[name]
+    if name == "quix":
+        env["BENCH_STATE_DIR"] = str(work / "quix-state")
+    return Contender(name, [str(BENCH_PYTHON), str(HERE / "contenders" / script)], env, outputs)
+
+
+def warm_up(settings: Settings) -> None:
+    """Have the broker set up its group and transaction coordinators now (their internal
+    topics), so that the first contender does not wait for them."""
+    producer = Producer(
+        producer_config(settings, "bench-warm-up", transactional_id=f"warm-up-{uuid.uuid4()}")
+    )
+    producer.init_transactions(60)
+    consumer = Consumer(consumer_config(settings, "bench-warm-up", group_id="bench-warm-up"))
+    deadline = time.monotonic() + 60
+    while True:  # the group coordinator answers "not coordinator" while it loads
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(settings.transactions_topic, 0, 0)], asynchronous=False
+            )
+            break
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    consumer.close()
+
+
+def train_model(base: Settings, work: Path, count: int) -> Path:
+    """A model trained on `count` transactions of the same simulated world (not timed), and
+    rules/with-model.yaml pointing at it: the rules file's path."""
+    t0 = time.perf_counter()
+    history, labels, model = work / "train.jsonl", work / "train-labels.jsonl", work / "bench.model"
+    spec = yaml.safe_load((REPO / "rules" / "with-model.yaml").read_text())
+    spec["lists_file"] = str(REPO / "rules" / spec["lists_file"])
+    spec["model"]["file"] = str(model)
+    rules = work / "with-model.yaml"
+    rules.write_text(yaml.safe_dump(spec, sort_keys=False))
+    generate_history = ["generate", "--profile", "sim", "--seed", str(SEED), "--count", str(count)]
+    generate_history += ["--output", str(history), "--labels-output", str(labels), "--quiet"]
+    train = ["train", "--rules", str(rules), "--input", str(history), "--labels", str(labels)]
+    train += ["--out", str(model)]
+    with open(work / "train.log", "wb") as log:
+        for step in (generate_history, train):
+            subprocess.run(
+                [sys.executable, "-m", "fraudstream", *step],
+                env=env_for(base),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                check=True,
+            )
+    history.unlink()
+    labels.unlink()
+    print(
+        f"(trained a model on {count:,} simulated transactions in {time.perf_counter() - t0:.0f}s)"
+    )
+    return rules
+
+
+def run(
+    contender: Contender, base: Settings, count: int, timeout: float, work: Path
+) -> dict[str, Any]:
+    """Launch the contender and time it until `count` records are visible in its outputs."""
+    reader = Consumer(
+        consumer_config(base, "bench-counter", group_id=f"bench-counter-{uuid.uuid4().hex}")
+    )
+    reader.assign(
+        [
+            TopicPartition(t, p, OFFSET_BEGINNING)
+            for t in contender.outputs
+            for p in range(partitions(reader, t))
+        ]
+    )
+    log = work / f"{contender.name}.log"
+    seen, error = 0, None
+    with open(log, "wb") as out:
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            contender.argv, env=contender.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+        )
+    tree = ProcessTree(proc.pid)
+    try:
+        while seen < count:
+            # returns as soon as the last record arrives, else after 0.1 s with what came
+            for msg in reader.consume(num_messages=min(count - seen, 100_000), timeout=0.1):
+                seen += msg.error() is None
+            now = time.monotonic()
+            tree.sample()
+            if proc.poll() is not None:
+                error = f"exited with code {proc.returncode}; see {log}"
+                break
+            if now - start > timeout:
+                error = f"timed out after {timeout:g} s with {seen:,} of {count:,}; see {log}"
+                break
+        wall = now - start
+    finally:
+        tree.stop(proc)
+        reader.close()
+    return {
+        "name": contender.name,
+        "records": seen,
+        "wall_s": wall,
+        "tx_per_s": seen / wall,
+        "cpu_s": tree.cpu_s,
+        "cpu_us_per_tx": tree.cpu_s / seen * 1e6 if seen else None,
+        "peak_rss_mb": tree.peak_rss_mb,
+        "peak_rss_sum_mb": tree.peak_rss_sum_mb,
+        "processes": len(tree.pids),
+        "log": str(log),
+        "error": error,
+    }
+
+
+def partitions(client: Consumer, topic: str, timeout: float = 10) -> int:
+    """How many partitions `topic` has, once the metadata knows it (just created)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = client.list_topics(topic, timeout=timeout).topics.get(topic)
+        if found is not None and found.error is None and found.partitions:
+            return len(found.partitions)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic} has no partitions after {timeout:g} s")
+        time.sleep(0.2)
+
+
+def row(r: dict[str, Any]) -> str:
+    if "tx_per_s" not in r:
+        return f"{r['label']:<44} failed: {r['error']}"
+    cpu = f"{r['cpu_us_per_tx']:.1f}" if r["cpu_us_per_tx"] is not None else "-"
+    line = (
+        f"{r['label']:<44} {r['tx_per_s']:>9,.0f} {cpu:>10} "
+        f"{r['peak_rss_mb']:>6,.0f} MB {r['wall_s']:>7.1f}s"
+    )
+    if r["processes"] > 1:
+        line += f"  ({r['processes']} processes, {r['peak_rss_sum_mb']:,.0f} MB together)"
+    return line + (f"  — {r['error']}" if r["error"] else "")
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """fraudstream's default rules against the tutorial loop, Quix and the passthrough."""
+    by = {r["name"]: r for r in results if r.get("tx_per_s") and not r.get("error")}
+    out: dict[str, Any] = {"lines": []}
+    if "default" not in by:
+        return out
+    d = by["default"]
+    for other in ("tutorial", "quix", "passthrough"):
+        if other in by:
+            o = by[other]
+            tput, cpu = d["tx_per_s"] / o["tx_per_s"], d["cpu_us_per_tx"] / o["cpu_us_per_tx"]
+            out[other] = {"throughput": tput, "cpu_per_tx": cpu}
+            out["lines"].append(
+                f"fraudstream default vs {CONTENDERS[other]}: {tput:.2f}x the throughput, "
+                f"{cpu:.2f}x the CPU per transaction"
+            )
+    return out
+
+
+def latency_rates(spec: str, results: list[dict[str, Any]]) -> list[float]:
+    default = next((r for r in results if r["name"] == "default" and not r.get("error")), None)
+    rates = []
+    for item in spec.split(","):
+        if item.strip() == "half":
+            if default is None:
+                print("latency: no measured default throughput, so no 'half' rate")
+            else:
+                rates.append(round(default["tx_per_s"] / 2))
+        elif item.strip():
+            rates.append(float(item))
+    return sorted(rates)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def commit() -> str:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
+
+
+def chart(results: Path) -> None:
+    png = results.with_suffix(".png")
+    if not BENCH_PYTHON.exists():
+        print(f"no chart: {BENCH_PYTHON} is missing (`make bench` builds .venv-bench)")
+        return
+    done = subprocess.run([str(BENCH_PYTHON), str(HERE / "bench_chart.py"), str(results), str(png)])
+    if done.returncode == 0:
+        print(f"chart: {png}")
+
+
+if __name__ == "__main__":
+    main()

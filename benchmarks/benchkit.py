@@ -1,0 +1,140 @@
+"""What the benchmarks share: a broker, the environment of a `fraudstream` subprocess, and the
+CPU time and peak memory of a process tree.
+
+    with kafka() as url:                   # BENCH_KAFKA_BROKER_URL, or a fresh local broker
+        proc = subprocess.Popen(cmd, env=env_for(settings, RULES_FILE="..."))
+        tree = ProcessTree(proc.pid)
+        tree.sample()                      # now and then: tree.cpu_s, tree.peak_rss_mb
+        tree.stop(proc)                    # SIGTERM, then SIGKILL for what is left
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from fraudstream.broker import LocalBroker, free_port
+from fraudstream.config import Settings
+
+__all__ = ["REPO", "ProcessTree", "env_for", "kafka"]
+
+REPO = Path(__file__).resolve().parent.parent
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def kafka() -> Iterator[str]:
+    """The bootstrap address of a broker: BENCH_KAFKA_BROKER_URL when set, else a broker of
+    our own on a free port and a fresh data directory, both gone on the way out."""
+    url = os.environ.get("BENCH_KAFKA_BROKER_URL")
+    if url:
+        yield url
+        return
+    data = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
+    broker = LocalBroker(port=free_port(), data_dir=data / "kafka")
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a `fraudstream` subprocess use `settings` (every setting by
+    its environment name), plus `extra`."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[name.upper()] = str(value)
+    env.update(extra)
+    return env
+
+
+class ProcessTree:
+    """A process and its descendants, read from /proc at each `sample()`: their user+system
+    CPU seconds now (threads and reaped children included) and the highest peak resident
+    memory (VmHWM) of any one of them, and of all of them added up."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pids: set[int] = {pid}
+        self.cpu_s = 0.0
+        self.peak_rss_mb = 0.0  # the largest process
+        self.peak_rss_sum_mb = 0.0  # every process's own peak, added up
+
+    def sample(self) -> None:
+        pids = _descendants(self.pid)
+        if not pids:
+            return  # gone: keep the last figures
+        self.pids |= pids
+        cpu, peaks = 0.0, []
+        for pid in pids:
+            cpu += _cpu_s(pid)
+            peaks.append(_hwm_mb(pid))
+        self.cpu_s = cpu
+        self.peak_rss_mb = max(self.peak_rss_mb, *peaks)
+        self.peak_rss_sum_mb = max(self.peak_rss_sum_mb, sum(peaks))
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+        """SIGTERM the root and wait; after `timeout` SIGKILL every process of the tree seen.
+        Returns the root's exit code."""
+        self.sample()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+        for pid in self.pids | _descendants(self.pid):
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        code = proc.wait()
+        time.sleep(0.1)  # let the kernel reap what init adopted
+        return code
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _descendants(root: int) -> set[int]:
+    """`root` and every process under it that is alive (children listed by each thread)."""
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid in found or not os.path.exists(f"/proc/{pid}"):
+            continue
+        found.add(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            todo.extend(int(c) for c in _read(f"/proc/{pid}/task/{tid}/children").split())
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime + cutime + cstime of /proc/<pid>/stat, in seconds."""
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state is fields[0]
+    if len(fields) < 15:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / _TICK
+
+
+def _hwm_mb(pid: int) -> float:
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
