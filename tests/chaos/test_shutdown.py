@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
 
 from fraudstream.config import Settings
 from fraudstream.generator import generate
 from fraudstream.stream import ensure_topics
+from fraudstream.stream.layout import group_members as members_of
+from fraudstream.stream.layout import member_name
 from tests.chaos.test_faults import (
     DEFAULT_RULES,
     TUTORIAL_RULES,
@@ -45,23 +45,7 @@ LEFT_WITHIN_S = 3.0
 
 def group_members(settings: Settings) -> list[Any]:
     """The group's members, as the group coordinator lists them."""
-    group = settings.detector_group
-    admin = AdminClient({"bootstrap.servers": settings.kafka_broker_url})
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            described = admin.describe_consumer_groups([group])[group].result(timeout=30)
-            return list(described.members)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if err.code() == KafkaError.GROUP_ID_NOT_FOUND:
-                return []
-            # the coordinator still loading or moving (NOT_COORDINATOR): ask again
-            if not (err.retriable() or err.code() == KafkaError.NOT_COORDINATOR):
-                raise
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return members_of(settings, settings.detector_group)
 
 
 def assert_left(settings: Settings) -> None:
@@ -196,7 +180,7 @@ def test_workers_two_processes_share_the_group_and_stop_together(
     n = 40_000
     children: list[int] = []
     try:
-        names = {f"{group}-w-0", f"{group}-w-1"}
+        names = {member_name(f"{group}-w-0"), member_name(f"{group}-w-1")}
 
         def both_assigned() -> bool:
             assert parent.poll() is None, log.read_text()
