@@ -263,7 +263,7 @@ class FeatureState:
             means["30d"],
             amount / (means["30d"] + 1.0),
             1.0 if last else 0.0,
-            math.log1p(dt / HOUR) if last else -1.0,
+            math.log1p(max(dt, 0) / HOUR) if last else -1.0,  # a late one: 0
         ]
         dev1, dev2 = self.a_dev
         device = zlib.crc32(tx.device.encode()) or 1 if tx.device is not None else 0

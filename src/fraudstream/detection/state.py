@@ -18,6 +18,8 @@ import sys
 from array import array
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = ["DAY", "HOUR", "MINUTE", "Column", "KeyIndex", "Table", "Tables"]
 
 MINUTE = 60_000
@@ -159,6 +161,20 @@ class Table:
             seen[r] = ts
         return r
 
+    def rows(self, keys: list[str], ts: list[int], memo: dict[str, int]) -> list[int]:
+        """`row(key, t)` for each pair in order. `memo` remembers the rows found (pass the
+        same one while no eviction can happen: rows stay where they are until then)."""
+        out = []
+        seen = self._seen
+        for key, t in zip(keys, ts, strict=True):
+            r = memo.get(key)
+            if r is None:
+                r = memo[key] = self.row(key, t)
+            elif t > seen[r]:
+                seen[r] = t
+            out.append(r)
+        return out
+
     def find(self, key: str) -> int | None:
         return self.index.get(key)
 
@@ -250,6 +266,31 @@ class Table:
         if r is None:
             return None
         return self._struct().pack(*(c.data[r] for c in self.columns.values()))
+
+    def dump_rows(self, keys: list[str]) -> list[bytes | None]:
+        """`dump_row` of each key, the columns gathered in one pass (numpy)."""
+        index = self.index
+        found = [index.get(k) for k in keys]
+        rows = [r for r in found if r is not None]
+        if not rows:
+            return [None] * len(keys)
+        cols = list(self.columns.values())
+        packed = np.empty(len(rows), dtype=np.dtype([(c.name, "<" + c.typecode) for c in cols]))
+        at = np.array(rows, dtype=np.intp)
+        for c in cols:
+            view = np.frombuffer(c.data, dtype=np.dtype(c.typecode))
+            packed[c.name] = view[at]
+            del view  # the column may grow again
+        blob, size = packed.tobytes(), packed.dtype.itemsize
+        out: list[bytes | None] = []
+        i = 0
+        for r in found:
+            if r is None:
+                out.append(None)
+            else:
+                out.append(blob[i * size : (i + 1) * size])
+                i += 1
+        return out
 
     def load_row(self, key: str, blob: bytes) -> None:
         values = self._struct().unpack(blob)
