@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # default, so that N processes on N cores do not fight over them (scoring is compiled and
     # runs in the calling thread anyway).
     model_threads: int = Field(default=1, ge=1, le=256)
+    # Fault tests only: abort about this share of transactions on purpose; make this share of
+    # commits "time out" past their retries (having committed or not); the seed of those
+    # draws (unset: at random, and logged), to replay a failing run.
+    fault_abort_rate: float = Field(default=0.0, ge=0, le=1)
+    fault_commit_timeout_rate: float = Field(default=0.0, ge=0, le=1)
+    fault_injection_seed: int | None = None
     # Fault tests only: raise in the Nth batch read (0: never), as a bug would.
     fault_crash_at_batch: int = Field(default=0, ge=0)
     # Fault tests only: pause this long halfway through writing each state snapshot.

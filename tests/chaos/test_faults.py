@@ -10,7 +10,6 @@ the seeds of the aborts and commit timeouts a detector injects) comes from the t
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import signal
@@ -45,7 +44,6 @@ from tests.conftest import (
 pytestmark = pytest.mark.chaos
 TUTORIAL_RULES = str(REPO / "rules" / "tutorial.yaml")
 # On a started detector's PYTHONPATH: seeds its injected faults (see its docstring).
-SEEDED = Path(__file__).parent / "seeded"
 
 
 class Detectors:
@@ -69,11 +67,7 @@ class Detectors:
         log = self.tmp_path / f"detect-{instance}-{len(self.procs)}.log"
         seeded: dict[str, str] = {}
         if self.rng is not None:
-            path = os.environ.get("PYTHONPATH")
-            seeded = {
-                "PYTHONPATH": os.pathsep.join([str(SEEDED), *([path] if path else [])]),
-                "FRAUDSTREAM_CHAOS_SEED": str(self.rng.randrange(2**32)),
-            }
+            seeded = {"FAULT_INJECTION_SEED": str(self.rng.randrange(2**32))}
         defaults = {
             "RULES_FILE": self.rules,
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
@@ -218,7 +212,7 @@ def test_random_aborts(settings: Settings, tmp_path: Path, fault_rng: random.Ran
         settings,
         tmp_path,
         rng=fault_rng,
-        FRAUDSTREAM_CHAOS_ABORT_RATE="0.33",
+        FAULT_ABORT_RATE="0.33",
         COMMIT_RECORDS="500",
     )
     try:
@@ -417,8 +411,8 @@ def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
         tmp_path,
         rules=str(DEFAULT_RULES),
         rng=fault_rng,
-        FRAUDSTREAM_CHAOS_ABORT_RATE=abort_rate,
-        FRAUDSTREAM_CHAOS_COMMIT_TIMEOUT_RATE=timeout_rate,
+        FAULT_ABORT_RATE=abort_rate,
+        FAULT_COMMIT_TIMEOUT_RATE=timeout_rate,
         COMMIT_RECORDS="1000",
     )
     # Per process, the group's committed progress when it started and when it ended, if
@@ -430,7 +424,7 @@ def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
             # At least one timeout, forced: a first detector whose every commit times out
             # (committing first or not, at random), SIGKILLed once it has replaced its
             # producer; the others time out at the scenario's rate.
-            first = d.start(FRAUDSTREAM_CHAOS_COMMIT_TIMEOUT_RATE="1")
+            first = d.start(FAULT_COMMIT_TIMEOUT_RATE="1")
             wait_for(
                 lambda: first.poll() is not None or RENEWED in log_of(first),
                 timeout=120,

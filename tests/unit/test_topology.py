@@ -40,3 +40,21 @@ def test_shape_differences_name_what_changed() -> None:
     assert before.differences(with_labels) == [
         "labels topic none → streaming.transactions.labels (4)"
     ]
+
+
+def test_a_group_recorded_before_blocks_is_told_apart() -> None:
+    """A shape recorded by a version writing one envelope per repartition record (no
+    `format` field) differs from today's, by its format, and says so."""
+    import msgspec
+
+    from fraudstream.stream.layout import REPARTITION_FORMAT, Shape
+
+    old = msgspec.json.decode(
+        b'{"input":"tx","partitions":3,"stages":["target"],"labels":"","label_partitions":0}',
+        type=Shape,
+    )
+    now = msgspec.structs.replace(old, format=REPARTITION_FORMAT)
+    assert old.differences(now) == [
+        "repartition record format 1 → 2 (written by another version of fraudstream)"
+    ]
+    assert now.differences(now) == []

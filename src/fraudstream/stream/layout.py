@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 SHAPE_KEY = b"shape"
 
 
+REPARTITION_FORMAT = 2  # ordering.encode_block
+
+
 class GroupMismatchError(ConfigError):
     """The group's internal topics were made for another topology."""
 
@@ -60,6 +63,9 @@ class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     stages: list[str]
     labels: str = ""
     label_partitions: int = 0
+    # how records on the repartition topics are written: 1 one envelope per record (before
+    # 2026-11-27, recorded without this field), 2 blocks of envelopes
+    format: int = 1
 
     @classmethod
     def of(cls, topology: Topology) -> Shape:
@@ -70,6 +76,7 @@ class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
             stages=[s.key for s in topology.stages if s.key],
             labels=topology.label_stage.topic if topology.labels else "",
             label_partitions=topology.labels,
+            format=REPARTITION_FORMAT,
         )
 
     def differences(self, now: Shape) -> list[str]:
@@ -84,6 +91,11 @@ class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
             before = f"{self.labels} ({self.label_partitions})" if self.labels else "none"
             after = f"{now.labels} ({now.label_partitions})" if now.labels else "none"
             out.append(f"labels topic {before} → {after}")
+        if self.format != now.format:
+            out.append(
+                f"repartition record format {self.format} → {now.format} (written by another "
+                "version of fraudstream)"
+            )
         return out
 
 

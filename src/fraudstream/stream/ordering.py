@@ -25,7 +25,19 @@ import msgspec
 
 from fraudstream.schema import LabelRecord, Transaction
 
-__all__ = ["DATA", "INF", "LABEL", "MARK", "Envelope", "Key", "Meta", "Orderer"]
+__all__ = [
+    "BLOCK_BYTES",
+    "DATA",
+    "INF",
+    "LABEL",
+    "MARK",
+    "Envelope",
+    "Key",
+    "Meta",
+    "Orderer",
+    "decode_block",
+    "encode_block",
+]
 
 DATA, LABEL, MARK = 0, 1, 2
 INF = 1 << 62  # the time of an idle upstream's mark: it holds nothing back
@@ -72,8 +84,12 @@ class Meta(msgspec.Struct, omit_defaults=True):
     mark_seen: dict[int, int] = {}  # per upstream: the number of that mark
 
 
-encode_envelope = msgspec.msgpack.Encoder().encode
-decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
+# A repartition record is a block: the envelopes one task sends one downstream partition in
+# one step (up to BLOCK_BYTES), so a hop costs one Kafka record per batch and partition, not
+# one per transaction. Marks travel as blocks of one.
+encode_block = msgspec.msgpack.Encoder().encode
+decode_block = msgspec.msgpack.Decoder(list[Envelope]).decode
+BLOCK_BYTES = 256 * 1024  # well under the broker's default record size limit (1 MiB)
 encode_meta = msgspec.msgpack.Encoder().encode
 decode_meta = msgspec.msgpack.Decoder(Meta).decode
 

@@ -51,6 +51,7 @@ from fraudstream.stream.dlq import dlq_headers
 from fraudstream.stream.health import StallWatch, Status, TaskStatus, describe_key, waits
 from fraudstream.stream.layout import member_name, prepare_topology
 from fraudstream.stream.ordering import (
+    BLOCK_BYTES,
     DATA,
     INF,
     LABEL,
@@ -59,9 +60,9 @@ from fraudstream.stream.ordering import (
     Key,
     Meta,
     Orderer,
-    decode_envelope,
+    decode_block,
     decode_meta,
-    encode_envelope,
+    encode_block,
     encode_meta,
 )
 from fraudstream.stream.snapshot import Snapshot, SnapshotStore
@@ -294,6 +295,11 @@ class Processor:
         self._topic_ids: dict[str, str] = {}
         self._keyed = False  # a staged topology: keyed stages buffer, inputs may be paused
         self._paused: set[tuple[str, int]] = set()  # input partitions paused for back-pressure
+        # envelopes forwarded in this step, per (repartition topic, partition), and their
+        # approximate size: sent as one block per destination at the end of the step
+        self._outbox: dict[tuple[str, int], list[Envelope]] = {}
+        self._outbox_bytes: dict[tuple[str, int], int] = {}
+        self._per_block = 1.0  # envelopes per repartition record read (back-pressure counts)
         self._next_backpressure = 0.0
         self._skipped_labels: Counter[str] = Counter()  # label records dead-lettered, by class
         self._skipped_said: dict[str, int] = {}
@@ -302,13 +308,23 @@ class Processor:
         self._stall = StallWatch(settings.stall_warning_ms)
         self._last_commit_ms = 0
         self._status_producer: Producer | None = None
-        # Fault tests only: abort about this share of transactions (FRAUDSTREAM_CHAOS_ABORT_RATE).
-        self._chaos_abort_rate = float(os.environ.get("FRAUDSTREAM_CHAOS_ABORT_RATE") or 0)
-        self._chaos_commit_timeout_rate = float(
-            os.environ.get("FRAUDSTREAM_CHAOS_COMMIT_TIMEOUT_RATE") or 0
-        )
-        # their seed, to replay a fault test (FRAUDSTREAM_CHAOS_SEED; unset: at random)
-        self._chaos = random.Random(os.environ.get("FRAUDSTREAM_CHAOS_SEED"))
+        # Fault tests only (Settings.fault_*): abort about this share of transactions, and
+        # make this share of commits "time out" past their retries, drawn from a seeded
+        # generator so that a failing run can be replayed.
+        self._chaos_abort_rate = settings.fault_abort_rate
+        self._chaos_commit_timeout_rate = settings.fault_commit_timeout_rate
+        seed = settings.fault_injection_seed
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**32)
+        self._chaos = random.Random(seed)
+        if self._chaos_abort_rate or self._chaos_commit_timeout_rate:
+            log.warning(
+                "fault injection: aborting %.0f%% of transactions, timing out %.0f%% of "
+                "commits (FAULT_INJECTION_SEED=%d)",
+                100 * self._chaos_abort_rate,
+                100 * self._chaos_commit_timeout_rate,
+                seed,
+            )
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -459,6 +475,7 @@ class Processor:
             for task in keyed:
                 if task.stage is stage:
                     self._release(task)
+        self._send_blocks()
 
     def _read_input(self, task: Task, msgs: list[Any]) -> None:
         valid: list[tuple[Any, Decoded, int]] = []
@@ -581,13 +598,21 @@ class Processor:
     def _offer(self, task: Task, msgs: list[Any]) -> None:
         orderer = task.orderer
         assert orderer is not None
+        envelopes = 0
         for msg in msgs:
+            value = msg.value()
             try:
-                env = decode_envelope(msg.value())
+                block = decode_block(value)
             except Exception as exc:  # not written by a detector: keep it, never stop
                 self._dead_letter(msg, type(exc).__name__, str(exc), "repartition")
                 continue
-            orderer.offer(env, msg.offset(), len(msg.value()))
+            if not block:
+                continue
+            offset, size = msg.offset(), len(value) // len(block)
+            for env in block:  # a block shares its record's offset: committed as one
+                orderer.offer(env, offset, size)
+            envelopes += len(block)
+        self._per_block = 0.9 * self._per_block + 0.1 * (envelopes / len(msgs))
 
     def _release(self, task: Task) -> None:
         assert task.orderer is not None and self.topology is not None
@@ -643,7 +668,26 @@ class Processor:
         seq = task.meta.seq
         n = seq[partition] = seq.get(partition, 0) + 1
         env.u, env.s = task.origin, n
-        self._produce_to(to.topic, partition, None, encode_envelope(env))
+        dest = (to.topic, partition)
+        out = self._outbox.get(dest)
+        if out is None:
+            out = self._outbox[dest] = []
+            self._outbox_bytes[dest] = 0
+        out.append(env)
+        size = self._outbox_bytes[dest] = self._outbox_bytes[dest] + 2 * len(env.value) + 128
+        if size >= BLOCK_BYTES:
+            self._send_block(dest)
+
+    def _send_blocks(self) -> None:
+        """Every envelope forwarded in this step, a block per destination partition, before
+        anything else goes to those partitions (marks must follow the data they cover)."""
+        for dest in list(self._outbox):
+            self._send_block(dest)
+
+    def _send_block(self, dest: tuple[str, int]) -> None:
+        block = self._outbox.pop(dest)
+        del self._outbox_bytes[dest]
+        self._produce_to(dest[0], dest[1], None, encode_block(block))
 
     def _output(self, key: Any, value: bytes, headers: Any, outcome: str) -> None:
         if outcome == "fraud":
@@ -709,7 +753,7 @@ class Processor:
             except KafkaException:
                 continue
             if tp.offset >= 0 and high > tp.offset:
-                records += high - tp.offset
+                records += round((high - tp.offset) * self._per_block)  # blocks of records
         s = self.settings
         over = records > s.max_buffered_records or nbytes > s.max_buffered_bytes
         under = records <= s.max_buffered_records // 2 and nbytes <= s.max_buffered_bytes // 2
@@ -861,7 +905,7 @@ class Processor:
             meta.sent = bound
             meta.mark_seq += 1
             to = self.topology.next(task.stage)
-            value = encode_envelope(Envelope(MARK, *bound, task.origin, meta.mark_seq))
+            value = encode_block([Envelope(MARK, *bound, task.origin, meta.mark_seq)])
             for p in range(to.partitions):
                 self._produce_to(to.topic, p, None, value)
 
@@ -1022,6 +1066,8 @@ class Processor:
 
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset."""
+        self._outbox.clear()  # forwarded in the aborted step: redone from the offsets
+        self._outbox_bytes.clear()
         assigned = self.consumer.assignment()
         if assigned:
             for tp in self.consumer.committed(assigned, timeout=30):
