@@ -67,8 +67,8 @@ consume: setup  ## read TOPIC with Kafka's own console consumer (read_committed)
 reset: setup  ## wipe the local broker's data (.fraudstream/broker) after a confirmation
 	$(BIN)/fraudstream reset
 
-clean:  ## remove the virtualenv and caches (not the Kafka data in .fraudstream/)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+clean:  ## remove the virtualenvs and caches (not the Kafka data in .fraudstream/)
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 DATA := data
 eval: setup  ## simulate 1,000,000 labelled transactions, train on the first days, report on the later ones

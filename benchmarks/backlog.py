@@ -12,7 +12,8 @@ contender, one after the other on the same input (each in its own group and outp
 
 For each: the time from launch to the first committed decision (read_committed), the peak
 resident memory (VmHWM, read every 0.25 s; the README's figures of 2026-11-27 sampled
-VmRSS), and how many decisions were committed when the window closed (or when everything
+VmRSS) and the peak anonymous part of it (RssAnon, sampled: without shared libraries' pages),
+and how many decisions were committed when the window closed (or when everything
 was decided). Not a test: the figures go in the README.
 """
 
@@ -66,7 +67,13 @@ def run(
         proc.terminate()
         proc.wait(60)
         reader.close()
-    return {"first_s": first, "peak_mb": tree.peak_rss_mb, "decided": decided, "elapsed_s": elapsed}
+    return {
+        "first_s": first,
+        "peak_mb": tree.peak_rss_mb,
+        "anon_mb": tree.peak_anon_mb,
+        "decided": decided,
+        "elapsed_s": elapsed,
+    }
 
 
 def main() -> None:
@@ -74,6 +81,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2_000_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--window", type=float, default=120, help="seconds per contender")
+    parser.add_argument("--bounded-only", action="store_true", help="skip the unbounded run")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE,...",
+        help="one more contender: the defaults plus these environment variables (e.g. "
+        "'old:PYTHONPATH=/path/to/an/old/checkout/src' to compare with an older commit)",
+    )
     args = parser.parse_args()
 
     with kafka() as url:
@@ -96,7 +112,14 @@ def main() -> None:
                 "MAX_BUFFERED_BYTES": str(10**15),
             },
         }
-        print(f"{'contender':<22} {'first decision':>15} {'peak RSS':>10} {'decided':>12}")
+        if args.bounded_only:
+            del contenders["unbounded (before)"]
+        for variant in args.variant:
+            name, _, assignments = variant.partition(":")
+            contenders[name] = dict(a.split("=", 1) for a in assignments.split(",") if a)
+        print(
+            f"{'contender':<22} {'first decision':>15} {'peak RSS':>10} {'anon':>8} {'decided':>12}"
+        )
         for name, extra in contenders.items():
             run_tag = uuid.uuid4().hex[:6]
             settings = base.model_copy(
@@ -112,7 +135,7 @@ def main() -> None:
             )
             r = run(settings, extra, args.count, args.window)
             print(
-                f"{name:<22} {r['first_s']:>14.1f}s {r['peak_mb']:>8.0f}MB "
+                f"{name:<22} {r['first_s']:>14.1f}s {r['peak_mb']:>8.0f}MB {r['anon_mb']:>6.0f}MB "
                 f"{r['decided']:>12,.0f} in {r['elapsed_s']:.0f}s",
                 flush=True,
             )

@@ -69,6 +69,9 @@ class ProcessTree:
         self.cpu_s = 0.0
         self.peak_rss_mb = 0.0  # the largest process
         self.peak_rss_sum_mb = 0.0  # every process's own peak, added up
+        # the largest anonymous resident memory seen (sampled): what the process itself
+        # holds, without the shared libraries' mapped pages (numba's LLVM is ~100 MB of them)
+        self.peak_anon_mb = 0.0
 
     def sample(self) -> None:
         pids = _descendants(self.pid)
@@ -79,6 +82,7 @@ class ProcessTree:
         for pid in pids:
             cpu += _cpu_s(pid)
             peaks.append(_hwm_mb(pid))
+            self.peak_anon_mb = max(self.peak_anon_mb, _status_mb(pid, "RssAnon:"))
         self.cpu_s = cpu
         self.peak_rss_mb = max(self.peak_rss_mb, *peaks)
         self.peak_rss_sum_mb = max(self.peak_rss_sum_mb, sum(peaks))
@@ -134,7 +138,11 @@ def _cpu_s(pid: int) -> float:
 
 
 def _hwm_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM:")
+
+
+def _status_mb(pid: int, field: str) -> float:
     for line in _read(f"/proc/{pid}/status").splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return 0.0

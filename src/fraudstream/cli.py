@@ -644,10 +644,9 @@ def _detect(settings: Settings) -> int:
     from fraudstream.stream import Processor, ensure_topics
     from fraudstream.stream.clients import wait_for_broker
 
-    limit_native_threads(settings.model_threads)
-
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
+    limit_native_threads(settings.model_threads, model=ruleset.model is not None)
     _one_detector(settings)
     wait_for_broker(settings, settings.startup_timeout_ms / 1000)
     _not_elsewhere(settings)

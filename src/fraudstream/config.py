@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     status_interval_ms: int = Field(default=5_000, ge=100)
     # What the keyed stages of one process may buffer (records waiting for upstream marks):
     # past either bound the input partitions that are ahead are paused until it halves.
-    max_buffered_records: int = Field(default=100_000, ge=1)
+    max_buffered_records: int = Field(default=50_000, ge=1)
     max_buffered_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
     # Local state snapshots (restart from one plus the changelog's tail): how often, right
     # after a commit (0: never), and where.

@@ -24,11 +24,13 @@ MODEL_FORMAT = 1
 _limits: list[Any] = []  # the process-wide limit, kept alive
 
 
-def limit_native_threads(threads: int) -> None:
+def limit_native_threads(threads: int, *, model: bool = True) -> None:
     """Cap the native thread pools (OpenMP, BLAS) of this process at `threads` each
-    (threadpoolctl sets the libraries loaded, so load them all first)."""
-    import scipy.linalg  # noqa: F401 (scipy's BLAS)
-    import sklearn.utils._openmp_helpers  # noqa: F401 (scikit-learn's OpenMP runtime)
+    (threadpoolctl sets the libraries loaded, so load them all first). Without a model
+    only numpy's are loaded: scipy and scikit-learn (about 60 MB) stay out of the process."""
+    if model:
+        import scipy.linalg  # noqa: F401 (scipy's BLAS)
+        import sklearn.utils._openmp_helpers  # noqa: F401 (scikit-learn's OpenMP runtime)
     from threadpoolctl import threadpool_limits
 
     _limits.append(threadpool_limits(limits=threads))

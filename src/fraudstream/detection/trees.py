@@ -19,7 +19,6 @@ from typing import Any
 
 import numba
 import numpy as np
-from scipy.special import expit
 
 __all__ = ["CompiledTrees"]
 
@@ -127,4 +126,6 @@ class CompiledTrees:
             self.baseline,
             raw,
         )
+        from scipy.special import expit  # what scikit-learn uses; loaded with a model only
+
         return expit(raw)  # type: ignore[no-any-return]

@@ -79,15 +79,32 @@ def producer_config(
 def consumer_config(
     settings: Settings, client_id: str, *, group_id: str, from_beginning: bool = True
 ) -> dict[str, Any]:
-    """Manual commits, committed data only (read_committed), cooperative rebalancing."""
-    return base_config(settings, client_id) | {
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest" if from_beginning else "latest",
-        "isolation.level": "read_committed",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "enable.partition.eof": False,
+    """Manual commits, committed data only (read_committed), cooperative rebalancing.
+
+    Read-ahead is bounded per partition: librdkafka's defaults (100,000 records or 64 MB
+    each) let a backlog fill hundreds of MB before anything is processed, and a detector
+    reads 30 partitions and more. A partition whose queue is full is fetched again after
+    `fetch.queue.backoff.ms`, 1 s by default: with small queues that idles the consumer
+    (throughput fell threefold), so 10 ms. `KAFKA_QUEUED_MIN_MESSAGES`,
+    `KAFKA_QUEUED_MAX_MESSAGES_KBYTES` and `KAFKA_FETCH_QUEUE_BACKOFF_MS` override them
+    (benchmarks/backlog.py --variant measures them)."""
+    prefetch = {
+        "queued.min.messages": 20_000,
+        "queued.max.messages.kbytes": 4_096,
+        "fetch.queue.backoff.ms": 10,
     }
+    return (
+        prefetch
+        | base_config(settings, client_id)
+        | {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.partition.eof": False,
+        }
+    )
 
 
 def check_connection(settings: Settings, timeout: float = 10.0) -> None:

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 META_KEY = b"m"
 PURGE_EVERY_S = 10.0  # how often consumed repartition records are deleted
+PRODUCE_QUEUE_KBYTES = 65_536  # the most this process's producer holds unsent
 
 
 def _fatal_message(err: KafkaError) -> str:
@@ -269,7 +270,7 @@ class Processor:
         )
         self._name = name
         self._instance = instance
-        self.producer = Producer(producer_config(settings, name, transactional_id=name))
+        self.producer = self._new_producer()
         self.topology: Topology | None = None
         self.tasks: dict[tuple[str, int], Task] = {}
         self._in_txn = False
@@ -299,7 +300,11 @@ class Processor:
         # approximate size: sent as one block per destination at the end of the step
         self._outbox: dict[tuple[str, int], list[Envelope]] = {}
         self._outbox_bytes: dict[tuple[str, int], int] = {}
-        self._per_block = 1.0  # envelopes per repartition record read (back-pressure counts)
+        # envelopes per repartition record, over those recently sent and read, weighted by
+        # records (marks are records of one envelope, many and small; a mean of per-batch
+        # ratios would let them hide the blocks of hundreds): how back-pressure counts what
+        # is not read yet. Sent ones count from the start, before anything is read back.
+        self._block_envelopes = self._block_records = 1.0
         self._next_backpressure = 0.0
         self._skipped_labels: Counter[str] = Counter()  # label records dead-lettered, by class
         self._skipped_said: dict[str, int] = {}
@@ -612,7 +617,11 @@ class Processor:
             for env in block:  # a block shares its record's offset: committed as one
                 orderer.offer(env, offset, size)
             envelopes += len(block)
-        self._per_block = 0.9 * self._per_block + 0.1 * (envelopes / len(msgs))
+        self._count_blocks(envelopes, len(msgs))
+
+    def _count_blocks(self, envelopes: int, records: int) -> None:
+        self._block_envelopes = 0.99 * self._block_envelopes + envelopes
+        self._block_records = 0.99 * self._block_records + records
 
     def _release(self, task: Task) -> None:
         assert task.orderer is not None and self.topology is not None
@@ -688,6 +697,7 @@ class Processor:
         block = self._outbox.pop(dest)
         del self._outbox_bytes[dest]
         self._produce_to(dest[0], dest[1], None, encode_block(block))
+        self._count_blocks(len(block), 1)
 
     def _output(self, key: Any, value: bytes, headers: Any, outcome: str) -> None:
         if outcome == "fraud":
@@ -747,13 +757,14 @@ class Processor:
                 inputs.append(task)
         if not inputs:
             return
+        per_record = self._block_envelopes / self._block_records
         for tp in self.consumer.position(internal) if internal else []:
             try:
                 high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
             except KafkaException:
                 continue
             if tp.offset >= 0 and high > tp.offset:
-                records += round((high - tp.offset) * self._per_block)  # blocks of records
+                records += round((high - tp.offset) * per_record)  # blocks of records
         s = self.settings
         over = records > s.max_buffered_records or nbytes > s.max_buffered_bytes
         under = records <= s.max_buffered_records // 2 and nbytes <= s.max_buffered_bytes // 2
@@ -908,6 +919,7 @@ class Processor:
             value = encode_block([Envelope(MARK, *bound, task.origin, meta.mark_seq)])
             for p in range(to.partitions):
                 self._produce_to(to.topic, p, None, value)
+            self._count_blocks(to.partitions, to.partitions)
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -1025,6 +1037,13 @@ class Processor:
                     continue
                 raise
 
+    def _new_producer(self) -> Producer:
+        # What waits to be sent is bounded (64 MB, not the 1 GB of producer_config): past it
+        # produce() refuses and _produce waits for deliveries, so a broker slower than our
+        # reading slows the reading instead of growing the queue.
+        conf = producer_config(self.settings, self._name, transactional_id=self._name)
+        return Producer(conf | {"queue.buffering.max.kbytes": PRODUCE_QUEUE_KBYTES})
+
     def _renew_producer(self, err: KafkaError) -> None:
         """A commit that still times out after its retries is fatal for this producer:
         whether it committed is unknown, and librdkafka lacks the client side of KIP-890 to
@@ -1038,9 +1057,7 @@ class Processor:
             err,
         )
         self.producer.purge()
-        self.producer = Producer(
-            producer_config(self.settings, self._name, transactional_id=self._name)
-        )
+        self.producer = self._new_producer()
         self.producer.init_transactions(60)
         self._in_txn = False
         self._pending = ProcessorStats()
