@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchkit import REPO, ProcessTree, env_for, kafka
+from benchkit import REPO, VARIANT_HELP, ProcessTree, env_for, kafka, parse_variant
 from confluent_kafka import Consumer
 
 from fraudstream.config import Settings, load_settings
@@ -87,8 +87,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME:VAR=VALUE,...",
-        help="one more contender: the defaults plus these environment variables (e.g. "
-        "'old:PYTHONPATH=/path/to/an/old/checkout/src' to compare with an older commit)",
+        help=VARIANT_HELP,
     )
     args = parser.parse_args()
 
@@ -115,8 +114,8 @@ def main() -> None:
         if args.bounded_only:
             del contenders["unbounded (before)"]
         for variant in args.variant:
-            name, _, assignments = variant.partition(":")
-            contenders[name] = dict(a.split("=", 1) for a in assignments.split(",") if a)
+            name, extra = parse_variant(variant)
+            contenders[name] = extra
         print(
             f"{'contender':<22} {'first decision':>15} {'peak RSS':>10} {'anon':>8} {'decided':>12}"
         )

@@ -3,6 +3,12 @@ on the same input, then fraudstream's latency at steady rates.
 
     python benchmarks/bench.py [--count 1000000] [--only default,quix,...] [--skip-latency]
         [--latency-seconds 25] [--latency-rates 1000,10000,half] [--out FILE.json]
+        [--variant NAME:VAR=VALUE,...]
+
+`--variant` adds a fraudstream contender with extra environment (a setting such as
+BATCH_SIZE=5000, or PYTHONPATH=<an older checkout>/src for before/after figures in one run).
+BENCH_PROFILE=1 records each fraudstream contender with py-spy (collapsed stacks,
+<logs>/<name>-profile.txt), which slows it down: figures of such a run are not comparable.
 
 Starts its own broker (or uses BENCH_KAFKA_BROKER_URL), preloads N simulated transactions
 (the `sim` profile, labels included) into one 6-partition topic, then runs each contender as
@@ -36,6 +42,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,11 +54,12 @@ from typing import Any
 
 import latency
 import yaml
-from benchkit import REPO, ProcessTree, env_for, kafka
+from benchkit import REPO, VARIANT_HELP, ProcessTree, env_for, kafka, parse_variant
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import generate
+from fraudstream.locks import hash_seed
 from fraudstream.stream import consumer_config, ensure_topics, producer_config
 
 CONTENDERS = {
@@ -125,7 +133,7 @@ def main() -> None:
         print(f"{'contender':<44} {'tx/s':>9} {'CPU µs/tx':>10} {'peak RSS':>9} {'wall':>8}")
         for name in args.only:
             try:
-                contender = prepare(name, base, work, tag, model_rules)
+                contender = prepare(name, base, work, tag, model_rules, args.variants)
                 result = run(contender, base, args.count, args.timeout, work)
             except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
                 result = {"name": name, "error": str(exc)}
@@ -178,11 +186,20 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per contender at most")
     p.add_argument(
+        "--variant", action="append", default=[], metavar="NAME:VAR=VALUE,...", help=VARIANT_HELP
+    )
+    p.add_argument(
         "--out", type=Path, help="results JSON (default benchmarks/results/bench-DATE.json)"
     )
     args = p.parse_args()
     if args.count < 1:
         p.error("--count must be at least 1")
+    args.variants = dict(parse_variant(v) for v in args.variant)
+    for name in args.variants:
+        if name in CONTENDERS:
+            p.error(f"--variant {name}: pick a name that is not a contender's")
+        CONTENDERS[name] = f"fraudstream, default rules, {name}"
+        args.only.append(name)
     unknown = set(args.only) - set(CONTENDERS)
     if unknown:
         p.error(
@@ -191,12 +208,20 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def prepare(name: str, base: Settings, work: Path, tag: str, model_rules: Path | None) -> Contender:
+def prepare(
+    name: str,
+    base: Settings,
+    work: Path,
+    tag: str,
+    model_rules: Path | None,
+    variants: dict[str, dict[str, str]],
+) -> Contender:
     """The command, environment and output topics of contender `name` (its topics created);
-    `model_rules`: the rules file with the trained model."""
+    `model_rules`: the rules file with the trained model; `variants`: extra environment of the
+    --variant contenders (default rules)."""
     run_tag = f"{tag}-{name}"
     topics = {t: f"{run_tag}.{t}" for t in ("legit", "fraud", "dlq")}
-    if name in ("default", "model", "workers2"):
+    if name in ("default", "model", "workers2", *variants):
         rules = REPO / "rules" / "default.yaml"
         if name == "model":
             if model_rules is None:
@@ -217,7 +242,14 @@ def prepare(name: str, base: Settings, work: Path, tag: str, model_rules: Path |
         argv = [sys.executable, "-m", "fraudstream", "detect"]
         if name == "workers2":
             argv += ["--workers", "2"]
-        return Contender(name, argv, env_for(settings), list(settings.output_topics))
+        env = env_for(settings, **variants.get(name, {}))
+        if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks of the detector
+            spy = str(Path(sys.executable).parent / "py-spy")
+            out = str(work / f"{name}-profile.txt")
+            argv = [spy, "record", "-s", "-r", "200", "-f", "raw", "-o", out, "--", *argv]
+            # the seed the detector would re-execute itself for (py-spy loses an exec'd process)
+            env["PYTHONHASHSEED"] = hash_seed(Path(settings.state_dir))
+        return Contender(name, argv, env, list(settings.output_topics))
 
     env = dict(
         os.environ,
@@ -332,7 +364,8 @@ def run(
                 break
         wall = now - start
     finally:
-        tree.stop(proc)
+        # py-spy writes its profile on SIGINT (Ctrl-C), not on SIGTERM
+        tree.stop(proc, sig=signal.SIGINT if os.environ.get("BENCH_PROFILE") else signal.SIGTERM)
         reader.close()
     return {
         "name": contender.name,

@@ -58,6 +58,21 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """`NAME:VAR=VALUE,VAR=VALUE` (a `--variant` argument): the name and the variables."""
+    name, _, assignments = text.partition(":")
+    if not name or any("=" not in a for a in assignments.split(",") if a):
+        raise SystemExit(f"--variant {text!r}: write NAME:VAR=VALUE,VAR=VALUE")
+    return name, dict(a.split("=", 1) for a in assignments.split(",") if a)
+
+
+VARIANT_HELP = (
+    "one more fraudstream contender: the default rules plus these environment variables "
+    "(e.g. 'old:PYTHONPATH=/path/to/an/old/checkout/src' to compare with an older commit, "
+    "'batch5k:BATCH_SIZE=5000'); repeatable"
+)
+
+
 class ProcessTree:
     """A process and its descendants, read from /proc at each `sample()`: their user+system
     CPU seconds now (threads and reaped children included) and the highest peak resident
@@ -87,12 +102,14 @@ class ProcessTree:
         self.peak_rss_mb = max(self.peak_rss_mb, *peaks)
         self.peak_rss_sum_mb = max(self.peak_rss_sum_mb, sum(peaks))
 
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
-        """SIGTERM the root and wait; after `timeout` SIGKILL every process of the tree seen.
-        Returns the root's exit code."""
+    def stop(
+        self, proc: subprocess.Popen[bytes], timeout: float = 30, sig: int = signal.SIGTERM
+    ) -> int:
+        """Signal the root (SIGTERM) and wait; after `timeout` SIGKILL every process of the tree
+        seen. Returns the root's exit code."""
         self.sample()
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             with suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
         for pid in self.pids | _descendants(self.pid):
