@@ -7,7 +7,7 @@ row (features plus rule flags) and the same decision (score, outcome, reasons).
 The live rows are not in the detector's output (only the score and reasons are), so the
 detector runs in this process and the rows are taken on their way to the model
 (`Engine.model_rows`, called once per batch the last stage decides) and paired with the
-decisions as the runtime encodes them (`fraudstream.stream.processor.encode_decided`, called
+decisions as the runtime encodes them (`fraudstream.stream.tasks.encode_decided`, called
 for each of that batch's transactions, in the same order). Those two names are what this
 test needs from the runtime; the scores and reasons are also compared from the output topics.
 """
@@ -126,11 +126,11 @@ def test_live_feature_rows_and_scores_equal_trains_decision_by_decision(
         assert _decision(train_decisions[tx_id]) == _decision(d), tx_id
 
     # --- live, with the model train made ---------------------------------------------------
-    processor_module = importlib.import_module("fraudstream.stream.processor")
+    tasks_module = importlib.import_module("fraudstream.stream.tasks")
     pending: deque[list[float]] = deque()
     live_rows: dict[str, list[float]] = {}
     live_decisions: dict[str, Decision] = {}
-    encode_decided = processor_module.encode_decided
+    encode_decided = tasks_module.encode_decided
 
     def live_model_rows(self: Engine, scored: Sequence[Any]) -> list[list[float]]:
         rows = model_rows(self, scored)
@@ -146,7 +146,7 @@ def test_live_feature_rows_and_scores_equal_trains_decision_by_decision(
         return encode_decided(raw, decoded, decision)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(Engine, "model_rows", live_model_rows)
-    monkeypatch.setattr(processor_module, "encode_decided", live_encode)
+    monkeypatch.setattr(tasks_module, "encode_decided", live_encode)
     engine = Engine.from_ruleset(load_ruleset(rules))
     processor = Processor(settings, engine)
     stop = threading.Event()

@@ -26,7 +26,7 @@ from fraudstream.errors import FraudstreamError
 from fraudstream.stream.changelog import end_offsets
 from fraudstream.stream.clients import base_config
 from fraudstream.stream.ordering import INF, Key
-from fraudstream.stream.topology import Topology
+from fraudstream.stream.topology import TopicNames, Topology
 
 __all__ = [
     "GroupStatus",
@@ -173,7 +173,7 @@ def read_status(
             for p in sorted(listed[t].partitions)
         ]
         committed = {(tp.topic, tp.partition): tp.offset for tp in _committed(consumer, tps, group)}
-        reports = _latest_reports(settings, consumer, f"{group}.status", listed)
+        reports = _latest_reports(settings, consumer, TopicNames(group).status, listed)
     finally:
         consumer.close()
     by_task = {

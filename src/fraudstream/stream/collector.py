@@ -1,0 +1,138 @@
+"""The record collector: everything the detector writes goes through here.
+
+Decisions to legit / fraud, dead letters, envelopes to the repartition topics (gathered into
+one block per destination partition and step), marks and changelog records: all into the open
+transaction of the coordinator's producer, through one loop that waits for deliveries when the
+producer's queue is full (so a slow broker slows the reading, not the memory).
+
+    collector = RecordCollector(settings, txn)
+    collector.output(key, value, headers, "fraud")
+    collector.forward(("g.by-target", 3), envelope)
+    collector.flush()        # the step's blocks, before anything else goes to those partitions
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fraudstream.config import Settings
+from fraudstream.stream.dlq import dlq_headers
+from fraudstream.stream.ordering import BLOCK_BYTES, Envelope, encode_block
+from fraudstream.stream.transactions import TransactionCoordinator
+
+__all__ = ["ProcessorStats", "RecordCollector"]
+
+
+@dataclass
+class ProcessorStats:
+    legit: int = 0
+    fraud: int = 0
+    dead_letter: int = 0
+    commits: int = 0
+    aborts: int = 0
+    renewed: int = 0  # producers replaced after a commit that kept timing out
+    restored_keys: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.legit + self.fraud + self.dead_letter
+
+
+class RecordCollector:
+    def __init__(self, settings: Settings, txn: TransactionCoordinator) -> None:
+        self.txn = txn  # its producer can be replaced (renew): always read it from there
+        self.legit_topic = settings.legit_topic
+        self.fraud_topic = settings.fraud_topic
+        self.dlq_topic = settings.dlq_topic
+        self.pending = ProcessorStats()  # written in the open transaction
+        # envelopes forwarded in this step, per (repartition topic, partition), and their
+        # approximate size: sent as one block per destination at the end of the step
+        self._outbox: dict[tuple[str, int], list[Envelope]] = {}
+        self._outbox_bytes: dict[tuple[str, int], int] = {}
+        # envelopes per repartition record, over those recently sent and read, weighted by
+        # records (marks are records of one envelope, many and small; a mean of per-batch
+        # ratios would let them hide the blocks of hundreds): how back-pressure counts what
+        # is not read yet. Sent ones count from the start, before anything is read back.
+        self._block_envelopes = self._block_records = 1.0
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: Any = None,
+        headers: Any = None,
+        partition: int = -1,  # -1: the producer's partitioner (by key)
+    ) -> None:
+        """Produce one record, waiting for deliveries while the producer's queue is full."""
+        while True:
+            producer = self.txn.producer
+            try:
+                producer.produce(topic, value, key, partition=partition, headers=headers)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                producer.poll(0.05)
+
+    def output(self, key: Any, value: bytes, headers: Any, outcome: str) -> None:
+        """A decided record, to the fraud or the legit topic."""
+        if outcome == "fraud":
+            self.send(self.fraud_topic, value, key, headers)
+            self.pending.fraud += 1
+        else:
+            self.send(self.legit_topic, value, key, headers)
+            self.pending.legit += 1
+
+    def dead_letter(self, msg: Any, error_class: str, message: str, stage: str) -> None:
+        """The record `msg` unchanged, with headers saying why and where it came from."""
+        headers = dlq_headers(msg, error_class, message, stage)
+        self.send(self.dlq_topic, msg.value(), msg.key(), headers)
+        self.pending.dead_letter += 1
+
+    def forward(self, dest: tuple[str, int], env: Envelope) -> None:
+        """An envelope for a repartition partition: into that destination's block."""
+        out = self._outbox.get(dest)
+        if out is None:
+            out = self._outbox[dest] = []
+            self._outbox_bytes[dest] = 0
+        out.append(env)
+        size = self._outbox_bytes[dest] = self._outbox_bytes[dest] + 2 * len(env.value) + 128
+        if size >= BLOCK_BYTES:
+            self._send_block(dest)
+
+    def flush(self) -> None:
+        """Every envelope forwarded in this step, a block per destination partition, before
+        anything else goes to those partitions (marks must follow the data they cover)."""
+        for dest in list(self._outbox):
+            self._send_block(dest)
+
+    def _send_block(self, dest: tuple[str, int]) -> None:
+        block = self._outbox.pop(dest)
+        del self._outbox_bytes[dest]
+        self.send(dest[0], encode_block(block), partition=dest[1])
+        self.count_blocks(len(block), 1)
+
+    def broadcast(self, topic: str, partitions: int, value: bytes) -> None:
+        """One record (a mark) to every partition of `topic`."""
+        for p in range(partitions):
+            self.send(topic, value, partition=p)
+        self.count_blocks(partitions, partitions)
+
+    def count_blocks(self, envelopes: int, records: int) -> None:
+        """Envelopes seen in `records` repartition records (sent or read)."""
+        self._block_envelopes = 0.99 * self._block_envelopes + envelopes
+        self._block_records = 0.99 * self._block_records + records
+
+    @property
+    def envelopes_per_record(self) -> float:
+        return self._block_envelopes / self._block_records
+
+    def settle(self) -> ProcessorStats:
+        """The open transaction committed: what it wrote, counted from now on as done."""
+        done, self.pending = self.pending, ProcessorStats()
+        return done
+
+    def discard(self) -> None:
+        """The open transaction aborted: nothing it wrote or gathered counts."""
+        self._outbox.clear()
+        self._outbox_bytes.clear()
+        self.pending = ProcessorStats()

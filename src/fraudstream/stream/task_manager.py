@@ -1,0 +1,410 @@
+"""The task manager: which tasks this process runs, and what they need from outside.
+
+It creates a task when its partition is assigned (restoring its state from a local snapshot
+and its changelog), drops it when revoked or lost, sends the tasks' marks, gathers their part
+of each commit (changelog records and input offsets), takes state snapshots, deletes consumed
+repartition records, pauses input partitions while too much waits between the stages, and
+reports each task's buffer and marks for `fraudstream status`.
+
+    manager = TaskManager(ctx, consumer, engine, snapshots, clock)
+    manager.assign([("transactions", 0), ...])
+    offsets = manager.prepare_commit()     # changelog records produced, offsets to commit
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from fraudstream.detection import Engine
+from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id
+from fraudstream.stream.clients import base_config
+from fraudstream.stream.health import TaskStatus, describe_key
+from fraudstream.stream.ordering import MARK, Envelope, Key, Meta, decode_meta, encode_block
+from fraudstream.stream.snapshot import Snapshot, SnapshotStore
+from fraudstream.stream.tasks import META_KEY, KeyedTask, Task, TaskContext, new_task
+from fraudstream.stream.topology import INPUT, KEYED
+
+__all__ = ["PURGE_EVERY_S", "TaskManager", "choose_paused"]
+
+log = logging.getLogger(__name__)
+
+PURGE_EVERY_S = 10.0  # how often consumed repartition records are deleted
+BACKPRESSURE_EVERY_S = 0.05
+
+
+def choose_paused(
+    inputs: list[tuple[tuple[str, int], Key]],
+    waiting_records: int,
+    waiting_bytes: int,
+    paused: set[tuple[str, int]],
+    max_records: int,
+    max_bytes: int,
+) -> set[tuple[str, int]]:
+    """Which input partitions to keep paused, given each input task's mark and what waits
+    between the stages. Past either bound, all but the laggard (the lowest mark: it must go on
+    for anything to be released); once paused, until both are below half."""
+    over = waiting_records > max_records or waiting_bytes > max_bytes
+    under = waiting_records <= max_records // 2 and waiting_bytes <= max_bytes // 2
+    if not inputs or not (over or (paused and not under)):
+        return set()
+    # the laggard can change while paused (it reached its end and went idle, or passed
+    # another): always keep the current one reading, or nothing drains
+    laggard = min(inputs, key=lambda t: t[1])[0]
+    return {tp for tp, _ in inputs if tp != laggard}
+
+
+class TaskManager:
+    def __init__(
+        self,
+        ctx: TaskContext,
+        consumer: Consumer,
+        engine: Engine,
+        snapshots: SnapshotStore | None,
+        *,
+        clock: Callable[[], float],
+        name: str,
+    ) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.topology = ctx.topology
+        self.consumer = consumer
+        self.engine = engine  # the whole rule set: each stateful task gets its stage's part
+        self.snapshots = snapshots
+        self.clock = clock
+        self.name = name
+        self.tasks: dict[tuple[str, int], Task] = {}
+        self.restored_keys = 0
+        self.paused: set[tuple[str, int]] = set()  # input partitions paused for back-pressure
+        self._next_backpressure = 0.0
+        self._next_purge = 0.0
+        self._next_snapshot = clock() + self.settings.snapshot_interval_ms / 1000
+        self._admin: AdminClient | None = None
+        self._topic_ids: dict[str, str] = {}
+        self._idle_s = self.settings.partition_idle_ms / 1000
+
+    # --- assignment ------------------------------------------------------------------------
+
+    def assign(self, partitions: list[tuple[str, int]]) -> None:
+        """(Re)create these partitions' tasks: from a local snapshot and the changelog's tail
+        after it where a snapshot matches, else from the whole changelog partition."""
+        topology = self.topology
+        started = time.monotonic()
+        by_stage: dict[str, list[int]] = {}
+        for topic, partition in partitions:
+            by_stage.setdefault(topic, []).append(partition)
+        n = tail = 0
+        from_snapshot = 0
+        for topic, parts in by_stage.items():
+            stage = topology.by_topic[topic]
+            stateful = stage.role in (INPUT, KEYED)
+            snaps = self._usable_snapshots(stage.changelog, parts) if stateful else {}
+            engines: dict[int, Engine] = {}
+            metas: dict[int, Meta] = {}
+            for p, snap in list(snaps.items()):
+                loaded_engine = self.engine.for_stage(stage.key)
+                if loaded_engine.load_snapshot(snap.state):
+                    engines[p], metas[p] = loaded_engine, decode_meta(snap.meta)
+                else:
+                    assert self.snapshots is not None
+                    self.snapshots.discard(stage.changelog, p, "was made for other rules")
+                    del snaps[p]
+            start = {p: snap.offset for p, snap in snaps.items()}
+            records = read_changelog(self.settings, stage.changelog, parts, start=start)
+            from_snapshot += len(snaps)
+            for p in parts:
+                engine: Engine | None = engines.get(p)
+                if engine is None and stateful:
+                    engine = self.engine.for_stage(stage.key)
+                meta = metas.get(p, Meta())
+                state = []
+                for key, value in records[p]:
+                    if key == META_KEY:
+                        meta = decode_meta(value) if value is not None else Meta()
+                    else:
+                        state.append((key, value))
+                if engine is not None:
+                    loaded = engine.restore(state)
+                    n += loaded
+                    tail += loaded if p in snaps else 0
+                self.tasks[(topic, p)] = new_task(self.ctx, stage, p, engine, meta)
+        self.restored_keys += n
+        if n or from_snapshot:
+            log.info(
+                "restored %d tasks from local snapshots (+%d changelog records after them) "
+                "and %d changelog records in all, in %.2fs",
+                from_snapshot,
+                tail,
+                n,
+                time.monotonic() - started,
+            )
+
+    def reload(self) -> None:
+        """Every task again from its changelog (after a producer was replaced)."""
+        self.assign(list(self.tasks))
+
+    def drop(self, partitions: list[TopicPartition]) -> None:
+        """Revoked or lost: these tasks are another instance's now."""
+        for tp in partitions:
+            self.tasks.pop((tp.topic, tp.partition), None)
+            self.paused.discard((tp.topic, tp.partition))
+
+    def _usable_snapshots(self, changelog: str, parts: list[int]) -> dict[int, Snapshot]:
+        """The local snapshots of these changelog partitions that can be trusted."""
+        if self.snapshots is None:
+            return {}
+        found = {p: s for p in parts if (s := self.snapshots.read(changelog, p)) is not None}
+        if not found:
+            return {}
+        current = topic_id(self.settings, changelog)
+        ends = end_offsets(self.settings, changelog, list(found))
+        usable = {}
+        for p, snap in found.items():
+            if snap.topic_id != current:
+                self.snapshots.discard(changelog, p, "belongs to another changelog topic")
+            elif snap.offset > ends[p]:
+                self.snapshots.discard(
+                    changelog, p, f"is ahead of the changelog ({snap.offset} > {ends[p]})"
+                )
+            else:
+                usable[p] = snap
+        return usable
+
+    # --- marks -----------------------------------------------------------------------------
+
+    def marks_due(self) -> bool:
+        """Whether some task has a mark to send (an input gone idle, a bound that moved)."""
+        if not self.topology.staged:
+            return False
+        now = self.clock()
+        due = False
+        for task in self.tasks.values():
+            at_end = task.at_end
+            unbuffered = not isinstance(task, KeyedTask)  # input and label tasks go idle
+            if unbuffered and at_end is not None and now - at_end >= self._idle_s:
+                task.idle = True
+            if task.sends_marks:
+                bound = task.bound()
+                due = due or (bound is not None and bound != task.meta.sent)
+        return due
+
+    def send_marks(self) -> None:
+        """Each task's mark to every partition of the next stage, if it moved."""
+        topology = self.topology
+        collector = self.ctx.collector
+        for task in self.tasks.values():
+            if not task.sends_marks:
+                continue
+            bound = task.bound()
+            meta = task.meta
+            if bound is None or bound == meta.sent:
+                continue
+            meta.sent = bound
+            meta.mark_seq += 1
+            to = topology.next(task.stage)
+            value = encode_block([Envelope(MARK, *bound, task.origin, meta.mark_seq)])
+            collector.broadcast(to.topic, to.partitions, value)
+
+    # --- the transaction -------------------------------------------------------------------
+
+    def begin(self) -> None:
+        for task in self.tasks.values():
+            task.begin()
+
+    def prepare_commit(self) -> list[TopicPartition]:
+        """Each task's changelog records, produced into the transaction, and the input
+        offsets to commit with it."""
+        collector = self.ctx.collector
+        offsets = []
+        # where each partition's reading stands (past transaction markers, unlike the last
+        # record's offset + 1, so a finished group shows no lag)
+        positions = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.tasks])
+        }
+        for (topic, partition), task in self.tasks.items():
+            offset = task.commit_offset(positions.get((topic, partition), -1))
+            for key, value in task.changes(offset):  # state, in the same transaction
+                collector.send(task.stage.changelog, value, key, partition=partition)
+            if offset is not None:
+                offsets.append(TopicPartition(topic, partition, offset))
+        return offsets
+
+    def commit(self) -> None:
+        for task in self.tasks.values():
+            task.commit()
+
+    def rollback(self) -> None:
+        for task in self.tasks.values():
+            task.rollback()  # the state goes back with the outputs
+
+    # --- after a commit --------------------------------------------------------------------
+
+    def snapshot_due(self) -> bool:
+        return self.snapshots is not None and self.clock() >= self._next_snapshot
+
+    def snapshot(self) -> None:
+        """Right after a commit: each stateful task's state, as of the changelog's end."""
+        assert self.snapshots is not None
+        self._next_snapshot = self.clock() + self.settings.snapshot_interval_ms / 1000
+        started = time.monotonic()
+        by_changelog: dict[str, list[Task]] = {}
+        for task in self.tasks.values():
+            if task.engine is not None:
+                by_changelog.setdefault(task.stage.changelog, []).append(task)
+        for changelog, tasks in by_changelog.items():
+            ids = self._topic_ids
+            if changelog not in ids:
+                ids[changelog] = topic_id(self.settings, changelog)
+            ends = end_offsets(self.settings, changelog, [t.partition for t in tasks])
+            for task in tasks:
+                assert task.engine is not None
+                self.snapshots.write(
+                    Snapshot(
+                        changelog,
+                        task.partition,
+                        ids[changelog],
+                        ends[task.partition],
+                        task.saved_meta,
+                        task.engine.snapshot(),
+                    )
+                )
+        log.info(
+            "state snapshot of %d tasks taken in %.2fs (written in the background)",
+            sum(len(t) for t in by_changelog.values()),
+            time.monotonic() - started,
+        )
+
+    def purge_due(self) -> bool:
+        return self.topology.staged and self.clock() >= self._next_purge
+
+    def purge(self, offsets: list[TopicPartition], wait: float = 0) -> None:
+        """Delete what the group has committed past on the repartition topics (as Kafka
+        Streams does): nobody reads those records again. Waited for only on a clean stop."""
+        self._next_purge = self.clock() + PURGE_EVERY_S
+        internal = {s.topic for s in self.topology.buffered}
+        done = [tp for tp in offsets if tp.topic in internal and tp.offset > 0]
+        if not done:
+            return
+        if self._admin is None:
+            self._admin = AdminClient(base_config(self.settings, f"{self.name}-purge"))
+        futures = self._admin.delete_records(done)
+        for tp, future in futures.items():
+            future.add_done_callback(_log_purge_failure(tp))
+        if wait:
+            concurrent.futures.wait(list(futures.values()), timeout=wait)
+
+    # --- back-pressure ---------------------------------------------------------------------
+
+    def backpressure(self) -> None:
+        """Keep what waits between the stages under MAX_BUFFERED_RECORDS / _BYTES: the records
+        the keyed stages buffer (until the upstream marks let them out) and those not read
+        yet from this process's repartition partitions (where a backlog on the input would
+        otherwise pile up, far ahead of the decisions). Past either bound, pause every input
+        partition of this process but the one holding the stages back (`choose_paused`).
+        Pausing only delays reading, so order, marks and exactly-once are untouched."""
+        now = self.clock()
+        if now < self._next_backpressure:
+            return
+        self._next_backpressure = now + BACKPRESSURE_EVERY_S
+        records = nbytes = 0
+        inputs: list[tuple[tuple[str, int], Key]] = []
+        internal = []
+        for (topic, partition), task in self.tasks.items():
+            if isinstance(task, KeyedTask):
+                records += len(task.orderer)
+                nbytes += task.orderer.bytes
+                internal.append(TopicPartition(topic, partition))
+            elif task.stage.role == INPUT:
+                bound = task.bound()
+                inputs.append(((topic, partition), bound if bound is not None else (-1, -1, -1)))
+        if not inputs:
+            return
+        per_record = self.ctx.collector.envelopes_per_record
+        for tp in self.consumer.position(internal) if internal else []:
+            try:
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            except KafkaException:
+                continue
+            if tp.offset >= 0 and high > tp.offset:
+                records += round((high - tp.offset) * per_record)  # blocks of records
+        s = self.settings
+        want = choose_paused(
+            inputs, records, nbytes, self.paused, s.max_buffered_records, s.max_buffered_bytes
+        )
+        if want == self.paused:
+            return
+        resume, pause = self.paused - want, want - self.paused
+        if resume:
+            self.consumer.resume([TopicPartition(t, p) for t, p in resume])
+        if pause:
+            self.consumer.pause([TopicPartition(t, p) for t, p in pause])
+        if not self.paused and want:
+            log.info(
+                "%d records wait between the stages (%.0f MB buffered): pausing %d input "
+                "partitions until they drain (MAX_BUFFERED_RECORDS / MAX_BUFFERED_BYTES)",
+                records,
+                nbytes / 1e6,
+                len(want),
+            )
+        self.paused = want
+
+    # --- health ----------------------------------------------------------------------------
+
+    def task_status(self) -> list[TaskStatus]:
+        """Each task's buffer and marks, as `fraudstream status` shows them."""
+        out = []
+        for (topic, partition), task in sorted(self.tasks.items()):
+            marks = task.meta.marks
+            lowest, lowest_mark = -1, ""
+            keyed = isinstance(task, KeyedTask)
+            if keyed and marks and len(marks) >= task.stage.upstream:
+                lowest = min(marks, key=lambda u: marks[u])
+                lowest_mark = describe_key(marks[lowest])
+            out.append(
+                TaskStatus(
+                    topic,
+                    partition,
+                    self.topology.stage_name(task.stage),
+                    buffered=len(task.orderer) if isinstance(task, KeyedTask) else 0,
+                    mark=describe_key(task.meta.sent),
+                    upstream=task.stage.upstream if keyed else 0,
+                    heard=len(marks),
+                    lowest=lowest,
+                    lowest_mark=lowest_mark,
+                )
+            )
+        return out
+
+    def unread(self) -> list[str]:
+        """Assigned partitions with records not read yet (from the consumer's cached
+        watermarks: no request to the broker)."""
+        tps = [TopicPartition(t, p) for t, p in self.tasks]
+        out = []
+        for tp in self.consumer.position(tps) if tps else []:
+            try:
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            except KafkaException:
+                continue
+            if tp.offset >= 0 and high > tp.offset:
+                out.append(f"{tp.topic}[{tp.partition}] at {tp.offset} of {high}")
+        return out
+
+
+def _log_purge_failure(tp: TopicPartition) -> Callable[[Any], None]:
+    def done(future: Any) -> None:
+        if future.exception() is not None:
+            log.warning(
+                "could not delete old records of %s[%d]: %s",
+                tp.topic,
+                tp.partition,
+                future.exception(),
+            )
+
+    return done

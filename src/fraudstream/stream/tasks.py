@@ -1,0 +1,476 @@
+"""Tasks: one assigned partition of one stage, with its state and bookkeeping.
+
+A task class per stage role (`topology.py`), each with the same hooks the processor calls:
+
+- `read(msgs)`: a run of consumed records of its partition, in offset order;
+- `release()`: after every task has read, let out what the upstream marks allow (tasks that
+  buffer: the keyed and output stages);
+- `bound()`: its mark, the promise sent downstream that nothing at or below it will follow;
+- `changes(resume)` / `commit()` / `rollback()`: its part of the transaction;
+- `commit_offset(position)`: the input offset its commit may record.
+
+    InputTask   decode, validate, dead-letter; the account rules; decide (one stage) or forward
+    LabelTask   verdicts, forwarded in event time to the first keyed stage
+    KeyedTask   buffer until the marks allow, then the rules of its key; forward
+    OutputTask  buffer until the marks allow, then decide and write legit / fraud
+
+Tasks write only through the `RecordCollector`; they never see the producer or the consumer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from fraudstream.config import Settings
+from fraudstream.detection import Engine, Hit
+from fraudstream.schema import (
+    Decision,
+    Decoded,
+    InvalidTransaction,
+    Reason,
+    complete_label,
+    decode_label,
+    decode_transaction,
+    encode_decided,
+)
+from fraudstream.stream.collector import RecordCollector
+from fraudstream.stream.ordering import (
+    DATA,
+    INF,
+    LABEL,
+    Envelope,
+    Key,
+    Meta,
+    Orderer,
+    decode_block,
+    decode_meta,
+    encode_meta,
+)
+from fraudstream.stream.topology import INPUT, KEYED, LABELS, OUTPUT, Stage, Topology
+
+__all__ = [
+    "META_KEY",
+    "InputTask",
+    "KeyedTask",
+    "LabelTask",
+    "OutputTask",
+    "Task",
+    "TaskContext",
+    "new_task",
+]
+
+META_KEY = b"m"  # a task's bookkeeping (Meta) in its changelog, beside the state's keys
+
+
+@dataclass
+class TaskContext:
+    """What the tasks of one processor share."""
+
+    settings: Settings
+    topology: Topology
+    engine: Engine  # the whole rule set: decisions are made with it
+    collector: RecordCollector
+    wall_ms: Callable[[], int]  # only to refuse event times from the future
+    skipped_labels: Counter[str] = field(default_factory=Counter)  # dead-lettered, by class
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _span(ms: int) -> str:
+    s = ms / 1000
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if s >= size:
+            return f"{s / size:.1f}{unit}"
+    return f"{s:.1f}s"
+
+
+def _flag(decision: Decision, note: str) -> Decision:
+    """The decision of a record decided at its partition's stream time, saying so."""
+    return msgspec.structs.replace(
+        decision, reasons=[*decision.reasons, Reason("event_time_skew", note)]
+    )
+
+
+class Task:
+    """The bookkeeping every task has: its state engine (None when stateless), its `Meta`
+    as committed and as it runs, and whether it read anything since the last commit."""
+
+    role = ""
+    buffers = False  # whether it holds what it reads until the marks let it out (release)
+
+    def __init__(
+        self,
+        ctx: TaskContext,
+        stage: Stage,
+        partition: int,
+        engine: Engine | None,
+        meta: Meta,
+    ) -> None:
+        self.ctx = ctx
+        self.stage = stage
+        self.partition = partition
+        self.origin = ctx.topology.origin(stage, partition)  # its id downstream
+        self.engine = engine
+        self.meta = meta
+        # a one-stage topology sends no marks: nothing to keep
+        self.keep_meta = ctx.topology.staged
+        self._saved = encode_meta(meta)  # the Meta as last committed
+        self._committing = self._saved
+        self.dirty = False  # read something since the last commit
+        self.at_end: float | None = None  # input tasks: when the partition was read to its end
+        self.idle = False
+        self.sends_marks = ctx.topology.staged and stage.role != OUTPUT
+        # where forward() sends: the next stage's repartition topic
+        self.to_topic = ctx.topology.next(stage).topic if self.sends_marks else ""
+
+    # --- hooks -----------------------------------------------------------------------------
+
+    def read(self, msgs: list[Any]) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Tasks that buffer: let out what the marks allow (others have nothing to do)."""
+
+    def bound(self) -> Key | None:
+        """This task's mark: nothing it sends later is at or below it."""
+        m = self.meta
+        return (INF if self.idle else m.stream_time, self.origin, m.last_offset)
+
+    def commit_offset(self, position: int) -> int | None:
+        """The input offset to commit: the reading position (`position` < 0: nothing read
+        yet), if anything was read."""
+        if not self.dirty:
+            return None
+        return position if position >= 0 else None
+
+    def committed_meta(self, resume: int | None) -> Meta:
+        return self.meta
+
+    # --- the transaction -------------------------------------------------------------------
+
+    def begin(self) -> None:
+        if self.engine is not None:
+            self.engine.begin()
+
+    def changes(self, resume: int | None) -> list[tuple[bytes, bytes | None]]:
+        """Changelog records of this transaction; `resume`: the input offset it commits."""
+        out = self.engine.changes() if self.engine is not None else []
+        if self.keep_meta:
+            blob = encode_meta(self.committed_meta(resume))
+            if blob != self._saved:
+                out.append((META_KEY, blob))
+            self._committing = blob
+        return out
+
+    def commit(self) -> None:
+        if self.engine is not None:
+            self.engine.commit()
+        if self.keep_meta:
+            self._saved = self._committing
+        self.dirty = False
+
+    def rollback(self) -> None:
+        if self.engine is not None:
+            self.engine.rollback()
+        self.meta = decode_meta(self._saved)
+        self.dirty = False
+        self.at_end = None
+
+    @property
+    def saved_meta(self) -> bytes:
+        """The Meta as last committed (what a snapshot stores with the state)."""
+        return self._saved
+
+    # --- shared by the roles ---------------------------------------------------------------
+
+    def forward(self, partition: int, env: Envelope) -> None:
+        """`env` to `partition` of the next stage, numbered in this task's sequence there."""
+        seq = self.meta.seq
+        n = seq[partition] = seq.get(partition, 0) + 1
+        env.u, env.s = self.origin, n
+        self.ctx.collector.forward((self.to_topic, partition), env)
+
+
+class _Unbuffered(Task):
+    """Input and label tasks: they read their partition in order and buffer nothing; an
+    input that went idle (read to its end for PARTITION_IDLE_MS) marks INF."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle = self._was_idle()
+
+    def _was_idle(self) -> bool:
+        """An input whose last committed mark said idle (it stays so until a record comes)."""
+        sent = self.meta.sent
+        return sent is not None and sent[0] == INF
+
+    def rollback(self) -> None:
+        super().rollback()
+        self.idle = self._was_idle()
+
+
+class InputTask(_Unbuffered):
+    role = INPUT
+
+    def read(self, msgs: list[Any]) -> None:
+        ctx = self.ctx
+        collector = ctx.collector
+        meta = self.meta
+        stream_time = meta.stream_time
+        skew = ctx.settings.max_event_time_skew_ms
+        latest = ctx.wall_ms() + skew  # no event time beyond this is believed
+        valid: list[tuple[Any, Decoded, int]] = []
+        flagged: dict[int, str] = {}  # offset -> why a record was decided at stream time
+        for msg in msgs:
+            offset = msg.offset()
+            try:
+                decoded = decode_transaction(
+                    msg.value(),
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=offset,
+                    record_ts_ms=msg.timestamp()[1],
+                )
+            except InvalidTransaction as exc:
+                collector.dead_letter(msg, exc.kind, str(exc), "decode")
+                continue
+            ts = decoded.tx.ts_ms
+            if ts > latest:
+                collector.dead_letter(
+                    msg,
+                    "event_time_skew",
+                    f"event time {_iso(ts)} is {_span(ts - latest + skew)} ahead of the wall "
+                    f"clock, more than MAX_EVENT_TIME_SKEW_MS ({_span(skew)}); fix the "
+                    "producer's clock or the record's timestamp",
+                    "decode",
+                )
+                continue
+            if stream_time and ts > stream_time + skew:
+                # Far ahead of its partition's time (another clock, e.g. a record without
+                # timestamp in a replay): decided and ordered at the stream's time, so one
+                # record cannot hold every other partition's records back in the stages.
+                at = stream_time + skew
+                flagged[offset] = (
+                    f"event time {_iso(ts)} is {_span(ts - stream_time)} ahead of its "
+                    f"partition's stream time {_iso(stream_time)}; decided at {_iso(at)}"
+                )
+                decoded = Decoded(msgspec.structs.replace(decoded.tx, timestamp=at), decoded.added)
+                ts = at
+            if ts > stream_time:
+                stream_time = ts
+            valid.append((msg, decoded, stream_time))
+        meta.stream_time = stream_time
+        meta.last_offset = msgs[-1].offset()
+        if not valid:
+            return
+        assert self.engine is not None
+        scored = self.engine.score([d.tx for _, d, _ in valid])
+        topology = ctx.topology
+        if not topology.staged:  # one stage: decide here
+            combine = ctx.engine.combine
+            for (msg, decoded, _), (_, hits) in zip(valid, scored, strict=True):
+                decision = combine(hits, None)
+                if flagged and msg.offset() in flagged:
+                    decision = _flag(decision, flagged[msg.offset()])
+                value = encode_decided(msg.value(), decoded, decision)
+                collector.output(msg.key(), value, msg.headers(), decision.outcome)
+            return
+        to = topology.next(self.stage)
+        q = self.partition
+        key = to.key
+        route = topology.route
+        for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
+            tx = decoded.tx
+            env = Envelope(
+                DATA,
+                order_time,
+                q,
+                msg.offset(),
+                q,
+                0,
+                tx,
+                msg.value(),
+                decoded.added,
+                msg.key(),
+                msg.headers(),
+                {"source": row},
+                [(h.rule, h.weight, h.reason, h.allow) for h in hits],
+            )
+            if flagged and msg.offset() in flagged:
+                env.note = flagged[msg.offset()]
+            self.forward(route(to, getattr(tx, key), q), env)
+
+
+class LabelTask(_Unbuffered):
+    role = LABELS
+
+    def read(self, msgs: list[Any]) -> None:
+        ctx = self.ctx
+        topology = ctx.topology
+        meta = self.meta
+        to = topology.next(self.stage)
+        q = self.origin
+        for msg in msgs:
+            meta.last_offset = msg.offset()
+            try:
+                label = decode_label(msg.value())
+            except InvalidTransaction as exc:
+                self._skip(msg, exc.kind, str(exc))
+                continue
+            if label.is_fraud and label.target is None:
+                self._skip(
+                    msg,
+                    "label_incomplete",
+                    f"fraud label {label.id} names no target: the payee-risk features need "
+                    "the labelled payment's target (and its merchant, when it had one)",
+                )
+                continue
+            # a verdict takes its place in time when it was published, and is known from
+            # then on unless it says when (known_ms)
+            published = label.published_ms
+            if published is None:
+                published = msg.timestamp()[1]
+            label = complete_label(label, published_ms=published)
+            meta.stream_time = max(meta.stream_time, published)
+            env = Envelope(LABEL, meta.stream_time, q, msg.offset(), q, 0, label=label)
+            self.forward(topology.route(to, getattr(label, to.key, None), q), env)
+
+    def _skip(self, msg: Any, error_class: str, message: str) -> None:
+        self.ctx.collector.dead_letter(msg, error_class, message, "label")
+        self.ctx.skipped_labels[error_class] += 1
+
+
+class KeyedTask(Task):
+    """A stage keyed by another field than the input's: what it reads from every upstream
+    task waits in an `Orderer` until the marks let it out in order-key order."""
+
+    role = KEYED
+    buffers = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.orderer = Orderer(self.stage.upstream, self.meta)
+
+    def read(self, msgs: list[Any]) -> None:
+        orderer = self.orderer
+        collector = self.ctx.collector
+        envelopes = 0
+        for msg in msgs:
+            value = msg.value()
+            try:
+                block = decode_block(value)
+            except Exception as exc:  # not written by a detector: keep it, never stop
+                collector.dead_letter(msg, type(exc).__name__, str(exc), "repartition")
+                continue
+            if not block:
+                continue
+            offset, size = msg.offset(), len(value) // len(block)
+            for env in block:  # a block shares its record's offset: committed as one
+                orderer.offer(env, offset, size)
+            envelopes += len(block)
+        collector.count_blocks(envelopes, len(msgs))
+
+    def release(self) -> None:
+        released = self.orderer.release()
+        if not released:
+            return
+        engine = self.engine
+        assert engine is not None
+        topology = self.ctx.topology
+        to = topology.next(self.stage)
+        last = topology.is_output(to)
+        run: list[Envelope] = []
+        for env in released:
+            if env.kind == DATA:
+                run.append(env)
+                continue
+            self._score_run(engine, to, run)
+            run = []
+            assert env.label is not None
+            engine.observe_labels([env.label])
+            if not last:  # the next keyed stage wants the verdict too
+                value = getattr(env.label, to.key, None)
+                self.forward(topology.route(to, value, env.q), env)
+        self._score_run(engine, to, run)
+
+    def _score_run(self, engine: Engine, to: Stage, run: list[Envelope]) -> None:
+        if not run:
+            return
+        route = self.ctx.topology.route
+        key = self.stage.key
+        for env, (row, hits) in zip(run, engine.score([e.tx for e in run]), strict=True):  # type: ignore[misc]
+            env.parts[key] = row
+            env.hits += [(h.rule, h.weight, h.reason, h.allow) for h in hits]
+            value = getattr(env.tx, to.key) if to.key else None
+            self.forward(route(to, value, env.q), env)
+
+    def bound(self) -> Key | None:
+        # After a restart the marks read past the resume offset are read again; the mark
+        # sent before stays true meanwhile (the upstream promises hold), so never resend
+        # a lower one.
+        bound, sent = self.orderer.bound(), self.meta.sent
+        if bound is None or (sent is not None and sent > bound):
+            return sent
+        return bound
+
+    def commit_offset(self, position: int) -> int | None:
+        """The oldest record still buffered, else the reading position."""
+        buffered = self.orderer.oldest()
+        if buffered is not None:
+            return buffered
+        return position if position >= 0 else None
+
+    def committed_meta(self, resume: int | None) -> Meta:
+        if resume is None:
+            return self.meta
+        return self.orderer.committed_meta(resume)
+
+    def rollback(self) -> None:
+        super().rollback()
+        self.orderer.reset(self.meta)
+
+
+class OutputTask(KeyedTask):
+    """The last stage: input order back (it is partitioned like the input), the decisions."""
+
+    role = OUTPUT
+
+    def release(self) -> None:
+        released = self.orderer.release()
+        if not released:
+            return
+        ctx = self.ctx
+        data = [e for e in released if e.kind == DATA]
+        decisions = ctx.engine.finish(
+            [e.parts for e in data], [[Hit(*h) for h in e.hits] for e in data]
+        )
+        output = ctx.collector.output
+        for env, decision in zip(data, decisions, strict=True):
+            assert env.tx is not None
+            if env.note:
+                decision = _flag(decision, env.note)
+            value = encode_decided(env.value, Decoded(env.tx, env.added), decision)
+            output(env.key, value, env.headers, decision.outcome)
+
+
+_ROLES: dict[str, type[Task]] = {
+    INPUT: InputTask,
+    LABELS: LabelTask,
+    KEYED: KeyedTask,
+    OUTPUT: OutputTask,
+}
+
+
+def new_task(
+    ctx: TaskContext, stage: Stage, partition: int, engine: Engine | None, meta: Meta
+) -> Task:
+    """The task of `stage`'s role for `partition`."""
+    return _ROLES[stage.role](ctx, stage, partition, engine, meta)

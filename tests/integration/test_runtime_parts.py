@@ -1,0 +1,237 @@
+"""The runtime's parts, each on its own against the real broker: the transaction coordinator,
+the record collector, the task roles and the task manager (stream/processor.py's docstring
+names them). The whole loop is tested by the pipeline and fault scenarios."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from fraudstream.config import Settings
+from fraudstream.detection import Engine, load_ruleset
+from fraudstream.stream import Processor, consumer_config, ensure_topics
+from fraudstream.stream.collector import RecordCollector
+from fraudstream.stream.layout import prepare_topology
+from fraudstream.stream.ordering import DATA, INF, Envelope, Meta, decode_block
+from fraudstream.stream.task_manager import TaskManager, choose_paused
+from fraudstream.stream.tasks import InputTask, KeyedTask, LabelTask, OutputTask, TaskContext
+from fraudstream.stream.topology import Topology
+from fraudstream.stream.transactions import TransactionCoordinator
+from tests.conftest import REPO, SettingsFactory, produce_raw, read_to_end
+
+DEFAULT_RULES = REPO / "rules" / "default.yaml"
+
+
+def _tx(i: int, account: str = "ACC1", target: str = "PAY1") -> bytes:
+    return (
+        f'{{"id": "tx-{i}", "timestamp": "2026-11-0{1 + i % 9}T10:00:00Z", "source": "{account}",'
+        f' "target": "{target}", "amount": {10 + i}.5, "currency": "EUR"}}'
+    ).encode()
+
+
+def _coordinator(settings: Settings) -> TransactionCoordinator:
+    txn = TransactionCoordinator(settings, f"parts-{uuid.uuid4().hex[:8]}")
+    txn.init(30)
+    return txn
+
+
+# --- TransactionCoordinator ---------------------------------------------------------------
+
+
+def test_committed_records_are_visible_and_aborted_ones_never(settings: Settings) -> None:
+    txn = _coordinator(settings)
+    collector = RecordCollector(settings, txn)
+    txn.begin()
+    collector.send(settings.legit_topic, b"kept", b"k")
+    txn.commit([], None)
+    assert not txn.in_txn
+    txn.begin()
+    collector.send(settings.legit_topic, b"dropped", b"k")
+    txn.abort()
+    assert not txn.in_txn
+    txn.begin()
+    collector.send(settings.legit_topic, b"kept too", b"k")
+    txn.commit([], None)
+    assert sorted(m.value() for m in read_to_end(settings, settings.legit_topic)) == [
+        b"kept",
+        b"kept too",
+    ]
+
+
+def test_a_commit_that_keeps_timing_out_is_raised_then_a_renewed_producer_commits(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(fault_commit_timeout_rate=1.0, fault_injection_seed=3)
+    ensure_topics(settings)
+    txn = _coordinator(settings)
+    collector = RecordCollector(settings, txn)
+    txn.begin()
+    collector.send(settings.legit_topic, b"maybe", b"k")
+    with pytest.raises(KafkaException) as raised:
+        txn.commit([], None)
+    assert raised.value.args[0].retriable()
+    old = txn.producer
+    txn.commit_timeout_rate = 0.0
+    txn.renew(raised.value.args[0])
+    assert txn.producer is not old and not txn.in_txn
+    txn.begin()
+    collector.send(settings.legit_topic, b"after", b"k")  # the collector follows the renewal
+    txn.commit([], None)
+    values = [m.value() for m in read_to_end(settings, settings.legit_topic)]
+    assert b"after" in values and len(values) in (1, 2)  # the first one's fate is unknown
+
+
+def test_the_watchdog_acts_on_a_commit_stuck_past_its_timeout(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(commit_stuck_timeout_ms=1000)
+    stuck = threading.Event()
+    txn = TransactionCoordinator(settings, "parts-watchdog", on_stuck=stuck.set, watch_every_s=0.02)
+    stop = threading.Event()
+    txn.watch(stop)
+    try:
+        assert not stuck.wait(0.3), "the watchdog acted with no commit under way"
+        with txn.watched():  # a commit that never returns, as librdkafka's can
+            assert stuck.wait(10), "the watchdog never acted on a stuck commit"
+    finally:
+        stop.set()
+
+
+# --- RecordCollector ----------------------------------------------------------------------
+
+
+def test_forwarded_envelopes_go_as_one_block_per_destination(settings: Settings) -> None:
+    topic = f"{settings.detector_group}.by-target"
+    ensure_topics(settings, [topic])
+    txn = _coordinator(settings)
+    collector = RecordCollector(settings, txn)
+    txn.begin()
+    for i in range(10):
+        env = Envelope(DATA, 1000 + i, 0, i, 0, i + 1, value=_tx(i))
+        collector.forward((topic, i % 2), env)
+    collector.flush()
+    txn.commit([], None)
+    blocks = read_to_end(settings, topic)
+    assert sorted((m.partition(), len(decode_block(m.value()))) for m in blocks) == [(0, 5), (1, 5)]
+    by_partition = {m.partition(): [e.o for e in decode_block(m.value())] for m in blocks}
+    assert by_partition == {0: [0, 2, 4, 6, 8], 1: [1, 3, 5, 7, 9]}  # in the order forwarded
+
+
+def test_a_full_producer_queue_waits_and_loses_nothing(settings: Settings) -> None:
+    txn = TransactionCoordinator(settings, "unused")
+    # a producer that holds at most 10 records unsent: produce() refuses every few records
+    txn.producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_broker_url,
+            "transactional.id": f"parts-full-{uuid.uuid4().hex[:8]}",
+            "queue.buffering.max.messages": 10,
+            "linger.ms": 5,
+        }
+    )
+    txn.init(30)
+    collector = RecordCollector(settings, txn)
+    txn.begin()
+    for i in range(500):
+        collector.output(b"k", str(i).encode(), None, "fraud" if i % 5 == 0 else "legit")
+    txn.commit([], None)
+    done = collector.settle()
+    assert (done.fraud, done.legit) == (100, 400)
+    assert len(read_to_end(settings, settings.fraud_topic)) == 100
+    assert len(read_to_end(settings, settings.legit_topic)) == 400
+
+
+# --- choose_paused (the task manager's back-pressure decision) ---------------------------
+
+
+def test_back_pressure_pauses_all_inputs_but_the_laggard_until_below_half() -> None:
+    inputs = [(("in", 0), (50, 0, 9)), (("in", 1), (10, 1, 3)), (("in", 2), (70, 2, 4))]
+    assert choose_paused(inputs, 100, 0, set(), 100, 1000) == set()  # at the bound: fine
+    paused = choose_paused(inputs, 101, 0, set(), 100, 1000)
+    assert paused == {("in", 0), ("in", 2)}  # partition 1 holds the stages back
+    assert choose_paused(inputs, 51, 0, paused, 100, 1000) == paused  # not below half yet
+    assert choose_paused(inputs, 50, 0, paused, 100, 1000) == set()
+    assert choose_paused(inputs, 0, 1001, set(), 100, 1000) == paused  # bytes count too
+    # the laggard moved on while paused: the new one reads, the old one waits
+    moved = [(("in", 0), (50, 0, 9)), (("in", 1), (90, 1, 8)), (("in", 2), (70, 2, 4))]
+    assert choose_paused(moved, 80, 0, paused, 100, 1000) == {("in", 1), ("in", 2)}
+
+
+# --- tasks and the task manager, on a detector's real state -------------------------------
+
+
+def _run_default_rules(settings: Settings, n: int) -> Engine:
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    produce_raw(
+        settings, [(f"ACC{i % 7}".encode(), _tx(i, f"ACC{i % 7}", f"PAY{i % 3}")) for i in range(n)]
+    )
+    processor = Processor(settings, engine)
+    stop = threading.Event()
+    timer = threading.Timer(120, stop.set)
+    timer.start()
+    try:
+        stats = processor.run(stop, stop_after=n)
+    finally:
+        timer.cancel()
+    assert stats.total == n
+    return engine
+
+
+def test_the_task_manager_restores_a_task_of_each_role_from_the_changelogs(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(partition_idle_ms=0, state_dir=str(tmp_path))
+    ensure_topics(settings)
+    engine = _run_default_rules(settings, 60)
+    topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    assert topology.staged, "rules/default.yaml keeps state by payee: a staged topology"
+    txn = TransactionCoordinator(settings, f"parts-{uuid.uuid4().hex[:8]}")
+    collector = RecordCollector(settings, txn)
+    ctx = TaskContext(settings, topology, engine, collector, lambda: 0)
+    consumer = Consumer(consumer_config(settings, "parts", group_id=settings.detector_group))
+    try:
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: 0.0, name="parts")
+        wanted = [(s.topic, p) for s in topology.stages for p in range(s.partitions)]
+        if topology.labels:
+            wanted += [(topology.label_stage.topic, p) for p in range(topology.labels)]
+        manager.assign(wanted)
+        roles = {type(manager.tasks[tp]) for tp in wanted}
+        expected = {InputTask, KeyedTask, OutputTask} | ({LabelTask} if topology.labels else set())
+        assert roles == expected
+        assert manager.restored_keys > 0  # the account and payee state came back
+        inputs = [t for t in manager.tasks.values() if isinstance(t, InputTask)]
+        # every input was read to its end and went idle: its last mark said so, and a
+        # restored input task is idle again until a record comes
+        assert all(t.meta.sent is not None and t.meta.sent[0] == INF for t in inputs)
+        assert all(t.idle for t in inputs)
+        assert sum(t.meta.last_offset + 1 for t in inputs) == 60
+        keyed = [t for t in manager.tasks.values() if isinstance(t, KeyedTask)]
+        assert all(len(t.orderer) == 0 for t in keyed)  # everything was released and decided
+        manager.drop([TopicPartition(topic, p) for topic, p in wanted])
+        assert manager.tasks == {}
+    finally:
+        consumer.close()
+
+
+def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> None:
+    topology = Topology(settings, ["source", "target"], 3, 0)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    txn = TransactionCoordinator(settings, f"parts-{uuid.uuid4().hex[:8]}")
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
+    task = InputTask(ctx, topology.stages[0], 1, engine.for_stage("source"), Meta())
+    assert task.commit_offset(42) is None  # read nothing: nothing to commit
+    task.dirty = True
+    task.meta.stream_time, task.meta.last_offset = 5_000, 41
+    assert task.bound() == (5_000, 1, 41)
+    assert task.commit_offset(42) == 42
+    changes = task.changes(42)
+    task.commit()
+    assert [k for k, _ in changes] == [b"m"]  # the bookkeeping moved
+    assert task.changes(42) == []  # and is not written again unchanged
+    task.meta.stream_time, task.idle = 9_000, True
+    assert task.bound() == (INF, 1, 41)  # idle: it holds nothing back
+    task.rollback()
+    assert task.meta.stream_time == 5_000 and not task.idle and not task.dirty
