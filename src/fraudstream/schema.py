@@ -24,6 +24,7 @@ __all__ = [
     "LabelRecord",
     "Reason",
     "Transaction",
+    "appendable",
     "complete_label",
     "decode_label",
     "decode_transaction",
@@ -218,21 +219,28 @@ def _record_time(record_ts_ms: int) -> int:
     return record_ts_ms
 
 
-def encode_decided(raw: bytes, decoded: Decoded, decision: Decision) -> bytes:
+def appendable(raw: bytes, tx: Transaction) -> bool:
+    """Whether the output can be the input's bytes with members appended: it is a plain
+    object without a `decision` of its own (nearly always)."""
+    return tx.decision is msgspec.UNSET and raw.rstrip().endswith(b"}")
+
+
+def encode_decided(
+    raw: bytes, added: bytes, decision: Decision, tx: Transaction | None = None
+) -> bytes:
     """The output value: the input object, all its fields at top level, plus `decision`.
 
     The input is validated JSON, so the fast path appends to its bytes instead of re-encoding
-    it: unknown fields pass through untouched. Derived `id`/`timestamp` are appended too.
+    it: unknown fields pass through untouched. Derived `id`/`timestamp` (`added`) are appended
+    too. `tx`, the decoded input, is needed only when the input is not `appendable`; pass None
+    once that was checked.
     """
-    tx = decoded.tx
-    body = raw.rstrip()
-    if tx.decision is not msgspec.UNSET or not body.endswith(b"}"):
+    if tx is not None and not appendable(raw, tx):
         # Rare: the input carries its own "decision" (overwritten) — rebuild the object.
         obj = msgspec.json.decode(raw)
         obj["id"], obj["timestamp"] = tx.id, tx.timestamp
         obj["decision"] = decision
         return _encoder.encode(obj)
-    extra = decoded.added
-    inner = body[:-1].rstrip()
+    inner = raw.rstrip()[:-1].rstrip()
     sep = b"" if inner.endswith(b"{") else b","
-    return inner + sep + extra + b'"decision":' + _encoder.encode(decision) + b"}"
+    return inner + sep + added + b'"decision":' + _encoder.encode(decision) + b"}"

@@ -189,7 +189,7 @@ def verify(
             expected[tx_id] = reference[tx_id]
         else:
             (decision,) = oracle.decide([decoded.tx])
-            expected[tx_id] = encode_decided(m.value(), decoded, decision)
+            expected[tx_id] = encode_decided(m.value(), decoded.added, decision, decoded.tx)
         position[tx_id] = (m.partition(), m.offset())
         original[tx_id] = (m.key(), headers)
 

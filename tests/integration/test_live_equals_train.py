@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from fraudstream.config import Settings
@@ -138,12 +139,13 @@ def test_live_feature_rows_and_scores_equal_trains_decision_by_decision(
             pending.extend(rows)
         return rows
 
-    def live_encode(raw: bytes, decoded: Any, decision: Decision) -> bytes:
-        tx_id = decoded.tx.id or ""
+    def live_encode(raw: bytes, added: bytes, decision: Decision, tx: Any = None) -> bytes:
+        out: bytes = encode_decided(raw, added, decision, tx)
+        tx_id = msgspec.json.decode(out)["id"]
         assert tx_id not in live_rows, f"{tx_id} decided twice"
         live_rows[tx_id] = pending.popleft()
         live_decisions[tx_id] = decision
-        return encode_decided(raw, decoded, decision)  # type: ignore[no-any-return]
+        return out
 
     monkeypatch.setattr(Engine, "model_rows", live_model_rows)
     monkeypatch.setattr(tasks_module, "encode_decided", live_encode)

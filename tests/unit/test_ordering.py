@@ -71,6 +71,28 @@ def test_release_order_is_the_key_order_whatever_the_interleaving(
 
 @settings(max_examples=200, deadline=None)
 @given(case=logs(), data=st.data())
+def test_the_oldest_buffered_offset_is_the_smallest_still_waiting(
+    case: tuple[int, Log], data: st.DataObject
+) -> None:
+    """`oldest` (the offset a keyed task commits) against a plain scan of what waits, with
+    several records per input offset as blocks bring them."""
+    upstream, log = case
+    orderer = Orderer(upstream, decode_meta(encode_meta_default()))
+    waiting: dict[tuple[int, int, int], int] = {}  # order key -> input offset
+    offset = 0
+    for env in log:
+        offset += data.draw(st.sampled_from([0, 1, 1, 3]))  # a block: one offset, many records
+        orderer.offer(env, offset)
+        if env.kind == DATA:
+            waiting[env.order] = offset
+        if data.draw(st.booleans()):
+            for out in orderer.release():
+                del waiting[out.order]
+        assert orderer.oldest() == (min(waiting.values()) if waiting else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=logs(), data=st.data())
 def test_a_crash_after_a_commit_neither_loses_nor_repeats(
     case: tuple[int, Log], data: st.DataObject
 ) -> None:

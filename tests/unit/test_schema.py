@@ -90,7 +90,7 @@ def test_output_keeps_every_input_field_at_top_level_and_adds_the_decision() -> 
     decoded = decode_transaction(
         raw, topic="q", partition=0, offset=7, record_ts_ms=1_790_000_000_123
     )
-    out = json.loads(encode_decided(raw, decoded, DECISION))
+    out = json.loads(encode_decided(raw, decoded.added, DECISION, decoded.tx))
     assert out["source"] == "Jpe2zq1QDYTn" and out["amount"] == 254.83
     assert out["extra"] == {"k": [1, 2]}
     assert out["id"] == "q-0-7" and out["timestamp"] == 1_790_000_000_123
@@ -107,7 +107,8 @@ def test_a_decision_carried_by_the_input_is_replaced_not_duplicated() -> None:
         b'{"id":"x","timestamp":1790000000000,"source":"a","target":"b","amount":5,'
         b'"currency":"EUR","decision":{"outcome":"legit"}}'
     )
-    out = encode_decided(raw, decode_transaction(raw), DECISION)
+    decoded = decode_transaction(raw)
+    out = encode_decided(raw, decoded.added, DECISION, decoded.tx)
     assert out.count(b'"decision"') == 1
     assert json.loads(out)["decision"]["outcome"] == "fraud"
 
@@ -155,7 +156,7 @@ def test_arbitrary_json_objects_never_escape_as_anything_but_invalid_transaction
         decoded = decode_transaction(raw, topic="t", record_ts_ms=1_790_000_000_000)
     except InvalidTransaction:
         return
-    out = json.loads(encode_decided(raw, decoded, DECISION))
+    out = json.loads(encode_decided(raw, decoded.added, DECISION, decoded.tx))
     assert out["decision"]["outcome"] == "fraud"
 
 
@@ -170,5 +171,5 @@ def test_valid_transactions_round_trip(amount_cents: int, source: str) -> None:
     )
     decoded = decode_transaction(raw, topic="t", record_ts_ms=1_790_000_000_000)
     assert decoded.tx.amount == amount
-    out = json.loads(encode_decided(raw, decoded, DECISION))
+    out = json.loads(encode_decided(raw, decoded.added, DECISION, decoded.tx))
     assert out["source"] == source and out["amount"] == amount

@@ -102,6 +102,9 @@ class Orderer:
         self.meta = meta
         self._pending: list[tuple[int, int, int, int, Any, int]] = []
         self.bytes = 0  # the buffered records' size on the wire, for back-pressure
+        # input offsets with records still buffered, and how many: `oldest` without a scan
+        self._at: dict[int, int] = {}
+        self._offsets: list[int] = []  # a heap of the keys of _at (and of some gone since)
         # The marks as they stood at the last commit's resume offset, and those read since:
         # a restart re-reads from that offset, so it must not know the later marks yet (it
         # would release re-read records as they come instead of in key order).
@@ -116,6 +119,8 @@ class Orderer:
         self.meta = meta
         self._pending.clear()
         self.bytes = 0
+        self._at.clear()
+        self._offsets.clear()
         self._base = (dict(meta.marks), dict(meta.mark_seen))
         self._log.clear()
 
@@ -131,6 +136,13 @@ class Orderer:
             return  # released before a rewind: already in the committed state and outputs
         heapq.heappush(self._pending, (env.t, env.q, env.o, offset, env, size))
         self.bytes += size
+        at = self._at
+        n = at.get(offset)
+        if n is None:
+            at[offset] = 1
+            heapq.heappush(self._offsets, offset)
+        else:
+            at[offset] = n + 1
 
     def bound(self) -> Key | None:
         """Nothing at or below this key can still arrive (None: an upstream is unheard)."""
@@ -146,10 +158,17 @@ class Orderer:
         out: list[Envelope] = []
         if bound is None:
             return out
+        at = self._at
         while pending and pending[0][:3] <= bound:
             entry = heapq.heappop(pending)
             env = entry[4]
             self.bytes -= entry[5]
+            offset = entry[3]
+            n = at[offset] - 1
+            if n:
+                at[offset] = n
+            else:
+                del at[offset]
             self._done(env.u, env.s)
             out.append(env)
         return out
@@ -186,6 +205,7 @@ class Orderer:
 
     def oldest(self) -> int | None:
         """The input offset of the oldest record still buffered (the offset to commit)."""
-        if self._pending:
-            return min(e[3] for e in self._pending)
-        return None
+        offsets, at = self._offsets, self._at
+        while offsets and offsets[0] not in at:  # released since
+            heapq.heappop(offsets)
+        return offsets[0] if offsets else None

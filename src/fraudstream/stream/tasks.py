@@ -34,6 +34,7 @@ from fraudstream.schema import (
     Decoded,
     InvalidTransaction,
     Reason,
+    appendable,
     complete_label,
     decode_label,
     decode_transaction,
@@ -280,7 +281,7 @@ class InputTask(_Unbuffered):
                 decision = combine(hits, None)
                 if flagged and msg.offset() in flagged:
                     decision = _flag(decision, flagged[msg.offset()])
-                value = encode_decided(msg.value(), decoded, decision)
+                value = encode_decided(msg.value(), decoded.added, decision, decoded.tx)
                 collector.output(msg.key(), value, msg.headers(), decision.outcome)
             return
         to = topology.next(self.stage)
@@ -301,7 +302,7 @@ class InputTask(_Unbuffered):
                 decoded.added,
                 msg.key(),
                 msg.headers(),
-                {"source": row},
+                {"source": row} if row else {},  # feature rows (with a model)
                 [(h.rule, h.weight, h.reason, h.allow) for h in hits],
             )
             if flagged and msg.offset() in flagged:
@@ -406,10 +407,20 @@ class KeyedTask(Task):
             return
         route = self.ctx.topology.route
         key = self.stage.key
+        last = self.ctx.topology.is_output(to)
         for env, (row, hits) in zip(run, engine.score([e.tx for e in run]), strict=True):  # type: ignore[misc]
-            env.parts[key] = row
-            env.hits += [(h.rule, h.weight, h.reason, h.allow) for h in hits]
-            value = getattr(env.tx, to.key) if to.key else None
+            if row:
+                env.parts[key] = row
+            if hits:
+                env.hits += [(h.rule, h.weight, h.reason, h.allow) for h in hits]
+            tx = env.tx
+            assert tx is not None
+            if last:
+                if appendable(env.value, tx):  # the output stage needs the bytes, not tx
+                    env.tx = None
+                value = None
+            else:
+                value = getattr(tx, to.key)
             self.forward(route(to, value, env.q), env)
 
     def bound(self) -> Key | None:
@@ -454,10 +465,9 @@ class OutputTask(KeyedTask):
         )
         output = ctx.collector.output
         for env, decision in zip(data, decisions, strict=True):
-            assert env.tx is not None
             if env.note:
                 decision = _flag(decision, env.note)
-            value = encode_decided(env.value, Decoded(env.tx, env.added), decision)
+            value = encode_decided(env.value, env.added, decision, env.tx)
             output(env.key, value, env.headers, decision.outcome)
 
 
