@@ -98,12 +98,23 @@ def _engine(compiled: bool, retention_ms: int, part: str | None) -> Engine:
 
 
 def _run(
-    engine: Engine, txs: list[Transaction], labels: list[tuple[int, Label]], cuts: list[int]
+    engine: Engine,
+    txs: list[Transaction],
+    labels: list[tuple[int, Label]],
+    cuts: list[int],
+    aborted: frozenset[int] = frozenset(),
 ) -> tuple[list[bytes], list[list[tuple[bytes, bytes | None]]]]:
+    """Decisions and changelogs, segment by segment; the segments numbered in `aborted` are
+    first scored and rolled back (an aborted transaction), then redone."""
     scored, changelogs = [], []
     bounds = sorted({c for c in cuts if 0 < c < len(txs)} | {i for i, _ in labels})
     start = 0
-    for end in [*bounds, len(txs)]:
+    for n, end in enumerate([*bounds, len(txs)]):
+        if n in aborted:
+            engine.begin()
+            engine.observe_labels([lab for i, lab in labels if i == start])
+            engine.score(txs[start:end])
+            engine.rollback()
         engine.begin()
         engine.observe_labels([lab for i, lab in labels if i == start])
         for row, hits in engine.score(txs[start:end]):
@@ -132,6 +143,29 @@ def test_the_batch_path_decides_and_logs_exactly_as_one_at_a_time(
     fast = _run(_engine(True, retention, part), txs, labels, cuts)
     plain = _run(_engine(False, retention, part), txs, labels, cuts)
     assert fast == plain
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    case=streams(),
+    cuts=st.lists(st.integers(min_value=1, max_value=80), max_size=8),
+    aborted=st.frozensets(st.integers(min_value=0, max_value=8)),
+    retention=st.sampled_from([400 * DAY, 3 * DAY, HOUR]),
+    compiled=st.booleans(),
+)
+def test_a_rolled_back_segment_leaves_no_trace(
+    case: tuple[list[Transaction], list[tuple[int, Label]]],
+    cuts: list[int],
+    aborted: frozenset[int],
+    retention: int,
+    compiled: bool,
+) -> None:
+    """The journal (before-images of the rows a transaction touches) puts the state back
+    exactly: redoing aborted segments decides and logs as if they never ran."""
+    txs, labels = case
+    redone = _run(_engine(compiled, retention, None), txs, labels, cuts, aborted)
+    plain = _run(_engine(False, retention, None), txs, labels, cuts)
+    assert redone == plain
 
 
 def test_the_batch_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:

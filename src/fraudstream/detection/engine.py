@@ -89,6 +89,7 @@ class Engine:
             if tuple(model.feature_names) != FEATURE_NAMES:
                 raise ValueError("the model was trained on other features; retrain it")
         self._next_evict = 0
+        self._evict_at_begin = 0
         self._fan_rules = [r for r in self.rules if isinstance(r, FanIn)]
         self._velocity = [r for r in self.rules if isinstance(r, Velocity)]
 
@@ -152,6 +153,7 @@ class Engine:
 
     def begin(self) -> None:
         """Start journaling state changes (the stream runtime's transaction began)."""
+        self._evict_at_begin = self._next_evict
         for t in self.tables.tables.values():
             t.begin()
         for r in self._fan_rules:
@@ -175,6 +177,7 @@ class Engine:
 
     def rollback(self) -> None:
         """Undo every state change since `begin` (the transaction was aborted)."""
+        self._next_evict = self._evict_at_begin  # a redo evicts where the first try did
         for t in self.tables.tables.values():
             t.rollback()
         for r in self._fan_rules:

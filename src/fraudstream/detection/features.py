@@ -123,23 +123,27 @@ class FeatureState:
         self.m_pay3 = m.column("f.p3d", "f", 0.0)
         self._pending: list[tuple[int, int, Label]] = []
         self._seq = 0
+        self._seq_at_begin = 0
         self._journal: tuple[list[tuple[int, int, Label]], list[tuple[int, int, Label]]] | None
         self._journal = None  # (pushed, popped) while a transaction is open
 
     def begin(self) -> None:
         self._journal = ([], [])
+        self._seq_at_begin = self._seq
 
     def rollback(self) -> None:
         if self._journal is None:
             return
         pushed, popped = self._journal
         self._journal = None
-        if pushed:
-            gone = {id(e) for e in pushed}
+        self._seq = self._seq_at_begin  # a redo numbers its verdicts as the first try did
+        gone = {id(e) for e in pushed}  # queued in this transaction: never were
+        if gone:
             self._pending = [e for e in self._pending if id(e) not in gone]
             heapq.heapify(self._pending)
-        for entry in popped:
-            heapq.heappush(self._pending, entry)
+        for entry in popped:  # applied in it: queued again, unless queued in it too
+            if id(entry) not in gone:
+                heapq.heappush(self._pending, entry)
 
     def commit(self) -> None:
         self._journal = None

@@ -292,6 +292,7 @@ class FanIn:
     # While a transaction is open: each group touched -> a copy of it before (None: new).
     journal: dict[str, dict[str, int] | None] | None = dc_field(default=None, repr=False)
     _last_sweep: int = 0
+    _sweep_at_begin: int = 0
 
     def bind(self, tables: Tables) -> None:
         return None
@@ -337,6 +338,7 @@ class FanIn:
 
     def begin(self) -> None:
         self.journal = {}
+        self._sweep_at_begin = self._last_sweep
 
     def changes(self) -> list[tuple[str, dict[str, int] | None]]:
         """Each group touched in the open transaction, as it is now (None: gone)."""
@@ -344,6 +346,7 @@ class FanIn:
 
     def rollback(self) -> None:
         journal, self.journal = self.journal or {}, None
+        self._last_sweep = self._sweep_at_begin  # a redo sweeps where the first try did
         for group, before in journal.items():
             if before is None:
                 self._seen.pop(group, None)
