@@ -163,16 +163,34 @@ class Table:
 
     def rows(self, keys: list[str], ts: list[int], memo: dict[str, int]) -> list[int]:
         """`row(key, t)` for each pair in order. `memo` remembers the rows found (pass the
-        same one while no eviction can happen: rows stay where they are until then)."""
+        same one while no eviction can happen: rows stay where they are until then). The
+        journal's before-images of the rows first touched are packed in one pass."""
         out = []
-        seen = self._seen
-        for key, t in zip(keys, ts, strict=True):
+        index, journal = self.index, self.journal
+        first: list[str] = []  # existing keys first touched in this transaction
+        at: list[int] = []
+        for key in keys:
             r = memo.get(key)
             if r is None:
-                r = memo[key] = self.row(key, t)
-            elif t > seen[r]:
-                seen[r] = t
+                r = index.get(key)
+                if journal is not None and key not in journal:
+                    journal[key] = None  # new (its row is made below), or its image below
+                    if r is not None:
+                        first.append(key)
+                        at.append(r)
+                if r is None:
+                    r = self._new_row()
+                    index.put(key, r)
+                memo[key] = r
             out.append(r)
+        if first:  # before the rows change: `seen` is part of them
+            assert journal is not None
+            for key, image in zip(first, self._images(at), strict=True):
+                journal[key] = image
+        seen = self._seen
+        for r, t in zip(out, ts, strict=True):
+            if t > seen[r]:
+                seen[r] = t
         return out
 
     def find(self, key: str) -> int | None:
@@ -274,6 +292,11 @@ class Table:
         rows = [r for r in found if r is not None]
         if not rows:
             return [None] * len(keys)
+        images = iter(self._images(rows))
+        return [None if r is None else next(images) for r in found]
+
+    def _images(self, rows: list[int]) -> list[bytes]:
+        """Each row packed as `dump_row` packs it, the columns gathered in one pass."""
         cols = list(self.columns.values())
         packed = np.empty(len(rows), dtype=np.dtype([(c.name, "<" + c.typecode) for c in cols]))
         at = np.array(rows, dtype=np.intp)
@@ -282,15 +305,7 @@ class Table:
             packed[c.name] = view[at]
             del view  # the column may grow again
         blob, size = packed.tobytes(), packed.dtype.itemsize
-        out: list[bytes | None] = []
-        i = 0
-        for r in found:
-            if r is None:
-                out.append(None)
-            else:
-                out.append(blob[i * size : (i + 1) * size])
-                i += 1
-        return out
+        return [blob[i * size : (i + 1) * size] for i in range(len(rows))]
 
     def load_row(self, key: str, blob: bytes) -> None:
         values = self._struct().unpack(blob)
