@@ -235,3 +235,28 @@ def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> N
     assert task.bound() == (INF, 1, 41)  # idle: it holds nothing back
     task.rollback()
     assert task.meta.stream_time == 5_000 and not task.idle and not task.dirty
+
+
+def test_progress_is_readable_while_a_transaction_holds_offsets_pending(
+    settings: Settings,
+) -> None:
+    """A detector killed between sending its offsets and committing leaves them pending for
+    up to the transaction timeout (60 s); `committed_progress` reads the last committed
+    ones meanwhile instead of waiting (a chaos test once timed out on it)."""
+    from fraudstream.stream import committed_progress
+
+    group = Consumer(consumer_config(settings, "parts", group_id=settings.detector_group))
+    txn = _coordinator(settings)
+    try:
+        txn.begin()
+        txn.commit(
+            [TopicPartition(settings.transactions_topic, 0, 5)], group.consumer_group_metadata()
+        )
+        txn.begin()
+        offsets = [TopicPartition(settings.transactions_topic, 0, 9)]
+        txn.producer.send_offsets_to_transaction(offsets, group.consumer_group_metadata(), 30)
+        # ... and never commits, as a process killed here
+        assert committed_progress(settings) == 5
+        txn.abort()
+    finally:
+        group.close()

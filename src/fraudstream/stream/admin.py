@@ -64,8 +64,12 @@ def committed_progress(settings: Settings) -> int:
     """Input records the detector group has committed, over all partitions (0 while the
     group coordinator is still loading)."""
     topic = settings.transactions_topic
+    # read_uncommitted: the offsets as last committed, without waiting for an open
+    # transaction's pending offsets to settle (a killed detector's stay pending until its
+    # transaction times out, 60 s, or its successor starts: a read_committed fetch waits)
     consumer = Consumer(
-        base_config(settings, "fraudstream-progress") | {"group.id": settings.detector_group}
+        base_config(settings, "fraudstream-progress")
+        | {"group.id": settings.detector_group, "isolation.level": "read_uncommitted"}
     )
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions

@@ -161,7 +161,11 @@ def read_status(
     group = settings.detector_group
     now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     fresh = fresh_ms if fresh_ms is not None else 3 * settings.status_interval_ms
-    consumer = Consumer(base_config(settings, "fraudstream-status") | {"group.id": group})
+    # read_uncommitted: committed offsets without waiting on a crashed member's pending ones
+    consumer = Consumer(
+        base_config(settings, "fraudstream-status")
+        | {"group.id": group, "isolation.level": "read_uncommitted"}
+    )
     try:
         listed = consumer.list_topics(timeout=10).topics
         internal = sorted(t for t in listed if Topology.is_repartition(group, t))
