@@ -155,6 +155,16 @@ def main() -> None:
                 except RuntimeError as exc:
                     report["latency_error"] = str(exc)
                     print(f"latency: {exc}")
+                report["latency_variants"] = {}
+                for variant in args.latency_variant:
+                    name, env = parse_variant(variant)
+                    print(f"latency, {name} ({', '.join(f'{k}={v}' for k, v in env.items())}):")
+                    try:
+                        report["latency_variants"][name] = latency.measure(
+                            base, rates, args.latency_seconds, work, SEED + 1, env
+                        )
+                    except RuntimeError as exc:
+                        print(f"latency, {name}: {exc}")
         for state in work.glob("*-state"):
             shutil.rmtree(state, ignore_errors=True)
 
@@ -187,6 +197,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per contender at most")
     p.add_argument(
         "--variant", action="append", default=[], metavar="NAME:VAR=VALUE,...", help=VARIANT_HELP
+    )
+    p.add_argument(
+        "--latency-variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE,...",
+        help="latency measured again with these environment variables (e.g. "
+        "'interval50:COMMIT_INTERVAL_MS=50'); repeatable",
     )
     p.add_argument(
         "--out", type=Path, help="results JSON (default benchmarks/results/bench-DATE.json)"

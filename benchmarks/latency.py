@@ -128,9 +128,15 @@ def _wait(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 def measure(
-    base: Settings, rates: list[float], seconds: float, workdir: Path, seed: int
+    base: Settings,
+    rates: list[float],
+    seconds: float,
+    workdir: Path,
+    seed: int,
+    env: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per rate: records sent and decided, the achieved rate and p50/p99/p99.9/max in ms."""
+    """Per rate: records sent and decided, the achieved rate and p50/p99/p99.9/max in ms.
+    `env`: extra environment of the detector (a setting such as COMMIT_INTERVAL_MS)."""
     tag = f"bench-lat-{uuid.uuid4().hex[:6]}"
     settings = base.model_copy(
         update={
@@ -151,7 +157,7 @@ def measure(
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fraudstream", "detect"],
-            env=env_for(settings),
+            env=env_for(settings, **(env or {})),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
