@@ -151,8 +151,15 @@ class Processor:
         manager, txn, s = self.manager, self.txn, self.settings
         staged = self.topology.staged
         interval = s.commit_interval_ms / 1000
+        consumer, batch = self.consumer, s.batch_size
         while not stop.is_set():
-            msgs = self.consumer.consume(num_messages=s.batch_size, timeout=0.05)
+            # As soon as anything is there (consume() would wait for a whole batch, up to its
+            # timeout), then whatever else is already fetched, up to a batch: small steps when
+            # the input is slow, full ones under load.
+            first = consumer.poll(0.05)
+            msgs = [first] if first else []
+            if first and batch > 1:
+                msgs += consumer.consume(num_messages=batch - 1, timeout=0)
             if msgs:
                 try:
                     self._process(msgs)
