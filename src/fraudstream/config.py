@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # stopped one keeps them until its session times out (for detectors run by a supervisor).
     detector_static_membership: bool = False
     batch_size: int = Field(default=1000, ge=1, le=100_000)
-    commit_interval_ms: int = Field(default=100, ge=1)
+    commit_interval_ms: int = Field(default=50, ge=1)
     commit_records: int = Field(default=20_000, ge=1)
     # A commit still unfinished after this long is treated as fatal: the process exits so a
     # restart resumes from the last commit (librdkafka can block past its own timeout when
