@@ -39,7 +39,7 @@ from fraudstream.stream import consumer_config, ensure_topics
 def run(
     settings: Settings, env_extra: dict[str, str], count: int, window: float
 ) -> dict[str, float]:
-    env = env_for(settings, **env_extra, RULES_FILE=str(REPO / "rules" / "default.yaml"))
+    env = env_for(settings, **{"RULES_FILE": str(REPO / "rules" / "default.yaml"), **env_extra})
     reader = Consumer(
         consumer_config(settings, "bench-reader", group_id=f"reader-{uuid.uuid4().hex}")
     )

@@ -14,15 +14,22 @@ from fraudstream.config import Settings
 from fraudstream.generator import generate
 from fraudstream.stream import ensure_topics
 from tests.chaos.test_faults import Detectors, wait_done
-from tests.conftest import REPO, SettingsFactory, read_to_end
+from tests.conftest import REPO, SettingsFactory, model_rules, read_to_end
 
 pytestmark = pytest.mark.chaos
 DEFAULT_RULES = str(REPO / "rules" / "default.yaml")
 
 
+@pytest.mark.parametrize("with_model", [False, True], ids=["rules", "model-and-labels"])
 def test_paused_inputs_decide_what_an_unbounded_run_decides(
-    make_settings: SettingsFactory, tmp_path: Path
+    make_settings: SettingsFactory, tmp_path: Path, with_model: bool
 ) -> None:
+    """With the model, the verdicts on the labels topic feed the stages too: their partitions
+    are paused with the input's (a backlog of verdicts would otherwise wait in the first keyed
+    stage), and the decisions are still those of an unbounded run."""
+    rules = DEFAULT_RULES
+    if with_model:
+        rules = str(model_rules(tmp_path, count=8_000, seed=12, fraud_rate=0.08, gap_days=0.2))
     bounded: Settings = make_settings(topic_partitions=3)
     ensure_topics(bounded)
     n = 30_000
@@ -42,14 +49,17 @@ def test_paused_inputs_decide_what_an_unbounded_run_decides(
     (tmp_path / "b").mkdir()
     (tmp_path / "f").mkdir()
     small = Detectors(
-        bounded, tmp_path / "b", rules=DEFAULT_RULES, MAX_BUFFERED_RECORDS="300", BATCH_SIZE="200"
+        bounded, tmp_path / "b", rules=rules, MAX_BUFFERED_RECORDS="300", BATCH_SIZE="200"
     )
-    unbounded = Detectors(free, tmp_path / "f", rules=DEFAULT_RULES)
+    unbounded = Detectors(free, tmp_path / "f", rules=rules)
     try:
         proc = small.start()
         wait_done(bounded, n)
         small.stop(proc)
-        assert "pausing" in proc.log.read_text()  # type: ignore[attr-defined]
+        log = proc.log.read_text()  # type: ignore[attr-defined]
+        assert "pausing" in log
+        if with_model:  # 3 input and 3 labels partitions
+            assert "of 6 input and labels partitions" in log
         proc = unbounded.start()
         wait_done(free, n)
         unbounded.stop(proc)

@@ -29,7 +29,7 @@ from fraudstream.stream.health import TaskStatus, describe_key
 from fraudstream.stream.ordering import MARK, Envelope, Key, Meta, decode_meta, encode_block
 from fraudstream.stream.snapshot import Snapshot, SnapshotStore
 from fraudstream.stream.tasks import META_KEY, KeyedTask, Task, TaskContext, new_task
-from fraudstream.stream.topology import INPUT, KEYED
+from fraudstream.stream.topology import INPUT, KEYED, LABELS
 
 __all__ = ["PURGE_EVERY_S", "TaskManager", "choose_paused"]
 
@@ -307,7 +307,9 @@ class TaskManager:
         the keyed stages buffer (until the upstream marks let them out) and those not read
         yet from this process's repartition partitions (where a backlog on the input would
         otherwise pile up, far ahead of the decisions). Past either bound, pause every input
-        partition of this process but the one holding the stages back (`choose_paused`).
+        and labels partition of this process but the one holding the stages back
+        (`choose_paused`): a backlog of verdicts would otherwise pile up in the first keyed
+        stage, waiting there for the transactions' event time.
         Pausing only delays reading, so order, marks and exactly-once are untouched."""
         now = self.clock()
         if now < self._next_backpressure:
@@ -321,7 +323,7 @@ class TaskManager:
                 records += len(task.orderer)
                 nbytes += task.orderer.bytes
                 internal.append(TopicPartition(topic, partition))
-            elif task.stage.role == INPUT:
+            elif task.stage.role in (INPUT, LABELS):  # what feeds the stages
                 bound = task.bound()
                 inputs.append(((topic, partition), bound if bound is not None else (-1, -1, -1)))
         if not inputs:
@@ -347,11 +349,13 @@ class TaskManager:
             self.consumer.pause([TopicPartition(t, p) for t, p in pause])
         if not self.paused and want:
             log.info(
-                "%d records wait between the stages (%.0f MB buffered): pausing %d input "
-                "partitions until they drain (MAX_BUFFERED_RECORDS / MAX_BUFFERED_BYTES)",
+                "%d records wait between the stages (%.0f MB buffered): pausing %d of %d "
+                "input and labels partitions until they drain (MAX_BUFFERED_RECORDS / "
+                "MAX_BUFFERED_BYTES)",
                 records,
                 nbytes / 1e6,
                 len(want),
+                len(inputs),
             )
         self.paused = want
 
