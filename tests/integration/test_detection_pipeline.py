@@ -6,13 +6,12 @@ import json
 import math
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.generator import generate
-from fraudstream.stream import Processor, ensure_topics
-from tests.conftest import REPO, SettingsFactory, env_for, read_all
+from fraudstream.stream import ensure_topics
+from tests.conftest import REPO, SettingsFactory, env_for, read_all, run_detector
 
 
 def test_simulated_stream_is_decided_by_the_default_rules_and_evaluated(
@@ -38,15 +37,8 @@ def test_simulated_stream_is_decided_by_the_default_rules_and_evaluated(
     assert all(m.key().decode() == json.loads(m.value())["id"] for m in labels[:200])
 
     engine = Engine.from_ruleset(load_ruleset(REPO / "rules" / "default.yaml"), features=True)
-    processor = Processor(settings, engine)
-    stop = threading.Event()
-    guard = threading.Timer(120, stop.set)
-    guard.start()
-    try:
-        # the detector also reads the labels topic (verdicts feed its features)
-        done = processor.run(stop, stop_after=count)
-    finally:
-        guard.cancel()
+    # the detector also reads the labels topic (verdicts feed its features)
+    done = run_detector(settings, count, engine=engine)
     assert done.legit + done.fraud == count and done.dead_letter == 0
 
     def cli(*args: str) -> dict:  # type: ignore[type-arg]

@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.detection import Engine, load_ruleset
-from fraudstream.stream import Processor, consumer_config, ensure_topics
+from fraudstream.stream import consumer_config, ensure_topics
 from fraudstream.stream.collector import RecordCollector
 from fraudstream.stream.layout import prepare_topology
 from fraudstream.stream.ordering import DATA, INF, Envelope, Meta, decode_block
@@ -21,7 +21,7 @@ from fraudstream.stream.task_manager import TaskManager, choose_paused
 from fraudstream.stream.tasks import InputTask, KeyedTask, LabelTask, OutputTask, TaskContext
 from fraudstream.stream.topology import Topology
 from fraudstream.stream.transactions import TransactionCoordinator
-from tests.conftest import REPO, SettingsFactory, produce_raw, read_to_end
+from tests.conftest import REPO, SettingsFactory, produce_raw, read_to_end, run_detector
 
 DEFAULT_RULES = REPO / "rules" / "default.yaml"
 
@@ -168,15 +168,7 @@ def _run_default_rules(settings: Settings, n: int) -> Engine:
     produce_raw(
         settings, [(f"ACC{i % 7}".encode(), _tx(i, f"ACC{i % 7}", f"PAY{i % 3}")) for i in range(n)]
     )
-    processor = Processor(settings, engine)
-    stop = threading.Event()
-    timer = threading.Timer(120, stop.set)
-    timer.start()
-    try:
-        stats = processor.run(stop, stop_after=n)
-    finally:
-        timer.cancel()
-    assert stats.total == n
+    run_detector(settings, n, engine=engine)
     return engine
 
 

@@ -329,13 +329,8 @@ class TaskManager:
         if not inputs:
             return
         per_record = self.ctx.collector.envelopes_per_record
-        for tp in self.consumer.position(internal) if internal else []:
-            try:
-                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-            except KafkaException:
-                continue
-            if tp.offset >= 0 and high > tp.offset:
-                records += round((high - tp.offset) * per_record)  # blocks of records
+        for tp, high in self._behind(internal):
+            records += round((high - tp.offset) * per_record)  # blocks of records
         s = self.settings
         want = choose_paused(
             inputs, records, nbytes, self.paused, s.max_buffered_records, s.max_buffered_bytes
@@ -390,6 +385,13 @@ class TaskManager:
         """Assigned partitions with records not read yet (from the consumer's cached
         watermarks: no request to the broker)."""
         tps = [TopicPartition(t, p) for t, p in self.tasks]
+        return [
+            f"{tp.topic}[{tp.partition}] at {tp.offset} of {high}" for tp, high in self._behind(tps)
+        ]
+
+    def _behind(self, tps: list[TopicPartition]) -> list[tuple[TopicPartition, int]]:
+        """Those of `tps` whose reading position is below their end, with that end (the
+        consumer's cached watermarks: no request to the broker)."""
         out = []
         for tp in self.consumer.position(tps) if tps else []:
             try:
@@ -397,7 +399,7 @@ class TaskManager:
             except KafkaException:
                 continue
             if tp.offset >= 0 and high > tp.offset:
-                out.append(f"{tp.topic}[{tp.partition}] at {tp.offset} of {high}")
+                out.append((tp, high))
         return out
 
 
