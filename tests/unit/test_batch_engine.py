@@ -1,7 +1,7 @@
-"""The engine's batch path (velocity rules as compiled kernels over the batch) against the
-plain statement of it (`score_each`, one transaction at a time): byte-identical decisions
-and changelogs, for random streams with every rule type, out-of-order times, late labels,
-evictions and any cut into batches."""
+"""The engine's batch path (each rule over the whole batch, the stateful ones as compiled
+kernels) against the plain statement of it (`score_each`, one transaction at a time):
+byte-identical decisions and changelogs, for random streams with every rule type,
+out-of-order times, late labels, evictions and any cut into batches."""
 
 from __future__ import annotations
 
@@ -13,15 +13,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraudstream.detection import DAY, HOUR, MINUTE, Engine, Label, Velocity, load_ruleset
+from fraudstream.detection.geo import km_between
+from fraudstream.detection.kernels import _km
+from fraudstream.detection.rules import (
+    DormantAccount,
+    ImpossibleTravel,
+    ListMatch,
+    SmallThenLarge,
+    ThresholdRule,
+)
 from fraudstream.schema import Transaction
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = load_ruleset(REPO / "rules" / "default.yaml")
 T0 = 1_780_000_000_000
 
-# every rule type of the shipped set, plus velocity windows that wrap and overflow quickly
+# every rule type of the shipped set, plus velocity windows that wrap and overflow quickly,
+# and rules sharing columns with another (these run one transaction at a time)
 RULES = [
     *DEFAULT.rules,
+    DormantAccount("dormant_2", key="source", idle_ms=2 * DAY, min_amount=1.0, weight=0.1),
+    DormantAccount("dormant_m", key="merchant", idle_ms=HOUR, min_amount=0.0, weight=0.1),
+    ImpossibleTravel("travel_2", key="source", max_speed_kmh=50, min_distance_km=5, weight=0.1),
+    ImpossibleTravel("travel_t", key="target", max_speed_kmh=300, weight=0.1),
+    SmallThenLarge(
+        "testing_t", key="target", small_max=1.0, large_min=50.0, within_ms=HOUR, weight=0.1
+    ),
     Velocity("v_fast", key="source", window_ms=10_000, max_count=2, buckets=2, weight=0.1),
     Velocity("v_sum", key="target", window_ms=HOUR, max_sum=700.0, weight=0.2),
     Velocity(
@@ -169,13 +186,23 @@ def test_a_rolled_back_segment_leaves_no_trace(
 
 
 def test_the_batch_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With `compiled`, no velocity rule runs one transaction at a time."""
+    """With `compiled`, no rule with a batch path runs one transaction at a time (but the
+    ones sharing columns: a second dormant or travel rule on one key)."""
 
     def one_at_a_time(*_: object) -> None:
-        raise AssertionError("Velocity.apply called on the batch path")
+        raise AssertionError("apply called on the batch path")
 
-    monkeypatch.setattr(Velocity, "apply", one_at_a_time)
+    for rule_type in (Velocity, SmallThenLarge, ListMatch, ThresholdRule):
+        monkeypatch.setattr(rule_type, "apply", one_at_a_time)
     engine = _engine(True, 400 * DAY, None)
+    assert {r.id for _, r in engine._single} == {
+        "mule_fan_in",
+        "fan_out",
+        "dormant_reactivated",
+        "dormant_2",
+        "impossible_travel",
+        "travel_2",
+    }
     txs = [
         Transaction(
             id=f"t{i}", timestamp=T0 + i, source="a", target="x", amount=10.0, currency="EUR"
@@ -184,3 +211,18 @@ def test_the_batch_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     hits = [h.rule for _, hs in engine.score(txs) for h in hs]
     assert hits.count("v_fast") == 8 and hits.count("burst_1h") == 5
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    points=st.lists(
+        st.floats(min_value=-90, max_value=90, allow_nan=False), min_size=2, max_size=2
+    ),
+    lons=st.lists(
+        st.floats(min_value=-180, max_value=180, allow_nan=False), min_size=2, max_size=2
+    ),
+)
+def test_the_compiled_distance_is_the_same_number(points: list[float], lons: list[float]) -> None:
+    """The travel kernel's distance (numba) is bit for bit the Python one's."""
+    (lat1, lat2), (lon1, lon2) = points, lons
+    assert _km(lat1, lon1, lat2, lon2) == km_between(lat1, lon1, lat2, lon2)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -25,7 +26,15 @@ from fraudstream.detection.features import (
     assemble_row,
 )
 from fraudstream.detection.model import FraudModel
-from fraudstream.detection.rules import FanIn, Hit, Rule, Velocity
+from fraudstream.detection.rules import (
+    DormantAccount,
+    FanIn,
+    Hit,
+    ImpossibleTravel,
+    Rule,
+    Segment,
+    Sparse,
+)
 from fraudstream.detection.ruleset import RuleSet
 from fraudstream.detection.state import DAY, Tables
 from fraudstream.schema import Decision, Reason, Transaction
@@ -91,7 +100,22 @@ class Engine:
         self._next_evict = 0
         self._evict_at_begin = 0
         self._fan_rules = [r for r in self.rules if isinstance(r, FanIn)]
-        self._velocity = [r for r in self.rules if isinstance(r, Velocity)]
+        # Rules with a batch path run over the whole segment, one after the other: each
+        # keeps state of its own, so the order between them changes nothing. Two dormant
+        # (or two travel) rules on one key share their columns (last activity, last
+        # place): those run one transaction at a time, interleaved as in `score_each`.
+        shared: Counter[tuple[type, str]] = Counter(
+            (type(r), r.key)
+            for r in self.rules
+            if isinstance(r, (DormantAccount, ImpossibleTravel))
+        )
+        self._batched: list[tuple[int, Any]] = []
+        self._single: list[tuple[int, Rule]] = []
+        for i, rule in enumerate(self.rules):
+            if hasattr(rule, "apply_batch") and shared[(type(rule), getattr(rule, "key", ""))] < 2:
+                self._batched.append((i, rule))
+            else:
+                self._single.append((i, rule))
 
     @classmethod
     def from_ruleset(
@@ -270,12 +294,13 @@ class Engine:
     def score(self, batch: Sequence[Transaction]) -> list[Scored]:
         """Feature rows and rule hits for each transaction, in order, updating the state.
 
-        The velocity rules run as compiled kernels over the batch (`apply_batch`), the
-        others one transaction at a time; every rule keeps state of its own, so running one
-        rule over the batch before the next changes nothing (`score_each`, the plain
+        Each rule with a batch path (`apply_batch`: the stateful ones as compiled kernels)
+        runs over the whole batch, one rule after the other, the rest (fan-in/out) one
+        transaction at a time; every rule keeps state of its own, so running one rule over
+        the batch before the next changes nothing (`score_each`, the plain
         statement, is the reference a property test holds this to). The batch is cut where
         the daily eviction falls, as in the reference."""
-        if not self.compiled or not self._velocity:
+        if not self.compiled or not self._batched:
             return self.score_each(batch)
         out: list[Scored] = []
         ts = [tx.ts_ms for tx in batch]
@@ -299,22 +324,23 @@ class Engine:
             rows = [features.compute(tx, t) for tx, t in zip(batch, ts, strict=True)]
         else:
             rows = [features.compute_part(tx, t) for tx, t in zip(batch, ts, strict=True)]
-        memos: dict[str, dict[str, int]] = {}  # rows per table: no eviction in a segment
-        fired = {
-            id(rule): rule.apply_batch(batch, ts, memos.setdefault(rule.key, {}))
-            for rule in self._velocity
-        }
-        plan = [(rule, fired.get(id(rule))) for rule in self.rules]
-        out: list[Scored] = []
-        for k, tx in enumerate(batch):
-            t = ts[k]
-            hits = []
-            for rule, done in plan:
-                hit = done[k] if done is not None else rule.apply(tx, t)
-                if hit is not None:
-                    hits.append(hit)
-            out.append((rows[k], hits))
-        return out
+        seg = Segment(batch, ts)
+        fired: list[Sparse] = [[] for _ in self.rules]
+        for i, rule in self._batched:
+            fired[i] = rule.apply_batch(seg)
+        if self._single:  # the others one transaction at a time, in rule order
+            single = self._single
+            for k, tx in enumerate(batch):
+                t = ts[k]
+                for i, rule in single:
+                    hit = rule.apply(tx, t)
+                    if hit is not None:
+                        fired[i].append((k, hit))
+        hits: list[list[Hit]] = [[] for _ in batch]
+        for sparse in fired:  # in rule order, as `score_each` lists them
+            for k, hit in sparse:
+                hits[k].append(hit)
+        return list(zip(rows, hits, strict=True))
 
     def score_each(self, batch: Sequence[Transaction]) -> list[Scored]:
         """`score`, stated plainly: one transaction at a time, each rule in turn."""

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from fraudstream.detection.geo import km_between
-from fraudstream.detection.kernels import velocity_window
-from fraudstream.detection.state import DAY, HOUR, MINUTE, Tables
+from fraudstream.detection.kernels import dormant, small_then_large, travel, velocity_window
+from fraudstream.detection.state import DAY, HOUR, MINUTE, Table, Tables
 from fraudstream.schema import Transaction
 
 __all__ = [
@@ -34,7 +34,9 @@ __all__ = [
     "ImpossibleTravel",
     "ListMatch",
     "Rule",
+    "Segment",
     "SmallThenLarge",
+    "Sparse",
     "ThresholdRule",
     "Velocity",
     "human_duration",
@@ -60,6 +62,97 @@ class Rule(Protocol):
     def bind(self, tables: Tables) -> None: ...
 
     def apply(self, tx: Transaction, ts: int) -> Hit | None: ...
+
+
+Sparse = list[tuple[int, Hit]]  # (index in the batch, hit) of the transactions that fired
+
+
+class Segment:
+    """A run of transactions in which no eviction falls, as columns for the rules' batch
+    paths (`apply_batch`): each column is built once, on first use, and shared.
+
+    `rows(table, picked)` is `table.row(key, t)` for the picked transactions, in order; the
+    rows found are remembered per table for the whole segment (rows stay where they are
+    until an eviction), so a transaction's key is looked up once whatever the rules."""
+
+    __slots__ = (
+        "_amounts",
+        "_cents",
+        "_fields",
+        "_memos",
+        "_present",
+        "_rows",
+        "_times",
+        "ts",
+        "txs",
+    )
+
+    def __init__(self, txs: Sequence[Transaction], ts: Sequence[int]) -> None:
+        self.txs = txs
+        self.ts = ts
+        self._fields: dict[str, list[Any]] = {}
+        self._present: dict[str, np.ndarray[Any, Any]] = {}
+        self._memos: dict[str, dict[str, int]] = {}
+        self._rows: dict[str, np.ndarray[Any, Any]] = {}  # per table: -1 = not looked up
+        self._times: np.ndarray[Any, Any] | None = None
+        self._amounts: np.ndarray[Any, Any] | None = None
+        self._cents: np.ndarray[Any, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.txs)
+
+    def field(self, name: str) -> list[Any]:
+        """Each transaction's `name` (None where it has none)."""
+        values = self._fields.get(name)
+        if values is None:
+            values = self._fields[name] = [getattr(tx, name) for tx in self.txs]
+        return values
+
+    def present(self, name: str) -> np.ndarray[Any, Any]:
+        """Where `name` is given (not None)."""
+        mask = self._present.get(name)
+        if mask is None:
+            values = self.field(name)
+            mask = self._present[name] = np.fromiter(
+                (v is not None for v in values), np.bool_, len(values)
+            )
+        return mask
+
+    @property
+    def times(self) -> np.ndarray[Any, Any]:
+        if self._times is None:
+            self._times = np.array(self.ts, dtype=np.int64)
+        return self._times
+
+    @property
+    def amounts(self) -> np.ndarray[Any, Any]:
+        if self._amounts is None:
+            self._amounts = np.array(self.field("amount"), dtype=np.float64)
+        return self._amounts
+
+    @property
+    def cents(self) -> np.ndarray[Any, Any]:
+        """`round(amount * 100)`, as `apply` rounds (half to even)."""
+        if self._cents is None:
+            self._cents = np.rint(self.amounts * 100).astype(np.int64)
+        return self._cents
+
+    def floats(self, name: str, picked: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        values = self.field(name)
+        return np.array([values[k] for k in picked.tolist()], dtype=np.float64)
+
+    def rows(self, table: Table, picked: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        found = self._rows.get(table.key)
+        if found is None:
+            found = self._rows[table.key] = np.full(len(self.txs), -1, dtype=np.int64)
+        todo = picked[found[picked] < 0]  # not looked up by an earlier rule
+        if todo.size:
+            keys, ts = self.field(table.key), self.ts
+            at = todo.tolist()
+            memo = self._memos.setdefault(table.key, {})
+            found[todo] = table.rows([keys[k] for k in at], [ts[k] for k in at], memo)
+        rows: np.ndarray[Any, Any] = found[picked]
+        return rows
 
 
 def short(value: object) -> str:
@@ -120,6 +213,15 @@ class ThresholdRule:
             return None
         shown = sorted(self.value) if isinstance(self.value, frozenset) else self.value
         return Hit(self.id, self.weight, f"{self.field} {actual} {self.op} {shown}")
+
+    def apply_batch(self, seg: Segment) -> Sparse:
+        compare, value = self._compare, self.value
+        txs, ts = seg.txs, seg.ts
+        return [
+            (k, self.apply(txs[k], ts[k]))  # type: ignore[misc]
+            for k, v in enumerate(seg.field(self.field))
+            if v is not None and compare(v, value)
+        ]
 
 
 class _Nothing:
@@ -226,31 +328,19 @@ class Velocity:
             )
         return None
 
-    def apply_batch(
-        self, batch: Sequence[Transaction], ts: Sequence[int], memo: dict[str, int]
-    ) -> list[Hit | None]:
-        """`apply` to each transaction in order (`ts`: their event times), the window
-        arithmetic in one compiled pass: the same state and hits. `memo`: rows of this
-        rule's table already looked up (see `Table.rows`)."""
-        key_of, lo, hi = self.key, self.min_amount, self.max_amount
-        picked = [
-            i
-            for i, tx in enumerate(batch)
-            if getattr(tx, key_of) is not None and lo <= tx.amount < hi
-        ]
-        out: list[Hit | None] = [None] * len(batch)
-        if not picked:
-            return out
-        at = [ts[i] for i in picked]
-        rows = np.array(
-            self._table.rows([getattr(batch[i], key_of) for i in picked], at, memo), np.int64
+    def apply_batch(self, seg: Segment) -> Sparse:
+        """`apply` to each transaction in order, the window arithmetic in one compiled pass:
+        the same state and hits."""
+        amounts = seg.amounts
+        picked = np.flatnonzero(
+            seg.present(self.key) & (self.min_amount <= amounts) & (amounts < self.max_amount)
         )
-        times = np.array(at, np.int64)
-        cents = np.fromiter((round(batch[i].amount * 100) for i in picked), np.int64, len(picked))
+        if not picked.size:
+            return []
         counts, totals = velocity_window(
-            rows,
-            times,
-            cents,
+            seg.rows(self._table, picked),
+            seg.times[picked],
+            seg.cents[picked],
             self._width,
             self.buckets,
             self._head,
@@ -262,11 +352,12 @@ class Velocity:
             fired |= counts > self.max_count
         if self.max_sum is not None:
             fired |= totals / 100 > self.max_sum
-        for j in np.flatnonzero(fired):
-            tx = batch[picked[j]]
-            out[picked[j]] = self._hit(
-                getattr(tx, key_of), int(counts[j]), int(totals[j]), tx.currency
-            )
+        keys, txs, out = seg.field(self.key), seg.txs, []
+        for j in np.flatnonzero(fired).tolist():
+            k = int(picked[j])
+            hit = self._hit(keys[k], int(counts[j]), int(totals[j]), txs[k].currency)
+            assert hit is not None
+            out.append((k, hit))
         return out
 
 
@@ -404,13 +495,38 @@ class DormantAccount:
             self._woke[row], self._idle[row] = ts, (ts - last) // DAY
         woke = self._woke[row]
         if woke and tx.amount >= self.min_amount and 0 <= ts - woke <= self.awake_ms:
-            return Hit(
-                self.id,
-                self.weight,
-                f"{_money(tx.amount)} {tx.currency} from {self.key} {short(key)}, "
-                f"active again after {self._idle[row]} days without activity",
-            )
+            return self._hit(tx, key, self._idle[row])
         return None
+
+    def _hit(self, tx: Transaction, key: str, idle_days: int) -> Hit:
+        return Hit(
+            self.id,
+            self.weight,
+            f"{_money(tx.amount)} {tx.currency} from {self.key} {short(key)}, "
+            f"active again after {idle_days} days without activity",
+        )
+
+    def apply_batch(self, seg: Segment) -> Sparse:
+        picked = np.flatnonzero(seg.present(self.key))
+        if not picked.size:
+            return []
+        rows = seg.rows(self._table, picked)
+        fired, idle_days = dormant(
+            rows,
+            seg.times[picked],
+            seg.amounts[picked] >= self.min_amount,
+            int(self.idle_ms),
+            int(self.awake_ms),
+            self._last,
+            self._woke,
+            self._idle,
+        )
+        keys, txs = seg.field(self.key), seg.txs
+        return [
+            (k, self._hit(txs[k], keys[k], int(idle_days[j])))
+            for j in np.flatnonzero(fired).tolist()
+            for k in (int(picked[j]),)
+        ]
 
 
 @dataclass(slots=True)
@@ -440,14 +556,39 @@ class SmallThenLarge:
             return None
         small = self._small[row]
         if small and tx.amount >= self.large_min and 0 <= ts - small <= self.within_ms:
-            return Hit(
-                self.id,
-                self.weight,
-                f"{_money(tx.amount)} {tx.currency} {human_duration(max(ts - small, 1000))} "
-                f"after a test payment of at most {_money(self.small_max)} "
-                f"from {self.key} {short(key)}",
-            )
+            return self._hit(tx, key, ts - small)
         return None
+
+    def _hit(self, tx: Transaction, key: str, after_ms: int) -> Hit:
+        return Hit(
+            self.id,
+            self.weight,
+            f"{_money(tx.amount)} {tx.currency} {human_duration(max(after_ms, 1000))} "
+            f"after a test payment of at most {_money(self.small_max)} "
+            f"from {self.key} {short(key)}",
+        )
+
+    def apply_batch(self, seg: Segment) -> Sparse:
+        picked = np.flatnonzero(seg.present(self.key))
+        if not picked.size:
+            return []
+        rows = seg.rows(self._table, picked)
+        times = seg.times[picked]
+        fired, small_at = small_then_large(
+            rows,
+            times,
+            seg.amounts[picked],
+            float(self.small_max),
+            float(self.large_min),
+            int(self.within_ms),
+            self._small,
+        )
+        keys, txs = seg.field(self.key), seg.txs
+        return [
+            (k, self._hit(txs[k], keys[k], int(times[j] - small_at[j])))
+            for j in np.flatnonzero(fired).tolist()
+            for k in (int(picked[j]),)
+        ]
 
 
 @dataclass(slots=True)
@@ -482,16 +623,42 @@ class ImpossibleTravel:
             km = km_between(lat[row], lon[row], tx.lat, tx.lon)
             hours = max((ts - prev_ts) / HOUR, 1 / 60)
             if km >= self.min_distance_km and km / hours > self.max_speed_kmh:
-                hit = Hit(
-                    self.id,
-                    self.weight,
-                    f"{km:,.0f} km in {human_duration(max(ts - prev_ts, 1000))} "
-                    f"from {self.key} {short(key)} ({km / hours:,.0f} km/h, "
-                    f"limit {self.max_speed_kmh:,.0f})",
-                )
+                hit = self._hit(key, km, ts - prev_ts)
         if ts >= prev_ts:
             lat[row], lon[row], when[row] = tx.lat, tx.lon, ts
         return hit
+
+    def _hit(self, key: str, km: float, after_ms: int) -> Hit:
+        hours = max(after_ms / HOUR, 1 / 60)
+        return Hit(
+            self.id,
+            self.weight,
+            f"{km:,.0f} km in {human_duration(max(after_ms, 1000))} "
+            f"from {self.key} {short(key)} ({km / hours:,.0f} km/h, "
+            f"limit {self.max_speed_kmh:,.0f})",
+        )
+
+    def apply_batch(self, seg: Segment) -> Sparse:
+        picked = np.flatnonzero(seg.present(self.key) & seg.present("lat") & seg.present("lon"))
+        if not picked.size:
+            return []
+        rows = seg.rows(self._table, picked)
+        times = seg.times[picked]
+        fired, km, prev_at = travel(
+            rows,
+            times,
+            seg.floats("lat", picked),
+            seg.floats("lon", picked),
+            float(self.max_speed_kmh),
+            float(self.min_distance_km),
+            *self._cols,
+        )
+        keys = seg.field(self.key)
+        return [
+            (k, self._hit(keys[k], float(km[j]), int(times[j] - prev_at[j])))
+            for j in np.flatnonzero(fired).tolist()
+            for k in (int(picked[j]),)
+        ]
 
 
 @dataclass(slots=True)
@@ -527,6 +694,16 @@ class ListMatch:
             f"{self.field} {short(value)} is on the list {self.list_name}",
             allow=self.allow,
         )
+
+    def apply_batch(self, seg: Segment) -> Sparse:
+        values, txs, ts = self.values, seg.txs, seg.ts
+        out = []
+        for k, v in enumerate(seg.field(self.field)):
+            if v is not None and v in values:
+                hit = self.apply(txs[k], ts[k])
+                if hit is not None:
+                    out.append((k, hit))
+        return out
 
 
 def tutorial_rules() -> list[Rule]:
