@@ -217,7 +217,10 @@ def parse_args() -> argparse.Namespace:
         if name in CONTENDERS:
             p.error(f"--variant {name}: pick a name that is not a contender's")
         CONTENDERS[name] = f"fraudstream, default rules, {name}"
-        args.only.append(name)
+        if name not in args.only:  # runs after the others, unless --only places it
+            args.only.append(name)
+    if len(set(args.only)) < len(args.only):  # its group would find its work done
+        p.error("--only names a contender twice; to repeat one, give it --variant names")
     unknown = set(args.only) - set(CONTENDERS)
     if unknown:
         p.error(

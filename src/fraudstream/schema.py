@@ -95,6 +95,10 @@ class Transaction(msgspec.Struct, frozen=True, omit_defaults=True):
                 "invalid_timestamp", "timestamp must carry a time zone, e.g. 2026-01-31T12:00:00Z"
             )
 
+    def carries_decision(self) -> bool:
+        """Whether the input had a `decision` member of its own (to be overwritten)."""
+        return self.decision is not msgspec.UNSET
+
     @property
     def ts_ms(self) -> int:
         """Event time in epoch milliseconds (after `complete`, never None)."""
@@ -222,7 +226,7 @@ def _record_time(record_ts_ms: int) -> int:
 def appendable(raw: bytes, tx: Transaction) -> bool:
     """Whether the output can be the input's bytes with members appended: it is a plain
     object without a `decision` of its own (nearly always)."""
-    return tx.decision is msgspec.UNSET and raw.rstrip().endswith(b"}")
+    return not tx.carries_decision() and raw.rstrip().endswith(b"}")
 
 
 def encode_decided(
@@ -243,4 +247,13 @@ def encode_decided(
         return _encoder.encode(obj)
     inner = raw.rstrip()[:-1].rstrip()
     sep = b"" if inner.endswith(b"{") else b","
-    return inner + sep + added + b'"decision":' + _encoder.encode(decision) + b"}"
+    global _last_decision
+    last = _last_decision  # one read: another thread may replace it meanwhile
+    if last[0] is not decision:  # most records share one decision: nothing fired
+        last = _last_decision = (decision, _encoder.encode(decision))
+    return inner + sep + added + b'"decision":' + last[1] + b"}"
+
+
+# The last decision encoded, and its JSON (held, so `is` cannot meet another object at its
+# address). Decisions are frozen and never changed once made.
+_last_decision: tuple[Decision | None, bytes] = (None, b"")

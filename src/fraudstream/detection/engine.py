@@ -99,6 +99,7 @@ class Engine:
                 raise ValueError("the model was trained on other features; retrain it")
         self._next_evict = 0
         self._evict_at_begin = 0
+        self.quiet = self.combine([], None)  # the decision when no rule fires (no model)
         self._fan_rules = [r for r in self.rules if isinstance(r, FanIn)]
         # Rules with a batch path run over the whole segment, one after the other: each
         # keeps state of its own, so the order between them changes nothing. Two dormant
@@ -163,9 +164,10 @@ class Engine:
         """Decisions from what the stages found: each transaction's feature parts by stage key
         and its hits from every stage (summed in rule order, as one engine would)."""
         order = {rid: i for i, rid in enumerate(self.rule_ids)}
-        ordered = [sorted(h, key=lambda hit: order[hit.rule]) for h in hits]
+        ordered = [h if len(h) < 2 else sorted(h, key=lambda hit: order[hit.rule]) for h in hits]
         if self.model is None:
-            return [self.combine(h, None) for h in ordered]
+            quiet = self.quiet  # one shared decision for every record nothing fired on
+            return [self.combine(h, None) if h else quiet for h in ordered]
         rows = [
             assemble_row(p.get("source", []), p.get("target", []), p.get("merchant", []))
             for p in parts

@@ -19,6 +19,8 @@ This module is pure (no Kafka): the processor feeds it records and commits what 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -32,6 +34,7 @@ __all__ = [
     "LABEL",
     "MARK",
     "Envelope",
+    "HopTx",
     "Key",
     "Meta",
     "Orderer",
@@ -42,6 +45,36 @@ __all__ = [
 DATA, LABEL, MARK = 0, 1, 2
 INF = 1 << 62  # the time of an idle upstream's mark: it holds nothing back
 Key = tuple[int, int, int]  # (order time, origin partition, origin offset)
+
+
+class HopTx(Transaction, array_like=True, gc=False, frozen=True, omit_defaults=True):
+    """A transaction on a repartition topic: validated when it was read, so decoded as plain
+    types (no patterns or bounds to check again) from an array (no field names on the wire).
+    It is a `Transaction` to the engine. Made with `HopTx.of`."""
+
+    source: str
+    target: str
+    amount: float
+    currency: str
+    id: str | None = None
+    timestamp: int | datetime | None = None
+    channel: str | None = None
+    country: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    merchant: str | None = None
+    device: str | None = None
+    decision: Any = None  # the input's own `decision` member in a list of one; None: absent
+
+    @classmethod
+    def of(cls, tx: Transaction) -> HopTx:
+        fields: list[Any] = list(msgspec.structs.astuple(tx))
+        carried = fields[-1]  # nearly always absent (UNSET, which an array cannot hold)
+        fields[-1] = None if carried is msgspec.UNSET else [carried]
+        return cls(*fields)
+
+    def carries_decision(self) -> bool:
+        return self.decision is not None
 
 
 class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -55,7 +88,7 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     o: int
     u: int  # the upstream task (its partition) that sent it
     s: int  # DATA/LABEL: its number from `u` to this partition; MARK: u's mark number
-    tx: Transaction | None = None
+    tx: HopTx | None = None
     value: bytes = b""  # the input record as received (the output keeps it unchanged)
     added: bytes = b""  # JSON members derived for it (id, timestamp)
     key: bytes | None = None
@@ -94,13 +127,27 @@ encode_meta = msgspec.msgpack.Encoder().encode
 decode_meta = msgspec.msgpack.Decoder(Meta).decode
 
 
+Entry = tuple[int, int, int, int, Envelope, int]  # (t, q, o, input offset, envelope, size)
+
+
+def _order(entry: Entry) -> tuple[int, int, int]:
+    return entry[:3]
+
+
 class Orderer:
-    """The buffer of one keyed-stage task: `offer` what is read, `release` what may go."""
+    """The buffer of one keyed-stage task: `offer` what is read, `release` what may go.
+
+    What one upstream task sends comes in its order-key order (it sends in the order it
+    decides), so the buffer is a run per upstream: `release` cuts each run at the bound and
+    merges the cuts (one sort of a few sorted runs). A run that arrives out of order (it
+    should not) is sorted before it is cut: the order out never depends on it."""
 
     def __init__(self, upstream: int, meta: Meta) -> None:
         self.upstream = upstream
         self.meta = meta
-        self._pending: list[tuple[int, int, int, int, Any, int]] = []
+        self._runs: dict[int, list[Entry]] = {}  # per upstream task, in order-key order
+        self._unsorted: set[int] = set()  # upstreams whose run must be sorted before a cut
+        self._count = 0
         self.bytes = 0  # the buffered records' size on the wire, for back-pressure
         # input offsets with records still buffered, and how many: `oldest` without a scan
         self._at: dict[int, int] = {}
@@ -112,12 +159,14 @@ class Orderer:
         self._log: list[tuple[int, int, Key, int]] = []
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return self._count
 
     def reset(self, meta: Meta) -> None:
         """Forget the buffer (the input is rewound to the committed offset)."""
         self.meta = meta
-        self._pending.clear()
+        self._runs.clear()
+        self._unsorted.clear()
+        self._count = 0
         self.bytes = 0
         self._at.clear()
         self._offsets.clear()
@@ -134,7 +183,14 @@ class Orderer:
             return
         if env.s <= m.done.get(u, 0) or env.s in m.ahead.get(u, ()):
             return  # released before a rewind: already in the committed state and outputs
-        heapq.heappush(self._pending, (env.t, env.q, env.o, offset, env, size))
+        entry = (env.t, env.q, env.o, offset, env, size)
+        run = self._runs.get(u)
+        if run is None:
+            run = self._runs[u] = []
+        elif run and entry[:3] < run[-1][:3]:
+            self._unsorted.add(u)
+        run.append(entry)
+        self._count += 1
         self.bytes += size
         at = self._at
         n = at.get(offset)
@@ -154,13 +210,32 @@ class Orderer:
     def release(self) -> list[Envelope]:
         """Every buffered record at or below the bound, in order-key order."""
         bound = self.bound()
-        pending = self._pending
-        out: list[Envelope] = []
-        if bound is None:
-            return out
+        if bound is None or not self._count:
+            return []
+        cut: list[Entry] = []
+        runs = 0
+        for u, run in self._runs.items():
+            if not run:
+                continue
+            if u in self._unsorted:
+                run.sort(key=_order)
+                self._unsorted.discard(u)
+            if run[-1][:3] <= bound:  # all of it
+                cut += run
+                run.clear()
+            else:
+                i = bisect_right(run, bound, key=_order)
+                if not i:
+                    continue
+                cut += run[:i]
+                del run[:i]
+            runs += 1
+        if runs > 1:
+            cut.sort(key=_order)  # a merge of sorted runs
+        self._count -= len(cut)
         at = self._at
-        while pending and pending[0][:3] <= bound:
-            entry = heapq.heappop(pending)
+        out: list[Envelope] = []
+        for entry in cut:
             env = entry[4]
             self.bytes -= entry[5]
             offset = entry[3]

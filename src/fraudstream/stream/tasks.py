@@ -46,6 +46,7 @@ from fraudstream.stream.ordering import (
     INF,
     LABEL,
     Envelope,
+    HopTx,
     Key,
     Meta,
     Orderer,
@@ -276,9 +277,9 @@ class InputTask(_Unbuffered):
         scored = self.engine.score([d.tx for _, d, _ in valid])
         topology = ctx.topology
         if not topology.staged:  # one stage: decide here
-            combine = ctx.engine.combine
+            combine, quiet = ctx.engine.combine, ctx.engine.quiet
             for (msg, decoded, _), (_, hits) in zip(valid, scored, strict=True):
-                decision = combine(hits, None)
+                decision = combine(hits, None) if hits else quiet
                 if flagged and msg.offset() in flagged:
                     decision = _flag(decision, flagged[msg.offset()])
                 value = encode_decided(msg.value(), decoded.added, decision, decoded.tx)
@@ -297,7 +298,7 @@ class InputTask(_Unbuffered):
                 msg.offset(),
                 q,
                 0,
-                tx,
+                HopTx.of(tx),
                 msg.value(),
                 decoded.added,
                 msg.key(),
