@@ -37,7 +37,7 @@ from fraudstream.stream import consumer_config, ensure_topics
 
 
 def run(
-    settings: Settings, env_extra: dict[str, str], count: int, window: float
+    settings: Settings, env_extra: dict[str, str], count: int, window: float, workers: int = 1
 ) -> dict[str, float]:
     env = env_for(settings, **{"RULES_FILE": str(REPO / "rules" / "default.yaml"), **env_extra})
     reader = Consumer(
@@ -47,7 +47,10 @@ def run(
     log = open(Path(tempfile.mkdtemp()) / "detect.log", "wb")  # noqa: SIM115
     start = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fraudstream", "detect"], env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "fraudstream", "detect", "--workers", str(workers)],
+        env=env,
+        stdout=log,
+        stderr=log,
     )
     tree = ProcessTree(proc.pid)
     first = math.nan
@@ -82,6 +85,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--window", type=float, default=120, help="seconds per contender")
     parser.add_argument("--bounded-only", action="store_true", help="skip the unbounded run")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="detector processes per contender (its --workers)"
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -132,7 +138,7 @@ def main() -> None:
             ensure_topics(
                 settings, [settings.legit_topic, settings.fraud_topic, settings.dlq_topic]
             )
-            r = run(settings, extra, args.count, args.window)
+            r = run(settings, extra, args.count, args.window, args.workers)
             print(
                 f"{name:<22} {r['first_s']:>14.1f}s {r['peak_mb']:>8.0f}MB {r['anon_mb']:>6.0f}MB "
                 f"{r['decided']:>12,.0f} in {r['elapsed_s']:.0f}s",

@@ -1,5 +1,6 @@
 """Bounded buffers: with a tiny MAX_BUFFERED_RECORDS the detector keeps pausing the input
-partitions that run ahead, and still decides byte for byte what an unbounded run decides."""
+partitions that run ahead, and still decides byte for byte what an unbounded run decides;
+with two processes, the one over its bounds makes the other hold back too."""
 
 from __future__ import annotations
 
@@ -69,6 +70,53 @@ def test_paused_inputs_decide_what_an_unbounded_run_decides(
     paused, reference = _decisions(bounded), _decisions(free)
     assert len(reference) == n and read_to_end(bounded, bounded.dlq_topic) == []
     assert paused == reference  # every id once, each decision byte for byte the same
+
+
+def test_two_processes_one_over_its_bounds_decide_what_one_unbounded_decides(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """Two processes of one group: each one's keyed stages are fed by both's inputs, and a
+    process can pause only its own. The one with a tiny bound pauses its inputs and sends
+    its marks as HOLD (the other, whose bound is out of reach, holds back its inputs that
+    run ahead when its keyed stages hear them: `test_runtime_parts.py` checks that half,
+    since which process reads which partitions is the assignor's choice); the decisions are
+    still those of one unbounded process."""
+    bounded: Settings = make_settings(topic_partitions=4)
+    ensure_topics(bounded)
+    n = 12_000
+    generate(
+        bounded, rate=math.inf, count=n, seed=52, profile="sim", fraud_rate=0.05, progress=None
+    )
+    tag = uuid.uuid4().hex[:8]
+    free = bounded.model_copy(
+        update={
+            "detector_group": f"free-{tag}",
+            "legit_topic": f"f-{tag}.legit",
+            "fraud_topic": f"f-{tag}.fraud",
+            "dlq_topic": f"f-{tag}.dlq",
+        }
+    )
+    ensure_topics(free)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "f").mkdir()
+    two = Detectors(bounded, tmp_path / "b", rules=DEFAULT_RULES, BATCH_SIZE="200")
+    unbounded = Detectors(free, tmp_path / "f", rules=DEFAULT_RULES)
+    try:
+        tight = two.start("0", MAX_BUFFERED_RECORDS="300")
+        loose = two.start("1", MAX_BUFFERED_RECORDS=str(10**9), MAX_BUFFERED_BYTES=str(10**12))
+        wait_done(bounded, n)
+        two.stop(tight)
+        two.stop(loose)
+        assert "asking the other detectors of the group to hold back" in tight.log.read_text()  # type: ignore[attr-defined]
+        proc = unbounded.start()
+        wait_done(free, n)
+        unbounded.stop(proc)
+    finally:
+        two.cleanup()
+        unbounded.cleanup()
+    held, reference = _decisions(bounded), _decisions(free)
+    assert len(reference) == n and read_to_end(bounded, bounded.dlq_topic) == []
+    assert held == reference
 
 
 def _decisions(settings: Settings) -> dict[str, bytes]:

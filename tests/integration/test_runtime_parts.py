@@ -16,7 +16,7 @@ from fraudstream.detection import Engine, load_ruleset
 from fraudstream.stream import consumer_config, ensure_topics
 from fraudstream.stream.collector import RecordCollector
 from fraudstream.stream.layout import prepare_topology
-from fraudstream.stream.ordering import DATA, INF, Envelope, Meta, decode_block
+from fraudstream.stream.ordering import DATA, HOLD, INF, MARK, Envelope, Meta, decode_block
 from fraudstream.stream.task_manager import TaskManager, choose_paused
 from fraudstream.stream.tasks import InputTask, KeyedTask, LabelTask, OutputTask, TaskContext
 from fraudstream.stream.topology import Topology
@@ -149,15 +149,39 @@ def test_a_full_producer_queue_waits_and_loses_nothing(settings: Settings) -> No
 
 def test_back_pressure_pauses_all_inputs_but_the_laggard_until_below_half() -> None:
     inputs = [(("in", 0), (50, 0, 9)), (("in", 1), (10, 1, 3)), (("in", 2), (70, 2, 4))]
-    assert choose_paused(inputs, 100, 0, set(), 100, 1000) == set()  # at the bound: fine
-    paused = choose_paused(inputs, 101, 0, set(), 100, 1000)
-    assert paused == {("in", 0), ("in", 2)}  # partition 1 holds the stages back
-    assert choose_paused(inputs, 51, 0, paused, 100, 1000) == paused  # not below half yet
-    assert choose_paused(inputs, 50, 0, paused, 100, 1000) == set()
-    assert choose_paused(inputs, 0, 1001, set(), 100, 1000) == paused  # bytes count too
+    assert choose_paused(inputs, 100, 0, False, 100, 1000) == (set(), False)  # at the bound
+    paused = {("in", 0), ("in", 2)}  # partition 1 holds the stages back
+    assert choose_paused(inputs, 101, 0, False, 100, 1000) == (paused, True)
+    assert choose_paused(inputs, 51, 0, True, 100, 1000) == (paused, True)  # not half yet
+    assert choose_paused(inputs, 50, 0, True, 100, 1000) == (set(), False)
+    assert choose_paused(inputs, 0, 1001, False, 100, 1000) == (paused, True)  # bytes too
     # the laggard moved on while paused: the new one reads, the old one waits
     moved = [(("in", 0), (50, 0, 9)), (("in", 1), (90, 1, 8)), (("in", 2), (70, 2, 4))]
-    assert choose_paused(moved, 80, 0, paused, 100, 1000) == {("in", 1), ("in", 2)}
+    assert choose_paused(moved, 80, 0, True, 100, 1000) == ({("in", 1), ("in", 2)}, True)
+
+
+def test_another_process_holding_back_pauses_the_inputs_ahead_of_the_lowest_mark() -> None:
+    """Within its own bounds, a process asked to hold back (a HOLD mark: another process's
+    stages, which these inputs feed too, hold too much) pauses every input ahead of the
+    lowest mark its keyed stages heard; the slowest input, if it is here, reads on."""
+    inputs = [(("in", 0), (50, 0, 9)), (("in", 1), (10, 1, 3)), (("in", 2), (70, 2, 4))]
+    held = (10, 1, 3)  # the lowest mark heard: input 1's own
+    assert choose_paused(inputs, 0, 0, False, 100, 1000, held) == (
+        {("in", 0), ("in", 2)},
+        False,  # not over its own bounds: its own marks do not ask others to hold
+    )
+    elsewhere = (5, 4, 1)  # the slowest input is another process's: all of these wait
+    assert choose_paused(inputs, 0, 0, False, 100, 1000, elsewhere)[0] == {
+        ("in", 0),
+        ("in", 1),
+        ("in", 2),
+    }
+    assert choose_paused(inputs, 0, 0, False, 100, 1000, None) == (set(), False)  # released
+    # over its own bounds too: its own rule (all but its laggard)
+    assert choose_paused(inputs, 101, 0, False, 100, 1000, elsewhere) == (
+        {("in", 0), ("in", 2)},
+        True,
+    )
 
 
 # --- tasks and the task manager, on a detector's real state -------------------------------
@@ -252,3 +276,52 @@ def test_progress_is_readable_while_a_transaction_holds_offsets_pending(
         txn.abort()
     finally:
         group.close()
+
+
+def test_a_hold_from_another_process_pauses_the_inputs_here_that_run_ahead(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """The task manager's half of holding back, on real tasks and a real consumer: a keyed
+    task here heard a HOLD mark from an input task of another process; this process's
+    inputs ahead of the lowest mark heard pause, and read on once that input's next mark is
+    a plain one. Over its own bounds, its own input tasks' marks become HOLD."""
+    settings = make_settings(state_dir=str(tmp_path), topic_partitions=3)
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    txn = TransactionCoordinator(settings, f"parts-{uuid.uuid4().hex[:8]}")
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
+    consumer = Consumer(consumer_config(settings, "parts", group_id=settings.detector_group))
+    now = [0.0]
+    first, keyed = topology.stages[0].topic, topology.stages[1].topic
+    ours = [(first, 0), (first, 1)]  # input partition 2 belongs to another process
+    try:
+        consumer.assign([TopicPartition(t, p) for t, p in [*ours, (keyed, 0)]])
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: now[0], name="parts")
+        manager.assign([*ours, (keyed, 0)])
+        manager.tasks[(first, 0)].meta.sent = (50, 0, 9)
+        manager.tasks[(first, 1)].meta.sent = (70, 1, 4)
+        orderer = manager.tasks[(keyed, 0)].orderer  # type: ignore[attr-defined]
+        orderer.offer(Envelope(MARK, 50, 0, 9, 0, 1), offset=0)
+        orderer.offer(Envelope(MARK, 70, 1, 4, 1, 1), offset=1)
+        orderer.offer(Envelope(HOLD, 10, 2, 3, 2, 1), offset=2)  # from the other process
+        manager.backpressure()
+        assert manager.paused == set(ours) and not manager.pressing
+        orderer.offer(Envelope(MARK, 60, 2, 8, 2, 2), offset=3)  # it drained
+        now[0] += 1
+        manager.backpressure()
+        assert manager.paused == set()
+        # over its own bounds: all but its laggard pause, and its input marks ask to hold
+        for i in range(settings.max_buffered_records + 1):
+            orderer.offer(Envelope(DATA, 80, 0, 10 + i, 0, 2 + i), offset=4 + i)
+        now[0] += 1
+        manager.backpressure()
+        assert manager.pressing and manager.paused == {(first, 1)}
+        assert manager.marks_due()
+        txn.init(30)
+        txn.begin()
+        manager.send_marks()
+        txn.abort()
+        assert all(manager.tasks[tp].held for tp in ours)
+    finally:
+        consumer.close()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from fraudstream.schema import appendable, decode_transaction
 from fraudstream.stream.ordering import (
     DATA,
+    HOLD,
     INF,
     MARK,
     Envelope,
@@ -217,3 +218,16 @@ def test_a_transaction_crosses_a_hop_unchanged() -> None:
         assert {k: getattr(env.tx, k) for k in fields} == fields
         assert env.tx.ts_ms == tx.ts_ms
         assert appendable(raw, env.tx) == appendable(raw, tx) == (b"decision" not in raw)
+
+
+def test_a_hold_mark_is_a_mark_that_asks_to_hold_back() -> None:
+    """HOLD moves the mark like MARK does, and the buffer remembers which upstreams asked to
+    hold back until their next mark says otherwise."""
+    orderer = Orderer(2, Meta())
+    orderer.offer(Envelope(DATA, 5, 0, 1, 0, 1), offset=0)
+    orderer.offer(Envelope(HOLD, 7, 0, 2, 0, 1), offset=1)
+    orderer.offer(Envelope(MARK, 9, 1, 4, 1, 1), offset=2)
+    assert orderer.holding == {0} and orderer.bound() == (7, 0, 2)
+    assert [e.order for e in orderer.release()] == [(5, 0, 1)]
+    orderer.offer(Envelope(MARK, 8, 0, 3, 0, 2), offset=3)
+    assert orderer.holding == set() and orderer.bound() == (8, 0, 3)

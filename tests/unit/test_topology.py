@@ -42,9 +42,10 @@ def test_shape_differences_name_what_changed() -> None:
     ]
 
 
-def test_a_group_recorded_before_blocks_is_told_apart() -> None:
+def test_a_group_recorded_in_another_repartition_format_is_told_apart() -> None:
     """A shape recorded by a version writing one envelope per repartition record (no
-    `format` field) differs from today's, by its format, and says so."""
+    `format` field), or blocks of transactions as maps (format 2), differs from today's, by
+    its format, and says so."""
     import msgspec
 
     from fraudstream.stream.layout import REPARTITION_FORMAT, Shape
@@ -55,6 +56,10 @@ def test_a_group_recorded_before_blocks_is_told_apart() -> None:
     )
     now = msgspec.structs.replace(old, format=REPARTITION_FORMAT)
     assert old.differences(now) == [
-        "repartition record format 1 → 2 (written by another version of fraudstream)"
+        "repartition record format 1 → 3 (written by another version of fraudstream)"
+    ]
+    maps = msgspec.structs.replace(old, format=2)
+    assert maps.differences(now) == [
+        "repartition record format 2 → 3 (written by another version of fraudstream)"
     ]
     assert now.differences(now) == []

@@ -30,6 +30,7 @@ from fraudstream.schema import LabelRecord, Transaction
 __all__ = [
     "BLOCK_BYTES",
     "DATA",
+    "HOLD",
     "INF",
     "LABEL",
     "MARK",
@@ -43,6 +44,10 @@ __all__ = [
 ]
 
 DATA, LABEL, MARK = 0, 1, 2
+# A mark from an input or labels task of a process whose stages hold too much: "hold back
+# what runs ahead" (every process whose keyed stage hears it pauses its inputs ahead of the
+# slowest; see TaskManager.backpressure). Otherwise a mark like any other.
+HOLD = 3
 INF = 1 << 62  # the time of an idle upstream's mark: it holds nothing back
 Key = tuple[int, int, int]  # (order time, origin partition, origin offset)
 
@@ -87,7 +92,7 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     q: int
     o: int
     u: int  # the upstream task (its partition) that sent it
-    s: int  # DATA/LABEL: its number from `u` to this partition; MARK: u's mark number
+    s: int  # DATA/LABEL: its number from `u` to this partition; MARK/HOLD: u's mark number
     tx: HopTx | None = None
     value: bytes = b""  # the input record as received (the output keeps it unchanged)
     added: bytes = b""  # JSON members derived for it (id, timestamp)
@@ -148,6 +153,7 @@ class Orderer:
         self._runs: dict[int, list[Entry]] = {}  # per upstream task, in order-key order
         self._unsorted: set[int] = set()  # upstreams whose run must be sorted before a cut
         self._count = 0
+        self.holding: set[int] = set()  # upstreams whose latest mark asked to hold back (HOLD)
         self.bytes = 0  # the buffered records' size on the wire, for back-pressure
         # input offsets with records still buffered, and how many: `oldest` without a scan
         self._at: dict[int, int] = {}
@@ -167,6 +173,7 @@ class Orderer:
         self._runs.clear()
         self._unsorted.clear()
         self._count = 0
+        self.holding.clear()
         self.bytes = 0
         self._at.clear()
         self._offsets.clear()
@@ -175,11 +182,15 @@ class Orderer:
 
     def offer(self, env: Envelope, offset: int, size: int = 0) -> None:
         m, u = self.meta, env.u
-        if env.kind == MARK:
+        if env.kind >= MARK:
             if env.s > m.mark_seen.get(u, 0):
                 m.marks[u] = (env.t, env.q, env.o)
                 m.mark_seen[u] = env.s
                 self._log.append((offset, u, m.marks[u], env.s))
+                if env.kind == HOLD:
+                    self.holding.add(u)
+                else:
+                    self.holding.discard(u)
             return
         if env.s <= m.done.get(u, 0) or env.s in m.ahead.get(u, ()):
             return  # released before a rewind: already in the committed state and outputs

@@ -26,7 +26,15 @@ from fraudstream.detection import Engine
 from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id
 from fraudstream.stream.clients import base_config
 from fraudstream.stream.health import TaskStatus, describe_key
-from fraudstream.stream.ordering import MARK, Envelope, Key, Meta, decode_meta, encode_block
+from fraudstream.stream.ordering import (
+    HOLD,
+    MARK,
+    Envelope,
+    Key,
+    Meta,
+    decode_meta,
+    encode_block,
+)
 from fraudstream.stream.snapshot import Snapshot, SnapshotStore
 from fraudstream.stream.tasks import META_KEY, KeyedTask, Task, TaskContext, new_task
 from fraudstream.stream.topology import INPUT, KEYED, LABELS
@@ -43,21 +51,31 @@ def choose_paused(
     inputs: list[tuple[tuple[str, int], Key]],
     waiting_records: int,
     waiting_bytes: int,
-    paused: set[tuple[str, int]],
+    pressing: bool,
     max_records: int,
     max_bytes: int,
-) -> set[tuple[str, int]]:
-    """Which input partitions to keep paused, given each input task's mark and what waits
-    between the stages. Past either bound, all but the laggard (the lowest mark: it must go on
-    for anything to be released); once paused, until both are below half."""
+    held: Key | None = None,
+) -> tuple[set[tuple[str, int]], bool]:
+    """Which input partitions to pause, given each input task's mark and what waits between
+    this process's stages; and whether this process is now over its bounds (`pressing`: it
+    was). Past either bound, all but the laggard (the lowest mark: it must go on for anything
+    to be released), until both are below half. Within them, while another process asks to
+    hold back (`held`: the lowest mark the keyed stages here have heard), every input ahead
+    of that mark: the other's stages are fed by these inputs too, and only its own can it
+    pause."""
     over = waiting_records > max_records or waiting_bytes > max_bytes
     under = waiting_records <= max_records // 2 and waiting_bytes <= max_bytes // 2
-    if not inputs or not (over or (paused and not under)):
-        return set()
-    # the laggard can change while paused (it reached its end and went idle, or passed
-    # another): always keep the current one reading, or nothing drains
-    laggard = min(inputs, key=lambda t: t[1])[0]
-    return {tp for tp, _ in inputs if tp != laggard}
+    pressing = over or (pressing and not under)
+    if not inputs:
+        return set(), pressing
+    if pressing:
+        # the laggard can change while paused (it reached its end and went idle, or passed
+        # another): always keep the current one reading, or nothing drains
+        laggard = min(inputs, key=lambda t: t[1])[0]
+        return {tp for tp, _ in inputs if tp != laggard}, True
+    if held is not None:
+        return {tp for tp, mark in inputs if mark > held}, False
+    return set(), False
 
 
 class TaskManager:
@@ -82,6 +100,8 @@ class TaskManager:
         self.tasks: dict[tuple[str, int], Task] = {}
         self.restored_keys = 0
         self.paused: set[tuple[str, int]] = set()  # input partitions paused for back-pressure
+        self.pressing = False  # over MAX_BUFFERED_*: its input marks ask others to hold back
+        self._held_by: set[tuple[str, int]] = set()  # the partitions paused by others' HOLD
         self._next_backpressure = 0.0
         self._next_purge = 0.0
         self._next_snapshot = clock() + self.settings.snapshot_interval_ms / 1000
@@ -191,8 +211,16 @@ class TaskManager:
                 task.idle = True
             if task.sends_marks:
                 bound = task.bound()
-                due = due or (bound is not None and bound != task.meta.sent)
+                due = due or (
+                    bound is not None
+                    and (bound != task.meta.sent or self._holds(task) != task.held)
+                )
         return due
+
+    def _holds(self, task: Task) -> bool:
+        """Whether `task`'s marks ask to hold back (HOLD): it feeds the stages from outside
+        and this process is over its bounds."""
+        return self.pressing and not isinstance(task, KeyedTask)
 
     def send_marks(self) -> None:
         """Each task's mark to every partition of the next stage, if it moved."""
@@ -203,12 +231,15 @@ class TaskManager:
                 continue
             bound = task.bound()
             meta = task.meta
-            if bound is None or bound == meta.sent:
+            hold = self._holds(task)
+            if bound is None or (bound == meta.sent and hold == task.held):
                 continue
             meta.sent = bound
             meta.mark_seq += 1
+            task.held = hold
             to = topology.next(task.stage)
-            value = encode_block([Envelope(MARK, *bound, task.origin, meta.mark_seq)])
+            kind = HOLD if hold else MARK
+            value = encode_block([Envelope(kind, *bound, task.origin, meta.mark_seq)])
             collector.broadcast(to.topic, to.partitions, value)
 
     # --- the transaction -------------------------------------------------------------------
@@ -310,7 +341,13 @@ class TaskManager:
         and labels partition of this process but the one holding the stages back
         (`choose_paused`): a backlog of verdicts would otherwise pile up in the first keyed
         stage, waiting there for the transactions' event time.
-        Pausing only delays reading, so order, marks and exactly-once are untouched."""
+
+        With several processes, a keyed stage is fed by every process's inputs, and a
+        process can pause only its own. So while over its bounds, a process's input and
+        labels tasks send their marks as HOLD, and every process whose keyed stages hear one
+        pauses its own inputs that are ahead of the lowest mark they have heard, until the
+        marks say otherwise. Pausing only delays reading, so order, marks and exactly-once
+        are untouched."""
         now = self.clock()
         if now < self._next_backpressure:
             return
@@ -318,23 +355,59 @@ class TaskManager:
         records = nbytes = 0
         inputs: list[tuple[tuple[str, int], Key]] = []
         internal = []
+        held: Key | None = None
+        own = {t.origin for t in self.tasks.values() if not isinstance(t, KeyedTask)}
         for (topic, partition), task in self.tasks.items():
             if isinstance(task, KeyedTask):
-                records += len(task.orderer)
-                nbytes += task.orderer.bytes
+                orderer = task.orderer
+                records += len(orderer)
+                nbytes += orderer.bytes
                 internal.append(TopicPartition(topic, partition))
+                if orderer.holding - own:  # another process asks to hold back
+                    low = orderer.bound()
+                    if low is not None and (held is None or low < held):
+                        held = low
             elif task.stage.role in (INPUT, LABELS):  # what feeds the stages
-                bound = task.bound()
-                inputs.append(((topic, partition), bound if bound is not None else (-1, -1, -1)))
+                # its mark as sent, as the stages know it (compared with what they heard)
+                mark = task.meta.sent or task.bound()
+                inputs.append(((topic, partition), mark if mark is not None else (-1, -1, -1)))
         if not inputs:
             return
         per_record = self.ctx.collector.envelopes_per_record
         for tp, high in self._behind(internal):
             records += round((high - tp.offset) * per_record)  # blocks of records
         s = self.settings
-        want = choose_paused(
-            inputs, records, nbytes, self.paused, s.max_buffered_records, s.max_buffered_bytes
+        want, pressing = choose_paused(
+            inputs,
+            records,
+            nbytes,
+            self.pressing,
+            s.max_buffered_records,
+            s.max_buffered_bytes,
+            held,
         )
+        if pressing and not self.pressing:
+            log.info(
+                "%d records wait between the stages (%.0f MB buffered): pausing %d of %d "
+                "input and labels partitions until they drain, and asking the other "
+                "detectors of the group to hold back (MAX_BUFFERED_RECORDS / "
+                "MAX_BUFFERED_BYTES)",
+                records,
+                nbytes / 1e6,
+                len(want),
+                len(inputs),
+            )
+        elif not pressing and want and not self._held_by:
+            log.info(
+                "another detector of the group holds too much between the stages: pausing "
+                "%d of %d input and labels partitions that run ahead of the lowest mark "
+                "(%s) until it drains",
+                len(want),
+                len(inputs),
+                describe_key(held),
+            )
+        self.pressing = pressing
+        self._held_by = set() if pressing else want
         if want == self.paused:
             return
         resume, pause = self.paused - want, want - self.paused
@@ -342,16 +415,6 @@ class TaskManager:
             self.consumer.resume([TopicPartition(t, p) for t, p in resume])
         if pause:
             self.consumer.pause([TopicPartition(t, p) for t, p in pause])
-        if not self.paused and want:
-            log.info(
-                "%d records wait between the stages (%.0f MB buffered): pausing %d of %d "
-                "input and labels partitions until they drain (MAX_BUFFERED_RECORDS / "
-                "MAX_BUFFERED_BYTES)",
-                records,
-                nbytes / 1e6,
-                len(want),
-                len(inputs),
-            )
         self.paused = want
 
     # --- health ----------------------------------------------------------------------------

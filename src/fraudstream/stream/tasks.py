@@ -130,6 +130,8 @@ class Task:
         self.at_end: float | None = None  # input tasks: when the partition was read to its end
         self.idle = False
         self.sends_marks = ctx.topology.staged and stage.role != OUTPUT
+        # whether its last mark sent asked to hold back (HOLD); None: not known (resend)
+        self.held: bool | None = False
         # where forward() sends: the next stage's repartition topic
         self.to_topic = ctx.topology.next(stage).topic if self.sends_marks else ""
 
@@ -185,6 +187,7 @@ class Task:
         self.meta = decode_meta(self._saved)
         self.dirty = False
         self.at_end = None
+        self.held = None
 
     @property
     def saved_meta(self) -> bytes:
