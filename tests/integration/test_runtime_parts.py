@@ -112,16 +112,25 @@ def test_forwarded_envelopes_go_as_one_block_per_destination(settings: Settings)
     txn.begin()
     for i in range(10):
         env = Envelope(DATA, 1000 + i, 0, i, 0, i + 1, value=_tx(i))
-        collector.forward((topic, i % 2), env)
+        collector.forward((topic, i % 2), [env])
     collector.flush()
     txn.commit([], None)
     blocks = read_to_end(settings, topic)
     assert sorted((m.partition(), len(decode_block(m.value()))) for m in blocks) == [(0, 5), (1, 5)]
     by_partition = {m.partition(): [e.o for e in decode_block(m.value())] for m in blocks}
     assert by_partition == {0: [0, 2, 4, 6, 8], 1: [1, 3, 5, 7, 9]}  # in the order forwarded
+    # a block that would pass BLOCK_BYTES goes at once, and the rest start the next one
+    big = [Envelope(DATA, 2000 + i, 0, i, 0, i + 1, value=b"x" * 60_000) for i in range(5)]
+    txn.begin()
+    collector.forward((topic, 0), big)
+    collector.flush()
+    txn.commit([], None)
+    later = [m for m in read_to_end(settings, topic) if m.partition() == 0][1:]
+    assert [[e.o for e in decode_block(m.value())] for m in later] == [[0, 1, 2], [3, 4]]
 
 
-def test_a_full_producer_queue_waits_and_loses_nothing(settings: Settings) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["output", "outputs"])
+def test_a_full_producer_queue_waits_and_loses_nothing(settings: Settings, batched: bool) -> None:
     txn = TransactionCoordinator(settings, "unused")
     # a producer that holds at most 10 records unsent: produce() refuses every few records
     txn.producer = Producer(
@@ -135,8 +144,14 @@ def test_a_full_producer_queue_waits_and_loses_nothing(settings: Settings) -> No
     txn.init(30)
     collector = RecordCollector(settings, txn)
     txn.begin()
-    for i in range(500):
-        collector.output(b"k", str(i).encode(), None, "fraud" if i % 5 == 0 else "legit")
+    records = [
+        (b"k", str(i).encode(), None, "fraud" if i % 5 == 0 else "legit") for i in range(500)
+    ]
+    if batched:
+        collector.outputs(records)
+    else:
+        for record in records:
+            collector.output(*record)
     txn.commit([], None)
     done = collector.settle()
     assert (done.fraud, done.legit) == (100, 400)

@@ -697,8 +697,12 @@ class ListMatch:
 
     def apply_batch(self, seg: Segment) -> Sparse:
         values, txs, ts = self.values, seg.txs, seg.ts
+        field = seg.field(self.field)
+        assert isinstance(values, frozenset)  # made one by `bind`
+        if values.isdisjoint(field):  # nearly always: nobody in the batch is on the list
+            return []
         out = []
-        for k, v in enumerate(seg.field(self.field)):
+        for k, v in enumerate(field):
             if v is not None and v in values:
                 hit = self.apply(txs[k], ts[k])
                 if hit is not None:

@@ -90,10 +90,13 @@ class KeyIndex:
         return [r for h, r in zip(self._hashes, self._rows, strict=True) if h != 0]
 
     def stale_rows(self, seen: array, horizon: int) -> list[int]:  # type: ignore[type-arg]
-        """Rows whose last event time is before `horizon` (without listing all rows)."""
-        return [
-            r for h, r in zip(self._hashes, self._rows, strict=True) if h != 0 and seen[r] < horizon
-        ]
+        """Rows whose last event time is before `horizon`, in slot order (one numpy pass)."""
+        hashes = np.frombuffer(self._hashes, dtype=np.int64)
+        rows = np.frombuffer(self._rows, dtype=np.int32)[hashes != 0]
+        last = np.frombuffer(seen, dtype=np.int64)
+        stale: list[int] = rows[last[rows] < horizon].tolist()
+        del hashes, last  # views of the arrays: they may grow again
+        return stale
 
     def _rebuild(self, capacity: int, drop: frozenset[int] = frozenset()) -> None:
         """Re-insert every entry (but rows in `drop`) into a table for `capacity` keys."""

@@ -7,12 +7,13 @@ producer's queue is full (so a slow broker slows the reading, not the memory).
 
     collector = RecordCollector(settings, txn)
     collector.output(key, value, headers, "fraud")
-    collector.forward(("g.by-target", 3), envelope)
+    collector.forward(("g.by-target", 3), [envelope, ...])
     collector.flush()        # the step's blocks, before anything else goes to those partitions
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,22 +83,45 @@ class RecordCollector:
             self.send(self.legit_topic, value, key, headers)
             self.pending.legit += 1
 
+    def outputs(self, records: Sequence[tuple[Any, bytes, Any, str]]) -> None:
+        """`output` of each (key, value, headers, outcome), in order."""
+        produce = self.txn.producer.produce
+        topics = {"fraud": self.fraud_topic, "legit": self.legit_topic}
+        fraud = 0
+        for key, value, headers, outcome in records:
+            topic = topics[outcome]
+            try:
+                produce(topic, value, key, headers=headers)
+            except BufferError:  # queue full: the waiting loop, then on
+                self.send(topic, value, key, headers)
+                produce = self.txn.producer.produce
+            fraud += outcome == "fraud"
+        self.pending.fraud += fraud
+        self.pending.legit += len(records) - fraud
+
     def dead_letter(self, msg: Any, error_class: str, message: str, stage: str) -> None:
         """The record `msg` unchanged, with headers saying why and where it came from."""
         headers = dlq_headers(msg, error_class, message, stage)
         self.send(self.dlq_topic, msg.value(), msg.key(), headers)
         self.pending.dead_letter += 1
 
-    def forward(self, dest: tuple[str, int], env: Envelope) -> None:
-        """An envelope for a repartition partition: into that destination's block."""
-        out = self._outbox.get(dest)
-        if out is None:
-            out = self._outbox[dest] = []
-            self._outbox_bytes[dest] = 0
-        out.append(env)
-        size = self._outbox_bytes[dest] = self._outbox_bytes[dest] + 2 * len(env.value) + 128
-        if size >= BLOCK_BYTES:
-            self._send_block(dest)
+    def forward(self, dest: tuple[str, int], envs: list[Envelope]) -> None:
+        """Envelopes for a repartition partition, in order: into that destination's block
+        (sent as soon as it is full)."""
+        outbox = self._outbox
+        out = outbox.get(dest)
+        size = self._outbox_bytes.get(dest, 0)
+        for env in envs:
+            if out is None:
+                out = outbox[dest] = []
+            out.append(env)
+            size += 2 * len(env.value) + 128
+            if size >= BLOCK_BYTES:
+                self._outbox_bytes[dest] = size
+                self._send_block(dest)
+                out, size = None, 0
+        if out is not None:
+            self._outbox_bytes[dest] = size
 
     def flush(self) -> None:
         """Every envelope forwarded in this step, a block per destination partition, before

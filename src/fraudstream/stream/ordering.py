@@ -19,6 +19,7 @@ This module is pure (no Kafka): the processor feeds it records and commits what 
 from __future__ import annotations
 
 import heapq
+import operator
 from bisect import bisect_right
 from datetime import datetime
 from typing import Any
@@ -135,8 +136,7 @@ decode_meta = msgspec.msgpack.Decoder(Meta).decode
 Entry = tuple[int, int, int, int, Envelope, int]  # (t, q, o, input offset, envelope, size)
 
 
-def _order(entry: Entry) -> tuple[int, int, int]:
-    return entry[:3]
+_order = operator.itemgetter(0, 1, 2)  # an entry's order key, (t, q, o)
 
 
 class Orderer:

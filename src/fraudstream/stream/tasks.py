@@ -198,10 +198,32 @@ class Task:
 
     def forward(self, partition: int, env: Envelope) -> None:
         """`env` to `partition` of the next stage, numbered in this task's sequence there."""
-        seq = self.meta.seq
-        n = seq[partition] = seq.get(partition, 0) + 1
-        env.u, env.s = self.origin, n
-        self.ctx.collector.forward((self.to_topic, partition), env)
+        self.forward_all([partition], [env])
+
+    def forward_all(self, partitions: list[int], envs: list[Envelope]) -> None:
+        """Each envelope to its partition of the next stage, in order, numbered in this
+        task's sequence per partition."""
+        groups: dict[int, list[Envelope]] = {}
+        for partition, env in zip(partitions, envs, strict=True):
+            group = groups.get(partition)
+            if group is None:
+                groups[partition] = [env]
+            else:
+                group.append(env)
+        seq, origin, collector, topic = (
+            self.meta.seq,
+            self.origin,
+            self.ctx.collector,
+            self.to_topic,
+        )
+        for partition, group in groups.items():
+            n = seq.get(partition, 0)
+            for env in group:
+                n += 1
+                env.u = origin
+                env.s = n
+            seq[partition] = n
+            collector.forward((topic, partition), group)
 
 
 class _Unbuffered(Task):
@@ -292,6 +314,8 @@ class InputTask(_Unbuffered):
         q = self.partition
         key = to.key
         route = topology.route
+        parts: list[int] = []
+        envs: list[Envelope] = []
         for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
             tx = decoded.tx
             env = Envelope(
@@ -311,7 +335,9 @@ class InputTask(_Unbuffered):
             )
             if flagged and msg.offset() in flagged:
                 env.note = flagged[msg.offset()]
-            self.forward(route(to, getattr(tx, key), q), env)
+            parts.append(route(to, getattr(tx, key), q))
+            envs.append(env)
+        self.forward_all(parts, envs)
 
 
 class LabelTask(_Unbuffered):
@@ -412,6 +438,7 @@ class KeyedTask(Task):
         route = self.ctx.topology.route
         key = self.stage.key
         last = self.ctx.topology.is_output(to)
+        parts: list[int] = []
         for env, (row, hits) in zip(run, engine.score([e.tx for e in run]), strict=True):  # type: ignore[misc]
             if row:
                 env.parts[key] = row
@@ -425,7 +452,8 @@ class KeyedTask(Task):
                 value = None
             else:
                 value = getattr(tx, to.key)
-            self.forward(route(to, value, env.q), env)
+            parts.append(route(to, value, env.q))
+        self.forward_all(parts, run)
 
     def bound(self) -> Key | None:
         # After a restart the marks read past the resume offset are read again; the mark
@@ -467,12 +495,13 @@ class OutputTask(KeyedTask):
         decisions = ctx.engine.finish(
             [e.parts for e in data], [[Hit(*h) for h in e.hits] for e in data]
         )
-        output = ctx.collector.output
+        out = []
         for env, decision in zip(data, decisions, strict=True):
             if env.note:
                 decision = _flag(decision, env.note)
             value = encode_decided(env.value, env.added, decision, env.tx)
-            output(env.key, value, env.headers, decision.outcome)
+            out.append((env.key, value, env.headers, decision.outcome))
+        ctx.collector.outputs(out)
 
 
 _ROLES: dict[str, type[Task]] = {
