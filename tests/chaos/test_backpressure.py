@@ -77,10 +77,11 @@ def test_two_processes_one_over_its_bounds_decide_what_one_unbounded_decides(
 ) -> None:
     """Two processes of one group: each one's keyed stages are fed by both's inputs, and a
     process can pause only its own. The one with a tiny bound pauses its inputs and sends
-    its marks as HOLD (the other, whose bound is out of reach, holds back its inputs that
-    run ahead when its keyed stages hear them: `test_runtime_parts.py` checks that half,
-    since which process reads which partitions is the assignor's choice); the decisions are
-    still those of one unbounded process."""
+    its marks as HOLD, the other (whose bound is out of reach) holds back its inputs that
+    run ahead when its keyed stages hear them; the decisions are still those of one
+    unbounded process. Which process reads which partitions, and when, is the assignor's
+    and the scheduler's choice, so the holding itself is checked in `test_runtime_parts.py`
+    (on real tasks), not here."""
     bounded: Settings = make_settings(topic_partitions=4)
     ensure_topics(bounded)
     n = 12_000
@@ -107,7 +108,6 @@ def test_two_processes_one_over_its_bounds_decide_what_one_unbounded_decides(
         wait_done(bounded, n)
         two.stop(tight)
         two.stop(loose)
-        assert "asking the other detectors of the group to hold back" in tight.log.read_text()  # type: ignore[attr-defined]
         proc = unbounded.start()
         wait_done(free, n)
         unbounded.stop(proc)

@@ -336,7 +336,22 @@ def test_a_hold_from_another_process_pauses_the_inputs_here_that_run_ahead(
         txn.init(30)
         txn.begin()
         manager.send_marks()
+        # every task that sends marks asks, the keyed one too (its marks go downstream)
+        assert all(manager.tasks[tp].held for tp in [*ours, (keyed, 0)])
+        # a process holding keyed partitions only, over its bounds, asks too: nothing of its
+        # own to pause, its marks to the output stage are the only way to the inputs' readers
+        only_keyed = TaskManager(ctx, consumer, engine, None, clock=lambda: now[0], name="k")
+        only_keyed.assign([(keyed, 1)])
+        buffer = only_keyed.tasks[(keyed, 1)].orderer  # type: ignore[attr-defined]
+        for u in range(3):
+            buffer.offer(Envelope(MARK, 5, u, 0, u, 1), offset=u)
+        for i in range(settings.max_buffered_records + 1):
+            buffer.offer(Envelope(DATA, 80, 0, 10 + i, 0, 1 + i), offset=3 + i)
+        only_keyed.backpressure()
+        assert only_keyed.pressing and only_keyed.paused == set()
+        assert only_keyed.marks_due()
+        only_keyed.send_marks()
+        assert only_keyed.tasks[(keyed, 1)].held
         txn.abort()
-        assert all(manager.tasks[tp].held for tp in ours)
     finally:
         consumer.close()

@@ -218,9 +218,11 @@ class TaskManager:
         return due
 
     def _holds(self, task: Task) -> bool:
-        """Whether `task`'s marks ask to hold back (HOLD): it feeds the stages from outside
-        and this process is over its bounds."""
-        return self.pressing and not isinstance(task, KeyedTask)
+        """Whether `task`'s marks ask to hold back (HOLD): this process is over its bounds.
+        Every task that sends marks says so, keyed ones too: a process may hold keyed
+        partitions only, and then only its marks downstream can reach the processes that
+        read the inputs."""
+        return self.pressing
 
     def send_marks(self) -> None:
         """Each task's mark to every partition of the next stage, if it moved."""
@@ -356,14 +358,18 @@ class TaskManager:
         inputs: list[tuple[tuple[str, int], Key]] = []
         internal = []
         held: Key | None = None
-        own = {t.origin for t in self.tasks.values() if not isinstance(t, KeyedTask)}
+        topology = self.topology
+        own: dict[int, set[int]] = {}  # per stage: the upstream tasks of this process there
+        for task in self.tasks.values():
+            if task.sends_marks:
+                own.setdefault(topology.next(task.stage).index, set()).add(task.origin)
         for (topic, partition), task in self.tasks.items():
             if isinstance(task, KeyedTask):
                 orderer = task.orderer
                 records += len(orderer)
                 nbytes += orderer.bytes
                 internal.append(TopicPartition(topic, partition))
-                if orderer.holding - own:  # another process asks to hold back
+                if orderer.holding - own.get(task.stage.index, set()):  # another process
                     low = orderer.bound()
                     if low is not None and (held is None or low < held):
                         held = low
@@ -371,8 +377,8 @@ class TaskManager:
                 # its mark as sent, as the stages know it (compared with what they heard)
                 mark = task.meta.sent or task.bound()
                 inputs.append(((topic, partition), mark if mark is not None else (-1, -1, -1)))
-        if not inputs:
-            return
+        if not internal:
+            return  # one stage: nothing waits between stages
         per_record = self.ctx.collector.envelopes_per_record
         for tp, high in self._behind(internal):
             records += round((high - tp.offset) * per_record)  # blocks of records
