@@ -100,7 +100,7 @@ class TaskManager:
         self.tasks: dict[tuple[str, int], Task] = {}
         self.restored_keys = 0
         self.paused: set[tuple[str, int]] = set()  # input partitions paused for back-pressure
-        self.pressing = False  # over MAX_BUFFERED_*: its input marks ask others to hold back
+        self.pressing = False  # over MAX_BUFFERED_*: its marks ask the others to hold back
         self._held_by: set[tuple[str, int]] = set()  # the partitions paused by others' HOLD
         self._next_backpressure = 0.0
         self._next_purge = 0.0
@@ -345,11 +345,11 @@ class TaskManager:
         stage, waiting there for the transactions' event time.
 
         With several processes, a keyed stage is fed by every process's inputs, and a
-        process can pause only its own. So while over its bounds, a process's input and
-        labels tasks send their marks as HOLD, and every process whose keyed stages hear one
-        pauses its own inputs that are ahead of the lowest mark they have heard, until the
-        marks say otherwise. Pausing only delays reading, so order, marks and exactly-once
-        are untouched."""
+        process can pause only its own. So while over its bounds, every task of a process
+        that sends marks (input, labels, keyed) sends them as HOLD, and every process whose
+        keyed or output tasks hear one from another pauses its own inputs that are ahead of
+        the lowest mark they have heard, until the marks say otherwise. Pausing only delays
+        reading, so order, marks and exactly-once are untouched."""
         now = self.clock()
         if now < self._next_backpressure:
             return
