@@ -31,24 +31,8 @@ def test_paused_inputs_decide_what_an_unbounded_run_decides(
     rules = DEFAULT_RULES
     if with_model:
         rules = str(model_rules(tmp_path, count=8_000, seed=12, fraud_rate=0.08, gap_days=0.2))
-    bounded: Settings = make_settings(topic_partitions=3)
-    ensure_topics(bounded)
     n = 30_000
-    generate(
-        bounded, rate=math.inf, count=n, seed=51, profile="sim", fraud_rate=0.05, progress=None
-    )
-    tag = uuid.uuid4().hex[:8]
-    free = bounded.model_copy(
-        update={
-            "detector_group": f"free-{tag}",
-            "legit_topic": f"f-{tag}.legit",
-            "fraud_topic": f"f-{tag}.fraud",
-            "dlq_topic": f"f-{tag}.dlq",
-        }
-    )
-    ensure_topics(free)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "f").mkdir()
+    bounded, free = _backlog(make_settings(topic_partitions=3), tmp_path, n, seed=51)
     small = Detectors(
         bounded, tmp_path / "b", rules=rules, MAX_BUFFERED_RECORDS="300", BATCH_SIZE="200"
     )
@@ -82,24 +66,8 @@ def test_two_processes_one_over_its_bounds_decide_what_one_unbounded_decides(
     unbounded process. Which process reads which partitions, and when, is the assignor's
     and the scheduler's choice, so the holding itself is checked in `test_runtime_parts.py`
     (on real tasks), not here."""
-    bounded: Settings = make_settings(topic_partitions=4)
-    ensure_topics(bounded)
     n = 12_000
-    generate(
-        bounded, rate=math.inf, count=n, seed=52, profile="sim", fraud_rate=0.05, progress=None
-    )
-    tag = uuid.uuid4().hex[:8]
-    free = bounded.model_copy(
-        update={
-            "detector_group": f"free-{tag}",
-            "legit_topic": f"f-{tag}.legit",
-            "fraud_topic": f"f-{tag}.fraud",
-            "dlq_topic": f"f-{tag}.dlq",
-        }
-    )
-    ensure_topics(free)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "f").mkdir()
+    bounded, free = _backlog(make_settings(topic_partitions=4), tmp_path, n, seed=52)
     two = Detectors(bounded, tmp_path / "b", rules=DEFAULT_RULES, BATCH_SIZE="200")
     unbounded = Detectors(free, tmp_path / "f", rules=DEFAULT_RULES)
     try:
@@ -117,6 +85,28 @@ def test_two_processes_one_over_its_bounds_decide_what_one_unbounded_decides(
     held, reference = _decisions(bounded), _decisions(free)
     assert len(reference) == n and read_to_end(bounded, bounded.dlq_topic) == []
     assert held == reference
+
+
+def _backlog(bounded: Settings, tmp_path: Path, n: int, seed: int) -> tuple[Settings, Settings]:
+    """`n` simulated transactions preloaded into `bounded`'s input; and the settings of an
+    unbounded reference group on the same input, with its own outputs (logs in b/ and f/)."""
+    ensure_topics(bounded)
+    generate(
+        bounded, rate=math.inf, count=n, seed=seed, profile="sim", fraud_rate=0.05, progress=None
+    )
+    tag = uuid.uuid4().hex[:8]
+    free = bounded.model_copy(
+        update={
+            "detector_group": f"free-{tag}",
+            "legit_topic": f"f-{tag}.legit",
+            "fraud_topic": f"f-{tag}.fraud",
+            "dlq_topic": f"f-{tag}.dlq",
+        }
+    )
+    ensure_topics(free)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "f").mkdir()
+    return bounded, free
 
 
 def _decisions(settings: Settings) -> dict[str, bytes]:
