@@ -156,9 +156,11 @@ class Processor:
             # As soon as anything is there (consume() would wait for a whole batch, up to its
             # timeout), then whatever else is already fetched, up to a batch: small steps when
             # the input is slow, full ones under load.
+            # `is not None`: a Message's truth is its value's length, so a null or empty
+            # record (a dead letter to be) would read as "nothing there" and be skipped
             first = consumer.poll(0.05)
-            msgs = [first] if first else []
-            if first and batch > 1:
+            msgs = [first] if first is not None else []
+            if first is not None and batch > 1:
                 msgs += consumer.consume(num_messages=batch - 1, timeout=0)
             if msgs:
                 try:
