@@ -250,8 +250,7 @@ def model_rules(
     rules.write_text(
         default.read_text().replace(
             "lists_file: lists.yaml",
-            f"lists_file: {REPO / 'rules' / 'lists.yaml'}\n"
-            f"model: {{file: {model_file}, weight: 2.5}}",
+            f"lists_file: {REPO / 'rules' / 'lists.yaml'}\nmodel: {{file: {model_file}}}",
         )
     )
     return rules

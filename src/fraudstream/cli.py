@@ -167,6 +167,19 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, default=Path("models/default.model"))
     tr.add_argument("--test-share", type=_share_excl, default=0.3)
     tr.add_argument("--gap-days", type=_days, default=7)
+    target = tr.add_mutually_exclusive_group()
+    target.add_argument(
+        "--target-precision",
+        type=_fraction,
+        help="fraud from the lowest score whose precision on the validation days reaches "
+        "this (default 0.9)",
+    )
+    target.add_argument(
+        "--alert-rate",
+        type=_fraction,
+        help="fraud from the score that flags this share of the validation days' "
+        "transactions, e.g. 0.01",
+    )
 
     ev = sub.add_parser(
         "evaluate", help="join decisions with labels; precision, recall, ...", parents=[common]
@@ -251,6 +264,15 @@ def _share_incl(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a share; give a number from 0 to 1, like 0.01 for 1%"
+        )
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text, "a number between 0 and 1, like 0.9")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not between 0 and 1 (both excluded); give e.g. 0.9 for 90%"
         )
     return value
 

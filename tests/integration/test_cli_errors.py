@@ -239,7 +239,21 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
         "train-too-little",
         Case(
             ["train", "--rules", RULES, *f.history, "--out", str(f.dir / "m.model")],
-            ["the training days", "training needs at least 100"],
+            ["the history spans", "too short to fit on", "--gap-days"],
+        ),
+    )
+    yield (
+        "train-target-out-of-range",
+        Case(
+            ["train", *f.history, "--target-precision", "1.5"],
+            ["--target-precision", "not between 0 and 1", "0.9"],
+        ),
+    )
+    yield (
+        "train-two-targets",
+        Case(
+            ["train", *f.history, "--target-precision", "0.9", "--alert-rate", "0.01"],
+            ["--alert-rate", "not allowed with argument --target-precision"],
         ),
     )
     # evaluate

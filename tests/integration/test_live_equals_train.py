@@ -109,13 +109,8 @@ def test_live_feature_rows_and_scores_equal_trains_decision_by_decision(
     (rows,), (scored,) = trained_rows, trained_scored
     assert len(rows) == n and len(test_decisions) > 100  # train's test days
     # train's decision for every transaction, made as it makes those of its test days
-    assert ruleset.model is not None
     offline = Engine(
-        ruleset.rules,
-        threshold=ruleset.threshold,
-        version=ruleset.version,
-        model=result.model,
-        model_weight=ruleset.model.weight,
+        ruleset.rules, threshold=ruleset.threshold, version=ruleset.version, model=result.model
     )
     probs = result.model.score(rows)
     train_rows = {t.id or "": r for t, r in zip(txs, rows, strict=True)}

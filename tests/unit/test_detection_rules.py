@@ -132,11 +132,19 @@ def test_lists_block_and_allow_with_dates() -> None:
         closed,
         [tx(T0 - 1, merchant="m-1"), tx(T0 + 1, merchant="m-1"), tx(T0 + DAY, merchant="m-1")],
     ) == [None, "merchant m-1 is on the list closed", None]
-    block = ListMatch("blocked", "source", {"bad"}, "blocked_accounts", weight=1.0)
+    listed = ListMatch("listed", "source", {"bad"}, "watch", weight=1.0)
     allow = ListMatch("vip", "source", {"bad"}, "allowed_accounts", weight=0.0, allow=True)
+    engine = Engine([listed, allow], version="v", threshold=0.5)
+    (d,) = engine.decide([tx(T0, source="bad")])
+    assert d.outcome == "legit" and {r.rule for r in d.reasons} == {"listed", "vip"}
+    # a block list wins over the score (even one of 0) and over an allow-list
+    block = ListMatch("blocked", "source", {"bad"}, "blocked_accounts", weight=0.0, block=True)
     engine = Engine([block, allow], version="v", threshold=0.5)
     (d,) = engine.decide([tx(T0, source="bad")])
-    assert d.outcome == "legit" and {r.rule for r in d.reasons} == {"blocked", "vip"}
+    assert (d.outcome, d.score) == ("fraud", 0.0)
+    assert d.reasons[0].reason == (
+        "source bad is on the list blocked_accounts (blocked: fraud whatever the score)"
+    )
 
 
 def test_shipped_rule_files_are_valid() -> None:
@@ -156,9 +164,15 @@ rules:
   - {id: l1, type: list, params: {field: source, list: nope}}
   - {id: x1, type: magic}
   - {id: d1, type: dormant, params: {idle: soon, min_amount: 1}}
+  - {id: a1, type: list, params: {field: source, list: blocked, action: deny}}
+lists: {blocked: [x]}
+model: {file: m.model, weight: 2.5}
 """)
     problems = dict(check_rules_file(bad))
-    assert set(problems) == {"v1", "f1", "w1", "l1", "x1", "d1"}
+    assert set(problems) == {"v1", "f1", "w1", "l1", "x1", "d1", "a1", "model"}
+    assert "action: 'deny' is not flag" in problems["a1"]
+    assert "model.weight is no longer used" in problems["model"]
+    assert "--target-precision" in problems["model"]
     assert "key must be one of" in problems["v1"]
     assert "missing parameter 'min_distinct'" in problems["f1"]
     assert "weight" in problems["w1"]

@@ -56,10 +56,12 @@ def test_a_group_recorded_in_another_repartition_format_is_told_apart() -> None:
     )
     now = msgspec.structs.replace(old, format=REPARTITION_FORMAT)
     assert old.differences(now) == [
-        "repartition record format 1 → 3 (written by another version of fraudstream)"
+        f"repartition record format 1 → {REPARTITION_FORMAT} (written by another version of "
+        "fraudstream)"
     ]
     maps = msgspec.structs.replace(old, format=2)
     assert maps.differences(now) == [
-        "repartition record format 2 → 3 (written by another version of fraudstream)"
+        f"repartition record format 2 → {REPARTITION_FORMAT} (written by another version of "
+        "fraudstream)"
     ]
     assert now.differences(now) == []

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
 
 from fraudstream.detection import Engine, FraudModel, load_ruleset
 from fraudstream.evaluation import read_labels, read_transactions, train
+from fraudstream.evaluation.sources import complete_labels
+from fraudstream.evaluation.train import choose_threshold
 from fraudstream.generator.app import write_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,9 +32,11 @@ def test_train_split_in_time_save_load_and_score_live(tmp_path: Path) -> None:
     assert not invalid and len(txs) == len(labels) == 60_000
     ruleset = load_ruleset(REPO / "rules" / "default.yaml")
     result = train(ruleset, txs, labels, test_share=0.3, gap_days=1)
-    train_days, test_days = result.split["train"], result.split["test"]
-    assert train_days[1] < test_days[0]  # the test days come after the training days
+    fit, val, test = (result.split[k] for k in ("fit", "validation", "test"))
+    assert fit[1] < val[0] <= val[1] < test[0]  # fit, then validation, then test, with gaps
     assert result.report["roc_auc"] > 0.9
+    chosen = result.model.info["threshold"]
+    assert chosen["target"] == "precision at least 0.90" and chosen["precision"] >= 0.9
     model_file = tmp_path / "m.model"
     result.model.save(model_file)
     loaded = FraudModel.load(model_file)
@@ -36,7 +46,7 @@ def test_train_split_in_time_save_load_and_score_live(tmp_path: Path) -> None:
     text = (REPO / "rules" / "default.yaml").read_text()
     text = text.replace(
         "lists_file: lists.yaml",
-        f"lists_file: {REPO / 'rules' / 'lists.yaml'}\nmodel: {{file: {model_file}, weight: 2.5}}",
+        f"lists_file: {REPO / 'rules' / 'lists.yaml'}\nmodel: {{file: {model_file}}}",
     )
     rules.write_text(text)
     engine = Engine.from_ruleset(load_ruleset(rules))
@@ -85,3 +95,71 @@ def test_history_from_csv_and_parquet_with_a_column_mapping(tmp_path: Path) -> N
     assert {k: v.is_fraud for k, v in labels.items()} == {"a1": False, "a2": True}
     (tmp_path / "labels.jsonl").write_text(json.dumps({"id": "a2", "is_fraud": True}) + "\n")
     assert read_labels(str(tmp_path / "labels.jsonl"))["a2"].is_fraud
+
+
+def test_the_emitted_score_ranks_as_well_as_the_model_and_the_threshold_meets_its_target(
+    tmp_path: Path,
+) -> None:
+    """On the test days of a simulated stream: the detector's `decision.score` ranks at least
+    as well as the model's probability alone (average precision), has as many distinct values,
+    and an alert-rate target chosen on the validation days is kept there."""
+    txs_file, labels_file = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
+    write_files(txs_file, labels_file, count=60_000, seed=12, profile="sim", fraud_rate=0.02)
+    txs, _ = read_transactions(str(txs_file))
+    labels = read_labels(str(labels_file))
+    ruleset = load_ruleset(REPO / "rules" / "default.yaml")
+    result = train(ruleset, txs, labels, test_share=0.3, gap_days=1, alert_rate=0.015)
+    chosen = result.model.info["threshold"]
+    assert chosen["target"] == "alert rate at most 1.50%" and 0 < chosen["alert_rate"] <= 0.015
+
+    test_from = datetime.fromisoformat(result.split["test"][0]).replace(tzinfo=UTC)
+    test = [t for t in txs if t.ts_ms >= test_from.timestamp() * 1000]
+    engine = Engine(
+        ruleset.rules, threshold=ruleset.threshold, version=ruleset.version, model=result.model
+    )
+    engine.observe_labels(complete_labels(labels, txs)[0].values())
+    rows, decisions = [], []
+    original_rows = engine.model_rows
+
+    def model_rows(scored: Any) -> Any:  # the model's input, kept to score it alone
+        out = original_rows(scored)
+        rows.extend(out)
+        return out
+
+    engine.model_rows = model_rows  # type: ignore[method-assign]
+    for i in range(0, len(txs), 5000):
+        decisions += engine.decide(txs[i : i + 5000])
+    y = np.array([labels[t.id or ""].is_fraud for t in txs])
+    at = np.array([t.ts_ms >= test_from.timestamp() * 1000 for t in txs])
+    score = np.array([d.score for d in decisions])
+    probability = result.model.score(rows)
+    assert len(test) == int(at.sum()) > 1000 and y[at].any()
+    assert average_precision_score(y[at], score[at]) >= average_precision_score(
+        y[at], probability[at]
+    )
+    assert len(set(score[at].tolist())) == len(set(probability[at].tolist()))
+    flagged = np.array([d.outcome == "fraud" for d in decisions])
+    assert np.array_equal(flagged, probability >= result.model.threshold)  # no block list hit
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 20), st.booleans()), min_size=1, max_size=60),
+    st.floats(0.01, 0.99),
+)
+def test_a_chosen_threshold_keeps_its_target_and_ties_together(
+    points: list[tuple[int, bool]], target: float
+) -> None:
+    probs = np.array([p / 20 for p, _ in points])
+    y = np.array([f for _, f in points])
+    t, info = choose_threshold(probs, y, alert_rate=target)
+    assert (probs >= t).sum() <= target * len(probs)  # ties can only flag less, never more
+    lower = probs[probs < t]
+    if lower.size:  # the next score down would break the target
+        assert (probs >= lower.max()).sum() > target * len(probs)
+    t, info = choose_threshold(probs, y, target_precision=target)
+    flagged = probs >= t
+    if info["target"].startswith("precision"):
+        assert y[flagged].mean() >= target
+        for lower_t in set(probs[probs < t].tolist()):  # every lower threshold misses it
+            assert y[probs >= lower_t].mean() < target

@@ -45,7 +45,7 @@ def test_compiled_trees_equal_predict_proba(
             z[i, cols[i]] = np.float32(at[i])
     expected = est.predict_proba(z)[:, 1]
     assert np.array_equal(compiled.predict_proba(z.astype(np.float64)), expected)
-    model = FraudModel(est, tuple(f"f{i}" for i in range(features)), (), "t")
+    model = FraudModel(est, tuple(f"f{i}" for i in range(features)), (), "t", 0.5)
     assert np.array_equal(model.score(z.tolist()), expected)
 
 
@@ -57,5 +57,5 @@ def test_what_it_cannot_compile_is_scored_by_the_estimator() -> None:
         max_iter=5, categorical_features=[0], early_stopping=False
     ).fit(x, y)
     assert CompiledTrees.of(est) is None
-    model = FraudModel(est, ("a", "b"), (), "t")
+    model = FraudModel(est, ("a", "b"), (), "t", 0.5)
     assert np.array_equal(model.score(x.tolist()), est.predict_proba(x)[:, 1])

@@ -53,9 +53,10 @@ def rule_key(rule: Rule) -> str:
 
 
 class Engine:
-    """Scores each transaction: the weights of the rules that fire, plus the model's
-    probability times its weight, capped at 1; fraud at or above `threshold`. An allow-list
-    hit makes it legit."""
+    """Scores each transaction: the weights of the rules that fire, capped at 1, fraud at or
+    above `threshold`; with a model, the model's probability (the rules are among its
+    inputs), fraud at or above the threshold chosen when it was trained. A block-list hit
+    makes it fraud, an allow-list hit legit (see `combine`)."""
 
     def __init__(
         self,
@@ -64,7 +65,6 @@ class Engine:
         threshold: float = 0.5,
         version: str,
         model: FraudModel | None = None,
-        model_weight: float = 1.0,
         features: bool | None = None,
         part: str | None = None,
         compiled: bool = True,
@@ -78,7 +78,7 @@ class Engine:
         self.threshold = threshold
         self.version = version
         self.model = model
-        self.model_weight = model_weight
+        self.model_threshold = model.threshold if model is not None else threshold
         self.tables = Tables()
         for rule in self.rules:
             rule.bind(self.tables)
@@ -129,7 +129,6 @@ class Engine:
             threshold=ruleset.threshold,
             version=version,
             model=model,
-            model_weight=ruleset.model.weight if ruleset.model else 0.0,
             features=features,
             compiled=compiled,
         )
@@ -386,21 +385,33 @@ class Engine:
         return [self.combine(hits, None) for _, hits in scored]
 
     def combine(self, hits: Sequence[Hit], probability: float | None) -> Decision:
-        """One decision from the rules that fired and the model's probability."""
-        score = 0.0
-        reasons = []
-        allowed = False
-        for h in hits:
-            allowed = allowed or h.allow
-            score += h.weight
-            reasons.append(Reason(h.rule, h.reason))
-        if probability is not None:
-            part = self.model_weight * probability
-            score += part
-            if part >= 0.05:
-                reasons.append(Reason("model", f"model probability {probability:.2f}"))
-        score = min(max(score, 0.0), 1.0)
-        outcome: Literal["legit", "fraud"] = "fraud" if score >= self.threshold else "legit"
-        if allowed:
-            outcome = "legit"
-        return Decision(outcome, round(score, 4), reasons, self.version)
+        """One decision from the rules that fired and, with a model, its probability.
+
+        Without a model the score is the weights of the rules that fired, capped to [0, 1],
+        fraud from the rule set's `threshold`. With one it is the model's probability, as it
+        is (the rules are among the model's inputs: adding their weights on top, capping and
+        rounding would throw its ranking away), fraud from the threshold chosen in training.
+        A block-list hit makes the outcome fraud, an allow-list hit legit, whatever the score.
+        """
+        reasons = [Reason(h.rule, h.reason) for h in hits]
+        if probability is None:
+            score = round(min(max(sum(h.weight for h in hits), 0.0), 1.0), 4)
+            fraud = score >= self.threshold
+        else:
+            score = probability
+            fraud = score >= self.model_threshold
+            if fraud or probability >= 0.05:
+                reasons.append(
+                    Reason(
+                        "model",
+                        f"model probability {probability:.3f} (fraud from "
+                        f"{self.model_threshold:.3f})",
+                    )
+                )
+        if hits:
+            if any(h.block for h in hits):
+                fraud = True
+            elif any(h.allow for h in hits):
+                fraud = False
+        outcome: Literal["legit", "fraud"] = "fraud" if fraud else "legit"
+        return Decision(outcome, score, reasons, self.version)

@@ -2,6 +2,7 @@
 
 model = FraudModel.load(Path("models/default.model"))
 probabilities = model.score(rows)       # rows: feature rows + rule hit flags, one per tx
+model.threshold                         # fraud at or above this probability (chosen in training)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fraudstream.errors import FraudstreamError
 
 __all__ = ["MODEL_FORMAT", "FraudModel", "ModelError", "limit_native_threads"]
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: the fraud threshold chosen at training is part of the file
 
 
 _limits: list[Any] = []  # the process-wide limit, kept alive
@@ -42,12 +43,14 @@ class ModelError(FraudstreamError):
 
 @dataclass
 class FraudModel:
-    """A classifier plus what it was trained on: feature names, rule ids, version, metrics."""
+    """A classifier plus what it was trained on: feature names, rule ids, version, the fraud
+    threshold chosen on the validation days (and the target it met, in `info`), metrics."""
 
     estimator: Any
     feature_names: tuple[str, ...]
     rule_ids: tuple[str, ...]
     version: str
+    threshold: float
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,6 +74,7 @@ class FraudModel:
             "feature_names": self.feature_names,
             "rule_ids": self.rule_ids,
             "version": self.version,
+            "threshold": self.threshold,
             "info": self.info,
         }
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -96,5 +100,6 @@ class FraudModel:
             tuple(blob["feature_names"]),
             tuple(blob["rule_ids"]),
             blob["version"],
+            float(blob["threshold"]),
             blob.get("info", {}),
         )

@@ -51,6 +51,7 @@ class Hit:
     weight: float
     reason: str
     allow: bool = False  # an allow-list hit: the transaction is legit whatever else fired
+    block: bool = False  # a block-list hit: fraud whatever the score (wins over allow)
 
 
 class Rule(Protocol):
@@ -665,7 +666,8 @@ class ImpossibleTravel:
 class ListMatch:
     """`tx.<field>` is on a reference list; optionally only between two dates (a lockdown).
 
-    With `allow`, a match makes the transaction legit whatever else fired (an allow-list).
+    With `allow`, a match makes the transaction legit whatever else fired (an allow-list);
+    with `block`, fraud whatever the score (a block list; it wins over an allow-list).
     """
 
     id: str
@@ -674,6 +676,7 @@ class ListMatch:
     list_name: str
     weight: float = 1.0
     allow: bool = False
+    block: bool = False
     from_ms: int | None = None
     until_ms: int | None = None
 
@@ -688,11 +691,13 @@ class ListMatch:
             self.until_ms is not None and ts >= self.until_ms
         ):
             return None
+        action = " (blocked: fraud whatever the score)" if self.block else ""
         return Hit(
             self.id,
             self.weight,
-            f"{self.field} {short(value)} is on the list {self.list_name}",
+            f"{self.field} {short(value)} is on the list {self.list_name}{action}",
             allow=self.allow,
+            block=self.block,
         )
 
     def apply_batch(self, seg: Segment) -> Sparse:

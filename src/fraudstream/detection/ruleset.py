@@ -6,10 +6,10 @@
 File shape (see docs/rules.md)::
 
     version: "2026.11-1"
-    threshold: 0.6           # score at which a transaction is fraud
+    threshold: 0.6           # fraud at this score (with a model: the model file's threshold)
     lists: {blocked_accounts: [...], closed_merchants: [...]}
     lists_file: lists.yaml   # optional, merged into `lists`, relative to this file
-    model: {file: ../models/default.model, weight: 1.0}   # optional
+    model: {file: ../models/default.model}   # optional: the score is its probability
     rules:
       - id: burst
         type: velocity
@@ -91,7 +91,7 @@ class _RuleSpec(BaseModel):
 class _ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file: str
-    weight: float = Field(default=1.0, ge=0, le=10)
+    weight: Any = None  # no longer used: refused with what to do instead (see _parse)
 
 
 class _FileSpec(BaseModel):
@@ -107,7 +107,6 @@ class _FileSpec(BaseModel):
 @dataclass(frozen=True, slots=True)
 class ModelRef:
     path: Path
-    weight: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +260,16 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
         name = q.take("list", known)
         field_name = q.take("field", field_of)
         start, end = q.take("during", period, None) or (None, None)
-        allow = q.take("action", None, "flag") == "allow"
+
+        def action_of(value: Any) -> str:
+            if value not in ("flag", "allow", "block"):
+                raise ValueError(
+                    f"{value!r} is not flag (add the weight), allow (always legit) or "
+                    "block (always fraud)"
+                )
+            return str(value)
+
+        action = q.take("action", action_of, "flag")
 
         def make() -> Rule:
             return ListMatch(
@@ -270,7 +278,8 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
                 frozenset(lists[name]),
                 name,
                 weight=w,
-                allow=allow,
+                allow=action == "allow",
+                block=action == "block",
                 from_ms=start,
                 until_ms=end,
             )
@@ -370,7 +379,17 @@ def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list
                     f"model file {model_path} does not exist; train one with `fraudstream train`",
                 )
             )
-        model = ModelRef(model_path, spec.model.weight)
+        if spec.model.weight is not None:
+            problems.append(
+                (
+                    "model",
+                    "model.weight is no longer used: the score is the model's probability, "
+                    "with the rules among its inputs, and its fraud threshold is chosen when "
+                    "training (fraudstream train --target-precision or --alert-rate); remove "
+                    "`weight`",
+                )
+            )
+        model = ModelRef(model_path)
     if problems:
         return None, problems
     return RuleSet(

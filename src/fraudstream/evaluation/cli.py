@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -136,7 +137,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         result = backtest(ruleset, txs, labels, since_ms=since)
         _print(result.report, args.json)
         return 0
-    trained = train(ruleset, txs, labels, test_share=args.test_share, gap_days=args.gap_days)
+    trained = train(
+        ruleset,
+        txs,
+        labels,
+        test_share=args.test_share,
+        gap_days=args.gap_days,
+        target_precision=args.target_precision,
+        alert_rate=args.alert_rate,
+    )
     try:
         trained.model.save(args.out)
     except OSError as exc:
@@ -144,14 +153,27 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"cannot write the model to {args.out} ({exc.strerror or exc}); "
             "free space or give another --out"
         ) from None
+    split, chosen = trained.split, trained.model.info["threshold"]
     print(
-        f"model {trained.model.version} saved to {args.out}; trained on "
-        f"{trained.split['train']}, tested on {trained.split['test']} after a "
-        f"{args.gap_days:g}-day gap",
+        f"model {trained.model.version} saved to {args.out}: fitted on {split['fit'][0]} to "
+        f"{split['fit'][1]}, threshold chosen on {split['validation'][0]} to "
+        f"{split['validation'][1]}, tested on {split['test'][0]} to {split['test'][1]} "
+        f"({args.gap_days:g}-day gaps)\n"
+        f"fraud threshold {trained.model.threshold:.4f} ({chosen['target']}; on the "
+        f"validation days: {_chosen(chosen)})",
         file=sys.stderr,
     )
     _print(trained.report, args.json)
     return 0
+
+
+def _chosen(chosen: dict[str, Any]) -> str:
+    if not chosen.get("flagged", 1):
+        return "flags nothing"
+    return (
+        f"precision {chosen['precision']:.3f}, recall {chosen['recall']:.3f}, "
+        f"alert rate {chosen['alert_rate']:.2%}"
+    )
 
 
 def _by_class(counts: Counter[str]) -> str:

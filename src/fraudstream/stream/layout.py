@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 SHAPE_KEY = b"shape"
 
 
-REPARTITION_FORMAT = 3  # ordering.encode_block; 3: transactions as HopTx arrays, HOLD marks
+REPARTITION_FORMAT = 4  # ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits
 
 
 class GroupMismatchError(ConfigError):

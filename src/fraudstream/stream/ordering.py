@@ -100,7 +100,7 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     key: bytes | None = None
     headers: list[tuple[str, bytes]] | None = None
     parts: dict[str, list[float]] = {}
-    hits: list[tuple[str, float, str, bool]] = []
+    hits: list[tuple[str, float, str, bool, bool]] = []  # rule, weight, reason, allow, block
     label: LabelRecord | None = None
     note: str = ""  # why it is decided at its partition's stream time (event_time_skew)
 

@@ -331,7 +331,7 @@ class InputTask(_Unbuffered):
                 msg.key(),
                 msg.headers(),
                 {"source": row} if row else {},  # feature rows (with a model)
-                [(h.rule, h.weight, h.reason, h.allow) for h in hits],
+                [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits],
             )
             if flagged and msg.offset() in flagged:
                 env.note = flagged[msg.offset()]
@@ -443,7 +443,7 @@ class KeyedTask(Task):
             if row:
                 env.parts[key] = row
             if hits:
-                env.hits += [(h.rule, h.weight, h.reason, h.allow) for h in hits]
+                env.hits += [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits]
             tx = env.tx
             assert tx is not None
             if last:
