@@ -159,6 +159,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     bt.add_argument("--rules", dest="rules_file", help="candidate rules file")
     bt.add_argument("--since", help="score only transactions from this date (YYYY-MM-DD) on")
+    bt.add_argument(
+        "--output",
+        type=Path,
+        help="write every decision (id, time, score, outcome, reasons, label) to this file: "
+        "JSON lines, or Parquet if it ends in .parquet",
+    )
+    bt.add_argument("--top-k", type=_top_k, default=100, help=TOP_K_HELP)
 
     tr = sub.add_parser(
         "train", help="fit the model on labelled history (split in time)", parents=[common, history]
@@ -187,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--decisions", nargs="+", help="files or topics (default legit + fraud)")
     ev.add_argument("--labels", help="a file or a topic (default LABELS_TOPIC)")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--top-k", type=_top_k, default=100, help=TOP_K_HELP)
 
     dash = sub.add_parser("dashboard", help="serve the live web page", parents=[common])
     dash.add_argument("--host", dest="dashboard_host")
@@ -233,6 +241,21 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a count; give a whole number of transactions, like 1000"
+        )
+    return value
+
+
+TOP_K_HELP = "cards an investigation team checks a day: card precision@k per day (default 100)"
+
+
+def _top_k(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of cards; give a whole number, like 100"
         )
     return value
 

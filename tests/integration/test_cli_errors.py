@@ -243,6 +243,13 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
         ),
     )
     yield (
+        "backtest-output-a-directory",
+        Case(
+            ["backtest", "--rules", RULES, *f.history, "--output", str(f.dir)],
+            ["--output", "is a directory", "decisions.jsonl"],
+        ),
+    )
+    yield (
         "train-target-out-of-range",
         Case(
             ["train", *f.history, "--target-precision", "1.5"],

@@ -16,7 +16,7 @@ import msgspec
 from fraudstream.config import Settings
 from fraudstream.detection import load_ruleset
 from fraudstream.errors import ConfigError, FraudstreamError
-from fraudstream.evaluation.backtest import backtest
+from fraudstream.evaluation.backtest import backtest, write_decisions
 from fraudstream.evaluation.metrics import Outcome, Report, format_report, report
 from fraudstream.evaluation.sources import (
     complete_labels,
@@ -25,7 +25,7 @@ from fraudstream.evaluation.sources import (
     read_transactions,
 )
 from fraudstream.evaluation.train import train
-from fraudstream.schema import Transaction
+from fraudstream.schema import Transaction, event_time_ms
 
 __all__ = ["run"]
 
@@ -64,18 +64,30 @@ def _since(text: str | None) -> int | None:
     return int(day.replace(tzinfo=day.tzinfo or UTC).timestamp() * 1000)
 
 
-def _check_writable(out: Path) -> None:
-    """Fail before a long training run, not after, when the model cannot be written."""
+def _check_writable(out: Path, flag: str = "--out", example: str = "default.model") -> None:
+    """Fail before a long run, not after, when its file cannot be written."""
     if out.is_dir():
-        raise ConfigError(f"--out: {out} is a directory; give a file, like {out / 'default.model'}")
+        raise ConfigError(f"{flag}: {out} is a directory; give a file, like {out / example}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
-            f"--out: cannot create {out.parent} ({exc.strerror or exc}); give another path"
+            f"{flag}: cannot create {out.parent} ({exc.strerror or exc}); give another path"
         ) from None
     if not os.access(out.parent, os.W_OK):
-        raise ConfigError(f"--out: {out.parent} is not writable; give another path")
+        raise ConfigError(f"{flag}: {out.parent} is not writable; give another path")
+
+
+def _event_ms(value: Any) -> int | None:
+    """A decided record's `timestamp` (epoch ms or RFC 3339) as epoch ms; None if neither."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return event_time_ms(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
 
 
 def _print(r: Report, as_json: bool) -> None:
@@ -100,15 +112,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     d.get("outcome") == "fraud",
                     float(d.get("score", 0.0)),
                     tuple(r["rule"] for r in d.get("reasons", []) if r.get("rule") != "model"),
+                    _event_ms(record.get("timestamp")),
+                    record.get("source"),
                 )
             )
-        _print(report(rows), args.json)
+        _print(report(rows, args.top_k), args.json)
         return 0
     # Every argument is checked before the history is read (which may take long, or connect).
     columns = _columns(args.columns)
     if args.command == "backtest":
         since = _since(args.since)
         ruleset = load_ruleset(rules)
+        if args.output is not None:
+            _check_writable(args.output, "--output", "decisions.jsonl")
     else:
         ruleset = load_ruleset(rules, require_model=False)
         _check_writable(args.out)
@@ -134,7 +150,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     if args.command == "backtest":
-        result = backtest(ruleset, txs, labels, since_ms=since)
+        result = backtest(ruleset, txs, labels, since_ms=since, k=args.top_k)
+        if args.output is not None:
+            try:
+                n = write_decisions(args.output, txs, result.decisions, labels, since_ms=since)
+            except OSError as exc:
+                raise FraudstreamError(
+                    f"cannot write the decisions to {args.output} ({exc.strerror or exc}); "
+                    "free space or give another --output"
+                ) from None
+            print(f"wrote {n:,} decisions to {args.output}", file=sys.stderr)
         _print(result.report, args.json)
         return 0
     trained = train(
