@@ -232,9 +232,16 @@ def read_to_end(settings: Settings, topic: str, timeout: float = 120) -> list[An
 
 
 def model_rules(
-    tmp_path: Path, *, count: int, seed: int, fraud_rate: float, gap_days: float
+    tmp_path: Path,
+    *,
+    count: int,
+    seed: int,
+    fraud_rate: float,
+    gap_days: float,
+    drift_window: int | None = None,
 ) -> Path:
-    """rules/default.yaml plus a model trained here on `count` simulated transactions."""
+    """rules/default.yaml plus a model trained here on `count` simulated transactions (its
+    drift test over windows of `drift_window` decisions, when given)."""
     from fraudstream.detection import load_ruleset
     from fraudstream.evaluation import read_labels, read_transactions, train
     from fraudstream.generator.app import write_files
@@ -243,7 +250,10 @@ def model_rules(
     history, verdicts = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
     write_files(history, verdicts, count=count, seed=seed, profile="sim", fraud_rate=fraud_rate)
     txs, _ = read_transactions(str(history))
-    result = train(load_ruleset(default), txs, read_labels(str(verdicts)), gap_days=gap_days)
+    extra = {} if drift_window is None else {"drift_window": drift_window}
+    result = train(
+        load_ruleset(default), txs, read_labels(str(verdicts)), gap_days=gap_days, **extra
+    )
     model_file = tmp_path / "m.model"
     result.model.save(model_file)
     rules = tmp_path / "with-model.yaml"

@@ -172,8 +172,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--rules", dest="rules_file", help="rules whose hits join the features")
     tr.add_argument("--out", type=Path, default=Path("models/default.model"))
-    tr.add_argument("--test-share", type=_share_excl, default=0.3)
-    tr.add_argument("--gap-days", type=_days, default=7)
+    tr.add_argument(
+        "--test-share",
+        type=_share_excl,
+        help="test on the last share of the history (default 0.3), or give --train-until",
+    )
+    tr.add_argument("--train-until", help="train on the days before this date (YYYY-MM-DD, UTC)")
+    tr.add_argument(
+        "--test-from",
+        help="test from this date (default: --delay-days after the training days)",
+    )
+    tr.add_argument("--test-until", help="test on the days before this date (default: to the end)")
+    tr.add_argument(
+        "--delay-days",
+        "--gap-days",
+        dest="gap_days",
+        type=_days,
+        default=7,
+        help="how long labels take to arrive: the gap before each validation and test window "
+        "(default 7)",
+    )
+    tr.add_argument(
+        "--folds",
+        type=_folds,
+        default=3,
+        help="consecutive validation windows the model size is chosen on (default 3)",
+    )
     target = tr.add_mutually_exclusive_group()
     target.add_argument(
         "--target-precision",
@@ -257,6 +281,16 @@ def _top_k(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a number of cards; give a whole number, like 100"
         )
+    return value
+
+
+def _folds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 20:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of folds; give 1 to 20, like 3")
     return value
 
 

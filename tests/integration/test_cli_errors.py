@@ -239,7 +239,7 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
         "train-too-little",
         Case(
             ["train", "--rules", RULES, *f.history, "--out", str(f.dir / "m.model")],
-            ["the history spans", "too short to fit on", "--gap-days"],
+            ["the history runs from", "too short to fit on", "--delay-days"],
         ),
     )
     yield (
@@ -252,14 +252,69 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
     yield (
         "train-target-out-of-range",
         Case(
-            ["train", *f.history, "--target-precision", "1.5"],
+            ["train", "--rules", RULES, *f.history, "--target-precision", "1.5"],
             ["--target-precision", "not between 0 and 1", "0.9"],
+        ),
+    )
+    yield (
+        "train-test-too-soon",
+        Case(
+            [
+                "train",
+                "--rules",
+                RULES,
+                *f.history,
+                "--train-until",
+                "2026-02-01",
+                "--test-from",
+                "2026-02-03",
+            ],
+            ["--test-from 2026-02-03 is less than 7 days", "--train-until 2026-02-01"],
+        ),
+    )
+    yield (
+        "train-share-and-until",
+        Case(
+            [
+                "train",
+                "--rules",
+                RULES,
+                *f.history,
+                "--test-share",
+                "0.3",
+                "--train-until",
+                "2026-02-01",
+            ],
+            ["--test-share or --train-until, not both"],
+        ),
+    )
+    yield (
+        "train-until-not-a-date",
+        Case(
+            ["train", "--rules", RULES, *f.history, "--train-until", "soon"],
+            ["--train-until: 'soon' is not a date"],
+        ),
+    )
+    yield (
+        "train-folds",
+        Case(
+            ["train", "--rules", RULES, *f.history, "--folds", "0"],
+            ["'0' is not a number of folds", "1 to 20"],
         ),
     )
     yield (
         "train-two-targets",
         Case(
-            ["train", *f.history, "--target-precision", "0.9", "--alert-rate", "0.01"],
+            [
+                "train",
+                "--rules",
+                RULES,
+                *f.history,
+                "--target-precision",
+                "0.9",
+                "--alert-rate",
+                "0.01",
+            ],
             ["--alert-rate", "not allowed with argument --target-precision"],
         ),
     )

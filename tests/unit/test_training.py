@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
 from fraudstream.detection import Engine, FraudModel, load_ruleset
+from fraudstream.errors import ConfigError
 from fraudstream.evaluation import read_labels, read_transactions, train
 from fraudstream.evaluation.sources import complete_labels
 from fraudstream.evaluation.train import choose_threshold
@@ -32,11 +34,23 @@ def test_train_split_in_time_save_load_and_score_live(tmp_path: Path) -> None:
     assert not invalid and len(txs) == len(labels) == 60_000
     ruleset = load_ruleset(REPO / "rules" / "default.yaml")
     result = train(ruleset, txs, labels, test_share=0.3, gap_days=1)
-    fit, val, test = (result.split[k] for k in ("fit", "validation", "test"))
-    assert fit[1] < val[0] <= val[1] < test[0]  # fit, then validation, then test, with gaps
+    train_days, val, test = (result.split[k] for k in ("train", "validation", "test"))
+    assert train_days[0] < val[0] < val[1] == train_days[1] < test[0]  # then a gap, the test
     assert result.report["roc_auc"] > 0.9
     chosen = result.model.info["threshold"]
     assert chosen["target"] == "precision at least 0.90" and chosen["precision"] >= 0.9
+    # the size chosen on three consecutive folds, each fitted on the days before its window
+    selection = result.selection
+    folds = selection["folds"]
+    assert len(folds) == 3 and all(f["fit"][1] < f["validation"][0] for f in folds)
+    assert [f["validation"][0] for f in folds] == sorted(f["validation"][0] for f in folds)
+    means = {c["size"]: c["average_precision_mean"] for c in selection["candidates"]}
+    assert len(means) == 3 and selection["chosen"] in means
+    assert means[selection["chosen"]] >= max(means.values()) - 0.0005
+    for c in selection["candidates"]:
+        aps = [f["average_precision"] for f in c["folds"]]
+        assert c["average_precision_mean"] == round(float(np.mean(aps)), 4)
+        assert all(f["roc_auc"] > 0.8 and 0 < f["card_precision_at_k"] <= 1 for f in c["folds"])
     model_file = tmp_path / "m.model"
     result.model.save(model_file)
     loaded = FraudModel.load(model_file)
@@ -108,7 +122,9 @@ def test_the_emitted_score_ranks_as_well_as_the_model_and_the_threshold_meets_it
     txs, _ = read_transactions(str(txs_file))
     labels = read_labels(str(labels_file))
     ruleset = load_ruleset(REPO / "rules" / "default.yaml")
-    result = train(ruleset, txs, labels, test_share=0.3, gap_days=1, alert_rate=0.015)
+    result = train(
+        ruleset, txs, labels, test_share=0.3, gap_days=1, alert_rate=0.015, drift_window=3000
+    )
     chosen = result.model.info["threshold"]
     assert chosen["target"] == "alert rate at most 1.50%" and 0 < chosen["alert_rate"] <= 0.015
 
@@ -141,6 +157,15 @@ def test_the_emitted_score_ranks_as_well_as_the_model_and_the_threshold_meets_it
     flagged = np.array([d.outcome == "fraud" for d in decisions])
     assert np.array_equal(flagged, probability >= result.model.threshold)  # no block list hit
 
+    # the same world keeps within what the validation days showed; ten times the fraud not
+    drift = engine.drift
+    assert drift is not None and drift.windows == len(txs) // 3000
+    assert drift.message == "", drift.message
+    write_files(txs_file, labels_file, count=9_000, seed=14, profile="sim", fraud_rate=0.2)
+    other, _ = read_transactions(str(txs_file))
+    engine.decide(other)
+    assert "alert rate" in drift.message and "outside" in drift.message, drift.last
+
 
 @settings(max_examples=300, deadline=None)
 @given(
@@ -163,3 +188,32 @@ def test_a_chosen_threshold_keeps_its_target_and_ties_together(
         assert y[flagged].mean() >= target
         for lower_t in set(probs[probs < t].tolist()):  # every lower threshold misses it
             assert y[probs >= lower_t].mean() < target
+
+
+def test_the_days_given_are_the_days_used(tmp_path: Path) -> None:
+    txs_file, labels_file = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
+    write_files(txs_file, labels_file, count=60_000, seed=13, profile="sim", fraud_rate=0.03)
+    txs, _ = read_transactions(str(txs_file))
+    labels = read_labels(str(labels_file))
+    ruleset = load_ruleset(REPO / "rules" / "default.yaml")
+    day = 86_400_000
+    first = min(t.ts_ms for t in txs) // day * day
+    until, start, end = first + 5 * day, first + 6 * day, first + 8 * day
+    result = train(
+        ruleset,
+        txs,
+        labels,
+        gap_days=1,
+        train_until_ms=until,
+        test_from_ms=start,
+        test_until_ms=end,
+        folds=2,
+    )
+    iso = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")  # noqa: E731
+    assert result.split["train"][1] == iso(until)
+    assert result.split["test"] == [iso(start), iso(end - 1)]
+    assert result.split["test_transactions"] == sum(start <= t.ts_ms < end for t in txs)
+    assert result.report["transactions"] == result.split["test_transactions"]
+    assert len(result.selection["folds"]) == 2
+    with pytest.raises(ConfigError, match=r"--test-from \S+ or later"):
+        train(ruleset, txs, labels, gap_days=2, train_until_ms=until, test_from_ms=start)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from fraudstream.detection.drift import DriftMonitor
 from fraudstream.detection.features import (
     FEATURE_NAMES,
     FeatureState,
@@ -79,6 +80,12 @@ class Engine:
         self.version = version
         self.model = model
         self.model_threshold = model.threshold if model is not None else threshold
+        # whether the model runs on the world it was trained on (the reference `train` kept)
+        self.drift = (
+            DriftMonitor(model.info["drift"])
+            if model is not None and "drift" in model.info and part is None
+            else None
+        )
         self.tables = Tables()
         for rule in self.rules:
             rule.bind(self.tables)
@@ -172,7 +179,10 @@ class Engine:
             for p in parts
         ]
         probs = self.model.score(self.model_rows(list(zip(rows, ordered, strict=True))))
-        return [self.combine(h, float(pr)) for h, pr in zip(ordered, probs, strict=True)]
+        decisions = [self.combine(h, float(pr)) for h, pr in zip(ordered, probs, strict=True)]
+        if self.drift is not None:  # counted when the runtime commits (drift.commit)
+            self.drift.observe(probs, [d.outcome == "fraud" for d in decisions])
+        return decisions
 
     # --- transactions and the changelog: state changes commit or abort with the outputs -----
 
@@ -379,9 +389,13 @@ class Engine:
         scored = self.score(batch)
         if self.model is not None and scored:
             probs = self.model.score(self.model_rows(scored))
-            return [
+            decisions = [
                 self.combine(hits, float(p)) for (_, hits), p in zip(scored, probs, strict=True)
             ]
+            if self.drift is not None:
+                self.drift.observe(probs, [d.outcome == "fraud" for d in decisions])
+                self.drift.commit()
+            return decisions
         return [self.combine(hits, None) for _, hits in scored]
 
     def combine(self, hits: Sequence[Hit], probability: float | None) -> Decision:

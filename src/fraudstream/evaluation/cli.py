@@ -51,17 +51,34 @@ def _columns(text: str | None) -> dict[str, str] | None:
     return out
 
 
-def _since(text: str | None) -> int | None:
-    """--since as epoch ms: a date (or date and time) in UTC unless it names its zone."""
+def _since(text: str | None, flag: str = "--since") -> int | None:
+    """A date flag as epoch ms: a date (or date and time) in UTC unless it names its zone."""
     if not text:
         return None
     try:
         day = datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(
-            f"--since: {text!r} is not a date; give YYYY-MM-DD, like 2026-01-31"
+            f"{flag}: {text!r} is not a date; give YYYY-MM-DD, like 2026-01-31"
         ) from None
     return int(day.replace(tzinfo=day.tzinfo or UTC).timestamp() * 1000)
+
+
+def _check_dates(dates: dict[str, int | None], delay_days: float) -> None:
+    """The date flags that are given, in an order that can work (before reading history)."""
+    until, start, end = dates["train_until"], dates["test_from"], dates["test_until"]
+
+    def day(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+
+    if until is not None and start is not None and start < until + delay_days * 86_400_000:
+        raise ConfigError(
+            f"--test-from {day(start)} is less than {delay_days:g} days (--delay-days, the "
+            f"time labels take) after --train-until {day(until)}; give a later --test-from"
+        )
+    first = start if start is not None else until
+    if end is not None and first is not None and end <= first:
+        raise ConfigError(f"--test-until {day(end)} must come after {day(first)}")
 
 
 def _check_writable(out: Path, flag: str = "--out", example: str = "default.model") -> None:
@@ -128,6 +145,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         ruleset = load_ruleset(rules, require_model=False)
         _check_writable(args.out)
+        if args.test_share is not None and args.train_until:
+            raise ConfigError("give --test-share or --train-until, not both")
+        dates = {
+            name: _since(getattr(args, name), f"--{name.replace('_', '-')}")
+            for name in ("train_until", "test_from", "test_until")
+        }
+        _check_dates(dates, args.gap_days)
     txs, invalid = read_transactions(args.input or settings.transactions_topic, settings, columns)
     labels, label_counts = complete_labels(
         read_labels(args.labels or settings.labels_topic, settings), txs
@@ -166,8 +190,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ruleset,
         txs,
         labels,
-        test_share=args.test_share,
+        test_share=0.3 if args.test_share is None else args.test_share,
         gap_days=args.gap_days,
+        train_until_ms=dates["train_until"],
+        test_from_ms=dates["test_from"],
+        test_until_ms=dates["test_until"],
+        folds=args.folds,
         target_precision=args.target_precision,
         alert_rate=args.alert_rate,
     )
@@ -179,17 +207,45 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "free space or give another --out"
         ) from None
     split, chosen = trained.split, trained.model.info["threshold"]
+    print(_selection(trained.selection, args.gap_days), file=sys.stderr)
     print(
-        f"model {trained.model.version} saved to {args.out}: fitted on {split['fit'][0]} to "
-        f"{split['fit'][1]}, threshold chosen on {split['validation'][0]} to "
-        f"{split['validation'][1]}, tested on {split['test'][0]} to {split['test'][1]} "
-        f"({args.gap_days:g}-day gaps)\n"
+        f"model {trained.model.version} ({trained.selection['chosen']}) saved to {args.out}: "
+        f"trained on {split['train'][0]} to {split['train'][1]}, tested on "
+        f"{split['test'][0]} to {split['test'][1]} after a {args.gap_days:g}-day delay\n"
         f"fraud threshold {trained.model.threshold:.4f} ({chosen['target']}; on the "
-        f"validation days: {_chosen(chosen)})",
+        f"validation windows: {_chosen(chosen)})\n",
         file=sys.stderr,
     )
     _print(trained.report, args.json)
     return 0
+
+
+def _selection(selection: dict[str, Any], delay: float) -> str:
+    """Each candidate size on each fold (AUC, AP, card precision@k), mean and spread."""
+    folds = selection["folds"]
+    lines = [
+        f"model selection on {len(folds)} time folds (fit on the days before each validation "
+        f"window, less a {delay:g}-day delay):"
+    ]
+    for c in selection["candidates"]:
+        mark = "  <- chosen" if c["size"] == selection["chosen"] else ""
+        lines.append(
+            f"  {c['size']}: average precision {c['average_precision_mean']:.4f} "
+            f"± {c['average_precision_std']:.4f}{mark}"
+        )
+        for f, m in zip(folds, c["folds"], strict=True):
+            lines.append(
+                f"    fit to {f['fit'][1]}, validate {f['validation'][0]} to "
+                f"{f['validation'][1]}: AUC {_fmt(m['roc_auc'])}  AP "
+                f"{_fmt(m['average_precision'])}  card precision@100/day "
+                f"{_fmt(m['card_precision_at_k'])}  ({m['fraud']:,} fraud of "
+                f"{m['transactions']:,})"
+            )
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def _chosen(chosen: dict[str, Any]) -> str:

@@ -1,17 +1,22 @@
 """`fraudstream train`: fit the model on labelled history, split in time, never at random.
 
 Features come from the engine itself (the same stateful code the detector runs live), in one
-pass over the history in event time. The span is cut in time:
+pass over the history in event time. The span is cut in time, with a delay as long as labels
+take to arrive (`gap_days`) before every window a model is judged on (the prequential
+protocol): a model in production learns only from days whose verdicts are known.
 
-    fit days | gap | validation days | gap | test days
-    ----------- training (1 - test_share) --|
+    training days ......................................| delay | test days
+    fold 1: fit ........| delay | validate |
+    fold 2: fit ...................| delay | validate |
+    fold 3: fit ..............................| delay | validate |
 
-A model fitted on the fit days chooses the fraud threshold on the validation days from a
-target (a precision, or an alert rate); the model saved is then fitted on all training days
-and keeps that threshold; the test days judge both, untouched by either choice. Each gap is
-as long as labels take to arrive (`gap_days`): a model in production is trained only on days
-whose verdicts are known. The model file records the split, the threshold, the target and
-the test figures.
+The validation windows are the last `VALIDATION_SHARE` of the training days, cut in `folds`.
+Each candidate size is fitted and judged on every fold; the best mean average precision wins.
+Its predictions of the windows choose the fraud threshold from a target (a precision, or an
+alert rate). The model saved is that size fitted on all training days, with that threshold;
+the test days judge it, untouched by any choice, and its scores there become the reference
+live decisions are compared with (`detection/drift.py`). The model file records the days,
+the folds' figures, the threshold, the target, the drift reference and the test figures.
 """
 
 from __future__ import annotations
@@ -23,16 +28,20 @@ from typing import Any
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraudstream.detection import DAY, FEATURE_NAMES, Engine, FraudModel, Label, RuleSet
+from fraudstream.detection.drift import WINDOW, drift_reference
 from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.evaluation.backtest import CHUNK, outcomes
-from fraudstream.evaluation.metrics import Report, report
+from fraudstream.evaluation.metrics import Outcome, Report, card_precision_at_k, report
 from fraudstream.evaluation.sources import complete_labels
 from fraudstream.schema import Decision, Transaction
 
 __all__ = [
+    "CANDIDATES",
     "TARGET_PRECISION",
+    "Candidate",
     "TrainResult",
     "choose_threshold",
     "features_of",
@@ -46,6 +55,7 @@ class TrainResult:
     model: FraudModel
     report: Report  # rules + model together, on the test days
     split: dict[str, Any]
+    selection: dict[str, Any]  # the folds, each candidate size's figures on them, the chosen
 
 
 def _day(ms: int) -> str:
@@ -149,6 +159,44 @@ def features_of(
     return engine, scored, rows, y, ts
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One model size to try: trees x leaves per tree (learning rate fixed)."""
+
+    trees: int
+    leaves: int
+
+    def __str__(self) -> str:
+        return f"{self.trees} trees x {self.leaves} leaves"
+
+
+# The sizes tried, smallest first (a tie goes to the smaller): all score in under 2 µs per
+# transaction compiled (the throughput issue's bound; benchmarks/model_size.py measured 0.32,
+# 0.74 and 1.48 µs on 2026-12-01).
+CANDIDATES = (Candidate(30, 15), Candidate(TREES, LEAVES), Candidate(100, 15))
+FOLDS = 3
+
+
+def _fold_metrics(
+    probs: np.ndarray[Any, Any],
+    y: np.ndarray[Any, Any],
+    txs: Sequence[Transaction],
+) -> dict[str, Any]:
+    both = 0 < int(y.sum()) < len(y)
+    rows = [
+        Outcome(bool(f), None, False, float(p), (), t.ts_ms, t.source)
+        for p, f, t in zip(probs, y, txs, strict=True)
+    ]
+    cp = card_precision_at_k(rows)
+    return {
+        "transactions": len(y),
+        "fraud": int(y.sum()),
+        "roc_auc": round(float(roc_auc_score(y, probs)), 4) if both else None,
+        "average_precision": round(float(average_precision_score(y, probs)), 4) if both else None,
+        "card_precision_at_k": cp["mean"] if cp else None,
+    }
+
+
 def train(
     ruleset: RuleSet,
     transactions: Sequence[Transaction],
@@ -156,16 +204,24 @@ def train(
     *,
     test_share: float = 0.3,
     gap_days: float = 7,
+    train_until_ms: int | None = None,
+    test_from_ms: int | None = None,
+    test_until_ms: int | None = None,
+    folds: int = FOLDS,
+    candidates: Sequence[Candidate] = CANDIDATES,
     target_precision: float | None = None,
     alert_rate: float | None = None,
+    drift_window: int = WINDOW,
     seed: int = 0,
 ) -> TrainResult:
-    """Fit on the fit days, choose the threshold on the validation days, test on the last
-    `test_share` of the span (see the module's doc)."""
+    """Choose the model size on prequential folds, the threshold on their validation
+    windows, fit on every training day, test after (see the module's doc)."""
     if not 0 < test_share < 1:
         raise ConfigError(f"--test-share must be between 0 and 1 (got {test_share}), like 0.3")
     if not gap_days >= 0:
-        raise ConfigError(f"--gap-days must be 0 or more (got {gap_days}), like 7")
+        raise ConfigError(f"--delay-days must be 0 or more (got {gap_days}), like 7")
+    if not 1 <= folds <= 20:
+        raise ConfigError(f"--folds must be 1 to 20 (got {folds}), like 3")
     if target_precision is not None and alert_rate is not None:
         raise ConfigError("give --target-precision or --alert-rate, not both")
     if target_precision is not None and not 0 < target_precision < 1:
@@ -178,64 +234,136 @@ def train(
             "transactions (see `fraudstream generate --profile sim --output`)"
         )
     labels = complete_labels(labels, transactions)[0]  # defaults, when not done yet
-    engine, scored, rows, y, ts = features_of(ruleset, transactions, labels)
-    first, last = int(ts.min()), int(ts.max())
+    ts_all = [t.ts_ms for t in transactions]
+    first, last = min(ts_all), max(ts_all)
     gap = int(gap_days * DAY)
-    train_end = first + int((last - first) * (1 - test_share))
+    span = f"the history runs from {_day(first)} to {_day(last)}"
+    train_end = (
+        train_until_ms
+        if train_until_ms is not None
+        else first + int((last - first) * (1 - test_share))
+    )
+    test_start = test_from_ms if test_from_ms is not None else train_end + gap
+    test_end = test_until_ms if test_until_ms is not None else last + 1
+    if train_end <= first:
+        raise ConfigError(f"--train-until {_day(train_end)} leaves no training days: {span}")
+    if test_start < train_end + gap:
+        raise ConfigError(
+            f"the test days must begin at least {gap_days:g} days (--delay-days, the time "
+            f"labels take) after the training days end ({_day(train_end)}): give --test-from "
+            f"{_day(train_end + gap)} or later"
+        )
+    if test_until_ms is not None and test_end <= test_start:
+        raise ConfigError(
+            f"--test-until {_day(test_end)} is not after the test days' start "
+            f"({_day(test_start)}); give a later date"
+        )
     val_start = first + int((train_end - first) * (1 - VALIDATION_SHARE))
-    fit_end = val_start - gap
-    test_start = train_end + gap
-    if fit_end <= first or test_start > last:
-        raise FraudstreamError(
-            f"the history spans {(last - first) / DAY:.1f} days ({_day(first)} to "
-            f"{_day(last)}): too short to fit on, choose a threshold on and test on, with "
-            f"{gap_days:g}-day gaps between — give a longer history (--input) or a smaller "
-            "--gap-days"
+    windows = [
+        (
+            val_start + (train_end - val_start) * i // folds,
+            val_start + (train_end - val_start) * (i + 1) // folds,
         )
-    fit_mask, test_mask = ts < fit_end, ts >= test_start
-    val_mask = (ts >= val_start) & (ts < train_end)
-    if not y[fit_mask].any() or fit_mask.sum() < 100:
+        for i in range(folds)
+    ]
+    if windows[0][0] - gap <= first or test_start > last:
         raise FraudstreamError(
-            f"the fit days ({_day(first)} to {_day(fit_end)}, before the validation days and "
-            f"a {gap_days:g}-day gap) hold {int(fit_mask.sum()):,} transactions and "
-            f"{int(y[fit_mask].sum()):,} labelled fraud; training needs at least 100 and some "
-            "fraud — give labels for those days (--labels), a longer history (--input), a "
-            "smaller --test-share or --gap-days"
+            f"{span} ({(last - first) / DAY:.1f} days): too short to fit on, validate on "
+            f"({folds} folds) and test on, with {gap_days:g}-day gaps between — give a longer "
+            "history (--input), a smaller --delay-days or fewer --folds"
         )
-    if not y[val_mask].any():
+    engine, scored, rows, y, ts = features_of(ruleset, transactions, labels)
+    fold_masks = []
+    for a, b in windows:
+        fit, val = ts < a - gap, (ts >= a) & (ts < b)
+        if not y[fit].any() or fit.sum() < 100 or not y[val].any():
+            raise FraudstreamError(
+                f"the fold validating on {_day(a)} to {_day(b)} fits on {int(fit.sum()):,} "
+                f"transactions with {int(y[fit].sum()):,} labelled fraud and validates on "
+                f"{int(y[val].sum()):,} fraud; each fold needs at least 100 transactions and "
+                "some fraud on both sides — give labels for those days (--labels), a longer "
+                "history (--input), a smaller --delay-days or fewer --folds"
+            )
+        fold_masks.append((fit, val))
+
+    test_mask = (ts >= test_start) & (ts < test_end)
+    if not test_mask.any():
         raise FraudstreamError(
-            f"the validation days ({_day(val_start)} to {_day(train_end)}) hold no labelled "
-            "fraud to choose the threshold on — give a longer history (--input) or labels for "
-            "those days (--labels)"
+            f"no transaction falls in the test days ({_day(test_start)} to {_day(test_end)}); "
+            f"{span} — give other --test-from / --test-until dates"
         )
-    estimator = make_estimator(seed=seed)
-    estimator.fit(rows[fit_mask], y[fit_mask])
-    version = f"gbt-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}"
-    model = FraudModel(estimator, FEATURE_NAMES, engine.rule_ids, version, 0.5)
+
+    # model selection: each size fitted on each fold, judged by average precision
+    trials: list[dict[str, Any]] = []
+    for c in candidates:
+        per_fold, oof = [], []
+        for fit, val in fold_masks:
+            est = make_estimator(trees=c.trees, leaves=c.leaves, seed=seed)
+            est.fit(rows[fit], y[fit])
+            probe = FraudModel(est, FEATURE_NAMES, engine.rule_ids, "fold", 0.5)
+            p = probe.score(rows[val].tolist())
+            oof.append(p)
+            picked = [transactions[i] for i in np.flatnonzero(val).tolist()]
+            per_fold.append(_fold_metrics(p, y[val], picked))
+        aps = np.array([f["average_precision"] for f in per_fold], dtype=float)
+        trials.append(
+            {
+                "candidate": c,
+                "folds": per_fold,
+                "ap_mean": float(aps.mean()),
+                "ap_std": float(aps.std()),
+                "oof": oof,
+            }
+        )
+    best = max(trials, key=lambda t: round(t["ap_mean"], 3))  # first (smaller) wins a tie
+    chosen_size: Candidate = best["candidate"]
+    val_any = np.zeros(len(y), dtype=bool)
+    for _, val in fold_masks:
+        val_any |= val
+    predicted = np.concatenate(best["oof"])  # the windows, in time order
     threshold, chosen = choose_threshold(
-        model.score(rows[val_mask].tolist()),
-        y[val_mask],
+        predicted,
+        np.concatenate([y[val] for _, val in fold_masks]),
         target_precision=target_precision,
         alert_rate=alert_rate,
     )
-    # then fitted again on every training day, validation days included (the most recent
-    # verdicts matter most), keeping that threshold: both fits minimise the same log loss on
-    # the same features, so their probabilities are on one scale
-    estimator = make_estimator(seed=seed)
+    # the model saved: the chosen size on every training day, with that threshold (the fold
+    # models minimise the same log loss on the same features: one probability scale)
     train_mask = ts < train_end
+    estimator = make_estimator(trees=chosen_size.trees, leaves=chosen_size.leaves, seed=seed)
     estimator.fit(rows[train_mask], y[train_mask])
+    version = f"gbt-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}"
     model = FraudModel(estimator, FEATURE_NAMES, engine.rule_ids, version, threshold)
     split = {
-        "fit": [_day(first), _day(fit_end)],
-        "validation": [_day(val_start), _day(train_end)],
-        "gap_days": gap_days,
-        "test": [_day(test_start), _day(last)],
         "train": [_day(first), _day(train_end)],
-        "fit_transactions": int(fit_mask.sum()),
-        "validation_transactions": int(val_mask.sum()),
+        "validation": [_day(windows[0][0]), _day(train_end)],
+        "gap_days": gap_days,
+        "test": [_day(test_start), _day(min(test_end, last + 1) - 1)],
+        "train_transactions": int(train_mask.sum()),
+        "validation_transactions": int(val_any.sum()),
         "test_transactions": int(test_mask.sum()),
     }
-    model.info.update(split=split, threshold=chosen)
+    selection = {
+        "folds": [
+            {"fit": [_day(first), _day(a - gap)], "validation": [_day(a), _day(b)]}
+            for a, b in windows
+        ],
+        "candidates": [
+            {
+                "size": str(t["candidate"]),
+                "folds": t["folds"],
+                "average_precision_mean": round(t["ap_mean"], 4),
+                "average_precision_std": round(t["ap_std"], 4),
+            }
+            for t in trials
+        ],
+        "chosen": str(chosen_size),
+    }
+    model.info.update(
+        split=split,
+        threshold=chosen,
+        selection=selection,
+    )
     # the test days, decided exactly as the live engine decides (rules, model, threshold)
     live = Engine(ruleset.rules, threshold=ruleset.threshold, version=ruleset.version, model=model)
     probs = model.score(rows[test_mask].tolist()) if test_mask.any() else np.zeros(0)
@@ -245,6 +373,9 @@ def train(
     ]
     test_txs = [transactions[i] for i in test_idx]
     result = report(outcomes(test_txs, decisions, labels))
+    # what live windows of decisions are held against (detection/drift.py): this model's
+    # scores on the test days, the days after its training it never saw
+    model.info["drift"] = drift_reference(probs, probs >= threshold, drift_window)
     if test_mask.any():  # calibration: does the probability say how much fraud there is?
         result["calibration"] = {
             "mean_probability": round(float(probs.mean()), 5),
@@ -254,4 +385,4 @@ def train(
     model.info["test_report"] = {
         k: result[k] for k in ("precision", "recall", "f1", "roc_auc", "average_precision")
     }
-    return TrainResult(model, result, split)
+    return TrainResult(model, result, split, selection)

@@ -61,6 +61,7 @@ class Status(msgspec.Struct, frozen=True):
     decided: int  # records decided (legit + fraud + dead letters) since it started
     stalled: bool
     tasks: list[TaskStatus]
+    drift: str = ""  # why its model's last window of decisions left the training range
 
 
 def describe_key(key: Key | None) -> str:
@@ -276,6 +277,8 @@ def format_status(status: GroupStatus) -> str:
             + (f"{age:.1f}s ago" if age is not None else "none yet")
             + f", reported {seen:.0f}s ago{' — STALLED' if r.stalled else ''}"
         )
+        if r.drift:
+            lines.append(f"    MODEL DRIFT: {r.drift}")
     header = ("stage", "partition", "committed", "end", "lag", "buffered", "last mark")
     table = [header] + [
         (

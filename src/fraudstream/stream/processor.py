@@ -97,6 +97,7 @@ class Processor:
             else None
         )
         self._skipped_said: dict[str, int] = {}
+        self._drift_said = ""  # the model drift last logged ("" = none)
         self._next_health = 0.0
         self._next_status = 0.0
         self._stall = StallWatch(settings.stall_warning_ms)
@@ -385,6 +386,18 @@ class Processor:
                 sum(skipped.values()),
                 ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())),
             )
+        drift = self.engine.drift.message if self.engine.drift is not None else ""
+        if drift != self._drift_said:
+            self._drift_said = drift
+            if drift:
+                log.warning(
+                    "the model runs on another world than its training days: %s; judge it "
+                    "with `fraudstream backtest` on recent labelled days and retrain it "
+                    "(`fraudstream train`) if it no longer holds",
+                    drift,
+                )
+            else:
+                log.info("the model's decisions are back within their training days' range")
         if now >= self._next_status:
             self._next_status = now + self.settings.status_interval_ms / 1000
             self._publish_status(tasks, stalled=self._stall.stalled(now, pending=pending))
@@ -400,6 +413,7 @@ class Processor:
             self.stats.total,
             stalled,
             tasks,
+            self._drift_said,
         )
         try:
             self._status_producer.produce(

@@ -272,10 +272,14 @@ class TaskManager:
     def commit(self) -> None:
         for task in self.tasks.values():
             task.commit()
+        if self.engine.drift is not None:  # the decisions committed count for drift
+            self.engine.drift.commit()
 
     def rollback(self) -> None:
         for task in self.tasks.values():
             task.rollback()  # the state goes back with the outputs
+        if self.engine.drift is not None:
+            self.engine.drift.rollback()
 
     # --- after a commit --------------------------------------------------------------------
 

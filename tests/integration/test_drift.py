@@ -1,0 +1,46 @@
+"""A model trained on one world and run on another says so: in its log and in `status`."""
+
+from __future__ import annotations
+
+import math
+import signal
+from pathlib import Path
+
+from fraudstream.config import Settings
+from fraudstream.generator import generate
+from fraudstream.stream import ensure_topics
+from fraudstream.stream.health import format_status, read_status
+from tests.conftest import env_for, model_rules, spawn, wait_for
+
+DRIFT = "the model runs on another world than its training days"
+
+
+def test_a_model_run_on_another_world_warns_and_status_shows_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # trained where 2% of payments are fraud, its drift test over windows of 1,000 decisions;
+    # then fed a stream where 30% are
+    rules = model_rules(
+        tmp_path, count=30_000, seed=5, fraud_rate=0.02, gap_days=1, drift_window=1000
+    )
+    ensure_topics(settings)
+    sent = generate(
+        settings, rate=math.inf, count=4000, seed=6, profile="sim", fraud_rate=0.3, progress=None
+    )
+    assert sent.sent == 4000
+    log = tmp_path / "detect.log"
+    env = env_for(settings, RULES_FILE=str(rules), STATUS_INTERVAL_MS="200")
+    proc = spawn(["detect"], env, log)
+    try:
+        wait_for(lambda: DRIFT in log.read_text(), timeout=90, what="the drift warning")
+        line = next(x for x in log.read_text().splitlines() if DRIFT in x)
+        assert " WARNING " in line and "alert rate" in line and "fraudstream train" in line
+
+        def status_says_it() -> bool:
+            assert proc.poll() is None, log.read_text()
+            return "MODEL DRIFT: alert rate" in format_status(read_status(settings))
+
+        wait_for(status_says_it, timeout=30, what="`fraudstream status` to show the drift")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
