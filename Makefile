@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 KAFKA_BROKER_URL ?= localhost:9092
 TOPIC ?= streaming.transactions.fraud
 
-.PHONY: help setup setup-test run test lint format bench chaos consume clean eval model reset
+.PHONY: help setup setup-test run test lint format bench chaos consume clean eval model compare reset
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -68,7 +68,7 @@ reset: setup  ## wipe the local broker's data (.fraudstream/broker) after a conf
 	$(BIN)/fraudstream reset
 
 clean:  ## remove the virtualenvs and caches (not the Kafka data in .fraudstream/)
-	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) $(GEN_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 DATA := data
 eval: setup  ## simulate 1,000,000 labelled transactions, train on the first days, report on the later ones
@@ -78,3 +78,23 @@ eval: setup  ## simulate 1,000,000 labelled transactions, train on the first day
 	  --labels $(DATA)/sim-labels.jsonl --out models/default.model
 
 model: eval  ## the same: models/default.model, used by rules/with-model.yaml
+
+GEN_VENV := .venv-gen
+compare: eval $(GEN_VENV)/.installed  ## the model against the standard baselines: on the simulator and on finforge's and synccfd's streams (~20 min)
+	$(GEN_VENV)/bin/python benchmarks/finforge_stream.py --out-dir $(DATA) --count 500000 --seed 7
+	$(GEN_VENV)/bin/python benchmarks/synccfd_stream.py --out-dir $(DATA) --count 500000 --seed 7
+	$(BIN)/python benchmarks/baselines.py --input $(DATA)/sim.jsonl --labels $(DATA)/sim-labels.jsonl \
+	  --fraudstream-model models/default.model --rules rules/with-model.yaml
+	set -e; for g in finforge synccfd; do \
+	  $(BIN)/fraudstream train --rules rules/with-model.yaml --input $(DATA)/$$g.jsonl \
+	    --labels $(DATA)/$$g-labels.jsonl --out $(DATA)/$$g.model; \
+	  $(BIN)/python benchmarks/baselines.py --input $(DATA)/$$g.jsonl \
+	    --labels $(DATA)/$$g-labels.jsonl --fraudstream-model $(DATA)/$$g.model \
+	    --rules rules/with-model.yaml; \
+	done
+
+$(GEN_VENV)/.installed: benchmarks/generators.lock  # finforge, synccfd (pandas, geopandas)
+	$(PYTHON) -m venv $(GEN_VENV)
+	$(GEN_VENV)/bin/pip install -q --upgrade pip
+	$(GEN_VENV)/bin/pip install -q -r benchmarks/generators.lock
+	touch $@

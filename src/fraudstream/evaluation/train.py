@@ -84,8 +84,9 @@ def choose_threshold(
     alert_rate: float | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """The fraud threshold on these (validation) scores: with `alert_rate`, the lowest that
-    flags at most that share; else the lowest whose precision reaches `target_precision`
-    (the most fraud caught at that precision), or, when none does, the one of the best F1.
+    flags at most that share; else, of those whose precision reaches `target_precision`, the
+    one that catches the most fraud, and of those the highest (no alert that catches nothing
+    more), or, when none reaches it, the one of the best F1.
     Scores that tie fall on the same side. Returns it and what it gives here."""
     n = len(probs)
     order = np.argsort(-probs, kind="stable")
@@ -102,7 +103,9 @@ def choose_threshold(
     else:
         target = TARGET_PRECISION if target_precision is None else target_precision
         fits = np.flatnonzero(precision >= target)
-        pick = int(fits[-1]) if fits.size else -1
+        pick = -1
+        if fits.size:  # the most fraud caught at that precision, with the fewest alerts
+            pick = int(fits[np.argmax(recall[fits] >= recall[fits[-1]])])
         met = f"precision at least {target:.2f}"
         if pick < 0 and ends.size:
             f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
