@@ -409,8 +409,9 @@ class Engine:
         """
         reasons = [Reason(h.rule, h.reason) for h in hits]
         if probability is None:
-            score = round(min(max(sum(h.weight for h in hits), 0.0), 1.0), 4)
-            fraud = score >= self.threshold
+            capped = min(max(sum(h.weight for h in hits), 0.0), 1.0)
+            fraud = capped >= self.threshold  # before rounding, as always
+            score = round(capped, 4)
         else:
             score = probability
             fraud = score >= self.model_threshold
