@@ -167,6 +167,8 @@ class TaskManager:
 
     def reload(self) -> None:
         """Every task again from its changelog (after a producer was replaced)."""
+        if self.engine.drift is not None:  # the lost transaction's decisions are redone
+            self.engine.drift.rollback()
         self.assign(list(self.tasks))
 
     def drop(self, partitions: list[TopicPartition]) -> None:
