@@ -27,16 +27,14 @@ Writes, as JSON lines sorted by event time:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 from finforge import DatasetGenerator
+from history_files import LABEL_DELAY_MS, write_history
 
-LABEL_DELAY_MS = 7 * 86_400_000
 TX_PER_USER_MONTH = 19.0  # measured on a mixed population with 1% fraud
 
 
@@ -92,12 +90,6 @@ def records(df: pd.DataFrame, currency: str) -> tuple[list[dict], list[dict]]:
     return txs, labels
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, separators=(",", ":")) + "\n")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", type=Path, default=Path("data"))
@@ -112,23 +104,9 @@ def main() -> None:
     began = time.monotonic()
     df = generate(args.count, args.months, args.fraud_rate, args.seed, args.start)
     txs, labels = records(df, args.currency)
-    if len({t["id"] for t in txs}) != len(txs):
-        raise SystemExit("finforge gave duplicate transaction ids")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.out_dir / "finforge.jsonl", txs)
-    write_jsonl(args.out_dir / "finforge-labels.jsonl", labels)
-
-    frauds = Counter(lab["scenario"] for lab in labels if lab["is_fraud"])
-    n, n_fraud = len(txs), sum(frauds.values())
     first, last = df["timestamp"].iloc[0].date(), df["timestamp"].iloc[-1].date()
-    print(f"{n} transactions of {df['user_id'].nunique()} users, {first} to {last}")
-    print(f"fraud: {n_fraud} ({n_fraud / max(n, 1):.2%})")
-    for scenario, k in frauds.most_common():
-        print(f"  {scenario}: {k}")
-    print(
-        f"wrote {args.out_dir}/finforge.jsonl and finforge-labels.jsonl "
-        f"in {time.monotonic() - began:.0f} s"
-    )
+    print(f"{len(txs)} transactions of {df['user_id'].nunique()} users, {first} to {last}")
+    write_history(args.out_dir, "finforge", txs, labels, began)
 
 
 if __name__ == "__main__":

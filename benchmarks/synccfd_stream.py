@@ -39,17 +39,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+from history_files import LABEL_DELAY_MS, write_history
 from synccfd import DatasetGenerator
 
-LABEL_DELAY_MS = 7 * 86_400_000
 TX_PER_CUSTOMER_DAY = 1.96  # measured: synccfd draws 0..4 a day, a few at invalid times
 SCENARIOS = {
     1: "1_high_amount",
@@ -121,12 +119,6 @@ def records(df: pd.DataFrame, currency: str, location: str) -> tuple[list[dict],
     return txs, labels
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, separators=(",", ":")) + "\n")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", type=Path, default=Path("data"))
@@ -151,27 +143,13 @@ def main() -> None:
     began = time.monotonic()
     df = generate(args.count, args.days, args.terminals_per_customer, args.seed, args.start)
     txs, labels = records(df, args.currency, args.location)
-    if len({t["id"] for t in txs}) != len(txs):
-        raise SystemExit("synccfd gave duplicate transaction ids")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.out_dir / "synccfd.jsonl", txs)
-    write_jsonl(args.out_dir / "synccfd-labels.jsonl", labels)
-
-    frauds = Counter(lab["scenario"] for lab in labels if lab["is_fraud"])
-    n, n_fraud = len(txs), sum(frauds.values())
     first, last = df["TX_DATETIME"].iloc[0], df["TX_DATETIME"].iloc[-1]
     print(
-        f"{n} transactions of {df['CUSTOMER_ID'].nunique()} customers at "
+        f"{len(txs)} transactions of {df['CUSTOMER_ID'].nunique()} customers at "
         f"{df['TERMINAL_ID'].nunique()} terminals, {first} to {last} "
         f"({(last - first) / pd.Timedelta(days=1):.1f} days)"
     )
-    print(f"fraud: {n_fraud} ({n_fraud / max(n, 1):.2%})")
-    for scenario, k in sorted(frauds.items()):
-        print(f"  {scenario}: {k} ({k / max(n, 1):.2%})")
-    print(
-        f"wrote {args.out_dir}/synccfd.jsonl and synccfd-labels.jsonl "
-        f"in {time.monotonic() - began:.0f} s"
-    )
+    write_history(args.out_dir, "synccfd", txs, labels, began)
 
 
 if __name__ == "__main__":
