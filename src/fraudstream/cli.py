@@ -257,53 +257,36 @@ def _rate(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def _whole(text: str, low: int, high: int | None, refusal: str) -> int:
+    """`text` as a whole number from `low` to `high` (None: no limit), else `refusal`."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a count; give a whole number of transactions, like 1000"
-        )
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"{text!r} {refusal}")
     return value
+
+
+def _count(text: str) -> int:
+    return _whole(text, 1, None, "is not a count; give a whole number of transactions, like 1000")
 
 
 TOP_K_HELP = "cards an investigation team checks a day: card precision@k per day (default 100)"
 
 
 def _top_k(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of cards; give a whole number, like 100"
-        )
-    return value
+    return _whole(text, 1, None, "is not a number of cards; give a whole number, like 100")
 
 
 def _folds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 20:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of folds; give 1 to 20, like 3")
-    return value
+    return _whole(text, 1, 20, "is not a number of folds; give 1 to 20, like 3")
 
 
 def _processes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of processes; give 1 to 64, like the machine's cores"
-        )
-    return value
+    return _whole(
+        text, 1, 64, "is not a number of processes; give 1 to 64, like the machine's cores"
+    )
 
 
 def _number(text: str, what: str) -> float:
