@@ -48,6 +48,8 @@ from sklearn.preprocessing import StandardScaler
 
 from fraudstream.detection import DAY, Label
 from fraudstream.detection.model import limit_native_threads
+from fraudstream.errors import ConfigError
+from fraudstream.evaluation.cli import parse_columns
 from fraudstream.evaluation.metrics import TOP_K, Outcome, card_precision_at_k
 from fraudstream.evaluation.sources import complete_labels, read_labels, read_transactions
 from fraudstream.schema import Transaction
@@ -92,19 +94,6 @@ class Split:
 
 def _day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
-
-
-def _columns(text: str | None) -> dict[str, str] | None:
-    """`--columns id=tx_id,source=from` as {field: column}."""
-    if not text:
-        return None
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        field, eq, column = (x.strip() for x in part.partition("="))
-        if not eq or not field or not column:
-            sys.exit(f"--columns: {part!r} is not field=column, like id=tx_id,source=from")
-        out[field] = column
-    return out
 
 
 def _codes(values: Sequence[str]) -> Array:
@@ -343,7 +332,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     limit_native_threads(1)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    history = load_history(args.input, args.labels, _columns(args.columns))
+    try:
+        columns = parse_columns(args.columns)
+    except ConfigError as exc:
+        sys.exit(str(exc))
+    history = load_history(args.input, args.labels, columns)
     timings["read_seconds"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     x = features(history, int(args.gap_days * DAY))

@@ -27,12 +27,13 @@ from fraudstream.evaluation.sources import (
 from fraudstream.evaluation.train import train
 from fraudstream.schema import Transaction, event_time_ms
 
-__all__ = ["run"]
+__all__ = ["parse_columns", "run"]
 
 _FIELDS = sorted(f.name for f in msgspec.structs.fields(Transaction) if f.name != "decision")
 
 
-def _columns(text: str | None) -> dict[str, str] | None:
+def parse_columns(text: str | None) -> dict[str, str] | None:
+    """`--columns id=tx_id,source=from` as {field: column}; ConfigError for anything else."""
     if not text:
         return None
     out: dict[str, str] = {}
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         _print(report(rows, args.top_k), args.json)
         return 0
     # Every argument is checked before the history is read (which may take long, or connect).
-    columns = _columns(args.columns)
+    columns = parse_columns(args.columns)
     if args.command == "backtest":
         since = _since(args.since)
         ruleset = load_ruleset(rules)
