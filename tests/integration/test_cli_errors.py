@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -386,8 +387,13 @@ def test_every_bad_argument_is_refused_with_a_message_and_no_traceback(
     files: Files, tmp_path: Path
 ) -> None:
     failures = []
-    for name, case in cases(files):
-        run = fraudstream(*case.args, cwd=tmp_path, extra_env=case.env)
+    todo = list(cases(files))
+    # each case is its own short process: run as many at once as there are cores
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        runs = list(
+            pool.map(lambda c: fraudstream(*c[1].args, cwd=tmp_path, extra_env=c[1].env), todo)
+        )
+    for (name, case), run in zip(todo, runs, strict=True):
         try:
             assert_refused(run, *case.expected)
         except AssertionError as exc:
