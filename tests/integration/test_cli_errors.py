@@ -422,10 +422,13 @@ def test_a_busy_dashboard_port_is_named_before_any_url_is_announced(tmp_path: Pa
 def test_commands_that_need_a_broker_say_when_none_answers(files: Files, tmp_path: Path) -> None:
     """These connect first; they fail within their connect timeout (10 s), saying so."""
     no_broker = "no Kafka broker answers at 127.0.0.1:1"
-    run = fraudstream("dashboard", "--port", "0", cwd=tmp_path)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # both wait out the timeout: side by side
+        dashboard = pool.submit(fraudstream, "dashboard", "--port", "0", cwd=tmp_path)
+        evaluate = pool.submit(fraudstream, "evaluate", "--labels", files.labels, cwd=tmp_path)
+        run = dashboard.result()
+        assert_refused(evaluate.result(), no_broker)
     assert_refused(run, no_broker, code=2)
     assert "dashboard on" not in run.text
-    assert_refused(fraudstream("evaluate", "--labels", files.labels, cwd=tmp_path), no_broker)
 
 
 def test_a_topic_that_does_not_exist_is_named(settings: Settings, tmp_path: Path) -> None:
