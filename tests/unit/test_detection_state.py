@@ -7,6 +7,7 @@ import math
 import struct
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -215,6 +216,39 @@ def test_a_label_counts_only_from_the_time_it_became_known() -> None:
     assert risk_at(T0 + 2 * HOUR) > 0.9
 
 
+def test_counterparties_new_to_an_account_and_to_a_payee_are_counted() -> None:
+    """Distinct counterparties, the generic form of a burst to many payees (account side) and
+    of a mule's many payers (payee side): "new" is none of the last RECENT remembered."""
+    engine = Engine.from_ruleset(RULES, features=True)
+    at = {n: FEATURE_NAMES.index(n) for n in FEATURE_NAMES}
+
+    def pay(i: int, source: str, target: str, amount: float = 20.0) -> list[float]:
+        tx = Transaction(
+            id=f"t{i}",
+            timestamp=T0 + i * MINUTE,
+            source=source,
+            target=target,
+            amount=amount,
+            currency="EUR",
+        )
+        ((row, _),) = engine.score([tx])
+        return row
+
+    rows = [pay(i, "a", f"p{i}") for i in range(5)]  # five payees, each new
+    assert [r[at["new_payee"]] for r in rows] == [1.0] * 5
+    assert [round(r[at["acct_new_payees_1d"]]) for r in rows] == [0, 1, 2, 3, 4]
+    assert pay(5, "a", "p4")[at["new_payee"]] == 0.0  # paid a minute ago
+    assert pay(6, "a", "p0")[at["new_payee"]] == 1.0  # forgotten: four newer ones since
+    assert pay(7, "a", "p6", amount=2000.0)[at["amount_vs_last"]] == math.log1p(2000) - math.log1p(
+        20
+    )
+    payers = [pay(10 + i, f"s{i}", "mule") for i in range(6)]  # six payers, one payee
+    assert [round(r[at["target_new_payers_1d"]]) for r in payers] == [0, 1, 2, 3, 4, 5]
+    again = pay(20, "s5", "mule")
+    assert round(again[at["target_new_payers_1d"]]) == 6  # the count of earlier new payers
+    assert round(pay(21, "s5", "mule")[at["target_new_payers_1d"]]) == 6  # s5 is not new
+
+
 def test_state_stays_within_300_bytes_per_active_account() -> None:
     engine = Engine.from_ruleset(RULES, features=True)
     n = 50_000
@@ -342,3 +376,38 @@ def test_rows_dumped_together_equal_rows_dumped_one_by_one(txs: list[Transaction
     for table in engine.tables.tables.values():
         keys = [*{t.source for t in txs}, *{t.target for t in txs}, "never-seen"]
         assert table.dump_rows(keys) == [table.dump_row(k) for k in keys]
+
+
+def test_a_changed_rule_set_keeps_the_state_of_the_rules_it_kept() -> None:
+    """Rules are data: a detector restarted with a rule removed and the model's features
+    added restores the changelog written before, column by column. The rules in both decide
+    as if nothing had changed; new columns start empty."""
+    from fraudstream.detection.state import LayoutError
+
+    txs = _sim_txs(6000, seed=9)
+    before = Engine.from_ruleset(RULES)
+    log: list[tuple[bytes, bytes | None]] = []
+    for i in range(0, 4000, 500):
+        before.begin()
+        before.decide(txs[i : i + 500])
+        log += before.changes()
+        before.commit()
+    described = [k for k, _ in log if k.startswith(b"L\x00")]
+    assert described and len(described) == len(set(described))  # once per table and layout
+
+    kept = [r for r in RULES.rules if r.id != "burst_1h"]
+    after = Engine(kept, threshold=RULES.threshold, version="changed", features=True)
+    assert after.tables["source"].layout_id != before.tables["source"].layout_id
+    after.restore(log)
+    same = Engine.from_ruleset(RULES)
+    same.restore(log)
+    ids = {r.id for r in kept}
+    fired = [[h.rule for h in hits] for _, hits in after.score(txs[4000:])]
+    expected = [[h.rule for h in hits if h.rule in ids] for _, hits in same.score(txs[4000:])]
+    assert fired == expected and any(fired)
+
+    # a row whose layout is described nowhere (written before rows carried one) is refused
+    stranger = Engine(kept, threshold=RULES.threshold, version="changed", features=True)
+    rows = [(k, v) for k, v in log if k.startswith(b"t\x00source")]
+    with pytest.raises(LayoutError, match="another version of fraudstream"):
+        stranger.restore(rows[:1])

@@ -54,7 +54,7 @@ def test_a_group_recorded_in_another_repartition_format_is_told_apart() -> None:
         b'{"input":"tx","partitions":3,"stages":["target"],"labels":"","label_partitions":0}',
         type=Shape,
     )
-    now = msgspec.structs.replace(old, format=REPARTITION_FORMAT)
+    now = msgspec.structs.replace(old, format=REPARTITION_FORMAT, changelog=old.changelog)
     assert old.differences(now) == [
         f"repartition record format 1 → {REPARTITION_FORMAT} (written by another version of "
         "fraudstream)"
@@ -65,3 +65,21 @@ def test_a_group_recorded_in_another_repartition_format_is_told_apart() -> None:
         "fraudstream)"
     ]
     assert now.differences(now) == []
+
+
+def test_a_group_whose_changelogs_hold_untagged_rows_is_told_apart() -> None:
+    """Before 2026-12-02 a changelog row was bare columns (no layout id): a shape recorded
+    then (no `changelog` field) differs from today's by its changelog format, and says so."""
+    import msgspec
+
+    from fraudstream.stream.layout import CHANGELOG_FORMAT, REPARTITION_FORMAT, Shape
+
+    old = msgspec.json.decode(
+        b'{"input":"tx","partitions":3,"stages":["target"],"labels":"","label_partitions":0,'
+        b'"format":%d}' % REPARTITION_FORMAT,
+        type=Shape,
+    )
+    now = msgspec.structs.replace(old, changelog=CHANGELOG_FORMAT)
+    assert old.differences(now) == [
+        f"state changelog format 1 → {CHANGELOG_FORMAT} (written by another version of fraudstream)"
+    ]

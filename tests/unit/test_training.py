@@ -19,8 +19,9 @@ from sklearn.metrics import average_precision_score
 from fraudstream.detection import Engine, FraudModel, load_ruleset
 from fraudstream.errors import ConfigError
 from fraudstream.evaluation import read_labels, read_transactions, train
+from fraudstream.evaluation.cli import _selection
 from fraudstream.evaluation.sources import complete_labels
-from fraudstream.evaluation.train import choose_threshold
+from fraudstream.evaluation.train import CANDIDATES, choose_threshold, make_estimator
 from fraudstream.generator.app import write_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,8 +45,10 @@ def test_train_split_in_time_save_load_and_score_live(tmp_path: Path) -> None:
     folds = selection["folds"]
     assert len(folds) == 3 and all(f["fit"][1] < f["validation"][0] for f in folds)
     assert [f["validation"][0] for f in folds] == sorted(f["validation"][0] for f in folds)
-    means = {c["size"]: c["average_precision_mean"] for c in selection["candidates"]}
-    assert len(means) == 3 and selection["chosen"] in means
+    means = {c["model"]: c["average_precision_mean"] for c in selection["candidates"]}
+    printed = _selection(selection, 1)  # what `fraudstream train` prints of it
+    assert printed.count("<- chosen") == 1 and all(str(c) in printed for c in CANDIDATES)
+    assert len(means) == len(CANDIDATES) and selection["chosen"] in means
     assert means[selection["chosen"]] >= max(means.values()) - 0.0005
     for c in selection["candidates"]:
         aps = [f["average_precision"] for f in c["folds"]]
@@ -222,3 +225,21 @@ def test_the_days_given_are_the_days_used(tmp_path: Path) -> None:
     assert len(result.selection["folds"]) == 2
     with pytest.raises(ConfigError, match=r"--test-from \S+ or later"):
         train(ruleset, txs, labels, gap_days=2, train_until_ms=until, test_from_ms=start)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), trees=st.integers(1, 12), rate=st.sampled_from([0.08, 0.2]))
+def test_a_fits_first_trees_are_the_smaller_model_selection_reads_them_as(
+    seed: int, trees: int, rate: float
+) -> None:
+    """Model selection scores candidates that differ only in their number of trees from one
+    fit's stages: that is only right if the first n trees of a longer fit are the n-tree fit."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, 5)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(scale=0.7, size=400)) > 1.2
+    if not 0 < y.sum() < len(y):
+        y[0] = not y[0]
+    longer = make_estimator(trees=trees + 5, leaves=7, learning_rate=rate, seed=seed).fit(x, y)
+    alone = make_estimator(trees=trees, leaves=7, learning_rate=rate, seed=seed).fit(x, y)
+    staged = list(longer.staged_predict_proba(x))[trees - 1]
+    assert np.array_equal(staged, alone.predict_proba(x))

@@ -106,6 +106,9 @@ class Engine:
                 raise ValueError("the model was trained on other features; retrain it")
         self._next_evict = 0
         self._evict_at_begin = 0
+        # tables whose layout is described in the changelog (committed; in the open transaction)
+        self._described: set[str] = set()
+        self._describing: set[str] = set()
         self.quiet = self.combine([], None)  # the decision when no rule fires (no model)
         self._fan_rules = [r for r in self.rules if isinstance(r, FanIn)]
         # Rules with a batch path run over the whole segment, one after the other: each
@@ -202,6 +205,10 @@ class Engine:
         for name, t in self.tables.tables.items():
             prefix = b"t\x00" + name.encode() + b"\x00"
             keys = t.touched()
+            if keys and name not in self._described | self._describing:  # before its rows
+                described = b"L\x00" + name.encode() + b"\x00%08x" % t.layout_id
+                out.append((described, t.describe()))
+                self._describing.add(name)
             out += [(prefix + k.encode(), v) for k, v in zip(keys, t.dump_rows(keys), strict=True)]
         for r in self._fan_rules:
             prefix = b"f\x00" + r.id.encode() + b"\x00"
@@ -212,6 +219,7 @@ class Engine:
 
     def rollback(self) -> None:
         """Undo every state change since `begin` (the transaction was aborted)."""
+        self._describing.clear()  # its layout records are gone with it
         self._next_evict = self._evict_at_begin  # a redo evicts where the first try did
         for t in self.tables.tables.values():
             t.rollback()
@@ -221,6 +229,8 @@ class Engine:
             self.features.rollback()
 
     def commit(self) -> None:
+        self._described |= self._describing
+        self._describing.clear()
         for t in self.tables.tables.values():
             t.commit()
         for r in self._fan_rules:
@@ -235,7 +245,9 @@ class Engine:
         n = 0
         for key, value in records:
             kind, name, k = key.split(b"\x00", 2)
-            if kind == b"t":
+            if kind == b"L":  # the columns of a layout, before the rows written in it
+                self.tables[name.decode()].learn_layout(value or b"[]")
+            elif kind == b"t":
                 table = self.tables[name.decode()]
                 if value is None:
                     table.reset_row(k.decode())
@@ -329,6 +341,8 @@ class Engine:
 
     def _score_segment(self, batch: Sequence[Transaction], ts: list[int]) -> list[Scored]:
         features, part = self.features, self.part
+        if features is not None:
+            features.prepare(batch, ts)
         if features is None:
             rows: list[list[float]] = [[] for _ in batch]
         elif part is None:

@@ -3,7 +3,11 @@
 A `Table` maps a key (an account, a target, ...) to a row number; each column is an
 `array.array` of one machine type, so an account's state costs its bytes, not Python objects.
 Rows are recycled when a key has been idle longer than the table's retention (in event time).
-`Table.dump_row` / `load_row` turn one key's state into bytes and back (for a changelog).
+`Table.dump_row` / `load_row` turn one key's state into bytes and back (for a changelog):
+the columns packed after a 4-byte layout id. `describe()` says which columns a layout id
+stands for; a row of another layout (rules changed since it was written) is loaded column by
+column, by name, once its description is known (`learn_layout`): columns in both keep their
+values (same name and type), new ones start from defaults, dropped ones are ignored.
 
     accounts = Table("source", retention_ms=400 * DAY)
     last_ts = accounts.column("last_ts", "q", default=0)
@@ -15,16 +19,27 @@ from __future__ import annotations
 
 import struct
 import sys
+import zlib
 from array import array
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
-__all__ = ["DAY", "HOUR", "MINUTE", "Column", "KeyIndex", "Table", "Tables"]
+from fraudstream.errors import FraudstreamError
+
+__all__ = ["DAY", "HOUR", "MINUTE", "Column", "KeyIndex", "LayoutError", "Table", "Tables"]
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
+
+
+class LayoutError(FraudstreamError):
+    """A stored row of a layout whose description was never seen."""
+
+
+_LAYOUT = struct.Struct("<I")
 
 
 @dataclass
@@ -136,6 +151,9 @@ class Table:
         self._free: list[int] = []
         self._size = 0
         self._packer: struct.Struct | None = None
+        self._layout_id: int | None = None
+        # other layouts seen: their packing and (name, typecode) of their columns
+        self._layouts: dict[int, tuple[struct.Struct, list[tuple[str, str]]]] = {}
         # While a transaction is open: each key touched -> its row before (None: it was new).
         self.journal: dict[str, bytes | None] | None = None
         self._seen = self.column("_seen", "q", 0)  # last event time touching the row
@@ -147,6 +165,7 @@ class Table:
         data = array(typecode, [default]) * self._size if self._size else array(typecode)
         self.columns[name] = Column(name, typecode, default, data)
         self._packer = None
+        self._layout_id = None
         return data
 
     def row(self, key: str, ts: int) -> int:
@@ -252,8 +271,27 @@ class Table:
 
     def _struct(self) -> struct.Struct:
         if self._packer is None:
-            self._packer = struct.Struct("<" + "".join(c.typecode for c in self.columns.values()))
+            codes = "".join(c.typecode for c in self.columns.values())
+            self._packer = struct.Struct("<I" + codes)  # the layout id, then the columns
         return self._packer
+
+    def describe(self) -> bytes:
+        """The columns a row of this layout holds: [[name, typecode], ...] as JSON."""
+        return msgspec.json.encode([[c.name, c.typecode] for c in self.columns.values()])
+
+    @property
+    def layout_id(self) -> int:
+        """A 32-bit id of the columns (names and types, in order), first in every row."""
+        if self._layout_id is None:
+            self._layout_id = zlib.crc32(self.describe())
+        return self._layout_id
+
+    def learn_layout(self, description: bytes) -> None:
+        """Know rows of another layout (a `describe()` of it) from now on."""
+        columns: list[list[str]] = msgspec.json.decode(description)
+        codes = "".join(code for _, code in columns)
+        packer = struct.Struct("<I" + codes)
+        self._layouts[zlib.crc32(description)] = (packer, [(name, code) for name, code in columns])
 
     def reset_row(self, key: str) -> None:
         """Put a key's row back to defaults (as good as absent: every rule reads defaults as
@@ -286,7 +324,7 @@ class Table:
         r = self.index.get(key)
         if r is None:
             return None
-        return self._struct().pack(*(c.data[r] for c in self.columns.values()))
+        return self._struct().pack(self.layout_id, *(c.data[r] for c in self.columns.values()))
 
     def dump_rows(self, keys: list[str]) -> list[bytes | None]:
         """`dump_row` of each key, the columns gathered in one pass (numpy)."""
@@ -301,7 +339,9 @@ class Table:
     def _images(self, rows: list[int]) -> list[bytes]:
         """Each row packed as `dump_row` packs it, the columns gathered in one pass."""
         cols = list(self.columns.values())
-        packed = np.empty(len(rows), dtype=np.dtype([(c.name, "<" + c.typecode) for c in cols]))
+        fields = [("\x00layout", "<u4")] + [(c.name, "<" + c.typecode) for c in cols]
+        packed = np.empty(len(rows), dtype=np.dtype(fields))
+        packed["\x00layout"] = self.layout_id
         at = np.array(rows, dtype=np.intp)
         for c in cols:
             view = np.frombuffer(c.data, dtype=np.dtype(c.typecode))
@@ -311,13 +351,33 @@ class Table:
         return [blob[i * size : (i + 1) * size] for i in range(len(rows))]
 
     def load_row(self, key: str, blob: bytes) -> None:
-        values = self._struct().unpack(blob)
+        (layout,) = _LAYOUT.unpack_from(blob)
         r = self.index.get(key)
+        if layout == self.layout_id:
+            values = self._struct().unpack(blob)
+            if r is None:
+                r = self._new_row()
+                self.index.put(key, r)
+            for col, value in zip(self.columns.values(), values[1:], strict=True):
+                col.data[r] = value
+            return
+        other = self._layouts.get(layout)
+        if other is None:
+            raise LayoutError(
+                f"a stored row of table {self.key!r} has a layout ({layout:08x}) that is "
+                "described nowhere: the changelog was written by another version of fraudstream"
+            )
+        packer, names = other
         if r is None:
             r = self._new_row()
             self.index.put(key, r)
-        for col, value in zip(self.columns.values(), values, strict=True):
-            col.data[r] = value
+        else:  # columns the old layout lacks start from their defaults
+            for col in self.columns.values():
+                col.data[r] = col.default
+        for (name, code), value in zip(names, packer.unpack(blob)[1:], strict=True):
+            kept = self.columns.get(name)
+            if kept is not None and kept.typecode == code:  # same name, same type: kept
+                kept.data[r] = value
 
     def nbytes(self) -> int:
         """Bytes the columns use (one item per row)."""

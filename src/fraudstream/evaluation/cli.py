@@ -222,16 +222,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _selection(selection: dict[str, Any], delay: float) -> str:
-    """Each candidate size on each fold (AUC, AP, card precision@k), mean and spread."""
+    """Each candidate model on each fold (AUC, AP, card precision@k), mean and spread."""
     folds = selection["folds"]
     lines = [
         f"model selection on {len(folds)} time folds (fit on the days before each validation "
         f"window, less a {delay:g}-day delay):"
     ]
     for c in selection["candidates"]:
-        mark = "  <- chosen" if c["size"] == selection["chosen"] else ""
+        mark = "  <- chosen" if c["model"] == selection["chosen"] else ""
         lines.append(
-            f"  {c['size']}: average precision {c['average_precision_mean']:.4f} "
+            f"  {c['model']}: average precision {c['average_precision_mean']:.4f} "
             f"± {c['average_precision_std']:.4f}{mark}"
         )
         for f, m in zip(folds, c["folds"], strict=True):

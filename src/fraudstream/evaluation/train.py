@@ -11,12 +11,13 @@ protocol): a model in production learns only from days whose verdicts are known.
     fold 3: fit ..............................| delay | validate |
 
 The validation windows are the last `VALIDATION_SHARE` of the training days, cut in `folds`.
-Each candidate size is fitted and judged on every fold; the best mean average precision wins.
-Its predictions of the windows choose the fraud threshold from a target (a precision, or an
-alert rate). The model saved is that size fitted on all training days, with that threshold;
-the test days judge it, untouched by any choice, and its scores there become the reference
-live decisions are compared with (`detection/drift.py`). The model file records the days,
-the folds' figures, the threshold, the target, the drift reference and the test figures.
+Each candidate (size, learning rate, L2) is fitted and judged on every fold; the best mean
+average precision wins. Its predictions of the windows choose the fraud threshold from a target
+(a precision, or an alert rate). The model saved is that candidate fitted on all training days,
+with that threshold; the test days judge it, untouched by any choice, and its scores there
+become the reference live decisions are compared with (`detection/drift.py`). The model file
+records the days, the folds' figures, the threshold, the target, the drift reference and the
+test figures.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class TrainResult:
     model: FraudModel
     report: Report  # rules + model together, on the test days
     split: dict[str, Any]
-    selection: dict[str, Any]  # the folds, each candidate size's figures on them, the chosen
+    selection: dict[str, Any]  # the folds, each candidate model's figures on them, the chosen
 
 
 def _day(ms: int) -> str:
@@ -71,6 +72,7 @@ LEAVES = 31
 
 
 LEARNING_RATE = 0.08
+L2 = 1.0
 
 TARGET_PRECISION = 0.9  # the default target: fraud where 9 alerts in 10 were fraud
 VALIDATION_SHARE = 0.2  # of the training days, the last ones: where the threshold is chosen
@@ -127,13 +129,14 @@ def make_estimator(
     trees: int = TREES,
     leaves: int = LEAVES,
     learning_rate: float = LEARNING_RATE,
+    l2: float = L2,
     seed: int = 0,
 ) -> HistGradientBoostingClassifier:
     return HistGradientBoostingClassifier(
         max_iter=trees,
         learning_rate=learning_rate,
         max_leaf_nodes=leaves,
-        l2_regularization=1.0,
+        l2_regularization=l2,
         early_stopping=False,
         random_state=seed,
     )
@@ -164,19 +167,41 @@ def features_of(
 
 @dataclass(frozen=True)
 class Candidate:
-    """One model size to try: trees x leaves per tree (learning rate fixed)."""
+    """One model to try: its size (trees x leaves per tree) and how it learns (the learning
+    rate; L2 regularisation of the leaf values)."""
 
     trees: int
     leaves: int
+    learning_rate: float = LEARNING_RATE
+    l2: float = L2
 
     def __str__(self) -> str:
-        return f"{self.trees} trees x {self.leaves} leaves"
+        return (
+            f"{self.trees} trees x {self.leaves} leaves, learning rate {self.learning_rate:g}, "
+            f"L2 {self.l2:g}"
+        )
 
 
-# The sizes tried, smallest first (a tie goes to the smaller): all score in under 2 µs per
-# transaction compiled (the throughput issue's bound; benchmarks/model_size.py measured 0.32,
-# 0.74 and 1.48 µs on 2026-12-01).
-CANDIDATES = (Candidate(30, 15), Candidate(TREES, LEAVES), Candidate(100, 15))
+# The models tried, cheapest to score first (a tie goes to the earlier): five sizes, each
+# scoring in under 2 µs per transaction compiled (the throughput issue's bound;
+# benchmarks/model_size.py measured 30x15 0.32, 50x31 0.74 and 100x15 1.48 µs on 2026-12-01),
+# each with a slow and a fast learning rate (the fast one with more L2 regularisation: a few
+# trees taking big steps overfit first).
+CANDIDATES = tuple(
+    Candidate(trees, leaves, rate, l2)
+    for trees, leaves in ((30, 15), (50, 15), (30, 31), (100, 15), (TREES, LEAVES))
+    for rate, l2 in ((LEARNING_RATE, L2), (0.2, 10.0))
+)
+
+
+def _by_fit(candidates: Sequence[Candidate]) -> dict[tuple[int, float, float], list[Candidate]]:
+    """Candidates by what one fit serves: (leaves, learning rate, L2); trees are its stages."""
+    out: dict[tuple[int, float, float], list[Candidate]] = {}
+    for c in candidates:
+        out.setdefault((c.leaves, c.learning_rate, c.l2), []).append(c)
+    return out
+
+
 FOLDS = 3
 
 
@@ -217,8 +242,8 @@ def train(
     drift_window: int = WINDOW,
     seed: int = 0,
 ) -> TrainResult:
-    """Choose the model size on prequential folds, the threshold on their validation
-    windows, fit on every training day, test after (see the module's doc)."""
+    """Choose the model (size, learning rate) on prequential folds, the threshold on their
+    validation windows, fit on every training day, test after (see the module's doc)."""
     if not 0 < test_share < 1:
         raise ConfigError(f"--test-share must be between 0 and 1 (got {test_share}), like 0.3")
     if not gap_days >= 0:
@@ -296,18 +321,26 @@ def train(
             f"{span} — give other --test-from / --test-until dates"
         )
 
-    # model selection: each size fitted on each fold, judged by average precision
+    # model selection: each candidate on each fold, judged by average precision. Candidates
+    # that differ only in their number of trees share one fit: boosting adds trees one after
+    # the other, so the first 30 trees of a 100-tree fit are the 30-tree model (staged).
+    staged_probs: dict[Candidate, list[np.ndarray[Any, Any]]] = {c: [] for c in candidates}
+    for (leaves, rate, l2), group in _by_fit(candidates).items():
+        stages = {c.trees: c for c in group}
+        for fit, val in fold_masks:
+            est = make_estimator(
+                trees=max(stages), leaves=leaves, learning_rate=rate, l2=l2, seed=seed
+            )
+            est.fit(rows[fit], y[fit])
+            for n, staged in enumerate(est.staged_predict_proba(rows[val]), start=1):
+                if n in stages:
+                    staged_probs[stages[n]].append(staged[:, 1])
     trials: list[dict[str, Any]] = []
     for c in candidates:
-        per_fold, oof = [], []
-        for fit, val in fold_masks:
-            est = make_estimator(trees=c.trees, leaves=c.leaves, seed=seed)
-            est.fit(rows[fit], y[fit])
-            probe = FraudModel(est, FEATURE_NAMES, engine.rule_ids, "fold", 0.5)
-            p = probe.score(rows[val].tolist())
-            oof.append(p)
-            picked = [transactions[i] for i in np.flatnonzero(val).tolist()]
-            per_fold.append(_fold_metrics(p, y[val], picked))
+        per_fold = [
+            _fold_metrics(p, y[val], [transactions[i] for i in np.flatnonzero(val).tolist()])
+            for p, (_, val) in zip(staged_probs[c], fold_masks, strict=True)
+        ]
         aps = np.array([f["average_precision"] for f in per_fold], dtype=float)
         trials.append(
             {
@@ -315,11 +348,11 @@ def train(
                 "folds": per_fold,
                 "ap_mean": float(aps.mean()),
                 "ap_std": float(aps.std()),
-                "oof": oof,
+                "oof": staged_probs[c],
             }
         )
     best = max(trials, key=lambda t: round(t["ap_mean"], 3))  # first (smaller) wins a tie
-    chosen_size: Candidate = best["candidate"]
+    winner: Candidate = best["candidate"]
     val_any = np.zeros(len(y), dtype=bool)
     for _, val in fold_masks:
         val_any |= val
@@ -330,10 +363,16 @@ def train(
         target_precision=target_precision,
         alert_rate=alert_rate,
     )
-    # the model saved: the chosen size on every training day, with that threshold (the fold
+    # the model saved: the chosen candidate on every training day, with that threshold (the fold
     # models minimise the same log loss on the same features: one probability scale)
     train_mask = ts < train_end
-    estimator = make_estimator(trees=chosen_size.trees, leaves=chosen_size.leaves, seed=seed)
+    estimator = make_estimator(
+        trees=winner.trees,
+        leaves=winner.leaves,
+        learning_rate=winner.learning_rate,
+        l2=winner.l2,
+        seed=seed,
+    )
     estimator.fit(rows[train_mask], y[train_mask])
     version = f"gbt-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}"
     model = FraudModel(estimator, FEATURE_NAMES, engine.rule_ids, version, threshold)
@@ -353,14 +392,14 @@ def train(
         ],
         "candidates": [
             {
-                "size": str(t["candidate"]),
+                "model": str(t["candidate"]),
                 "folds": t["folds"],
                 "average_precision_mean": round(t["ap_mean"], 4),
                 "average_precision_std": round(t["ap_std"], 4),
             }
             for t in trials
         ],
-        "chosen": str(chosen_size),
+        "chosen": str(winner),
     }
     model.info.update(
         split=split,

@@ -49,6 +49,7 @@ SHAPE_KEY = b"shape"
 
 
 REPARTITION_FORMAT = 4  # ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits
+CHANGELOG_FORMAT = 2  # 2: a table row starts with its layout id, layouts described (2026-12-02)
 
 
 class GroupMismatchError(ConfigError):
@@ -66,6 +67,9 @@ class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     # how records on the repartition topics are written: 1 one envelope per record (before
     # 2026-11-27, recorded without this field), 2 blocks of envelopes
     format: int = 1
+    # how state is written on the changelogs: 1 rows of bare columns (before 2026-12-02,
+    # recorded without this field), 2 rows tagged with their layout (rules may change)
+    changelog: int = 1
 
     @classmethod
     def of(cls, topology: Topology) -> Shape:
@@ -77,6 +81,7 @@ class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
             labels=topology.label_stage.topic if topology.labels else "",
             label_partitions=topology.labels,
             format=REPARTITION_FORMAT,
+            changelog=CHANGELOG_FORMAT,
         )
 
     def differences(self, now: Shape) -> list[str]:
@@ -94,6 +99,11 @@ class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
         if self.format != now.format:
             out.append(
                 f"repartition record format {self.format} → {now.format} (written by another "
+                "version of fraudstream)"
+            )
+        if self.changelog != now.changelog:
+            out.append(
+                f"state changelog format {self.changelog} → {now.changelog} (written by another "
                 "version of fraudstream)"
             )
         return out
