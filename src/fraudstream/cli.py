@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 from urllib.parse import urlsplit
 
 from fraudstream.config import Settings, load_settings
@@ -224,8 +225,24 @@ def _parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", dest="dashboard_host")
     dash.add_argument("--port", dest="dashboard_port", type=int)
 
+    al = sub.add_parser(
+        "alerts",
+        help="notify people of fraud (log, webhook, Slack, email), until Ctrl-C",
+        parents=[common],
+        description="Read the fraud topic and send one alert per account per "
+        "ALERT_GROUP_WINDOW seconds to the log and every sink configured: ALERT_WEBHOOK_URL, "
+        "ALERT_SLACK_WEBHOOK_URL, ALERT_SMTP_URL with ALERT_EMAIL_FROM and ALERT_EMAIL_TO. "
+        "At least once, with a stable alert_id receivers de-duplicate on.",
+        epilog="example: ALERT_WEBHOOK_URL=https://example.org/hook fraudstream alerts",
+    )
+    al.add_argument(
+        "--group", dest="alerts_group", metavar="NAME", help="its consumer group (ALERTS_GROUP)"
+    )
+
     run = sub.add_parser(
-        "run", help="broker + generator + detector + dashboard, until Ctrl-C", parents=[common]
+        "run",
+        help="broker + generator + detector + alerts + dashboard, until Ctrl-C",
+        parents=[common],
     )
     run.add_argument("--rate", type=_rate, help="generator tx/s (default TRANSACTIONS_PER_SECOND)")
     run.add_argument("--port", dest="dashboard_port", type=int, help="dashboard port")
@@ -471,7 +488,43 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         return _run(args, settings)
+    if args.command == "alerts":
+        return _alerts(settings)
     raise AssertionError(args.command)
+
+
+def _alerts(settings: Settings) -> int:
+    from fraudstream.alerts.service import AlertService
+    from fraudstream.alerts.sinks import build_sinks
+    from fraudstream.stream import ensure_topics
+    from fraudstream.stream.clients import wait_for_broker
+
+    dashboard = settings.alert_dashboard_url or (
+        f"http://{settings.dashboard_host}:{settings.dashboard_port}"
+    )
+    try:
+        sinks = build_sinks(
+            webhook_url=settings.alert_webhook_url,
+            slack_webhook_url=_secret(settings.alert_slack_webhook_url),
+            smtp_url=_secret(settings.alert_smtp_url),
+            email_from=settings.alert_email_from,
+            email_to=settings.alert_email_to,
+            dashboard_url=dashboard.rstrip("/"),
+            logger=logging.getLogger("fraudstream.alerts"),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    wait_for_broker(settings, settings.startup_timeout_ms / 1000)
+    ensure_topics(settings)
+    stop = _StopOnSignal().install()
+    service = AlertService(settings, sinks)
+    n = service.run(stop)
+    log.info("alerts: stopped after %d alerts from %d fraud records", n, service.records)
+    return 0
+
+
+def _secret(value: Any) -> str | None:
+    return None if value is None else str(value.get_secret_value())
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
@@ -797,6 +850,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     )
     procs = [
         subprocess.Popen([*me, "dashboard"], env=env, start_new_session=True),
+        # stopped in reverse: the generator, the detector, then alerts sends what it decided
+        subprocess.Popen([*me, "alerts"], env=env, start_new_session=True),
         subprocess.Popen([*me, "detect"], env=env, start_new_session=True),
         subprocess.Popen(
             [*me, "generate", "--profile", "sim", *rate], env=env, start_new_session=True

@@ -103,6 +103,19 @@ class Settings(BaseSettings):
     dashboard_history: int = Field(default=200, ge=1, le=10_000)
     dashboard_token: SecretStr | None = None  # when set, the page and stream require it
 
+    # `fraudstream alerts`: its consumer group; fraud on one account within this many
+    # seconds is one alert; at most this many alerts a minute per sink (past it, summaries);
+    # the sinks (the log always; each of these when set); the page alerts link to.
+    alerts_group: str = "fraudstream-alerts"
+    alert_group_window: float = Field(default=60.0, ge=0, le=86_400)
+    alert_rate_limit: int = Field(default=30, ge=1, le=100_000)
+    alert_webhook_url: str | None = None
+    alert_slack_webhook_url: SecretStr | None = None  # the URL is the credential
+    alert_smtp_url: SecretStr | None = None  # smtp://user:pass@host:port or smtps://...
+    alert_email_from: str | None = None
+    alert_email_to: str | None = None  # comma-separated
+    alert_dashboard_url: str | None = None  # default http://DASHBOARD_HOST:DASHBOARD_PORT
+
     @field_validator(
         "kafka_broker_url",
         "transactions_topic",

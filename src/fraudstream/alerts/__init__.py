@@ -1,0 +1,1 @@
+"""Alerts: fraud grouped by account, delivered at least once to every configured sink."""
