@@ -42,6 +42,8 @@ def test_page_shows_red_and_green_rows_live_and_fields_as_text(
     page = browser.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    failed: list[str] = []  # any request the page makes that fails (the favicon was a 404)
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(dashboard + "/")
     expect(page.locator("#status")).to_have_text("live")
 
@@ -75,4 +77,5 @@ def test_page_shows_red_and_green_rows_live_and_fields_as_text(
     # newest first (within a topic partition, where Kafka orders records): ok-2 above ok-1
     expect(page.locator("#decisions tr.legit td.id")).to_have_text(["ok-2", "ok-1"])
     assert dialogs == []
+    assert failed == []
     page.close()

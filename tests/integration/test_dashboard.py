@@ -87,6 +87,8 @@ def test_page_is_served_with_a_content_security_policy(dashboard: str) -> None:
     assert "Fraud Detector" in page.text and 'id="decisions"' in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert httpx.get(dashboard + "/static/app.js").status_code == 200
+    icon = httpx.get(dashboard + "/favicon.ico", follow_redirects=True)  # was a 404
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
 
 
 def test_two_hundred_concurrent_sse_clients_all_receive_new_decisions(

@@ -1,24 +1,18 @@
 """The alert sinks against real local servers: an HTTP receiver (webhook, Slack) and an SMTP
-server (aiosmtpd), both on 127.0.0.1 ports the OS picks."""
+server (aiosmtpd), both on 127.0.0.1 ports the OS picks (tests/receivers.py)."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import logging
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from fraudstream.alerts.alert import Alert
 from fraudstream.alerts.sinks import (
     EmailSink,
     LogSink,
@@ -27,93 +21,35 @@ from fraudstream.alerts.sinks import (
     WebhookSink,
     build_sinks,
 )
+from tests.receivers import HttpReceiver, SmtpReceiver, http_receiver, smtp_receiver
 
 
-@dataclass(frozen=True)
-class FakeAlert:
-    alert_id: str = "a1b2c3d4e5f6a7b8c9d0e1f2"
-    created: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-    account: str = "ACC-42"
-    count: int = 3
-    score: float = 0.97
-    reasons: list[str] = field(
-        default_factory=lambda: ["burst_1h: 7 payments in 1h (max 5)", "model: score 0.97"]
-    )
-    transactions: list[dict[str, Any]] = field(
-        default_factory=lambda: [
+def FakeAlert(**fields: Any) -> Alert:
+    """The real `Alert`, with defaults for what a test does not care about."""
+    values: dict[str, Any] = {
+        "alert_id": "a1b2c3d4e5f6a7b8c9d0e1f2",
+        "created": 1_767_225_600_000,  # 2026-01-01T00:00:00Z
+        "account": "ACC-42",
+        "count": 3,
+        "score": 0.97,
+        "reasons": ["burst_1h: 7 payments in 1h (max 5)", "model: score 0.97"],
+        "transactions": [
             {"id": f"tx-{i}", "decision": {"fraud": True, "score": 0.9 + i / 100}} for i in range(3)
-        ]
-    )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "alert_id": self.alert_id,
-            "created": self.created,
-            "account": self.account,
-            "count": self.count,
-            "score": self.score,
-            "reasons": self.reasons,
-            "transactions": self.transactions,
-        }
+        ],
+    }
+    return Alert(**(values | fields))
 
 
 # --- a local HTTP receiver ----------------------------------------------------------------
 
 
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class Receiver:
-    """Records each POST; answers 500 to the first `fail_first` of them, 200 after."""
-
-    def __init__(self) -> None:
-        self.requests: list[Received] = []
-        self.fail_first = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.requests.append(
-                    Received(self.path, dict(self.headers.items()), json.loads(raw))
-                )
-                failing = len(receiver.requests) <= receiver.fail_first
-                reply = b"boom" if failing else b"ok"
-                self.send_response(500 if failing else 200)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep the test output quiet
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
+def receiver() -> Iterator[HttpReceiver]:
+    with http_receiver() as r:
         yield r
 
 
-def test_webhook_posts_the_alert_json_with_its_idempotency_key(receiver: Receiver) -> None:
+def test_webhook_posts_the_alert_json_with_its_idempotency_key(receiver: HttpReceiver) -> None:
     alert = FakeAlert()
     WebhookSink(receiver.url + "/hooks/fraud").send(alert)
     [req] = receiver.requests
@@ -123,14 +59,15 @@ def test_webhook_posts_the_alert_json_with_its_idempotency_key(receiver: Receive
     assert req.body == alert.to_json()
 
 
-def test_webhook_error_status_raises_and_a_later_send_succeeds(receiver: Receiver) -> None:
+def test_webhook_error_status_raises_and_a_later_send_succeeds(receiver: HttpReceiver) -> None:
     receiver.fail_first = 1
     sink = WebhookSink(receiver.url + "/secret-token-path")
     with pytest.raises(SinkError, match="HTTP 500") as err:
         sink.send(FakeAlert())
     assert "secret-token-path" not in str(err.value)
     sink.send(FakeAlert())  # the retry
-    assert [r.headers["Idempotency-Key"] for r in receiver.requests] == [FakeAlert.alert_id] * 2
+    assert receiver.refused == 1 and len(receiver.posts) == 1
+    assert [r.headers["Idempotency-Key"] for r in receiver.requests] == [FakeAlert().alert_id] * 2
 
 
 def test_webhook_network_error_raises_sink_error() -> None:
@@ -141,7 +78,7 @@ def test_webhook_network_error_raises_sink_error() -> None:
         WebhookSink(f"http://127.0.0.1:{port}/x", timeout=2).send(FakeAlert())
 
 
-def test_webhook_summary_body(receiver: Receiver) -> None:
+def test_webhook_summary_body(receiver: HttpReceiver) -> None:
     alerts = [FakeAlert(alert_id="one"), FakeAlert(alert_id="two", account="ACC-7", count=5)]
     WebhookSink(receiver.url).send_summary(alerts, "sum-1")
     [req] = receiver.requests
@@ -168,7 +105,7 @@ def test_urls_are_validated_without_echoing_them() -> None:
         EmailSink("smtp://u:hunter2@mail:99999", "a@x", ["b@x"])
 
 
-def test_slack_message_lists_reasons_ids_and_the_dashboard_link(receiver: Receiver) -> None:
+def test_slack_message_lists_reasons_ids_and_the_dashboard_link(receiver: HttpReceiver) -> None:
     alert = FakeAlert(
         reasons=["burst_1h: 7 payments in 1h (max 5)", "rule <script>& friends"],
         count=12,
@@ -194,7 +131,7 @@ def test_slack_message_lists_reasons_ids_and_the_dashboard_link(receiver: Receiv
 
 
 def test_slack_without_dashboard_has_no_link_and_summary_is_one_message(
-    receiver: Receiver,
+    receiver: HttpReceiver,
 ) -> None:
     sink = SlackSink(receiver.url, None)
     sink.send(FakeAlert())
@@ -214,67 +151,16 @@ def test_slack_without_dashboard_has_no_link_and_summary_is_one_message(
 # --- a real SMTP server -----------------------------------------------------------------------
 
 
-class AnyPortController(Controller):
-    """aiosmtpd's Controller on port 0: learns the port the OS gave before its start-up
-    probe connects (aiosmtpd 1.4 would connect to port 0 otherwise)."""
-
-    def _trigger_server(self) -> None:
-        assert self.server is not None
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
-
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.envelopes: list[tuple[str, list[str]]] = []
-        self.logins: list[tuple[str, str]] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        assert isinstance(envelope.content, bytes)
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        self.messages.append(msg)
-        self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos)))
-        return "250 Message accepted for delivery"
-
-
-@dataclass
-class SmtpServer:
-    mailbox: Mailbox
-    port: int
-
-
-def _smtp(password: str | None = None) -> Iterator[SmtpServer]:
-    mailbox = Mailbox()
-    kwargs: dict[str, Any] = {}
-    if password is not None:
-
-        def authenticator(
-            server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
-        ) -> AuthResult:
-            assert isinstance(data, LoginPassword)
-            login, given = data.login.decode(), data.password.decode()
-            mailbox.logins.append((login, given))
-            return AuthResult(success=given == password, handled=False)
-
-        kwargs = {"authenticator": authenticator, "auth_require_tls": False}
-    controller = AnyPortController(mailbox, hostname="127.0.0.1", port=0, **kwargs)
-    controller.start()
-    try:
-        yield SmtpServer(mailbox, controller.port)
-    finally:
-        controller.stop()
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpReceiver]:
+    with smtp_receiver() as server:
+        yield server
 
 
 @pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    yield from _smtp()
-
-
-@pytest.fixture
-def smtp_auth_server() -> Iterator[SmtpServer]:
-    yield from _smtp(password="p@ss:w/rd")
+def smtp_auth_server() -> Iterator[SmtpReceiver]:
+    with smtp_receiver(user="alerts@bank", password="p@ss:w/rd") as server:
+        yield server
 
 
 def _parts(msg: EmailMessage) -> tuple[str, str]:
@@ -284,19 +170,17 @@ def _parts(msg: EmailMessage) -> tuple[str, str]:
     return str(plain.get_content()), str(rich.get_content())
 
 
-def test_email_has_text_and_html_parts_subject_and_message_id(smtp_server: SmtpServer) -> None:
+def test_email_has_text_and_html_parts_subject_and_message_id(smtp_server: SmtpReceiver) -> None:
     alert = FakeAlert(reasons=["rule <b>bold</b> & more", "velocity: 3 countries"])
     sink = EmailSink(
-        f"smtp://127.0.0.1:{smtp_server.port}",
+        smtp_server.url,
         "fraud@bank.test",
         ["ops@bank.test", "risk@bank.test"],
         dashboard_url="http://dash.local:5000",
     )
     sink.send(alert)
-    [msg] = smtp_server.mailbox.messages
-    assert smtp_server.mailbox.envelopes == [
-        ("fraud@bank.test", ["ops@bank.test", "risk@bank.test"])
-    ]
+    [msg] = smtp_server.messages
+    assert smtp_server.envelopes == [("fraud@bank.test", ["ops@bank.test", "risk@bank.test"])]
     assert msg.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     assert msg["Subject"] == "Fraud alert: account ACC-42, 3 transactions, score 0.97"
@@ -312,11 +196,11 @@ def test_email_has_text_and_html_parts_subject_and_message_id(smtp_server: SmtpS
     assert link in plain and f'href="{link}"' in rich
 
 
-def test_email_summary_is_one_message(smtp_server: SmtpServer) -> None:
-    sink = EmailSink(f"smtp://127.0.0.1:{smtp_server.port}", "f@x.test", ["o@x.test"])
+def test_email_summary_is_one_message(smtp_server: SmtpReceiver) -> None:
+    sink = EmailSink(smtp_server.url, "f@x.test", ["o@x.test"])
     alerts = [FakeAlert(alert_id="one"), FakeAlert(alert_id="two", account="Z&Co", count=1)]
     sink.send_summary(alerts, "sum-3")
-    [msg] = smtp_server.mailbox.messages
+    [msg] = smtp_server.messages
     assert msg["Subject"] == (
         "Fraud alerts: 2 alerts (4 transactions) in the last minute, rate limit reached"
     )
@@ -327,22 +211,24 @@ def test_email_summary_is_one_message(smtp_server: SmtpServer) -> None:
 
 
 def test_email_logs_in_with_the_url_decoded_user_and_password(
-    smtp_auth_server: SmtpServer,
+    smtp_auth_server: SmtpReceiver,
 ) -> None:
     url = f"smtp://alerts%40bank:p%40ss%3Aw%2Frd@127.0.0.1:{smtp_auth_server.port}"
     EmailSink(url, "f@x.test", ["o@x.test"]).send(FakeAlert())
-    assert smtp_auth_server.mailbox.logins == [("alerts@bank", "p@ss:w/rd")]
-    assert len(smtp_auth_server.mailbox.messages) == 1
+    assert smtp_auth_server.logins == [("alerts@bank", "p@ss:w/rd")]
+    assert len(smtp_auth_server.messages) == 1
 
 
 def test_email_wrong_password_raises_without_the_password(
-    smtp_auth_server: SmtpServer,
+    smtp_auth_server: SmtpReceiver,
 ) -> None:
-    url = f"smtp://alerts:wrong-hunter2@127.0.0.1:{smtp_auth_server.port}"
+    url = f"smtp://alerts%40bank:wrong-hunter2@127.0.0.1:{smtp_auth_server.port}"
     with pytest.raises(SinkError, match="SMTPAuthenticationError") as err:
         EmailSink(url, "f@x.test", ["o@x.test"]).send(FakeAlert())
     assert "hunter2" not in str(err.value)
-    assert smtp_auth_server.mailbox.messages == []
+    assert smtp_auth_server.logins  # the right user: refused for the password alone
+    assert {login for login, _ in smtp_auth_server.logins} == {"alerts@bank"}
+    assert smtp_auth_server.messages == []
 
 
 def test_unreachable_smtp_server_raises_quickly_without_the_password() -> None:
@@ -377,7 +263,7 @@ def test_log_sink_writes_one_warning_per_alert_and_summary(
     first, second = caplog.records
     assert first.levelno == logging.WARNING
     assert first.getMessage() == (
-        f"fraud alert {FakeAlert.alert_id}: account ACC-42, 3 transactions, score 0.97: "
+        f"fraud alert {FakeAlert().alert_id}: account ACC-42, 3 transactions, score 0.97: "
         "burst_1h: 7 payments in 1h (max 5); model: score 0.97"
     )
     assert second.getMessage() == (

@@ -301,15 +301,21 @@ def test_an_aborted_transaction_leaves_the_state_as_it_was() -> None:
     assert engine.decide(txs[3000:]) == clean_again.decide(txs[3000:])
 
 
+def _changelog(engine: Engine, txs: list[Transaction]) -> list[tuple[bytes, bytes | None]]:
+    """Decide `txs` in committed transactions of 500; the changelog records they wrote."""
+    log: list[tuple[bytes, bytes | None]] = []
+    for i in range(0, len(txs), 500):
+        engine.begin()
+        engine.decide(txs[i : i + 500])
+        log += engine.changes()
+        engine.commit()
+    return log
+
+
 def test_changelog_records_restore_an_engine_that_decides_as_the_original() -> None:
     txs = _sim_txs(6000, seed=6)
     original = Engine.from_ruleset(RULES)
-    log: list[tuple[bytes, bytes | None]] = []
-    for i in range(0, 4000, 500):
-        original.begin()
-        original.decide(txs[i : i + 500])
-        log += original.changes()
-        original.commit()
+    log = _changelog(original, txs[:4000])
     restored = Engine.from_ruleset(RULES)
     assert restored.restore(log) == len(log)
     assert restored.decide(txs[4000:]) == original.decide(txs[4000:])
@@ -386,12 +392,7 @@ def test_a_changed_rule_set_keeps_the_state_of_the_rules_it_kept() -> None:
 
     txs = _sim_txs(6000, seed=9)
     before = Engine.from_ruleset(RULES)
-    log: list[tuple[bytes, bytes | None]] = []
-    for i in range(0, 4000, 500):
-        before.begin()
-        before.decide(txs[i : i + 500])
-        log += before.changes()
-        before.commit()
+    log = _changelog(before, txs[:4000])
     described = [k for k, _ in log if k.startswith(b"L\x00")]
     assert described and len(described) == len(set(described))  # once per table and layout
 

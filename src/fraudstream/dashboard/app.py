@@ -21,7 +21,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -129,6 +129,8 @@ def create_app(settings: Settings, feed: Feed | None = None) -> Starlette:
             Route("/", index),
             Route("/stream", stream),
             Route("/healthz", health),
+            # browsers ask for /favicon.ico whatever the page links to
+            Route("/favicon.ico", lambda r: RedirectResponse("/static/favicon.svg", 301)),
             Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
         ],
         middleware=[Middleware(SecurityHeaders)]
