@@ -7,6 +7,7 @@ export FRAUDSTREAM_CACHE ?= $(CURDIR)/.cache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 KAFKA_BROKER_URL ?= localhost:9092
 TOPIC ?= streaming.transactions.fraud
+IDLE_MS ?= 10000
 
 .PHONY: help setup setup-test run test lint format bench chaos consume clean eval model compare reset
 
@@ -60,9 +61,9 @@ $(BENCH_VENV)/.installed: benchmarks/requirements.lock  # kafka-python, quixstre
 	$(BENCH_VENV)/bin/pip install -q -r benchmarks/requirements.lock
 	touch $@
 
-consume: setup  ## read TOPIC with Kafka's own console consumer (read_committed)
+consume: setup  ## read TOPIC with Kafka's own console consumer (read_committed); ends after IDLE_MS (10 s) without a record
 	$(BIN)/fraudstream broker tool console-consumer --bootstrap-server $(KAFKA_BROKER_URL) \
-	  --topic $(TOPIC) --from-beginning --isolation-level read_committed
+	  --topic $(TOPIC) --from-beginning --isolation-level read_committed --timeout-ms $(IDLE_MS)
 
 reset: setup  ## wipe the local broker's data (.fraudstream/broker) after a confirmation
 	$(BIN)/fraudstream reset

@@ -75,9 +75,13 @@ class Transaction(msgspec.Struct, frozen=True, omit_defaults=True):
     def check(self) -> None:
         """Rules msgspec constraints cannot express."""
         amount = self.amount
-        if not math.isfinite(amount) or amount <= 0 or amount > MAX_AMOUNT:
+        if not math.isfinite(amount) or amount <= 0:
             raise InvalidTransaction(
                 "invalid_amount", f"amount must be positive and finite, got {amount!r}"
+            )
+        if amount > MAX_AMOUNT:
+            raise InvalidTransaction(
+                "invalid_amount", f"amount must be at most {MAX_AMOUNT:,.0f}, got {amount!r}"
             )
         cents = amount * 100
         if abs(cents - round(cents)) > 1e-6 * max(1.0, cents):
@@ -167,7 +171,17 @@ def decode_label(value: bytes | None) -> LabelRecord:
     except msgspec.ValidationError as exc:
         raise InvalidTransaction("schema", str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise InvalidTransaction("not_json", str(exc)) from None
+        raise _undecodable(value, exc) from None
+
+
+def _undecodable(value: bytes, exc: Exception) -> InvalidTransaction:
+    """`not_utf8` when the bytes are not UTF-8 text at all, else `not_json` (msgspec reports
+    both as malformed JSON)."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return InvalidTransaction("not_utf8", f"not UTF-8 text: {bad}")
+    return InvalidTransaction("not_json", str(exc))
 
 
 _decoder = msgspec.json.Decoder(Transaction)
@@ -199,10 +213,8 @@ def decode_transaction(
         tx = _decoder.decode(value)
     except msgspec.ValidationError as exc:
         raise InvalidTransaction("schema", str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidTransaction("not_json", str(exc)) from None
-    except UnicodeDecodeError as exc:  # msgspec reports invalid UTF-8 as DecodeError; be safe
-        raise InvalidTransaction("not_utf8", str(exc)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _undecodable(value, exc) from None
     tx.check()
     if tx.id is not None and tx.timestamp is not None:
         return Decoded(tx, b"")

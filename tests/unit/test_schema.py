@@ -54,7 +54,8 @@ def test_given_id_and_rfc3339_timestamp_are_kept() -> None:
         (None, "null_value"),
         (b"", "not_json"),
         (b"not json", "not_json"),
-        (b"\xff\xfe\xfd", "not_json"),
+        (b"\xff\xfe\xfd", "not_utf8"),  # not text at all (the README's class for it)
+        (b"\xff\xfe{}", "not_utf8"),
         (b'{"source":"\xff","target":"b","amount":1,"currency":"EUR"}', "not_utf8"),
         (b"[1, 2]", "schema"),
         (b'{"target":"b","amount":1,"currency":"EUR"}', "schema"),
@@ -83,6 +84,12 @@ def test_invalid_input_is_rejected_with_its_kind(value: bytes | None, kind: str)
         decode_transaction(value)
     assert info.value.kind == kind
     assert str(info.value)
+
+
+def test_an_amount_over_the_maximum_says_so() -> None:
+    """1e23 is positive and finite: the message names the limit it passes."""
+    with pytest.raises(InvalidTransaction, match="at most 1,000,000,000,000, got 1e"):
+        decode_transaction(b'{"source":"a","target":"b","amount":1e23,"currency":"EUR"}')
 
 
 def test_output_keeps_every_input_field_at_top_level_and_adds_the_decision() -> None:
