@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -134,6 +135,27 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A Prometheus endpoint's samples, `name{labels}` -> value ({} while it does not answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return out
+
+
+def sum_of(samples: dict[str, float], name: str) -> float:
+    """The sum of a metric's samples over all its labels."""
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:

@@ -498,6 +498,7 @@ def _alerts(settings: Settings) -> int:
     from fraudstream.alerts.sinks import build_sinks
     from fraudstream.stream import ensure_topics
     from fraudstream.stream.clients import wait_for_broker
+    from fraudstream.stream.metrics import serve as serve_metrics
 
     dashboard = settings.alert_dashboard_url or (
         f"http://{settings.dashboard_host}:{settings.dashboard_port}"
@@ -518,6 +519,7 @@ def _alerts(settings: Settings) -> int:
     ensure_topics(settings)
     stop = _StopOnSignal().install()
     service = AlertService(settings, sinks)
+    serve_metrics(service.registry, settings)
     n = service.run(stop)
     log.info("alerts: stopped after %d alerts from %d fraud records", n, service.records)
     return 0
@@ -678,10 +680,16 @@ def _workers(n: int, settings: Settings) -> int:
         i = sys.argv[1:].index("--workers")
         argv = sys.argv[1:][:i] + sys.argv[1:][i + 2 :]
     base = settings.detector_instance
+    port = settings.metrics_port
+
+    def env(i: int) -> dict[str, str]:  # worker i serves its metrics on METRICS_PORT + i
+        return os.environ | ({"METRICS_PORT": str(port + i)} if port else {})
+
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "fraudstream", *argv, "--instance", f"{base}-{i}"],
             start_new_session=True,
+            env=env(i),
         )
         for i in range(n)
     ]
@@ -758,6 +766,7 @@ def _detect(settings: Settings) -> int:
     from fraudstream.detection.model import limit_native_threads
     from fraudstream.stream import Processor, ensure_topics
     from fraudstream.stream.clients import wait_for_broker
+    from fraudstream.stream.metrics import serve as serve_metrics
 
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
@@ -775,6 +784,7 @@ def _detect(settings: Settings) -> int:
         ", with model" if engine.model else "",
     )
     processor = Processor(settings, engine)
+    serve_metrics(processor.metrics.registry, settings)
     stop = _StopOnSignal().install()
 
     def report() -> None:

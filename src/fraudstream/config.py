@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     dashboard_history: int = Field(default=200, ge=1, le=10_000)
     dashboard_token: SecretStr | None = None  # when set, the page and stream require it
 
+    # Prometheus metrics of `detect` and `alerts` at http://METRICS_HOST:METRICS_PORT/metrics
+    # (unset: none). Two processes on one machine need two ports.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     # `fraudstream alerts`: its consumer group; fraud on one account within this many
     # seconds is one alert; at most this many alerts a minute per sink (past it, summaries);
     # the sinks (the log always; each of these when set); the page alerts link to.

@@ -15,7 +15,7 @@ from fraudstream.alerts.alert import Alert
 from fraudstream.alerts.service import SinkWorker
 from fraudstream.alerts.sinks import WebhookSink
 from fraudstream.config import Settings
-from tests.conftest import env_for, spawn, wait_for
+from tests.conftest import env_for, free_port, scrape, spawn, wait_for
 from tests.receivers import http_receiver, smtp_receiver
 
 T0 = int(time.time() * 1000) - 60_000  # recent: the broker's retention keeps the records
@@ -93,11 +93,19 @@ def test_fraud_is_grouped_by_account_and_reaches_every_sink(
     )
     group = "alerts-" + settings.fraud_topic
     with http_receiver() as hook, smtp_receiver() as smtp:
-        env = _alerts_env(settings, group, ALERT_WEBHOOK_URL=hook.url, ALERT_SMTP_URL=smtp.url)
+        port = free_port()
+        env = _alerts_env(
+            settings,
+            group,
+            ALERT_WEBHOOK_URL=hook.url,
+            ALERT_SMTP_URL=smtp.url,
+            METRICS_PORT=str(port),
+        )
         proc = spawn(["alerts"], env, tmp_path / "alerts.log")
         try:
             wait_for(lambda: len(hook.posts) >= 3 and len(smtp.messages) >= 3, 60, "3 alerts")
             wait_for(lambda: _lag(settings, group) == 0, 30, "offsets committed after delivery")
+            metrics = scrape(f"http://127.0.0.1:{port}/metrics")
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(30)
@@ -120,6 +128,12 @@ def test_fraud_is_grouped_by_account_and_reaches_every_sink(
         ids = {b["alert_id"] for b in hook.bodies()}
         assert {m["Message-ID"] for m in smtp.messages} == {f"<alert-{i}@fraudstream>" for i in ids}
         assert log.count("fraud alert ") == 3  # the log sink, always
+        assert metrics["fraudstream_alerts_total"] == 3
+        assert metrics["fraudstream_alert_records_total"] == 5
+        assert metrics["fraudstream_alerts_pending"] == 0
+        for sink in ("log", "webhook", "email"):
+            assert metrics[f'fraudstream_alert_sink_sent_total{{sink="{sink}"}}'] == 3
+            assert metrics[f'fraudstream_alert_sink_failing{{sink="{sink}"}}'] == 0
 
 
 def test_a_failing_sink_holds_its_alerts_through_a_sigkill_and_resends_the_same_ids(

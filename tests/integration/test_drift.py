@@ -1,4 +1,5 @@
-"""A model trained on one world and run on another says so: in its log and in `status`."""
+"""A model trained on one world and run on another says so: in its log, in `status` and in
+its Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fraudstream.config import Settings
 from fraudstream.generator import generate
 from fraudstream.stream import ensure_topics
 from fraudstream.stream.health import format_status, read_status
-from tests.conftest import env_for, model_rules, spawn, wait_for
+from tests.conftest import env_for, free_port, model_rules, scrape, spawn, sum_of, wait_for
 
 DRIFT = "the model runs on another world than its training days"
 
@@ -29,7 +30,8 @@ def test_a_model_run_on_another_world_warns_and_status_shows_it(
     )
     assert sent.sent == 4000
     log = tmp_path / "detect.log"
-    env = env_for(settings, RULES_FILE=str(rules), STATUS_INTERVAL_MS="200")
+    port = free_port()
+    env = env_for(settings, RULES_FILE=str(rules), STATUS_INTERVAL_MS="200", METRICS_PORT=str(port))
     proc = spawn(["detect"], env, log)
     try:
         wait_for(lambda: DRIFT in log.read_text(), timeout=90, what="the drift warning")
@@ -41,6 +43,20 @@ def test_a_model_run_on_another_world_warns_and_status_shows_it(
             return "MODEL DRIFT: alert rate" in format_status(read_status(settings))
 
         wait_for(status_says_it, timeout=30, what="`fraudstream status` to show the drift")
+
+        def metrics() -> dict[str, float]:
+            return scrape(f"http://127.0.0.1:{port}/metrics")
+
+        wait_for(lambda: sum_of(metrics(), "fraudstream_records_total") == 4000, 60, "4000")
+        m = metrics()
+        drift = [v for k, v in m.items() if k.startswith("fraudstream_model_drift{")]
+        assert drift == [1.0], m
+        assert m['fraudstream_records_total{outcome="fraud"}'] > 0
+        assert m["fraudstream_commit_seconds_count"] >= 1
+        assert m["fraudstream_batch_seconds_count"] >= 1
+        assert m["fraudstream_stalled"] == 0.0 and m["fraudstream_state_bytes"] > 0
+        lags = {k: v for k, v in m.items() if k.startswith("fraudstream_consumer_lag{")}
+        assert lags and all(v >= 0 for v in lags.values())
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()

@@ -18,11 +18,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from fraudstream.alerts.alert import Alert, Grouper
 from fraudstream.alerts.sinks import Sink, SinkError
@@ -160,6 +163,56 @@ class SinkWorker:
             return True
 
 
+class _AlertMetrics(Collector):
+    """Prometheus metrics of an `AlertService`, read when scraped."""
+
+    def __init__(self, service: AlertService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        svc = self.service
+        yield CounterMetricFamily(
+            "fraudstream_alert_records", "Fraud records read", value=svc.records
+        )
+        yield CounterMetricFamily("fraudstream_alerts", "Alerts formed", value=svc.alerts)
+        yield GaugeMetricFamily(
+            "fraudstream_alerts_pending",
+            "Alerts not yet accepted by every sink",
+            value=svc.pending(),
+        )
+        families = {
+            "sent": CounterMetricFamily(
+                "fraudstream_alert_sink_sent", "Alerts a sink accepted", labels=["sink"]
+            ),
+            "failed": CounterMetricFamily(
+                "fraudstream_alert_sink_failures",
+                "Failed deliveries (each retried with backoff)",
+                labels=["sink"],
+            ),
+            "summaries": CounterMetricFamily(
+                "fraudstream_alert_sink_summaries",
+                "Summaries sent instead of alerts over the rate limit",
+                labels=["sink"],
+            ),
+        }
+        backlog = GaugeMetricFamily(
+            "fraudstream_alert_sink_backlog", "Alerts queued for a sink", labels=["sink"]
+        )
+        failing = GaugeMetricFamily(
+            "fraudstream_alert_sink_failing",
+            "1 while a sink's last delivery failed",
+            labels=["sink"],
+        )
+        for w in svc.workers:
+            for attr, family in families.items():
+                family.add_metric([w.name], getattr(w, attr))
+            backlog.add_metric([w.name], w.backlog())
+            failing.add_metric([w.name], 0.0 if w.failing_since is None else 1.0)
+        yield from families.values()
+        yield backlog
+        yield failing
+
+
 class AlertService:
     """The consumer loop; see the module's doc."""
 
@@ -186,6 +239,8 @@ class AlertService:
         self._paused = False
         self._owned: set[int] = set()
         self._next: dict[int, int] = {}  # partition -> next offset to read
+        self.registry = CollectorRegistry()
+        self.registry.register(_AlertMetrics(self))
 
     # --- delivery bookkeeping (sink threads call _accepted) --------------------------------
 

@@ -43,6 +43,7 @@ from fraudstream.stream.clients import base_config, consumer_config
 from fraudstream.stream.collector import ProcessorStats, RecordCollector
 from fraudstream.stream.health import StallWatch, Status, TaskStatus, waits
 from fraudstream.stream.layout import member_name, prepare_topology
+from fraudstream.stream.metrics import RuntimeMetrics
 from fraudstream.stream.snapshot import SnapshotStore
 from fraudstream.stream.task_manager import TaskManager
 from fraudstream.stream.tasks import TaskContext
@@ -65,12 +66,15 @@ class Processor:
         instance: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or RuntimeMetrics()  # served by the caller (METRICS_PORT)
         self.engine = engine
         self.clock = clock
         self.wall_ms = wall_ms  # only to refuse event times from the future
         self.stats = ProcessorStats()
+        self.metrics.attach(lambda: self.stats)
         instance = instance or settings.detector_instance
         name = f"{settings.detector_group}-{instance}"
         static = {"group.instance.id": name} if settings.detector_static_membership else {}
@@ -164,6 +168,7 @@ class Processor:
             if first is not None and batch > 1:
                 msgs += consumer.consume(num_messages=batch - 1, timeout=0)
             if msgs:
+                started = time.perf_counter()
                 try:
                     self._process(msgs)
                 except KafkaException as exc:
@@ -173,6 +178,7 @@ class Processor:
                         raise
                     log.warning("producing failed, aborting and rewinding: %s", exc.args[0])
                     self._abort()
+                self.metrics.batch_seconds.observe(time.perf_counter() - started)
             if staged:
                 manager.backpressure()
             if not txn.in_txn and manager.marks_due():
@@ -260,8 +266,10 @@ class Processor:
     # --- the commit cycle ------------------------------------------------------------------
 
     def _commit(self) -> None:
+        started = time.perf_counter()
         with self.txn.watched():
             self._commit_once()
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
 
     def _commit_once(self) -> None:
         assert self.manager is not None and self.topology is not None
@@ -398,9 +406,18 @@ class Processor:
                 )
             else:
                 log.info("the model's decisions are back within their training days' range")
+        stalled = self._stall.stalled(now, pending=pending)
+        h = self.metrics.health
+        h.buffered = {(t.stage, t.partition): t.buffered for t in tasks if t.upstream}
+        h.lag = self.manager.lag()
+        h.state_bytes = self.manager.state_bytes()
+        h.last_commit_age_s = (
+            (self.wall_ms() - self._last_commit_ms) / 1000 if self._last_commit_ms else 0.0
+        )
+        h.stalled, h.drift, h.dead_letters = stalled, self._drift_said, dict(skipped)
         if now >= self._next_status:
             self._next_status = now + self.settings.status_interval_ms / 1000
-            self._publish_status(tasks, stalled=self._stall.stalled(now, pending=pending))
+            self._publish_status(tasks, stalled=stalled)
 
     def _publish_status(self, tasks: list[TaskStatus], *, stalled: bool) -> None:
         assert self.topology is not None

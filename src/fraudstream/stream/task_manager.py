@@ -464,6 +464,19 @@ class TaskManager:
             f"{tp.topic}[{tp.partition}] at {tp.offset} of {high}" for tp, high in self._behind(tps)
         ]
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records not read yet per assigned partition (cached watermarks: no request)."""
+        tps = [TopicPartition(t, p) for t, p in self.tasks]
+        out = {(t, p): 0 for t, p in self.tasks}
+        for tp, high in self._behind(tps):
+            out[(tp.topic, tp.partition)] = high - tp.offset
+        return out
+
+    def state_bytes(self) -> int:
+        """Detection state the tasks hold in memory."""
+        engines = {id(t.engine): t.engine for t in self.tasks.values() if t.engine is not None}
+        return sum(e.state_bytes() for e in engines.values())
+
     def _behind(self, tps: list[TopicPartition]) -> list[tuple[TopicPartition, int]]:
         """Those of `tps` whose reading position is below their end, with that end (the
         consumer's cached watermarks: no request to the broker)."""
