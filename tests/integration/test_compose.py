@@ -10,10 +10,10 @@ from typing import Any
 from tests.conftest import REPO
 
 
-def config(*files: str) -> dict[str, Any]:
+def config(*files: str, profile: str | None = None) -> dict[str, Any]:
     docker = shutil.which("docker")
     assert docker, "the docker CLI is needed; `make setup-test` installs the compose plugin"
-    args = [docker, "compose"]
+    args = [docker, "compose"] + (["--profile", profile] if profile else [])
     for f in files:
         args += ["-f", str(REPO / f)]
     out = subprocess.run(
@@ -37,10 +37,10 @@ def test_kafka_composition_is_one_kraft_broker_on_the_external_network() -> None
     assert c["networks"]["default"] == {"name": "kafka-network", "external": True, "ipam": {}}
 
 
-def test_app_composition_runs_generator_detector_dashboard_from_one_dockerfile() -> None:
+def test_app_composition_runs_generator_detector_alerts_dashboard_from_one_dockerfile() -> None:
     c = config("docker-compose.yml")
     services = c["services"]
-    assert sorted(services) == ["dashboard", "detector", "generator"]
+    assert sorted(services) == ["alerts", "dashboard", "detector", "generator"]
     for name, svc in services.items():
         assert svc["build"]["dockerfile"] == "Dockerfile", name
         env = svc["environment"]
@@ -51,6 +51,28 @@ def test_app_composition_runs_generator_detector_dashboard_from_one_dockerfile()
     assert services["generator"]["environment"]["TRANSACTIONS_PER_SECOND"] == "1000"
     assert services["generator"]["command"] == ["generate", "--profile", "sim"]
     assert services["detector"]["command"] == ["detect"]
+    assert services["alerts"]["command"] == ["alerts"]
+    assert services["detector"]["environment"]["METRICS_PORT"] == "9100"
+    assert services["alerts"]["environment"]["METRICS_PORT"] == "9101"
     assert services["dashboard"]["ports"][0]["target"] == 5000
     assert c["networks"]["default"]["name"] == "kafka-network"
     assert c["networks"]["default"]["external"] is True
+
+
+def test_the_monitoring_profile_adds_prometheus_scraping_both_and_grafana_provisioned() -> None:
+    import yaml
+
+    c = config("docker-compose.yml", profile="monitoring")
+    services = c["services"]
+    assert {"prometheus", "grafana"} <= set(services)
+    scrape = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    targets = {
+        t for job in scrape["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    }
+    assert targets == {
+        f"detector:{services['detector']['environment']['METRICS_PORT']}",
+        f"alerts:{services['alerts']['environment']['METRICS_PORT']}",
+    }
+    mounts = {v["target"]: v["source"] for v in services["grafana"]["volumes"]}
+    assert mounts["/etc/grafana/provisioning"].endswith("deploy/grafana/provisioning")
+    assert mounts["/var/lib/grafana/dashboards"].endswith("deploy/grafana/dashboards")

@@ -1,0 +1,45 @@
+"""The Grafana dashboard shipped in deploy/ queries only metrics the code exposes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fraudstream.alerts.service import AlertService
+from fraudstream.alerts.sinks import LogSink
+from fraudstream.config import load_settings
+from fraudstream.stream.collector import ProcessorStats
+from fraudstream.stream.metrics import RuntimeMetrics
+from tests.conftest import REPO
+
+
+def _exposed() -> set[str]:
+    detector = RuntimeMetrics()
+    detector.attach(ProcessorStats)
+    detector.health.buffered = {("by-target", 0): 3}
+    detector.health.lag = {("tx", 0): 5}
+    detector.health.dead_letters = {"not_json": 1}
+    alerts = AlertService(load_settings(_env_file=None), [LogSink(logging.getLogger("t"))])
+    names = set()
+    for registry in (detector.registry, alerts.registry):
+        text = generate_latest(registry).decode()
+        for family in text_string_to_metric_families(text):
+            names |= {s.name for s in family.samples}
+    return names
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_exposed() -> None:
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/fraudstream.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"fraudstream_[a-z_]+", target["expr"])
+    }
+    exposed = _exposed()
+    assert len(queried) >= 15
+    assert queried <= exposed, sorted(queried - exposed)
