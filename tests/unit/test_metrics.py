@@ -43,3 +43,21 @@ def test_every_metric_the_grafana_dashboard_queries_is_exposed() -> None:
     exposed = _exposed()
     assert len(queried) >= 15
     assert queried <= exposed, sorted(queried - exposed)
+
+
+def test_the_detectors_totals_are_its_committed_counts() -> None:
+    stats = ProcessorStats(legit=7, fraud=2, dead_letter=3, commits=4)
+    stats.dead_letters.update({"not_json": 2, "not_utf8": 1})
+    metrics = RuntimeMetrics()
+    metrics.attach(lambda: stats)
+    text = generate_latest(metrics.registry).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("fraudstream_records_total", (("outcome", "fraud"),))] == 2
+    assert samples[("fraudstream_records_total", (("outcome", "dead_letter"),))] == 3
+    assert samples[("fraudstream_dead_letters_total", (("error_class", "not_json"),))] == 2
+    assert samples[("fraudstream_dead_letters_total", (("error_class", "not_utf8"),))] == 1
+    assert samples[("fraudstream_commits_total", ())] == 4

@@ -13,8 +13,9 @@ producer's queue is full (so a slow broker slows the reading, not the memory).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fraudstream.config import Settings
@@ -34,6 +35,7 @@ class ProcessorStats:
     aborts: int = 0
     renewed: int = 0  # producers replaced after a commit that kept timing out
     restored_keys: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)  # by error class
 
     @property
     def total(self) -> int:
@@ -104,6 +106,7 @@ class RecordCollector:
         headers = dlq_headers(msg, error_class, message, stage)
         self.send(self.dlq_topic, msg.value(), msg.key(), headers)
         self.pending.dead_letter += 1
+        self.pending.dead_letters[error_class] += 1
 
     def forward(self, dest: tuple[str, int], envs: list[Envelope]) -> None:
         """Envelopes for a repartition partition, in order: into that destination's block

@@ -79,6 +79,14 @@ class _Totals(Collector):
         for outcome in ("legit", "fraud", "dead_letter"):
             records.add_metric([outcome], getattr(s, outcome))
         yield records
+        dead = CounterMetricFamily(
+            "fraudstream_dead_letters",
+            "Input records dead-lettered and committed, by class",
+            labels=["error_class"],
+        )
+        for kind, n in sorted(s.dead_letters.items()):
+            dead.add_metric([kind], n)
+        yield dead
         yield CounterMetricFamily("fraudstream_commits", "Transactions committed", value=s.commits)
         yield CounterMetricFamily(
             "fraudstream_aborts", "Transactions aborted and redone", value=s.aborts

@@ -300,6 +300,7 @@ class Processor:
             s.fraud + done.fraud,
             s.dead_letter + done.dead_letter,
         )
+        s.dead_letters.update(done.dead_letters)
         s.commits += 1
         self._last_commit_ms = self.wall_ms()
         if manager.snapshot_due():
