@@ -28,20 +28,44 @@ log = logging.getLogger("fraudstream")
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
-def _settings_flags() -> argparse.ArgumentParser:
+_TOPIC_FLAGS = {
+    "transactions": ("--transactions-topic", "input topic (TRANSACTIONS_TOPIC)"),
+    "legit": ("--legit-topic", "decided-legit topic (LEGIT_TOPIC)"),
+    "fraud": ("--fraud-topic", "decided-fraud topic (FRAUD_TOPIC)"),
+    "dlq": ("--dlq-topic", "dead-letter topic (DLQ_TOPIC)"),
+}
+_ALL_TOPICS = ("transactions", "legit", "fraud", "dlq")
+
+
+def _settings_flags(
+    topics: Sequence[str] = _ALL_TOPICS, *, partitions: bool = True
+) -> argparse.ArgumentParser:
+    """The Kafka flags a command uses: the broker, and only the topics it reads or writes."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("Kafka (override the environment and .env)")
-    g.add_argument("--broker-url", dest="kafka_broker_url", metavar="HOST:PORT")
-    g.add_argument("--transactions-topic", metavar="TOPIC")
-    g.add_argument("--legit-topic", metavar="TOPIC")
-    g.add_argument("--fraud-topic", metavar="TOPIC")
-    g.add_argument("--dlq-topic", metavar="TOPIC")
-    g.add_argument("--partitions", dest="topic_partitions", type=int, metavar="N")
+    g.add_argument(
+        "--broker-url",
+        dest="kafka_broker_url",
+        metavar="HOST:PORT",
+        help="bootstrap servers (KAFKA_BROKER_URL, default localhost:9092)",
+    )
+    for name in topics:
+        flag, text = _TOPIC_FLAGS[name]
+        g.add_argument(flag, metavar="TOPIC", help=text)
+    if partitions:
+        g.add_argument(
+            "--partitions",
+            dest="topic_partitions",
+            type=int,
+            metavar="N",
+            help="partitions of topics created when missing (TOPIC_PARTITIONS, default 6)",
+        )
     return p
 
 
 def _parser() -> argparse.ArgumentParser:
     common = _settings_flags()
+    broker_only = _settings_flags((), partitions=False)
     parser = argparse.ArgumentParser(
         prog="fraudstream", description="Real-time fraud detection on Apache Kafka."
     )
@@ -55,9 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "exit 0 when the local broker runs"),
         ("fetch", "only fetch the Kafka artifacts from Maven Central"),
     ]:
-        a = bsub.add_parser(action, help=text, parents=[common])
+        a = bsub.add_parser(action, help=text, parents=[broker_only])
         a.add_argument("--port", type=int, help="broker port (default: from KAFKA_BROKER_URL)")
-        a.add_argument("--data-dir", type=Path, default=Path(".fraudstream/broker"))
+        a.add_argument(
+            "--data-dir",
+            type=Path,
+            default=Path(".fraudstream/broker"),
+            help="where the broker keeps its logs and metadata (default .fraudstream/broker)",
+        )
     tool = bsub.add_parser(
         "tool", help="run an official Kafka tool from the fetched jars, e.g. console-consumer"
     )
@@ -70,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         help="per stage and partition: committed, end, lag, buffered, last mark; exit 1 when "
         "the group is stalled",
-        parents=[common],
+        parents=[_settings_flags(("transactions",), partitions=False)],
     )
     st.add_argument(
         "--group", dest="detector_group", help="the detector group (default: DETECTOR_GROUP)"
@@ -96,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         help="without --group: the local broker's data directory to wipe",
     )
 
-    gen = sub.add_parser("generate", help="stream random transactions", parents=[common])
+    gen = sub.add_parser(
+        "generate", help="stream random transactions", parents=[_settings_flags(("transactions",))]
+    )
     gen.add_argument("--rate", type=_rate, help="tx/s, or 'max' (default TRANSACTIONS_PER_SECOND)")
     gen.add_argument("--count", type=_count, help="stop after N transactions (default: run on)")
     gen.add_argument("--seed", type=int, help="random seed, for a reproducible stream")
@@ -128,9 +159,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     det.add_argument("--group", dest="detector_group", help="consumer group id")
     det.add_argument("--instance", dest="detector_instance", help="this instance's name")
-    det.add_argument("--batch-size", type=int)
-    det.add_argument("--commit-interval-ms", type=int)
-    det.add_argument("--commit-records", type=int)
+    det.add_argument(
+        "--batch-size", type=int, help="records per consume call (BATCH_SIZE, default 1000)"
+    )
+    det.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        help="commit a transaction at least this often (COMMIT_INTERVAL_MS, default 50)",
+    )
+    det.add_argument(
+        "--commit-records",
+        type=int,
+        help="or after this many records (COMMIT_RECORDS, default 20000)",
+    )
     det.add_argument("--rules", dest="rules_file", help="rules file (default rules/default.yaml)")
     det.add_argument(
         "--workers",
@@ -172,7 +213,12 @@ def _parser() -> argparse.ArgumentParser:
         "train", help="fit the model on labelled history (split in time)", parents=[common, history]
     )
     tr.add_argument("--rules", dest="rules_file", help="rules whose hits join the features")
-    tr.add_argument("--out", type=Path, default=Path("models/default.model"))
+    tr.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models/default.model"),
+        help="where to write the model (default models/default.model)",
+    )
     tr.add_argument(
         "--test-share",
         type=_share_excl,
@@ -218,17 +264,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--decisions", nargs="+", help="files or topics (default legit + fraud)")
     ev.add_argument("--labels", help="a file or a topic (default LABELS_TOPIC)")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.add_argument("--top-k", type=_top_k, default=100, help=TOP_K_HELP)
 
-    dash = sub.add_parser("dashboard", help="serve the live web page", parents=[common])
-    dash.add_argument("--host", dest="dashboard_host")
-    dash.add_argument("--port", dest="dashboard_port", type=int)
+    dash = sub.add_parser(
+        "dashboard",
+        help="serve the live web page",
+        parents=[_settings_flags(("legit", "fraud"), partitions=False)],
+    )
+    dash.add_argument(
+        "--host", dest="dashboard_host", help="address to listen on (DASHBOARD_HOST, 127.0.0.1)"
+    )
+    dash.add_argument(
+        "--port", dest="dashboard_port", type=int, help="port (DASHBOARD_PORT, default 5000)"
+    )
 
     al = sub.add_parser(
         "alerts",
         help="notify people of fraud (log, webhook, Slack, email), until Ctrl-C",
-        parents=[common],
+        parents=[_settings_flags(("fraud",))],
         description="Read the fraud topic and send one alert per account per "
         "ALERT_GROUP_WINDOW seconds to the log and every sink configured: ALERT_WEBHOOK_URL, "
         "ALERT_SLACK_WEBHOOK_URL, ALERT_SMTP_URL with ALERT_EMAIL_FROM and ALERT_EMAIL_TO. "
@@ -246,6 +300,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--rate", type=_rate, help="generator tx/s (default TRANSACTIONS_PER_SECOND)")
     run.add_argument("--port", dest="dashboard_port", type=int, help="dashboard port")
+    run.add_argument(
+        "--rules", dest="rules_file", help="the detector's rules file (default rules/default.yaml)"
+    )
     return parser
 
 
@@ -819,9 +876,11 @@ def _detect(settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     """Everything at once, each app in its own process; Ctrl-C stops all of them cleanly."""
     from fraudstream.broker import LocalBroker
+    from fraudstream.detection import load_ruleset
     from fraudstream.locks import ProcessLock
     from fraudstream.stream import check_connection, ensure_topics
 
+    load_ruleset(Path(settings.rules_file or "rules/default.yaml"))  # a bad file stops here
     url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
     lock = ProcessLock.acquire(
         "run", settings.kafka_broker_url, directory=settings.lock_dir, info=url
@@ -845,15 +904,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"starting Kafka at {broker.bootstrap} …", file=sys.stderr)
             broker.start()
     ensure_topics(settings)
-    env = os.environ | {
-        "KAFKA_BROKER_URL": settings.kafka_broker_url,
-        "TRANSACTIONS_TOPIC": settings.transactions_topic,
-        "LEGIT_TOPIC": settings.legit_topic,
-        "FRAUD_TOPIC": settings.fraud_topic,
-        "DLQ_TOPIC": settings.dlq_topic,
-        "LABELS_TOPIC": settings.labels_topic,
-        "DASHBOARD_PORT": str(settings.dashboard_port),
-    }
+    env = (
+        os.environ
+        | {
+            "KAFKA_BROKER_URL": settings.kafka_broker_url,
+            "TRANSACTIONS_TOPIC": settings.transactions_topic,
+            "LEGIT_TOPIC": settings.legit_topic,
+            "FRAUD_TOPIC": settings.fraud_topic,
+            "DLQ_TOPIC": settings.dlq_topic,
+            "LABELS_TOPIC": settings.labels_topic,
+            "DASHBOARD_PORT": str(settings.dashboard_port),
+        }
+        | ({"RULES_FILE": settings.rules_file} if settings.rules_file else {})
+    )
     me = [sys.executable, "-m", "fraudstream"]
     rate = (
         [] if args.rate is None else ["--rate", "max" if math.isinf(args.rate) else str(args.rate)]

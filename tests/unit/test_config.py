@@ -149,3 +149,34 @@ def test_kafka_variables_in_the_env_file_are_checked_too(
     with pytest.raises(ConfigError, match=r"KAFKA_BROKR_URL: .*did you mean KAFKA_BROKER_URL"):
         load_settings()
     load_settings(_env_file=None)  # no env file: nothing read from it
+
+
+def test_every_flag_of_every_command_says_what_it_does() -> None:
+    """`--help` explains each flag; a command lists only the topic flags it uses."""
+    import argparse
+
+    from fraudstream.cli import _parser
+
+    def flags(parser: argparse.ArgumentParser, path: str) -> dict[str, list[argparse.Action]]:
+        out = {path: [a for a in parser._actions if a.option_strings]}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out |= flags(sub, f"{path} {name}")
+        return out
+
+    commands = flags(_parser(), "fraudstream")
+    silent = [
+        f"{path} {a.option_strings[0]}"
+        for path, actions in commands.items()
+        for a in actions
+        if not a.help and "-h" not in a.option_strings
+    ]
+    assert silent == []
+
+    def opts(path: str) -> set[str]:
+        return {o for a in commands[path] for o in a.option_strings}
+
+    assert not {"--fraud-topic", "--dlq-topic"} & opts("fraudstream broker start")
+    assert "--dlq-topic" not in opts("fraudstream dashboard")
+    assert opts("fraudstream alerts") & {"--fraud-topic", "--legit-topic"} == {"--fraud-topic"}
