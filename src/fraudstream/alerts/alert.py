@@ -59,11 +59,20 @@ class Group:
         digest = hashlib.sha256("\x00".join([self.account, *sorted(ids)]).encode())
         reasons: dict[str, None] = {}
         score = 0.0
-        for r in self.records:
-            decision = r.get("decision") or {}
-            score = max(score, float(decision.get("score") or 0.0))
-            for reason in decision.get("reasons") or []:
-                text = f"{reason.get('rule', '?')}: {reason.get('reason', '')}"
+        for r in self.records:  # a record of another shape still alerts, with what it has
+            decision = r.get("decision")
+            if not isinstance(decision, dict):
+                continue
+            value = decision.get("score")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                score = max(score, float(value))
+            found = decision.get("reasons")
+            for reason in found if isinstance(found, list) else []:
+                text = (
+                    f"{reason.get('rule', '?')}: {reason.get('reason', '')}"
+                    if isinstance(reason, dict)
+                    else str(reason)
+                )
                 reasons.setdefault(text, None)
         return Alert(
             alert_id=digest.hexdigest()[:24],

@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fraudstream.alerts.alert import Alert, Grouper
-from fraudstream.alerts.sinks import Sink, SinkError
+from fraudstream.alerts.sinks import Sink
 from fraudstream.config import Settings
 from fraudstream.stream.clients import consumer_config
 
@@ -37,7 +37,9 @@ __all__ = ["AlertService", "SinkWorker"]
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000  # alerts not yet accepted by every sink, before reading pauses
+SUMMARY_MAX = 500  # alerts in one summary at most (the rest wait for the next token)
 COMMIT_INTERVAL_S = 1.0
+STOP_TIMEOUT_S = 10.0  # what the sinks get to deliver what they hold at a stop
 _decode = msgspec.json.Decoder().decode
 
 
@@ -79,13 +81,20 @@ class SinkWorker:
     def backlog(self) -> int:
         return self._queue.qsize()
 
-    def stop(self, timeout: float) -> None:
-        """Deliver what is queued for up to `timeout` seconds, then give up (the offsets of
-        what was not delivered stay uncommitted: the next run sends it)."""
+    def close(self) -> None:
+        """Deliver what is queued, then end (see `join`)."""
         self._queue.put(None)
-        self._thread.join(timeout)
+
+    def join(self, deadline: float) -> None:
+        """Wait until `deadline` (time.monotonic) for the queue to drain, then give up (the
+        offsets of what was not delivered stay uncommitted: the next run sends it)."""
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         self._stop.set()
-        self._thread.join(5)
+        self._thread.join(2)
+
+    def stop(self, timeout: float) -> None:
+        self.close()
+        self.join(time.monotonic() + timeout)
 
     def _take_token(self) -> bool:
         now = self._clock()
@@ -122,7 +131,7 @@ class SinkWorker:
                 over_rate = True
                 continue
             summary = over_rate and len(waiting) > 1
-            batch = waiting if summary else waiting[:1]
+            batch = waiting[:SUMMARY_MAX] if summary else waiting[:1]
             if not self._deliver(batch, summary):
                 return  # stopped while retrying
             waiting = waiting[len(batch) :]
@@ -140,7 +149,7 @@ class SinkWorker:
                     self.summaries += 1
                 else:
                     self.sink.send(batch[0])
-            except SinkError as exc:
+            except Exception as exc:  # SinkError, or a sink's bug: retried all the same
                 self.failed += 1
                 if self.failing_since is None:
                     self.failing_since = self._clock()
@@ -239,6 +248,7 @@ class AlertService:
         self._paused = False
         self._owned: set[int] = set()
         self._next: dict[int, int] = {}  # partition -> next offset to read
+        self._start: dict[int, int] = {}  # partition -> first offset read since assigned
         self.registry = CollectorRegistry()
         self.registry.register(_AlertMetrics(self))
 
@@ -273,8 +283,10 @@ class AlertService:
         with self._lock:
             needed: dict[int, int] = {}
             for alert, _ in self._pending.values():
-                p = alert.partition
-                needed[p] = min(needed.get(p, alert.offsets[0]), alert.offsets[0])
+                p, first = alert.partition, alert.offsets[0]
+                if first < self._start.get(p, first):
+                    continue  # read while an earlier assignment: its commit is not ours
+                needed[p] = min(needed.get(p, first), first)
         out = []
         for p in sorted(self._owned):
             if p not in self._next:
@@ -296,17 +308,26 @@ class AlertService:
 
         def assigned(c: Consumer, parts: list[TopicPartition]) -> None:
             self._owned |= {tp.partition for tp in parts}
+            if self._paused:
+                c.pause(parts)
             log.info("alerts: reading %s partitions %s", s.fraud_topic, _ps(parts))
 
-        def revoked(c: Consumer, parts: list[TopicPartition]) -> None:
-            gone = {tp.partition for tp in parts}
-            self._commit(c, only=gone)
+        def forget(gone: set[int]) -> None:
             self.grouper.drop(gone)
             self._owned -= gone
             for p in gone:
                 self._next.pop(p, None)
+                self._start.pop(p, None)
 
-        consumer.subscribe([s.fraud_topic], on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+        def revoked(c: Consumer, parts: list[TopicPartition]) -> None:
+            gone = {tp.partition for tp in parts}
+            self._commit(c, only=gone)
+            forget(gone)
+
+        def lost(c: Consumer, parts: list[TopicPartition]) -> None:
+            forget({tp.partition for tp in parts})  # another member owns them: no commit
+
+        consumer.subscribe([s.fraud_topic], on_assign=assigned, on_revoke=revoked, on_lost=lost)
         for w in self.workers:
             w.start()
         log.info(
@@ -316,7 +337,7 @@ class AlertService:
             self.grouper.window_ms / 1000,
         )
         last_commit = started = time.monotonic()
-        said = False
+        said = clean = False
         try:
             while not stop.is_set():
                 if not self._owned and not said and time.monotonic() - started > 5:
@@ -329,9 +350,9 @@ class AlertService:
                     )
                     said = True
                 self._backpressure(consumer)
-                msgs = [] if self._paused else consumer.consume(500, timeout=0.2)
-                if self._paused:
-                    stop.wait(0.2)
+                # polled while paused too (paused partitions return nothing): a member that
+                # stops polling for max.poll.interval.ms is dropped from its group
+                msgs = consumer.consume(500, timeout=0.2)
                 wall = _now_ms()
                 for m in msgs:
                     if m.error():
@@ -343,10 +364,15 @@ class AlertService:
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                     self._commit(consumer)
                     last_commit = time.monotonic()
+            clean = True
         finally:
+            for w in self.workers:  # all drain at once, within one deadline
+                w.close()
+            deadline = time.monotonic() + STOP_TIMEOUT_S
             for w in self.workers:
-                w.stop(timeout=10)
-            self._commit(consumer)
+                w.join(deadline)
+            if clean:  # an exception on its way out commits nothing it may have skipped
+                self._commit(consumer)
             consumer.close()
             held = self.pending()
             if held:
@@ -359,6 +385,7 @@ class AlertService:
 
     def _record(self, m: Any, wall: int) -> None:
         p, offset = m.partition(), m.offset()
+        self._start.setdefault(p, offset)
         self._next[p] = offset + 1
         self.records += 1
         try:

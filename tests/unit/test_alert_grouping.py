@@ -1,0 +1,55 @@
+"""Alert grouping: by account within a window of record time, ids from the content, and
+records of any shape still alerting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fraudstream.alerts.alert import Grouper
+
+W = 60_000
+
+
+def _rec(tx: str, account: str, decision: Any = None) -> dict[str, Any]:
+    default = {"score": 0.9, "reasons": [{"rule": "r", "reason": "why"}]}
+    return {"id": tx, "source": account, "decision": default if decision is None else decision}
+
+
+def test_one_alert_per_account_and_window_with_a_content_id() -> None:
+    g = Grouper(W)
+    assert g.add(0, 10, 1_000, _rec("a1", "A"), wall_ms=0) is None
+    assert g.add(0, 11, 2_000, _rec("b1", "B"), wall_ms=0) is None
+    assert g.add(0, 12, 30_000, _rec("a2", "A"), wall_ms=0) is None
+    closed = g.add(0, 13, 63_000, _rec("a3", "A"), wall_ms=0)  # past A's window
+    assert closed is not None and [r["id"] for r in closed.records] == ["a1", "a2"]
+    alert = closed.alert(5)
+    assert (alert.account, alert.count, alert.offsets, alert.reasons) == (
+        "A",
+        2,
+        (10, 12),
+        ["r: why"],
+    )
+    assert g.first_open_offset(0) == 11  # B's group, still open
+    due = g.close_due(wall_ms=0)  # the partition passed B's window (63 s > 2 + 60 s)
+    assert [d.account for d in due] == ["B"]
+    again = Grouper(W)  # the same records read again form the same alert id
+    again.add(0, 10, 1_000, _rec("a1", "A"), wall_ms=99)
+    again.add(0, 12, 30_000, _rec("a2", "A"), wall_ms=99)
+    assert again.close_all()[0].alert(7).alert_id == alert.alert_id
+    assert g.close_due(wall_ms=W)[0].records[0]["id"] == "a3"  # a quiet stream: wall time
+
+
+def test_records_of_another_shape_still_alert() -> None:
+    g = Grouper(W)
+    odd = [
+        _rec("x1", "A", {"score": "high", "reasons": ["velocity"]}),
+        _rec("x2", "A", {"score": True, "reasons": "one reason"}),
+        _rec("x3", "A", "fraud"),
+        {"id": "x4"},  # not even an account
+    ]
+    for i, r in enumerate(odd):
+        g.add(0, i, 1_000 + i, r, wall_ms=0)
+    alerts = [grp.alert(0) for grp in g.close_all()]
+    assert sorted((a.account, a.count) for a in alerts) == [("?", 1), ("A", 3)]
+    a = next(x for x in alerts if x.account == "A")
+    assert a.score == 0.0 and a.reasons == ["velocity"]
