@@ -2,7 +2,8 @@
 
 Every command a user runs, and the detector and dashboard processes, run with
 KAFKA_SASL_PASSWORD set; no line of any of their logs (stdout and stderr, with LOG_LEVEL=DEBUG)
-holds the password, plain or URL-encoded. (librdkafka's own `debug` output cannot be switched on
+holds the password, plain or URL-encoded; nor does the alerts process's, with the password
+in its SMTP URL and in its Slack webhook's path, while both sinks fail and are retried. (librdkafka's own `debug` output cannot be switched on
 from the environment: KAFKA_DEBUG is one of Kafka's script variables, never passed on.) The
 broker here speaks PLAINTEXT, which librdkafka accepts with SASL settings it then does not use
 (it warns that they do not apply); the error paths run too: a SASL connection the broker
@@ -11,9 +12,11 @@ refuses, a misspelt secret variable, and an invalid setting beside the password.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -70,9 +73,30 @@ def test_the_sasl_password_is_in_no_log(settings: Settings, tmp_path: Path) -> N
     finally:
         detect.send_signal(signal.SIGTERM)
         codes["detect"] = detect.wait(60)
-    codes["status"] = _run(["status"], env, logs / "status.log")
-    codes["status --json"] = _run(["status", "--json"], env, logs / "status-json.log")
-    codes["evaluate"] = _run(["evaluate"], env, logs / "evaluate.log")
+    # alerts, with the password also in its SMTP URL (a server that refuses the connection,
+    # so every delivery fails and is logged) and a Slack webhook URL, whose path is a secret
+    smtp = f"smtp://alerts:{quote(PASSWORD, safe='')}@127.0.0.1:1"
+    slack = f"http://127.0.0.1:1/services/{PASSWORD}"
+    alerts_env = env | {
+        "ALERT_SMTP_URL": smtp,
+        "ALERT_EMAIL_FROM": "fs@example.org",
+        "ALERT_EMAIL_TO": "analyst@example.org",
+        "ALERT_SLACK_WEBHOOK_URL": slack,
+        "ALERT_GROUP_WINDOW": "0",
+    }
+    alerts = spawn(["alerts"], alerts_env, logs / "alerts.log")
+    try:
+        wait_for(
+            lambda: (
+                "alert sink email failed" in (logs / "alerts.log").read_text()
+                and "alert sink slack failed" in (logs / "alerts.log").read_text()
+            ),
+            timeout=60,
+            what="the alerts process to try its sinks",
+        )
+    finally:
+        alerts.send_signal(signal.SIGTERM)
+        codes["alerts"] = alerts.wait(60)
     with running_dashboard(settings, logs / "dashboard.log", **SASL) as url:
         assert httpx.get(url + "/", timeout=10).status_code == 200
     # the password in a .env file rather than the environment
@@ -80,15 +104,25 @@ def test_the_sasl_password_is_in_no_log(settings: Settings, tmp_path: Path) -> N
     dotenv.mkdir()
     (dotenv / ".env").write_text(f"KAFKA_SASL_PASSWORD={PASSWORD}\n")
     without = {k: v for k, v in env.items() if k != "KAFKA_SASL_PASSWORD"}
-    codes["topics (.env)"] = _run(["topics"], without, logs / "topics-dotenv.log", cwd=dotenv)
-
     # error paths: SASL the broker does not speak, a misspelt secret, a bad setting beside it
     sasl = env | {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
-    codes["topics over SASL"] = _run(["topics"], sasl, logs / "topics-sasl.log")
     typo = {k: v for k, v in env.items() if k != "KAFKA_SASL_PASSWORD"}
     typo["KAFKA_SASL_PASWORD"] = PASSWORD
-    codes["misspelt"] = _run(["topics"], typo, logs / "misspelt.log")
-    codes["bad setting"] = _run(["detect"], env | {"BATCH_SIZE": "0"}, logs / "bad-setting.log")
+    runs: dict[str, tuple[list[str], dict[str, str], str, Path]] = {
+        "status": (["status"], env, "status.log", REPO),
+        "status --json": (["status", "--json"], env, "status-json.log", REPO),
+        "evaluate": (["evaluate"], env, "evaluate.log", REPO),
+        "topics (.env)": (["topics"], without, "topics-dotenv.log", dotenv),
+        "topics over SASL": (["topics"], sasl, "topics-sasl.log", REPO),
+        "misspelt": (["topics"], typo, "misspelt.log", REPO),
+        "bad setting": (["detect"], env | {"BATCH_SIZE": "0"}, "bad-setting.log", REPO),
+    }
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # independent: at once
+        futures = {
+            name: pool.submit(_run, args, e, logs / log, cwd)
+            for name, (args, e, log, cwd) in runs.items()
+        }
+        codes |= {name: f.result() for name, f in futures.items()}
 
     assert codes == {
         "topics": 0,
@@ -97,6 +131,7 @@ def test_the_sasl_password_is_in_no_log(settings: Settings, tmp_path: Path) -> N
         "status": 0,
         "status --json": 0,
         "evaluate": 0,
+        "alerts": 0,
         "topics (.env)": 0,
         "topics over SASL": 2,
         "misspelt": 2,

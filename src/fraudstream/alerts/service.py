@@ -88,7 +88,10 @@ class SinkWorker:
     def join(self, deadline: float) -> None:
         """Wait until `deadline` (time.monotonic) for the queue to drain, then give up (the
         offsets of what was not delivered stay uncommitted: the next run sends it)."""
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self.failing_since is not None:
+                break  # its receiver is down: waiting would only delay the stop
+            self._thread.join(0.1)
         self._stop.set()
         self._thread.join(2)
 
