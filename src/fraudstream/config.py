@@ -31,95 +31,139 @@ class Settings(BaseSettings):
     """Everything configurable, with the tutorials' environment names."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        use_attribute_docstrings=True,
     )
 
     kafka_broker_url: str = "localhost:9092"
+    """Kafka bootstrap servers (host:port, comma-separated); a non-local address means no
+    local broker is started."""
     transactions_topic: str = "queueing.transactions"
+    """Input topic: the transactions the generator writes and the detector reads."""
     legit_topic: str = "streaming.transactions.legit"
+    """Output topic of the transactions decided legitimate."""
     fraud_topic: str = "streaming.transactions.fraud"
+    """Output topic of the transactions decided fraudulent (read by `fraudstream alerts`)."""
     dlq_topic: str = "streaming.transactions.dlq"
+    """Dead-letter topic: records that cannot be decided (malformed, or an event time too far
+    ahead), with the reason in their headers."""
     labels_topic: str = "streaming.transactions.labels"
-    rules_file: str | None = None  # None: the shipped rules/default.yaml
+    """Ground truth / confirmed verdicts, keyed by transaction id (written by the simulator or a
+    review; read by the detector, whose model features learn from them, and by `evaluate`)."""
+    rules_file: str | None = None
+    """The detector's rule set (`--rules`); unset: the shipped `rules/default.yaml`."""
     transactions_per_second: float = Field(default=1000.0, gt=0)
+    """Generator rate in transactions a second (`--rate` overrides it, `max` for unpaced)."""
     topic_partitions: int = Field(default=6, ge=1, le=10_000)
+    """Partitions of the topics created when missing (existing topics are left alone)."""
     topic_replication_factor: int = Field(default=1, ge=1)
+    """Replication factor of the topics created when missing."""
 
     detector_group: str = "fraudstream-detector"
+    """The detectors' consumer group id; `transactional.id` is `<group>-<instance>`."""
     detector_instance: str = "0"
-    # Static membership (Kafka's group.instance.id = <group>-<instance>): a restarted instance
-    # gets its partitions back at once instead of after the dead one's session timeout; a
-    # stopped one keeps them until its session times out (for detectors run by a supervisor).
+    """This detector's instance name within its group (`--instance`); `detect --workers N`
+    names its workers `<instance>-<i>`."""
     detector_static_membership: bool = False
+    """Static membership (`group.instance.id` = `<group>-<instance>`): a restarted instance
+    reclaims its partitions at once; a stopped one holds them until its session times out."""
     batch_size: int = Field(default=1000, ge=1, le=100_000)
+    """Records per consume call, at most (fewer when the input is slow)."""
     commit_interval_ms: int = Field(default=50, ge=1)
+    """A transaction commits after this many ms or `COMMIT_RECORDS` records, whichever comes
+    first; a decision crosses three transactions with the default rules, so its latency is
+    about three intervals plus polling."""
     commit_records: int = Field(default=20_000, ge=1)
-    # A commit still unfinished after this long is treated as fatal: the process exits so a
-    # restart resumes from the last commit (librdkafka can block past its own timeout when
-    # the coordinator moves, issues 5456 and 5511).
+    """A transaction commits after this many records or `COMMIT_INTERVAL_MS`, whichever comes
+    first (raise both for fewer, larger transactions)."""
     commit_stuck_timeout_ms: int = Field(default=60_000, ge=1000)
-    # An input partition read to its end and silent this long stops holding back the stages
-    # keyed by payee or merchant (they wait for every partition to pass a time first).
+    """A commit still unfinished after this many ms is fatal: the process exits (code 3) so a
+    restart resumes from the last commit."""
     partition_idle_ms: int = Field(default=1000, ge=0)
-    # An event time further ahead than this of the wall clock goes to the dead-letter topic
-    # (event_time_skew); further ahead of its partition's stream time, it is decided at the
-    # stream's time and flagged, so one record cannot hold the stages back.
+    """An input partition read to its end and silent this many ms stops holding back the
+    stages keyed by payee or merchant."""
     max_event_time_skew_ms: int = Field(default=3_600_000, ge=0)
-    # Input pending and no decision committed for this long: the detector logs what it waits
-    # for (stage, partition, upstream mark, records buffered); `fraudstream status` says stalled.
+    """An event time this many ms ahead of the wall clock is dead-lettered (`event_time_skew`);
+    this far ahead of its partition's stream time, it is decided at the stream's time, with an
+    `event_time_skew` reason."""
     stall_warning_ms: int = Field(default=30_000, ge=1000)
-    # How often each detector publishes its health to <group>.status.
+    """Input pending and no decision committed for this many ms: the detector logs what it
+    waits for, and `fraudstream status` says stalled (exit 1)."""
     status_interval_ms: int = Field(default=5_000, ge=100)
-    # What the keyed stages of one process may buffer (records waiting for upstream marks):
-    # past either bound the input partitions that are ahead are paused until it halves.
+    """How often, in ms, each detector publishes its health to `<group>.status`."""
     max_buffered_records: int = Field(default=50_000, ge=1)
+    """Records the keyed stages of one process may buffer while waiting for upstream marks;
+    past it, the input partitions that are ahead are paused until it halves."""
     max_buffered_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
-    # Local state snapshots (restart from one plus the changelog's tail): how often, right
-    # after a commit (0: never), and where.
+    """Bytes the keyed stages of one process may buffer while waiting for upstream marks;
+    past it, the input partitions that are ahead are paused until it halves."""
     snapshot_interval_ms: int = Field(default=30_000, ge=0)
+    """How often, in ms, local state is snapshotted, right after a commit (0: never): a
+    restart loads one and reads only the changelog after it."""
     state_dir: str = ".fraudstream/state"
-    # Where the lock files that keep one detector per group and instance (and one `run`) on
-    # this machine are kept (default: <tmp>/fraudstream-locks).
+    """Directory of the local state snapshots."""
     lock_dir: str | None = None
-    # How long a starting detector waits for the broker (and its topics) before giving up.
+    """Directory of the lock files that keep one detector per group and instance, and one
+    `run`, per machine; unset: `<tmp>/fraudstream-locks`."""
     startup_timeout_ms: int = Field(default=60_000, ge=0)
-    # Threads of the native pools (OpenMP, BLAS) in a detector, `train` or `backtest`: one by
-    # default, so that N processes on N cores do not fight over them (scoring is compiled and
-    # runs in the calling thread anyway).
+    """How long, in ms, a starting detector waits for the broker and its topics' partitions
+    before giving up (it says what it waits for)."""
     model_threads: int = Field(default=1, ge=1, le=256)
-    # Fault tests only: abort about this share of transactions on purpose; make this share of
-    # commits "time out" past their retries (having committed or not); the seed of those
-    # draws (unset: at random, and logged), to replay a failing run.
+    """Threads of the native pools (OpenMP, BLAS, via threadpoolctl) per detector, `train` or
+    `backtest` process: one, so that N processes on N cores do not fight over them."""
     fault_abort_rate: float = Field(default=0.0, ge=0, le=1)
+    """Fault tests only: the share of transactions the detector aborts on purpose."""
     fault_commit_timeout_rate: float = Field(default=0.0, ge=0, le=1)
+    """Fault tests only: the share of commits made to "time out" past their retries (having
+    committed or not)."""
     fault_injection_seed: int | None = None
-    # Fault tests only: raise in the Nth batch read (0: never), as a bug would.
+    """Fault tests only: the seed of the fault draws, to replay a failing run; unset: random,
+    and logged."""
     fault_crash_at_batch: int = Field(default=0, ge=0)
-    # Fault tests only: pause this long halfway through writing each state snapshot.
+    """Fault tests only: raise in the Nth batch read, as a bug would (0: never)."""
     fault_snapshot_write_delay_ms: int = Field(default=0, ge=0)
+    """Fault tests only: pause this many ms halfway through writing each state snapshot."""
 
     dashboard_host: str = "127.0.0.1"
+    """Address the dashboard listens on."""
     dashboard_port: int = Field(default=5000, ge=0, le=65535)
+    """Port the dashboard listens on (0: any free port)."""
     dashboard_history: int = Field(default=200, ge=1, le=10_000)
-    dashboard_token: SecretStr | None = None  # when set, the page and stream require it
+    """Rows kept on the dashboard page and sent to a new browser."""
+    dashboard_token: SecretStr | None = None
+    """When set, the dashboard's `/` and `/stream` require it (`?token=` or
+    `Authorization: Bearer`); a secret, never logged."""
 
-    # Prometheus metrics of `detect` and `alerts` at http://METRICS_HOST:METRICS_PORT/metrics
-    # (unset: none). Two processes on one machine need two ports.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the Prometheus metrics of `detect` and `alerts` at `/metrics` (unset: none);
+    `detect --workers N` gives worker i the port + i."""
     metrics_host: str = "127.0.0.1"
+    """Address the Prometheus metrics endpoint listens on."""
 
-    # `fraudstream alerts`: its consumer group; fraud on one account within this many
-    # seconds is one alert; at most this many alerts a minute per sink (past it, summaries);
-    # the sinks (the log always; each of these when set); the page alerts link to.
     alerts_group: str = "fraudstream-alerts"
+    """The consumer group of `fraudstream alerts`."""
     alert_group_window: float = Field(default=60.0, ge=0, le=86_400)
+    """Fraud on one account within this many seconds is one alert."""
     alert_rate_limit: int = Field(default=30, ge=1, le=100_000)
+    """Alerts a minute per sink, at most; past it, summaries."""
     alert_webhook_url: str | None = None
-    alert_slack_webhook_url: SecretStr | None = None  # the URL is the credential
-    alert_smtp_url: SecretStr | None = None  # smtp://user:pass@host:port or smtps://...
+    """Alert sink: an HTTP POST of each alert as JSON to this URL (unset: none)."""
+    alert_slack_webhook_url: SecretStr | None = None
+    """Alert sink: a Slack incoming-webhook URL (unset: none); the URL is the credential, a
+    secret, never logged."""
+    alert_smtp_url: SecretStr | None = None
+    """Alert sink: email through `smtp://user:pass@host:port` or `smtps://...` (unset: none;
+    needs `ALERT_EMAIL_FROM` and `ALERT_EMAIL_TO`); a secret, never logged."""
     alert_email_from: str | None = None
-    alert_email_to: str | None = None  # comma-separated
-    alert_dashboard_url: str | None = None  # default http://DASHBOARD_HOST:DASHBOARD_PORT
+    """Sender address of the alert emails."""
+    alert_email_to: str | None = None
+    """Recipients of the alert emails, comma-separated."""
+    alert_dashboard_url: str | None = None
+    """The page the Slack and email alerts link to; unset:
+    `http://DASHBOARD_HOST:DASHBOARD_PORT`."""
 
     @field_validator(
         "kafka_broker_url",
