@@ -145,6 +145,8 @@ class LabelRecord(msgspec.Struct, frozen=True):
     # when the verdict was published, in event time (default: the record's timestamp); it
     # takes its place among the transactions there, and takes effect from known_ms on
     published_ms: int | None = None
+    # who gave the verdict, when an analyst did (the dashboard's review queue)
+    reviewer: str | None = None
 
 
 _label_decoder = msgspec.json.Decoder(LabelRecord)

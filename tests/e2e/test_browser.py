@@ -79,3 +79,49 @@ def test_page_shows_red_and_green_rows_live_and_fields_as_text(
     assert dialogs == []
     assert failed == []
     page.close()
+
+
+@pytest.mark.browser
+def test_an_analyst_confirms_a_fraud_from_the_page_and_every_page_shows_who(
+    browser: Browser, settings: Settings, dashboard: str
+) -> None:
+    from tests.conftest import read_all
+
+    produce_raw(
+        settings,
+        [
+            (
+                b"k",
+                msgspec.json.encode(
+                    {
+                        "id": "rv-fraud",
+                        "source": "carol",
+                        "target": "mule",
+                        "amount": 990.0,
+                        "currency": "EUR",
+                        "timestamp": 1_790_000_000_000,
+                    }
+                ),
+            )
+        ],
+    )
+    run_detector(settings, 1)
+    page = browser.new_page()
+    page.goto(dashboard + "/")
+    fraud = page.locator("#decisions tr.fraud")
+    expect(fraud).to_have_count(1, timeout=30_000)
+    page.locator("#analyst").fill(XSS)  # a name is data too
+    page.locator("#analyst").dispatch_event("change")
+    fraud.locator("button.confirm").click()
+    expect(fraud.locator("td.review")).to_have_text("confirmed by " + XSS, timeout=30_000)
+    assert page.locator("img").count() == 0
+    [record] = read_all(settings, settings.labels_topic, expect=1)
+    label = msgspec.json.decode(record.value())
+    assert (label["id"], label["is_fraud"], label["reviewer"]) == ("rv-fraud", True, XSS)
+    other = browser.new_page()  # a page opened later is told too
+    other.goto(dashboard + "/")
+    expect(other.locator("#decisions tr.fraud td.review")).to_have_text(
+        "confirmed by " + XSS, timeout=30_000
+    )
+    other.close()
+    page.close()

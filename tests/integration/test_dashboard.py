@@ -150,3 +150,59 @@ def test_a_dashboard_token_is_required_when_set(settings: Settings, tmp_path: Pa
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+def test_a_review_is_a_label_on_the_labels_topic_and_reaches_every_page(
+    settings: Settings, dashboard: str
+) -> None:
+    """An analyst confirms a decision: the label (with the reviewer, known from the stream's
+    present, never before the transaction) is on the labels topic, the detector reads it as a
+    complete verdict, and the SSE stream tells every page who reviewed what."""
+    from fraudstream.schema import decode_label
+    from tests.conftest import read_all, read_to_end
+
+    decided_batch(settings, "rv", 2)  # rv-1 is fraud (950 EUR)
+    run_detector(settings, 2)
+    body = {
+        "id": "rv-1",
+        "verdict": "fraud",
+        "analyst": " Ana ",
+        "timestamp": 1_790_000_000_000,
+        "target": "b",
+        "merchant": None,
+    }
+    answer = httpx.post(dashboard + "/review", json=body, timeout=20)
+    assert answer.status_code == 200, answer.text
+    [record] = read_all(settings, settings.labels_topic, expect=1)
+    assert record.key() == b"rv-1"
+    label = decode_label(record.value())
+    assert (label.id, label.is_fraud, label.reviewer, label.target) == ("rv-1", True, "Ana", "b")
+    assert label.known_ms is not None and label.known_ms > 1_790_000_000_000
+    assert label.published_ms == label.known_ms
+
+    async def reviews_seen() -> list[dict[str, Any]]:
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream("GET", dashboard + "/stream") as response,
+        ):
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    payload = json.loads(line.split(":", 1)[1])
+                    if payload["reviews"]:
+                        return list(payload["reviews"])
+        raise AssertionError("stream ended early")
+
+    reviews = asyncio.run(asyncio.wait_for(reviews_seen(), 30))
+    assert reviews == [
+        {"id": "rv-1", "verdict": "fraud", "reviewer": "Ana", "known_ms": label.known_ms}
+    ]
+    # what is wrong is said, and nothing is written
+    for bad, says in [
+        ({"id": "rv-1", "verdict": "maybe", "analyst": "Ana"}, "verdict must be"),
+        ({"id": "rv-1", "verdict": "legit", "analyst": ""}, "your name is required"),
+        ({"verdict": "legit", "analyst": "Ana"}, "id:"),
+    ]:
+        refused = httpx.post(dashboard + "/review", json=bad, timeout=10)
+        assert refused.status_code == 400 and says in refused.json()["error"], refused.text
+    assert httpx.post(dashboard + "/review", content=b"nope", timeout=10).status_code == 400
+    assert len(read_to_end(settings, settings.labels_topic)) == 1  # refused before writing

@@ -71,6 +71,16 @@ def test_a_wrong_token_is_refused_and_the_right_one_opens_the_stream(
                 assert status == 200, f"{path} with the right token {kwargs}: {status}"
                 assert kind.startswith("text/event-stream"), kind
                 assert event == "decisions"
+            # a review (it writes a label) needs it too; with it, it is checked as usual
+            review = {"id": "x", "verdict": "fraud", "analyst": "Ana"}
+            for query in wrong_queries:
+                got = client.post(url + "/review" + query, json=review).status_code
+                assert got == 401, f"/review{query}: {got}, not 401"
+            for headers in wrong_headers:
+                got = client.post(url + "/review", json=review, headers=headers).status_code
+                assert got == 401, f"/review with {headers}: {got}, not 401"
+            incomplete = client.post(f"{url}/review?token={right}", json={"id": "x"})
+            assert incomplete.status_code == 400, incomplete.text
             # counters need no token (they say nothing about any transaction)
             assert client.get(url + "/healthz").status_code == 200
     text = log.read_text()

@@ -11,14 +11,19 @@ import contextlib
 import errno
 import hmac
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import msgspec
 import uvicorn
+from confluent_kafka import Producer
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -30,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fraudstream.config import Settings
 from fraudstream.dashboard.feed import Feed
 from fraudstream.errors import ConfigError, FraudstreamError
+from fraudstream.stream.clients import producer_config
 
 __all__ = ["create_app", "listen", "serve"]
 
@@ -66,14 +72,15 @@ class SecurityHeaders:
 
 
 class RequireToken:
-    """When DASHBOARD_TOKEN is set, `/` and `/stream` need `?token=…` or a Bearer header."""
+    """When DASHBOARD_TOKEN is set, `/`, `/stream` and `/review` need `?token=…` or a Bearer
+    header."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in ("/", "/stream"):
+        if scope["type"] == "http" and scope["path"] in ("/", "/stream", "/review"):
             given = b""
             for name, value in scope.get("headers", []):
                 if name == b"authorization" and value.startswith(b"Bearer "):
@@ -116,6 +123,24 @@ def create_app(settings: Settings, feed: Feed | None = None) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"ready": feed.ready.is_set(), **feed.stats_dict()})
 
+    reviews = Reviews(settings)
+
+    async def review(request: Request) -> Response:
+        """An analyst confirms or clears a decision: a label on the labels topic."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body must be a JSON object"}, 400)
+        try:
+            label = reviews.label(body, stream_ms=feed.stream_ms, now_ms=_now_ms())
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        try:
+            await run_in_threadpool(reviews.send, label)
+        except FraudstreamError as exc:
+            return JSONResponse({"error": str(exc)}, 503)
+        return JSONResponse({"label": label})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         feed.start(asyncio.get_running_loop())
@@ -129,6 +154,7 @@ def create_app(settings: Settings, feed: Feed | None = None) -> Starlette:
             Route("/", index),
             Route("/stream", stream),
             Route("/healthz", health),
+            Route("/review", review, methods=["POST"]),
             # browsers ask for /favicon.ico whatever the page links to
             Route("/favicon.ico", lambda r: RedirectResponse("/static/favicon.svg", 301)),
             Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
@@ -141,6 +167,72 @@ def create_app(settings: Settings, feed: Feed | None = None) -> Starlette:
         ),
         lifespan=lifespan,
     )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Reviews:
+    """Analysts' verdicts as labels: checked, then written to the labels topic (keyed by the
+    transaction id) by an idempotent producer, where the detector's label features and
+    `evaluate` read them like any confirmed verdict."""
+
+    MAX_NAME = 100
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Producer | None = None
+        self._lock = threading.Lock()
+
+    def label(self, body: Any, *, stream_ms: int, now_ms: int) -> dict[str, Any]:
+        """The label for a review `{"id", "verdict": "fraud"|"legit", "analyst", "timestamp",
+        "target", "merchant"}`; ValueError saying what is wrong.
+
+        It is known from the stream's present in event time: the latest decision's time the
+        page has seen (the wall clock for a live stream, the simulated clock for the
+        simulator), and never before the transaction itself."""
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        tx_id, verdict = body.get("id"), body.get("verdict")
+        analyst = body.get("analyst")
+        if not isinstance(tx_id, str) or not tx_id.strip():
+            raise ValueError("id: the transaction's id is required")
+        if verdict not in ("fraud", "legit"):
+            raise ValueError("verdict must be 'fraud' (confirm) or 'legit' (clear)")
+        if not isinstance(analyst, str) or not analyst.strip():
+            raise ValueError("analyst: your name is required, so the page can say who reviewed")
+        if len(analyst) > self.MAX_NAME:
+            raise ValueError(f"analyst: at most {self.MAX_NAME} characters")
+        for key in ("target", "merchant"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise ValueError(f"{key} must be a string")
+        ts = body.get("timestamp")
+        tx_ms = ts if isinstance(ts, int) and not isinstance(ts, bool) else 0
+        known = max(stream_ms or now_ms, tx_ms + 1)
+        return {
+            "id": tx_id,
+            "is_fraud": verdict == "fraud",
+            "known_ms": known,
+            "published_ms": known,
+            "target": body.get("target"),
+            "merchant": body.get("merchant"),
+            "reviewer": analyst.strip(),
+        }
+
+    def send(self, label: dict[str, Any]) -> None:
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(
+                    producer_config(self.settings, "fraudstream-dashboard-reviews")
+                )
+            self._producer.produce(
+                self.settings.labels_topic, msgspec.json.encode(label), label["id"].encode()
+            )
+            if self._producer.flush(10) != 0:
+                raise FraudstreamError(
+                    "the verdict was not written: no Kafka broker accepted it within 10 s"
+                )
 
 
 def listen(settings: Settings) -> socket.socket:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _FIELDS = ("id", "timestamp", "source", "target", "amount", "currency", "merchant", "country")
 _RATE_WINDOW_S = 5.0
+_REVIEWS_KEPT = 10_000  # the latest analysts' verdicts a new page is told of
 
 
 @dataclass
@@ -67,6 +68,8 @@ class Feed:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._encode = msgspec.json.Encoder().encode
         self.ready = threading.Event()
+        self.reviews: dict[str, dict[str, Any]] = {}  # transaction id -> latest verdict
+        self.stream_ms = 0  # the latest event time among the decisions read (ms)
 
     # --- the event-loop side ---------------------------------------------------------------
 
@@ -89,8 +92,9 @@ class Feed:
         self._subscribers.discard(queue)
 
     def snapshot(self) -> str:
-        """Everything a new browser needs: the history (oldest first) and the counters."""
-        return self._payload(list(self.history))
+        """Everything a new browser needs: the history (oldest first), the counters and the
+        analysts' verdicts."""
+        return self._payload(list(self.history), list(self.reviews.values()))
 
     def stats_dict(self) -> dict[str, Any]:
         s = self.stats
@@ -102,17 +106,35 @@ class Feed:
             "clients": len(self._subscribers),
         }
 
-    def _payload(self, items: list[dict[str, Any]]) -> str:
-        return self._encode({"items": items, "stats": self.stats_dict()}).decode()
+    def _payload(
+        self, items: list[dict[str, Any]], reviews: list[dict[str, Any]] | None = None
+    ) -> str:
+        body = {"items": items, "stats": self.stats_dict(), "reviews": reviews or []}
+        return self._encode(body).decode()
 
-    def _publish(self, items: list[dict[str, Any]], legit: int, fraud: int) -> None:
+    def _publish(
+        self,
+        items: list[dict[str, Any]],
+        legit: int,
+        fraud: int,
+        reviews: list[dict[str, Any]] | None = None,
+    ) -> None:
         s = self.stats
         s.legit += legit
         s.fraud += fraud
         s.window.append((self.clock(), legit + fraud))
         self.history.extend(items)
+        for item in items:
+            ts = item.get("timestamp")
+            if isinstance(ts, int) and ts > self.stream_ms:
+                self.stream_ms = ts
+        for review in reviews or []:
+            self.reviews.pop(review["id"], None)  # the latest verdict, newest last
+            self.reviews[review["id"]] = review
+        while len(self.reviews) > _REVIEWS_KEPT:
+            del self.reviews[next(iter(self.reviews))]
         # The page shows a bounded history: a batch larger than that is cut to its newest part.
-        payload = self._payload(items[-self.settings.dashboard_history :])
+        payload = self._payload(items[-self.settings.dashboard_history :], reviews)
         for queue in self._subscribers:
             try:
                 queue.put_nowait(payload)
@@ -123,7 +145,11 @@ class Feed:
 
     def _consume(self) -> None:
         settings = self.settings
-        topics = {settings.legit_topic: "legit", settings.fraud_topic: "fraud"}
+        topics = {
+            settings.legit_topic: "legit",
+            settings.fraud_topic: "fraud",
+            settings.labels_topic: "label",  # for the analysts' verdicts among them
+        }
         consumer = Consumer(
             consumer_config(
                 settings, "fraudstream-dashboard", group_id=f"fraudstream-dashboard-{uuid.uuid4()}"
@@ -137,9 +163,9 @@ class Feed:
                 msgs = consumer.consume(num_messages=1000, timeout=0.2)
                 if not msgs:
                     continue
-                items, legit, fraud = self._decode(msgs, topics)
-                if items and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._publish, items, legit, fraud)
+                items, legit, fraud, reviews = self._decode(msgs, topics)
+                if (items or reviews) and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._publish, items, legit, fraud, reviews)
         except FraudstreamError as exc:  # says what to do; no traceback
             log.error("dashboard feed stopped: %s", exc)
         except Exception:
@@ -162,13 +188,21 @@ class Feed:
         return positions
 
     @staticmethod
-    def _decode(msgs: list[Any], topics: dict[str, str]) -> tuple[list[dict[str, Any]], int, int]:
+    def _decode(
+        msgs: list[Any], topics: dict[str, str]
+    ) -> tuple[list[dict[str, Any]], int, int, list[dict[str, Any]]]:
         items: list[dict[str, Any]] = []
+        reviews: list[dict[str, Any]] = []
         legit = fraud = 0
         for msg in msgs:
             if msg.error() is not None:
                 continue
             outcome = topics[msg.topic()]
+            if outcome == "label":
+                review = _review(msg.value())
+                if review is not None:
+                    reviews.append(review)
+                continue
             try:
                 record = msgspec.json.decode(msg.value() or b"")
             except msgspec.DecodeError:
@@ -186,4 +220,23 @@ class Feed:
                 fraud += 1
             else:
                 legit += 1
-        return items, legit, fraud
+        return items, legit, fraud, reviews
+
+
+def _review(value: bytes | None) -> dict[str, Any] | None:
+    """An analyst's verdict from a labels-topic record (None for the other labels: the
+    simulator's ground truth, a bank's chargebacks)."""
+    if not value or b'"reviewer"' not in value:  # most labels: not decoded at all
+        return None
+    try:
+        label = msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(label, dict) or not isinstance(label.get("reviewer"), str):
+        return None
+    return {
+        "id": str(label.get("id", "")),
+        "verdict": "fraud" if label.get("is_fraud") else "legit",
+        "reviewer": label["reviewer"],
+        "known_ms": label.get("known_ms"),
+    }
