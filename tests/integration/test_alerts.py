@@ -201,12 +201,16 @@ def test_over_its_rate_a_sink_gets_one_summary_and_no_alert_is_dropped() -> None
                 worker.put(_alert(i))
             wait_for(lambda: len(hook.posts) == 2, 10, "the 2 alerts within the rate")
             assert worker.backlog() == 0 and len(accepted) == 2
-            clock.now += 30  # one more token (2 a minute)
+            clock.now += 30  # a token again, but a summary waits a minute
+            worker.put(_alert(5))
+            wait_for(lambda: worker.backlog() == 0, 10, "the worker to take the sixth")
+            assert len(hook.posts) == 2
+            clock.now += 30  # a minute since the rate was exceeded: one summary of the four
             wait_for(lambda: len(hook.posts) == 3, 10, "one summary")
         finally:
             worker.stop(timeout=5)
     summary = hook.posts[2]
     assert summary.body.get("summary") is True, hook.bodies()
-    assert [a["alert_id"] for a in summary.body["alerts"]] == ["id-2", "id-3", "id-4"]
+    assert [a["alert_id"] for a in summary.body["alerts"]] == ["id-2", "id-3", "id-4", "id-5"]
     assert summary.headers["Idempotency-Key"] == summary.body["alert_id"]
-    assert sorted(accepted) == [f"id-{i}" for i in range(5)]
+    assert sorted(accepted) == [f"id-{i}" for i in range(6)]

@@ -6,9 +6,10 @@ retried with backoff (1 s doubling to 60 s) and holds its alerts, never drops th
 others go on. A partition's offset is committed only up to its first record still needed: in
 a group not yet closed, or in an alert some sink has not accepted. So a process killed mid-way
 re-reads from there and sends those alerts again, with the same `alert_id`. Past
-`ALERT_RATE_LIMIT` alerts a minute, a sink gets one summary of what came meanwhile instead (a
-token bucket): summarised, never dropped. While more than `MAX_PENDING` alerts wait on a slow
-sink, reading pauses (memory stays bounded) and the log says which sink it waits for.
+`ALERT_RATE_LIMIT` alerts a minute, a sink gets one summary a minute of what came meanwhile
+instead (a token bucket): summarised, never dropped. While more than `MAX_PENDING` alerts
+wait on a slow sink, reading pauses (memory stays bounded) and the log says which sink it
+waits for.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000  # alerts not yet accepted by every sink, before reading pauses
 SUMMARY_MAX = 500  # alerts in one summary at most (the rest wait for the next token)
+SUMMARY_EVERY_S = 60.0  # over its rate, a sink gets one summary a minute
 COMMIT_INTERVAL_S = 1.0
 STOP_TIMEOUT_S = 10.0  # what the sinks get to deliver what they hold at a stop
 _decode = msgspec.json.Decoder().decode
@@ -115,6 +117,7 @@ class SinkWorker:
         waiting: list[Alert] = []
         closing = False
         over_rate = False  # out of tokens with alerts waiting: the next send is a summary
+        since = 0.0  # when the rate was exceeded, or the last summary went
         while not self._stop.is_set():
             try:
                 item = self._queue.get(timeout=0.05 if waiting else 0.2)
@@ -130,16 +133,22 @@ class SinkWorker:
                 if closing:
                     return
                 continue
-            if not self._take_token():
-                over_rate = True
-                continue
             summary = over_rate and len(waiting) > 1
+            if summary and not closing and self._clock() - since < SUMMARY_EVERY_S:
+                continue  # over the rate: one summary a minute, of all that came meanwhile
+            if not self._take_token():
+                if not over_rate:
+                    over_rate, since = True, self._clock()
+                continue
             batch = waiting[:SUMMARY_MAX] if summary else waiting[:1]
             if not self._deliver(batch, summary):
                 return  # stopped while retrying
             waiting = waiting[len(batch) :]
             # alerts still waiting and no token left: the rate is exceeded, they are summarised
-            over_rate = bool(waiting) and (over_rate or self._tokens < 1.0)
+            exceeded = bool(waiting) and (over_rate or self._tokens < 1.0)
+            if summary or (exceeded and not over_rate):
+                since = self._clock()
+            over_rate = exceeded
 
     def _deliver(self, batch: list[Alert], summary: bool) -> bool:
         delay = 1.0
