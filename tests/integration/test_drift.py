@@ -52,6 +52,8 @@ def test_a_model_run_on_another_world_warns_and_status_shows_it(
         drift = [v for k, v in m.items() if k.startswith("fraudstream_model_drift{")]
         assert drift == [1.0], m
         assert m['fraudstream_records_total{outcome="fraud"}'] > 0
+        fired = {k: v for k, v in m.items() if k.startswith("fraudstream_rule_hits_total{")}
+        assert fired and sum(fired.values()) > 0, m
         assert m["fraudstream_commit_seconds_count"] >= 1
         assert m["fraudstream_batch_seconds_count"] >= 1
         assert m["fraudstream_stalled"] == 0.0 and m["fraudstream_state_bytes"] > 0

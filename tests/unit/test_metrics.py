@@ -19,7 +19,10 @@ from tests.conftest import REPO
 
 def _exposed() -> set[str]:
     detector = RuntimeMetrics()
-    detector.attach(ProcessorStats)
+    stats = ProcessorStats()  # labelled families show only their labels seen
+    stats.dead_letters["schema"] = 1
+    stats.rule_hits["burst_1h"] = 1
+    detector.attach(lambda: stats)
     detector.health.buffered = {("by-target", 0): 3}
     detector.health.lag = {("tx", 0): 5}
     detector.health.dead_letters = {"not_json": 1}
@@ -48,6 +51,7 @@ def test_every_metric_the_grafana_dashboard_queries_is_exposed() -> None:
 def test_the_detectors_totals_are_its_committed_counts() -> None:
     stats = ProcessorStats(legit=7, fraud=2, dead_letter=3, commits=4)
     stats.dead_letters.update({"not_json": 2, "not_utf8": 1})
+    stats.rule_hits.update({"burst_1h": 5})
     metrics = RuntimeMetrics()
     metrics.attach(lambda: stats)
     text = generate_latest(metrics.registry).decode()
@@ -61,3 +65,4 @@ def test_the_detectors_totals_are_its_committed_counts() -> None:
     assert samples[("fraudstream_dead_letters_total", (("error_class", "not_json"),))] == 2
     assert samples[("fraudstream_dead_letters_total", (("error_class", "not_utf8"),))] == 1
     assert samples[("fraudstream_commits_total", ())] == 4
+    assert samples[("fraudstream_rule_hits_total", (("rule", "burst_1h"),))] == 5

@@ -36,6 +36,7 @@ class ProcessorStats:
     renewed: int = 0  # producers replaced after a commit that kept timing out
     restored_keys: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)  # by error class
+    rule_hits: Counter[str] = field(default_factory=Counter)  # decided records a rule fired on
 
     @property
     def total(self) -> int:
@@ -75,6 +76,12 @@ class RecordCollector:
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 producer.poll(0.05)
+
+    def count_reasons(self, reasons: Sequence[Any]) -> None:
+        """The rules that fired on one decided record (call only when there are some)."""
+        hits = self.pending.rule_hits
+        for reason in reasons:
+            hits[reason.rule] += 1
 
     def output(self, key: Any, value: bytes, headers: Any, outcome: str) -> None:
         """A decided record, to the fraud or the legit topic."""

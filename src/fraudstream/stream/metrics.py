@@ -87,6 +87,14 @@ class _Totals(Collector):
         for kind, n in sorted(s.dead_letters.items()):
             dead.add_metric([kind], n)
         yield dead
+        rules = CounterMetricFamily(
+            "fraudstream_rule_hits",
+            "Decided and committed records each rule fired on (also the skew and block notes)",
+            labels=["rule"],
+        )
+        for rule, n in sorted(s.rule_hits.items()):
+            rules.add_metric([rule], n)
+        yield rules
         yield CounterMetricFamily("fraudstream_commits", "Transactions committed", value=s.commits)
         yield CounterMetricFamily(
             "fraudstream_aborts", "Transactions aborted and redone", value=s.aborts

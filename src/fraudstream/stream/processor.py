@@ -301,6 +301,7 @@ class Processor:
             s.dead_letter + done.dead_letter,
         )
         s.dead_letters.update(done.dead_letters)
+        s.rule_hits.update(done.rule_hits)
         s.commits += 1
         self._last_commit_ms = self.wall_ms()
         if manager.snapshot_due():

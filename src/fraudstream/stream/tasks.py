@@ -307,6 +307,8 @@ class InputTask(_Unbuffered):
                 decision = combine(hits, None) if hits else quiet
                 if flagged and msg.offset() in flagged:
                     decision = _flag(decision, flagged[msg.offset()])
+                if decision.reasons:
+                    collector.count_reasons(decision.reasons)
                 value = encode_decided(msg.value(), decoded.added, decision, decoded.tx)
                 collector.output(msg.key(), value, msg.headers(), decision.outcome)
             return
@@ -496,9 +498,12 @@ class OutputTask(KeyedTask):
             [e.parts for e in data], [[Hit(*h) for h in e.hits] for e in data]
         )
         out = []
+        collector = ctx.collector
         for env, decision in zip(data, decisions, strict=True):
             if env.note:
                 decision = _flag(decision, env.note)
+            if decision.reasons:
+                collector.count_reasons(decision.reasons)
             value = encode_decided(env.value, env.added, decision, env.tx)
             out.append((env.key, value, env.headers, decision.outcome))
         ctx.collector.outputs(out)
