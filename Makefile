@@ -72,7 +72,7 @@ clean:  ## remove the virtualenvs and caches (not the Kafka data in .fraudstream
 	rm -rf $(VENV) $(BENCH_VENV) $(GEN_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 DATA := data
-eval: setup  ## simulate 1,000,000 labelled transactions, train on the first days, report on the later ones
+eval: setup  ## simulate 1,000,000 labelled transactions, train on the first days, report on the later ones (~4 min)
 	$(BIN)/fraudstream generate --profile sim --seed 7 --count 1000000 \
 	  --output $(DATA)/sim.jsonl --labels-output $(DATA)/sim-labels.jsonl
 	$(BIN)/fraudstream train --rules rules/with-model.yaml --input $(DATA)/sim.jsonl \
@@ -81,7 +81,7 @@ eval: setup  ## simulate 1,000,000 labelled transactions, train on the first day
 model: eval  ## the same: models/default.model, used by rules/with-model.yaml
 
 GEN_VENV := .venv-gen
-compare: eval $(GEN_VENV)/.installed  ## the model against the standard baselines: on the simulator and on finforge's and synccfd's streams (~18 min)
+compare: eval $(GEN_VENV)/.installed  ## the model against the standard baselines: on the simulator and on finforge's and synccfd's streams (~30 min)
 	$(GEN_VENV)/bin/python benchmarks/finforge_stream.py --out-dir $(DATA) --count 500000 --seed 7
 	$(GEN_VENV)/bin/python benchmarks/synccfd_stream.py --out-dir $(DATA) --count 500000 --seed 7
 	$(BIN)/python benchmarks/baselines.py --input $(DATA)/sim.jsonl --labels $(DATA)/sim-labels.jsonl \
