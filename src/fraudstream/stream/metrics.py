@@ -12,7 +12,7 @@ stall, drift), and two histograms are observed once per batch and once per commi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,28 +73,29 @@ class _Totals(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s, h = self._stats(), self._health()
-        records = CounterMetricFamily(
-            "fraudstream_records", "Records decided and committed, by outcome", labels=["outcome"]
+        outcomes = {outcome: getattr(s, outcome) for outcome in ("legit", "fraud", "dead_letter")}
+        yield labelled(
+            CounterMetricFamily,
+            "fraudstream_records",
+            "Records decided and committed, by outcome",
+            ["outcome"],
+            outcomes,
+            order=False,
         )
-        for outcome in ("legit", "fraud", "dead_letter"):
-            records.add_metric([outcome], getattr(s, outcome))
-        yield records
-        dead = CounterMetricFamily(
+        yield labelled(
+            CounterMetricFamily,
             "fraudstream_dead_letters",
             "Input records dead-lettered and committed, by class",
-            labels=["error_class"],
+            ["error_class"],
+            s.dead_letters,
         )
-        for kind, n in sorted(s.dead_letters.items()):
-            dead.add_metric([kind], n)
-        yield dead
-        rules = CounterMetricFamily(
+        yield labelled(
+            CounterMetricFamily,
             "fraudstream_rule_hits",
             "Decided and committed records each rule fired on (also the skew and block notes)",
-            labels=["rule"],
+            ["rule"],
+            s.rule_hits,
         )
-        for rule, n in sorted(s.rule_hits.items()):
-            rules.add_metric([rule], n)
-        yield rules
         yield CounterMetricFamily("fraudstream_commits", "Transactions committed", value=s.commits)
         yield CounterMetricFamily(
             "fraudstream_aborts", "Transactions aborted and redone", value=s.aborts
@@ -104,30 +105,27 @@ class _Totals(Collector):
             "Producers replaced after a commit that kept timing out",
             value=s.renewed,
         )
-        skipped = CounterMetricFamily(
+        yield labelled(
+            CounterMetricFamily,
             "fraudstream_labels_skipped",
             "Label records dead-lettered, by class",
-            labels=["error_class"],
+            ["error_class"],
+            h.dead_letters,
         )
-        for kind, n in sorted(h.dead_letters.items()):
-            skipped.add_metric([kind], n)
-        yield skipped
-        buffered = GaugeMetricFamily(
+        yield labelled(
+            GaugeMetricFamily,
             "fraudstream_buffered_records",
             "Records a keyed stage holds until upstream marks let them out",
-            labels=["stage", "partition"],
+            ["stage", "partition"],
+            h.buffered,
         )
-        for (stage, p), n in sorted(h.buffered.items()):
-            buffered.add_metric([stage, str(p)], n)
-        yield buffered
-        lag = GaugeMetricFamily(
+        yield labelled(
+            GaugeMetricFamily,
             "fraudstream_consumer_lag",
             "Records not read yet, per topic partition this process reads (cached watermarks)",
-            labels=["topic", "partition"],
+            ["topic", "partition"],
+            h.lag,
         )
-        for (topic, p), n in sorted(h.lag.items()):
-            lag.add_metric([topic, str(p)], n)
-        yield lag
         yield GaugeMetricFamily(
             "fraudstream_state_bytes", "Detection state held in memory", value=h.state_bytes
         )
@@ -148,6 +146,23 @@ class _Totals(Collector):
         )
         drift.add_metric([h.drift], 1.0 if h.drift else 0.0)
         yield drift
+
+
+def labelled(
+    family: Callable[..., Any],
+    name: str,
+    documentation: str,
+    labels: list[str],
+    values: Mapping[Any, float],
+    *,
+    order: bool = True,
+) -> Any:
+    """A metric family with one sample per key of `values` (a key: one label value, or a
+    tuple of them), sorted by key unless `order` is False."""
+    metric = family(name, documentation, labels=labels)
+    for key, value in sorted(values.items()) if order else values.items():
+        metric.add_metric([str(k) for k in (key if isinstance(key, tuple) else (key,))], value)
+    return metric
 
 
 def serve(registry: CollectorRegistry, settings: Settings) -> None:
