@@ -17,7 +17,9 @@ from fraudstream.detection import (
     HOUR,
     MINUTE,
     Engine,
+    Hit,
     Label,
+    Rule,
     Table,
     load_ruleset,
 )
@@ -412,3 +414,127 @@ def test_a_changed_rule_set_keeps_the_state_of_the_rules_it_kept() -> None:
     rows = [(k, v) for k, v in log if k.startswith(b"t\x00source")]
     with pytest.raises(LayoutError, match="another version of fraudstream"):
         stranger.restore(rows[:1])
+
+
+def test_a_changed_window_restarts_the_rules_state_instead_of_misreading_it() -> None:
+    """`burst_1h` of the shipped rules with its window raised to 2 h under the same id, the
+    state written by the 1 h rule restored: its ring of 10-minute buckets must not be read
+    as 20-minute ones (the restored head bucket then lies decades ahead, and the rule stays
+    silent). Its state starts over: it fires on a burst as a fresh engine does, as the same
+    rule under a new id does, and says so; the other rules keep their state."""
+    import dataclasses
+
+    def pay(i: int, t: int, amount: float = 10.0) -> Transaction:
+        return Transaction(
+            id=f"t{i}", timestamp=t, source="acct", target=f"p{i}", amount=amount, currency="EUR"
+        )
+
+    history = [pay(i, T0 + i * 10 * MINUTE, 2000.0) for i in range(3)]  # 6,000 EUR in 30 min
+    burst = [pay(100 + i, T0 + 40 * MINUTE + i * MINUTE) for i in range(8)]
+    log = _changelog(Engine.from_ruleset(RULES), history)
+
+    def with_window(rule_id: str) -> list[Rule]:
+        return [
+            dataclasses.replace(r, id=rule_id, window_ms=2 * HOUR) if r.id == "burst_1h" else r
+            for r in RULES.rules
+        ]
+
+    def fired(engine: Engine, rule_id: str) -> list[int]:
+        return [i for i, (_, hits) in enumerate(engine.score(burst)) if rule_id in hits_of(hits)]
+
+    def hits_of(hits: list[Hit]) -> set[str]:
+        return {h.rule for h in hits}
+
+    changed = Engine(with_window("burst_1h"), threshold=RULES.threshold, version="changed")
+    changed.restore(log)
+    renamed = Engine(with_window("burst_2h"), threshold=RULES.threshold, version="changed")
+    renamed.restore(log)
+    fresh = Engine(with_window("burst_1h"), threshold=RULES.threshold, version="changed")
+    assert fired(fresh, "burst_1h") == [5, 6, 7]  # the 6th payment in 2 h is one too many
+    assert fired(renamed, "burst_2h") == [5, 6, 7]
+    assert fired(changed, "burst_1h") == [5, 6, 7]
+    assert set(changed.restarted) == {"burst_1h"}
+    assert "window=2 h" in changed.restarted["burst_1h"]
+    assert not renamed.restarted  # a new rule: nothing of it was stored
+
+    # the rules kept as they were keep their state: spend_24h counts the 6,000 EUR before
+    kept = Engine(with_window("burst_1h"), threshold=RULES.threshold, version="changed")
+    kept.restore(log)
+    assert all("spend_24h" in hits_of(hits) for _, hits in kept.score(burst))
+    # and a local snapshot of the old rules is refused, not misread
+    before = Engine.from_ruleset(RULES)
+    before.decide(history)
+    later = Engine(with_window("burst_1h"), threshold=RULES.threshold, version=RULES.version)
+    assert not later.load_snapshot(before.snapshot())
+
+
+def _undigested(log: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
+    """The changelog as fraudstream wrote it before a rule's state name carried the digest of
+    its parameters (`burst_1h.head`, not `burst_1h@fa1d51af.head`): byte for byte what that
+    version wrote for the same transactions."""
+    import re
+    import zlib
+
+    import msgspec
+
+    layouts: dict[int, int] = {}
+    out: list[tuple[bytes, bytes | None]] = []
+    for key, value in log:
+        kind, name, rest = key.split(b"\x00", 2)
+        if kind == b"L":
+            columns = msgspec.json.decode(value or b"[]")
+            described = msgspec.json.encode(
+                [[re.sub(r"@[0-9a-f]{8}\.", ".", c), code] for c, code in columns]
+            )
+            layouts[int(rest, 16)] = zlib.crc32(described)
+            out.append((b"L\x00" + name + b"\x00%08x" % zlib.crc32(described), described))
+        elif kind == b"t" and value is not None:
+            (layout,) = struct.unpack_from("<I", value)
+            out.append((key, struct.pack("<I", layouts[layout]) + value[4:]))
+        elif kind == b"f":
+            out.append((b"f\x00" + name.split(b"@")[0] + b"\x00" + rest, value))
+        else:
+            out.append((key, value))
+    return out
+
+
+def test_state_stored_before_it_carried_its_parameters_restarts_and_says_so() -> None:
+    """A changelog written by the version before (rule state named by the rule's id alone)
+    cannot say which window its rings were kept for: each stateful rule's own state starts
+    empty, named in `restarted`, as the rule under a new id would; what no rule owns (last
+    activity and place) is kept, so `impossible_travel` decides as if nothing happened."""
+    import dataclasses
+
+    txs = _sim_txs(6000, seed=9)
+    original = Engine.from_ruleset(RULES)
+    log = _changelog(original, txs[:4000])
+    same = Engine.from_ruleset(RULES)
+    same.restore(log)
+    assert not same.restarted
+
+    restored = Engine.from_ruleset(RULES)
+    restored.restore(_undigested(log))
+    own = {
+        "burst_1h",
+        "spend_24h",
+        "structuring_48h",
+        "mule_fan_in",
+        "fan_out",
+        "dormant_reactivated",
+        "card_testing",
+    }
+    assert set(restored.restarted) == own
+    assert all("earlier version of fraudstream" in why for why in restored.restarted.values())
+    renamed = Engine(
+        [dataclasses.replace(r, id=r.id + "_v2") if r.id in own else r for r in RULES.rules],
+        threshold=RULES.threshold,
+        version=RULES.version,
+    )
+    renamed.restore(_undigested(log))
+    got = [[h.rule for h in hits] for _, hits in restored.score(txs[4000:])]
+    want = [[h.rule.removesuffix("_v2") for h in hits] for _, hits in renamed.score(txs[4000:])]
+    assert got == want and any(got)
+    kept = [[h.rule for h in hits] for _, hits in original.score(txs[4000:])]
+    travel = [[r for r in hits if r == "impossible_travel"] for hits in got]
+    assert travel == [[r for r in hits if r == "impossible_travel"] for hits in kept]
+    assert any(travel)

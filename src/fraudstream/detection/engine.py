@@ -35,6 +35,8 @@ from fraudstream.detection.rules import (
     Rule,
     Segment,
     Sparse,
+    describe_state,
+    state_id,
 )
 from fraudstream.detection.ruleset import RuleSet
 from fraudstream.detection.state import DAY, Tables
@@ -89,6 +91,22 @@ class Engine:
         self.tables = Tables()
         for rule in self.rules:
             rule.bind(self.tables)
+        # The name each rule's own state is stored under (`state_id`: its id, and a digest of
+        # the parameters the state's meaning depends on), and the columns it had before
+        # names carried that digest (`<id>.<column>`): stored state under another name is
+        # another rule's, or this one's under other parameters, and is not restored.
+        self._state_ids = {r.id: state_id(r) for r in self.rules if state_id(r) != r.id}
+        current = {name for t in self.tables.tables.values() for name in t.columns}
+        self._undigested: dict[str, str] = {}
+        for rule_id, name in self._state_ids.items():
+            for column in current:
+                if column.startswith(name + "."):
+                    old = f"{rule_id}.{column[len(name) + 1 :]}"
+                    if old not in current:
+                        self._undigested[old] = rule_id
+        # what a restore found of each rule's state: under its name, or under another
+        self._found_own: set[str] = set()
+        self._found_other: dict[str, str] = {}  # rule id -> "params" or "unrecorded"
         want_features = model is not None if features is None else features
         self.has_features = want_features
         parts = Parts() if part is None else Parts.only(part)
@@ -211,7 +229,7 @@ class Engine:
                 self._describing.add(name)
             out += [(prefix + k.encode(), v) for k, v in zip(keys, t.dump_rows(keys), strict=True)]
         for r in self._fan_rules:
-            prefix = b"f\x00" + r.id.encode() + b"\x00"
+            prefix = b"f\x00" + self._state_ids[r.id].encode() + b"\x00"
             out += [(prefix + g.encode(), None if m is None else _json(m)) for g, m in r.changes()]
         if self.features is not None:
             out += [(b"l\x00\x00" + k, v) for k, v in self.features.changes()]
@@ -239,23 +257,33 @@ class Engine:
             self.features.commit()
 
     def restore(self, records: Iterable[tuple[bytes, bytes | None]]) -> int:
-        """Load changelog records (oldest first); returns how many keys were loaded."""
-        fans = {r.id: r for r in self._fan_rules}
+        """Load changelog records (oldest first); returns how many keys were loaded. A rule's
+        state stored under another name than its `state_id` (its parameters changed since)
+        is left out: that rule starts empty (`restarted` says which)."""
+        fans = {self._state_ids[r.id]: r for r in self._fan_rules}
         labels: dict[bytes, bytes | None] = {}
+        sets: set[bytes] = set()  # the fan-in/out state names met
         n = 0
         for key, value in records:
             kind, name, k = key.split(b"\x00", 2)
             if kind == b"L":  # the columns of a layout, before the rows written in it
                 self.tables[name.decode()].learn_layout(value or b"[]")
+                for column, _ in msgspec.json.decode(value or b"[]"):
+                    self._note_stored(column, column=True)
             elif kind == b"t":
                 table = self.tables[name.decode()]
                 if value is None:
                     table.reset_row(k.decode())
                 else:
                     table.load_row(k.decode(), value)
-            elif kind == b"f" and name.decode() in fans:
-                members = None if value is None else msgspec.json.decode(value)
-                fans[name.decode()].load_group(k.decode(), members)
+            elif kind == b"f":
+                if name not in sets:
+                    sets.add(name)
+                    self._note_stored(name.decode(), column=False)
+                fan = fans.get(name.decode())
+                if fan is not None:
+                    members = None if value is None else msgspec.json.decode(value)
+                    fan.load_group(k.decode(), members)
             elif kind == b"l":
                 labels[k] = value
             n += 1
@@ -263,13 +291,49 @@ class Engine:
             self.features.load(labels)
         return n
 
+    def _note_stored(self, name: str, *, column: bool) -> None:
+        """Whose state a stored column (`<state id>.<column>`) or fan-in/out set name holds."""
+        at = name.find("@")
+        if at > 0:
+            rule_id = name[:at]
+            stored = name[: at + 9] if column else name  # the id and its 8-digit digest
+            if rule_id in self._state_ids:
+                if stored == self._state_ids[rule_id]:
+                    self._found_own.add(rule_id)
+                else:
+                    self._found_other.setdefault(rule_id, "params")
+            return
+        rule_id = self._undigested.get(name, "") if column else name
+        if rule_id in self._state_ids:  # written before state names carried parameters
+            self._found_other.setdefault(rule_id, "unrecorded")
+
+    @property
+    def restarted(self) -> dict[str, str]:
+        """Rule id -> why its state starts empty, for the rules whose state a restore found
+        only under other parameters than theirs (or stored by a version that did not record
+        them): it was not read, as it would have been misread."""
+        out = {}
+        for rule in self.rules:
+            why = self._found_other.get(rule.id)
+            if why is None or rule.id in self._found_own:
+                continue
+            now = describe_state(rule)
+            out[rule.id] = (
+                "its state starts empty: the stored one was written with other values of the "
+                f"parameters its meaning depends on (now {now})"
+                if why == "params"
+                else "its state starts empty: the stored one was written by an earlier version "
+                f"of fraudstream, which did not record the parameters it depends on ({now})"
+            ) + "; it sees only the transactions from now on"
+        return out
+
     # --- a local snapshot of the whole state (restart without re-reading the changelog) -----
 
     def layout(self) -> str:
         """What a snapshot of this engine must match: rules, tables and their columns, and
         this process's string hashing (the key indexes hold `hash(key)`)."""
         tables = {n: t.layout() for n, t in sorted(self.tables.tables.items())}
-        rules = [r.id for r in self.rules]
+        rules = [state_id(r) for r in self.rules]
         return repr((self.version, self.part, rules, tables, hash("fraudstream-key-hash")))
 
     def snapshot(self) -> bytes:

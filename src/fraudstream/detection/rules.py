@@ -11,9 +11,11 @@ whatever batch it came in.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import sys
+import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -39,9 +41,13 @@ __all__ = [
     "Sparse",
     "ThresholdRule",
     "Velocity",
+    "describe_state",
     "human_duration",
     "short",
+    "state_id",
+    "threshold_problems",
     "tutorial_rules",
+    "velocity_problems",
 ]
 
 
@@ -66,6 +72,36 @@ class Rule(Protocol):
 
 
 Sparse = list[tuple[int, Hit]]  # (index in the batch, hit) of the transactions that fired
+
+
+def state_id(rule: Rule) -> str:
+    """The name a rule's own state is stored under (its columns `<state id>.<column>`, its
+    fan-in/out sets in the changelog): its `id`, then, for a rule whose state means something
+    only for some of its parameters (`state_params`: a velocity ring's bucket width, the idle
+    time that woke a dormant account, ...), a digest of those, as in `burst_1h@fa1d51af`.
+    Change one of them and the state stored before is no longer the rule's: it starts over,
+    where reading it under the new parameters would misread it. Its limits, weight and the
+    parameters that only read the state (`max_count`, `within`, ...) keep the same id."""
+    params = getattr(rule, "state_params", None)
+    if params is None:
+        return rule.id
+    canonical = json.dumps(params(), sort_keys=True, separators=(",", ":"))
+    return f"{rule.id}@{zlib.crc32(canonical.encode()):08x}"
+
+
+def describe_state(rule: Rule) -> str:
+    """What `state_id` digests, for people: "velocity: key=source, window=2 h, buckets=6, ..."."""
+    params = getattr(rule, "state_params", None)
+    if params is None:
+        return "no state of its own"
+    shown = []
+    for name, value in params().items():
+        if name == "type":
+            continue
+        if name.endswith("_ms"):
+            name, value = name[: -len("_ms")], human_duration(int(value))
+        shown.append(f"{name}={value}")
+    return f"{params()['type']}: " + ", ".join(shown)
 
 
 class Segment:
@@ -185,6 +221,19 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+def threshold_problems(field: Any, op: Any) -> list[str]:
+    """Everything wrong with a threshold rule's field and operator, [] if nothing (None: not
+    given, nothing to check)."""
+    problems = []
+    if op is not None and not (isinstance(op, str) and op in OPERATORS):
+        problems.append(f"unknown operator {op!r}; use one of {list(OPERATORS)}")
+    if field is not None and not (
+        isinstance(field, str) and field in Transaction.__struct_fields__
+    ):
+        problems.append(f"transactions have no field {field!r}")
+    return problems
+
+
 @dataclass(slots=True)
 class ThresholdRule:
     """Fires when ``tx.<field> <op> <value>`` holds (a missing optional field never fires)."""
@@ -197,10 +246,8 @@ class ThresholdRule:
     _compare: Callable[[Any, Any], bool] = dc_field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.op not in OPERATORS:
-            raise ValueError(f"unknown operator {self.op!r}; use one of {list(OPERATORS)}")
-        if self.field not in Transaction.__struct_fields__:
-            raise ValueError(f"transactions have no field {self.field!r}")
+        if problems := threshold_problems(self.field, self.op):
+            raise ValueError("; ".join(problems))
         if self.op in ("in", "not in"):
             self.value = frozenset(self.value)
         self._compare = OPERATORS[self.op]
@@ -238,6 +285,21 @@ class _Nothing:
 _NOTHING = _Nothing()
 
 
+def velocity_problems(
+    window_ms: int | None, buckets: int | None, max_count: Any, max_sum: Any
+) -> list[str]:
+    """Everything wrong with a velocity rule's limits and window, [] if nothing (a window or
+    buckets of None: not known, not checked)."""
+    problems = []
+    if max_count is None and max_sum is None:
+        problems.append("give max_count, max_sum or both")
+    if buckets is not None and buckets < 1:
+        problems.append(f"buckets must be 1 or more, got {buckets}")
+    elif window_ms is not None and buckets is not None and window_ms % buckets:
+        problems.append(f"window must split into {buckets} equal buckets")
+    return problems
+
+
 @dataclass(slots=True)
 class Velocity:
     """Count and/or sum of payments per key over a sliding event-time window.
@@ -261,23 +323,39 @@ class Velocity:
     _width: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_count is None and self.max_sum is None:
-            raise ValueError("give max_count, max_sum or both")
-        if self.window_ms % self.buckets:
-            raise ValueError(f"window must split into {self.buckets} equal buckets")
+        if problems := velocity_problems(
+            self.window_ms, self.buckets, self.max_count, self.max_sum
+        ):
+            raise ValueError("; ".join(problems))
         self._width = self.window_ms // self.buckets
+
+    def state_params(self) -> dict[str, object]:
+        """What its state means depends on (see `state_id`): the ring (window, buckets: a
+        slot is a bucket id modulo `buckets`, the head a bucket id of the width), the
+        payments it counts and which of counts and sums it keeps. Not the limits' values."""
+        return {
+            "type": "velocity",
+            "key": self.key,
+            "window_ms": int(self.window_ms),
+            "buckets": int(self.buckets),
+            "min_amount": float(self.min_amount),
+            "max_amount": float(self.max_amount),
+            "counts": self.max_count is not None,
+            "sums": self.max_sum is not None,
+        }
 
     def bind(self, tables: Tables) -> None:
         # A ring of `buckets` slots per key: the newest bucket id, then per slot a count
         # (2 bytes, for max_count) and a sum in cents (4 bytes, for max_sum) — only the ones
         # the limits need are kept.
         t = self._table = tables[self.key]
-        self._head = t.column(f"{self.id}.head", "i", -1)
+        name = state_id(self)
+        self._head = t.column(f"{name}.head", "i", -1)
         counts, sums = self.max_count is not None, self.max_sum is not None
         self._cols = [
             (
-                t.column(f"{self.id}.n{i}", "H", 0) if counts else _NOTHING,
-                t.column(f"{self.id}.s{i}", "i", 0) if sums else _NOTHING,
+                t.column(f"{name}.n{i}", "H", 0) if counts else _NOTHING,
+                t.column(f"{name}.s{i}", "i", 0) if sums else _NOTHING,
             )
             for i in range(self.buckets)
         ]
@@ -386,6 +464,19 @@ class FanIn:
     _last_sweep: int = 0
     _sweep_at_begin: int = 0
 
+    def state_params(self) -> dict[str, object]:
+        """What its sets mean depends on (see `state_id`): which payments they hold (key, by,
+        grouped by amount, from `min_amount`) and over what window they were trimmed. Not
+        `min_distinct` (with it, only how soon members already out of the window go)."""
+        return {
+            "type": "fan",
+            "key": self.key,
+            "by": self.by,
+            "window_ms": int(self.window_ms),
+            "same_amount": bool(self.same_amount),
+            "min_amount": float(self.min_amount),
+        }
+
     def bind(self, tables: Tables) -> None:
         return None
 
@@ -478,11 +569,18 @@ class DormantAccount:
     _woke: Any = dc_field(default=None, repr=False)
     _idle: Any = dc_field(default=None, repr=False)
 
+    def state_params(self) -> dict[str, object]:
+        """What its own columns (when the key woke, after how long) mean depends on: the idle
+        time that counts as waking (see `state_id`). The last activity is shared by every
+        dormant rule on the key, and means the same for all."""
+        return {"type": "dormant", "key": self.key, "idle_ms": int(self.idle_ms)}
+
     def bind(self, tables: Tables) -> None:
         self._table = tables[self.key]
+        name = state_id(self)
         self._last = self._table.column("last_ts", "q", 0)
-        self._woke = self._table.column(f"{self.id}.woke_ts", "q", 0)
-        self._idle = self._table.column(f"{self.id}.idle_d", "i", 0)
+        self._woke = self._table.column(f"{name}.woke_ts", "q", 0)
+        self._idle = self._table.column(f"{name}.idle_d", "i", 0)
 
     def apply(self, tx: Transaction, ts: int) -> Hit | None:
         key = getattr(tx, self.key)
@@ -543,9 +641,14 @@ class SmallThenLarge:
     _table: Any = dc_field(default=None, repr=False)
     _small: Any = dc_field(default=None, repr=False)
 
+    def state_params(self) -> dict[str, object]:
+        """What its column (the time of the last small payment) means depends on: what is
+        small (see `state_id`). Not `large_min` or `within`: they only read it."""
+        return {"type": "small_then_large", "key": self.key, "small_max": float(self.small_max)}
+
     def bind(self, tables: Tables) -> None:
         self._table = tables[self.key]
-        self._small = self._table.column(f"{self.id}.small_ts", "q", 0)
+        self._small = self._table.column(f"{state_id(self)}.small_ts", "q", 0)
 
     def apply(self, tx: Transaction, ts: int) -> Hit | None:
         key = getattr(tx, self.key)
@@ -594,7 +697,10 @@ class SmallThenLarge:
 
 @dataclass(slots=True)
 class ImpossibleTravel:
-    """Two payments of one key from places too far apart for the time between them."""
+    """Two payments of one key from places too far apart for the time between them.
+
+    Its columns (the key's last place and when) are shared by every travel rule on the key
+    and mean the same whatever the speed and distance limits: none of its own (`state_id`)."""
 
     id: str
     key: str

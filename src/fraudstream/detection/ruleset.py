@@ -40,6 +40,8 @@ from fraudstream.detection.rules import (
     SmallThenLarge,
     ThresholdRule,
     Velocity,
+    threshold_problems,
+    velocity_problems,
 )
 from fraudstream.errors import FraudstreamError
 
@@ -181,6 +183,7 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
     make: Any
     if spec.type == "threshold":
         args = (q.take("field"), q.take("op"), q.take("value"))
+        q.problems += threshold_problems(args[0], args[1])  # with the others, not after them
 
         def make() -> Rule:
             return ThresholdRule(rid, *args, weight=w)
@@ -194,6 +197,7 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
             q.take("min_amount", float, 0.0),
             q.take("max_amount", float, math.inf),
         )
+        q.problems += velocity_problems(v[1], v[4], v[2], v[3])
 
         def make() -> Rule:
             return Velocity(
@@ -367,11 +371,12 @@ def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list
         str(e.get("id")): i for i, e in reversed(list(enumerate(entries))) if isinstance(e, dict)
     }
     problems.sort(key=lambda item: order.get(item[0], -1))
-    if spec is None:
-        return None, problems
+    # the model's problems too, when other top-level fields are wrong (if `model` itself is,
+    # the file-level problems above say so)
+    model_spec = spec.model if spec is not None else _model_spec(top.get("model"))
     model = None
-    if spec.model is not None:
-        model_path = (path.parent / spec.model.file).resolve()
+    if model_spec is not None:
+        model_path = (path.parent / model_spec.file).resolve()
         if require_model and not model_path.exists():
             problems.append(
                 (
@@ -379,7 +384,7 @@ def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list
                     f"model file {model_path} does not exist; train one with `fraudstream train`",
                 )
             )
-        if spec.model.weight is not None:
+        if model_spec.weight is not None:
             problems.append(
                 (
                     "model",
@@ -390,11 +395,20 @@ def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list
                 )
             )
         model = ModelRef(model_path)
-    if problems:
+    if spec is None or problems:
         return None, problems
     return RuleSet(
         spec.version, spec.threshold, tuple(built), {r.id: r.description for r in specs}, model
     ), []
+
+
+def _model_spec(raw: Any) -> _ModelSpec | None:
+    """The `model` entry of a file whose other fields may be invalid; None if it is not valid
+    itself (or missing)."""
+    try:
+        return _ModelSpec.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        return None
 
 
 def check_rules_file(path: Path) -> list[tuple[str, str]]:

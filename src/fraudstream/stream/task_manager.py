@@ -121,6 +121,7 @@ class TaskManager:
             by_stage.setdefault(topic, []).append(partition)
         n = tail = 0
         from_snapshot = 0
+        restarted: dict[str, str] = {}  # rule id -> why its state starts empty
         for topic, parts in by_stage.items():
             stage = topology.by_topic[topic]
             stateful = stage.role in (INPUT, KEYED)
@@ -151,10 +152,13 @@ class TaskManager:
                         state.append((key, value))
                 if engine is not None:
                     loaded = engine.restore(state)
+                    restarted.update(engine.restarted)
                     n += loaded
                     tail += loaded if p in snaps else 0
                 self.tasks[(topic, p)] = new_task(self.ctx, stage, p, engine, meta)
         self.restored_keys += n
+        for rule_id, why in sorted(restarted.items()):
+            log.warning("rule %s: %s", rule_id, why)
         if n or from_snapshot:
             log.info(
                 "restored %d tasks from local snapshots (+%d changelog records after them) "
