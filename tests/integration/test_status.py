@@ -90,3 +90,22 @@ def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Pa
         flowing.stop(proc)
     finally:
         flowing.cleanup()
+
+
+def test_the_status_topic_is_compacted_a_minute_at_a_time(settings: Settings) -> None:
+    """`status` reads it whole, and the dashboard every 5 s: with Kafka's defaults it would
+    keep a week of reports (a segment is only compacted once closed)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from fraudstream.stream.topology import TopicNames
+    from tests.conftest import produce_raw, run_detector
+
+    produce_raw(settings, [(b"k", b'{"id": "s1", "source": "a", "amount": 1.0}')])
+    run_detector(settings, 1)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_broker_url})
+    topic = TopicNames(settings.detector_group).status
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout=30)
+    assert configs["cleanup.policy"].value == "compact"
+    assert configs["segment.ms"].value == "60000"
+    assert configs["min.cleanable.dirty.ratio"].value == "0.1"

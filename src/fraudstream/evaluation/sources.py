@@ -30,7 +30,7 @@ from fraudstream.schema import (
     decode_transaction,
     event_time_ms,
 )
-from fraudstream.stream import consumer_config
+from fraudstream.stream import check_connection, consumer_config
 
 __all__ = ["iter_records", "read_decisions", "read_labels", "read_transactions"]
 
@@ -42,6 +42,7 @@ _FORMATS = "a .jsonl, .csv or .parquet file, or a topic"
 
 def _topic_values(settings: Settings, topic: str) -> Iterator[tuple[bytes | None, int, int, int]]:
     """Every committed record of a topic, from the beginning to its end when reading starts."""
+    check_connection(settings)  # nothing listening there: said in seconds
     consumer = Consumer(
         consumer_config(
             settings, "fraudstream-reader", group_id=f"fraudstream-reader-{uuid.uuid4()}"

@@ -31,9 +31,14 @@ def ensure_topics(
     return create_missing(settings, {t: (n, t in compact) for t in wanted})
 
 
-def create_missing(settings: Settings, specs: dict[str, tuple[int, bool]]) -> list[str]:
+def create_missing(
+    settings: Settings,
+    specs: dict[str, tuple[int, bool]],
+    configs: dict[str, dict[str, str]] | None = None,
+) -> list[str]:
     """Create the topics of `specs` (name -> partitions, compacted) that do not exist, in one
-    request; return the names created. Existing ones are left as they are."""
+    request, with the topic configs of `configs` (name -> config) besides; return the names
+    created. Existing ones are left as they are."""
     admin = AdminClient(base_config(settings, "fraudstream-admin"))
     existing = set(admin.list_topics(timeout=10).topics)
     missing = {t: spec for t, spec in specs.items() if t not in existing}
@@ -45,7 +50,8 @@ def create_missing(settings: Settings, specs: dict[str, tuple[int, bool]]) -> li
                 t,
                 num_partitions=n,
                 replication_factor=settings.topic_replication_factor,
-                config={"cleanup.policy": "compact"} if compact else {},
+                config=({"cleanup.policy": "compact"} if compact else {})
+                | (configs or {}).get(t, {}),
             )
             for t, (n, compact) in missing.items()
         ],

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from dotenv import dotenv_values
 
@@ -107,13 +108,39 @@ def consumer_config(
     )
 
 
+# librdkafka's word that no bootstrap server could be reached (refused, no such host)
+_UNREACHABLE = (KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE)
+SURE_DOWN_S = 3.0  # refused for this long: not a broker restarting, say so
+
+
 def check_connection(settings: Settings, timeout: float = 10.0) -> None:
-    """Raise `KafkaUnavailableError` (with what to do) unless a broker answers."""
-    admin = AdminClient(base_config(settings, "fraudstream-probe") | {"log_level": 0})
-    try:
-        md = admin.list_topics(timeout=timeout)
-    except Exception as exc:
-        raise KafkaUnavailableError(settings.kafka_broker_url, str(exc)) from None
+    """Raise `KafkaUnavailableError` (with what to do) unless a broker answers within
+    `timeout`; when every bootstrap server refuses the connection (or its name does not
+    resolve), after `SURE_DOWN_S` already: nothing listens there."""
+    down: list[str] = []
+    why: list[str] = []  # the connection's own error ("Connection refused"), to show
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in _UNREACHABLE:
+            down.append(err.str())
+        if err.code() in (KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            why.append(err.str())
+
+    admin = AdminClient(
+        base_config(settings, "fraudstream-probe") | {"log_level": 0, "error_cb": on_error}
+    )
+    start = time.monotonic()
+    while True:
+        left = timeout - (time.monotonic() - start)
+        try:
+            md = admin.list_topics(timeout=max(0.05, min(0.5, left)))
+            break
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            waited = time.monotonic() - start
+            if waited >= timeout or (down and waited >= min(SURE_DOWN_S, timeout)):
+                detail = (why or down or [str(exc.args[0] if exc.args else exc)])[-1]
+                raise KafkaUnavailableError(settings.kafka_broker_url, detail) from None
     if not md.brokers:
         raise KafkaUnavailableError(settings.kafka_broker_url, "metadata lists no brokers")
 

@@ -187,9 +187,15 @@ def read_status(
         if now - r.at_ms <= fresh
         for t in r.tasks
     }
+    ends = {
+        (topic, p): end
+        for topic in stage_topics
+        if topic in listed
+        for p, end in end_offsets(settings, topic, sorted(listed[topic].partitions)).items()
+    }
     rows = []
     for tp in tps:
-        end = _end(settings, tp)
+        end = ends[(tp.topic, tp.partition)]
         task, instance = by_task.get((tp.topic, tp.partition), (None, ""))
         stage = "input" if tp.topic == settings.transactions_topic else tp.topic.rsplit(".", 1)[-1]
         rows.append(
@@ -260,10 +266,6 @@ def _latest_reports(
         if consumer.position([tp])[0].offset >= end:
             break
     return sorted(latest.values(), key=lambda r: r.instance)
-
-
-def _end(settings: Settings, tp: TopicPartition) -> int:
-    return end_offsets(settings, tp.topic, [tp.partition])[tp.partition]
 
 
 def format_status(status: GroupStatus) -> str:

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SHAPE_KEY = b"shape"
 
 
+STATUS_TOPIC_CONFIG = {"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"}
 REPARTITION_FORMAT = 4  # ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits
 CHANGELOG_FORMAT = 2  # 2: a table row starts with its layout id, layouts described (2026-12-02)
 
@@ -214,7 +215,10 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
     have = _existing_partitions(s, list(wanted))
     wrong = [f"{t} has {have[t]} (needs {n})" for t, n in wanted.items() if have.get(t, n) != n]
     own = [topology.shape_topic, topology.status_topic]
-    create_missing(s, {t: (1, True) for t in own})
+    # the status topic gets a report every STATUS_INTERVAL_MS from each instance and is read
+    # whole by `status` and every 5 s by the dashboard: a segment a minute, compacted soon,
+    # keeps it at about the latest reports (Kafka's defaults: a week of them)
+    create_missing(s, {t: (1, True) for t in own}, {topology.status_topic: STATUS_TOPIC_CONFIG})
     _wait_for_leaders(s, own)
     before = _read_shape(s, topology.shape_topic)
     if before is not None and before != now:
