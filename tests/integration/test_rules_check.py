@@ -50,6 +50,23 @@ rules:
   - {id: x1, type: magic}
 """
 
+# Problems that used to hide behind others, in several rules: a threshold rule's operator
+# and field (the second was checked only once the first was right, and neither while a
+# parameter was unknown), a velocity rule's missing limit next to a bad key and weight, its
+# buckets (0 crashed the check), and the model's problems next to a top-level one.
+HIDDEN = """
+version: "1"
+threshold: -1
+model: {file: nowhere.model, weight: 2}
+rules:
+  - {id: t1, type: threshold, params: {field: colour, op: "=~", value: 1}}
+  - {id: t2, type: threshold, params: {field: colour, op: "=~", value: 1, extra: 3}}
+  - {id: v1, type: velocity, weight: 99, params: {key: sourc, window: 1h}}
+  - {id: v2, type: velocity, params: {key: source, window: 1h, max_count: 3, buckets: 0}}
+  - {id: v3, type: velocity, params: {key: source, window: 1h, max_count: 3, buckets: 7}}
+  - {id: big, type: threshold, params: {field: amount, op: ">=", value: 900}}
+"""
+
 
 def rules_check(tmp_path: Path, **files: str) -> tuple[int, dict[str, list[tuple[str, str]]]]:
     """Run `fraudstream rules check` on the files; (exit code, each file's (id, message)
@@ -130,3 +147,32 @@ def test_top_level_errors_and_rule_errors_are_all_reported(tmp_path: Path) -> No
         if not found
     ]
     assert not missing, f"not reported: {missing}; reported: {problems}"
+
+
+def test_every_problem_of_every_rule_in_one_pass(tmp_path: Path) -> None:
+    code, out = rules_check(tmp_path, good=GOOD, hidden=HIDDEN)
+    problems = out["hidden"]
+    assert code == 1
+    assert out["good"] == []
+    missing = [
+        what
+        for what, found in {
+            "threshold": _has(problems, "file", "threshold"),
+            "t1 operator": _has(problems, "t1", "unknown operator '=~'"),
+            "t1 field": _has(problems, "t1", "no field 'colour'"),
+            "t2 operator": _has(problems, "t2", "unknown operator '=~'"),
+            "t2 field": _has(problems, "t2", "no field 'colour'"),
+            "t2 unknown parameter": _has(problems, "t2", "extra"),
+            "v1 weight": _has(problems, "v1", "weight"),
+            "v1 key": _has(problems, "v1", "key", "sourc"),
+            "v1 limit": _has(problems, "v1", "give max_count, max_sum or both"),
+            "v2 buckets": _has(problems, "v2", "buckets must be 1 or more, got 0"),
+            "v3 buckets": _has(problems, "v3", "window must split into 7 equal buckets"),
+            "model file": _has(problems, "model", "nowhere.model does not exist"),
+            "model weight": _has(problems, "model", "model.weight is no longer used"),
+        }.items()
+        if not found
+    ]
+    assert not missing, f"not reported: {missing}; reported: {problems}"
+    assert not any(rid == "big" for rid, _ in problems)
+    assert len(problems) == 13, problems  # each once

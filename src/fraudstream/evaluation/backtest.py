@@ -19,6 +19,7 @@ import msgspec
 from fraudstream.detection import Engine, Label, RuleSet
 from fraudstream.evaluation.metrics import TOP_K, Outcome, Report, report
 from fraudstream.evaluation.sources import complete_labels
+from fraudstream.progress import Progress, no_progress
 from fraudstream.schema import Decision, Transaction
 
 __all__ = ["BacktestResult", "backtest", "outcomes", "write_decisions"]
@@ -66,6 +67,7 @@ def backtest(
     *,
     since_ms: int | None = None,
     k: int = TOP_K,
+    progress: Progress = no_progress,
 ) -> BacktestResult:
     """Decide every transaction in order; labels feed back from their `known_ms` on."""
     labels = complete_labels(labels, transactions)[0]  # defaults, when not done yet
@@ -74,6 +76,7 @@ def backtest(
     decisions: list[Decision] = []
     for i in range(0, len(transactions), CHUNK):
         decisions += engine.decide(transactions[i : i + CHUNK])
+        progress("deciding", len(decisions), len(transactions))
     return BacktestResult(
         decisions, report(outcomes(transactions, decisions, labels, since_ms=since_ms), k)
     )

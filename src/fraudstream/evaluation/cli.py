@@ -1,4 +1,4 @@
-"""The `backtest`, `train` and `evaluate` commands (called by `fraudstream.cli`)."""
+"""What the `backtest`, `train` and `evaluate` commands do (their flags: `fraudstream.cli`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from fraudstream.config import Settings
-from fraudstream.detection import load_ruleset
+from fraudstream.detection import Label, load_ruleset
 from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.evaluation.backtest import backtest, write_decisions
 from fraudstream.evaluation.metrics import Outcome, Report, format_report, report
@@ -25,9 +25,10 @@ from fraudstream.evaluation.sources import (
     read_transactions,
 )
 from fraudstream.evaluation.train import train
+from fraudstream.progress import no_progress, progress_bars
 from fraudstream.schema import Transaction, event_time_ms
 
-__all__ = ["parse_columns", "run"]
+__all__ = ["parse_columns", "run_backtest", "run_evaluate", "run_train"]
 
 _FIELDS = sorted(f.name for f in msgspec.structs.fields(Transaction) if f.name != "decision")
 
@@ -112,51 +113,51 @@ def _print(r: Report, as_json: bool) -> None:
     print(json.dumps(r, indent=2) if as_json else format_report(r))
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    rules = Path(getattr(args, "rules_file", None) or settings.rules_file or "rules/default.yaml")
-    if args.command == "evaluate":
+def _rules(args: argparse.Namespace, settings: Settings) -> Path:
+    return Path(args.rules_file or settings.rules_file or "rules/default.yaml")
+
+
+def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    """`fraudstream evaluate`: decisions joined with their labels, reported."""
+    with progress_bars() as progress:
+        if progress is not None:
+            progress("reading the decisions and labels", 0, None)
         decisions = read_decisions(
             args.decisions or [settings.legit_topic, settings.fraud_topic], settings
         )
         labels = read_labels(args.labels or settings.labels_topic, settings)
-        rows = []
-        for tx_id, record in decisions.items():
-            label = labels.get(tx_id)
-            d = record["decision"]
-            rows.append(
-                Outcome(
-                    bool(label and label.is_fraud),
-                    label.scenario if label else None,
-                    d.get("outcome") == "fraud",
-                    float(d.get("score", 0.0)),
-                    tuple(r["rule"] for r in d.get("reasons", []) if r.get("rule") != "model"),
-                    _event_ms(record.get("timestamp")),
-                    record.get("source"),
-                )
+    rows = []
+    for tx_id, record in decisions.items():
+        label = labels.get(tx_id)
+        d = record["decision"]
+        rows.append(
+            Outcome(
+                bool(label and label.is_fraud),
+                label.scenario if label else None,
+                d.get("outcome") == "fraud",
+                float(d.get("score", 0.0)),
+                tuple(r["rule"] for r in d.get("reasons", []) if r.get("rule") != "model"),
+                _event_ms(record.get("timestamp")),
+                record.get("source"),
             )
-        _print(report(rows, args.top_k), args.json)
-        return 0
-    # Every argument is checked before the history is read (which may take long, or connect).
-    columns = parse_columns(args.columns)
-    if args.command == "backtest":
-        since = _since(args.since)
-        ruleset = load_ruleset(rules)
-        if args.output is not None:
-            _check_writable(args.output, "--output", "decisions.jsonl")
-    else:
-        ruleset = load_ruleset(rules, require_model=False)
-        _check_writable(args.out)
-        if args.test_share is not None and args.train_until:
-            raise ConfigError("give --test-share or --train-until, not both")
-        dates = {
-            name: _since(getattr(args, name), f"--{name.replace('_', '-')}")
-            for name in ("train_until", "test_from", "test_until")
-        }
-        _check_dates(dates, args.gap_days)
-    txs, invalid = read_transactions(args.input or settings.transactions_topic, settings, columns)
-    labels, label_counts = complete_labels(
-        read_labels(args.labels or settings.labels_topic, settings), txs
-    )
+        )
+    _print(report(rows, args.top_k), args.json)
+    return 0
+
+
+def _history(
+    args: argparse.Namespace, settings: Settings, columns: dict[str, str] | None
+) -> tuple[list[Transaction], dict[str, Label]]:
+    """The labelled history of `backtest` and `train`, saying on stderr what was skipped."""
+    with progress_bars() as progress:
+        if progress is not None:
+            progress("reading the history", 0, None)
+        txs, invalid = read_transactions(
+            args.input or settings.transactions_topic, settings, columns
+        )
+        labels, label_counts = complete_labels(
+            read_labels(args.labels or settings.labels_topic, settings), txs
+        )
     if invalid:
         print(
             f"skipped {sum(invalid.values()):,} invalid records: {_by_class(invalid)}",
@@ -174,32 +175,64 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "when published (published_ms, else the transaction's time)",
             file=sys.stderr,
         )
-    if args.command == "backtest":
-        result = backtest(ruleset, txs, labels, since_ms=since, k=args.top_k)
-        if args.output is not None:
-            try:
-                n = write_decisions(args.output, txs, result.decisions, labels, since_ms=since)
-            except OSError as exc:
-                raise FraudstreamError(
-                    f"cannot write the decisions to {args.output} ({exc.strerror or exc}); "
-                    "free space or give another --output"
-                ) from None
-            print(f"wrote {n:,} decisions to {args.output}", file=sys.stderr)
-        _print(result.report, args.json)
-        return 0
-    trained = train(
-        ruleset,
-        txs,
-        labels,
-        test_share=0.3 if args.test_share is None else args.test_share,
-        gap_days=args.gap_days,
-        train_until_ms=dates["train_until"],
-        test_from_ms=dates["test_from"],
-        test_until_ms=dates["test_until"],
-        folds=args.folds,
-        target_precision=args.target_precision,
-        alert_rate=args.alert_rate,
-    )
+    return txs, labels
+
+
+def run_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    """`fraudstream backtest`: a rule set over recorded history, judged against its labels."""
+    # Every argument is checked before the history is read (which may take long, or connect).
+    columns = parse_columns(args.columns)
+    since = _since(args.since)
+    ruleset = load_ruleset(_rules(args, settings))
+    if args.output is not None:
+        _check_writable(args.output, "--output", "decisions.jsonl")
+    txs, labels = _history(args, settings, columns)
+    with progress_bars() as progress:
+        result = backtest(
+            ruleset, txs, labels, since_ms=since, k=args.top_k, progress=progress or no_progress
+        )
+    if args.output is not None:
+        try:
+            n = write_decisions(args.output, txs, result.decisions, labels, since_ms=since)
+        except OSError as exc:
+            raise FraudstreamError(
+                f"cannot write the decisions to {args.output} ({exc.strerror or exc}); "
+                "free space or give another --output"
+            ) from None
+        print(f"wrote {n:,} decisions to {args.output}", file=sys.stderr)
+    _print(result.report, args.json)
+    return 0
+
+
+def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    """`fraudstream train`: fit the model on labelled history, split in time, and save it."""
+    # Every argument is checked before the history is read (which may take long, or connect).
+    columns = parse_columns(args.columns)
+    ruleset = load_ruleset(_rules(args, settings), require_model=False)
+    _check_writable(args.out)
+    if args.test_share is not None and args.train_until:
+        raise ConfigError("give --test-share or --train-until, not both")
+    dates = {
+        name: _since(getattr(args, name), f"--{name.replace('_', '-')}")
+        for name in ("train_until", "test_from", "test_until")
+    }
+    _check_dates(dates, args.gap_days)
+    txs, labels = _history(args, settings, columns)
+    with progress_bars() as progress:
+        trained = train(
+            ruleset,
+            txs,
+            labels,
+            test_share=0.3 if args.test_share is None else args.test_share,
+            gap_days=args.gap_days,
+            train_until_ms=dates["train_until"],
+            test_from_ms=dates["test_from"],
+            test_until_ms=dates["test_until"],
+            folds=args.folds,
+            target_precision=args.target_precision,
+            alert_rate=args.alert_rate,
+            progress=progress or no_progress,
+        )
     try:
         trained.model.save(args.out)
     except OSError as exc:

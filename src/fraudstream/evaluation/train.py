@@ -37,6 +37,7 @@ from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.evaluation.backtest import CHUNK, outcomes
 from fraudstream.evaluation.metrics import Outcome, Report, card_precision_at_k, report
 from fraudstream.evaluation.sources import complete_labels
+from fraudstream.progress import Progress, no_progress
 from fraudstream.schema import Decision, Transaction
 
 __all__ = [
@@ -143,7 +144,10 @@ def make_estimator(
 
 
 def features_of(
-    ruleset: RuleSet, transactions: Sequence[Transaction], labels: dict[str, Label]
+    ruleset: RuleSet,
+    transactions: Sequence[Transaction],
+    labels: dict[str, Label],
+    progress: Progress = no_progress,
 ) -> tuple[Engine, list[Any], np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """One pass of the live engine over the history (labels known from their own time):
     the engine, its (row, hits) per transaction, the model's input rows, fraud flags and
@@ -155,6 +159,7 @@ def features_of(
     scored = []
     for i in range(0, len(transactions), CHUNK):
         scored += engine.score(transactions[i : i + CHUNK])
+        progress("features", len(scored), len(transactions))
     rows = np.asarray(engine.model_rows(scored), dtype=np.float32)
     y = np.fromiter(
         (bool((lab := labels.get(t.id or "")) and lab.is_fraud) for t in transactions),
@@ -241,6 +246,7 @@ def train(
     alert_rate: float | None = None,
     drift_window: int = WINDOW,
     seed: int = 0,
+    progress: Progress = no_progress,
 ) -> TrainResult:
     """Choose the model (size, learning rate) on prequential folds, the threshold on their
     validation windows, fit on every training day, test after (see the module's doc)."""
@@ -300,7 +306,7 @@ def train(
             f"({folds} folds) and test on, with {gap_days:g}-day gaps between — give a longer "
             "history (--input), a smaller --delay-days or fewer --folds"
         )
-    engine, scored, rows, y, ts = features_of(ruleset, transactions, labels)
+    engine, scored, rows, y, ts = features_of(ruleset, transactions, labels, progress)
     fold_masks = []
     for a, b in windows:
         fit, val = ts < a - gap, (ts >= a) & (ts < b)
@@ -325,6 +331,8 @@ def train(
     # that differ only in their number of trees share one fit: boosting adds trees one after
     # the other, so the first 30 trees of a 100-tree fit are the 30-tree model (staged).
     staged_probs: dict[Candidate, list[np.ndarray[Any, Any]]] = {c: [] for c in candidates}
+    fits, done = len(_by_fit(candidates)) * len(fold_masks), 0
+    progress("model selection (fits)", done, fits)
     for (leaves, rate, l2), group in _by_fit(candidates).items():
         stages = {c.trees: c for c in group}
         for fit, val in fold_masks:
@@ -335,6 +343,8 @@ def train(
             for n, staged in enumerate(est.staged_predict_proba(rows[val]), start=1):
                 if n in stages:
                     staged_probs[stages[n]].append(staged[:, 1])
+            done += 1
+            progress("model selection (fits)", done, fits)
     trials: list[dict[str, Any]] = []
     for c in candidates:
         per_fold = [
@@ -366,6 +376,7 @@ def train(
     # the model saved: the chosen candidate on every training day, with that threshold (the fold
     # models minimise the same log loss on the same features: one probability scale)
     train_mask = ts < train_end
+    progress("fitting the chosen model", 0, 1)
     estimator = make_estimator(
         trees=winner.trees,
         leaves=winner.leaves,
@@ -374,6 +385,7 @@ def train(
         seed=seed,
     )
     estimator.fit(rows[train_mask], y[train_mask])
+    progress("fitting the chosen model", 1, 1)
     version = f"gbt-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}"
     model = FraudModel(estimator, FEATURE_NAMES, engine.rule_ids, version, threshold)
     split = {

@@ -24,6 +24,7 @@ from fraudstream.errors import FraudstreamError
 from fraudstream.generator.pacing import Pacer
 from fraudstream.generator.sim import Simulator
 from fraudstream.generator.tutorial import TutorialSource
+from fraudstream.progress import Progress, no_progress
 from fraudstream.stream import ensure_topics, producer_config
 
 __all__ = ["GeneratorStats", "generate", "records"]
@@ -148,6 +149,7 @@ def write_files(
     profile: str,
     fraud_rate: float = 0.01,
     label_delay_ms: int = 2 * 86_400_000,
+    progress: Progress = no_progress,
 ) -> int:
     """Write `count` transactions as JSON lines (and their labels to `labels_path`)."""
     source = records(
@@ -164,11 +166,13 @@ def write_files(
         with open(path, "wb") as out:
             labels = open(labels_path, "wb") if labels_path is not None else None  # noqa: SIM115
             try:
-                for _ in range(count):
+                for i in range(1, count + 1):
                     _, value, label = next(source)
                     out.write(value + b"\n")
                     if labels is not None and label is not None:
                         labels.write(label[1] + b"\n")
+                    if not i % 10_000 or i == count:
+                        progress("generating", i, count)
             finally:
                 if labels is not None:
                     labels.close()

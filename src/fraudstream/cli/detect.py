@@ -1,0 +1,243 @@
+"""`fraudstream detect`: decide legit or fraud for each transaction, in one process or N."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fraudstream.cli._common import (
+    Exit,
+    StopOnSignal,
+    command,
+    hold,
+    load,
+    processes,
+    settings_flags,
+)
+from fraudstream.config import Settings
+from fraudstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fraudstream.cli._common import Subparsers
+
+log = logging.getLogger("fraudstream")
+
+
+def add_parser(sub: Subparsers) -> None:
+    det = command(
+        sub,
+        "detect",
+        help="decide legit or fraud for each transaction",
+        handler=run,
+        clean_stop=True,
+        parents=[settings_flags()],
+        examples=[
+            ("with rules/default.yaml, until Ctrl-C", "fraudstream detect"),
+            (
+                "with the model's rules (once `make model` trained it), two processes in one group",
+                "fraudstream detect --rules rules/with-model.yaml --workers 2",
+            ),
+            (
+                "a second instance of the default group (on this or another machine)",
+                "fraudstream detect --instance 1",
+            ),
+        ],
+        description="Decide legit or fraud for each transaction, until Ctrl-C or SIGTERM (exit "
+        "0 once the last decisions are committed). With --workers N it exits with the highest "
+        "exit code of its N processes.",
+    )
+    det.add_argument("--group", dest="detector_group", help="consumer group id")
+    det.add_argument("--instance", dest="detector_instance", help="this instance's name")
+    det.add_argument(
+        "--batch-size", type=int, help="records per consume call (BATCH_SIZE, default 1000)"
+    )
+    det.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        help="commit a transaction at least this often (COMMIT_INTERVAL_MS, default 50)",
+    )
+    det.add_argument(
+        "--commit-records",
+        type=int,
+        help="or after this many records (COMMIT_RECORDS, default 20000)",
+    )
+    det.add_argument("--rules", dest="rules_file", help="rules file (default rules/default.yaml)")
+    det.add_argument(
+        "--workers",
+        type=processes,
+        default=1,
+        help="run N detector processes in one consumer group (instances 0..N-1)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load(args)
+    if args.workers > 1:
+        return _workers(args.workers, without_option(args.argv, "--workers"), settings)
+    return _detect(settings, args.command_line)
+
+
+def without_option(argv: Sequence[str], option: str) -> list[str]:
+    """`argv` without `option` and its value, given as `--option N` or `--option=N` (or as an
+    abbreviation argparse accepted, like `--work N`), as often as it is given."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":  # what follows is no option
+            out += [word, *words]
+            break
+        name, eq, _ = word.partition("=")
+        if len(name) > 2 and name.startswith("--") and option.startswith(name):
+            if not eq:
+                next(words, None)  # its value, the next word
+            continue
+        out.append(word)
+    return out
+
+
+def _workers(n: int, argv: list[str], settings: Settings) -> int:
+    """N detector processes, one per core, each run with `argv` (the command line without
+    --workers) and its own --instance; SIGTERM/Ctrl-C stops them all cleanly."""
+    from fraudstream.detection import load_ruleset
+
+    load_ruleset(Path(settings.rules_file or "rules/default.yaml"))  # fail once, here
+    base = settings.detector_instance
+    port = settings.metrics_port
+
+    def env(i: int) -> dict[str, str]:  # worker i serves its metrics on METRICS_PORT + i
+        return os.environ | ({"METRICS_PORT": str(port + i)} if port else {})
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fraudstream", *argv, "--instance", f"{base}-{i}"],
+            start_new_session=True,
+            env=env(i),
+        )
+        for i in range(n)
+    ]
+    stop = StopOnSignal().install()
+    while not stop.wait(0.5):
+        if all(p.poll() is not None for p in procs):
+            break
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    codes = [p.wait() for p in procs]
+    return max(codes)
+
+
+def _stable_hashing(settings: Settings, command_line: list[str] | None) -> None:
+    """Run with this installation's string-hash seed, so that a local state snapshot (whose
+    key index holds `hash(key)`) stays valid for the next process: re-execute if needed
+    (only when run as a command: `command_line` is then its arguments)."""
+    if not settings.snapshot_interval_ms:
+        return
+    from fraudstream.locks import hash_seed
+
+    seed = hash_seed(Path(settings.state_dir))
+    if os.environ.get("PYTHONHASHSEED") != seed and command_line is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        argv = [sys.executable, "-m", "fraudstream", *command_line]
+        os.execve(sys.executable, argv, os.environ | {"PYTHONHASHSEED": seed})
+
+
+def _one_detector(settings: Settings) -> None:
+    """Refuse a second detector of the same group and instance on this machine (it would
+    fence the running one into a shutdown)."""
+    from fraudstream.locks import ProcessLock
+
+    key = (settings.kafka_broker_url, settings.detector_group, settings.detector_instance)
+    name = f"{settings.detector_group}-{settings.detector_instance}"
+    lock = ProcessLock.acquire("detector", *key, directory=settings.lock_dir, info=name)
+    if lock is None:
+        holder = ProcessLock.holder("detector", *key, directory=settings.lock_dir)
+        pid = holder.split()[0] if holder else "?"
+        raise ConfigError(
+            f"detector {name} already runs on this machine (pid {pid}, group "
+            f"{settings.detector_group}, broker {settings.kafka_broker_url}); to add another, "
+            f"start it with `--instance 1` (or any other name), or run several with "
+            "`fraudstream detect --workers N`; to replace it, stop that one first"
+        )
+    hold(lock)
+
+
+def _not_elsewhere(settings: Settings) -> None:
+    """Refuse to start when the same group and instance runs on another machine (the lock
+    above sees only this one); a stopped one leaves the group within its session timeout."""
+    from fraudstream.stream.layout import running_elsewhere
+
+    name = f"{settings.detector_group}-{settings.detector_instance}"
+    host = running_elsewhere(settings, name)
+    if host is not None:
+        raise ConfigError(
+            f"detector {name} already runs on {host} (a member of group "
+            f"{settings.detector_group} on {settings.kafka_broker_url}); to add another, start "
+            "it with `--instance 1` (or any other name unused in the group); if that one has "
+            "stopped, it leaves the group when its session times out (KAFKA_SESSION_TIMEOUT_MS, "
+            "45 s by default): try again then"
+        )
+
+
+def _detect(settings: Settings, command_line: list[str] | None) -> int:
+    _stable_hashing(settings, command_line)  # may re-execute: before the heavy imports
+    from fraudstream.detection import Engine, load_ruleset
+    from fraudstream.detection.model import limit_native_threads
+    from fraudstream.stream import Processor, ensure_topics
+    from fraudstream.stream.clients import wait_for_broker
+    from fraudstream.stream.metrics import serve as serve_metrics
+
+    path = Path(settings.rules_file or "rules/default.yaml")
+    ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
+    limit_native_threads(settings.model_threads, model=ruleset.model is not None)
+    _one_detector(settings)
+    wait_for_broker(settings, settings.startup_timeout_ms / 1000)
+    _not_elsewhere(settings)
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(ruleset)
+    log.info(
+        "rules %s version %s: %d rules%s",
+        path,
+        engine.version,
+        len(engine.rules),
+        ", with model" if engine.model else "",
+    )
+    processor = Processor(settings, engine)
+    serve_metrics(processor.metrics.registry, settings)
+    stop = StopOnSignal().install()
+
+    def report() -> None:
+        while not stop.wait(5):
+            s = processor.stats
+            log.info(
+                "decided %d: legit %d, fraud %d, dead-letter %d",
+                s.total,
+                s.legit,
+                s.fraud,
+                s.dead_letter,
+            )
+
+    threading.Thread(target=report, daemon=True).start()
+    log.info(
+        "detector %s-%s reading %s",
+        settings.detector_group,
+        settings.detector_instance,
+        settings.transactions_topic,
+    )
+    stats = processor.run(stop)
+    log.info(
+        "stopped after %d: legit %d, fraud %d, dead-letter %d",
+        stats.total,
+        stats.legit,
+        stats.fraud,
+        stats.dead_letter,
+    )
+    return Exit.OK

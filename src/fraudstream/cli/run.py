@@ -1,0 +1,140 @@
+"""`fraudstream run`: broker, generator, detector, alerts and dashboard, until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fraudstream.cli._common import (
+    Exit,
+    StopOnSignal,
+    command,
+    hold,
+    is_local,
+    load,
+    rate,
+    settings_flags,
+)
+from fraudstream.errors import FraudstreamError
+
+if TYPE_CHECKING:
+    from fraudstream.broker import LocalBroker
+    from fraudstream.cli._common import Subparsers
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = command(
+        sub,
+        "run",
+        help="broker + generator + detector + alerts + dashboard, until Ctrl-C",
+        handler=run,
+        clean_stop=True,
+        parents=[settings_flags()],
+        examples=[
+            ("everything, the page on http://127.0.0.1:5000/ (as `make run`)", "fraudstream run"),
+            (
+                "200 tx/s, the page on port 8080, the model's rules (once `make model` trained it)",
+                "fraudstream run --rate 200 --port 8080 --rules rules/with-model.yaml",
+            ),
+        ],
+        problem="a component exited by itself (the others were stopped)",
+    )
+    p.add_argument("--rate", type=rate, help="generator tx/s (default TRANSACTIONS_PER_SECOND)")
+    p.add_argument("--port", dest="dashboard_port", type=int, help="dashboard port")
+    p.add_argument(
+        "--rules", dest="rules_file", help="the detector's rules file (default rules/default.yaml)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Everything at once, each app in its own process; Ctrl-C stops all of them cleanly."""
+    settings = load(args)
+    from fraudstream.broker import LocalBroker
+    from fraudstream.detection import load_ruleset
+    from fraudstream.locks import ProcessLock
+    from fraudstream.stream import check_connection, ensure_topics
+
+    load_ruleset(Path(settings.rules_file or "rules/default.yaml"))  # a bad file stops here
+    url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
+    lock = ProcessLock.acquire(
+        "run", settings.kafka_broker_url, directory=settings.lock_dir, info=url
+    )
+    if lock is None:
+        holder = ProcessLock.holder("run", settings.kafka_broker_url, directory=settings.lock_dir)
+        pid, _, page = holder.partition(" ")
+        raise FraudstreamError(
+            f"fraudstream is already running here (pid {pid or '?'}, dashboard {page or '?'}) "
+            f"on {settings.kafka_broker_url}; open its page, or stop it with Ctrl-C in its "
+            "terminal first. Nothing was started"
+        )
+    hold(lock)
+    local, port = is_local(settings.kafka_broker_url)
+    broker: LocalBroker | None = None  # set only when we start it, so we stop it after
+    if local and not LocalBroker(port=port).status():
+        try:
+            check_connection(settings, timeout=2)  # somebody else's broker answers: use it
+        except FraudstreamError:
+            broker = LocalBroker(port=port)
+            print(f"starting Kafka at {broker.bootstrap} …", file=sys.stderr)
+            broker.start()
+    ensure_topics(settings)
+    env = (
+        os.environ
+        | {
+            "KAFKA_BROKER_URL": settings.kafka_broker_url,
+            "TRANSACTIONS_TOPIC": settings.transactions_topic,
+            "LEGIT_TOPIC": settings.legit_topic,
+            "FRAUD_TOPIC": settings.fraud_topic,
+            "DLQ_TOPIC": settings.dlq_topic,
+            "LABELS_TOPIC": settings.labels_topic,
+            "DASHBOARD_PORT": str(settings.dashboard_port),
+        }
+        | ({"RULES_FILE": settings.rules_file} if settings.rules_file else {})
+    )
+    me = [sys.executable, "-m", "fraudstream"]
+    rate_flag = (
+        [] if args.rate is None else ["--rate", "max" if math.isinf(args.rate) else str(args.rate)]
+    )
+    procs = [
+        subprocess.Popen([*me, "dashboard"], env=env, start_new_session=True),
+        # stopped in reverse: the generator, the detector, then alerts sends what it decided
+        subprocess.Popen([*me, "alerts"], env=env, start_new_session=True),
+        subprocess.Popen([*me, "detect"], env=env, start_new_session=True),
+        subprocess.Popen(
+            [*me, "generate", "--profile", "sim", *rate_flag], env=env, start_new_session=True
+        ),
+    ]
+    stop = StopOnSignal().install()
+    time.sleep(1)
+    print(
+        f"\n  fraudstream is running: open http://{settings.dashboard_host}:"
+        f"{settings.dashboard_port}/   (Ctrl-C stops everything)\n",
+        file=sys.stderr,
+    )
+    code = Exit.OK
+    try:
+        while not stop.wait(0.5):
+            if any(p.poll() is not None for p in procs):
+                code = Exit.PROBLEM
+                print("a component exited; stopping the others", file=sys.stderr)
+                break
+    finally:
+        for p in reversed(procs):  # generator first, so the detector sees its last records
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if broker is not None:
+            print("stopping Kafka …", file=sys.stderr)
+            broker.stop()
+    print("stopped", file=sys.stderr)
+    return code

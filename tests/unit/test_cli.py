@@ -1,0 +1,154 @@
+"""The command line itself: each command's help shows examples that parse as written and the
+exit codes, each parses to its handler, and `detect --workers N` gives its processes the
+command line less --workers."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shlex
+import sys
+
+import pytest
+
+from fraudstream.cli import Exit, _parser
+from fraudstream.cli.detect import without_option
+from fraudstream.progress import progress_bars
+
+
+def _leaves(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every parser, by its words after `fraudstream`."""
+    out = {path: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out |= _leaves(sub, (*path, name))
+    return out
+
+
+PARSERS = _leaves(_parser())
+
+
+def _examples(parser: argparse.ArgumentParser) -> list[list[str]]:
+    """The command lines under `examples:` in its epilog, continuation lines joined."""
+    text = (parser.epilog or "").split("examples:\n", 1)
+    if len(text) < 2:
+        return []
+    lines, current = [], ""
+    for line in text[1].split("\n\n", 1)[0].splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            continue
+        current += line.removesuffix("\\")
+        if not line.endswith("\\"):
+            lines.append(shlex.split(current))
+            current = ""
+    return lines
+
+
+def test_the_commands_are_the_thirteen_of_the_readme() -> None:
+    top = {path[0] for path in PARSERS if path}
+    assert top == {
+        "broker",
+        "topics",
+        "status",
+        "reset",
+        "generate",
+        "detect",
+        "rules",
+        "backtest",
+        "train",
+        "evaluate",
+        "dashboard",
+        "alerts",
+        "run",
+    }
+
+
+@pytest.mark.parametrize("path", list(PARSERS), ids=lambda p: " ".join(p) or "fraudstream")
+def test_each_help_lists_the_exit_codes_and_examples_that_parse(path: tuple[str, ...]) -> None:
+    parser = PARSERS[path]
+    epilog = parser.epilog or ""
+    assert "exit codes:" in epilog
+    for code in (Exit.OK, Exit.ERROR, Exit.INTERRUPTED):
+        assert f"\n  {int(code):<5}" in epilog, (path, code)
+    examples = _examples(parser)
+    assert 1 <= len(examples) <= 3, path
+    for words in examples:
+        while "=" in words[0]:  # VAR=value before the command
+            words = words[1:]
+        assert words[0] == "fraudstream", words
+        args = _parser().parse_args([w for w in words[1:] if w != "--help"])
+        assert callable(args.handler), words
+        assert tuple(words[1 : 1 + len(path)]) == path or not path, (path, words)
+
+
+def test_every_command_line_reaches_a_handler_without_a_dispatch_chain() -> None:
+    handlers = {
+        (path, PARSERS[path].get_default("handler"))
+        for path in PARSERS
+        if PARSERS[path].get_default("handler") is not None
+    }
+    leaves = {path for path, _ in handlers}
+    groups = {p[:-1] for p in PARSERS if p}
+    assert leaves == set(PARSERS) - groups  # every leaf has one, no group does
+    assert len({h for _, h in handlers}) >= 13
+
+
+def test_the_top_level_help_names_what_exit_1_means() -> None:
+    epilog = _parser().epilog or ""
+    assert "\n  1    " in epilog and "rules check" in epilog
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["detect", "--workers", "2"], ["detect"]),
+        (["detect", "--workers=2"], ["detect"]),
+        (
+            ["detect", "--group", "g", "--workers", "4", "--batch-size", "10"],
+            ["detect", "--group", "g", "--batch-size", "10"],
+        ),
+        (
+            ["detect", "--workers=3", "--rules", "r.yaml", "--workers", "2"],
+            ["detect", "--rules", "r.yaml"],
+        ),
+        (["detect", "--work", "2", "--instance", "a"], ["detect", "--instance", "a"]),
+        # a value that looks like the flag, given with '=', stays
+        (["detect", "--group=--workers", "--workers", "2"], ["detect", "--group=--workers"]),
+    ],
+)
+def test_workers_get_the_command_line_less_workers(argv: list[str], expected: list[str]) -> None:
+    assert _parser().parse_args(argv).workers >= 1  # argparse takes each of these
+    assert without_option(argv, "--workers") == expected
+
+
+def test_workers_come_from_the_parsed_arguments_not_sys_argv(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sys.argv", ["fraudstream", "generate"])
+    args = _parser().parse_args(["detect", "--workers", "3"])
+    assert args.workers == 3
+
+
+def test_progress_bars_only_on_a_terminal_and_never_on_stdout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with progress_bars() as progress:  # pytest's stderr is no terminal: no bars
+        assert progress is None
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress_bars() as progress:
+        assert progress is not None
+        progress("reading", 0, None)
+        progress("deciding", 5_000, 10_000)
+        progress("deciding", 10_000, 10_000)
+    assert "deciding" in terminal.getvalue()
+    assert capsys.readouterr().out == ""
