@@ -9,7 +9,7 @@ KAFKA_BROKER_URL ?= localhost:9092
 TOPIC ?= streaming.transactions.fraud
 IDLE_MS ?= 10000
 
-.PHONY: help setup setup-test run test lint format bench chaos consume clean eval model compare reset
+.PHONY: help setup setup-test run test lint format bench chaos consume clean eval model compare reset screenshots
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -27,10 +27,11 @@ $(FRAUDSTREAM_CACHE)/.kafka: $(VENV)/.installed
 	$(BIN)/fraudstream broker fetch
 	touch $@
 
-setup-test: setup  ## setup, plus Chromium, kcat and the docker compose plugin (for tests)
-	@if ! command -v chromium >/dev/null || ! command -v kcat >/dev/null; then \
+setup-test: setup  ## setup, plus Chromium, kcat, openssl (test certificates) and the docker compose plugin
+	@if ! command -v chromium >/dev/null || ! command -v kcat >/dev/null \
+	    || ! command -v openssl >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium kcat; fi
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium kcat openssl; fi
 	@bash scripts/install-compose.sh
 
 run: setup  ## start broker, generator, detector and dashboard; Ctrl-C stops them all
@@ -47,6 +48,10 @@ lint: setup  ## ruff format --check, ruff check, mypy --strict
 format: setup  ## apply ruff's formatting and fixes
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+screenshots: setup-test  ## retake the README's screenshots (docs/images/) with the browser tests
+	mkdir -p docs/images
+	FRAUDSTREAM_SCREENSHOTS=$(CURDIR)/docs/images $(BIN)/pytest -p no:xdist tests/e2e -k simulated_run
 
 chaos: setup-test  ## only the fault scenarios (also part of make test)
 	$(BIN)/pytest tests/chaos

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -286,3 +287,46 @@ def model_rules(
         )
     )
     return rules
+
+
+def decided_records(settings: Settings, n: int, *, fraud_every: int, prefix: str) -> int:
+    """Write `n` decided records straight to the legit and fraud topics, as a detector would
+    (every `fraud_every`-th one fraud), as fast as the producer goes; returns the fraud count."""
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_broker_url,
+            "linger.ms": 20,
+            "enable.idempotence": True,
+        }
+    )
+    fraud = 0
+    for i in range(n):
+        is_fraud = i % fraud_every == 0
+        fraud += is_fraud
+        value = msgspec.json.encode(
+            {
+                "id": f"{prefix}-{i}",
+                "timestamp": 1_790_000_000_000 + i,
+                "source": f"acct-{i % 500}",
+                "target": f"shop-{i % 40}",
+                "amount": 12.5,
+                "currency": "EUR",
+                "decision": {
+                    "outcome": "fraud" if is_fraud else "legit",
+                    "score": 0.95 if is_fraud else 0.01,
+                    "reasons": [{"rule": "burst_1h", "reason": "7 payments in 1 h"}]
+                    if is_fraud
+                    else [],
+                    "rules_version": "test",
+                },
+            }
+        )
+        topic = settings.fraud_topic if is_fraud else settings.legit_topic
+        while True:
+            try:
+                producer.produce(topic, value, f"acct-{i % 500}".encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+    return fraud

@@ -9,12 +9,15 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -122,6 +125,7 @@ class SmtpReceiver:
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     logins: list[tuple[str, str]] = field(default_factory=list)
+    logins_over_tls: list[bool] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -138,9 +142,17 @@ class SmtpReceiver:
 
 
 @contextmanager
-def smtp_receiver(user: str | None = None, password: str | None = None) -> Iterator[SmtpReceiver]:
+def smtp_receiver(
+    user: str | None = None,
+    password: str | None = None,
+    *,
+    tls: ssl.SSLContext | None = None,
+    implicit_tls: bool = False,
+) -> Iterator[SmtpReceiver]:
     """An SMTP server on 127.0.0.1 for the duration of the block. With a `password` it offers
-    AUTH (without TLS) and accepts only that password, and that `user` when one is given."""
+    AUTH and accepts only that password, and that `user` when one is given. With `tls` (a
+    server context, see `self_signed`): it offers STARTTLS and requires it before AUTH and
+    mail, or, with `implicit_tls`, speaks TLS from the first byte (smtps)."""
     receiver = SmtpReceiver("127.0.0.1")
     kwargs: dict[str, Any] = {}
     if password is not None:
@@ -151,10 +163,19 @@ def smtp_receiver(user: str | None = None, password: str | None = None) -> Itera
             assert isinstance(data, LoginPassword)
             login, given = data.login.decode(), data.password.decode()
             receiver.logins.append((login, given))
+            receiver.logins_over_tls.append(session.ssl is not None)
             ok = given == password and (user is None or login == user)
             return AuthResult(success=ok, handled=False)
 
-        kwargs = {"authenticator": authenticator, "auth_require_tls": False}
+        # aiosmtpd counts only STARTTLS as TLS for AUTH; over smtps every byte is TLS anyway
+        kwargs = {
+            "authenticator": authenticator,
+            "auth_require_tls": tls is not None and not implicit_tls,
+        }
+    if tls is not None and implicit_tls:
+        kwargs["ssl_context"] = tls
+    elif tls is not None:
+        kwargs |= {"tls_context": tls, "require_starttls": True}
     controller = AnyPortController(receiver, hostname="127.0.0.1", port=0, **kwargs)
     controller.start()
     receiver.port = controller.port
@@ -162,3 +183,19 @@ def smtp_receiver(user: str | None = None, password: str | None = None) -> Itera
         yield receiver
     finally:
         controller.stop()
+
+
+def self_signed(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A certificate for 127.0.0.1 made with openssl: the server's context, and the file a
+    client trusts it by (SSL_CERT_FILE)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context, cert

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from fraudstream.alerts.alert import Alert
 from fraudstream.alerts.service import SinkWorker
 from fraudstream.alerts.sinks import WebhookSink
 from fraudstream.config import Settings
+from fraudstream.detection.alerting import Alert
 from tests.conftest import env_for, free_port, scrape, spawn, wait_for
 from tests.receivers import http_receiver, smtp_receiver
 

@@ -12,7 +12,7 @@ import httpx
 import msgspec
 
 from fraudstream.config import Settings
-from tests.conftest import produce_raw, run_detector
+from tests.conftest import decided_records, produce_raw, run_detector, wait_for
 
 
 def decided_batch(settings: Settings, prefix: str, n: int) -> list[str]:
@@ -50,7 +50,7 @@ async def read_events(response: httpx.Response, want: set[str]) -> list[dict[str
         elif line.startswith("data:") and event == "decisions":
             payload = json.loads(line.split(":", 1)[1])
             seen.extend(payload["items"])
-            if want <= {item["id"] for item in seen}:
+            if want <= {item["record"]["id"] for item in seen}:
                 return seen
     raise AssertionError("stream ended early")
 
@@ -70,15 +70,26 @@ def test_sse_delivers_decisions_with_outcome_reasons_and_counters(
             return await asyncio.wait_for(read_events(response, set(ids)), 60)
 
     items = asyncio.run(scenario())
-    by_id = {i["id"]: i for i in items if i["id"].startswith("sse-")}
+    by_id = {i["record"]["id"]: i for i in items if i["record"]["id"].startswith("sse-")}
     assert len(by_id) == 10
     for n in range(10):
         item = by_id[f"sse-{n}"]
         assert item["outcome"] == ("fraud" if n % 2 else "legit")
+        assert item["record"]["amount"] == (950 if n % 2 else 10)  # the record as written
         if n % 2:
-            assert item["reasons"][0]["rule"] == "amount_ge_900"
+            assert item["record"]["decision"]["reasons"][0]["rule"] == "amount_ge_900"
     health = httpx.get(dashboard + "/healthz").json()
     assert (health["legit"], health["fraud"], health["total"]) == (5, 5, 10)
+
+    def input_lag() -> int | None:  # its group's health, as `fraudstream status` reads it
+        detector = httpx.get(dashboard + "/healthz").json()["detector"]
+        stages = {s["stage"]: s for s in detector.get("stages", [])}
+        return stages["input"]["lag"] if "input" in stages else None
+
+    # read every 5 s: first the 10 records waiting (maybe), then none once they are committed
+    wait_for(lambda: input_lag() == 0, timeout=30, what="the dashboard to show no input lag")
+    detector = httpx.get(dashboard + "/healthz").json()["detector"]
+    assert detector["known"] and not detector["stalled"], detector
 
 
 def test_page_is_served_with_a_content_security_policy(dashboard: str) -> None:
@@ -206,3 +217,114 @@ def test_a_review_is_a_label_on_the_labels_topic_and_reaches_every_page(
         assert refused.status_code == 400 and says in refused.json()["error"], refused.text
     assert httpx.post(dashboard + "/review", content=b"nope", timeout=10).status_code == 400
     assert len(read_to_end(settings, settings.labels_topic)) == 1  # refused before writing
+
+
+def test_counters_are_the_topics_totals_not_the_history_a_page_replays(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Decisions written before the dashboard starts are all counted (they were counted
+    from the replayed rows before: 30% "fraud" after a restart)."""
+    from tests.conftest import running_dashboard
+
+    fraud = decided_records(settings, 3_000, fraud_every=3, prefix="old")
+    with running_dashboard(settings, tmp_path / "d.log", DASHBOARD_HISTORY="5") as url:
+
+        def counted() -> bool:
+            return bool(httpx.get(url + "/healthz").json()["caught_up"])
+
+        wait_for(counted, timeout=60, what="the dashboard to count the topics")
+        health = httpx.get(url + "/healthz").json()
+        assert (health["fraud"], health["total"]) == (fraud, 3_000)
+
+        async def first() -> dict[str, Any]:
+            async with (
+                httpx.AsyncClient(timeout=30) as client,
+                client.stream("GET", url + "/stream") as response,
+            ):
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        return dict(json.loads(line.split(":", 1)[1]))
+            raise AssertionError("stream ended early")
+
+        snapshot = asyncio.run(asyncio.wait_for(first(), 30))
+        assert snapshot["stats"]["total"] == 3_000
+        assert len(snapshot["items"]) == 5  # the page's history is bounded, the totals are not
+        assert sum(n for _, _, n in snapshot["series"]) == fraud  # charted by decision second
+        assert snapshot["top_rules"] == [["burst_1h", fraud]]
+        assert snapshot["alerts"], "the fraud makes alerts"
+
+
+def test_a_page_receives_only_the_rows_of_its_view(settings: Settings, dashboard: str) -> None:
+    async def items_of(query: str, want: int) -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream("GET", dashboard + "/stream" + query) as response,
+        ):
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    seen.extend(json.loads(line.split(":", 1)[1])["items"])
+                    if len(seen) >= want:
+                        return seen
+        raise AssertionError("stream ended early")
+
+    decided_records(settings, 90, fraud_every=3, prefix="view")  # 30 fraud, accounts acct-0..89
+
+    def ids(query: str, want: int) -> set[str]:
+        items = asyncio.run(asyncio.wait_for(items_of(query, want), 30))
+        return {i["record"]["id"] for i in items}
+
+    assert ids("?outcome=fraud", 30) == {f"view-{i}" for i in range(0, 90, 3)}
+    assert ids("?outcome=legit&account=acct-4", 1) == {"view-4"}
+    assert ids("?account=shop-1", 3) == {"view-1", "view-41", "view-81"}
+    assert ids("?rule=burst_1h&account=acct-3", 1) == {"view-3"}
+    refused = httpx.get(dashboard + "/stream?outcome=maybe", timeout=10)
+    assert refused.status_code == 400 and "outcome must be" in refused.json()["error"]
+
+
+def test_at_a_high_input_rate_a_page_receives_a_bounded_stream(
+    settings: Settings, dashboard: str
+) -> None:
+    """Records arrive far above 50,000 a second: each page still gets one payload a tick,
+    with at most ROWS_PER_TICK rows (fraud first), and the counters keep up."""
+    import time
+
+    from fraudstream.dashboard.board import ROWS_PER_TICK
+    from fraudstream.dashboard.feed import TICK_S
+
+    n = 200_000
+
+    async def watch() -> tuple[list[dict[str, Any]], list[int], float]:
+        payloads: list[dict[str, Any]] = []
+        sizes: list[int] = []
+        async with (
+            httpx.AsyncClient(timeout=60) as client,
+            client.stream("GET", dashboard + "/stream") as response,
+        ):
+            producing = asyncio.create_task(
+                asyncio.to_thread(decided_records, settings, n, fraud_every=50, prefix="hi")
+            )
+            started = time.monotonic()
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    sizes.append(len(line))
+                    payloads.append(json.loads(line.split(":", 1)[1]))
+                    if payloads[-1]["stats"]["total"] >= n:
+                        break
+            elapsed = time.monotonic() - started
+            await producing
+        return payloads, sizes, elapsed
+
+    payloads, sizes, elapsed = asyncio.run(asyncio.wait_for(watch(), 120))
+    assert payloads[-1]["stats"]["total"] == n
+    assert payloads[-1]["stats"]["fraud"] == n // 50
+    live = payloads[1:]  # after the snapshot
+    assert len(live) <= elapsed / TICK_S + 2, f"{len(live)} payloads in {elapsed:.1f}s"
+    assert max(len(p["items"]) for p in live) <= ROWS_PER_TICK
+    assert max(sizes) < 200_000, f"a payload of {max(sizes)} bytes"
+    busy = [p for p in live if p["stats"]["decided"] > ROWS_PER_TICK]
+    assert busy, "no tick had more decisions than it could show: the test did not load it"
+    for p in busy:  # sampled, fraud first: every payload of a busy tick shows its fraud
+        shown_fraud = sum(i["outcome"] == "fraud" for i in p["items"])
+        assert shown_fraud == min(ROWS_PER_TICK, p["stats"]["decided_fraud"])

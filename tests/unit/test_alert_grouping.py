@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fraudstream.alerts.alert import Grouper
+from fraudstream.detection.alerting import Grouper
 
 W = 60_000
 

@@ -8,11 +8,11 @@ import logging
 import socket
 from collections.abc import Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fraudstream.alerts.alert import Alert
 from fraudstream.alerts.sinks import (
     EmailSink,
     LogSink,
@@ -21,7 +21,8 @@ from fraudstream.alerts.sinks import (
     WebhookSink,
     build_sinks,
 )
-from tests.receivers import HttpReceiver, SmtpReceiver, http_receiver, smtp_receiver
+from fraudstream.detection.alerting import Alert
+from tests.receivers import HttpReceiver, SmtpReceiver, http_receiver, self_signed, smtp_receiver
 
 
 def FakeAlert(**fields: Any) -> Alert:
@@ -309,3 +310,49 @@ def test_build_sinks_names_the_missing_email_setting() -> None:
         _build(smtp_url="smtp://mail.test", email_to="ops@x.test")
     with pytest.raises(ValueError, match="ALERT_SMTP_URL"):
         _build(email_from="fraud@x.test", email_to="ops@x.test")
+
+
+def test_email_uses_starttls_when_offered_and_logs_in_only_over_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context, cert = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client trusts this certificate
+    with smtp_receiver(user="alerts", password="s3cret", tls=context) as server:
+        sink = EmailSink(
+            f"smtp://alerts:s3cret@127.0.0.1:{server.port}", "fraud@bank", ["team@bank"]
+        )
+        sink.send(FakeAlert())
+        assert len(server.messages) == 1
+        assert server.logins == [("alerts", "s3cret")] and server.logins_over_tls == [True]
+
+
+def test_email_over_smtps_speaks_tls_from_the_first_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context, cert = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with smtp_receiver(user="alerts", password="s3cret", tls=context, implicit_tls=True) as server:
+        sink = EmailSink(
+            f"smtps://alerts:s3cret@127.0.0.1:{server.port}", "fraud@bank", ["team@bank"]
+        )
+        sink.send(FakeAlert())
+        assert len(server.messages) == 1 and server.logins == [("alerts", "s3cret")]
+        plain = EmailSink(
+            f"smtp://127.0.0.1:{server.port}", "fraud@bank", ["team@bank"], timeout=1.0
+        )
+        with pytest.raises(SinkError):  # the server speaks nothing but TLS: no greeting
+            plain.send(FakeAlert())
+        assert len(server.messages) == 1
+
+
+def test_email_refuses_a_server_certificate_it_cannot_verify(tmp_path: Path) -> None:
+    """An untrusted certificate is an error, never a fallback to plain text."""
+    context, _ = self_signed(tmp_path)
+    with smtp_receiver(user="alerts", password="s3cret", tls=context) as server:
+        sink = EmailSink(
+            f"smtp://alerts:s3cret@127.0.0.1:{server.port}", "fraud@bank", ["team@bank"]
+        )
+        with pytest.raises(SinkError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
+            sink.send(FakeAlert())
+        assert server.messages == [] and server.logins == []
+        assert "s3cret" not in str(sink)

@@ -1,5 +1,6 @@
 """`fraudstream alerts`: read the fraud topic (read_committed, a consumer group of its own),
-group fraud by account (`alert.py`), and hand each alert to every sink (`sinks.py`).
+group fraud by account (`detection/alerting.py`, shared with the dashboard), and hand each
+alert to every sink (`sinks.py`).
 
 Delivery is at-least-once. Each sink has its own thread and queue: a sink that fails is
 retried with backoff (1 s doubling to 60 s) and holds its alerts, never drops them, while the
@@ -28,9 +29,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fraudstream.alerts.alert import Alert, Grouper
 from fraudstream.alerts.sinks import Sink
 from fraudstream.config import Settings
+from fraudstream.detection.alerting import Alert, Grouper
 from fraudstream.stream.clients import consumer_config
 
 __all__ = ["AlertService", "SinkWorker"]

@@ -51,7 +51,7 @@ class SinkError(Exception):
 
 
 class AlertLike(Protocol):
-    """What a sink reads of an alert (`fraudstream.alerts.alert.Alert` is one)."""
+    """What a sink reads of an alert (`fraudstream.detection.alerting.Alert` is one)."""
 
     @property
     def alert_id(self) -> str: ...

@@ -1,4 +1,5 @@
-"""`fraudstream dashboard`: the live page (`/`) and its Server-Sent Events stream (`/stream`).
+"""`fraudstream dashboard`: the live page (`/`), its Server-Sent Events stream (`/stream`, one
+payload per tick: see `feed`), `/healthz` (the counters), `/review` (an analyst's verdict).
 
 Starlette over asyncio: each browser is a coroutine waiting on its queue, not a thread, so
 hundreds of open streams cost little; the Kafka consumer is one per process (see `feed`).
@@ -33,6 +34,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fraudstream.config import Settings
+from fraudstream.dashboard.board import View
 from fraudstream.dashboard.feed import Feed
 from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.stream.clients import producer_config
@@ -108,11 +110,16 @@ def create_app(settings: Settings, feed: Feed | None = None) -> Starlette:
         )
 
     async def stream(request: Request) -> Response:
-        queue = feed.subscribe()
+        """`?outcome=fraud|legit&rule=ID&account=ACCOUNT`: the rows of that view only."""
+        try:
+            view = View.parse(request.query_params)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        queue, first = feed.subscribe(view)
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             try:
-                yield {"event": "decisions", "data": feed.snapshot()}
+                yield {"event": "decisions", "data": first}
                 while True:
                     yield {"event": "decisions", "data": await queue.get()}
             finally:
@@ -121,7 +128,9 @@ def create_app(settings: Settings, feed: Feed | None = None) -> Starlette:
         return EventSourceResponse(events(), ping=10, send_timeout=30)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"ready": feed.ready.is_set(), **feed.stats_dict()})
+        return JSONResponse(
+            {"ready": feed.ready.is_set(), **feed.stats_dict(), "detector": feed.health()}
+        )
 
     reviews = Reviews(settings)
 
