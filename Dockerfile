@@ -7,7 +7,10 @@ RUN pip install -r requirements.lock
 COPY src ./src
 COPY rules ./rules
 RUN pip install --no-deps .
-RUN useradd --create-home fraudstream
+# the apps run as fraudstream; the detector keeps its state (hash seed, snapshots) in
+# STATE_DIR, .fraudstream/state under the working directory
+RUN useradd --create-home fraudstream \
+ && mkdir -p /usr/app/.fraudstream/state && chown -R fraudstream /usr/app/.fraudstream
 USER fraudstream
 ENTRYPOINT ["fraudstream"]
 CMD ["detect"]
