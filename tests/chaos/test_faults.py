@@ -227,6 +227,43 @@ def test_random_aborts(settings: Settings, tmp_path: Path, fault_rng: random.Ran
     assert (v.valid, v.decided) == (n, n)
 
 
+RENEWED = "replacing the producer"  # the ERROR line of a producer replaced (renew)
+
+
+def test_a_fatal_producer_error_replaces_the_producer(
+    make_settings: SettingsFactory, tmp_path: Path, fault_rng: random.Random
+) -> None:
+    """A producer that fails fatally (as librdkafka's idempotence does when a restarted broker
+    lost its sequence numbers: OUT_OF_ORDER_SEQUENCE_NUMBER) is replaced in-process, the
+    state reloaded from the changelog and the input rewound, as Kafka Streams replaces its
+    producer: the detector goes on (it used to exit), and the decisions of the stateful
+    default rules equal a clean run's. A fifth of the commits fail so, at random."""
+    settings = make_settings(topic_partitions=1)
+    ensure_topics(settings)
+    n = 40_000
+    generate(
+        settings, rate=math.inf, count=n, seed=29, profile="sim", fraud_rate=0.05, progress=None
+    )
+    d = Detectors(
+        settings,
+        tmp_path,
+        rules=str(DEFAULT_RULES),
+        rng=fault_rng,
+        FAULT_FATAL_RATE="0.2",
+        COMMIT_RECORDS="1000",
+    )
+    try:
+        proc = d.start()
+        wait_done(settings, n, d=d)
+        d.stop(proc)
+    finally:
+        d.cleanup()
+    assert "the producer failed fatally" in log_of(proc)
+    d.check_logs(allowed_errors=(RENEWED,))
+    v = verify(settings, rules=DEFAULT_RULES)
+    assert (v.valid, v.decided) == (n, n)
+
+
 def open_transactions(settings: Settings, topics: list[str]) -> dict[tuple[str, int], range]:
     """Per partition of `topics`, the offsets written by a transaction still open (between
     the read_committed end and the high watermark)."""
@@ -393,7 +430,6 @@ def test_rebalance_add_stop_kill_restart(make_settings: SettingsFactory, tmp_pat
 
 
 DEFAULT_RULES = REPO / "rules" / "default.yaml"
-RENEWED = "replacing the producer"  # the ERROR line of a commit timed out past its retries
 
 
 # Kills alone (rates 0 and 0) were a third variant: both below SIGKILL three times too, so it

@@ -48,11 +48,18 @@ from fraudstream.stream.snapshot import SnapshotStore
 from fraudstream.stream.task_manager import TaskManager
 from fraudstream.stream.tasks import TaskContext
 from fraudstream.stream.topology import Topology
-from fraudstream.stream.transactions import TransactionCoordinator, abortable, fatal_message
+from fraudstream.stream.transactions import (
+    TransactionCoordinator,
+    abortable,
+    fatal_message,
+    renewable,
+)
 
 __all__ = ["Processor", "ProcessorStats"]
 
 log = logging.getLogger(__name__)
+
+RENEWALS_IN_A_ROW = 10  # producers replaced without a commit between before it gives up
 
 
 class Processor:
@@ -107,6 +114,7 @@ class Processor:
         self._stall = StallWatch(settings.stall_warning_ms)
         self._last_commit_ms = 0
         self._status_producer: Producer | None = None
+        self._renewals = 0  # producers replaced since the last commit
 
     @property
     def tasks(self) -> dict[tuple[str, int], Any]:
@@ -173,7 +181,11 @@ class Processor:
                     self._process(msgs)
                 except KafkaException as exc:
                     # e.g. the producer lost its epoch mid-transaction (librdkafka refuses
-                    # to produce until the transaction is aborted): abort and redo
+                    # to produce until the transaction is aborted): abort and redo; or it
+                    # failed fatally: replace it and redo
+                    if renewable(exc.args[0]):
+                        self._renew(exc.args[0])
+                        continue
                     if not txn.in_txn or not abortable(exc.args[0]):
                         raise
                     log.warning("producing failed, aborting and rewinding: %s", exc.args[0])
@@ -285,6 +297,9 @@ class Processor:
             txn.commit(offsets, self.consumer.consumer_group_metadata())
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
+            if renewable(err):  # the producer failed fatally (not fenced): replace it
+                self._renew(err)
+                return
             if abortable(err):
                 log.warning("transaction aborted, rewinding to committed offsets: %s", err)
                 self._abort()
@@ -294,6 +309,7 @@ class Processor:
                 return
             raise ProcessingError(fatal_message(err)) from None
         manager.commit()
+        self._renewals = 0
         done, s = self.collector.settle(), self.stats
         s.legit, s.fraud, s.dead_letter = (
             s.legit + done.legit,
@@ -320,9 +336,17 @@ class Processor:
         self._rewind()
 
     def _renew(self, err: KafkaError) -> None:
-        """A commit that kept timing out: a new producer (fencing the old one), every task
-        reloaded from its changelog, the input rewound to the committed offsets."""
+        """A commit that kept timing out, or a producer failed fatally: a new producer
+        (fencing the old one), every task reloaded from its changelog, the input rewound to
+        the committed offsets. Replaced RENEWALS_IN_A_ROW times without a commit between,
+        it stops: something else is wrong."""
         assert self.manager is not None
+        self._renewals += 1
+        if self._renewals > RENEWALS_IN_A_ROW:
+            raise ProcessingError(
+                f"the producer was replaced {RENEWALS_IN_A_ROW} times without a commit "
+                f"between; last: {fatal_message(err)}"
+            )
         self.txn.renew(err)
         self.collector.discard()
         self.stats.renewed += 1

@@ -30,7 +30,14 @@ from fraudstream.config import Settings
 from fraudstream.errors import ProcessingError
 from fraudstream.stream.clients import producer_config
 
-__all__ = ["PRODUCE_QUEUE_KBYTES", "TransactionCoordinator", "abortable", "fatal_message"]
+__all__ = [
+    "PRODUCE_QUEUE_KBYTES",
+    "TransactionCoordinator",
+    "abortable",
+    "fatal_message",
+    "fenced",
+    "renewable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +45,26 @@ PRODUCE_QUEUE_KBYTES = 65_536  # the most this process's producer holds unsent
 COMMIT_ATTEMPTS = 5
 
 
-def fatal_message(err: KafkaError) -> str:
-    """What a user reads when the detector stops on a Kafka error."""
-    if err.code() in (
+def fenced(err: KafkaError) -> bool:
+    """Another producer with this transactional.id took over: this one must stop."""
+    return err.code() in (
         KafkaError._FENCED,
         KafkaError.PRODUCER_FENCED,
         KafkaError.INVALID_PRODUCER_EPOCH,
-    ):
+    )
+
+
+def renewable(err: KafkaError) -> bool:
+    """A fatal error of this producer alone (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker
+    lost its idempotence state in a restart): a fresh producer with the same transactional.id
+    gets past it, as Kafka Streams replaces its producer. Fencing is not: another instance
+    holds the id."""
+    return bool(err.fatal()) and not fenced(err)
+
+
+def fatal_message(err: KafkaError) -> str:
+    """What a user reads when the detector stops on a Kafka error."""
+    if fenced(err):
         return (
             f"this detector was fenced: another instance with the same transactional.id "
             f"took over ({err}); its uncommitted work was aborted. Do not run two instances "
@@ -97,16 +117,18 @@ class TransactionCoordinator:
         self._watch_every_s = watch_every_s
         self.abort_rate = settings.fault_abort_rate
         self.commit_timeout_rate = settings.fault_commit_timeout_rate
+        self.fatal_rate = settings.fault_fatal_rate
         seed = settings.fault_injection_seed
         if seed is None:
             seed = random.SystemRandom().randrange(2**32)
         self._chaos = random.Random(seed)
-        if self.abort_rate or self.commit_timeout_rate:
+        if self.abort_rate or self.commit_timeout_rate or self.fatal_rate:
             log.warning(
                 "fault injection: aborting %.0f%% of transactions, timing out %.0f%% of "
-                "commits (FAULT_INJECTION_SEED=%d)",
+                "commits, failing %.0f%% of them fatally (FAULT_INJECTION_SEED=%d)",
                 100 * self.abort_rate,
                 100 * self.commit_timeout_rate,
+                100 * self.fatal_rate,
                 seed,
             )
 
@@ -178,6 +200,16 @@ class TransactionCoordinator:
         up to 5 times. Raises KafkaException (see `abortable`, `retriable`, `fatal_message`)."""
         if offsets:
             self.producer.send_offsets_to_transaction(offsets, group, 30)
+        if self.fatal_rate and self._chaos.random() < self.fatal_rate:
+            # Fault tests only: the producer fails fatally before its commit (as librdkafka's
+            # idempotence does when a restarted broker lost its sequence numbers)
+            raise KafkaException(
+                KafkaError(
+                    KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    "chaos: a fatal producer error before the commit",
+                    fatal=True,
+                )
+            )
         # Fault tests only: a commit that keeps timing out, having committed or not.
         chaos = bool(self.commit_timeout_rate) and (self._chaos.random() < self.commit_timeout_rate)
         if chaos and self._chaos.random() < 0.5:
@@ -199,26 +231,34 @@ class TransactionCoordinator:
         self.in_txn = False
 
     def abort(self) -> None:
-        """Abort the open transaction; a producer that cannot is fatal (ProcessingError)."""
+        """Abort the open transaction. A producer that cannot because it failed fatally is
+        replaced (`renew`: the new one's registration aborts the open transaction); a fenced
+        one is fatal (ProcessingError)."""
         try:
             # Let in-flight requests settle first: librdkafka can fail an abort racing them
             # with a fatal INVALID_TXN_STATE (librdkafka issue 4849).
             self.producer.flush(30)
             self.producer.abort_transaction(30)
         except KafkaException as exc:
-            raise ProcessingError(fatal_message(exc.args[0])) from None
+            err: KafkaError = exc.args[0]
+            if not renewable(err):
+                raise ProcessingError(fatal_message(err)) from None
+            self.renew(err)
         self.in_txn = False
 
     def renew(self, err: KafkaError) -> None:
-        """A commit that still times out after its retries is fatal for this producer:
-        whether it committed is unknown, and librdkafka lacks the client side of KIP-890 to
-        find out. A fresh producer with the same transactional.id fences the old one (the
-        coordinator completes or aborts its transaction). The caller then reloads the state
-        and rewinds the input to the committed offsets, which agree whatever the old
-        transaction's fate."""
+        """Replace the producer. A commit that still times out after its retries is fatal
+        for this producer: whether it committed is unknown, and librdkafka lacks the client
+        side of KIP-890 to find out; so is a fatal error of the producer itself (`renewable`).
+        A fresh producer with the same transactional.id fences the old one (the coordinator
+        completes or aborts its transaction). The caller then reloads the state and rewinds
+        the input to the committed offsets, which agree whatever the old transaction's
+        fate."""
         log.error(
-            "a transaction commit failed after its retries (%s); replacing the producer and "
-            "redoing the work since the last commit",
+            "%s (%s); replacing the producer and redoing the work since the last commit",
+            "the producer failed fatally"
+            if err.fatal()
+            else "a transaction commit failed after its retries",
             err,
         )
         self.producer.purge()
