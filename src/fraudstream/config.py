@@ -119,9 +119,9 @@ class Settings(BaseSettings):
     fault_commit_timeout_rate: float = Field(default=0.0, ge=0, le=1)
     """Fault tests only: the share of commits made to "time out" past their retries (having
     committed or not)."""
-    fault_fatal_rate: float = Field(default=0.0, ge=0, le=1)
-    """Fault tests only: the share of commits preceded by a fatal producer error (the
-    producer is replaced and the work since the last commit redone)."""
+    fault_fatal_every: int = Field(default=0, ge=0)
+    """Fault tests only: every Nth commit is preceded by a fatal producer error (the producer
+    is replaced and the work since the last commit redone) (0: never)."""
     fault_injection_seed: int | None = None
     """Fault tests only: the seed of the fault draws, to replay a failing run; unset: random,
     and logged."""

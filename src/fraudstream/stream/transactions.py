@@ -117,18 +117,19 @@ class TransactionCoordinator:
         self._watch_every_s = watch_every_s
         self.abort_rate = settings.fault_abort_rate
         self.commit_timeout_rate = settings.fault_commit_timeout_rate
-        self.fatal_rate = settings.fault_fatal_rate
+        self.fatal_every = settings.fault_fatal_every
+        self._commits = 0  # commit attempts, for fatal_every
         seed = settings.fault_injection_seed
         if seed is None:
             seed = random.SystemRandom().randrange(2**32)
         self._chaos = random.Random(seed)
-        if self.abort_rate or self.commit_timeout_rate or self.fatal_rate:
+        if self.abort_rate or self.commit_timeout_rate or self.fatal_every:
             log.warning(
                 "fault injection: aborting %.0f%% of transactions, timing out %.0f%% of "
-                "commits, failing %.0f%% of them fatally (FAULT_INJECTION_SEED=%d)",
+                "commits, failing every %sth fatally (FAULT_INJECTION_SEED=%d)",
                 100 * self.abort_rate,
                 100 * self.commit_timeout_rate,
-                100 * self.fatal_rate,
+                self.fatal_every or "no",
                 seed,
             )
 
@@ -200,7 +201,8 @@ class TransactionCoordinator:
         up to 5 times. Raises KafkaException (see `abortable`, `retriable`, `fatal_message`)."""
         if offsets:
             self.producer.send_offsets_to_transaction(offsets, group, 30)
-        if self.fatal_rate and self._chaos.random() < self.fatal_rate:
+        self._commits += 1
+        if self.fatal_every and not self._commits % self.fatal_every:
             # Fault tests only: the producer fails fatally before its commit (as librdkafka's
             # idempotence does when a restarted broker lost its sequence numbers)
             raise KafkaException(
