@@ -186,6 +186,28 @@ def wait_done(
     wait_for(lambda: group_lag(settings) == 0, timeout=timeout, what="the group to settle")
 
 
+def sim_on_one_partition(make_settings: SettingsFactory, n: int, seed: int) -> Settings:
+    """Settings whose input is one partition of `n` simulated transactions (5% fraud), so
+    that the stateful oracle's order is the live one."""
+    settings = make_settings(topic_partitions=1)
+    ensure_topics(settings)
+    generate(
+        settings, rate=math.inf, count=n, seed=seed, profile="sim", fraud_rate=0.05, progress=None
+    )
+    return settings
+
+
+def one_run(d: Detectors, settings: Settings, n: int) -> subprocess.Popen[bytes]:
+    """One detector of `d`, from its start until all `n` inputs are done, stopped cleanly."""
+    try:
+        proc = d.start()
+        wait_done(settings, n, d=d)
+        d.stop(proc)
+    finally:
+        d.cleanup()
+    return proc
+
+
 def test_sigkill_at_five_random_moments(
     settings: Settings, detectors: Detectors, fault_rng: random.Random
 ) -> None:
@@ -215,12 +237,7 @@ def test_random_aborts(settings: Settings, tmp_path: Path, fault_rng: random.Ran
         FAULT_ABORT_RATE="0.33",
         COMMIT_RECORDS="500",
     )
-    try:
-        proc = d.start()
-        wait_done(settings, n, d=d)
-        d.stop(proc)
-    finally:
-        d.cleanup()
+    proc = one_run(d, settings, n)
     assert "chaos: aborting" in log_of(proc)
     d.check_logs()
     v = verify(settings)
@@ -238,12 +255,8 @@ def test_a_fatal_producer_error_replaces_the_producer(
     state reloaded from the changelog and the input rewound, as Kafka Streams replaces its
     producer: the detector goes on (it used to exit), and the decisions of the stateful
     default rules equal a clean run's. Every eighth commit fails so (about 30 commits)."""
-    settings = make_settings(topic_partitions=1)
-    ensure_topics(settings)
     n = 30_000
-    generate(
-        settings, rate=math.inf, count=n, seed=29, profile="sim", fraud_rate=0.05, progress=None
-    )
+    settings = sim_on_one_partition(make_settings, n, seed=29)
     d = Detectors(
         settings,
         tmp_path,
@@ -252,12 +265,7 @@ def test_a_fatal_producer_error_replaces_the_producer(
         FAULT_FATAL_EVERY="8",
         COMMIT_RECORDS="1000",
     )
-    try:
-        proc = d.start()
-        wait_done(settings, n, d=d)
-        d.stop(proc)
-    finally:
-        d.cleanup()
+    proc = one_run(d, settings, n)
     assert "the producer failed fatally" in log_of(proc)
     d.check_logs(allowed_errors=(RENEWED,))
     v = verify(settings, rules=DEFAULT_RULES)
@@ -448,12 +456,8 @@ def test_stateful_rules_survive_kills_and_aborts_through_the_changelog(
     forgotten. With, on top: one transaction in three aborted; or one commit in 33 "timing
     out" past its retries (committed or not, at random), which replaces the producer and
     reloads the state in-process."""
-    settings = make_settings(topic_partitions=1)
-    ensure_topics(settings)
     n = 60_000
-    generate(
-        settings, rate=math.inf, count=n, seed=28, profile="sim", fraud_rate=0.05, progress=None
-    )
+    settings = sim_on_one_partition(make_settings, n, seed=28)
     d = Detectors(
         settings,
         tmp_path,

@@ -11,7 +11,13 @@ import pytest
 
 from fraudstream.generator import generate
 from fraudstream.stream import ensure_topics
-from tests.chaos.test_faults import Detectors, log_of, wait_committed, wait_done
+from tests.chaos.test_faults import (
+    Detectors,
+    log_of,
+    sim_on_one_partition,
+    wait_committed,
+    wait_done,
+)
 from tests.chaos.verify import verify
 from tests.conftest import REPO, SettingsFactory
 
@@ -22,12 +28,8 @@ DEFAULT_RULES = REPO / "rules" / "default.yaml"
 def test_killed_while_writing_snapshots(
     make_settings: SettingsFactory, tmp_path: Path, fault_rng: random.Random
 ) -> None:
-    settings = make_settings(topic_partitions=1)
-    ensure_topics(settings)
     n = 60_000
-    generate(
-        settings, rate=math.inf, count=n, seed=29, profile="sim", fraud_rate=0.05, progress=None
-    )
+    settings = sim_on_one_partition(make_settings, n, seed=29)
     d = Detectors(
         settings,
         tmp_path,
