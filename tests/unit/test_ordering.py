@@ -179,6 +179,55 @@ def test_blocks_across_a_crash_neither_lose_nor_repeat(
     assert [decode_block(encode_block(b)) for b in records] == records
 
 
+@settings(max_examples=300, deadline=None)
+@given(case=logs(), data=st.data())
+def test_offering_a_block_at_once_is_offering_its_envelopes_one_by_one(
+    case: tuple[int, Log], data: st.DataObject
+) -> None:
+    """`offer_block` (the keyed stages' path) against `offer` per envelope (the plain
+    statement): the same releases, bookkeeping, buffered bytes and oldest offset at every
+    step, across rewinds to a commit (records read again, some released before) and
+    upstream runs out of their own order."""
+    upstream, log = case
+    if data.draw(st.booleans()):  # an upstream's late record: a run out of its own order
+        log = log[:]
+        i, j = sorted(
+            data.draw(st.lists(st.integers(0, max(len(log) - 1, 0)), min_size=2, max_size=2))
+        )
+        if i < j and log[i].kind == DATA and log[j].kind == DATA and log[i].u == log[j].u:
+            log[i], log[j] = log[j], log[i]
+    records = _blocks(log, data)
+    size = data.draw(st.integers(min_value=0, max_value=500))
+    plain = Orderer(upstream, Meta())
+    fast = Orderer(upstream, Meta())
+    resume = 0
+    offset = 0
+    while offset < len(records):
+        block = records[offset]
+        for env in block:
+            plain.offer(env, offset, size)
+        fast.offer_block(block, offset, size)
+        assert (len(fast), fast.bytes, fast.oldest()) == (len(plain), plain.bytes, plain.oldest())
+        if data.draw(st.booleans()):
+            out_plain, out_fast = plain.release(), fast.release()
+            assert [(e.u, e.s) for e in out_fast] == [(e.u, e.s) for e in out_plain]
+            assert encode_meta(fast.meta) == encode_meta(plain.meta)
+            assert fast.holding == plain.holding
+            oldest = plain.oldest()
+            if data.draw(st.booleans()):  # commit here, then maybe rewind to it
+                resume = oldest if oldest is not None else offset + 1
+                meta = encode_meta(plain.committed_meta(resume))
+                assert encode_meta(fast.committed_meta(resume)) == meta
+                if data.draw(st.booleans()):
+                    plain.reset(decode_meta(meta))
+                    fast.reset(decode_meta(meta))
+                    offset = resume
+                    continue
+        offset += 1
+    assert [(e.u, e.s) for e in fast.release()] == [(e.u, e.s) for e in plain.release()]
+    assert encode_meta(fast.meta) == encode_meta(plain.meta)
+
+
 @settings(max_examples=200, deadline=None)
 @given(times=st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=30))
 def test_an_upstream_out_of_its_own_order_is_still_released_in_key_order(

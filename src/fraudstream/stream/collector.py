@@ -77,6 +77,19 @@ class RecordCollector:
             except BufferError:  # local queue full: let deliveries drain, then retry
                 producer.poll(0.05)
 
+    def send_keyed(
+        self, topic: str, partition: int, records: Sequence[tuple[bytes, bytes | None]]
+    ) -> None:
+        """`send` of each (key, value) to one partition, in order (a task's changelog
+        records): one produce call each, the waiting loop only when the queue is full."""
+        produce = self.txn.producer.produce
+        for key, value in records:
+            try:
+                produce(topic, value, key, partition=partition)
+            except BufferError:
+                self.send(topic, value, key, partition=partition)
+                produce = self.txn.producer.produce
+
     def count_reasons(self, reasons: Sequence[Any]) -> None:
         """The rules that fired on one decided record (call only when there are some)."""
         hits = self.pending.rule_hits

@@ -269,8 +269,8 @@ class TaskManager:
         }
         for (topic, partition), task in self.tasks.items():
             offset = task.commit_offset(positions.get((topic, partition), -1))
-            for key, value in task.changes(offset):  # state, in the same transaction
-                collector.send(task.stage.changelog, value, key, partition=partition)
+            # the state, in the same transaction
+            collector.send_keyed(task.stage.changelog, partition, task.changes(offset))
             if offset is not None:
                 offsets.append(TopicPartition(topic, partition, offset))
         return offsets

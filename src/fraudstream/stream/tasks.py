@@ -405,9 +405,8 @@ class KeyedTask(Task):
                 continue
             if not block:
                 continue
-            offset, size = msg.offset(), len(value) // len(block)
-            for env in block:  # a block shares its record's offset: committed as one
-                orderer.offer(env, offset, size)
+            # a block shares its record's offset: committed as one
+            orderer.offer_block(block, msg.offset(), len(value) // len(block))
             envelopes += len(block)
         collector.count_blocks(envelopes, len(msgs))
 
