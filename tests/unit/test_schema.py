@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
+from typing import Annotated
 
 import msgspec
 import pytest
@@ -12,6 +14,7 @@ from fraudstream.schema import (
     Decision,
     InvalidTransaction,
     Reason,
+    Transaction,
     decode_transaction,
     encode_decided,
 )
@@ -180,3 +183,94 @@ def test_valid_transactions_round_trip(amount_cents: int, source: str) -> None:
     assert decoded.tx.amount == amount
     out = json.loads(encode_decided(raw, decoded.added, DECISION, decoded.tx))
     assert out["source"] == source and out["amount"] == amount
+
+
+class _PatternTransaction(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`Transaction` as it was typed before: `currency` and `country` as msgspec patterns."""
+
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    target: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    amount: float
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+    id: str | None = None
+    timestamp: int | None = None
+    country: Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$")] | None = None
+    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)] | None = None
+    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
+
+
+_pattern_decoder = msgspec.json.Decoder(_PatternTransaction)
+
+
+def _by_patterns(value: bytes) -> tuple[str, str]:
+    """The outcome of decoding `value` as before: the patterns, then `check`."""
+    try:
+        old = _pattern_decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        return ("schema", str(exc))
+    tx = Transaction(**msgspec.structs.asdict(old))
+    try:
+        tx.check()
+    except InvalidTransaction as exc:
+        return (exc.kind, str(exc))
+    return ("ok", msgspec.json.encode(tx).decode())
+
+
+def _now(value: bytes) -> tuple[str, str]:
+    try:
+        return ("ok", msgspec.json.encode(decode_transaction(value).tx).decode())
+    except InvalidTransaction as exc:
+        return (exc.kind, str(exc))
+
+
+_codes = st.one_of(
+    st.sampled_from(["EUR", "USD", "XXX", "ABC", "eur", "EU", "EURO", "ÉUR"]), st.text(max_size=4)
+)
+_countries = st.one_of(
+    st.none(), st.sampled_from(["IT", "FR", "QQ", "it", "I", "ITA", "ÎT"]), st.text(max_size=3)
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    currency=_codes,
+    country=_countries,
+    amount=st.sampled_from([12.5, 950.0, -1.0, 0.001, 1e13]),
+    lat=st.sampled_from([None, 45.0, 95.0]),
+)
+def test_capital_letter_codes_are_checked_as_the_patterns_did(
+    currency: str, country: str | None, amount: float, lat: float | None
+) -> None:
+    """`currency` and `country` checked in `Transaction.check` instead of as msgspec
+    patterns: every record decodes, or is refused with the same class, as with the patterns;
+    and with the same message when it has one problem only (with several, the first one named
+    can differ). One difference, on purpose: a code with a trailing newline (`"IT\\n"`), which
+    the patterns' `$` let through, is refused."""
+    record: dict[str, object] = {
+        "source": "a",
+        "target": "b",
+        "amount": amount,
+        "currency": currency,
+        "id": "x",
+        "timestamp": 1_790_000_000_000,
+    }
+    if country is not None:
+        record["country"] = country
+    if lat is not None:
+        record |= {"lat": lat, "lon": 9.0}
+    value = msgspec.json.encode(record)
+    now = _now(value)
+    if currency.endswith("\n") or (country or "").endswith("\n"):
+        assert now[0] == "schema", now
+        return
+    before = _by_patterns(value)
+    assert now[0] == before[0], (now, before)
+    shape_problems = sum(
+        [
+            not re.fullmatch("[A-Z]{3}", currency),
+            country is not None and not re.fullmatch("[A-Z]{2}", country),
+            lat == 95.0,
+        ]
+    )
+    if shape_problems <= 1:
+        assert now == before
