@@ -19,7 +19,7 @@ from fraudstream.stream.layout import prepare_topology
 from fraudstream.stream.ordering import DATA, HOLD, INF, MARK, Envelope, Meta, decode_block
 from fraudstream.stream.task_manager import TaskManager, choose_paused
 from fraudstream.stream.tasks import InputTask, KeyedTask, LabelTask, OutputTask, TaskContext
-from fraudstream.stream.topology import Topology
+from fraudstream.stream.topology import INPUT, KEYED, OUTPUT, Topology
 from fraudstream.stream.transactions import TransactionCoordinator
 from tests.conftest import REPO, SettingsFactory, produce_raw, read_to_end, run_detector
 
@@ -186,11 +186,20 @@ def test_another_process_holding_back_pauses_the_inputs_ahead_of_the_lowest_mark
         False,  # not over its own bounds: its own marks do not ask others to hold
     )
     elsewhere = (5, 4, 1)  # the slowest input is another process's: all of these wait
-    assert choose_paused(inputs, 0, 0, False, 100, 1000, elsewhere)[0] == {
+    assert choose_paused(inputs, 0, 0, False, 100, 1000, elsewhere, elsewhere)[0] == {
         ("in", 0),
         ("in", 1),
         ("in", 2),
     }
+    # the lowest mark held comes from a later stage, which trails the inputs: the input the
+    # whole group waits for (the lowest the first keyed stage heard) still reads on
+    trailing = (8, 0, 2)
+    assert choose_paused(inputs, 0, 0, False, 100, 1000, trailing, (10, 1, 3))[0] == {
+        ("in", 0),
+        ("in", 2),
+    }
+    # no first-stage task here to say which input that is: its own laggard reads on
+    assert choose_paused(inputs, 0, 0, False, 100, 1000, trailing)[0] == {("in", 0), ("in", 2)}
     assert choose_paused(inputs, 0, 0, False, 100, 1000, None) == (set(), False)  # released
     # over its own bounds too: its own rule (all but its laggard)
     assert choose_paused(inputs, 101, 0, False, 100, 1000, elsewhere) == (
@@ -243,6 +252,43 @@ def test_the_task_manager_restores_a_task_of_each_role_from_the_changelogs(
         assert all(len(t.orderer) == 0 for t in keyed)  # everything was released and decided
         manager.drop([TopicPartition(topic, p) for topic, p in wanted])
         assert manager.tasks == {}
+    finally:
+        consumer.close()
+
+
+def test_a_hold_heard_late_in_the_flow_never_pauses_the_input_all_wait_for(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """The stall CI found (three detectors with the model): a HOLD heard by the output stage,
+    whose marks trail the first keyed stage's, paused every input here that ran ahead of its
+    lowest mark, and so the input every first-stage task of the group waited for. No stage
+    anywhere could release anything again. That input reads on; the others here pause."""
+    settings = make_settings(state_dir=str(tmp_path), topic_partitions=3)
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    assert [s.role for s in topology.stages] == [INPUT, KEYED, OUTPUT]
+    txn = TransactionCoordinator(settings, f"parts-{uuid.uuid4().hex[:8]}")
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
+    consumer = Consumer(consumer_config(settings, "parts", group_id=settings.detector_group))
+    first, keyed, out = (s.topic for s in topology.stages)
+    ours = [(first, 0), (first, 1)]  # input partition 2 belongs to another process
+    try:
+        consumer.assign([TopicPartition(t, p) for t, p in [*ours, (keyed, 0), (out, 0)]])
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: 0.0, name="parts")
+        manager.assign([*ours, (keyed, 0), (out, 0)])
+        manager.tasks[(first, 0)].meta.sent = (50, 0, 9)
+        manager.tasks[(first, 1)].meta.sent = (20, 1, 4)  # the slowest input of the group
+        first_stage = manager.tasks[(keyed, 0)].orderer  # type: ignore[attr-defined]
+        first_stage.offer(Envelope(MARK, 50, 0, 9, 0, 1), offset=0)
+        first_stage.offer(Envelope(MARK, 20, 1, 4, 1, 1), offset=1)
+        first_stage.offer(Envelope(MARK, 70, 2, 5, 2, 1), offset=2)
+        last = manager.tasks[(out, 0)].orderer  # type: ignore[attr-defined]
+        last.offer(Envelope(MARK, 20, 1, 4, 0, 1), offset=0)  # keyed task 0: this process
+        last.offer(Envelope(HOLD, 10, 1, 2, 1, 1), offset=1)  # another, over its bounds
+        last.offer(Envelope(MARK, 15, 0, 3, 2, 1), offset=2)
+        manager.backpressure()
+        assert manager.paused == {(first, 0)} and not manager.pressing
     finally:
         consumer.close()
 

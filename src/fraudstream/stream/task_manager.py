@@ -55,6 +55,7 @@ def choose_paused(
     max_records: int,
     max_bytes: int,
     held: Key | None = None,
+    floor: Key | None = None,
 ) -> tuple[set[tuple[str, int]], bool]:
     """Which input partitions to pause, given each input task's mark and what waits between
     this process's stages; and whether this process is now over its bounds (`pressing`: it
@@ -62,7 +63,13 @@ def choose_paused(
     to be released), until both are below half. Within them, while another process asks to
     hold back (`held`: the lowest mark the keyed stages here have heard), every input ahead
     of that mark: the other's stages are fed by these inputs too, and only its own can it
-    pause."""
+    pause.
+
+    Never the input the whole group waits for, though: `floor`, the lowest mark the first
+    keyed stage here heard from all inputs. `held` may come from a later stage, whose marks
+    trail the first's: pausing every input ahead of it would pause that input too, and then
+    no stage anywhere could release anything (three detectors stalled so in CI). Without a
+    first-stage task here (`floor` None), its own laggard reads on."""
     over = waiting_records > max_records or waiting_bytes > max_bytes
     under = waiting_records <= max_records // 2 and waiting_bytes <= max_bytes // 2
     pressing = over or (pressing and not under)
@@ -74,7 +81,9 @@ def choose_paused(
         laggard = min(inputs, key=lambda t: t[1])[0]
         return {tp for tp, _ in inputs if tp != laggard}, True
     if held is not None:
-        return {tp for tp, mark in inputs if mark > held}, False
+        if floor is None:
+            floor = min(mark for _, mark in inputs)
+        return {tp for tp, mark in inputs if mark > held and mark > floor}, False
     return set(), False
 
 
@@ -358,7 +367,8 @@ class TaskManager:
         process can pause only its own. So while over its bounds, every task of a process
         that sends marks (input, labels, keyed) sends them as HOLD, and every process whose
         keyed or output tasks hear one from another pauses its own inputs that are ahead of
-        the lowest mark they have heard, until the marks say otherwise. Pausing only delays
+        the lowest mark they have heard, until the marks say otherwise; never the input the
+        whole group waits for (the lowest its first keyed stage heard). Pausing only delays
         reading, so order, marks and exactly-once are untouched."""
         now = self.clock()
         if now < self._next_backpressure:
@@ -368,6 +378,7 @@ class TaskManager:
         inputs: list[tuple[tuple[str, int], Key]] = []
         internal = []
         held: Key | None = None
+        floor: Key | None = None  # the lowest input mark the first keyed stage here heard
         topology = self.topology
         own: dict[int, set[int]] = {}  # per stage: the upstream tasks of this process there
         for task in self.tasks.values():
@@ -379,6 +390,9 @@ class TaskManager:
                 records += len(orderer)
                 nbytes += orderer.bytes
                 internal.append(TopicPartition(topic, partition))
+                if task.stage.index == 1:
+                    heard = orderer.bound() or (-1, -1, -1)  # an input unheard yet: lowest
+                    floor = heard if floor is None else min(floor, heard)
                 if orderer.holding - own.get(task.stage.index, set()):  # another process
                     low = orderer.bound()
                     if low is not None and (held is None or low < held):
@@ -401,6 +415,7 @@ class TaskManager:
             s.max_buffered_records,
             s.max_buffered_bytes,
             held,
+            floor,
         )
         if pressing and not self.pressing:
             log.info(
