@@ -179,7 +179,7 @@ def test_blocks_across_a_crash_neither_lose_nor_repeat(
     assert [decode_block(encode_block(b)) for b in records] == records
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(case=logs(), data=st.data())
 def test_offering_a_block_at_once_is_offering_its_envelopes_one_by_one(
     case: tuple[int, Log], data: st.DataObject
