@@ -81,7 +81,9 @@ def test_sigterm_while_transactions_are_open_commits_them_and_leaves_the_group(
     too."""
     settings = make_settings(topic_partitions=partitions)
     ensure_topics(settings)
-    n, rate = 40_000, 4_000
+    # 20 s of input: the tries below (about 1.3 s each) catch an open transaction only while
+    # input flows, and at 10 s a run in CI once ran out of input before one was caught
+    n, rate = 40_000, 2_000
     feeder = threading.Thread(
         target=generate,
         args=(settings,),
