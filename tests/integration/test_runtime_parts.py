@@ -354,7 +354,8 @@ def test_a_hold_from_another_process_pauses_the_inputs_here_that_run_ahead(
     """The task manager's half of holding back, on real tasks and a real consumer: a keyed
     task here heard a HOLD mark from an input task of another process; this process's
     inputs ahead of the lowest mark heard pause, and read on once that input's next mark is
-    a plain one. Over its own bounds, its own input tasks' marks become HOLD."""
+    a plain one. Over its own bounds, its own input tasks' marks become HOLD; without keyed
+    tasks any more, it resumes all."""
     settings = make_settings(state_dir=str(tmp_path), topic_partitions=3)
     ensure_topics(settings)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
@@ -393,6 +394,13 @@ def test_a_hold_from_another_process_pauses_the_inputs_here_that_run_ahead(
         manager.send_marks()
         # every task that sends marks asks, the keyed one too (its marks go downstream)
         assert all(manager.tasks[tp].held for tp in [*ours, (keyed, 0)])
+        # its keyed task goes to another process (a rebalance): nothing waits here any more,
+        # so what it paused reads again and its marks stop asking (it once stayed paused, and
+        # three detectors with it)
+        manager.drop([TopicPartition(keyed, 0)])
+        now[0] += 1
+        manager.backpressure()
+        assert manager.paused == set() and not manager.pressing
         # a process holding keyed partitions only, over its bounds, asks too: nothing of its
         # own to pause, its marks to the output stage are the only way to the inputs' readers
         only_keyed = TaskManager(ctx, consumer, engine, None, clock=lambda: now[0], name="k")

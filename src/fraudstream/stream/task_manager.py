@@ -399,8 +399,10 @@ class TaskManager:
                 # its mark as sent, as the stages know it (compared with what they heard)
                 mark = task.meta.sent or task.bound()
                 inputs.append(((topic, partition), mark if mark is not None else (-1, -1, -1)))
-        if not internal:
-            return  # one stage: nothing waits between stages
+        if not internal and not self.paused and not self.pressing:
+            return  # no keyed task here (one stage, or all elsewhere): nothing waits here
+        # (a process that lost its keyed tasks in a rebalance goes on below: it hears no HOLD
+        # and holds nothing any more, so it must resume what it paused, and stop asking)
         per_record = self.ctx.collector.envelopes_per_record
         for tp, high in self._behind(internal):
             records += round((high - tp.offset) * per_record)  # blocks of records
