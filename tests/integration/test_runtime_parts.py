@@ -259,10 +259,10 @@ def test_the_task_manager_restores_a_task_of_each_role_from_the_changelogs(
 def test_a_hold_heard_late_in_the_flow_never_pauses_the_input_all_wait_for(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
-    """The stall CI found (three detectors with the model): a HOLD heard by the output stage,
-    whose marks trail the first keyed stage's, paused every input here that ran ahead of its
-    lowest mark, and so the input every first-stage task of the group waited for. No stage
-    anywhere could release anything again. That input reads on; the others here pause."""
+    """A HOLD heard by the output stage, whose marks trail the first keyed stage's, paused
+    every input here that ran ahead of its lowest mark, and so the input every first-stage
+    task of the group waited for: no stage anywhere could release anything again. That input
+    reads on; the others here pause."""
     settings = make_settings(state_dir=str(tmp_path), topic_partitions=3)
     ensure_topics(settings)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))

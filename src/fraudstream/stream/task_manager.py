@@ -68,8 +68,8 @@ def choose_paused(
     Never the input the whole group waits for, though: `floor`, the lowest mark the first
     keyed stage here heard from all inputs. `held` may come from a later stage, whose marks
     trail the first's: pausing every input ahead of it would pause that input too, and then
-    no stage anywhere could release anything (three detectors stalled so in CI). Without a
-    first-stage task here (`floor` None), its own laggard reads on."""
+    no stage anywhere could release anything. Without a first-stage task here (`floor`
+    None), its own laggard reads on."""
     over = waiting_records > max_records or waiting_bytes > max_bytes
     under = waiting_records <= max_records // 2 and waiting_bytes <= max_bytes // 2
     pressing = over or (pressing and not under)
