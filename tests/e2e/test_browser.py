@@ -349,3 +349,35 @@ def test_an_alert_link_opens_that_alert(
         linked.reload()
         expect(linked.locator("#detail")).to_contain_text("not among the latest", timeout=30_000)
         linked.close()
+
+
+@pytest.mark.browser
+def test_a_full_table_lets_the_oldest_legit_rows_go_before_a_fraud_one(
+    browser: Browser, settings: Settings, tmp_path: Path
+) -> None:
+    """The table keeps DASHBOARD_HISTORY rows: past that, the oldest legit rows go first and
+    a fraud row stays, as the server chooses rows (fraud first). Rows come in the order the
+    topics are read, so while a page counts the history the small fraud topic is read long
+    before the last legit rows, which pushed every fraud row out of the table."""
+    with running_dashboard(settings, tmp_path / "d.log", DASHBOARD_HISTORY="5") as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        expect(page.locator("#status")).to_have_text("live")
+        tx = {
+            "source": "alice",
+            "target": "shop",
+            "currency": "EUR",
+            "timestamp": 1_790_000_000_000,
+        }
+        produce_raw(settings, [(b"k", msgspec.json.encode(tx | {"id": "big", "amount": 950.0}))])
+        run_detector(settings, 1)
+        expect(page.locator("#decisions tr.fraud")).to_have_count(1, timeout=30_000)
+        produce_raw(
+            settings,
+            [(b"k", msgspec.json.encode(tx | {"id": f"s{i}", "amount": 12.5})) for i in range(8)],
+        )
+        run_detector(settings, 8)
+        expect(page.locator("#decisions td.id", has_text="s7")).to_have_count(1, timeout=30_000)
+        expect(page.locator("#decisions tr")).to_have_count(5)
+        expect(page.locator("#decisions tr.fraud")).to_have_count(1)
+        page.close()

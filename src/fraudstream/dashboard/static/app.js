@@ -134,7 +134,16 @@
     const fragment = document.createDocumentFragment();
     for (let i = items.length - 1; i >= 0; i--) fragment.appendChild(row(items[i]));
     tbody.insertBefore(fragment, tbody.firstChild);  // newest first
-    while (tbody.rows.length > maxRows) tbody.deleteRow(-1);
+    // Over maxRows, the oldest legit rows go first, as the server chooses (fraud first): rows
+    // come in the order the topics are read, and while the page counts the history the
+    // small fraud topic is read long before the last legit rows, which would push every
+    // fraud row out of the table.
+    let excess = tbody.rows.length - maxRows;
+    if (excess > 0) {
+      const legit = tbody.querySelectorAll("tr.legit");
+      for (let i = legit.length - 1; i >= 0 && excess > 0; i--, excess--) legit[i].remove();
+      while (excess-- > 0) tbody.deleteRow(-1);
+    }
   }
 
   function showReviews(list) {
