@@ -356,7 +356,7 @@ def test_a_full_table_lets_the_oldest_legit_rows_go_before_a_fraud_one(
     browser: Browser, settings: Settings, tmp_path: Path
 ) -> None:
     """The table keeps DASHBOARD_HISTORY rows: past that, the oldest legit rows go first and
-    a fraud row stays, as the server chooses rows (fraud first). Rows come in the order the
+    fraud rows stay, up to half of the table, as the server chooses rows (fraud first). Rows come in the order the
     topics are read, so while a page counts the history the small fraud topic is read long
     before the last legit rows, which pushed every fraud row out of the table."""
     with running_dashboard(settings, tmp_path / "d.log", DASHBOARD_HISTORY="5") as url:
@@ -380,4 +380,17 @@ def test_a_full_table_lets_the_oldest_legit_rows_go_before_a_fraud_one(
         expect(page.locator("#decisions td.id", has_text="s7")).to_have_count(1, timeout=30_000)
         expect(page.locator("#decisions tr")).to_have_count(5)
         expect(page.locator("#decisions tr.fraud")).to_have_count(1)
+        # fraud rows keep at most half of it: the newest legit rows still come
+        big = [tx | {"id": f"b{i}", "amount": 990.0} for i in range(4)]
+        produce_raw(settings, [(b"k", msgspec.json.encode(r)) for r in big])
+        run_detector(settings, 4)
+        expect(page.locator("#decisions td.id", has_text="b3")).to_have_count(1, timeout=30_000)
+        produce_raw(
+            settings,
+            [(b"k", msgspec.json.encode(tx | {"id": f"t{i}", "amount": 9.5})) for i in range(8)],
+        )
+        run_detector(settings, 8)
+        expect(page.locator("#decisions td.id", has_text="t7")).to_have_count(1, timeout=30_000)
+        expect(page.locator("#decisions tr.fraud")).to_have_count(3)
+        expect(page.locator("#decisions tr.legit")).to_have_count(2)
         page.close()

@@ -134,13 +134,17 @@
     const fragment = document.createDocumentFragment();
     for (let i = items.length - 1; i >= 0; i--) fragment.appendChild(row(items[i]));
     tbody.insertBefore(fragment, tbody.firstChild);  // newest first
-    // Over maxRows, the oldest legit rows go first, as the server chooses (fraud first): rows
-    // come in the order the topics are read, and while the page counts the history the
-    // small fraud topic is read long before the last legit rows, which would push every
-    // fraud row out of the table.
+    // Over maxRows, fraud rows keep up to half of the table and the oldest legit rows go
+    // first, as the server chooses rows (fraud first): rows come in the order the topics are
+    // read, and while the page counts the history the small fraud topic is read long before
+    // the last legit rows, which would push every fraud row out. The other half keeps the
+    // newest legit rows coming.
     let excess = tbody.rows.length - maxRows;
     if (excess > 0) {
+      const fraud = tbody.querySelectorAll("tr.fraud");
       const legit = tbody.querySelectorAll("tr.legit");
+      const fraudKept = Math.max(Math.ceil(maxRows / 2), maxRows - legit.length);
+      for (let i = fraud.length - 1; i >= fraudKept && excess > 0; i--, excess--) fraud[i].remove();
       for (let i = legit.length - 1; i >= 0 && excess > 0; i--, excess--) legit[i].remove();
       while (excess-- > 0) tbody.deleteRow(-1);
     }
