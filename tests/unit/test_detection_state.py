@@ -359,45 +359,6 @@ def test_stages_by_key_decide_as_one_engine() -> None:
     assert full.finish(parts, hits) == reference.decide(txs)
 
 
-@settings(max_examples=150, deadline=None)
-@given(txs=streams())
-def test_payments_under_a_stage_floor_need_nothing_there(txs: list[Transaction]) -> None:
-    """What lets payments skip a keyed stage (`Engine.stage_floors`): its engine, given only
-    the payments at or above the floor, fires the same on them and keeps the same state as
-    given every payment, and fires on none below it."""
-    from fraudstream.detection.rules import Velocity
-
-    rules = [*RULES.rules, Velocity("payee_burst", "target", HOUR, max_count=2, min_amount=200.0)]
-    full = Engine(rules, threshold=RULES.threshold, version="t")
-    floors = full.stage_floors()
-    assert floors == {"target": 200.0}
-    floor = floors["target"]
-    assert floor is not None
-    kept = [i for i, t in enumerate(txs) if t.amount >= floor]
-    every, some = (_keep_all(full.for_stage("target")) for _ in range(2))
-    every.begin()
-    some.begin()
-    all_seen = every.score(txs)
-    assert some.score([txs[i] for i in kept]) == [all_seen[i] for i in kept]
-    assert not any(all_seen[i][1] for i in set(range(len(txs))) - set(kept))
-    assert sorted(every.changes(), key=repr) == sorted(some.changes(), key=repr)
-    # idle keys evicted (at other moments when fewer payments pass): no hit changes either
-    evicted_all = full.for_stage("target").score(txs)
-    evicted_some = full.for_stage("target").score([txs[i] for i in kept])
-    assert evicted_some == [evicted_all[i] for i in kept]
-
-
-def test_a_stage_gets_a_floor_only_when_every_rule_of_its_key_ignores_small_payments() -> None:
-    from fraudstream.detection.rules import Velocity
-
-    assert Engine.from_ruleset(RULES).stage_floors() == {"target": 500.0}
-    unbounded = Velocity("payee_count", "target", HOUR, max_count=9)
-    plain = Engine([*RULES.rules, unbounded], version="t")
-    assert plain.stage_floors() == {"target": None}
-    with_model = Engine.from_ruleset(RULES, features=True)
-    assert with_model.stage_floors() == {"target": None, "merchant": None}
-
-
 def test_queued_verdicts_survive_a_restore() -> None:
     txs = _sim_txs(3000, seed=9)
     labels = [

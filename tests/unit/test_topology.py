@@ -83,30 +83,3 @@ def test_a_group_whose_changelogs_hold_untagged_rows_is_told_apart() -> None:
     assert old.differences(now) == [
         f"state changelog format 1 → {CHANGELOG_FORMAT} (written by another version of fraudstream)"
     ]
-
-
-def test_payments_skip_the_stages_that_do_not_need_them_and_every_stage_hears_the_earlier() -> None:
-    """A keyed stage with a floor (its rules ignore smaller payments) is skipped by the
-    smaller ones; so every stage hears marks from the tasks of every stage before it, each
-    under an id of its own there, and counts what it gets from each separately."""
-    t = Topology(SETTINGS, ["source", "target", "merchant"], 3, 0, {"target": 500.0})
-    source, target, merchant, out = t.stages
-    assert [s.upstream for s in t.stages] == [0, 3, 6, 9]
-    assert (target.floor, merchant.floor, out.floor) == (500.0, None, None)
-    assert t.later(source) == [target, merchant, out]
-    assert t.dest(source, 499.99) is merchant  # under the floor: past the payee stage
-    assert t.dest(source, 500.0) is target
-    assert t.dest(target, 1.0) is merchant
-    ids = {
-        to.index: [t.sender(s, p, to) for s in t.stages[: to.index] for p in range(3)]
-        for to in t.stages[1:]
-    }
-    assert ids == {1: [0, 1, 2], 2: [3, 4, 5, 0, 1, 2], 3: [6, 7, 8, 3, 4, 5, 0, 1, 2]}
-    assert t.seq_key(source, merchant, 2) == 5 and t.seq_key(target, merchant, 2) == 2
-    assert [t.sender_name(out, u) for u in (0, 4, 8)] == ["by-merchant 0", "by-target 1", "input 2"]
-    # label tasks feed the first keyed stage only, numbered after the inputs there
-    labelled = Topology(SETTINGS, ["source", "target"], 3, 2)
-    assert labelled.later(labelled.label_stage) == [labelled.stages[1]]
-    assert [s.upstream for s in labelled.stages] == [0, 5, 6]
-    assert labelled.sender(labelled.label_stage, 1, labelled.stages[1]) == 4
-    assert labelled.sender(labelled.stages[0], 1, labelled.stages[2]) == 6

@@ -35,7 +35,6 @@ from fraudstream.detection.rules import (
     Rule,
     Segment,
     Sparse,
-    Velocity,
     describe_state,
     state_id,
 )
@@ -54,14 +53,6 @@ def rule_key(rule: Rule) -> str:
     """The field a rule keeps its state by ("source" for stateless rules)."""
     key = getattr(rule, "key", "source")
     return key if isinstance(key, str) else "source"
-
-
-def _ignores_below(rule: Rule) -> float | None:
-    """The amount under which `rule` neither reads nor changes its state nor fires (its
-    `apply` returns at once), if there is one."""
-    if isinstance(rule, (FanIn, Velocity)) and rule.min_amount > 0:
-        return float(rule.min_amount)
-    return None
 
 
 class Engine:
@@ -182,19 +173,6 @@ class Engine:
         if self.has_features:
             keys += [k for k in ("target", "merchant") if k not in keys]
         return keys
-
-    def stage_floors(self) -> dict[str, float | None]:
-        """Per keyed stage (each key of `stage_keys` after the first), the amount under which
-        a payment needs nothing there, so it skips that stage: every rule kept by that key
-        ignores smaller payments, state and all (fan-in/out and velocity rules with a
-        `min_amount`), and no model feature is. None: every payment needs it."""
-        floors: dict[str, float | None] = {}
-        for key in self.stage_keys()[1:]:
-            lows = [_ignores_below(r) for r in self.all_rules if rule_key(r) == key]
-            known = [low for low in lows if low is not None]
-            usable = not self.has_features and lows and len(known) == len(lows)
-            floors[key] = min(known) if usable else None
-        return floors
 
     def for_stage(self, key: str) -> Engine:
         """A fresh engine holding only `key`'s rules and features (no model)."""

@@ -49,9 +49,7 @@ SHAPE_KEY = b"shape"
 
 
 STATUS_TOPIC_CONFIG = {"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"}
-# ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits; 5: marks to every later
-# stage, sender ids by distance (payments skip stages that do not need them)
-REPARTITION_FORMAT = 5
+REPARTITION_FORMAT = 4  # ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits
 CHANGELOG_FORMAT = 2  # 2: a table row starts with its layout id, layouts described (2026-12-02)
 
 
@@ -199,17 +197,9 @@ def _next_step(group: str) -> str:
     )
 
 
-def prepare_topology(
-    settings: Settings,
-    keys: list[str],
-    *,
-    labels: bool,
-    floors: dict[str, float | None] | None = None,
-) -> Topology:
+def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> Topology:
     """Await the input (and labels) topic, build the topology, create its internal topics,
-    and check them against what the group was built for (recording it the first time).
-    `floors`: per keyed stage, the amount under which payments skip it (`Engine.stage_floors`:
-    which path a payment takes, not the topics, so not part of the group's shape)."""
+    and check them against what the group was built for (recording it the first time)."""
     s = settings
     wait_for_broker(s, s.startup_timeout_ms / 1000)
     ensure_topics(s, [s.transactions_topic])
@@ -217,8 +207,7 @@ def prepare_topology(
     if len(keys) > 1 and labels:
         ensure_topics(s, [s.labels_topic])
         label_partitions = wait_for_partitions(s, s.labels_topic)
-    partitions = wait_for_partitions(s, s.transactions_topic)
-    topology = Topology(s, keys, partitions, label_partitions, floors)
+    topology = Topology(s, keys, wait_for_partitions(s, s.transactions_topic), label_partitions)
     group = s.detector_group
     now = Shape.of(topology)
     repartition, changelogs = topology.internal()

@@ -240,7 +240,8 @@ class TaskManager:
         return self.pressing
 
     def send_marks(self) -> None:
-        """Each task's mark to every partition of every later stage, if it moved."""
+        """Each task's mark to every partition of the next stage, if it moved."""
+        topology = self.topology
         collector = self.ctx.collector
         for task in self.tasks.values():
             if not task.sends_marks:
@@ -253,10 +254,10 @@ class TaskManager:
             meta.sent = bound
             meta.mark_seq += 1
             task.held = hold
+            to = topology.next(task.stage)
             kind = HOLD if hold else MARK
-            for to, u in task.senders:  # every later stage: a payment may skip some
-                value = encode_block([Envelope(kind, *bound, u, meta.mark_seq)])
-                collector.broadcast(to.topic, to.partitions, value)
+            value = encode_block([Envelope(kind, *bound, task.origin, meta.mark_seq)])
+            collector.broadcast(to.topic, to.partitions, value)
 
     # --- the transaction -------------------------------------------------------------------
 
@@ -378,10 +379,11 @@ class TaskManager:
         internal = []
         held: Key | None = None
         floor: Key | None = None  # the lowest input mark the first keyed stage here heard
+        topology = self.topology
         own: dict[int, set[int]] = {}  # per stage: the upstream tasks of this process there
         for task in self.tasks.values():
-            for to, u in task.senders:
-                own.setdefault(to.index, set()).add(u)
+            if task.sends_marks:
+                own.setdefault(topology.next(task.stage).index, set()).add(task.origin)
         for (topic, partition), task in self.tasks.items():
             if isinstance(task, KeyedTask):
                 orderer = task.orderer
@@ -459,8 +461,7 @@ class TaskManager:
             keyed = isinstance(task, KeyedTask)
             if keyed and marks and len(marks) >= task.stage.upstream:
                 lowest = min(marks, key=lambda u: marks[u])
-                sender = self.topology.sender_name(task.stage, lowest)
-                lowest_mark = f"{describe_key(marks[lowest])}, from {sender}"
+                lowest_mark = describe_key(marks[lowest])
             out.append(
                 TaskStatus(
                     topic,

@@ -132,13 +132,8 @@ class Task:
         self.sends_marks = ctx.topology.staged and stage.role != OUTPUT
         # whether its last mark sent asked to hold back (HOLD); None: not known (resend)
         self.held: bool | None = False
-        # where it sends records and marks: every later stage (a payment skips those that
-        # do not need it), each with the id this task has there
-        topology = ctx.topology
-        later = topology.later(stage) if self.sends_marks else []
-        self.senders = [(to, topology.sender(stage, partition, to)) for to in later]
-        # whether some payment may skip a stage after this one (else all go to the next)
-        self.skipping = any(to.floor is not None for to in later)
+        # where forward() sends: the next stage's repartition topic
+        self.to_topic = ctx.topology.next(stage).topic if self.sends_marks else ""
 
     # --- hooks -----------------------------------------------------------------------------
 
@@ -203,31 +198,32 @@ class Task:
 
     def forward(self, partition: int, env: Envelope) -> None:
         """`env` to `partition` of the next stage, numbered in this task's sequence there."""
-        self.forward_all([(self.senders[0][0].index, partition)], [env])
+        self.forward_all([partition], [env])
 
-    def forward_all(self, dests: list[tuple[int, int]], envs: list[Envelope]) -> None:
-        """Each envelope to its (stage index, partition), in order, numbered in this task's
-        sequence per destination partition."""
-        groups: dict[tuple[int, int], list[Envelope]] = {}
-        for dest, env in zip(dests, envs, strict=True):
-            group = groups.get(dest)
+    def forward_all(self, partitions: list[int], envs: list[Envelope]) -> None:
+        """Each envelope to its partition of the next stage, in order, numbered in this
+        task's sequence per partition."""
+        groups: dict[int, list[Envelope]] = {}
+        for partition, env in zip(partitions, envs, strict=True):
+            group = groups.get(partition)
             if group is None:
-                groups[dest] = [env]
+                groups[partition] = [env]
             else:
                 group.append(env)
-        topology, stage, partition = self.ctx.topology, self.stage, self.partition
-        seq, collector, stages = self.meta.seq, self.ctx.collector, topology.stages
-        for (index, p), group in groups.items():
-            to = stages[index]
-            key = topology.seq_key(stage, to, p)
-            u = topology.sender(stage, partition, to)
-            n = seq.get(key, 0)
+        seq, origin, collector, topic = (
+            self.meta.seq,
+            self.origin,
+            self.ctx.collector,
+            self.to_topic,
+        )
+        for partition, group in groups.items():
+            n = seq.get(partition, 0)
             for env in group:
                 n += 1
-                env.u = u
+                env.u = origin
                 env.s = n
-            seq[key] = n
-            collector.forward((to.topic, p), group)
+            seq[partition] = n
+            collector.forward((topic, partition), group)
 
 
 class _Unbuffered(Task):
@@ -316,22 +312,14 @@ class InputTask(_Unbuffered):
                 value = encode_decided(msg.value(), decoded.added, decision, decoded.tx)
                 collector.output(msg.key(), value, msg.headers(), decision.outcome)
             return
-        stage, nxt = self.stage, topology.next(self.stage)
-        skipping, dest_of = self.skipping, topology.dest
+        to = topology.next(self.stage)
         q = self.partition
+        key = to.key
         route = topology.route
-        dests: list[tuple[int, int]] = []
+        parts: list[int] = []
         envs: list[Envelope] = []
         for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
             tx = decoded.tx
-            value = msg.value()
-            to = dest_of(stage, tx.amount) if skipping else nxt
-            if to.key:
-                hop: HopTx | None = HopTx.of(tx)
-                partition = route(to, getattr(tx, to.key), q)
-            else:  # straight to the output stage: it needs the bytes, not tx
-                hop = None if appendable(value, tx) else HopTx.of(tx)
-                partition = q
             env = Envelope(
                 DATA,
                 order_time,
@@ -339,8 +327,8 @@ class InputTask(_Unbuffered):
                 msg.offset(),
                 q,
                 0,
-                hop,
-                value,
+                HopTx.of(tx),
+                msg.value(),
                 decoded.added,
                 msg.key(),
                 msg.headers(),
@@ -349,9 +337,9 @@ class InputTask(_Unbuffered):
             )
             if flagged and msg.offset() in flagged:
                 env.note = flagged[msg.offset()]
-            dests.append((to.index, partition))
+            parts.append(route(to, getattr(tx, key), q))
             envs.append(env)
-        self.forward_all(dests, envs)
+        self.forward_all(parts, envs)
 
 
 class LabelTask(_Unbuffered):
@@ -436,23 +424,22 @@ class KeyedTask(Task):
             if env.kind == DATA:
                 run.append(env)
                 continue
-            self._score_run(engine, run)
+            self._score_run(engine, to, run)
             run = []
             assert env.label is not None
             engine.observe_labels([env.label])
             if not last:  # the next keyed stage wants the verdict too
                 value = getattr(env.label, to.key, None)
                 self.forward(topology.route(to, value, env.q), env)
-        self._score_run(engine, run)
+        self._score_run(engine, to, run)
 
-    def _score_run(self, engine: Engine, run: list[Envelope]) -> None:
+    def _score_run(self, engine: Engine, to: Stage, run: list[Envelope]) -> None:
         if not run:
             return
-        topology = self.ctx.topology
-        route, dest_of = topology.route, topology.dest
-        stage, nxt, skipping = self.stage, topology.next(self.stage), self.skipping
-        key = stage.key
-        dests: list[tuple[int, int]] = []
+        route = self.ctx.topology.route
+        key = self.stage.key
+        last = self.ctx.topology.is_output(to)
+        parts: list[int] = []
         for env, (row, hits) in zip(run, engine.score([e.tx for e in run]), strict=True):  # type: ignore[misc]
             if row:
                 env.parts[key] = row
@@ -460,15 +447,14 @@ class KeyedTask(Task):
                 env.hits += [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits]
             tx = env.tx
             assert tx is not None
-            to = dest_of(stage, tx.amount) if skipping else nxt
-            if to.key:
-                partition = route(to, getattr(tx, to.key), env.q)
-            else:
+            if last:
                 if appendable(env.value, tx):  # the output stage needs the bytes, not tx
                     env.tx = None
-                partition = env.q  # the output stage is partitioned like the input
-            dests.append((to.index, partition))
-        self.forward_all(dests, run)
+                value = None
+            else:
+                value = getattr(tx, to.key)
+            parts.append(route(to, value, env.q))
+        self.forward_all(parts, run)
 
     def bound(self) -> Key | None:
         # After a restart the marks read past the resume offset are read again; the mark

@@ -7,17 +7,7 @@ processes. A last stage, partitioned like the input, puts the decisions back in 
 and writes them out. Without such keys there is one stage, as in the tutorials.
 
     transactions ─► [source] ─► <group>.by-target ─► [target] ─► … ─► <group>.ordered ─► [out]
-    labels ────────────────────┘ (verdicts, for the payee/merchant features)   ▲
-                        └─ payments no later keyed stage needs ──────────────────┘
-
-A payment goes only through the keyed stages whose rules can act on it: a stage whose rules
-all ignore payments under some amount (fan-in/out and velocity rules with `min_amount`, and no
-model features) is skipped by the smaller ones, which go straight to the next stage that needs
-them (`dest`). So every task sends its marks to every later stage, and a stage hears from the
-tasks of every stage before it: the order key is the same everywhere, so the last stage
-merges the two paths back into input order. An upstream task's id at a stage (`sender`) is
-its partition (label tasks after the input's) plus, for a stage further than the next, a
-multiple of `width` per stage skipped over.
+    labels ────────────────────┘ (verdicts, for the payee/merchant features)
 
 Every stage has a compacted changelog topic with one partition per stage partition. Every
 internal topic's name is made by `TopicNames`, here and nowhere else.
@@ -67,18 +57,11 @@ class Stage:
     changelog: str
     upstream: int  # how many upstream tasks send it marks (0 for the input)
     role: str  # INPUT, LABELS, KEYED or OUTPUT
-    # KEYED: payments under this amount need nothing here and skip it; None: every one does
-    floor: float | None = None
 
 
 class Topology:
     def __init__(
-        self,
-        settings: Settings,
-        keys: list[str],
-        input_partitions: int,
-        label_partitions: int,
-        floors: dict[str, float | None] | None = None,
+        self, settings: Settings, keys: list[str], input_partitions: int, label_partitions: int
     ) -> None:
         names = self.names = TopicNames(settings.detector_group)
         p = input_partitions
@@ -90,22 +73,16 @@ class Topology:
         self.labels = label_partitions if self.staged and label_partitions else 0
         input_topic = settings.transactions_topic
         stages = [Stage(0, keys[0], input_topic, p, names.input_changelog, 0, INPUT)]
-        floors = floors or {}
         if self.staged:
-            # every stage before it sends to it (a payment may skip the ones between);
-            # the label tasks only to the first keyed stage
+            upstream = p + self.labels
             for i, key in enumerate(keys[1:], 1):
                 topic = names.by(key)
-                upstream = i * p + (self.labels if i == 1 else 0)
-                stage = Stage(
-                    i, key, topic, p, names.changelog(topic), upstream, KEYED, floors.get(key)
-                )
-                stages.append(stage)
+                stages.append(Stage(i, key, topic, p, names.changelog(topic), upstream, KEYED))
+                upstream = p
             n = len(stages)
             ordered = names.ordered
-            stages.append(Stage(n, "", ordered, p, names.changelog(ordered), n * p, OUTPUT))
+            stages.append(Stage(n, "", ordered, p, names.changelog(ordered), p, OUTPUT))
         self.stages = stages
-        self.width = p + self.labels  # sender ids of one stage's distance (see `sender`)
         self.by_topic = {s.topic: s for s in stages}
         # Label verdicts enter the first keyed stage; their tasks number q after the input's.
         self.label_stage = Stage(
@@ -158,41 +135,8 @@ class Topology:
         )
 
     def next(self, stage: Stage) -> Stage:
-        """The stage right after `stage` (label tasks: the first keyed stage)."""
+        """Where a task of `stage` sends (label tasks: the first keyed stage)."""
         return self.stages[max(stage.index, 0) + 1]
-
-    def later(self, stage: Stage) -> list[Stage]:
-        """Every stage a task of `stage` may send to, and so sends its marks to (label
-        tasks: the first keyed stage only; their verdicts go on from there)."""
-        if stage.role == LABELS:
-            return [self.stages[1]]
-        return self.stages[stage.index + 1 :]
-
-    def dest(self, stage: Stage, amount: float) -> Stage:
-        """Where a task of `stage` sends a payment of `amount`: the first later stage that
-        needs it (the output stage needs every one)."""
-        for to in self.stages[stage.index + 1 :]:
-            if to.floor is None or amount >= to.floor:
-                return to
-        raise AssertionError("the output stage takes every payment")  # pragma: no cover
-
-    def sender(self, stage: Stage, partition: int, to: Stage) -> int:
-        """The id by which `to` knows the task of `stage` for `partition` (its marks, its
-        numbering of what it sends there): the task's partition (label tasks after the
-        input's), plus `width` for each stage between the two."""
-        return (to.index - max(stage.index, 0) - 1) * self.width + self.origin(stage, partition)
-
-    def sender_name(self, to: Stage, u: int) -> str:
-        """Which task `u` is at `to` (the inverse of `sender`), for people: "by-target 2"."""
-        distance, origin = divmod(u, self.width)
-        p = self.stages[0].partitions
-        if distance == 0 and origin >= p:
-            return f"labels {origin - p}"
-        return f"{self.stage_name(self.stages[to.index - 1 - distance])} {origin}"
-
-    def seq_key(self, stage: Stage, to: Stage, partition: int) -> int:
-        """Where a task of `stage` counts what it sent to `partition` of `to` (Meta.seq)."""
-        return (to.index - max(stage.index, 0) - 1) * to.partitions + partition
 
     def is_output(self, stage: Stage) -> bool:
         """The last stage of a staged topology: it decides and writes legit/fraud."""
