@@ -369,28 +369,23 @@ def test_a_full_table_lets_the_oldest_legit_rows_go_before_a_fraud_one(
             "currency": "EUR",
             "timestamp": 1_790_000_000_000,
         }
-        produce_raw(settings, [(b"k", msgspec.json.encode(tx | {"id": "big", "amount": 950.0}))])
-        run_detector(settings, 1)
-        expect(page.locator("#decisions tr.fraud")).to_have_count(1, timeout=30_000)
-        produce_raw(
-            settings,
-            [(b"k", msgspec.json.encode(tx | {"id": f"s{i}", "amount": 12.5})) for i in range(8)],
-        )
-        run_detector(settings, 8)
-        expect(page.locator("#decisions td.id", has_text="s7")).to_have_count(1, timeout=30_000)
+
+        def decide(prefix: str, amount: float, n: int) -> None:
+            """n payments of `amount` decided; their last one is on the page."""
+            records = [tx | {"id": f"{prefix}{i}", "amount": amount} for i in range(n)]
+            produce_raw(settings, [(b"k", msgspec.json.encode(r)) for r in records])
+            run_detector(settings, n)
+            last = page.locator("#decisions td.id", has_text=f"{prefix}{n - 1}")
+            expect(last).to_have_count(1, timeout=30_000)
+
+        decide("big", 950.0, 1)
+        expect(page.locator("#decisions tr.fraud")).to_have_count(1)
+        decide("s", 12.5, 8)
         expect(page.locator("#decisions tr")).to_have_count(5)
         expect(page.locator("#decisions tr.fraud")).to_have_count(1)
         # fraud rows keep at most half of it: the newest legit rows still come
-        big = [tx | {"id": f"b{i}", "amount": 990.0} for i in range(4)]
-        produce_raw(settings, [(b"k", msgspec.json.encode(r)) for r in big])
-        run_detector(settings, 4)
-        expect(page.locator("#decisions td.id", has_text="b3")).to_have_count(1, timeout=30_000)
-        produce_raw(
-            settings,
-            [(b"k", msgspec.json.encode(tx | {"id": f"t{i}", "amount": 9.5})) for i in range(8)],
-        )
-        run_detector(settings, 8)
-        expect(page.locator("#decisions td.id", has_text="t7")).to_have_count(1, timeout=30_000)
+        decide("b", 990.0, 4)
+        decide("t", 9.5, 8)
         expect(page.locator("#decisions tr.fraud")).to_have_count(3)
         expect(page.locator("#decisions tr.legit")).to_have_count(2)
         page.close()
