@@ -94,9 +94,16 @@ def committed_progress(settings: Settings) -> int:
 def group_lag(settings: Settings) -> int:
     """Records the detector group has not finished: the input and every internal topic
     between its stages (0 when every decision is committed and nothing waits in a stage; -1
-    while that cannot be known yet: a coordinator loading, a topic just created)."""
+    while that cannot be known yet: a coordinator loading, a topic just created).
+
+    Against the read_uncommitted ends: a transaction still open (a mark on its way to the
+    next stage, say) is work not finished. The read_committed end stops before it, so a
+    group would show no lag while its last mark is still to be read."""
     group = settings.detector_group
-    consumer = Consumer(base_config(settings, "fraudstream-lag") | {"group.id": group})
+    consumer = Consumer(
+        base_config(settings, "fraudstream-lag")
+        | {"group.id": group, "isolation.level": "read_uncommitted"}
+    )
     try:
         topics = consumer.list_topics(timeout=10).topics
         names = [settings.transactions_topic] + [
