@@ -162,21 +162,30 @@ class LabelRecord(msgspec.Struct, frozen=True):
     published_ms: int | None = None
     # who gave the verdict, when an analyst did (the dashboard's review queue)
     reviewer: str | None = None
+    # when the labelled transaction happened (event time), if the label says; history files
+    # fill it from the transaction. The features date a payee's or shop's latest fraud by it
+    tx_ms: int | None = None
 
 
 _label_decoder = msgspec.json.Decoder(LabelRecord)
 
 
 def complete_label(
-    label: LabelRecord, *, published_ms: int, target: str | None = None, merchant: str | None = None
+    label: LabelRecord,
+    *,
+    published_ms: int,
+    target: str | None = None,
+    merchant: str | None = None,
+    tx_ms: int | None = None,
 ) -> LabelRecord:
     """The label with its defaults applied: known when published (when `known_ms` is absent),
-    and the payee and merchant of its transaction when it does not name them."""
+    and the payee, merchant and time of its transaction when it does not give them."""
     return msgspec.structs.replace(
         label,
         known_ms=published_ms if label.known_ms is None else label.known_ms,
         target=label.target if label.target is not None else target,
         merchant=label.merchant if label.merchant is not None else merchant,
+        tx_ms=label.tx_ms if label.tx_ms is not None else tx_ms,
     )
 
 

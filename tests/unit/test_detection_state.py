@@ -218,6 +218,39 @@ def test_a_label_counts_only_from_the_time_it_became_known() -> None:
     assert risk_at(T0 + 2 * HOUR) > 0.9
 
 
+def test_a_payee_or_shop_fraud_is_dated_both_by_when_it_became_known_and_by_when_it_happened() -> (
+    None
+):
+    """A verdict known at T0 + 3 days on a payment of T0: at T0 + 4 days the shop's latest
+    fraud became known a day ago but happened four days ago; a label without `tx_ms` dates
+    both by when it became known."""
+    at = {n: FEATURE_NAMES.index(n) for n in FEATURE_NAMES}
+
+    def row_after(label: Label) -> list[float]:
+        engine = Engine.from_ruleset(RULES, features=True)
+        engine.observe_labels([label])
+        tx = Transaction(
+            id="n",
+            timestamp=T0 + 4 * DAY,
+            source="a",
+            target="p-1",
+            merchant="m-1",
+            amount=10.0,
+            currency="EUR",
+        )
+        ((row, _),) = engine.score([tx])
+        return row
+
+    known = T0 + 3 * DAY
+    dated = row_after(Label("x", True, known_ms=known, target="p-1", merchant="m-1", tx_ms=T0))
+    for key in ("target", "merchant"):
+        assert dated[at[f"log_hours_since_{key}_fraud"]] == pytest.approx(math.log1p(24))
+        assert dated[at[f"log_hours_since_{key}_fraud_happened"]] == pytest.approx(math.log1p(96))
+    undated = row_after(Label("x", True, known_ms=known, target="p-1", merchant="m-1"))
+    for key in ("target", "merchant"):
+        assert undated[at[f"log_hours_since_{key}_fraud_happened"]] == pytest.approx(math.log1p(24))
+
+
 def test_counterparties_new_to_an_account_and_to_a_payee_are_counted() -> None:
     """Distinct counterparties, the generic form of a burst to many payees (account side) and
     of a mule's many payers (payee side): "new" is none of the last RECENT remembered."""

@@ -21,7 +21,12 @@ from fraudstream.errors import ConfigError
 from fraudstream.evaluation import read_labels, read_transactions, train
 from fraudstream.evaluation.cli import _selection
 from fraudstream.evaluation.sources import complete_labels
-from fraudstream.evaluation.train import CANDIDATES, choose_threshold, make_estimator
+from fraudstream.evaluation.train import (
+    CANDIDATES,
+    choose_threshold,
+    choose_threshold_in_windows,
+    make_estimator,
+)
 from fraudstream.generator.app import write_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +44,8 @@ def test_train_split_in_time_save_load_and_score_live(tmp_path: Path) -> None:
     assert train_days[0] < val[0] < val[1] == train_days[1] < test[0]  # then a gap, the test
     assert result.report["roc_auc"] > 0.9
     chosen = result.model.info["threshold"]
-    assert chosen["target"] == "precision at least 0.90" and chosen["precision"] >= 0.9
+    assert chosen["target"] == "precision at least 0.90 in each of 3 windows"
+    assert chosen["lowest_window_precision"] >= 0.9 and chosen["precision"] >= 0.9
     # the size chosen on three consecutive folds, each fitted on the days before its window
     selection = result.selection
     folds = selection["folds"]
@@ -243,3 +249,36 @@ def test_a_fits_first_trees_are_the_smaller_model_selection_reads_them_as(
     alone = make_estimator(trees=trees, leaves=7, learning_rate=rate, seed=seed).fit(x, y)
     staged = list(longer.staged_predict_proba(x))[trees - 1]
     assert np.array_equal(staged, alone.predict_proba(x))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 20), st.booleans()), min_size=1, max_size=30),
+        min_size=1,
+        max_size=4,
+    ),
+    st.floats(0.01, 0.99),
+)
+def test_a_precision_target_is_kept_in_every_window(
+    windows: list[list[tuple[int, bool]]], target: float
+) -> None:
+    """The threshold reaches the precision in each window it flags anything in, and no lower
+    score does (it would catch more): else the pooled choice, saying so."""
+    probs = [np.array([p / 20 for p, _ in w]) for w in windows]
+    ys = [np.array([f for _, f in w]) for w in windows]
+
+    def kept(t: float) -> bool:
+        return all(
+            y[p >= t].mean() >= target for p, y in zip(probs, ys, strict=True) if (p >= t).any()
+        )
+
+    t, info = choose_threshold_in_windows(probs, ys, target_precision=target)
+    scores = sorted(set(np.concatenate(probs).tolist()))
+    if info["target"].endswith("windows"):
+        assert kept(t)
+        assert not any(kept(lower) for lower in scores if lower < t)
+        assert info["lowest_window_precision"] >= target
+    else:
+        assert "no threshold reaches it" in info["target"]
+        assert not any(kept(s) for s in scores)

@@ -227,6 +227,7 @@ class Reviews:
             "target": body.get("target"),
             "merchant": body.get("merchant"),
             "reviewer": analyst.strip(),
+            "tx_ms": tx_ms or None,
         }
 
     def send(self, label: dict[str, Any]) -> None:

@@ -7,7 +7,9 @@ against its usual and its last, time since its last payment, a new device, dista
 from its last place, payments to payees new to the account and from payers new to the payee
 (distinct counterparties, against the last `RECENT` remembered), time of day and weekend, and
 the confirmed-fraud risk of the payee and merchant over 3, 7 and 30 days from labels known
-*before* the transaction.
+*before* the transaction, and the time since their latest confirmed fraud, both by when the
+verdict became known and by when that fraud happened (`LabelRecord.tx_ms`: a shop whose fraud
+stopped days ago, with verdicts still arriving, is not one where fraud goes on).
 
     fs = FeatureState(tables)
     row = fs.compute(tx, ts)     # list[float], in FEATURE_NAMES order; then updates the state
@@ -71,6 +73,7 @@ TARGET_FEATURES: tuple[str, ...] = (
     "target_fraud_30d",
     "target_fraud_share_30d",
     "log_hours_since_target_fraud",
+    "log_hours_since_target_fraud_happened",
 )
 MERCHANT_FEATURES: tuple[str, ...] = (
     "merchant_fraud_3d",
@@ -79,6 +82,7 @@ MERCHANT_FEATURES: tuple[str, ...] = (
     "merchant_fraud_share_3d",
     "merchant_fraud_share_30d",
     "log_hours_since_merchant_fraud",
+    "log_hours_since_merchant_fraud_happened",
 )
 FEATURE_NAMES: tuple[str, ...] = ACCOUNT_FEATURES + TARGET_FEATURES + MERCHANT_FEATURES
 
@@ -135,11 +139,13 @@ class FeatureState:
         self.t_new = {k: t.column(f"f.new{k}", "f", 0.0) for k in _NEW}
         self.t_fraud = {k: t.column(f"f.fraud{k}", "f", 0.0) for k in _RISK}
         self.t_fraud_ts = t.column("f.fraud_ts", "q", 0)
+        self.t_fraud_at = t.column("f.fraud_at", "q", 0)
         m = self.merchants = tables["merchant"]
         self.m_ts = m.column("f.ts", "q", 0)
         self.m_pay = {k: m.column(f"f.p{k}", "f", 0.0) for k in _SHARE}
         self.m_fraud = {k: m.column(f"f.fraud{k}", "f", 0.0) for k in _RISK}
         self.m_fraud_ts = m.column("f.fraud_ts", "q", 0)
+        self.m_fraud_at = m.column("f.fraud_at", "q", 0)
         self._pending: list[tuple[int, int, Label]] = []
         self._seq = 0
         self._seq_at_begin = 0
@@ -213,20 +219,27 @@ class FeatureState:
             if self._journal is not None:
                 self._journal[1].append(entry)
             known, _, lab = entry
+            # when the fraud itself happened: the labelled payment's time (unknown: when
+            # the verdict became known)
+            happened = min(lab.tx_ms, known) if lab.tx_ms is not None else known
             if lab.target is not None and self.parts.target:
-                self._count_fraud(self.targets, self.t_fraud, self.t_fraud_ts, lab.target, known)
+                t = self.targets
+                r = self._count_fraud(t, self.t_fraud, self.t_fraud_ts, lab.target, known)
+                self.t_fraud_at[r] = max(happened, self.t_fraud_at[r])
             if lab.merchant is not None and self.parts.merchant:
-                self._count_fraud(
-                    self.merchants, self.m_fraud, self.m_fraud_ts, lab.merchant, known
-                )
+                m = self.merchants
+                r = self._count_fraud(m, self.m_fraud, self.m_fraud_ts, lab.merchant, known)
+                self.m_fraud_at[r] = max(happened, self.m_fraud_at[r])
 
     @staticmethod
-    def _count_fraud(table: Any, counts: dict[str, Any], last: Any, key: str, known: int) -> None:
-        r = table.row(key, known)
+    def _count_fraud(table: Any, counts: dict[str, Any], last: Any, key: str, known: int) -> int:
+        """Count a verdict on `key`'s row at its `known` time; returns the row."""
+        r: int = table.row(key, known)
         gap = known - last[r]
         for k, tau in _RISK.items():
             counts[k][r] = counts[k][r] * _decay(gap, tau) + 1
         last[r] = max(known, last[r])
+        return r
 
     # --- per transaction -------------------------------------------------------------------
 
@@ -349,6 +362,7 @@ class FeatureState:
             fraud["30d"],
             fraud["30d"] / (t_pay30 + 1.0),
             math.log1p(max(0, ts - t_known) / HOUR) if t_known else -1.0,
+            _log_hours_since(ts, self.t_fraud_at[tr]),
         ]
         if ts >= self.t_ts[tr]:
             self.t_ts[tr] = ts
@@ -362,7 +376,7 @@ class FeatureState:
 
     def _merchant(self, tx: Transaction, ts: int) -> list[float]:
         if tx.merchant is None:
-            return [0.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+            return [0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0]
         mr = self.merchants.row(tx.merchant, ts)
         m_dt = ts - self.m_ts[mr] if self.m_ts[mr] else 0
         pays = {k: self.m_pay[k][mr] * _decay(m_dt, tau) for k, tau in _SHARE.items()}
@@ -375,12 +389,18 @@ class FeatureState:
             fraud["3d"] / (pays["3d"] + 1.0),
             fraud["30d"] / (pays["30d"] + 1.0),
             math.log1p(max(0, ts - m_known) / HOUR) if m_known else -1.0,
+            _log_hours_since(ts, self.m_fraud_at[mr]),
         ]
         for k in _SHARE:
             self.m_pay[k][mr] = pays[k] + 1
         if ts >= self.m_ts[mr]:
             self.m_ts[mr] = ts
         return row
+
+
+def _log_hours_since(ts: int, at: int) -> float:
+    """log(1 + hours from `at` to `ts`); -1 when there is no such time (0)."""
+    return math.log1p(max(0, ts - at) / HOUR) if at else -1.0
 
 
 def _hash(text: str) -> int:

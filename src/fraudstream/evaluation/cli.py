@@ -285,9 +285,11 @@ def _fmt(x: float | None) -> str:
 def _chosen(chosen: dict[str, Any]) -> str:
     if not chosen.get("flagged", 1):
         return "flags nothing"
+    worst = chosen.get("lowest_window_precision")
     return (
-        f"precision {chosen['precision']:.3f}, recall {chosen['recall']:.3f}, "
-        f"alert rate {chosen['alert_rate']:.2%}"
+        f"precision {chosen['precision']:.3f}"
+        + (f" (lowest window {worst:.3f})" if worst is not None else "")
+        + f", recall {chosen['recall']:.3f}, alert rate {chosen['alert_rate']:.2%}"
     )
 
 

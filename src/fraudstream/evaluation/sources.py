@@ -181,7 +181,7 @@ def complete_labels(
 ) -> tuple[dict[str, Label], Counter[str]]:
     """Labels with their defaults applied from the transactions they label: known when
     published (`published_ms`, else the transaction's time) unless `known_ms` says, and the
-    transaction's payee and merchant when the label does not name them. Also returns what
+    transaction's payee, merchant and time when the label does not give them. Also returns what
     was skipped or defaulted, by reason: `label_without_transaction` (no such id: nothing to
     learn from it), `known_when_published` (no `known_ms`)."""
     by_id = {t.id: t for t in transactions if t.id is not None}
@@ -196,7 +196,7 @@ def complete_labels(
             counts["known_when_published"] += 1
         published = label.published_ms if label.published_ms is not None else tx.ts_ms
         out[tx_id] = complete_label(
-            label, published_ms=published, target=tx.target, merchant=tx.merchant
+            label, published_ms=published, target=tx.target, merchant=tx.merchant, tx_ms=tx.ts_ms
         )
     return out, counts
 

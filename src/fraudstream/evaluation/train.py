@@ -12,8 +12,9 @@ protocol): a model in production learns only from days whose verdicts are known.
 
 The validation windows are the last `VALIDATION_SHARE` of the training days, cut in `folds`.
 Each candidate (size, learning rate, L2) is fitted and judged on every fold; the best mean
-average precision wins. Its predictions of the windows choose the fraud threshold from a target
-(a precision, or an alert rate). The model saved is that candidate fitted on all training days,
+average precision wins. Its predictions of the windows choose the fraud threshold from a target:
+a precision, reached in every window (a quiet window must not hide a bad one), or an alert rate
+over them all. The model saved is that candidate fitted on all training days,
 with that threshold; the test days judge it, untouched by any choice, and its scores there
 become the reference live decisions are compared with (`detection/drift.py`). The model file
 records the days, the folds' figures, the threshold, the target, the drift reference and the
@@ -46,6 +47,7 @@ __all__ = [
     "Candidate",
     "TrainResult",
     "choose_threshold",
+    "choose_threshold_in_windows",
     "features_of",
     "make_estimator",
     "train",
@@ -122,6 +124,55 @@ def choose_threshold(
         "precision": round(float(precision[pick]), 4),
         "recall": round(float(recall[pick]), 4),
         "alert_rate": round((at + 1) / n, 5),
+    }
+
+
+def choose_threshold_in_windows(
+    probs: Sequence[np.ndarray[Any, Any]],
+    is_fraud: Sequence[np.ndarray[Any, Any]],
+    *,
+    target_precision: float | None = None,
+    alert_rate: float | None = None,
+) -> tuple[float, dict[str, Any]]:
+    """The fraud threshold on validation windows (each window's scores and labels): with a
+    precision target, the lowest threshold whose precision reaches it in every window that
+    it flags anything in (so: the most fraud caught), with its figures over all windows and
+    the lowest window's precision; with `alert_rate`, or when no threshold reaches the
+    target in every window, `choose_threshold` on all windows pooled.
+
+    Pooled, a window with little fraud and clean scores lifts the precision of a window
+    where alerts pile up: on the simulator three weekly windows pooled chose 0.039 while each
+    window alone needed 0.064 to 0.118 (`make eval`, 2026-12-02)."""
+    pooled_p, pooled_y = np.concatenate(list(probs)), np.concatenate(list(is_fraud))
+    if alert_rate is not None or not len(probs):
+        return choose_threshold(
+            pooled_p, pooled_y, target_precision=target_precision, alert_rate=alert_rate
+        )
+    target = TARGET_PRECISION if target_precision is None else target_precision
+    candidates = np.unique(pooled_p)  # ascending: the first that fits catches the most
+    ok = np.ones(len(candidates), dtype=bool)
+    worst = np.ones(len(candidates))
+    for p, y in zip(probs, is_fraud, strict=True):
+        order = np.sort(p)
+        flagged = len(p) - np.searchsorted(order, candidates, side="left")
+        fraud_sorted = np.sort(p[y.astype(bool)])
+        caught = len(fraud_sorted) - np.searchsorted(fraud_sorted, candidates, side="left")
+        precision = np.where(flagged > 0, caught / np.maximum(flagged, 1), 1.0)
+        ok &= precision >= target
+        worst = np.minimum(worst, precision)
+    fits = np.flatnonzero(ok)  # every candidate is a score: each flags something
+    if not fits.size:
+        threshold, info = choose_threshold(pooled_p, pooled_y, target_precision=target)
+        info["target"] += f" (no threshold reaches it in each of the {len(probs)} windows)"
+        return threshold, info
+    t = float(candidates[fits[0]])
+    flagged_all = pooled_p >= t
+    return t, {
+        "target": f"precision at least {target:.2f} in each of {len(probs)} windows",
+        "precision": round(float(pooled_y[flagged_all].mean()), 4),
+        "lowest_window_precision": round(float(worst[fits[0]]), 4),
+        "recall": round(float(pooled_y[flagged_all].sum() / max(int(pooled_y.sum()), 1)), 4),
+        "alert_rate": round(float(flagged_all.mean()), 5),
     }
 
 
@@ -366,10 +417,9 @@ def train(
     val_any = np.zeros(len(y), dtype=bool)
     for _, val in fold_masks:
         val_any |= val
-    predicted = np.concatenate(best["oof"])  # the windows, in time order
-    threshold, chosen = choose_threshold(
-        predicted,
-        np.concatenate([y[val] for _, val in fold_masks]),
+    threshold, chosen = choose_threshold_in_windows(
+        best["oof"],  # the windows, in time order
+        [y[val] for _, val in fold_masks],
         target_precision=target_precision,
         alert_rate=alert_rate,
     )

@@ -63,6 +63,7 @@ class Simulator:
             "scenario": scenario,
             "known_ms": known,
             "published_ms": ts,
+            "tx_ms": ts,
             "target": tx["target"],
             "merchant": tx.get("merchant"),
         }
