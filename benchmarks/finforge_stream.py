@@ -29,11 +29,19 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
 from finforge import DatasetGenerator
 from history_files import LABEL_DELAY_MS, write_history
+
+# finforge recomputes every user's balances one cell at a time (`DataFrame.at`). With pandas
+# 3's default string columns (Arrow) each such write copies the column: 500,000 rows ran for
+# over 30 minutes without finishing (2026-12-02). Plain object columns hold the same values.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the option is deprecated for pandas 4, which we do not use
+    pd.set_option("future.infer_string", False)
 
 TX_PER_USER_MONTH = 19.0  # measured on a mixed population with 1% fraud
 
