@@ -135,8 +135,9 @@ def choose_threshold_in_windows(
     alert_rate: float | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """The fraud threshold on validation windows (each window's scores and labels): with a
-    precision target, the lowest threshold whose precision reaches it in every window that
-    it flags anything in (so: the most fraud caught), with its figures over all windows and
+    precision target, of the thresholds whose precision reaches it in every window that they
+    flag anything in, the one that catches the most fraud, and of those the highest (no alert
+    that catches nothing more), with its figures over all windows and
     the lowest window's precision; with `alert_rate`, or when no threshold reaches the
     target in every window, `choose_threshold` on all windows pooled.
 
@@ -161,6 +162,10 @@ def choose_threshold_in_windows(
         ok &= precision >= target
         worst = np.minimum(worst, precision)
     fits = np.flatnonzero(ok)  # every candidate is a score: each flags something
+    if fits.size:
+        fraud_all = np.sort(pooled_p[pooled_y.astype(bool)])
+        caught_all = len(fraud_all) - np.searchsorted(fraud_all, candidates[fits], side="left")
+        fits = fits[caught_all == caught_all.max()][-1:]  # the most caught; the highest
     if not fits.size:
         threshold, info = choose_threshold(pooled_p, pooled_y, target_precision=target)
         info["target"] += f" (no threshold reaches it in each of the {len(probs)} windows)"
