@@ -216,10 +216,22 @@
     }, [[], ...seriesOpts.map(() => [])], el);
   }
 
+  // axis labels that fit the axis's width at any rate: 950, 12k, 1.5M (uPlot's own
+  // "12,000" is clipped at the left edge)
+  function compact(u, splits) {
+    return splits.map((v) => {
+      if (v == null) return "";
+      const a = Math.abs(v);
+      if (a >= 1e6) return +(v / 1e6).toFixed(1) + "M";
+      if (a >= 1e3) return +(v / 1e3).toFixed(1) + "k";
+      return String(+v.toFixed(2));
+    });
+  }
+
   const throughput = chart("chart-throughput", [
     { label: "decisions/s", stroke: "#2b6cb0", width: 1.5 },
     { label: "fraud/s", stroke: "#c01818", width: 1.5, scale: "fraud" },
-  ], [{}, {}, { scale: "fraud", side: 1, grid: { show: false } }]);
+  ], [{}, { values: compact }, { scale: "fraud", side: 1, grid: { show: false }, values: compact }]);
   const fraudRate = chart("chart-fraud-rate", [
     { label: "fraud %", stroke: "#c01818", width: 1.5, fill: "rgba(192,24,24,0.08)" },
   ], [{}, {}]);
