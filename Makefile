@@ -86,7 +86,7 @@ eval: setup  ## simulate 1,000,000 labelled transactions, train on the first day
 model: eval  ## the same: models/default.model, used by rules/with-model.yaml
 
 GEN_VENV := .venv-gen
-compare: eval $(GEN_VENV)/.installed  ## the model against the standard baselines: on the simulator and on finforge's and synccfd's streams (~30 min)
+compare: eval $(GEN_VENV)/.installed  ## the model against the standard baselines: on the simulator and on finforge's and synccfd's streams (~45 min)
 	$(GEN_VENV)/bin/python benchmarks/finforge_stream.py --out-dir $(DATA) --count 500000 --seed 7
 	$(GEN_VENV)/bin/python benchmarks/synccfd_stream.py --out-dir $(DATA) --count 500000 --seed 7
 	$(BIN)/python benchmarks/baselines.py --input $(DATA)/sim.jsonl --labels $(DATA)/sim-labels.jsonl \
