@@ -79,8 +79,8 @@ def add_parser(sub: Subparsers) -> None:
     target.add_argument(
         "--target-precision",
         type=fraction,
-        help="fraud from the lowest score whose precision reaches this in each validation "
-        "window (default 0.9)",
+        help="fraud from the score that catches the most fraud while its precision reaches "
+        "this in each validation window (default 0.9)",
     )
     target.add_argument(
         "--alert-rate",

@@ -361,7 +361,7 @@ class FeatureState:
             fraud["7d"],
             fraud["30d"],
             fraud["30d"] / (t_pay30 + 1.0),
-            math.log1p(max(0, ts - t_known) / HOUR) if t_known else -1.0,
+            _log_hours_since(ts, t_known),
             _log_hours_since(ts, self.t_fraud_at[tr]),
         ]
         if ts >= self.t_ts[tr]:
@@ -388,7 +388,7 @@ class FeatureState:
             fraud["30d"],
             fraud["3d"] / (pays["3d"] + 1.0),
             fraud["30d"] / (pays["30d"] + 1.0),
-            math.log1p(max(0, ts - m_known) / HOUR) if m_known else -1.0,
+            _log_hours_since(ts, m_known),
             _log_hours_since(ts, self.m_fraud_at[mr]),
         ]
         for k in _SHARE:
