@@ -571,3 +571,48 @@ def test_state_stored_before_it_carried_its_parameters_restarts_and_says_so() ->
     travel = [[r for r in hits if r == "impossible_travel"] for hits in got]
     assert travel == [[r for r in hits if r == "impossible_travel"] for hits in kept]
     assert any(travel)
+
+
+def _table() -> Table:
+    table = Table("source", retention_ms=DAY)
+    table.column("count", "H", 0)
+    table.column("sum", "d", 0.0)
+    return table
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.sampled_from("abcdefghijklmnopqrst"), st.integers(0, 3 * DAY))),
+            st.sampled_from(["rows", "evict", "begin", "commit", "rollback"]),
+        ),
+        max_size=12,
+    )
+)
+def test_rows_looked_up_together_equal_rows_looked_up_one_by_one(
+    steps: list[tuple[list[tuple[str, int]], str]],
+) -> None:
+    """`Table.rows` (compiled lookups) against `row` per pair: the same rows, the same index
+    growth, free rows reused in the same order, the same journal and seen times, through
+    evictions and transactions."""
+    batch, single = _table(), _table()
+    for pairs, action in steps:
+        keys, ts = [k for k, _ in pairs], [t for _, t in pairs]
+        assert batch.rows(keys, ts).tolist() == [single.row(k, t) for k, t in pairs]
+        for table in (batch, single):  # touch the rows: images must be the ones from before
+            for k in keys:
+                table.columns["count"].data[table.row(k, 0)] += 1
+        assert list((batch.journal or {}).items()) == list((single.journal or {}).items())
+        assert batch.dump() == single.dump()
+        if action == "evict" and ts:
+            assert batch.evict(max(ts)) == single.evict(max(ts))
+        elif action == "begin":
+            batch.begin()
+            single.begin()
+        elif action == "commit":
+            batch.commit()
+            single.commit()
+        elif action == "rollback":
+            batch.rollback()
+            single.rollback()

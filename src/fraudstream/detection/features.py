@@ -249,15 +249,15 @@ class FeatureState:
         pass per table (`Table.rows`) instead of one packed row at a time. Changes no value
         a feature reads."""
         if self.parts.source:
-            self.accounts.rows([tx.source for tx in batch], list(ts), {})
+            self.accounts.rows([tx.source for tx in batch], ts)
         if self.parts.target:
-            self.targets.rows([tx.target for tx in batch], list(ts), {})
+            self.targets.rows([tx.target for tx in batch], ts)
         if self.parts.merchant:
             shops = [
                 (tx.merchant, t) for tx, t in zip(batch, ts, strict=True) if tx.merchant is not None
             ]
             if shops:
-                self.merchants.rows([m for m, _ in shops], [t for _, t in shops], {})
+                self.merchants.rows([m for m, _ in shops], [t for _, t in shops])
 
     def compute(self, tx: Transaction, ts: int) -> list[float]:
         """The feature row for `tx` from what was known before it; then learn from it."""

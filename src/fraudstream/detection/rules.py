@@ -116,7 +116,6 @@ class Segment:
         "_amounts",
         "_cents",
         "_fields",
-        "_memos",
         "_present",
         "_rows",
         "_times",
@@ -129,7 +128,6 @@ class Segment:
         self.ts = ts
         self._fields: dict[str, list[Any]] = {}
         self._present: dict[str, np.ndarray[Any, Any]] = {}
-        self._memos: dict[str, dict[str, int]] = {}
         self._rows: dict[str, np.ndarray[Any, Any]] = {}  # per table: -1 = not looked up
         self._times: np.ndarray[Any, Any] | None = None
         self._amounts: np.ndarray[Any, Any] | None = None
@@ -184,10 +182,8 @@ class Segment:
             found = self._rows[table.key] = np.full(len(self.txs), -1, dtype=np.int64)
         todo = picked[found[picked] < 0]  # not looked up by an earlier rule
         if todo.size:
-            keys, ts = self.field(table.key), self.ts
-            at = todo.tolist()
-            memo = self._memos.setdefault(table.key, {})
-            found[todo] = table.rows([keys[k] for k in at], [ts[k] for k in at], memo)
+            keys = self.field(table.key)
+            found[todo] = table.rows([keys[k] for k in todo.tolist()], self.times[todo])
         rows: np.ndarray[Any, Any] = found[picked]
         return rows
 

@@ -21,9 +21,12 @@ import struct
 import sys
 import zlib
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
+import numba
 import numpy as np
 
 from fraudstream.errors import FraudstreamError
@@ -82,6 +85,18 @@ class KeyIndex:
             if x == 0:
                 return None
             i = (i + 1) & mask
+
+    def find_all(self, hashes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """`get` of many keys given as their hashes (`key_hashes`): each one's row, -1 where
+        absent, in one compiled pass."""
+        out = np.empty(hashes.shape[0], dtype=np.int64)
+        slots = np.frombuffer(self._hashes, dtype=np.int64)
+        rows = np.frombuffer(self._rows, dtype=np.int32)
+        try:
+            _probe(hashes, slots, rows, self._mask, out)
+        finally:
+            del slots, rows  # views: the index may grow again
+        return out
 
     def put(self, key: str, row: int) -> None:
         """Add a key that is not in the index yet."""
@@ -183,37 +198,46 @@ class Table:
             seen[r] = ts
         return r
 
-    def rows(self, keys: list[str], ts: list[int], memo: dict[str, int]) -> list[int]:
-        """`row(key, t)` for each pair in order. `memo` remembers the rows found (pass the
-        same one while no eviction can happen: rows stay where they are until then). The
-        journal's before-images of the rows first touched are packed in one pass."""
-        out = []
-        index, journal = self.index, self.journal
-        first: list[str] = []  # existing keys first touched in this transaction
-        at: list[int] = []
-        for key in keys:
-            r = memo.get(key)
-            if r is None:
-                r = index.get(key)
-                if journal is not None and key not in journal:
+    def rows(self, keys: list[str], ts: Sequence[int]) -> np.ndarray[Any, Any]:
+        """`row(key, t)` for each pair in order, the keys looked up and the rows marked seen
+        in compiled passes; only keys new to the table, and the before-images of the rows a
+        transaction touches first (packed in one pass), are handled one by one. The same
+        rows, index and journal as `row` called on each pair in order (a property test)."""
+        n = len(keys)
+        found = self.index.find_all(key_hashes(keys))
+        journal = self.journal
+        if journal is not None:
+            at = dict(zip(keys, found.tolist(), strict=True))  # each key once, in order
+            first = [k for k in at if k not in journal]
+            if first:
+                existing: list[str] = []
+                where: list[int] = []
+                for key in first:
                     journal[key] = None  # new (its row is made below), or its image below
-                    if r is not None:
-                        first.append(key)
-                        at.append(r)
+                    r = at[key]
+                    if r >= 0:
+                        existing.append(key)
+                        where.append(r)
+                if existing:  # before the rows change: `seen` is part of them
+                    for key, image in zip(existing, self._images(where), strict=True):
+                        journal[key] = image
+        missing = np.flatnonzero(found < 0)
+        if missing.size:  # new keys: a row each, in order of first sight, as `row` makes them
+            made: dict[str, int] = {}
+            index = self.index
+            for k in missing.tolist():
+                key = keys[k]
+                r = made.get(key)
                 if r is None:
-                    r = self._new_row()
+                    r = made[key] = self._new_row()
                     index.put(key, r)
-                memo[key] = r
-            out.append(r)
-        if first:  # before the rows change: `seen` is part of them
-            assert journal is not None
-            for key, image in zip(first, self._images(at), strict=True):
-                journal[key] = image
-        seen = self._seen
-        for r, t in zip(out, ts, strict=True):
-            if t > seen[r]:
-                seen[r] = t
-        return out
+                found[k] = r
+        seen = np.frombuffer(self._seen, dtype=np.int64)
+        try:
+            _see(found, np.fromiter(ts, np.int64, n), seen)
+        finally:
+            del seen  # a view: the column may grow again
+        return found
 
     def find(self, key: str) -> int | None:
         return self.index.get(key)
@@ -328,13 +352,12 @@ class Table:
 
     def dump_rows(self, keys: list[str]) -> list[bytes | None]:
         """`dump_row` of each key, the columns gathered in one pass (numpy)."""
-        index = self.index
-        found = [index.get(k) for k in keys]
-        rows = [r for r in found if r is not None]
+        found = self.index.find_all(key_hashes(keys)).tolist()
+        rows = [r for r in found if r >= 0]
         if not rows:
             return [None] * len(keys)
         images = iter(self._images(rows))
-        return [None if r is None else next(images) for r in found]
+        return [None if r < 0 else next(images) for r in found]
 
     def _images(self, rows: list[int]) -> list[bytes]:
         """Each row packed as `dump_row` packs it, the columns gathered in one pass."""
@@ -407,3 +430,34 @@ class Tables:
 
     def evict(self, now_ms: int) -> int:
         return sum(t.evict(now_ms) for t in self.tables.values())
+
+
+def key_hashes(keys: Sequence[str]) -> np.ndarray[Any, Any]:
+    """Each key's hash as `KeyIndex` stores it (0 is the empty slot, so it reads 1)."""
+    hashes = np.fromiter(map(hash, keys), np.int64, len(keys))
+    hashes[hashes == 0] = 1
+    return hashes
+
+
+@numba.njit(cache=True, nogil=True)
+def _probe(hashes: Any, slots: Any, rows: Any, mask: int, out: Any) -> None:  # pragma: no cover
+    for j in range(hashes.shape[0]):
+        h = hashes[j]
+        i = h & mask
+        while True:
+            x = slots[i]
+            if x == h:
+                out[j] = rows[i]
+                break
+            if x == 0:
+                out[j] = -1
+                break
+            i = (i + 1) & mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _see(rows: Any, ts: Any, seen: Any) -> None:  # pragma: no cover
+    for j in range(rows.shape[0]):
+        r, t = rows[j], ts[j]
+        if t > seen[r]:
+            seen[r] = t
