@@ -382,10 +382,10 @@ class Engine:
         """Feature rows and rule hits for each transaction, in order, updating the state.
 
         Each rule with a batch path (`apply_batch`: the stateful ones as compiled kernels)
-        runs over the whole batch, one rule after the other, the rest (fan-in/out) one
-        transaction at a time; every rule keeps state of its own, so running one rule over
-        the batch before the next changes nothing (`score_each`, the plain
-        statement, is the reference a property test holds this to). The batch is cut where
+        runs over the whole batch, one rule after the other, the rest (two dormant or travel
+        rules sharing columns) one transaction at a time; every rule keeps state of its own,
+        so running one rule over the batch before the next changes nothing (`score_each`,
+        the plain statement, is the reference a property test holds this to). The batch is cut where
         the daily eviction falls, as in the reference."""
         if not self.compiled or not self._batched:
             return self.score_each(batch)
