@@ -11,6 +11,7 @@ whatever batch it came in.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import operator
@@ -140,7 +141,7 @@ class Segment:
         """Each transaction's `name` (None where it has none)."""
         values = self._fields.get(name)
         if values is None:
-            values = self._fields[name] = [getattr(tx, name) for tx in self.txs]
+            values = self._fields[name] = list(map(operator.attrgetter(name), self.txs))
         return values
 
     def present(self, name: str) -> np.ndarray[Any, Any]:
@@ -149,7 +150,7 @@ class Segment:
         if mask is None:
             values = self.field(name)
             mask = self._present[name] = np.fromiter(
-                (v is not None for v in values), np.bool_, len(values)
+                map(operator.is_not, values, itertools.repeat(None)), np.bool_, len(values)
             )
         return mask
 
