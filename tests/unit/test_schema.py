@@ -16,6 +16,7 @@ from fraudstream.schema import (
     Reason,
     Transaction,
     decode_transaction,
+    decode_transactions,
     encode_decided,
 )
 
@@ -274,3 +275,61 @@ def test_capital_letter_codes_are_checked_as_the_patterns_did(
     )
     if shape_problems <= 1:
         assert now == before
+
+
+_amounts = st.one_of(
+    st.sampled_from([12.5, 950.0, 0.01, 0.005, 1e12, 1e12 + 0.01, 1e13, 0.0, -1.0, 1e-300]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(10**13), max_value=10**13).map(lambda c: c / 100),
+)
+_records = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "source": st.sampled_from(["a", "b"]),
+            "target": st.just("t"),
+            "amount": _amounts,
+            "currency": _codes,
+        },
+        optional={
+            "id": st.sampled_from(["x", 7]),
+            "timestamp": st.sampled_from(
+                [1_790_000_000_000, "2026-01-31T12:00:00Z", "2026-01-31T12:00:00", 5]
+            ),
+            "country": _countries,
+            "lat": st.sampled_from([45.0, 95.0]),
+            "lon": st.just(9.0),
+        },
+    ).map(msgspec.json.encode),
+    st.sampled_from([None, b"", b"{", b"\xff\xfe", b"[]", b'{"amount": NaN}']),
+    st.dictionaries(st.sampled_from(["source", "target", "amount", "currency"]), json_values).map(
+        msgspec.json.encode
+    ),
+)
+
+
+def _outcome(result: object) -> object:
+    if isinstance(result, InvalidTransaction):
+        return ("invalid", result.kind, str(result))
+    return result
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(_records, max_size=20))
+def test_a_batch_decodes_as_each_record_alone(values: list[bytes | None]) -> None:
+    """`decode_transactions` (the input stage's: amounts checked in one vectorised pass) gives
+    each record what `decode_transaction` gives it alone: the same transaction and derived
+    members, or the same error, kind and message."""
+    offsets = list(range(40, 40 + len(values)))
+    times = [1_790_000_000_000 + i for i in range(len(values))]
+    alone = []
+    for value, offset, ts in zip(values, offsets, times, strict=True):
+        try:
+            alone.append(
+                decode_transaction(value, topic="in", partition=3, offset=offset, record_ts_ms=ts)
+            )
+        except InvalidTransaction as exc:
+            alone.append(exc)  # type: ignore[arg-type]
+    batch = decode_transactions(
+        values, topic="in", partition=3, offsets=offsets, record_ts_ms=times
+    )
+    assert [_outcome(r) for r in batch] == [_outcome(r) for r in alone]

@@ -38,7 +38,7 @@ from fraudstream.schema import (
     appendable,
     complete_label,
     decode_label,
-    decode_transaction,
+    decode_transactions,
     encode_decided,
 )
 from fraudstream.stream.collector import RecordCollector
@@ -258,19 +258,19 @@ class InputTask(_Unbuffered):
         latest = ctx.wall_ms() + skew  # no event time beyond this is believed
         valid: list[tuple[Any, Decoded, int]] = []
         flagged: dict[int, str] = {}  # offset -> why a record was decided at stream time
-        for msg in msgs:
-            offset = msg.offset()
-            try:
-                decoded = decode_transaction(
-                    msg.value(),
-                    topic=msg.topic(),
-                    partition=msg.partition(),
-                    offset=offset,
-                    record_ts_ms=msg.timestamp()[1],
-                )
-            except InvalidTransaction as exc:
-                collector.dead_letter(msg, exc.kind, str(exc), "decode")
+        first = msgs[0]
+        every = decode_transactions(
+            [msg.value() for msg in msgs],
+            topic=first.topic(),
+            partition=first.partition(),
+            offsets=[msg.offset() for msg in msgs],
+            record_ts_ms=[msg.timestamp()[1] for msg in msgs],
+        )
+        for msg, decoded in zip(msgs, every, strict=True):
+            if isinstance(decoded, InvalidTransaction):
+                collector.dead_letter(msg, decoded.kind, str(decoded), "decode")
                 continue
+            offset = msg.offset()
             ts = decoded.tx.ts_ms
             if ts > latest:
                 collector.dead_letter(
