@@ -34,8 +34,7 @@ def _status(settings: Settings) -> subprocess.CompletedProcess[str]:
 
 def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Path) -> None:
     """Partition 2 of the input stays empty and never idles (PARTITION_IDLE_MS=10 min), so the
-    payee stage cannot release anything: a stall, which must be named. (The payments are of
-    600: those under 500, mule_fan_in's min_amount, need no payee stage and would not wait.)"""
+    payee stage cannot release anything: a stall, which must be named."""
     producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
     n = 200
     for i in range(n):
@@ -43,7 +42,7 @@ def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Pa
             "id": f"st-{i}",
             "source": f"a{i % 7}",
             "target": f"b{i % 5}",
-            "amount": 600.0,
+            "amount": 12.5,
             "currency": "EUR",
             "timestamp": T0 + i * 1000,
         }

@@ -392,51 +392,6 @@ def test_stages_by_key_decide_as_one_engine() -> None:
     assert full.finish(parts, hits) == reference.decide(txs)
 
 
-@settings(max_examples=150, deadline=None)
-@given(txs=streams(), at_floor=st.lists(st.booleans(), max_size=60))
-def test_payments_under_skip_below_need_no_keyed_stage(
-    txs: list[Transaction], at_floor: list[bool]
-) -> None:
-    """What lets a payment go from the input stage straight to the output
-    (`Engine.skip_below`): each keyed stage's engine, given only the payments at or above
-    that amount, fires the same on them and keeps the same state as given every payment, and
-    fires on none below it; with idle keys evicted too, the same hits."""
-    import msgspec
-
-    from fraudstream.detection.rules import Velocity
-
-    rules = [*RULES.rules, Velocity("payee_burst", "target", HOUR, max_count=2, min_amount=200.0)]
-    full = Engine(rules, threshold=RULES.threshold, version="t")
-    floor = full.skip_below()
-    assert floor == 200.0
-    txs = [
-        msgspec.structs.replace(t, amount=floor) if i < len(at_floor) and at_floor[i] else t
-        for i, t in enumerate(txs)
-    ]
-    kept = [i for i, t in enumerate(txs) if t.amount >= floor]
-    skipped = set(range(len(txs))) - set(kept)
-    for key in full.stage_keys()[1:]:
-        every, some = (_keep_all(full.for_stage(key)) for _ in range(2))
-        every.begin()
-        some.begin()
-        all_seen = every.score(txs)
-        assert some.score([txs[i] for i in kept]) == [all_seen[i] for i in kept]
-        assert not any(all_seen[i][1] for i in skipped)
-        assert sorted(every.changes(), key=repr) == sorted(some.changes(), key=repr)
-        evicted_all = full.for_stage(key).score(txs)
-        evicted_some = full.for_stage(key).score([txs[i] for i in kept])
-        assert evicted_some == [evicted_all[i] for i in kept]
-
-
-def test_payments_skip_the_keyed_stages_only_when_every_rule_there_ignores_them() -> None:
-    from fraudstream.detection.rules import Velocity
-
-    assert Engine.from_ruleset(RULES).skip_below() == 500.0  # mule_fan_in's min_amount
-    unbounded = Velocity("payee_count", "target", HOUR, max_count=9)
-    assert Engine([*RULES.rules, unbounded], version="t").skip_below() == 0.0
-    assert Engine.from_ruleset(RULES, features=True).skip_below() == 0.0  # payee features
-
-
 def test_queued_verdicts_survive_a_restore() -> None:
     txs = _sim_txs(3000, seed=9)
     labels = [

@@ -1,5 +1,4 @@
-"""The keyed-stage buffer (`Orderer`) and the output stage's (`Chain`): release order and
-exactly-once across a crash, for any interleaving."""
+"""The keyed-stage buffer: release order and exactly-once across a crash, for any interleaving."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from fraudstream.stream.ordering import (
     HOLD,
     INF,
     MARK,
-    Chain,
     Envelope,
     HopTx,
     Meta,
@@ -282,82 +280,3 @@ def test_a_hold_mark_is_a_mark_that_asks_to_hold_back() -> None:
     assert [e.order for e in orderer.release()] == [(5, 0, 1)]
     orderer.offer(Envelope(MARK, 8, 0, 3, 0, 2), offset=3)
     assert orderer.holding == set() and orderer.bound() == (8, 0, 3)
-
-
-@st.composite
-def paths(draw: st.DrawFn) -> tuple[list[int], list[Log]]:
-    """One input partition's records, some dead-lettered at the input (so in no chain), the
-    others sent toward the output each naming the one sent before it, by one of several
-    paths (straight, or through one of the keyed stages' partitions), each path keeping its
-    own order, and marks from the keyed stages now and then: as the output stage's
-    partition receives them, cut into repartition records (blocks of one path's run)."""
-    n = draw(st.integers(min_value=0, max_value=40))
-    sent = [o for o in range(n) if draw(st.integers(0, 5))]  # the others: dead letters
-    width = draw(st.integers(min_value=1, max_value=4))
-    runs: list[Log] = [[] for _ in range(width)]
-    before = -1
-    for o in sent:
-        runs[draw(st.integers(0, width - 1))].append(Envelope(DATA, o // 3, 0, o, 0, 0, p=before))
-        before = o
-    records: list[Log] = []
-    cursors = [0] * width
-    marks = 0
-    while any(c < len(r) for c, r in zip(cursors, runs, strict=True)):
-        i = draw(st.sampled_from([i for i in range(width) if cursors[i] < len(runs[i])]))
-        k = draw(st.integers(min_value=1, max_value=len(runs[i]) - cursors[i]))
-        records.append(runs[i][cursors[i] : cursors[i] + k])
-        cursors[i] += k
-        if draw(st.booleans()):
-            marks += 1
-            records.append([Envelope(MARK, marks, i, 0, i, marks)])
-    return sent, records
-
-
-@settings(max_examples=300, deadline=None)
-@given(case=paths(), data=st.data())
-def test_the_output_puts_a_partition_back_in_input_order_across_paths_and_a_crash(
-    case: tuple[list[int], list[Log]], data: st.DataObject
-) -> None:
-    """Whatever path each record took and however the paths interleave, the output stage
-    releases one input partition's records in offset order, each exactly once, across a crash
-    after any commit (a block's envelopes share one offset; what was released after the last
-    commit is gone with its transaction); the committed offset is the oldest buffered; and no
-    record waits once the one before it is out."""
-    sent, records = case
-    chain = Chain(2, Meta())
-    released: Log = []
-    committed = (encode_meta(Meta()), 0, 0)  # (meta, input offset, records released)
-    crash_at = data.draw(st.integers(min_value=0, max_value=len(records)))
-    for offset, block in enumerate(records[:crash_at]):
-        if data.draw(st.booleans()):
-            chain.offer_block(decode_block(encode_block(block)), offset)
-        else:
-            for env in block:
-                chain.offer(env, offset)
-        if data.draw(st.booleans()):
-            released += chain.release()
-            assert [e.o for e in released] == sent[: len(released)]
-            # nothing left could go: the next record in input order has not come yet
-            waiting = [o for o in sent if o > (released[-1].o if released else -1)]
-            arrived = {e.o for b in records[: offset + 1] for e in b if e.kind == DATA}
-            assert not waiting or waiting[0] not in arrived
-            oldest = chain.oldest()
-            resume = oldest if oldest is not None else offset + 1
-            assert resume == min(
-                (
-                    i
-                    for i, b in enumerate(records[: offset + 1])
-                    for e in b
-                    if e.kind == DATA and e.o in waiting
-                ),
-                default=offset + 1,
-            )
-            committed = (encode_meta(chain.committed_meta(resume)), resume, len(released))
-    meta, resume, kept = committed
-    released = released[:kept]
-    chain = Chain(2, decode_meta(meta))
-    for offset in range(resume, len(records)):
-        chain.offer_block(records[offset], offset)
-        released += chain.release()
-    assert [e.o for e in released] == sent
-    assert len(chain) == 0 and chain.bytes == 0 and chain.oldest() is None

@@ -35,7 +35,6 @@ from fraudstream.detection.rules import (
     Rule,
     Segment,
     Sparse,
-    Velocity,
     describe_state,
     state_id,
 )
@@ -54,14 +53,6 @@ def rule_key(rule: Rule) -> str:
     """The field a rule keeps its state by ("source" for stateless rules)."""
     key = getattr(rule, "key", "source")
     return key if isinstance(key, str) else "source"
-
-
-def _ignores_below(rule: Rule) -> float:
-    """The amount under which `rule` neither reads nor changes its state nor fires (its
-    `apply` returns at once); 0: none."""
-    if isinstance(rule, (FanIn, Velocity)):
-        return float(rule.min_amount)
-    return 0.0
 
 
 class Engine:
@@ -182,17 +173,6 @@ class Engine:
         if self.has_features:
             keys += [k for k in ("target", "merchant") if k not in keys]
         return keys
-
-    def skip_below(self) -> float:
-        """The amount under which a payment needs none of the keyed stages (each key of
-        `stage_keys` after the first), so it goes from the input stage straight to the last:
-        every rule kept by another key than the payer's ignores smaller payments, state and
-        all (fan-in/out and velocity rules with a `min_amount`), and no model feature is kept.
-        0: every payment needs them."""
-        if self.has_features:
-            return 0.0
-        keyed = [r for r in self.all_rules if rule_key(r) != "source"]
-        return min((_ignores_below(r) for r in keyed), default=0.0)
 
     def for_stage(self, key: str) -> Engine:
         """A fresh engine holding only `key`'s rules and features (no model)."""

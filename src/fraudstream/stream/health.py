@@ -50,8 +50,6 @@ class TaskStatus(msgspec.Struct, frozen=True):
     heard: int = 0  # how many of them it has heard
     lowest: int = -1  # the upstream whose mark holds it back (the lowest), -1: none
     lowest_mark: str = ""
-    # the output stage: the input record its buffer waits for (it orders by predecessor)
-    next_record: str = ""
 
 
 class Status(msgspec.Struct, frozen=True):
@@ -82,9 +80,7 @@ def waits(tasks: list[TaskStatus]) -> list[str]:
     for t in sorted(tasks, key=lambda t: -t.buffered):
         if not t.buffered:
             continue
-        if t.next_record:
-            why = t.next_record
-        elif t.heard < t.upstream:
+        if t.heard < t.upstream:
             why = (
                 f"marks from {t.upstream - t.heard} of its {t.upstream} upstream tasks, unheard yet"
             )

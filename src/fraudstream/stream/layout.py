@@ -49,9 +49,7 @@ SHAPE_KEY = b"shape"
 
 
 STATUS_TOPIC_CONFIG = {"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"}
-# ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits; 5: each data envelope
-# names its input predecessor (the output stage's order; payments may skip the keyed stages)
-REPARTITION_FORMAT = 5
+REPARTITION_FORMAT = 4  # ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits
 CHANGELOG_FORMAT = 2  # 2: a table row starts with its layout id, layouts described (2026-12-02)
 
 
@@ -199,12 +197,9 @@ def _next_step(group: str) -> str:
     )
 
 
-def prepare_topology(
-    settings: Settings, keys: list[str], *, labels: bool, skip_below: float = 0.0
-) -> Topology:
+def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> Topology:
     """Await the input (and labels) topic, build the topology, create its internal topics,
-    and check them against what the group was built for (recording it the first time).
-    `skip_below`: the amount under which payments need no keyed stage (`Topology`)."""
+    and check them against what the group was built for (recording it the first time)."""
     s = settings
     wait_for_broker(s, s.startup_timeout_ms / 1000)
     ensure_topics(s, [s.transactions_topic])
@@ -212,8 +207,7 @@ def prepare_topology(
     if len(keys) > 1 and labels:
         ensure_topics(s, [s.labels_topic])
         label_partitions = wait_for_partitions(s, s.labels_topic)
-    partitions = wait_for_partitions(s, s.transactions_topic)
-    topology = Topology(s, keys, partitions, label_partitions, skip_below)
+    topology = Topology(s, keys, wait_for_partitions(s, s.transactions_topic), label_partitions)
     group = s.detector_group
     now = Shape.of(topology)
     repartition, changelogs = topology.internal()

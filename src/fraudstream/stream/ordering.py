@@ -35,7 +35,6 @@ __all__ = [
     "INF",
     "LABEL",
     "MARK",
-    "Chain",
     "Envelope",
     "HopTx",
     "Key",
@@ -104,9 +103,6 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     hits: list[tuple[str, float, str, bool, bool]] = []  # rule, weight, reason, allow, block
     label: LabelRecord | None = None
     note: str = ""  # why it is decided at its partition's stream time (event_time_skew)
-    # DATA: the origin offset of the record its input task sent toward the output before it
-    # (-1: none), whatever path each took; the output stage's order (`Chain`)
-    p: int = -1
 
     @property
     def order(self) -> Key:
@@ -125,9 +121,6 @@ class Meta(msgspec.Struct, omit_defaults=True):
     ahead: dict[int, list[int]] = {}  # per upstream: numbers released beyond `done`
     marks: dict[int, Key] = {}  # per upstream: its latest mark
     mark_seen: dict[int, int] = {}  # per upstream: the number of that mark
-    # input tasks: the offset of the last record sent toward the output; output tasks: the
-    # origin offset of the last record released (`Chain`)
-    chain: int = -1
 
 
 # A repartition record is a block: the envelopes one task sends one downstream partition in
@@ -337,71 +330,3 @@ class Orderer:
         while offsets and offsets[0] not in at:  # released since
             heapq.heappop(offsets)
         return offsets[0] if offsets else None
-
-
-class Chain(Orderer):
-    """The output stage's buffer. That stage is partitioned like the input, so what one task
-    reads all comes from one input partition, whose order is its offsets': each data envelope
-    names the one sent before it (`p`), and a record goes out once that one has
-    (`Meta.chain`). So input order comes back whatever path each payment took (through the
-    keyed stages, or straight from the input stage when none needs it) and however the paths'
-    records interleave; no mark is needed. Marks are still kept, for back-pressure (HOLD).
-
-    Exactly once across restarts: a record at or before the last released is skipped (read
-    again after a rewind); the committed input offset is the oldest still buffered, as in
-    `Orderer`."""
-
-    def __init__(self, upstream: int, meta: Meta) -> None:
-        super().__init__(upstream, meta)
-        self._after: dict[int, Entry] = {}  # by the origin offset of the record before it
-
-    def reset(self, meta: Meta) -> None:
-        super().reset(meta)
-        self._after.clear()
-
-    def offer(self, env: Envelope, offset: int, size: int = 0) -> None:
-        self.offer_block([env], offset, size)
-
-    def offer_block(self, block: list[Envelope], offset: int, size: int = 0) -> None:
-        after, last = self._after, self.meta.chain
-        added = 0
-        for env in block:
-            if env.kind >= MARK:
-                super().offer(env, offset, size)
-                continue
-            if env.o <= last or env.p in after:
-                continue  # released before a rewind (or read twice)
-            after[env.p] = (env.t, env.q, env.o, offset, env, size)
-            added += 1
-        if not added:
-            return
-        self._count += added
-        self.bytes += size * added
-        at = self._at
-        n = at.get(offset)
-        if n is None:
-            at[offset] = added
-            heapq.heappush(self._offsets, offset)
-        else:
-            at[offset] = n + added
-
-    def release(self) -> list[Envelope]:
-        """Every buffered record whose predecessors have all gone out, in input order."""
-        after, at = self._after, self._at
-        entry = after.pop(self.meta.chain, None)
-        out: list[Envelope] = []
-        while entry is not None:
-            env = entry[4]
-            out.append(env)
-            self.bytes -= entry[5]
-            offset = entry[3]
-            n = at[offset] - 1
-            if n:
-                at[offset] = n
-            else:
-                del at[offset]
-            entry = after.pop(env.o, None)
-        if out:
-            self._count -= len(out)
-            self.meta.chain = out[-1].o
-        return out

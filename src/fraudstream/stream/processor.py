@@ -129,12 +129,8 @@ class Processor:
         stop = stop or threading.Event()
         self.txn.watch(stop)
         try:
-            engine = self.engine
             self.topology = prepare_topology(
-                self.settings,
-                engine.stage_keys(),
-                labels=engine.has_features,
-                skip_below=engine.skip_below(),
+                self.settings, self.engine.stage_keys(), labels=self.engine.has_features
             )
         except BaseException:
             self.consumer.close()

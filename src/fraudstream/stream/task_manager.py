@@ -36,14 +36,7 @@ from fraudstream.stream.ordering import (
     encode_block,
 )
 from fraudstream.stream.snapshot import Snapshot, SnapshotStore
-from fraudstream.stream.tasks import (
-    META_KEY,
-    KeyedTask,
-    OutputTask,
-    Task,
-    TaskContext,
-    new_task,
-)
+from fraudstream.stream.tasks import META_KEY, KeyedTask, Task, TaskContext, new_task
 from fraudstream.stream.topology import INPUT, KEYED, LABELS
 
 __all__ = ["PURGE_EVERY_S", "TaskManager", "choose_paused"]
@@ -464,13 +457,9 @@ class TaskManager:
         out = []
         for (topic, partition), task in sorted(self.tasks.items()):
             marks = task.meta.marks
-            lowest, lowest_mark, next_record = -1, "", ""
+            lowest, lowest_mark = -1, ""
             keyed = isinstance(task, KeyedTask)
-            if isinstance(task, OutputTask):  # orders by predecessor, not by marks
-                last = task.meta.chain
-                which = f"the record after offset {last}" if last >= 0 else "the first record"
-                next_record = f"{which} of input partition {partition}"
-            elif keyed and marks and len(marks) >= task.stage.upstream:
+            if keyed and marks and len(marks) >= task.stage.upstream:
                 lowest = min(marks, key=lambda u: marks[u])
                 lowest_mark = describe_key(marks[lowest])
             out.append(
@@ -484,7 +473,6 @@ class TaskManager:
                     heard=len(marks),
                     lowest=lowest,
                     lowest_mark=lowest_mark,
-                    next_record=next_record,
                 )
             )
         return out

@@ -12,8 +12,7 @@ A task class per stage role (`topology.py`), each with the same hooks the proces
     InputTask   decode, validate, dead-letter; the account rules; decide (one stage) or forward
     LabelTask   verdicts, forwarded in event time to the first keyed stage
     KeyedTask   buffer until the marks allow, then the rules of its key; forward
-    OutputTask  buffer until the records before have gone out (input order), then decide and
-                write legit / fraud
+    OutputTask  buffer until the marks allow, then decide and write legit / fraud
 
 Tasks write only through the `RecordCollector`; they never see the producer or the consumer.
 """
@@ -46,7 +45,6 @@ from fraudstream.stream.ordering import (
     DATA,
     INF,
     LABEL,
-    Chain,
     Envelope,
     HopTx,
     Key,
@@ -318,46 +316,30 @@ class InputTask(_Unbuffered):
         q = self.partition
         key = to.key
         route = topology.route
-        skip = topology.skip_below
-        chain = meta.chain  # the last record sent toward the output (the output's order)
         parts: list[int] = []
         envs: list[Envelope] = []
-        direct: list[Envelope] = []  # needed by no keyed stage: straight to the output
         for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
             tx = decoded.tx
-            offset = msg.offset()
-            value = msg.value()
-            hop = HopTx.of(tx) if tx.amount >= skip or not appendable(value, tx) else None
             env = Envelope(
                 DATA,
                 order_time,
                 q,
-                offset,
+                msg.offset(),
                 q,
                 0,
-                hop,
-                value,
+                HopTx.of(tx),
+                msg.value(),
                 decoded.added,
                 msg.key(),
                 msg.headers(),
                 {"source": row} if row else {},  # feature rows (with a model)
                 [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits],
-                p=chain,
             )
-            chain = offset
-            if flagged and offset in flagged:
-                env.note = flagged[offset]
-            if tx.amount < skip:
-                env.u = self.origin
-                direct.append(env)
-            else:
-                parts.append(route(to, getattr(tx, key), q))
-                envs.append(env)
-        meta.chain = chain
-        if envs:
-            self.forward_all(parts, envs)
-        if direct:  # unnumbered: the output orders and skips by `p`, not by number
-            ctx.collector.forward((topology.output.topic, q), direct)
+            if flagged and msg.offset() in flagged:
+                env.note = flagged[msg.offset()]
+            parts.append(route(to, getattr(tx, key), q))
+            envs.append(env)
+        self.forward_all(parts, envs)
 
 
 class LabelTask(_Unbuffered):
@@ -405,11 +387,10 @@ class KeyedTask(Task):
 
     role = KEYED
     buffers = True
-    buffer: type[Orderer] = Orderer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.orderer = self.buffer(self.stage.upstream, self.meta)
+        self.orderer = Orderer(self.stage.upstream, self.meta)
 
     def read(self, msgs: list[Any]) -> None:
         orderer = self.orderer
@@ -502,11 +483,9 @@ class KeyedTask(Task):
 
 
 class OutputTask(KeyedTask):
-    """The last stage: input order back (it is partitioned like the input: `Chain`), the
-    decisions."""
+    """The last stage: input order back (it is partitioned like the input), the decisions."""
 
     role = OUTPUT
-    buffer = Chain
 
     def release(self) -> None:
         released = self.orderer.release()

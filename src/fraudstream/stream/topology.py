@@ -7,14 +7,7 @@ processes. A last stage, partitioned like the input, puts the decisions back in 
 and writes them out. Without such keys there is one stage, as in the tutorials.
 
     transactions ─► [source] ─► <group>.by-target ─► [target] ─► … ─► <group>.ordered ─► [out]
-    labels ────────────────────┘ (verdicts, for the payee/merchant features)    ▲
-                        └─ payments no keyed stage needs (under `skip_below`) ──┘
-
-A payment that no keyed stage can act on (every rule there ignores payments under some amount:
-fan-in/out and velocity rules with `min_amount`, and no model features) goes from the input
-stage straight to the last. The last stage reads one input partition's records only, so it
-puts them back in input order by the offset each names as its predecessor, whatever path
-each took (`ordering.Chain`).
+    labels ────────────────────┘ (verdicts, for the payee/merchant features)
 
 Every stage has a compacted changelog topic with one partition per stage partition. Every
 internal topic's name is made by `TopicNames`, here and nowhere else.
@@ -68,12 +61,7 @@ class Stage:
 
 class Topology:
     def __init__(
-        self,
-        settings: Settings,
-        keys: list[str],
-        input_partitions: int,
-        label_partitions: int,
-        skip_below: float = 0.0,
+        self, settings: Settings, keys: list[str], input_partitions: int, label_partitions: int
     ) -> None:
         names = self.names = TopicNames(settings.detector_group)
         p = input_partitions
@@ -82,9 +70,6 @@ class Topology:
         self.shape_topic = names.shape
         self.status_topic = names.status
         self.staged = len(keys) > 1
-        # payments under this amount need no keyed stage (`Engine.skip_below`): which path a
-        # payment takes, not which topics there are, so not part of the group's shape
-        self.skip_below = skip_below if self.staged else 0.0
         self.labels = label_partitions if self.staged and label_partitions else 0
         input_topic = settings.transactions_topic
         stages = [Stage(0, keys[0], input_topic, p, names.input_changelog, 0, INPUT)]
@@ -152,11 +137,6 @@ class Topology:
     def next(self, stage: Stage) -> Stage:
         """Where a task of `stage` sends (label tasks: the first keyed stage)."""
         return self.stages[max(stage.index, 0) + 1]
-
-    @property
-    def output(self) -> Stage:
-        """The last stage (a staged topology's)."""
-        return self.stages[-1]
 
     def is_output(self, stage: Stage) -> bool:
         """The last stage of a staged topology: it decides and writes legit/fraud."""
