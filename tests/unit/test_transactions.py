@@ -1,0 +1,23 @@
+"""Which Kafka errors the transaction coordinator gets past by replacing its producer."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError
+
+from fraudstream.stream.transactions import fenced, renewable
+
+
+def test_a_producer_in_fatal_state_is_replaced_however_the_error_says_so() -> None:
+    # the fatal error itself, as a failed request reports it
+    assert renewable(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "desync", fatal=True))
+    # what produce() raises afterwards: code _FATAL, without the fatal flag (seen in a fault
+    # test after a broker restart: the detector stopped instead of replacing its producer)
+    after = KafkaError(KafkaError._FATAL, "Unable to produce message: Local: Fatal error")
+    assert not after.fatal() and renewable(after)
+
+
+def test_a_fenced_producer_or_a_passing_error_is_not_replaced() -> None:
+    fenced_now = KafkaError(KafkaError._FENCED, "another instance took over", fatal=True)
+    assert fenced(fenced_now) and not renewable(fenced_now)
+    assert not renewable(KafkaError(KafkaError._TIMED_OUT, "slow", retriable=True))
+    assert not renewable(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "rebalanced"))
