@@ -58,10 +58,15 @@ def renewable(err: KafkaError) -> bool:
     """A fatal error of this producer alone (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker
     lost its idempotence state in a restart): a fresh producer with the same transactional.id
     gets past it, as Kafka Streams replaces its producer. Fencing is not: another instance
-    holds the id. `_FATAL` is what `produce` raises once its producer failed fatally (the
-    error itself came with an earlier request): seen after a broker restart, where the
-    detector stopped instead of replacing its producer."""
-    return (bool(err.fatal()) or err.code() == KafkaError._FATAL) and not fenced(err)
+    holds the id."""
+    return _failed_fatally(err) and not fenced(err)
+
+
+def _failed_fatally(err: KafkaError) -> bool:
+    """The producer is in its fatal state. `_FATAL` is what `produce` raises once it is (the
+    error itself came with an earlier request), without the fatal flag: seen after a broker
+    restart, where the detector stopped instead of replacing its producer."""
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
 def fatal_message(err: KafkaError) -> str:
@@ -261,7 +266,7 @@ class TransactionCoordinator:
         log.error(
             "%s (%s); replacing the producer and redoing the work since the last commit",
             "the producer failed fatally"
-            if err.fatal() or err.code() == KafkaError._FATAL
+            if _failed_fatally(err)
             else "a transaction commit failed after its retries",
             err,
         )
