@@ -251,6 +251,39 @@ def test_a_payee_or_shop_fraud_is_dated_both_by_when_it_became_known_and_by_when
         assert undated[at[f"log_hours_since_{key}_fraud_happened"]] == pytest.approx(math.log1p(24))
 
 
+def test_a_shops_payments_since_its_latest_fraud_are_counted_by_age() -> None:
+    """A shop's payments after its latest confirmed fraud happened, the older the likelier
+    the fraud there stopped: all, and those at least 1, 2 and 3 days old; none before any
+    fraud is known."""
+    at = {n: FEATURE_NAMES.index(n) for n in FEATURE_NAMES}
+    names = [f"merchant_payments_since_fraud{s}" for s in ("", "_1d_old", "_2d_old", "_3d_old")]
+    engine = Engine.from_ruleset(RULES, features=True)
+
+    def pay(i: int, t: int) -> list[float]:
+        tx = Transaction(
+            id=f"t{i}",
+            timestamp=t,
+            source=f"a{i}",
+            target="m-1",
+            merchant="m-1",
+            amount=10.0,
+            currency="EUR",
+        )
+        ((row, _),) = engine.score([tx])
+        return [row[at[n]] for n in names]
+
+    # payments at T0 - 1 h, T0 + 1 h, + 1.5 days, + 2.5 days, + 3.5 days; the first is fraud
+    assert pay(0, T0 - HOUR) == [0.0] * 4
+    engine.observe_labels([Label("t0", True, known_ms=T0, merchant="m-1", tx_ms=T0 - HOUR)])
+    times = [T0 + HOUR, T0 + 36 * HOUR, T0 + 60 * HOUR, T0 + 84 * HOUR]
+    counts = [pay(i + 1, t) for i, t in enumerate(times)]
+    assert counts == [[0, 0, 0, 0], [1, 1, 0, 0], [2, 2, 1, 0], [3, 3, 2, 1]]
+    # a verdict on the payment of T0 + 1.5 days: only those after it count
+    known = T0 + 85 * HOUR
+    engine.observe_labels([Label("t2", True, known_ms=known, merchant="m-1", tx_ms=times[1])])
+    assert pay(9, T0 + 4 * DAY) == [2.0, 1.0, 0.0, 0.0]
+
+
 def test_counterparties_new_to_an_account_and_to_a_payee_are_counted() -> None:
     """Distinct counterparties, the generic form of a burst to many payees (account side) and
     of a mule's many payers (payee side): "new" is none of the last RECENT remembered."""

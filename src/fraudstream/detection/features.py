@@ -9,7 +9,9 @@ from its last place, payments to payees new to the account and from payers new t
 the confirmed-fraud risk of the payee and merchant over 3, 7 and 30 days from labels known
 *before* the transaction, and the time since their latest confirmed fraud, both by when the
 verdict became known and by when that fraud happened (`LabelRecord.tx_ms`: a shop whose fraud
-stopped days ago, with verdicts still arriving, is not one where fraud goes on).
+stopped days ago, with verdicts still arriving, is not one where fraud goes on), and how many of
+the shop's latest payments came after that fraud, by age (the older such payments are, the
+likelier a fraud verdict would have come by now if the fraud had gone on).
 
     fs = FeatureState(tables)
     row = fs.compute(tx, ts)     # list[float], in FEATURE_NAMES order; then updates the state
@@ -83,6 +85,10 @@ MERCHANT_FEATURES: tuple[str, ...] = (
     "merchant_fraud_share_30d",
     "log_hours_since_merchant_fraud",
     "log_hours_since_merchant_fraud_happened",
+    "merchant_payments_since_fraud",
+    "merchant_payments_since_fraud_1d_old",
+    "merchant_payments_since_fraud_2d_old",
+    "merchant_payments_since_fraud_3d_old",
 )
 FEATURE_NAMES: tuple[str, ...] = ACCOUNT_FEATURES + TARGET_FEATURES + MERCHANT_FEATURES
 
@@ -114,6 +120,7 @@ class FeatureState:
     """The stateful feature extractor (one per engine)."""
 
     RECENT = 4  # counterparties remembered per key: "new" is none of the last RECENT
+    RECENT_PAYMENTS = 16  # a shop's latest payment times, for those since its latest fraud
 
     def __init__(self, tables: Tables, parts: Parts | None = None) -> None:
         self.parts = parts or Parts()
@@ -146,6 +153,9 @@ class FeatureState:
         self.m_fraud = {k: m.column(f"f.fraud{k}", "f", 0.0) for k in _RISK}
         self.m_fraud_ts = m.column("f.fraud_ts", "q", 0)
         self.m_fraud_at = m.column("f.fraud_at", "q", 0)
+        # the shop's latest payment times, a ring: `m_next` is the slot the next one takes
+        self.m_times = [m.column(f"f.t{i}", "q", 0) for i in range(self.RECENT_PAYMENTS)]
+        self.m_next = m.column("f.t_next", "B", 0)
         self._pending: list[tuple[int, int, Label]] = []
         self._seq = 0
         self._seq_at_begin = 0
@@ -376,7 +386,7 @@ class FeatureState:
 
     def _merchant(self, tx: Transaction, ts: int) -> list[float]:
         if tx.merchant is None:
-            return [0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0]
+            return [0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, 0.0]
         mr = self.merchants.row(tx.merchant, ts)
         m_dt = ts - self.m_ts[mr] if self.m_ts[mr] else 0
         pays = {k: self.m_pay[k][mr] * _decay(m_dt, tau) for k, tau in _SHARE.items()}
@@ -390,7 +400,11 @@ class FeatureState:
             fraud["30d"] / (pays["30d"] + 1.0),
             _log_hours_since(ts, m_known),
             _log_hours_since(ts, self.m_fraud_at[mr]),
+            *_since_fraud(self.m_times, mr, self.m_fraud_at[mr], ts),
         ]
+        slot = self.m_next[mr]
+        self.m_times[slot][mr] = ts
+        self.m_next[mr] = (slot + 1) % self.RECENT_PAYMENTS
         for k in _SHARE:
             self.m_pay[k][mr] = pays[k] + 1
         if ts >= self.m_ts[mr]:
@@ -401,6 +415,16 @@ class FeatureState:
 def _log_hours_since(ts: int, at: int) -> float:
     """log(1 + hours from `at` to `ts`); -1 when there is no such time (0)."""
     return math.log1p(max(0, ts - at) / HOUR) if at else -1.0
+
+
+def _since_fraud(times: list[Any], r: int, fraud_at: int, ts: int) -> tuple[float, ...]:
+    """Of the key's latest remembered payments, those after its latest confirmed fraud
+    happened: all, and those at least 1, 2 and 3 days old. Such payments without a fraud verdict,
+    the older the likelier, say the fraud there has stopped (when there was one: 0s if not)."""
+    if not fraud_at:
+        return (0.0, 0.0, 0.0, 0.0)
+    ages = [ts - t for t in (c[r] for c in times) if t > fraud_at]
+    return (float(len(ages)), *(float(sum(1 for a in ages if a >= d * DAY)) for d in (1, 2, 3)))
 
 
 def _hash(text: str) -> int:
