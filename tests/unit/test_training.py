@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-from fraudstream.detection import Engine, FraudModel, load_ruleset
+from fraudstream.detection import FEATURE_NAMES, Engine, FraudModel, Hit, load_ruleset
+from fraudstream.detection.model import MIN_LEAF
 from fraudstream.errors import ConfigError
 from fraudstream.evaluation import read_labels, read_transactions, train
 from fraudstream.evaluation.cli import _selection
@@ -152,6 +153,15 @@ def test_the_emitted_score_ranks_as_well_as_the_model_and_the_threshold_meets_it
         return out
 
     engine.model_rows = model_rows  # type: ignore[method-assign]
+    original_score = engine.score
+    hits: list[Any] = []
+
+    def score(batch: Any) -> Any:  # the rules that fired, kept to restate the outcome
+        out = original_score(batch)
+        hits.extend(h for _, h in out)
+        return out
+
+    engine.score = score  # type: ignore[method-assign]
     for i in range(0, len(txs), 5000):
         decisions += engine.decide(txs[i : i + 5000])
     y = np.array([labels[t.id or ""].is_fraud for t in txs])
@@ -164,7 +174,14 @@ def test_the_emitted_score_ranks_as_well_as_the_model_and_the_threshold_meets_it
     )
     assert len(set(score[at].tolist())) == len(set(probability[at].tolist()))
     flagged = np.array([d.outcome == "fraud" for d in decisions])
-    assert np.array_equal(flagged, probability >= result.model.threshold)  # no block list hit
+    # fraud: the model's probability from its threshold, or the rules it has not learned by
+    # their weights from the rule set's threshold (no list hit in this stream)
+    rare = result.model.unlearned(engine.rule_ids)
+    by_rules = np.array(
+        [sum(h.weight for h in fired if h.rule in rare) >= ruleset.threshold for fired in hits]
+    )
+    assert np.array_equal(flagged, (probability >= result.model.threshold) | by_rules)
+    assert result.model.info["rule_hits"].keys() == set(engine.rule_ids)
 
     # the same world keeps within what the validation days showed; ten times the fraud not
     drift = engine.drift
@@ -174,6 +191,40 @@ def test_the_emitted_score_ranks_as_well_as_the_model_and_the_threshold_meets_it
     other, _ = read_transactions(str(txs_file))
     engine.decide(other)
     assert "alert rate" in drift.message and "outside" in drift.message, drift.last
+
+
+def test_rules_the_model_has_not_learned_decide_by_their_weights() -> None:
+    """A rule with fewer than MIN_LEAF hits on the training days, or added after training,
+    makes a transaction fraud when its weight (with other such rules') reaches the rule set's
+    threshold, with a reason; a rule the model learned does not, and the score stays the
+    model's probability. A model file without hit counts has learned all its inputs."""
+    ruleset = load_ruleset(REPO / "rules" / "default.yaml")
+    ids = tuple(r.id for r in ruleset.rules)
+    rng = np.random.default_rng(0)
+    x = rng.random((400, len(FEATURE_NAMES) + len(ids)))
+    estimator = make_estimator(trees=3, leaves=4).fit(x, x[:, 0] > 0.9)
+    trained_on = tuple(r for r in ids if r != "card_testing")  # card_testing: added since
+    hits = dict.fromkeys(trained_on, 500) | {"dormant_reactivated": MIN_LEAF - 1}
+    model = FraudModel(estimator, FEATURE_NAMES, trained_on, "m", 0.99, {"rule_hits": hits})
+    assert model.unlearned(ids) == {"card_testing", "dormant_reactivated"}
+    engine = Engine(ruleset.rules, threshold=0.6, version="v", model=model)
+
+    def decide(*fired: tuple[str, float]) -> Any:
+        return engine.combine([Hit(r, w, f"{r} fired") for r, w in fired], 0.1)
+
+    for rule in ("dormant_reactivated", "card_testing"):
+        d = decide((rule, 0.6))
+        assert d.outcome == "fraud" and d.score == 0.1
+        assert d.reasons[-1].rule == "rules" and rule in d.reasons[-1].reason
+    assert decide(("dormant_reactivated", 0.3), ("card_testing", 0.3)).outcome == "fraud"
+    assert decide(("dormant_reactivated", 0.5)).outcome == "legit"  # under the threshold
+    assert decide(("burst_1h", 0.6)).outcome == "legit"  # learned: the model weighs it
+    allow = engine.combine(
+        [Hit("card_testing", 0.6, "r"), Hit("allowed_account", 0.0, "a", allow=True)], 0.1
+    )
+    assert allow.outcome == "legit"  # the allow list still wins
+    older = FraudModel(estimator, FEATURE_NAMES, trained_on, "m", 0.99)  # no hit counts
+    assert older.unlearned(ids) == {"card_testing"}
 
 
 @settings(max_examples=300, deadline=None)

@@ -122,6 +122,8 @@ class Engine:
             ]
             if tuple(model.feature_names) != FEATURE_NAMES:
                 raise ValueError("the model was trained on other features; retrain it")
+        # rules the model cannot have learned: these decide by their weights, as without one
+        self.unlearned = model.unlearned(self.rule_ids) if model is not None else frozenset()
         self._next_evict = 0
         self._evict_at_begin = 0
         # tables whose layout is described in the changelog (committed; in the open transaction)
@@ -482,8 +484,11 @@ class Engine:
         Without a model the score is the weights of the rules that fired, capped to [0, 1],
         fraud from the rule set's `threshold`. With one it is the model's probability, as it
         is (the rules are among the model's inputs: adding their weights on top, capping and
-        rounding would throw its ranking away), fraud from the threshold chosen in training.
-        A block-list hit makes the outcome fraud, an allow-list hit legit, whatever the score.
+        rounding would throw its ranking away), fraud from the threshold chosen in training,
+        or when the rules the model has not learned (`unlearned`: too few hits on its training
+        days, or added since) reach the rule set's `threshold` by their weights, as they would
+        without a model. A block-list hit makes the outcome fraud, an allow-list hit legit,
+        whatever the score.
         """
         reasons = [Reason(h.rule, h.reason) for h in hits]
         if probability is None:
@@ -499,6 +504,19 @@ class Engine:
                         "model",
                         f"model probability {probability:.3f} (fraud from "
                         f"{self.model_threshold:.3f})",
+                    )
+                )
+            untaught = [h for h in hits if h.rule in self.unlearned] if self.unlearned else []
+            weight = sum(h.weight for h in untaught)
+            if untaught and not fraud and weight >= self.threshold:
+                fraud = True
+                names = ", ".join(h.rule for h in untaught)
+                reasons.append(
+                    Reason(
+                        "rules",
+                        f"{names}: weight {weight:.2f} reaches the rules' threshold "
+                        f"{self.threshold:.2f} (the model has not learned "
+                        f"{'these rules' if len(untaught) > 1 else 'this rule'}: retrain it)",
                     )
                 )
         if hits:

@@ -20,6 +20,10 @@ from fraudstream.errors import FraudstreamError
 __all__ = ["MODEL_FORMAT", "FraudModel", "ModelError", "limit_native_threads"]
 
 MODEL_FORMAT = 2  # 2: the fraud threshold chosen at training is part of the file
+# The trees' smallest leaf (HistGradientBoosting's `min_samples_leaf`; `train` passes this
+# one): a rule with fewer hits on the training days cannot have a leaf of its own, so the
+# model cannot have learned what its hit means.
+MIN_LEAF = 20
 
 
 _limits: list[Any] = []  # the process-wide limit, kept alive
@@ -55,6 +59,14 @@ class FraudModel:
 
     def __post_init__(self) -> None:
         self._compiled = CompiledTrees.of(self.estimator)
+
+    def unlearned(self, rule_ids: tuple[str, ...]) -> frozenset[str]:
+        """Of these rules, those the model cannot have learned: not among its inputs (added
+        after it was trained), or with fewer than `MIN_LEAF` hits on its training days
+        (`info["rule_hits"]`; a model file without that count: all its inputs learned)."""
+        hits: dict[str, int] = self.info.get("rule_hits", {})
+        known = set(self.rule_ids)
+        return frozenset(r for r in rule_ids if r not in known or hits.get(r, MIN_LEAF) < MIN_LEAF)
 
     def score(self, rows: list[list[float]]) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Fraud probability for each row, the whole batch in one compiled call (the same

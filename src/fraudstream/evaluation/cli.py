@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from fraudstream.config import Settings
-from fraudstream.detection import Label, load_ruleset
+from fraudstream.detection import FraudModel, Label, load_ruleset
+from fraudstream.detection.model import MIN_LEAF
 from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.evaluation.backtest import backtest, write_decisions
 from fraudstream.evaluation.metrics import Outcome, Report, format_report, report
@@ -247,11 +248,27 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         f"trained on {split['train'][0]} to {split['train'][1]}, tested on "
         f"{split['test'][0]} to {split['test'][1]} after a {args.gap_days:g}-day delay\n"
         f"fraud threshold {trained.model.threshold:.4f} ({chosen['target']}; on the "
-        f"validation windows: {_chosen(chosen)})\n",
+        f"validation windows: {_chosen(chosen)})\n{_unlearned(trained.model)}",
         file=sys.stderr,
     )
     _print(trained.report, args.json)
     return 0
+
+
+def _unlearned(model: FraudModel) -> str:
+    """The rules too rare on the training days for the model to learn, which decide by their
+    weights (a line, or nothing)."""
+    rare = sorted(model.unlearned(model.rule_ids))
+    if not rare:
+        return ""
+    hits = model.info.get("rule_hits", {})
+    counts = {r: hits.get(r, 0) for r in rare}
+    listed = ", ".join(f"{r} ({n} hit{'' if n == 1 else 's'})" for r, n in counts.items())
+    return (
+        f"rules with fewer than {MIN_LEAF} hits on the training days, which the model cannot "
+        f"have learned and which decide by their weights against the rules' threshold: "
+        f"{listed}\n"
+    )
 
 
 def _selection(selection: dict[str, Any], delay: float) -> str:

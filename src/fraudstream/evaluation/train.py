@@ -34,6 +34,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraudstream.detection import DAY, FEATURE_NAMES, Engine, FraudModel, Label, RuleSet
 from fraudstream.detection.drift import WINDOW, drift_reference
+from fraudstream.detection.model import MIN_LEAF
 from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.evaluation.backtest import CHUNK, outcomes
 from fraudstream.evaluation.metrics import Outcome, Report, card_precision_at_k, report
@@ -194,6 +195,7 @@ def make_estimator(
         learning_rate=learning_rate,
         max_leaf_nodes=leaves,
         l2_regularization=l2,
+        min_samples_leaf=MIN_LEAF,
         early_stopping=False,
         random_state=seed,
     )
@@ -443,6 +445,9 @@ def train(
     progress("fitting the chosen model", 1, 1)
     version = f"gbt-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}"
     model = FraudModel(estimator, FEATURE_NAMES, engine.rule_ids, version, threshold)
+    # each rule's hits on the training days: too few, and the model cannot have learned it
+    flags = rows[train_mask][:, len(FEATURE_NAMES) :].sum(axis=0)
+    model.info["rule_hits"] = {r: int(n) for r, n in zip(engine.rule_ids, flags, strict=True)}
     split = {
         "train": [_day(first), _day(train_end)],
         "validation": [_day(windows[0][0]), _day(train_end)],
