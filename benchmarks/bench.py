@@ -124,7 +124,9 @@ def main() -> None:
 
         warm_up(base)
         model_rules = None
-        if "model" in args.only:
+        if "model" in args.only or any(
+            v.get("RULES_FILE") == "model" for v in args.variants.values()
+        ):
             try:
                 model_rules = train_model(base, work, args.train_count)
             except subprocess.CalledProcessError:
@@ -216,7 +218,8 @@ def parse_args() -> argparse.Namespace:
     for name in args.variants:
         if name in CONTENDERS:
             p.error(f"--variant {name}: pick a name that is not a contender's")
-        CONTENDERS[name] = f"fraudstream, default rules, {name}"
+        rules = "model" if args.variants[name].get("RULES_FILE") == "model" else "default rules"
+        CONTENDERS[name] = f"fraudstream, {rules}, {name}"
         if name not in args.only:  # runs after the others, unless --only places it
             args.only.append(name)
     if len(set(args.only)) < len(args.only):  # its group would find its work done
@@ -244,7 +247,8 @@ def prepare(
     topics = {t: f"{run_tag}.{t}" for t in ("legit", "fraud", "dlq")}
     if name in ("default", "model", "workers2", *variants):
         rules = REPO / "rules" / "default.yaml"
-        if name == "model":
+        extra = dict(variants.get(name, {}))
+        if name == "model" or extra.pop("RULES_FILE", "") == "model":
             if model_rules is None:
                 raise RuntimeError(f"no model (see {work / 'train.log'})")
             rules = model_rules
@@ -263,7 +267,7 @@ def prepare(
         argv = [sys.executable, "-m", "fraudstream", "detect"]
         if name == "workers2":
             argv += ["--workers", "2"]
-        env = env_for(settings, **variants.get(name, {}))
+        env = env_for(settings, **extra)
         if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks of the detector
             spy = str(Path(sys.executable).parent / "py-spy")
             out = str(work / f"{name}-profile.txt")

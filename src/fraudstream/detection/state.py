@@ -166,6 +166,7 @@ class Table:
         self._free: list[int] = []
         self._size = 0
         self._packer: struct.Struct | None = None
+        self._image: np.dtype[Any] | None = None  # a packed row as a numpy record (`_images`)
         self._layout_id: int | None = None
         # other layouts seen: their packing and (name, typecode) of their columns
         self._layouts: dict[int, tuple[struct.Struct, list[tuple[str, str]]]] = {}
@@ -180,6 +181,7 @@ class Table:
         data = array(typecode, [default]) * self._size if self._size else array(typecode)
         self.columns[name] = Column(name, typecode, default, data)
         self._packer = None
+        self._image = None
         self._layout_id = None
         return data
 
@@ -362,8 +364,10 @@ class Table:
     def _images(self, rows: list[int]) -> list[bytes]:
         """Each row packed as `dump_row` packs it, the columns gathered in one pass."""
         cols = list(self.columns.values())
-        fields = [("\x00layout", "<u4")] + [(c.name, "<" + c.typecode) for c in cols]
-        packed = np.empty(len(rows), dtype=np.dtype(fields))
+        if self._image is None:
+            fields = [("\x00layout", "<u4")] + [(c.name, "<" + c.typecode) for c in cols]
+            self._image = np.dtype(fields)
+        packed = np.empty(len(rows), dtype=self._image)
         packed["\x00layout"] = self.layout_id
         at = np.array(rows, dtype=np.intp)
         for c in cols:

@@ -371,8 +371,12 @@ class LabelTask(_Unbuffered):
             published = label.published_ms
             if published is None:
                 published = msg.timestamp()[1]
-            label = complete_label(label, published_ms=published)
             meta.stream_time = max(meta.stream_time, published)
+            if not label.is_fraud:
+                # a legit verdict changes no feature (`FeatureState.label`): its time moves
+                # the mark on, but it does not travel (nor split the stages' runs)
+                continue
+            label = complete_label(label, published_ms=published)
             env = Envelope(LABEL, meta.stream_time, q, msg.offset(), q, 0, label=label)
             self.forward(topology.route(to, getattr(label, to.key, None), q), env)
 
