@@ -55,7 +55,24 @@ RULES = [
 ]
 
 steps = st.sampled_from(
-    [0, 0, 1, 999, 5_000, 5 * MINUTE, 20 * MINUTE, 3 * HOUR, 2 * DAY, 61 * DAY, -7_000, -HOUR]
+    # HOUR and DAY: payments exactly when a verdict becomes known, a shop's payment exactly a
+    # day old (the boundaries of the features' comparisons)
+    [
+        0,
+        0,
+        1,
+        999,
+        5_000,
+        5 * MINUTE,
+        20 * MINUTE,
+        HOUR,
+        3 * HOUR,
+        DAY,
+        2 * DAY,
+        61 * DAY,
+        -7_000,
+        -HOUR,
+    ]
 )
 amounts = st.sampled_from(
     [0.01, 0.5, 1.0, 1.99, 49.995, 50.0, 200.0, 250.0, 299.99, 500.0, 600.0, 9500.0, 1e7]
@@ -185,6 +202,37 @@ def test_a_rolled_back_segment_leaves_no_trace(
     redone = _run(_engine(compiled, retention, None), txs, labels, cuts, aborted)
     plain = _run(_engine(False, retention, None), txs, labels, cuts)
     assert redone == plain
+
+
+@pytest.mark.parametrize("part", [None, "target", "merchant"])
+def test_a_verdict_known_exactly_at_a_payment_inside_a_batch_counts_for_it(
+    part: str | None,
+) -> None:
+    """The feature kernels cut a batch where a queued verdict becomes known: a payment at
+    exactly that time already sees it, as one at a time (a boundary random streams rarely
+    hit)."""
+    txs = [
+        Transaction(
+            id=f"t{i}",
+            timestamp=T0 + i * 20 * MINUTE,
+            source="a",
+            target="x",
+            merchant="m1",
+            amount=10.0,
+            currency="EUR",
+        )
+        for i in range(5)
+    ]
+    verdict = Label(
+        id="t0", is_fraud=True, known_ms=T0 + HOUR, target="x", merchant="m1", published_ms=T0
+    )
+    fast = _run(_engine(True, 400 * DAY, part), txs, [(1, verdict)], [])
+    plain = _run(_engine(False, 400 * DAY, part), txs, [(1, verdict)], [])
+    assert fast == plain
+    unaware = _run(_engine(True, 400 * DAY, part), txs, [], [])
+    # the verdict counts from the payment at its known time (the fourth) on, not before
+    assert fast[0][:3] == unaware[0][:3]
+    assert fast[0][3] != unaware[0][3]
 
 
 def test_the_batch_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -389,7 +389,7 @@ class Engine:
         so running one rule over the batch before the next changes nothing (`score_each`,
         the plain statement, is the reference a property test holds this to). The batch is cut where
         the daily eviction falls, as in the reference."""
-        if not self.compiled or not self._batched:
+        if not self.compiled or not (self._batched or self.features is not None):
             return self.score_each(batch)
         out: list[Scored] = []
         ts = [tx.ts_ms for tx in batch]
@@ -406,15 +406,11 @@ class Engine:
         return out
 
     def _score_segment(self, batch: Sequence[Transaction], ts: list[int]) -> list[Scored]:
-        features, part = self.features, self.part
-        if features is not None:
-            features.prepare(batch, ts)
+        features = self.features
         if features is None:
             rows: list[list[float]] = [[] for _ in batch]
-        elif part is None:
-            rows = [features.compute(tx, t) for tx, t in zip(batch, ts, strict=True)]
         else:
-            rows = [features.compute_part(tx, t) for tx, t in zip(batch, ts, strict=True)]
+            rows = features.compute_batch(batch, ts, part=self.part is not None)
         seg = Segment(batch, ts)
         fired: list[Sparse] = [[] for _ in self.rules]
         for i, rule in self._batched:

@@ -29,8 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from fraudstream.detection.geo import km_between
+from fraudstream.detection.kernels import (
+    account_features,
+    column_view,
+    merchant_features,
+    target_features,
+)
 from fraudstream.detection.state import DAY, HOUR, Tables
 from fraudstream.schema import LabelRecord, Transaction
 
@@ -110,6 +117,12 @@ class Parts:
     @classmethod
     def only(cls, key: str) -> Parts:
         return cls(key == "source", key == "target", key == "merchant")
+
+
+# the windows as the kernels take them, in the dicts' order
+_TAU_ARRAY = np.array(list(_TAUS.values()), dtype=np.int64)
+_RISK_ARRAY = np.array(list(_RISK.values()), dtype=np.int64)
+_SHARE_ARRAY = np.array(list(_SHARE.values()), dtype=np.int64)
 
 
 def _decay(dt: int, tau: int) -> float:
@@ -253,21 +266,127 @@ class FeatureState:
 
     # --- per transaction -------------------------------------------------------------------
 
-    def prepare(self, batch: Sequence[Transaction], ts: Sequence[int]) -> None:
-        """Touch the rows a batch will use, keys in order, before computing it: while a
+    def compute_batch(
+        self, batch: Sequence[Transaction], ts: Sequence[int], *, part: bool = False
+    ) -> list[list[float]]:
+        """`compute` (`part`: `compute_part`) of each transaction in order, as compiled
+        kernels over the batch, one per key's part (`kernels.py`); a verdict that becomes
+        known inside the batch is applied where `compute` would apply it, between two runs
+        of the kernels. The same rows and the same state as one at a time (a property test
+        holds it to that). The rows are touched first, keys in order (`Table.rows`: while a
         transaction is open, the before-images of the rows first touched are taken in one
-        pass per table (`Table.rows`) instead of one packed row at a time. Changes no value
-        a feature reads."""
-        if self.parts.source:
-            self.accounts.rows([tx.source for tx in batch], ts)
-        if self.parts.target:
-            self.targets.rows([tx.target for tx in batch], ts)
-        if self.parts.merchant:
-            shops = [
-                (tx.merchant, t) for tx, t in zip(batch, ts, strict=True) if tx.merchant is not None
-            ]
+        pass per table)."""
+        n = len(batch)
+        held = [self.parts.source, self.parts.target, self.parts.merchant]
+        if part:  # only the first part this state holds, as `compute_part`
+            held = [i == held.index(True) if any(held) else False for i in range(3)]
+        at, width = [], 0
+        for i, names in enumerate((ACCOUNT_FEATURES, TARGET_FEATURES, MERCHANT_FEATURES)):
+            at.append(width)
+            width += len(names) if held[i] else 0
+        out = np.zeros((n, width), dtype=np.float64)
+        if not n or not width:
+            return out.tolist()
+        t = np.fromiter(ts, np.int64, n)
+        inputs: list[tuple[Any, ...]] = [(), (), ()]
+        if held[0]:
+            inputs[0] = (
+                self.accounts.rows([tx.source for tx in batch], ts),
+                t,
+                np.fromiter((tx.amount for tx in batch), np.float64, n),
+                np.fromiter(
+                    (0 if tx.device is None else _hash(tx.device) for tx in batch), np.uint32, n
+                ),
+                np.fromiter(
+                    (tx.lat is not None and tx.lon is not None for tx in batch), np.bool_, n
+                ),
+                np.fromiter((tx.lat or 0.0 for tx in batch), np.float64, n),
+                np.fromiter((tx.lon or 0.0 for tx in batch), np.float64, n),
+                np.fromiter((_hash(tx.target) for tx in batch), np.uint32, n),
+            )
+        if held[1]:
+            inputs[1] = (
+                self.targets.rows([tx.target for tx in batch], ts),
+                t,
+                np.fromiter((tx.amount for tx in batch), np.float64, n),
+                np.fromiter((_hash(tx.source) for tx in batch), np.uint32, n),
+            )
+        if held[2]:
+            m_rows = np.full(n, -1, dtype=np.int64)
+            shops = [(k, tx.merchant) for k, tx in enumerate(batch) if tx.merchant is not None]
             if shops:
-                self.merchants.rows([m for m, _ in shops], [t for _, t in shops])
+                m_rows[[k for k, _ in shops]] = self.merchants.rows(
+                    [m for _, m in shops], [ts[k] for k, _ in shops]
+                )
+            inputs[2] = (m_rows, t)
+        start = 0
+        while start < n:
+            end, pending = n, self._pending
+            if pending:  # cut where the next verdict becomes known; apply it there
+                if pending[0][0] <= ts[start]:
+                    self._apply_labels(ts[start])
+                if pending:
+                    later = np.flatnonzero(t[start + 1 :] >= pending[0][0])
+                    if later.size:
+                        end = start + 1 + int(later[0])
+            span = slice(start, end)
+            for i in range(3):
+                if held[i]:
+                    self._kernel(i, [x[span] for x in inputs[i]], out[span], at[i])
+            start = end
+        return out.tolist()
+
+    def _kernel(self, part: int, args: list[Any], out: Any, c: int) -> None:
+        """Run one part's kernel over `args` (its inputs, sliced), writing columns `c`… of
+        `out`: the columns seen through views, dropped at once (a table may grow next)."""
+        v = column_view
+        kernel: Any
+        if part == 0:
+            views: tuple[Any, ...] = (
+                _TAU_ARRAY,
+                v(self.a_ts),
+                tuple(v(self.a_cnt[k]) for k in _TAUS),
+                tuple(v(self.a_sum[k]) for k in _TAUS),
+                v(self.a_last_amount),
+                v(self.a_dev[0]),
+                v(self.a_dev[1]),
+                *(v(c) for c in self.a_loc),
+                tuple(v(c) for c in self.a_payees),
+                tuple(v(self.a_new[k]) for k in _NEW),
+            )
+            kernel = account_features
+        elif part == 1:
+            views = (
+                _TAU_ARRAY,
+                _RISK_ARRAY,
+                v(self.t_ts),
+                v(self.t_cnt),
+                v(self.t_sum),
+                v(self.t_pay30),
+                tuple(v(c) for c in self.t_payers),
+                tuple(v(self.t_new[k]) for k in _NEW),
+                tuple(v(self.t_fraud[k]) for k in _RISK),
+                v(self.t_fraud_ts),
+                v(self.t_fraud_at),
+            )
+            kernel = target_features
+        else:
+            views = (
+                _SHARE_ARRAY,
+                _RISK_ARRAY,
+                v(self.m_ts),
+                tuple(v(self.m_pay[k]) for k in _SHARE),
+                tuple(v(self.m_fraud[k]) for k in _RISK),
+                v(self.m_fraud_ts),
+                v(self.m_fraud_at),
+                tuple(v(c) for c in self.m_times),
+                v(self.m_next),
+            )
+            kernel = merchant_features
+        try:
+            kernel(*args, *views, out, c)
+        finally:
+            del views
 
     def compute(self, tx: Transaction, ts: int) -> list[float]:
         """The feature row for `tx` from what was known before it; then learn from it."""

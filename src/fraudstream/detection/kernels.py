@@ -17,6 +17,7 @@ kernels make them per call and drop them at once.
 
 from __future__ import annotations
 
+import math
 from array import array
 from typing import Any
 
@@ -263,3 +264,241 @@ def travel(
     finally:
         del views
     return fired, km_at, prev_at
+
+
+# --- model features (`FeatureState`): one kernel per key's part, columns as in features.py ---
+
+
+@numba.njit(cache=True, nogil=True)
+def _decay(dt: int, tau: int) -> float:  # pragma: no cover (compiled)
+    return math.exp(-dt / tau) if dt > 0 else 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_hours_since(t: Any, at: Any) -> float:  # pragma: no cover (compiled)
+    return math.log1p(max(0, t - at) / HOUR) if at != 0 else -1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _recent(columns: Any, r: int, code: int) -> bool:  # pragma: no cover (compiled)
+    # a loop, not any(): numba compiles no generator over a tuple
+    for c in columns:  # noqa: SIM110
+        if c[r] == code:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _remember(columns: Any, r: int, code: int) -> None:  # pragma: no cover (compiled)
+    for i in range(len(columns) - 1, 0, -1):
+        columns[i][r] = columns[i - 1][r]
+    columns[0][r] = code
+
+
+@numba.njit(cache=True, nogil=True)
+def account_features(
+    rows: Any,
+    ts: Any,
+    amounts: Any,
+    device: Any,
+    has_loc: Any,
+    lat: Any,
+    lon: Any,
+    payee: Any,
+    taus: Any,
+    last_ts: Any,
+    cnt: Any,
+    sums: Any,
+    last_amount: Any,
+    dev1: Any,
+    dev2: Any,
+    lat_c: Any,
+    lon_c: Any,
+    loc_ts: Any,
+    payees: Any,
+    new_c: Any,
+    out: Any,
+    c: int,
+) -> None:  # pragma: no cover (compiled; tested against FeatureState._account)
+    """`FeatureState._account` for each transaction in order: its features into columns
+    `c`… of `out`, the same arithmetic in the same order (so the same bits)."""
+    for j in range(rows.shape[0]):
+        r, t, amount = rows[j], ts[j], amounts[j]
+        seconds = t // 1000
+        hour = (seconds % 86_400) / 3600
+        weekday = (seconds // 86_400 + 3) % 7
+        o = out[j]
+        o[c] = math.log1p(amount)
+        o[c + 1] = 1.0 if amount == np.trunc(amount) else 0.0
+        o[c + 2] = math.sin(2 * math.pi * hour / 24)
+        o[c + 3] = math.cos(2 * math.pi * hour / 24)
+        o[c + 4] = 1.0 if weekday >= 5 else 0.0
+        last = np.int64(last_ts[r])
+        dt = t - last if last != 0 else 0
+        d0, d1, d2 = _decay(dt, taus[0]), _decay(dt, taus[1]), _decay(dt, taus[2])
+        c0, c1, c2 = (
+            np.float64(cnt[0][r]) * d0,
+            np.float64(cnt[1][r]) * d1,
+            np.float64(cnt[2][r]) * d2,
+        )
+        s0, s1, s2 = (
+            np.float64(sums[0][r]) * d0,
+            np.float64(sums[1][r]) * d1,
+            np.float64(sums[2][r]) * d2,
+        )
+        m0 = s0 / c0 if c0 > 1e-6 else 0.0
+        m1 = s1 / c1 if c1 > 1e-6 else 0.0
+        m2 = s2 / c2 if c2 > 1e-6 else 0.0
+        o[c + 5], o[c + 6], o[c + 7] = c0, c1, c2
+        o[c + 8], o[c + 9], o[c + 10] = m0, m1, m2
+        o[c + 11] = amount / (m2 + 1.0)
+        o[c + 12] = (
+            math.log1p(amount) - math.log1p(np.float64(last_amount[r])) if last != 0 else 0.0
+        )
+        o[c + 13] = 1.0 if last != 0 else 0.0
+        o[c + 14] = math.log1p(max(dt, 0) / HOUR) if last != 0 else -1.0
+        dev = device[j]
+        known_dev = dev == dev1[r] or dev == dev2[r]
+        o[c + 15] = 1.0 if dev != 0 and last != 0 and not known_dev else 0.0
+        km = 0.0
+        kmh = 0.0
+        lt = np.int64(loc_ts[r])
+        if has_loc[j] and lt != 0:
+            km = _km(np.float64(lat_c[r]), np.float64(lon_c[r]), lat[j], lon[j])
+            kmh = km / max((t - lt) / HOUR, 1 / 60) if t >= lt else 0.0
+        o[c + 16] = km
+        o[c + 17] = min(kmh, 50_000.0)
+        p = payee[j]
+        new = 0.0 if _recent(payees, r, p) else 1.0
+        n0, n1 = np.float64(new_c[0][r]) * d0, np.float64(new_c[1][r]) * d1
+        o[c + 18], o[c + 19], o[c + 20] = new, n0, n1
+        # learn from it (out-of-order events count at the newest time)
+        if t >= last:
+            last_ts[r] = t
+            last_amount[r] = amount
+        cnt[0][r], cnt[1][r], cnt[2][r] = c0 + 1, c1 + 1, c2 + 1
+        sums[0][r], sums[1][r], sums[2][r] = s0 + amount, s1 + amount, s2 + amount
+        new_c[0][r], new_c[1][r] = n0 + new, n1 + new
+        if new != 0.0:
+            _remember(payees, r, p)
+        if dev != 0 and not known_dev:
+            dev2[r] = dev1[r]
+            dev1[r] = dev
+        if has_loc[j] and t >= loc_ts[r]:
+            lat_c[r] = lat[j]
+            lon_c[r] = lon[j]
+            loc_ts[r] = t
+
+
+@numba.njit(cache=True, nogil=True)
+def target_features(
+    rows: Any,
+    ts: Any,
+    amounts: Any,
+    payer: Any,
+    taus: Any,
+    risk_taus: Any,
+    last_ts: Any,
+    cnt: Any,
+    sums: Any,
+    pay30: Any,
+    payers: Any,
+    new_c: Any,
+    fraud: Any,
+    fraud_ts: Any,
+    fraud_at: Any,
+    out: Any,
+    c: int,
+) -> None:  # pragma: no cover (compiled; tested against FeatureState._target)
+    """`FeatureState._target` for each transaction in order, into columns `c`… of `out`."""
+    for j in range(rows.shape[0]):
+        r, t = rows[j], ts[j]
+        last = np.int64(last_ts[r])
+        dt = t - last if last != 0 else 0
+        d0, d1, d2 = _decay(dt, taus[0]), _decay(dt, taus[1]), _decay(dt, taus[2])
+        t_cnt, t_sum = np.float64(cnt[r]) * d0, np.float64(sums[r]) * d0
+        t_pay30 = np.float64(pay30[r]) * d2
+        p = payer[j]
+        new = 0.0 if _recent(payers, r, p) else 1.0
+        n0, n1 = np.float64(new_c[0][r]) * d0, np.float64(new_c[1][r]) * d1
+        known = np.int64(fraud_ts[r])
+        f0 = f1 = f2 = 0.0
+        if known != 0:
+            f0 = np.float64(fraud[0][r]) * _decay(t - known, risk_taus[0])
+            f1 = np.float64(fraud[1][r]) * _decay(t - known, risk_taus[1])
+            f2 = np.float64(fraud[2][r]) * _decay(t - known, risk_taus[2])
+        o = out[j]
+        o[c] = t_cnt
+        o[c + 1] = math.log1p(t_sum / t_cnt) if t_cnt > 1e-6 else 0.0
+        o[c + 2], o[c + 3] = n0, n1
+        o[c + 4], o[c + 5], o[c + 6] = f0, f1, f2
+        o[c + 7] = f2 / (t_pay30 + 1.0)
+        o[c + 8] = _log_hours_since(t, known)
+        o[c + 9] = _log_hours_since(t, np.int64(fraud_at[r]))
+        if t >= last:
+            last_ts[r] = t
+        cnt[r], sums[r] = t_cnt + 1, t_sum + amounts[j]
+        pay30[r] = t_pay30 + 1
+        new_c[0][r], new_c[1][r] = n0 + new, n1 + new
+        if new != 0.0:
+            _remember(payers, r, p)
+
+
+@numba.njit(cache=True, nogil=True)
+def merchant_features(
+    rows: Any,
+    ts: Any,
+    share_taus: Any,
+    risk_taus: Any,
+    last_ts: Any,
+    pay: Any,
+    fraud: Any,
+    fraud_ts: Any,
+    fraud_at: Any,
+    times: Any,
+    next_slot: Any,
+    out: Any,
+    c: int,
+) -> None:  # pragma: no cover (compiled; tested against FeatureState._merchant)
+    """`FeatureState._merchant` for each transaction in order, into columns `c`… of `out`
+    (a row below 0: no merchant, the constant row)."""
+    for j in range(rows.shape[0]):
+        r, t = rows[j], ts[j]
+        o = out[j]
+        if r < 0:
+            for k in range(11):
+                o[c + k] = -1.0 if k == 5 or k == 6 else 0.0
+            continue
+        last = np.int64(last_ts[r])
+        dt = t - last if last != 0 else 0
+        p0 = np.float64(pay[0][r]) * _decay(dt, share_taus[0])
+        p1 = np.float64(pay[1][r]) * _decay(dt, share_taus[1])
+        known = np.int64(fraud_ts[r])
+        f0 = f1 = f2 = 0.0
+        if known != 0:
+            f0 = np.float64(fraud[0][r]) * _decay(t - known, risk_taus[0])
+            f1 = np.float64(fraud[1][r]) * _decay(t - known, risk_taus[1])
+            f2 = np.float64(fraud[2][r]) * _decay(t - known, risk_taus[2])
+        at = np.int64(fraud_at[r])
+        o[c], o[c + 1], o[c + 2] = f0, f1, f2
+        o[c + 3] = f0 / (p0 + 1.0)
+        o[c + 4] = f2 / (p1 + 1.0)
+        o[c + 5] = _log_hours_since(t, known)
+        o[c + 6] = _log_hours_since(t, at)
+        since = old1 = old2 = old3 = 0
+        if at != 0:
+            for col in times:
+                when = np.int64(col[r])
+                if when > at:
+                    age = t - when
+                    since += 1
+                    old1 += age >= DAY
+                    old2 += age >= 2 * DAY
+                    old3 += age >= 3 * DAY
+        o[c + 7], o[c + 8], o[c + 9], o[c + 10] = since, old1, old2, old3
+        slot = np.int64(next_slot[r])
+        times[slot][r] = t
+        next_slot[r] = (slot + 1) % len(times)
+        pay[0][r], pay[1][r] = p0 + 1, p1 + 1
+        if t >= last:
+            last_ts[r] = t
