@@ -215,3 +215,48 @@ def test_over_its_rate_a_sink_gets_one_summary_and_no_alert_is_dropped() -> None
     assert [a["alert_id"] for a in summary.body["alerts"]] == ["id-2", "id-3", "id-4", "id-5"]
     assert summary.headers["Idempotency-Key"] == summary.body["alert_id"]
     assert sorted(accepted) == [f"id-{i}" for i in range(6)]
+
+
+def test_groups_still_open_at_a_stop_are_said_and_the_next_run_sends_them(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A stop inside an account's group window sends nothing for it: the log says how many
+    groups were open (not "0 alerts from 2 fraud records" alone), and the next run sends them."""
+    _produce(settings, [("a1", "acct-A", T0), ("b1", "acct-B", T0 + 50)])
+    group = "alerts-open-" + settings.fraud_topic
+    with http_receiver() as hook:
+        port = free_port()
+        env = _alerts_env(settings, group, ALERT_WEBHOOK_URL=hook.url, METRICS_PORT=str(port))
+        for name in ("ALERT_EMAIL_FROM", "ALERT_EMAIL_TO"):  # no email here
+            del env[name]
+        first = spawn(["alerts"], dict(env, ALERT_GROUP_WINDOW="600"), tmp_path / "first.log")
+        try:
+            wait_for(
+                lambda: (
+                    scrape(f"http://127.0.0.1:{port}/metrics").get(
+                        "fraudstream_alert_records_total"
+                    )
+                    == 2
+                ),
+                60,
+                "both fraud records read",
+            )
+        finally:
+            first.send_signal(signal.SIGTERM)
+            code = first.wait(30)
+        log = (tmp_path / "first.log").read_text()
+        assert code == 0, log
+        assert not hook.posts, log
+        assert (
+            "stopped after 0 alerts from 2 fraud records; 2 account(s) had a group still open"
+        ) in log, log
+        second = spawn(["alerts"], dict(env, METRICS_PORT=str(free_port())), tmp_path / "2.log")
+        try:
+            wait_for(lambda: len(hook.posts) >= 2, 60, "the open groups' alerts")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            code = second.wait(30)
+        log = (tmp_path / "2.log").read_text()
+        assert code == 0, log
+        assert sorted(b["account"] for b in hook.bodies()) == ["acct-A", "acct-B"], log
+        assert "had a group still open" not in log, log

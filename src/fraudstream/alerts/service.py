@@ -255,6 +255,7 @@ class AlertService:
         rate = per_minute if per_minute is not None else settings.alert_rate_limit
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[Alert, set[str]]] = {}  # id -> (alert, sinks still due)
+        self.left_open = 0  # account groups still open when `run` stopped (read again next run)
         self.workers = [SinkWorker(s, self._accepted, per_minute=rate) for s in sinks]
         self.alerts = 0
         self.records = 0
@@ -386,6 +387,7 @@ class AlertService:
                 w.join(deadline)
             if clean:  # an exception on its way out commits nothing it may have skipped
                 self._commit(consumer)
+            self.left_open = len(self.grouper.open)  # before close() revokes (and drops) them
             consumer.close()
             held = self.pending()
             if held:
