@@ -89,9 +89,9 @@ def test_live_feature_rows_and_scores_equal_trains_decision_by_decision(
     model_rows = Engine.model_rows
     outcomes = train_module.outcomes
 
-    def train_model_rows(self: Engine, scored: Sequence[Any]) -> list[list[float]]:
+    def train_model_rows(self: Engine, scored: Sequence[Any]) -> Any:
         rows = model_rows(self, scored)
-        trained_rows.append(rows)
+        trained_rows.append(rows.tolist())
         trained_scored.append(scored)
         return rows
 
@@ -128,10 +128,10 @@ def test_live_feature_rows_and_scores_equal_trains_decision_by_decision(
     live_decisions: dict[str, Decision] = {}
     encode_decided = tasks_module.encode_decided
 
-    def live_model_rows(self: Engine, scored: Sequence[Any]) -> list[list[float]]:
+    def live_model_rows(self: Engine, scored: Sequence[Any]) -> Any:
         rows = model_rows(self, scored)
         if self.model is not None:
-            pending.extend(rows)
+            pending.extend(rows.tolist())
         return rows
 
     def live_encode(raw: bytes, added: bytes, decision: Decision, tx: Any = None) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -139,9 +140,11 @@ def _run(
     labels: list[tuple[int, Label]],
     cuts: list[int],
     aborted: frozenset[int] = frozenset(),
+    packed: bool = False,
 ) -> tuple[list[bytes], list[list[tuple[bytes, bytes | None]]]]:
     """Decisions and changelogs, segment by segment; the segments numbered in `aborted` are
-    first scored and rolled back (an aborted transaction), then redone."""
+    first scored and rolled back (an aborted transaction), then redone. `packed`: scored by
+    `score_packed` (the stages' path), its rows read back from their bytes."""
     scored, changelogs = [], []
     bounds = sorted({c for c in cuts if 0 < c < len(txs)} | {i for i, _ in labels})
     start = 0
@@ -153,7 +156,13 @@ def _run(
             engine.rollback()
         engine.begin()
         engine.observe_labels([lab for i, lab in labels if i == start])
-        for row, hits in engine.score(txs[start:end]):
+        batch = txs[start:end]
+        rows = (
+            [(np.frombuffer(r).tolist(), h) for r, h in engine.score_packed(batch)]
+            if packed
+            else engine.score(batch)
+        )
+        for row, hits in rows:
             decision = engine.combine(hits, None)
             scored.append(msgspec.msgpack.encode((row, decision)))
         changelogs.append(sorted(engine.changes(), key=lambda kv: kv[0]))
@@ -179,6 +188,7 @@ def test_the_batch_path_decides_and_logs_exactly_as_one_at_a_time(
     fast = _run(_engine(True, retention, part), txs, labels, cuts)
     plain = _run(_engine(False, retention, part), txs, labels, cuts)
     assert fast == plain
+    assert _run(_engine(True, retention, part), txs, labels, cuts, packed=True) == plain
 
 
 @settings(max_examples=200, deadline=None)

@@ -7,6 +7,7 @@ import math
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -391,12 +392,12 @@ def test_changelog_records_restore_an_engine_that_decides_as_the_original() -> N
 
 def _staged(full: Engine, txs: list[Transaction], labels: list[Label]) -> tuple[list, list]:  # type: ignore[type-arg]
     """Run each stage's engine over the stream in order, as the staged pipeline does."""
-    parts: list[dict[str, list[float]]] = [{} for _ in txs]
+    parts: list[dict[str, bytes]] = [{} for _ in txs]
     hits: list[list] = [[] for _ in txs]  # type: ignore[type-arg]
     for key in full.stage_keys():
         stage = full.for_stage(key)
         stage.observe_labels(labels)
-        for (row, found), p, h in zip(stage.score(txs), parts, hits, strict=True):
+        for (row, found), p, h in zip(stage.score_packed(txs), parts, hits, strict=True):
             p[key] = row
             h += found
     return parts, hits
@@ -417,7 +418,10 @@ def test_stages_by_key_decide_as_one_engine() -> None:
     full = Engine.from_ruleset(RULES, features=True)
     assert full.stage_keys() == ["source", "target", "merchant"]
     parts, hits = _staged(full, txs, labels)
-    rows = [assemble_row(p["source"], p["target"], p["merchant"]) for p in parts]
+    rows = [
+        assemble_row(*(np.frombuffer(p[k]).tolist() for k in ("source", "target", "merchant")))
+        for p in parts
+    ]
     assert rows == [row for row, _ in scored]
     assert any(row[FEATURE_NAMES.index("merchant_fraud_30d")] > 0 for row in rows)
     reference = Engine.from_ruleset(RULES, features=True)

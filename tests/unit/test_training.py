@@ -149,7 +149,7 @@ def test_the_emitted_score_ranks_as_well_as_the_model_and_the_threshold_meets_it
 
     def model_rows(scored: Any) -> Any:  # the model's input, kept to score it alone
         out = original_rows(scored)
-        rows.extend(out)
+        rows.extend(out.tolist())
         return out
 
     engine.model_rows = model_rows  # type: ignore[method-assign]

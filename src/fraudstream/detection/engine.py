@@ -13,10 +13,11 @@ from __future__ import annotations
 import copy
 import pickle
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
 
 from fraudstream.detection.drift import DriftMonitor
 from fraudstream.detection.features import (
@@ -24,7 +25,6 @@ from fraudstream.detection.features import (
     FeatureState,
     Label,
     Parts,
-    assemble_row,
 )
 from fraudstream.detection.model import FraudModel
 from fraudstream.detection.rules import (
@@ -42,11 +42,16 @@ from fraudstream.detection.ruleset import RuleSet
 from fraudstream.detection.state import DAY, Tables
 from fraudstream.schema import Decision, Reason, Transaction
 
-__all__ = ["Engine", "Scored", "rule_key"]
+__all__ = ["Engine", "Packed", "Scored", "rule_key"]
 
 _json = msgspec.json.Encoder().encode
 
 Scored = tuple[list[float], list[Hit]]
+Packed = tuple[bytes, list[Hit]]  # a feature row as the bytes of its float64 values
+
+
+def _pack(row: list[float]) -> bytes:
+    return np.asarray(row, dtype=np.float64).tobytes() if row else b""
 
 
 def rule_key(rule: Rule) -> str:
@@ -188,18 +193,18 @@ class Engine:
         )
 
     def finish(
-        self, parts: Sequence[dict[str, list[float]]], hits: Sequence[list[Hit]]
+        self, parts: Sequence[dict[str, bytes]], hits: Sequence[list[Hit]]
     ) -> list[Decision]:
         """Decisions from what the stages found: each transaction's feature parts by stage key
-        and its hits from every stage (summed in rule order, as one engine would)."""
+        (`score_packed`'s bytes) and its hits from every stage (summed in rule order, as one
+        engine would)."""
         order = {rid: i for i, rid in enumerate(self.rule_ids)}
         ordered = [h if len(h) < 2 else sorted(h, key=lambda hit: order[hit.rule]) for h in hits]
         if self.model is None:
             quiet = self.quiet  # one shared decision for every record nothing fired on
             return [self.combine(h, None) if h else quiet for h in ordered]
-        rows = [
-            assemble_row(p.get("source", []), p.get("target", []), p.get("merchant", []))
-            for p in parts
+        rows = [  # the parts in FEATURE_NAMES order (`assemble_row`'s)
+            p.get("source", b"") + p.get("target", b"") + p.get("merchant", b"") for p in parts
         ]
         probs = self.model.score(self.model_rows(list(zip(rows, ordered, strict=True))))
         decisions = [self.combine(h, float(pr)) for h, pr in zip(ordered, probs, strict=True)]
@@ -387,11 +392,36 @@ class Engine:
         runs over the whole batch, one rule after the other, the rest (two dormant or travel
         rules sharing columns) one transaction at a time; every rule keeps state of its own,
         so running one rule over the batch before the next changes nothing (`score_each`,
-        the plain statement, is the reference a property test holds this to). The batch is cut where
-        the daily eviction falls, as in the reference."""
-        if not self.compiled or not (self._batched or self.features is not None):
+        the plain statement, is the reference a property test holds this to). The features
+        run as kernels over the batch too (`FeatureState.compute_batch`). The batch is cut
+        where the daily eviction falls, as in the reference."""
+        if not self._batch_path:
             return self.score_each(batch)
         out: list[Scored] = []
+        for rows, hits in self._segments(batch):
+            out += zip(rows.tolist(), hits, strict=True)
+        return out
+
+    def score_packed(self, batch: Sequence[Transaction]) -> list[Packed]:
+        """`score`, each feature row as the bytes of its float64 values (b"": no features):
+        what a stage sends on, and what `model_rows` reads without a Python float each."""
+        if not self._batch_path:
+            return [(_pack(row), hits) for row, hits in self.score_each(batch)]
+        out: list[Packed] = []
+        for rows, hits in self._segments(batch):
+            blob, width = rows.tobytes(), rows.shape[1] * 8
+            packed = [blob[k * width : (k + 1) * width] for k in range(len(hits))]
+            out += zip(packed, hits, strict=True)
+        return out
+
+    @property
+    def _batch_path(self) -> bool:
+        return self.compiled and bool(self._batched or self.features is not None)
+
+    def _segments(
+        self, batch: Sequence[Transaction]
+    ) -> Iterator[tuple[np.ndarray[Any, Any], list[list[Hit]]]]:
+        """The batch cut where the daily eviction falls, each cut scored (evicting first)."""
         ts = [tx.ts_ms for tx in batch]
         start, n = 0, len(batch)
         while start < n:
@@ -401,14 +431,15 @@ class Engine:
             end, horizon = start + 1, self._next_evict
             while end < n and ts[end] < horizon:
                 end += 1
-            out += self._score_segment(batch[start:end], ts[start:end])
+            yield self._score_segment(batch[start:end], ts[start:end])
             start = end
-        return out
 
-    def _score_segment(self, batch: Sequence[Transaction], ts: list[int]) -> list[Scored]:
+    def _score_segment(
+        self, batch: Sequence[Transaction], ts: list[int]
+    ) -> tuple[np.ndarray[Any, Any], list[list[Hit]]]:
         features = self.features
         if features is None:
-            rows: list[list[float]] = [[] for _ in batch]
+            rows = np.zeros((len(batch), 0))
         else:
             rows = features.compute_batch(batch, ts, part=self.part is not None)
         seg = Segment(batch, ts)
@@ -427,7 +458,7 @@ class Engine:
         for sparse in fired:  # in rule order, as `score_each` lists them
             for k, hit in sparse:
                 hits[k].append(hit)
-        return list(zip(rows, hits, strict=True))
+        return rows, hits
 
     def score_each(self, batch: Sequence[Transaction]) -> list[Scored]:
         """`score`, stated plainly: one transaction at a time, each rule in turn."""
@@ -451,15 +482,28 @@ class Engine:
             out.append((row, hits))
         return out
 
-    def model_rows(self, scored: Sequence[Scored]) -> list[list[float]]:
-        """Model input: the feature row plus one 0/1 flag per rule the model was trained with."""
+    def model_rows(
+        self, scored: Sequence[tuple[list[float] | bytes, list[Hit]]]
+    ) -> np.ndarray[Any, Any]:
+        """Model input, a row per transaction: its features (a list, or `score_packed`'s
+        bytes) then one 0/1 flag per rule the model was trained with."""
         index = self._model_rules if self.model is not None else list(range(len(self.rule_ids)))
-        ids = [self.rule_ids[i] if i >= 0 else "" for i in index]
-        rows = []
-        for row, hits in scored:
-            fired = {h.rule for h in hits}
-            rows.append(row + [1.0 if rid in fired else 0.0 for rid in ids])
-        return rows
+        column = {self.rule_ids[i]: j for j, i in enumerate(index) if i >= 0}
+        n = len(scored)
+        if not n:
+            return np.zeros((0, 0))
+        if isinstance(scored[0][0], bytes):
+            blob = b"".join(row for row, _ in scored)  # type: ignore[misc]
+            features = np.frombuffer(blob, dtype=np.float64).reshape(n, -1)
+        else:
+            features = np.asarray([row for row, _ in scored], dtype=np.float64).reshape(n, -1)
+        flags = np.zeros((n, len(index)))
+        for k, (_, hits) in enumerate(scored):
+            for h in hits:
+                j = column.get(h.rule)
+                if j is not None:
+                    flags[k, j] = 1.0
+        return np.hstack([features, flags])
 
     def decide(self, batch: Sequence[Transaction]) -> list[Decision]:
         scored = self.score(batch)

@@ -268,8 +268,8 @@ class FeatureState:
 
     def compute_batch(
         self, batch: Sequence[Transaction], ts: Sequence[int], *, part: bool = False
-    ) -> list[list[float]]:
-        """`compute` (`part`: `compute_part`) of each transaction in order, as compiled
+    ) -> np.ndarray[Any, Any]:
+        """`compute` (`part`: `compute_part`) of each transaction in order (a row each), as compiled
         kernels over the batch, one per key's part (`kernels.py`); a verdict that becomes
         known inside the batch is applied where `compute` would apply it, between two runs
         of the kernels. The same rows and the same state as one at a time (a property test
@@ -286,7 +286,7 @@ class FeatureState:
             width += len(names) if held[i] else 0
         out = np.zeros((n, width), dtype=np.float64)
         if not n or not width:
-            return out.tolist()
+            return out
         t = np.fromiter(ts, np.int64, n)
         inputs: list[tuple[Any, ...]] = [(), (), ()]
         if held[0]:
@@ -334,7 +334,7 @@ class FeatureState:
                 if held[i]:
                     self._kernel(i, [x[span] for x in inputs[i]], out[span], at[i])
             start = end
-        return out.tolist()
+        return out
 
     def _kernel(self, part: int, args: list[Any], out: Any, c: int) -> None:
         """Run one part's kernel over `args` (its inputs, sliced), writing columns `c`… of

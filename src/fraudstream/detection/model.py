@@ -68,10 +68,12 @@ class FraudModel:
         known = set(self.rule_ids)
         return frozenset(r for r in rule_ids if r not in known or hits.get(r, MIN_LEAF) < MIN_LEAF)
 
-    def score(self, rows: list[list[float]]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    def score(
+        self, rows: list[list[float]] | np.ndarray[Any, Any]
+    ) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Fraud probability for each row, the whole batch in one compiled call (the same
         numbers as the estimator's own `predict_proba`)."""
-        if not rows:
+        if len(rows) == 0:
             return np.zeros(0)
         x = np.asarray(rows, dtype=np.float32)  # the precision the model was trained at
         if self._compiled is not None:

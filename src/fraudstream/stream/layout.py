@@ -49,7 +49,8 @@ SHAPE_KEY = b"shape"
 
 
 STATUS_TOPIC_CONFIG = {"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"}
-REPARTITION_FORMAT = 4  # ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits
+# ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits; 5: feature rows as bytes
+REPARTITION_FORMAT = 5
 CHANGELOG_FORMAT = 2  # 2: a table row starts with its layout id, layouts described (2026-12-02)
 
 

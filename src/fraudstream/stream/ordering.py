@@ -99,7 +99,7 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     added: bytes = b""  # JSON members derived for it (id, timestamp)
     key: bytes | None = None
     headers: list[tuple[str, bytes]] | None = None
-    parts: dict[str, list[float]] = {}
+    parts: dict[str, bytes] = {}  # feature rows by stage key, float64 bytes (`score_packed`)
     hits: list[tuple[str, float, str, bool, bool]] = []  # rule, weight, reason, allow, block
     label: LabelRecord | None = None
     note: str = ""  # why it is decided at its partition's stream time (event_time_skew)

@@ -299,7 +299,7 @@ class InputTask(_Unbuffered):
         if not valid:
             return
         assert self.engine is not None
-        scored = self.engine.score([d.tx for _, d, _ in valid])
+        scored = self.engine.score_packed([d.tx for _, d, _ in valid])
         topology = ctx.topology
         if not topology.staged:  # one stage: decide here
             combine, quiet = ctx.engine.combine, ctx.engine.quiet
@@ -444,7 +444,7 @@ class KeyedTask(Task):
         key = self.stage.key
         last = self.ctx.topology.is_output(to)
         parts: list[int] = []
-        for env, (row, hits) in zip(run, engine.score([e.tx for e in run]), strict=True):  # type: ignore[misc]
+        for env, (row, hits) in zip(run, engine.score_packed([e.tx for e in run]), strict=True):  # type: ignore[misc]
             if row:
                 env.parts[key] = row
             if hits:
