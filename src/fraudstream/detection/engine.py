@@ -437,12 +437,12 @@ class Engine:
     def _score_segment(
         self, batch: Sequence[Transaction], ts: list[int]
     ) -> tuple[np.ndarray[Any, Any], list[list[Hit]]]:
+        seg = Segment(batch, ts)
         features = self.features
         if features is None:
             rows = np.zeros((len(batch), 0))
         else:
-            rows = features.compute_batch(batch, ts, part=self.part is not None)
-        seg = Segment(batch, ts)
+            rows = features.compute_batch(seg, part=self.part is not None)
         fired: list[Sparse] = [[] for _ in self.rules]
         for i, rule in self._batched:
             fired[i] = rule.apply_batch(seg)

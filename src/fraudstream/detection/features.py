@@ -24,9 +24,8 @@ import heapq
 import math
 import sys
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -40,6 +39,9 @@ from fraudstream.detection.kernels import (
 )
 from fraudstream.detection.state import DAY, HOUR, Tables
 from fraudstream.schema import LabelRecord, Transaction
+
+if TYPE_CHECKING:
+    from fraudstream.detection.rules import Segment
 
 __all__ = ["FEATURE_NAMES", "FeatureState", "Label", "Parts", "assemble_row"]
 
@@ -266,17 +268,14 @@ class FeatureState:
 
     # --- per transaction -------------------------------------------------------------------
 
-    def compute_batch(
-        self, batch: Sequence[Transaction], ts: Sequence[int], *, part: bool = False
-    ) -> np.ndarray[Any, Any]:
-        """`compute` (`part`: `compute_part`) of each transaction in order (a row each), as compiled
-        kernels over the batch, one per key's part (`kernels.py`); a verdict that becomes
-        known inside the batch is applied where `compute` would apply it, between two runs
-        of the kernels. The same rows and the same state as one at a time (a property test
-        holds it to that). The rows are touched first, keys in order (`Table.rows`: while a
-        transaction is open, the before-images of the rows first touched are taken in one
-        pass per table)."""
-        n = len(batch)
+    def compute_batch(self, seg: Segment, *, part: bool = False) -> np.ndarray[Any, Any]:
+        """`compute` (`part`: `compute_part`) of each transaction of a segment in order (a
+        row each), as compiled kernels over it, one per key's part (`kernels.py`); a verdict
+        that becomes known inside the segment is applied where `compute` would apply it,
+        between two runs of the kernels. The same rows and the same state as one at a time (a
+        property test holds it to that). The keys' rows are the segment's (`Segment.rows`:
+        looked up once for the features and the rules, touched in order)."""
+        n = len(seg)
         held = [self.parts.source, self.parts.target, self.parts.merchant]
         if part:  # only the first part this state holds, as `compute_part`
             held = [i == held.index(True) if any(held) else False for i in range(3)]
@@ -287,37 +286,32 @@ class FeatureState:
         out = np.zeros((n, width), dtype=np.float64)
         if not n or not width:
             return out
-        t = np.fromiter(ts, np.int64, n)
+        t, ts, every = seg.times, seg.ts, np.arange(n)
         inputs: list[tuple[Any, ...]] = [(), (), ()]
         if held[0]:
+            devices, lats, lons = seg.field("device"), seg.field("lat"), seg.field("lon")
             inputs[0] = (
-                self.accounts.rows([tx.source for tx in batch], ts),
+                seg.rows(self.accounts, every),
                 t,
-                np.fromiter((tx.amount for tx in batch), np.float64, n),
-                np.fromiter(
-                    (0 if tx.device is None else _hash(tx.device) for tx in batch), np.uint32, n
-                ),
-                np.fromiter(
-                    (tx.lat is not None and tx.lon is not None for tx in batch), np.bool_, n
-                ),
-                np.fromiter((tx.lat or 0.0 for tx in batch), np.float64, n),
-                np.fromiter((tx.lon or 0.0 for tx in batch), np.float64, n),
-                np.fromiter((_hash(tx.target) for tx in batch), np.uint32, n),
+                seg.amounts,
+                np.fromiter((0 if d is None else _hash(d) for d in devices), np.uint32, n),
+                seg.present("lat") & seg.present("lon"),
+                np.fromiter((0.0 if x is None else x for x in lats), np.float64, n),
+                np.fromiter((0.0 if x is None else x for x in lons), np.float64, n),
+                np.fromiter(map(_hash, seg.field("target")), np.uint32, n),
             )
         if held[1]:
             inputs[1] = (
-                self.targets.rows([tx.target for tx in batch], ts),
+                seg.rows(self.targets, every),
                 t,
-                np.fromiter((tx.amount for tx in batch), np.float64, n),
-                np.fromiter((_hash(tx.source) for tx in batch), np.uint32, n),
+                seg.amounts,
+                np.fromiter(map(_hash, seg.field("source")), np.uint32, n),
             )
         if held[2]:
             m_rows = np.full(n, -1, dtype=np.int64)
-            shops = [(k, tx.merchant) for k, tx in enumerate(batch) if tx.merchant is not None]
-            if shops:
-                m_rows[[k for k, _ in shops]] = self.merchants.rows(
-                    [m for _, m in shops], [ts[k] for k, _ in shops]
-                )
+            shops = np.flatnonzero(seg.present("merchant"))
+            if shops.size:
+                m_rows[shops] = seg.rows(self.merchants, shops)
             inputs[2] = (m_rows, t)
         start = 0
         while start < n:
