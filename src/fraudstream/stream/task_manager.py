@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from fraudstream.detection import Engine
+from fraudstream.errors import ProcessingError
 from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id
 from fraudstream.stream.clients import base_config
 from fraudstream.stream.health import TaskStatus, describe_key
@@ -33,11 +34,12 @@ from fraudstream.stream.ordering import (
     Key,
     Meta,
     decode_meta,
+    decode_meta_note,
     encode_block,
 )
 from fraudstream.stream.snapshot import Snapshot, SnapshotStore
 from fraudstream.stream.tasks import META_KEY, KeyedTask, Task, TaskContext, new_task
-from fraudstream.stream.topology import INPUT, KEYED, LABELS
+from fraudstream.stream.topology import INPUT, KEYED, LABELS, OUTPUT
 
 __all__ = ["PURGE_EVERY_S", "TaskManager", "choose_paused"]
 
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 10.0  # how often consumed repartition records are deleted
 BACKPRESSURE_EVERY_S = 0.05
+OFFSETS_TIMEOUT_S = 30.0  # reading the committed offsets (as the processor's rewind does)
+OFFSETS_ATTEMPTS = 4
 
 
 def choose_paused(
@@ -147,6 +151,7 @@ class TaskManager:
                     del snaps[p]
             start = {p: snap.offset for p, snap in snaps.items()}
             records = read_changelog(self.settings, stage.changelog, parts, start=start)
+            notes = self._offset_metas(topic, parts) if stage.role == OUTPUT else {}
             from_snapshot += len(snaps)
             for p in parts:
                 engine: Engine | None = engines.get(p)
@@ -159,6 +164,8 @@ class TaskManager:
                         meta = decode_meta(value) if value is not None else Meta()
                     else:
                         state.append((key, value))
+                if notes.get(p):  # committed with its offset (OutputTask.meta_in_offset)
+                    meta = decode_meta_note(notes[p])
                 if engine is not None:
                     loaded = engine.restore(state)
                     restarted.update(engine.restarted)
@@ -177,6 +184,33 @@ class TaskManager:
                 n,
                 time.monotonic() - started,
             )
+
+    def _offset_metas(self, topic: str, parts: list[int]) -> dict[int, str]:
+        """The metadata committed with these partitions' offsets (where an output task keeps
+        its Meta; empty when there is none, or when it went to the changelog)."""
+        asked = [TopicPartition(topic, p) for p in parts]
+        for attempt in range(1, OFFSETS_ATTEMPTS + 1):
+            try:
+                found = self.consumer.committed(asked, timeout=OFFSETS_TIMEOUT_S)
+                return {tp.partition: tp.metadata or "" for tp in found}
+            except KafkaException as exc:
+                err = exc.args[0]
+                if attempt == OFFSETS_ATTEMPTS or not (
+                    err.retriable() or err.code() == KafkaError._TIMED_OUT
+                ):
+                    raise ProcessingError(
+                        f"could not read the committed offsets of {topic} ({err}); is the "
+                        "broker up? The detector resumes from them when started again"
+                    ) from None
+                log.warning(
+                    "waiting for the group coordinator to read the committed offsets of %s "
+                    "(attempt %d of %d): %s",
+                    topic,
+                    attempt,
+                    OFFSETS_ATTEMPTS,
+                    err,
+                )
+        raise AssertionError("unreachable")
 
     def reload(self) -> None:
         """Every task again from its changelog (after a producer was replaced)."""
@@ -280,8 +314,13 @@ class TaskManager:
             offset = task.commit_offset(positions.get((topic, partition), -1))
             # the state, in the same transaction
             collector.send_keyed(task.stage.changelog, partition, task.changes(offset))
-            if offset is not None:
+            if offset is None:
+                continue
+            note = task.offset_metadata
+            if note is None:
                 offsets.append(TopicPartition(topic, partition, offset))
+            else:
+                offsets.append(TopicPartition(topic, partition, offset, metadata=note))
         return offsets
 
     def commit(self) -> None:
