@@ -268,9 +268,14 @@ def test_the_task_manager_restores_a_task_of_each_role_from_the_changelogs(
         assert sum(t.meta.last_offset + 1 for t in inputs) == 60
         keyed = [t for t in manager.tasks.values() if isinstance(t, KeyedTask)]
         assert all(len(t.orderer) == 0 for t in keyed)  # everything was released and decided
-        # The output tasks' bookkeeping came back from their offsets' commit metadata: it
-        # says what they released, and their changelog was never written.
+        # The output tasks' bookkeeping comes back from their offsets' commit metadata, read
+        # with their first records (until then they commit nothing): it says what they
+        # released, and their changelog was never written.
         outputs = [t for t in manager.tasks.values() if isinstance(t, OutputTask)]
+        assert all(t.awaiting_meta and t.commit_offset(5) is None for t in outputs)
+        for t in outputs:
+            manager.restore_meta(t)
+        assert not any(t.awaiting_meta for t in outputs)
         released = sum(n for t in outputs for n in t.meta.done.values())
         assert released == 60  # a data envelope each, numbered by the keyed task that sent it
         out_changelog = topology.stages[-1].changelog

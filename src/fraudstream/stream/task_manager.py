@@ -39,7 +39,7 @@ from fraudstream.stream.ordering import (
 )
 from fraudstream.stream.snapshot import Snapshot, SnapshotStore
 from fraudstream.stream.tasks import META_KEY, KeyedTask, Task, TaskContext, new_task
-from fraudstream.stream.topology import INPUT, KEYED, LABELS, OUTPUT
+from fraudstream.stream.topology import INPUT, KEYED, LABELS
 
 __all__ = ["PURGE_EVERY_S", "TaskManager", "choose_paused"]
 
@@ -151,7 +151,6 @@ class TaskManager:
                     del snaps[p]
             start = {p: snap.offset for p, snap in snaps.items()}
             records = read_changelog(self.settings, stage.changelog, parts, start=start)
-            notes = self._offset_metas(topic, parts) if stage.role == OUTPUT else {}
             from_snapshot += len(snaps)
             for p in parts:
                 engine: Engine | None = engines.get(p)
@@ -164,14 +163,16 @@ class TaskManager:
                         meta = decode_meta(value) if value is not None else Meta()
                     else:
                         state.append((key, value))
-                if notes.get(p):  # committed with its offset (OutputTask.meta_in_offset)
-                    meta = decode_meta_note(notes[p])
                 if engine is not None:
                     loaded = engine.restore(state)
                     restarted.update(engine.restarted)
                     n += loaded
                     tail += loaded if p in snaps else 0
-                self.tasks[(topic, p)] = new_task(self.ctx, stage, p, engine, meta)
+                task = self.tasks[(topic, p)] = new_task(self.ctx, stage, p, engine, meta)
+                # Its Meta rides with its committed offset (the changelog's, if any, is from
+                # an older format or too long): read with its first records, as reading it
+                # now could wait for another member's open transaction to end
+                task.awaiting_meta = task.meta_in_offset and task.keep_meta
         self.restored_keys += n
         for rule_id, why in sorted(restarted.items()):
             log.warning("rule %s: %s", rule_id, why)
@@ -184,6 +185,14 @@ class TaskManager:
                 n,
                 time.monotonic() - started,
             )
+
+    def restore_meta(self, task: Task) -> None:
+        """An output task's Meta, from the metadata of its committed offset, before it reads
+        its first records. The consumer has fetched that offset to deliver them, so it is
+        stable now: no open transaction of a former owner holds this partition's offsets.
+        Empty metadata (none committed, or too long for it): the changelog's, read at assign."""
+        note = self._offset_metas(task.stage.topic, [task.partition]).get(task.partition)
+        task.restored(decode_meta_note(note) if note else task.meta)
 
     def _offset_metas(self, topic: str, parts: list[int]) -> dict[int, str]:
         """The metadata committed with these partitions' offsets (where an output task keeps

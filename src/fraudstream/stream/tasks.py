@@ -135,6 +135,10 @@ class Task:
         self._committing = self._saved
         self.dirty = False  # read something since the last commit
         self.offset_metadata: str | None = None  # for its offset commit (see `changes`)
+        # its committed Meta is not known yet (an output task reads it from its committed
+        # offset with its first records: `TaskManager.restore_meta`); meanwhile it commits
+        # nothing
+        self.awaiting_meta = False
         self.at_end: float | None = None  # input tasks: when the partition was read to its end
         self.idle = False
         self.sends_marks = ctx.topology.staged and stage.role != OUTPUT
@@ -176,7 +180,7 @@ class Task:
         """Changelog records of this transaction; `resume`: the input offset it commits."""
         out = self.engine.changes() if self.engine is not None else []
         self.offset_metadata = None
-        if self.keep_meta:
+        if self.keep_meta and not self.awaiting_meta:
             meta = self.committed_meta(resume)
             blob = encode_meta(meta)
             if self.meta_in_offset and resume is not None:
@@ -210,6 +214,12 @@ class Task:
         self.dirty = False
         self.at_end = None
         self.held = None
+
+    def restored(self, meta: Meta) -> None:
+        """Its committed Meta, known only now (see `awaiting_meta`)."""
+        self._saved = self._committing = encode_meta(meta)
+        self.meta = meta
+        self.awaiting_meta = False
 
     @property
     def saved_meta(self) -> bytes:
@@ -493,6 +503,8 @@ class KeyedTask(Task):
 
     def commit_offset(self, position: int) -> int | None:
         """The oldest record still buffered, else the reading position."""
+        if self.awaiting_meta:  # read nothing yet: what was committed stands
+            return None
         buffered = self.orderer.oldest()
         if buffered is not None:
             return buffered
@@ -506,6 +518,10 @@ class KeyedTask(Task):
     def rollback(self) -> None:
         super().rollback()
         self.orderer.reset(self.meta)
+
+    def restored(self, meta: Meta) -> None:
+        super().restored(meta)
+        self.orderer.reset(meta)
 
 
 class OutputTask(KeyedTask):
