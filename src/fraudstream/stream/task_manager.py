@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from fraudstream.detection import Engine
@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 PURGE_EVERY_S = 10.0  # how often consumed repartition records are deleted
 BACKPRESSURE_EVERY_S = 0.05
 OFFSETS_TIMEOUT_S = 30.0  # reading the committed offsets (as the processor's rewind does)
-OFFSETS_ATTEMPTS = 4
+OFFSETS_WAIT_S = 300.0  # then it stops, saying so
+OFFSETS_BACKOFF_S = 0.5
 
 
 def choose_paused(
@@ -198,28 +199,33 @@ class TaskManager:
         """The metadata committed with these partitions' offsets (where an output task keeps
         its Meta; empty when there is none, or when it went to the changelog)."""
         asked = [TopicPartition(topic, p) for p in parts]
-        for attempt in range(1, OFFSETS_ATTEMPTS + 1):
+        started = time.monotonic()
+        said = 0.0
+        while True:
             try:
                 found = self.consumer.committed(asked, timeout=OFFSETS_TIMEOUT_S)
                 return {tp.partition: tp.metadata or "" for tp in found}
             except KafkaException as exc:
+                # the broker or the group's coordinator is away, moving or loading (after a
+                # broker restart): it comes back, as the consumer's own offset fetch does
                 err = exc.args[0]
-                if attempt == OFFSETS_ATTEMPTS or not (
-                    err.retriable() or err.code() == KafkaError._TIMED_OUT
-                ):
+                waited = time.monotonic() - started
+                if err.fatal() or waited > OFFSETS_WAIT_S:
                     raise ProcessingError(
-                        f"could not read the committed offsets of {topic} ({err}); is the "
-                        "broker up? The detector resumes from them when started again"
+                        f"could not read the committed offsets of {topic} in "
+                        f"{waited:.0f}s ({err}); is the broker up? The detector resumes from "
+                        "them when started again"
                     ) from None
-                log.warning(
-                    "waiting for the group coordinator to read the committed offsets of %s "
-                    "(attempt %d of %d): %s",
-                    topic,
-                    attempt,
-                    OFFSETS_ATTEMPTS,
-                    err,
-                )
-        raise AssertionError("unreachable")
+                if waited >= said:
+                    said = waited + 10
+                    log.warning(
+                        "waiting %.0fs so far for the group coordinator to read the committed "
+                        "offsets of %s: %s",
+                        waited,
+                        topic,
+                        err,
+                    )
+                time.sleep(OFFSETS_BACKOFF_S)
 
     def reload(self) -> None:
         """Every task again from its changelog (after a producer was replaced)."""
