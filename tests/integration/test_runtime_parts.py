@@ -14,29 +14,11 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from fraudstream.config import Settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.stream import consumer_config, ensure_topics
-from fraudstream.stream.changelog import read_changelog
 from fraudstream.stream.collector import RecordCollector
 from fraudstream.stream.layout import prepare_topology
-from fraudstream.stream.ordering import (
-    DATA,
-    HOLD,
-    INF,
-    MARK,
-    Envelope,
-    Meta,
-    decode_block,
-    decode_meta,
-    decode_meta_note,
-)
+from fraudstream.stream.ordering import DATA, HOLD, INF, MARK, Envelope, Meta, decode_block
 from fraudstream.stream.task_manager import TaskManager, choose_paused
-from fraudstream.stream.tasks import (
-    META_KEY,
-    InputTask,
-    KeyedTask,
-    LabelTask,
-    OutputTask,
-    TaskContext,
-)
+from fraudstream.stream.tasks import InputTask, KeyedTask, LabelTask, OutputTask, TaskContext
 from fraudstream.stream.topology import INPUT, KEYED, OUTPUT, Topology
 from fraudstream.stream.transactions import TransactionCoordinator
 from tests.conftest import REPO, SettingsFactory, produce_raw, read_to_end, run_detector
@@ -268,19 +250,6 @@ def test_the_task_manager_restores_a_task_of_each_role_from_the_changelogs(
         assert sum(t.meta.last_offset + 1 for t in inputs) == 60
         keyed = [t for t in manager.tasks.values() if isinstance(t, KeyedTask)]
         assert all(len(t.orderer) == 0 for t in keyed)  # everything was released and decided
-        # The output tasks' bookkeeping comes back from their offsets' commit metadata, read
-        # with their first records (until then they commit nothing): it says what they
-        # released, and their changelog was never written.
-        outputs = [t for t in manager.tasks.values() if isinstance(t, OutputTask)]
-        assert all(t.awaiting_meta and t.commit_offset(5) is None for t in outputs)
-        for t in outputs:
-            manager.restore_meta(t)
-        assert not any(t.awaiting_meta for t in outputs)
-        released = sum(n for t in outputs for n in t.meta.done.values())
-        assert released == 60  # a data envelope each, numbered by the keyed task that sent it
-        out_changelog = topology.stages[-1].changelog
-        parts = list(range(topology.stages[-1].partitions))
-        assert all(not r for r in read_changelog(settings, out_changelog, parts).values())
         manager.drop([TopicPartition(topic, p) for topic, p in wanted])
         assert manager.tasks == {}
     finally:
@@ -343,27 +312,6 @@ def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> N
     assert task.bound() == (INF, 1, 41)  # idle: it holds nothing back
     task.rollback()
     assert task.meta.stream_time == 5_000 and not task.idle and not task.dirty
-
-
-def test_an_output_tasks_bookkeeping_too_long_for_offset_metadata_goes_to_the_changelog(
-    settings: Settings,
-) -> None:
-    topology = Topology(settings, ["source", "target"], 3, 0)
-    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
-    txn = TransactionCoordinator(settings, f"parts-{uuid.uuid4().hex[:8]}")
-    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
-    task = OutputTask(ctx, topology.stages[-1], 0, None, Meta())
-    task.meta.done = {0: 7, 1: 9}
-    assert task.changes(12) == []  # fits: it rides with the offset
-    assert task.offset_metadata is not None
-    assert decode_meta_note(task.offset_metadata.encode()).done == {0: 7, 1: 9}
-    task.commit()
-    task.meta.done = {u: 1_000_000 + u for u in range(400)}  # hundreds of upstream tasks
-    changes = task.changes(13)
-    assert task.offset_metadata == ""  # empty: the restore reads the changelog's
-    [(key, blob)] = changes
-    assert key == META_KEY and blob is not None
-    assert decode_meta(blob).done == task.meta.done
 
 
 def test_progress_is_readable_while_a_transaction_holds_offsets_pending(

@@ -51,10 +51,7 @@ SHAPE_KEY = b"shape"
 STATUS_TOPIC_CONFIG = {"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"}
 # ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits; 5: feature rows as bytes
 REPARTITION_FORMAT = 5
-# 2: a table row starts with its layout id, layouts described (2026-12-02); 3: an output
-# task's Meta in its offset commit's metadata, not its changelog (an older version would
-# restore it empty and decide again what the group has decided)
-CHANGELOG_FORMAT = 3
+CHANGELOG_FORMAT = 2  # 2: a table row starts with its layout id, layouts described (2026-12-02)
 
 
 class GroupMismatchError(ConfigError):
@@ -73,8 +70,7 @@ class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     # 2026-11-27, recorded without this field), 2 blocks of envelopes
     format: int = 1
     # how state is written on the changelogs: 1 rows of bare columns (before 2026-12-02,
-    # recorded without this field), 2 rows tagged with their layout (rules may change), 3
-    # the output tasks' bookkeeping in the offsets' commit metadata (2026-12-04)
+    # recorded without this field), 2 rows tagged with their layout (rules may change)
     changelog: int = 1
 
     @classmethod

@@ -35,18 +35,13 @@ __all__ = [
     "INF",
     "LABEL",
     "MARK",
-    "OFFSET_METADATA_BYTES",
     "Envelope",
     "HopTx",
     "Key",
     "Meta",
     "Orderer",
     "decode_block",
-    "decode_meta",
-    "decode_meta_note",
     "encode_block",
-    "encode_meta",
-    "encode_meta_note",
 ]
 
 DATA, LABEL, MARK = 0, 1, 2
@@ -115,8 +110,7 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
 
 
 class Meta(msgspec.Struct, omit_defaults=True):
-    """A task's bookkeeping, committed with its state in its changelog or, for an output
-    task (it has no state), in its input offset's commit metadata."""
+    """A task's bookkeeping, committed in its changelog with its state."""
 
     stream_time: int = 0  # input tasks: the largest event time seen
     last_offset: int = -1  # input tasks: the last input offset processed
@@ -137,12 +131,6 @@ decode_block = msgspec.msgpack.Decoder(list[Envelope]).decode
 BLOCK_BYTES = 256 * 1024  # well under the broker's default record size limit (1 MiB)
 encode_meta = msgspec.msgpack.Encoder().encode
 decode_meta = msgspec.msgpack.Decoder(Meta).decode
-# A Meta as an offset commit's metadata (a string on the wire: JSON, which is ASCII here).
-# The broker refuses metadata over `offset.metadata.max.bytes`, 4096 by default: a Meta longer
-# than OFFSET_METADATA_BYTES goes to the changelog instead (see `Task.changes`).
-encode_meta_note = msgspec.json.Encoder().encode
-decode_meta_note = msgspec.json.Decoder(Meta).decode
-OFFSET_METADATA_BYTES = 4000
 
 
 Entry = tuple[int, int, int, int, Envelope, int]  # (t, q, o, input offset, envelope, size)

@@ -258,9 +258,6 @@ class Processor:
             task = tasks.get(tp)
             if task is None:  # not ours (any more): the new owner reads it again
                 continue
-            if task.awaiting_meta:  # an output task's first records since its assignment
-                assert self.manager is not None
-                self.manager.restore_meta(task)
             task.dirty = True
             task.at_end = None
             task.idle = False

@@ -23,7 +23,6 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from fraudstream.detection import Engine
-from fraudstream.errors import ProcessingError
 from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id
 from fraudstream.stream.clients import base_config
 from fraudstream.stream.health import TaskStatus, describe_key
@@ -34,7 +33,6 @@ from fraudstream.stream.ordering import (
     Key,
     Meta,
     decode_meta,
-    decode_meta_note,
     encode_block,
 )
 from fraudstream.stream.snapshot import Snapshot, SnapshotStore
@@ -47,9 +45,6 @@ log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 10.0  # how often consumed repartition records are deleted
 BACKPRESSURE_EVERY_S = 0.05
-OFFSETS_TIMEOUT_S = 30.0  # reading the committed offsets (as the processor's rewind does)
-OFFSETS_WAIT_S = 300.0  # then it stops, saying so
-OFFSETS_BACKOFF_S = 0.5
 
 
 def choose_paused(
@@ -169,11 +164,7 @@ class TaskManager:
                     restarted.update(engine.restarted)
                     n += loaded
                     tail += loaded if p in snaps else 0
-                task = self.tasks[(topic, p)] = new_task(self.ctx, stage, p, engine, meta)
-                # Its Meta rides with its committed offset (the changelog's, if any, is from
-                # an older format or too long): read with its first records, as reading it
-                # now could wait for another member's open transaction to end
-                task.awaiting_meta = task.meta_in_offset and task.keep_meta
+                self.tasks[(topic, p)] = new_task(self.ctx, stage, p, engine, meta)
         self.restored_keys += n
         for rule_id, why in sorted(restarted.items()):
             log.warning("rule %s: %s", rule_id, why)
@@ -186,46 +177,6 @@ class TaskManager:
                 n,
                 time.monotonic() - started,
             )
-
-    def restore_meta(self, task: Task) -> None:
-        """An output task's Meta, from the metadata of its committed offset, before it reads
-        its first records. The consumer has fetched that offset to deliver them, so it is
-        stable now: no open transaction of a former owner holds this partition's offsets.
-        Empty metadata (none committed, or too long for it): the changelog's, read at assign."""
-        note = self._offset_metas(task.stage.topic, [task.partition]).get(task.partition)
-        task.restored(decode_meta_note(note) if note else task.meta)
-
-    def _offset_metas(self, topic: str, parts: list[int]) -> dict[int, str]:
-        """The metadata committed with these partitions' offsets (where an output task keeps
-        its Meta; empty when there is none, or when it went to the changelog)."""
-        asked = [TopicPartition(topic, p) for p in parts]
-        started = time.monotonic()
-        said = 0.0
-        while True:
-            try:
-                found = self.consumer.committed(asked, timeout=OFFSETS_TIMEOUT_S)
-                return {tp.partition: tp.metadata or "" for tp in found}
-            except KafkaException as exc:
-                # the broker or the group's coordinator is away, moving or loading (after a
-                # broker restart): it comes back, as the consumer's own offset fetch does
-                err = exc.args[0]
-                waited = time.monotonic() - started
-                if err.fatal() or waited > OFFSETS_WAIT_S:
-                    raise ProcessingError(
-                        f"could not read the committed offsets of {topic} in "
-                        f"{waited:.0f}s ({err}); is the broker up? The detector resumes from "
-                        "them when started again"
-                    ) from None
-                if waited >= said:
-                    said = waited + 10
-                    log.warning(
-                        "waiting %.0fs so far for the group coordinator to read the committed "
-                        "offsets of %s: %s",
-                        waited,
-                        topic,
-                        err,
-                    )
-                time.sleep(OFFSETS_BACKOFF_S)
 
     def reload(self) -> None:
         """Every task again from its changelog (after a producer was replaced)."""
@@ -329,13 +280,8 @@ class TaskManager:
             offset = task.commit_offset(positions.get((topic, partition), -1))
             # the state, in the same transaction
             collector.send_keyed(task.stage.changelog, partition, task.changes(offset))
-            if offset is None:
-                continue
-            note = task.offset_metadata
-            if note is None:
+            if offset is not None:
                 offsets.append(TopicPartition(topic, partition, offset))
-            else:
-                offsets.append(TopicPartition(topic, partition, offset, metadata=note))
         return offsets
 
     def commit(self) -> None:

@@ -7,8 +7,7 @@ A task class per stage role (`topology.py`), each with the same hooks the proces
   buffer: the keyed and output stages);
 - `bound()`: its mark, the promise sent downstream that nothing at or below it will follow;
 - `changes(resume)` / `commit()` / `rollback()`: its part of the transaction;
-- `commit_offset(position)`: the input offset its commit may record, and
-  `offset_metadata`: what goes with it (an output task's `Meta`; None: nothing).
+- `commit_offset(position)`: the input offset its commit may record.
 
     InputTask   decode, validate, dead-letter; the account rules; decide (one stage) or forward
     LabelTask   verdicts, forwarded in event time to the first keyed stage
@@ -46,7 +45,6 @@ from fraudstream.stream.ordering import (
     DATA,
     INF,
     LABEL,
-    OFFSET_METADATA_BYTES,
     Envelope,
     HopTx,
     Key,
@@ -55,7 +53,6 @@ from fraudstream.stream.ordering import (
     decode_block,
     decode_meta,
     encode_meta,
-    encode_meta_note,
 )
 from fraudstream.stream.topology import INPUT, KEYED, LABELS, OUTPUT, Stage, Topology
 
@@ -110,10 +107,6 @@ class Task:
 
     role = ""
     buffers = False  # whether it holds what it reads until the marks let it out (release)
-    # Whether its Meta rides in its input offset's commit metadata (as Kafka Streams keeps a
-    # task's partition time) rather than in a changelog record: an output task has no state,
-    # so its commit then touches no changelog partition (one produce request fewer each).
-    meta_in_offset = False
 
     def __init__(
         self,
@@ -134,11 +127,6 @@ class Task:
         self._saved = encode_meta(meta)  # the Meta as last committed
         self._committing = self._saved
         self.dirty = False  # read something since the last commit
-        self.offset_metadata: str | None = None  # for its offset commit (see `changes`)
-        # its committed Meta is not known yet (an output task reads it from its committed
-        # offset with its first records: `TaskManager.restore_meta`); meanwhile it commits
-        # nothing
-        self.awaiting_meta = False
         self.at_end: float | None = None  # input tasks: when the partition was read to its end
         self.idle = False
         self.sends_marks = ctx.topology.staged and stage.role != OUTPUT
@@ -179,23 +167,9 @@ class Task:
     def changes(self, resume: int | None) -> list[tuple[bytes, bytes | None]]:
         """Changelog records of this transaction; `resume`: the input offset it commits."""
         out = self.engine.changes() if self.engine is not None else []
-        self.offset_metadata = None
-        if self.keep_meta and not self.awaiting_meta:
-            meta = self.committed_meta(resume)
-            blob = encode_meta(meta)
-            if self.meta_in_offset and resume is not None:
-                # Every offset it commits carries its Meta; the restore takes a non-empty
-                # one over the changelog's. Too long for the broker's limit: an empty one,
-                # which sends the restore to the changelog record written beside it.
-                note = encode_meta_note(meta)
-                if len(note) <= OFFSET_METADATA_BYTES:
-                    self.offset_metadata = note.decode()
-                else:
-                    self.offset_metadata = ""
-                    out.append((META_KEY, blob))
-            elif blob != self._saved:
-                # (an output task commits no offset only when it has read nothing since its
-                # restore, and then its Meta is the one restored)
+        if self.keep_meta:
+            blob = encode_meta(self.committed_meta(resume))
+            if blob != self._saved:
                 out.append((META_KEY, blob))
             self._committing = blob
         return out
@@ -214,12 +188,6 @@ class Task:
         self.dirty = False
         self.at_end = None
         self.held = None
-
-    def restored(self, meta: Meta) -> None:
-        """Its committed Meta, known only now (see `awaiting_meta`)."""
-        self._saved = self._committing = encode_meta(meta)
-        self.meta = meta
-        self.awaiting_meta = False
 
     @property
     def saved_meta(self) -> bytes:
@@ -503,8 +471,6 @@ class KeyedTask(Task):
 
     def commit_offset(self, position: int) -> int | None:
         """The oldest record still buffered, else the reading position."""
-        if self.awaiting_meta:  # read nothing yet: what was committed stands
-            return None
         buffered = self.orderer.oldest()
         if buffered is not None:
             return buffered
@@ -519,16 +485,11 @@ class KeyedTask(Task):
         super().rollback()
         self.orderer.reset(self.meta)
 
-    def restored(self, meta: Meta) -> None:
-        super().restored(meta)
-        self.orderer.reset(meta)
-
 
 class OutputTask(KeyedTask):
     """The last stage: input order back (it is partitioned like the input), the decisions."""
 
     role = OUTPUT
-    meta_in_offset = True
 
     def release(self) -> None:
         released = self.orderer.release()
