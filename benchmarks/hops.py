@@ -159,7 +159,8 @@ def measure(url: str, rate: float, seconds: float, env: dict[str, str], work: Pa
         commits_after = commit_totals(port)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (
-            sum(1 for hop, at in reader.seen if hop == "output" and begin <= at < end) < sent
+            # list(): the reader's thread adds to `seen` meanwhile
+            sum(1 for hop, at in list(reader.seen) if hop == "output" and begin <= at < end) < sent
         ):
             time.sleep(0.2)
         reader.close()
