@@ -112,18 +112,8 @@ def free_port() -> int:
 def measure(url: str, rate: float, seconds: float, env: dict[str, str], work: Path) -> None:
     tag = f"hops-{uuid.uuid4().hex[:6]}"
     port = free_port()
-    settings = Settings(kafka_broker_url=url).model_copy(
-        update={
-            "transactions_topic": f"{tag}.transactions",
-            "labels_topic": f"{tag}.labels",
-            "legit_topic": f"{tag}.legit",
-            "fraud_topic": f"{tag}.fraud",
-            "dlq_topic": f"{tag}.dlq",
-            "detector_group": tag,
-            "rules_file": str(REPO / "rules" / "default.yaml"),
-            "state_dir": str(work / f"{tag}-state"),
-            "metrics_port": port,
-        }
+    settings = latency.fresh_settings(
+        Settings(kafka_broker_url=url), tag, work / f"{tag}-state", metrics_port=port
     )
     ensure_topics(settings)
     log = work / f"{tag}-detect.log"

@@ -127,6 +127,23 @@ def _wait(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+def fresh_settings(base: Settings, tag: str, state_dir: Path, **more: Any) -> Settings:
+    """`base` with topics and a group of its own, named after `tag`, and the default rules."""
+    return base.model_copy(
+        update={
+            "transactions_topic": f"{tag}.transactions",
+            "labels_topic": f"{tag}.labels",
+            "legit_topic": f"{tag}.legit",
+            "fraud_topic": f"{tag}.fraud",
+            "dlq_topic": f"{tag}.dlq",
+            "detector_group": tag,
+            "rules_file": str(REPO / "rules" / "default.yaml"),
+            "state_dir": str(state_dir),
+            **more,
+        }
+    )
+
+
 def measure(
     base: Settings,
     rates: list[float],
@@ -138,18 +155,7 @@ def measure(
     """Per rate: records sent and decided, the achieved rate and p50/p99/p99.9/max in ms.
     `env`: extra environment of the detector (a setting such as COMMIT_INTERVAL_MS)."""
     tag = f"bench-lat-{uuid.uuid4().hex[:6]}"
-    settings = base.model_copy(
-        update={
-            "transactions_topic": f"{tag}.transactions",
-            "labels_topic": f"{tag}.labels",
-            "legit_topic": f"{tag}.legit",
-            "fraud_topic": f"{tag}.fraud",
-            "dlq_topic": f"{tag}.dlq",
-            "detector_group": tag,
-            "rules_file": str(REPO / "rules" / "default.yaml"),
-            "state_dir": str(workdir / "latency-state"),
-        }
-    )
+    settings = fresh_settings(base, tag, workdir / "latency-state")
     ensure_topics(settings)
     collector = Collector(settings)
     sender = PacedSender(settings, seed)
