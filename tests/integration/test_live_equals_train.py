@@ -184,6 +184,6 @@ def test_live_feature_rows_and_scores_equal_trains_decision_by_decision(
     assert all(_decision(written[i]) == _decision(train_decisions[i]) for i in written)
     assert sum(d.outcome == "fraud" for d in train_decisions.values()) > n // 100
     # the verdicts fed back: payee and merchant risk from labels known before a payment
-    for name in ("target_fraud_30d", "merchant_fraud_30d"):
+    for name in ("target_missed_fraud_30d", "merchant_missed_fraud_30d"):
         j = FEATURE_NAMES.index(name)
         assert sum(r[j] > 0 for r in train_rows.values()) > 10, f"{name} never set"

@@ -179,11 +179,13 @@ def _state(engine: Engine, rule: Rule, keys: set[str], now: int) -> dict[str, ob
 
 
 def _shared(engine: Engine, keys: set[str]) -> dict[str, object]:
-    """The columns no rule owns (last activity, last place, the model's features), by key."""
+    """The columns no rule owns (last activity, last place, the model's features), by key;
+    not the payments the rules caught (`f.caught*`): those record what the rules of the time
+    decided, which new rules do not rewrite."""
     out: dict[str, object] = {}
     for name, table in engine.tables.tables.items():
         for column, c in table.columns.items():
-            if "@" not in column and column != "_seen":
+            if "@" not in column and column != "_seen" and not column.startswith("f.caught"):
                 rows = {k: table.find(k) for k in keys}
                 out[f"{name}.{column}"] = {
                     k: c.default if r is None else c.data[r] for k, r in rows.items()

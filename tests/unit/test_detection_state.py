@@ -24,7 +24,9 @@ from fraudstream.detection import (
     Table,
     load_ruleset,
 )
+from fraudstream.detection.features import assemble_row
 from fraudstream.detection.geo import km_between
+from fraudstream.detection.rules import ThresholdRule
 from fraudstream.schema import Transaction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,7 +197,7 @@ def test_idle_keys_are_evicted_in_event_time() -> None:
 
 
 def test_a_label_counts_only_from_the_time_it_became_known() -> None:
-    shop_risk = FEATURE_NAMES.index("merchant_fraud_30d")
+    shop_risk = FEATURE_NAMES.index("merchant_missed_fraud_30d")
 
     def risk_at(t: int) -> float:
         engine = Engine.from_ruleset(RULES, features=True)
@@ -245,11 +247,59 @@ def test_a_payee_or_shop_fraud_is_dated_both_by_when_it_became_known_and_by_when
     known = T0 + 3 * DAY
     dated = row_after(Label("x", True, known_ms=known, target="p-1", merchant="m-1", tx_ms=T0))
     for key in ("target", "merchant"):
-        assert dated[at[f"log_hours_since_{key}_fraud"]] == pytest.approx(math.log1p(24))
-        assert dated[at[f"log_hours_since_{key}_fraud_happened"]] == pytest.approx(math.log1p(96))
+        assert dated[at[f"log_hours_since_{key}_missed_fraud"]] == pytest.approx(math.log1p(24))
+        assert dated[at[f"log_hours_since_{key}_missed_fraud_happened"]] == pytest.approx(
+            math.log1p(96)
+        )
     undated = row_after(Label("x", True, known_ms=known, target="p-1", merchant="m-1"))
     for key in ("target", "merchant"):
-        assert undated[at[f"log_hours_since_{key}_fraud_happened"]] == pytest.approx(math.log1p(24))
+        assert undated[at[f"log_hours_since_{key}_missed_fraud_happened"]] == pytest.approx(
+            math.log1p(24)
+        )
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_fraud_the_rules_caught_is_no_risk_of_its_payee_or_shop(staged: bool) -> None:
+    """A verdict on a payment the rules had decided fraud on their own says the rules cover
+    it: it does not count against the payee and the shop; one they missed does. The same in
+    one engine and in the stages of the pipeline (the shop's stage told the hits before it)."""
+    rules = [
+        ThresholdRule("big", field="amount", op=">=", value=900.0, weight=0.7),
+        ThresholdRule("hint", field="amount", op=">=", value=400.0, weight=0.1),
+    ]
+    full = Engine(rules, threshold=0.6, version="t", features=True)
+
+    def tx(i: int, shop: str, amount: float, minutes: int) -> Transaction:
+        return Transaction(
+            id=f"t{i}",
+            timestamp=T0 + minutes * MINUTE,
+            source=f"a{i}",
+            target=shop,
+            merchant=shop,
+            amount=amount,
+            currency="EUR",
+        )
+
+    # caught at m-1 (weight 0.8), missed at m-2 (0.1: under the threshold), no verdict at m-3
+    txs = [tx(1, "m-1", 950.0, 0), tx(2, "m-2", 450.0, 1), tx(3, "m-3", 950.0, 2)]
+    txs += [tx(4, "m-1", 20.0, 120), tx(5, "m-2", 20.0, 121)]
+    labels = [
+        Label(t.id or "", True, known_ms=T0 + HOUR, target=t.target, merchant=t.merchant)
+        for t in txs[:2]
+    ]
+    if staged:
+        parts, _ = _staged(full, txs, labels)
+        rows = [
+            assemble_row(*(np.frombuffer(p[k]).tolist() for k in ("source", "target", "merchant")))
+            for p in parts
+        ]
+    else:
+        full.observe_labels(labels)
+        rows = [row for row, _ in full.score(txs)]
+    for name in ("target_missed_fraud_3d", "merchant_missed_fraud_3d"):
+        j = FEATURE_NAMES.index(name)
+        assert rows[3][j] == 0.0, name  # m-1: its fraud was caught
+        assert rows[4][j] > 0.9, name  # m-2: missed
 
 
 def test_a_shops_payments_since_its_latest_fraud_are_counted_by_age() -> None:
@@ -257,7 +307,9 @@ def test_a_shops_payments_since_its_latest_fraud_are_counted_by_age() -> None:
     the fraud there stopped: all, and those at least 1, 2 and 3 days old; none before any
     fraud is known."""
     at = {n: FEATURE_NAMES.index(n) for n in FEATURE_NAMES}
-    names = [f"merchant_payments_since_fraud{s}" for s in ("", "_1d_old", "_2d_old", "_3d_old")]
+    names = [
+        f"merchant_payments_since_missed_fraud{s}" for s in ("", "_1d_old", "_2d_old", "_3d_old")
+    ]
     engine = Engine.from_ruleset(RULES, features=True)
 
     def pay(i: int, t: int) -> list[float]:
@@ -391,13 +443,16 @@ def test_changelog_records_restore_an_engine_that_decides_as_the_original() -> N
 
 
 def _staged(full: Engine, txs: list[Transaction], labels: list[Label]) -> tuple[list, list]:  # type: ignore[type-arg]
-    """Run each stage's engine over the stream in order, as the staged pipeline does."""
+    """Run each stage's engine over the stream in order, as the staged pipeline does (each
+    told the hits of the stages before it, as envelopes carry them)."""
     parts: list[dict[str, bytes]] = [{} for _ in txs]
     hits: list[list] = [[] for _ in txs]  # type: ignore[type-arg]
     for key in full.stage_keys():
         stage = full.for_stage(key)
         stage.observe_labels(labels)
-        for (row, found), p, h in zip(stage.score_packed(txs), parts, hits, strict=True):
+        upstream = [[(x.rule, x.weight, x.reason, x.allow, x.block) for x in h] for h in hits]
+        scored = stage.score_packed(txs, upstream)
+        for (row, found), p, h in zip(scored, parts, hits, strict=True):
             p[key] = row
             h += found
     return parts, hits
@@ -405,8 +460,6 @@ def _staged(full: Engine, txs: list[Transaction], labels: list[Label]) -> tuple[
 
 def test_stages_by_key_decide_as_one_engine() -> None:
     """Splitting the work by key (source, target, merchant stages) changes nothing."""
-    from fraudstream.detection.features import assemble_row
-
     txs = _sim_txs(8000, seed=8)
     labels = [
         Label(t.id or "", True, known_ms=t.ts_ms + HOUR, target=t.target, merchant=t.merchant)
@@ -423,7 +476,7 @@ def test_stages_by_key_decide_as_one_engine() -> None:
         for p in parts
     ]
     assert rows == [row for row, _ in scored]
-    assert any(row[FEATURE_NAMES.index("merchant_fraud_30d")] > 0 for row in rows)
+    assert any(row[FEATURE_NAMES.index("merchant_missed_fraud_30d")] > 0 for row in rows)
     reference = Engine.from_ruleset(RULES, features=True)
     reference.observe_labels(labels)
     assert full.finish(parts, hits) == reference.decide(txs)

@@ -25,6 +25,7 @@ from fraudstream.detection.features import (
     FeatureState,
     Label,
     Parts,
+    caught_code,
 )
 from fraudstream.detection.model import FraudModel
 from fraudstream.detection.rules import (
@@ -42,12 +43,14 @@ from fraudstream.detection.ruleset import RuleSet
 from fraudstream.detection.state import DAY, Tables
 from fraudstream.schema import Decision, Reason, Transaction
 
-__all__ = ["Engine", "Packed", "Scored", "rule_key"]
+__all__ = ["Engine", "HitTuple", "Packed", "Scored", "rule_key"]
 
 _json = msgspec.json.Encoder().encode
 
 Scored = tuple[list[float], list[Hit]]
 Packed = tuple[bytes, list[Hit]]  # a feature row as the bytes of its float64 values
+# a hit as it travels between stages: rule, weight, reason, allow, block
+HitTuple = tuple[str, float, str, bool, bool]
 
 
 def _pack(row: list[float]) -> bytes:
@@ -121,6 +124,16 @@ class Engine:
             else None
         )
         self.rule_ids = tuple(r.id for r in self.all_rules)
+        # which rules' hits the payee's (0) and shop's (1) features know: those of their
+        # stage and the stages before it (a stage is told the earlier ones' as `upstream`)
+        stages = self.stage_keys()
+        self._stage_index = {r.id: stages.index(rule_key(r)) for r in self.all_rules}
+        self._caught_upto: dict[int, int] = {}
+        if self.features is not None:
+            held = self.features.parts
+            for p, (key, on) in enumerate((("target", held.target), ("merchant", held.merchant))):
+                if on:
+                    self._caught_upto[p] = stages.index(key)
         if model is not None:
             self._model_rules = [
                 self.rule_ids.index(r) if r in self.rule_ids else -1 for r in model.rule_ids
@@ -385,8 +398,13 @@ class Engine:
             for label in labels:
                 self.features.label(label)
 
-    def score(self, batch: Sequence[Transaction]) -> list[Scored]:
+    def score(
+        self, batch: Sequence[Transaction], upstream: Sequence[Sequence[HitTuple]] | None = None
+    ) -> list[Scored]:
         """Feature rows and rule hits for each transaction, in order, updating the state.
+        `upstream`: in a stage of the pipeline, each transaction's hits from the stages before
+        (`(rule, weight, reason, allow, block)`), which the payee's and shop's features take
+        into account (whether the rules caught it: `FeatureState`).
 
         Each rule with a batch path (`apply_batch`: the stateful ones as compiled kernels)
         runs over the whole batch, one rule after the other, the rest (two dormant or travel
@@ -396,19 +414,21 @@ class Engine:
         run as kernels over the batch too (`FeatureState.compute_batch`). The batch is cut
         where the daily eviction falls, as in the reference."""
         if not self._batch_path:
-            return self.score_each(batch)
+            return self.score_each(batch, upstream)
         out: list[Scored] = []
-        for rows, hits in self._segments(batch):
+        for rows, hits in self._segments(batch, upstream):
             out += zip(rows.tolist(), hits, strict=True)
         return out
 
-    def score_packed(self, batch: Sequence[Transaction]) -> list[Packed]:
+    def score_packed(
+        self, batch: Sequence[Transaction], upstream: Sequence[Sequence[HitTuple]] | None = None
+    ) -> list[Packed]:
         """`score`, each feature row as the bytes of its float64 values (b"": no features):
         what a stage sends on, and what `model_rows` reads without a Python float each."""
         if not self._batch_path:
-            return [(_pack(row), hits) for row, hits in self.score_each(batch)]
+            return [(_pack(row), hits) for row, hits in self.score_each(batch, upstream)]
         out: list[Packed] = []
-        for rows, hits in self._segments(batch):
+        for rows, hits in self._segments(batch, upstream):
             blob, width = rows.tobytes(), rows.shape[1] * 8
             packed = [blob[k * width : (k + 1) * width] for k in range(len(hits))]
             out += zip(packed, hits, strict=True)
@@ -419,7 +439,7 @@ class Engine:
         return self.compiled and bool(self._batched or self.features is not None)
 
     def _segments(
-        self, batch: Sequence[Transaction]
+        self, batch: Sequence[Transaction], upstream: Sequence[Sequence[HitTuple]] | None
     ) -> Iterator[tuple[np.ndarray[Any, Any], list[list[Hit]]]]:
         """The batch cut where the daily eviction falls, each cut scored (evicting first)."""
         ts = [tx.ts_ms for tx in batch]
@@ -431,18 +451,20 @@ class Engine:
             end, horizon = start + 1, self._next_evict
             while end < n and ts[end] < horizon:
                 end += 1
-            yield self._score_segment(batch[start:end], ts[start:end])
+            up = upstream[start:end] if upstream is not None else None
+            yield self._score_segment(batch[start:end], ts[start:end], up)
             start = end
 
     def _score_segment(
-        self, batch: Sequence[Transaction], ts: list[int]
+        self,
+        batch: Sequence[Transaction],
+        ts: list[int],
+        upstream: Sequence[Sequence[HitTuple]] | None,
     ) -> tuple[np.ndarray[Any, Any], list[list[Hit]]]:
+        # The rules first: the features of a payee or shop remember the payments they caught
+        # (rules and features keep state of their own; `score_each` does the same per payment).
         seg = Segment(batch, ts)
         features = self.features
-        if features is None:
-            rows = np.zeros((len(batch), 0))
-        else:
-            rows = features.compute_batch(seg, part=self.part is not None)
         fired: list[Sparse] = [[] for _ in self.rules]
         for i, rule in self._batched:
             fired[i] = rule.apply_batch(seg)
@@ -458,27 +480,62 @@ class Engine:
         for sparse in fired:  # in rule order, as `score_each` lists them
             for k, hit in sparse:
                 hits[k].append(hit)
+        if features is None:
+            rows = np.zeros((len(batch), 0))
+        else:
+            caught = None
+            if self._caught_upto and (upstream is not None or any(fired)):
+                n = len(batch)
+                caught = (np.zeros(n, np.uint32), np.zeros(n, np.uint32))
+                for k in range(n):
+                    up = upstream[k] if upstream is not None else ()
+                    if hits[k] or up:
+                        caught[0][k], caught[1][k] = self._caught_codes(batch[k], hits[k], up)
+            rows = features.compute_batch(seg, part=self.part is not None, caught=caught)
         return rows, hits
 
-    def score_each(self, batch: Sequence[Transaction]) -> list[Scored]:
-        """`score`, stated plainly: one transaction at a time, each rule in turn."""
+    def _caught_codes(
+        self, tx: Transaction, hits: Sequence[Hit], upstream: Sequence[HitTuple]
+    ) -> tuple[int, int]:
+        """Whether the rules caught `tx` on their own (`combine` without a model: a block
+        hit, or no allow hit and weights reaching the threshold), as the payee's and the
+        shop's parts know them (the hits of their stage and the stages before, with
+        `upstream` from those), each as `caught_code`'s code."""
+        codes = [0, 0]
+        for p, upto in self._caught_upto.items():
+            weight, allow, block = 0.0, False, False
+            for _, w, _, a, b in upstream:
+                weight, allow, block = weight + w, allow or a, block or b
+            for h in hits:
+                if self._stage_index[h.rule] <= upto:
+                    weight, allow, block = weight + h.weight, allow or h.allow, block or h.block
+            fraud = block or (not allow and min(max(weight, 0.0), 1.0) >= self.threshold)
+            codes[p] = caught_code(tx, fraud)
+        return codes[0], codes[1]
+
+    def score_each(
+        self, batch: Sequence[Transaction], upstream: Sequence[Sequence[HitTuple]] | None = None
+    ) -> list[Scored]:
+        """`score`, stated plainly: one transaction at a time, each rule in turn, then the
+        features (which remember whether the rules caught it)."""
         out: list[Scored] = []
         rules, features, part = self.rules, self.features, self.part
-        for tx in batch:
+        for k, tx in enumerate(batch):
             ts = tx.ts_ms
             if ts >= self._next_evict:
                 self.tables.evict(ts)
                 self._next_evict = ts + DAY
-            row = (
-                (features.compute(tx, ts) if part is None else features.compute_part(tx, ts))
-                if features is not None
-                else []
-            )
             hits = []
             for rule in rules:
                 hit = rule.apply(tx, ts)
                 if hit is not None:
                     hits.append(hit)
+            row: list[float] = []
+            if features is not None:
+                up = upstream[k] if upstream is not None else ()
+                caught = self._caught_codes(tx, hits, up) if self._caught_upto else (0, 0)
+                compute = features.compute if part is None else features.compute_part
+                row = compute(tx, ts, caught)
             out.append((row, hits))
         return out
 

@@ -13,6 +13,16 @@ stopped days ago, with verdicts still arriving, is not one where fraud goes on),
 the shop's latest payments came after that fraud, by age (the older such payments are, the
 likelier a fraud verdict would have come by now if the fraud had gone on).
 
+That risk counts only the fraud the rules *missed*: a verdict on a payment the rules had
+already decided fraud on their own (their weights reaching the rule set's threshold, or a
+block-list hit) says the rules cover that pattern, not that the payee or shop is risky. A
+payee or shop remembers the ids of its latest `RECENT_CAUGHT` such payments; a verdict on one
+of them is not counted. (Without this a shop whose fraud a dated rule caught, say payments at a
+shop closed by a lockdown, looked like a skimmed shop for days after the rule's period ended,
+and every honest customer there was flagged; see docs/detection.md.) "The rules" of a payee's
+or shop's part are those of its stage and the stages before it (`Engine.stage_keys`), what a
+stage of the key-partitioned pipeline knows, so one engine and the pipeline agree.
+
     fs = FeatureState(tables)
     row = fs.compute(tx, ts)     # list[float], in FEATURE_NAMES order; then updates the state
     fs.label(label)              # a confirmed verdict, applied at its own time
@@ -43,7 +53,7 @@ from fraudstream.schema import LabelRecord, Transaction
 if TYPE_CHECKING:
     from fraudstream.detection.rules import Segment
 
-__all__ = ["FEATURE_NAMES", "FeatureState", "Label", "Parts", "assemble_row"]
+__all__ = ["FEATURE_NAMES", "FeatureState", "Label", "Parts", "assemble_row", "caught_code"]
 
 _TAUS = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}  # spending windows
 _NEW = ("1d", "7d")  # windows counting payments to (from) counterparties new to a key
@@ -79,25 +89,25 @@ TARGET_FEATURES: tuple[str, ...] = (
     "target_in_log_mean_1d",
     "target_new_payers_1d",
     "target_new_payers_7d",
-    "target_fraud_3d",
-    "target_fraud_7d",
-    "target_fraud_30d",
-    "target_fraud_share_30d",
-    "log_hours_since_target_fraud",
-    "log_hours_since_target_fraud_happened",
+    "target_missed_fraud_3d",
+    "target_missed_fraud_7d",
+    "target_missed_fraud_30d",
+    "target_missed_fraud_share_30d",
+    "log_hours_since_target_missed_fraud",
+    "log_hours_since_target_missed_fraud_happened",
 )
 MERCHANT_FEATURES: tuple[str, ...] = (
-    "merchant_fraud_3d",
-    "merchant_fraud_7d",
-    "merchant_fraud_30d",
-    "merchant_fraud_share_3d",
-    "merchant_fraud_share_30d",
-    "log_hours_since_merchant_fraud",
-    "log_hours_since_merchant_fraud_happened",
-    "merchant_payments_since_fraud",
-    "merchant_payments_since_fraud_1d_old",
-    "merchant_payments_since_fraud_2d_old",
-    "merchant_payments_since_fraud_3d_old",
+    "merchant_missed_fraud_3d",
+    "merchant_missed_fraud_7d",
+    "merchant_missed_fraud_30d",
+    "merchant_missed_fraud_share_3d",
+    "merchant_missed_fraud_share_30d",
+    "log_hours_since_merchant_missed_fraud",
+    "log_hours_since_merchant_missed_fraud_happened",
+    "merchant_payments_since_missed_fraud",
+    "merchant_payments_since_missed_fraud_1d_old",
+    "merchant_payments_since_missed_fraud_2d_old",
+    "merchant_payments_since_missed_fraud_3d_old",
 )
 FEATURE_NAMES: tuple[str, ...] = ACCOUNT_FEATURES + TARGET_FEATURES + MERCHANT_FEATURES
 
@@ -136,6 +146,7 @@ class FeatureState:
 
     RECENT = 4  # counterparties remembered per key: "new" is none of the last RECENT
     RECENT_PAYMENTS = 16  # a shop's latest payment times, for those since its latest fraud
+    RECENT_CAUGHT = 8  # ids of a payee's (shop's) latest payments the rules caught
 
     def __init__(self, tables: Tables, parts: Parts | None = None) -> None:
         self.parts = parts or Parts()
@@ -162,6 +173,7 @@ class FeatureState:
         self.t_fraud = {k: t.column(f"f.fraud{k}", "f", 0.0) for k in _RISK}
         self.t_fraud_ts = t.column("f.fraud_ts", "q", 0)
         self.t_fraud_at = t.column("f.fraud_at", "q", 0)
+        self.t_caught = [t.column(f"f.caught{i}", "I", 0) for i in range(self.RECENT_CAUGHT)]
         m = self.merchants = tables["merchant"]
         self.m_ts = m.column("f.ts", "q", 0)
         self.m_pay = {k: m.column(f"f.p{k}", "f", 0.0) for k in _SHARE}
@@ -171,6 +183,7 @@ class FeatureState:
         # the shop's latest payment times, a ring: `m_next` is the slot the next one takes
         self.m_times = [m.column(f"f.t{i}", "q", 0) for i in range(self.RECENT_PAYMENTS)]
         self.m_next = m.column("f.t_next", "B", 0)
+        self.m_caught = [m.column(f"f.caught{i}", "I", 0) for i in range(self.RECENT_CAUGHT)]
         self._pending: list[tuple[int, int, Label]] = []
         self._seq = 0
         self._seq_at_begin = 0
@@ -247,30 +260,41 @@ class FeatureState:
             # when the fraud itself happened: the labelled payment's time (unknown: when
             # the verdict became known)
             happened = min(lab.tx_ms, known) if lab.tx_ms is not None else known
+            code = _hash(lab.id)
             if lab.target is not None and self.parts.target:
                 t = self.targets
-                r = self._count_fraud(t, self.t_fraud, self.t_fraud_ts, lab.target, known)
-                self.t_fraud_at[r] = max(happened, self.t_fraud_at[r])
+                r = t.row(lab.target, known)
+                if not _recent(self.t_caught, r, code):  # else the rules caught it
+                    self._count_fraud(self.t_fraud, self.t_fraud_ts, r, known)
+                    self.t_fraud_at[r] = max(happened, self.t_fraud_at[r])
             if lab.merchant is not None and self.parts.merchant:
                 m = self.merchants
-                r = self._count_fraud(m, self.m_fraud, self.m_fraud_ts, lab.merchant, known)
-                self.m_fraud_at[r] = max(happened, self.m_fraud_at[r])
+                r = m.row(lab.merchant, known)
+                if not _recent(self.m_caught, r, code):
+                    self._count_fraud(self.m_fraud, self.m_fraud_ts, r, known)
+                    self.m_fraud_at[r] = max(happened, self.m_fraud_at[r])
 
     @staticmethod
-    def _count_fraud(table: Any, counts: dict[str, Any], last: Any, key: str, known: int) -> int:
-        """Count a verdict on `key`'s row at its `known` time; returns the row."""
-        r: int = table.row(key, known)
+    def _count_fraud(counts: dict[str, Any], last: Any, r: int, known: int) -> None:
+        """Count a verdict on row `r` at its `known` time."""
         gap = known - last[r]
         for k, tau in _RISK.items():
             counts[k][r] = counts[k][r] * _decay(gap, tau) + 1
         last[r] = max(known, last[r])
-        return r
 
     # --- per transaction -------------------------------------------------------------------
 
-    def compute_batch(self, seg: Segment, *, part: bool = False) -> np.ndarray[Any, Any]:
+    def compute_batch(
+        self,
+        seg: Segment,
+        *,
+        part: bool = False,
+        caught: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None = None,
+    ) -> np.ndarray[Any, Any]:
         """`compute` (`part`: `compute_part`) of each transaction of a segment in order (a
-        row each), as compiled kernels over it, one per key's part (`kernels.py`); a verdict
+        row each), with `caught` its (target, merchant) codes (`caught_codes`: whether the
+        rules caught it, as that part knows them; None: none was caught), as compiled kernels
+        over it, one per key's part (`kernels.py`); a verdict
         that becomes known inside the segment is applied where `compute` would apply it,
         between two runs of the kernels. The same rows and the same state as one at a time (a
         property test holds it to that). The keys' rows are the segment's (`Segment.rows`:
@@ -287,6 +311,8 @@ class FeatureState:
         if not n or not width:
             return out
         t, ts, every = seg.times, seg.ts, np.arange(n)
+        if caught is None:
+            caught = (np.zeros(n, np.uint32), np.zeros(n, np.uint32))
         inputs: list[tuple[Any, ...]] = [(), (), ()]
         if held[0]:
             devices, lats, lons = seg.field("device"), seg.field("lat"), seg.field("lon")
@@ -306,13 +332,14 @@ class FeatureState:
                 t,
                 seg.amounts,
                 np.fromiter(map(_hash, seg.field("source")), np.uint32, n),
+                caught[0],
             )
         if held[2]:
             m_rows = np.full(n, -1, dtype=np.int64)
             shops = np.flatnonzero(seg.present("merchant"))
             if shops.size:
                 m_rows[shops] = seg.rows(self.merchants, shops)
-            inputs[2] = (m_rows, t)
+            inputs[2] = (m_rows, t, caught[1])
         start = 0
         while start < n:
             end, pending = n, self._pending
@@ -362,6 +389,7 @@ class FeatureState:
                 tuple(v(self.t_fraud[k]) for k in _RISK),
                 v(self.t_fraud_ts),
                 v(self.t_fraud_at),
+                tuple(v(c) for c in self.t_caught),
             )
             kernel = target_features
         else:
@@ -375,6 +403,7 @@ class FeatureState:
                 v(self.m_fraud_at),
                 tuple(v(c) for c in self.m_times),
                 v(self.m_next),
+                tuple(v(c) for c in self.m_caught),
             )
             kernel = merchant_features
         try:
@@ -382,17 +411,20 @@ class FeatureState:
         finally:
             del views
 
-    def compute(self, tx: Transaction, ts: int) -> list[float]:
-        """The feature row for `tx` from what was known before it; then learn from it."""
+    def compute(self, tx: Transaction, ts: int, caught: tuple[int, int] = (0, 0)) -> list[float]:
+        """The feature row for `tx` from what was known before it; then learn from it
+        (`caught`: its target and merchant codes, see `caught_codes`)."""
         if self._pending:
             self._apply_labels(ts)
         return assemble_row(
             self._account(tx, ts) if self.parts.source else [],
-            self._target(tx, ts) if self.parts.target else [],
-            self._merchant(tx, ts) if self.parts.merchant else [],
+            self._target(tx, ts, caught[0]) if self.parts.target else [],
+            self._merchant(tx, ts, caught[1]) if self.parts.merchant else [],
         )
 
-    def compute_part(self, tx: Transaction, ts: int) -> list[float]:
+    def compute_part(
+        self, tx: Transaction, ts: int, caught: tuple[int, int] = (0, 0)
+    ) -> list[float]:
         """Only the features of the keys this state holds (a stage of a staged pipeline):
         account, target or merchant values, in `assemble_row`'s argument order."""
         if self._pending:
@@ -400,8 +432,8 @@ class FeatureState:
         if self.parts.source:
             return self._account(tx, ts)
         if self.parts.target:
-            return self._target(tx, ts)
-        return self._merchant(tx, ts)
+            return self._target(tx, ts, caught[0])
+        return self._merchant(tx, ts, caught[1])
 
     def _account(self, tx: Transaction, ts: int) -> list[float]:
         amount = tx.amount
@@ -464,7 +496,7 @@ class FeatureState:
             lat[r], lon[r], loc_ts[r] = tx.lat, tx.lon, ts
         return row
 
-    def _target(self, tx: Transaction, ts: int) -> list[float]:
+    def _target(self, tx: Transaction, ts: int, caught: int = 0) -> list[float]:
         tr = self.targets.row(tx.target, ts)
         t_dt = ts - self.t_ts[tr] if self.t_ts[tr] else 0
         decays = {k: _decay(t_dt, tau) for k, tau in _TAUS.items()}
@@ -495,9 +527,11 @@ class FeatureState:
             self.t_new[k][tr] = news[k] + new
         if new:
             _remember(self.t_payers, tr, payer)
+        if caught:
+            _remember(self.t_caught, tr, caught)
         return row
 
-    def _merchant(self, tx: Transaction, ts: int) -> list[float]:
+    def _merchant(self, tx: Transaction, ts: int, caught: int = 0) -> list[float]:
         if tx.merchant is None:
             return [0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, 0.0]
         mr = self.merchants.row(tx.merchant, ts)
@@ -522,6 +556,8 @@ class FeatureState:
             self.m_pay[k][mr] = pays[k] + 1
         if ts >= self.m_ts[mr]:
             self.m_ts[mr] = ts
+        if caught:
+            _remember(self.m_caught, mr, caught)
         return row
 
 
@@ -538,6 +574,12 @@ def _since_fraud(times: list[Any], r: int, fraud_at: int, ts: int) -> tuple[floa
         return (0.0, 0.0, 0.0, 0.0)
     ages = [ts - t for t in (c[r] for c in times) if t > fraud_at]
     return (float(len(ages)), *(float(sum(1 for a in ages if a >= d * DAY)) for d in (1, 2, 3)))
+
+
+def caught_code(tx: Transaction, caught: bool) -> int:
+    """What a payee's or shop's part remembers of a payment the rules caught (its id's code),
+    0 for one they did not catch (or without an id: no verdict can name it)."""
+    return _hash(tx.id) if caught and tx.id is not None else 0
 
 
 def _hash(text: str) -> int:

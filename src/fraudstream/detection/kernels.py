@@ -396,6 +396,7 @@ def target_features(
     ts: Any,
     amounts: Any,
     payer: Any,
+    caught: Any,
     taus: Any,
     risk_taus: Any,
     last_ts: Any,
@@ -407,6 +408,7 @@ def target_features(
     fraud: Any,
     fraud_ts: Any,
     fraud_at: Any,
+    caught_ring: Any,
     out: Any,
     c: int,
 ) -> None:  # pragma: no cover (compiled; tested against FeatureState._target)
@@ -442,12 +444,15 @@ def target_features(
         new_c[0][r], new_c[1][r] = n0 + new, n1 + new
         if new != 0.0:
             _remember(payers, r, p)
+        if caught[j] != 0:
+            _remember(caught_ring, r, caught[j])
 
 
 @numba.njit(cache=True, nogil=True)
 def merchant_features(
     rows: Any,
     ts: Any,
+    caught: Any,
     share_taus: Any,
     risk_taus: Any,
     last_ts: Any,
@@ -457,6 +462,7 @@ def merchant_features(
     fraud_at: Any,
     times: Any,
     next_slot: Any,
+    caught_ring: Any,
     out: Any,
     c: int,
 ) -> None:  # pragma: no cover (compiled; tested against FeatureState._merchant)
@@ -502,3 +508,5 @@ def merchant_features(
         pay[0][r], pay[1][r] = p0 + 1, p1 + 1
         if t >= last:
             last_ts[r] = t
+        if caught[j] != 0:
+            _remember(caught_ring, r, caught[j])

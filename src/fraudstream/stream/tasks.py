@@ -444,7 +444,8 @@ class KeyedTask(Task):
         key = self.stage.key
         last = self.ctx.topology.is_output(to)
         parts: list[int] = []
-        for env, (row, hits) in zip(run, engine.score_packed([e.tx for e in run]), strict=True):  # type: ignore[misc]
+        scored = engine.score_packed([e.tx for e in run], [e.hits for e in run])  # type: ignore[misc]
+        for env, (row, hits) in zip(run, scored, strict=True):
             if row:
                 env.parts[key] = row
             if hits:
