@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from fraudstream.config import Settings
@@ -108,6 +108,7 @@ def unread_work(settings: Settings, topic: str, partition: int, start: int, end:
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
             "enable.auto.commit": False,
+            "auto.offset.reset": "error",
         }
     )
     work: list[str] = []
@@ -119,7 +120,9 @@ def unread_work(settings: Settings, topic: str, partition: int, start: int, end:
             if msg is None:
                 continue
             if msg.error():
-                break  # the partition's end (read_committed)
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    break  # its end (read_committed)
+                raise AssertionError(f"reading {topic}[{partition}] from {start}: {msg.error()}")
             for env in decode_block(msg.value() or b""):
                 if env.kind < MARK:
                     work.append(f"{topic}[{partition}]@{msg.offset()}: kind {env.kind}")
