@@ -275,7 +275,10 @@ def _health(settings: Settings) -> dict[str, Any]:
         "stalled": status.stalled,
         "why": status.why,
         "instances": len(live),
-        "last_commit_ago_s": round((status.now_ms - max(commits)) / 1000, 1) if commits else None,
+        # a commit reported after the status was read would show "-0.1 s ago": 0 at least
+        "last_commit_ago_s": (
+            round(max(status.now_ms - max(commits), 0) / 1000, 1) if commits else None
+        ),
         "drift": sorted({r.drift for r in live if r.drift}),
         "stages": [{"stage": name, **v} for name, v in stages.items()],
         "at_ms": status.now_ms,

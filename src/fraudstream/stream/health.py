@@ -272,8 +272,9 @@ def format_status(status: GroupStatus) -> str:
     """The table `fraudstream status` prints."""
     lines = [f"group {status.group}"]
     for r in status.reports:
-        age = (status.now_ms - r.last_commit_ms) / 1000 if r.last_commit_ms else None
-        seen = (status.now_ms - r.at_ms) / 1000
+        # a report written after `now_ms` was taken is "0 s ago", not "-0.1 s ago"
+        age = max(status.now_ms - r.last_commit_ms, 0) / 1000 if r.last_commit_ms else None
+        seen = max(status.now_ms - r.at_ms, 0) / 1000
         lines.append(
             f"  instance {r.instance}: decided {r.decided}, last commit "
             + (f"{age:.1f}s ago" if age is not None else "none yet")
