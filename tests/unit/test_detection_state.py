@@ -26,7 +26,7 @@ from fraudstream.detection import (
 )
 from fraudstream.detection.features import assemble_row
 from fraudstream.detection.geo import km_between
-from fraudstream.detection.rules import ThresholdRule
+from fraudstream.detection.rules import ThresholdRule, Velocity
 from fraudstream.schema import Transaction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -300,6 +300,40 @@ def test_fraud_the_rules_caught_is_no_risk_of_its_payee_or_shop(staged: bool) ->
         j = FEATURE_NAMES.index(name)
         assert rows[3][j] == 0.0, name  # m-1: its fraud was caught
         assert rows[4][j] > 0.9, name  # m-2: missed
+
+
+def test_one_engine_and_the_stages_add_the_rules_weights_in_the_same_order() -> None:
+    """Whether the rules caught a payment is their weights summed in rule order, as the
+    decision sums them, also in a stage that hears the earlier stages' hits first: here
+    0.3 + 0.6 + 0.1 in rule order is just under 1.0 (not caught), 0.3 + 0.1 + 0.6 is 1.0."""
+    rules = [
+        ThresholdRule("a", field="amount", op=">=", value=100.0, weight=0.3),
+        Velocity("b", key="target", window_ms=HOUR, max_count=1, weight=0.6),
+        ThresholdRule("c", field="amount", op=">=", value=100.0, weight=0.1),
+    ]
+    full = Engine(rules, threshold=1.0, version="t", features=True)
+    txs = [
+        Transaction(
+            id=f"t{i}",
+            timestamp=T0 + i * MINUTE,
+            source=f"a{i}",
+            target="m-1",
+            merchant="m-1",
+            amount=amount,
+            currency="EUR",
+        )
+        for i, amount in enumerate([150.0, 150.0, 20.0])
+    ]
+    labels = [Label("t1", True, known_ms=T0 + 2 * MINUTE - 1, target="m-1", merchant="m-1")]
+    parts, hits = _staged(full, txs, labels)
+    assert sorted(h.rule for h in hits[1]) == ["a", "b", "c"]
+    assert full.finish(parts, hits)[1].outcome == "legit"  # the rules' own verdict
+    staged = np.frombuffer(parts[2]["merchant"]).tolist()
+    full.observe_labels(labels)
+    one = full.score(txs)[2][0]
+    j = FEATURE_NAMES.index("merchant_missed_fraud_3d")
+    assert staged == one[len(one) - len(staged) :]
+    assert one[j] > 0.9  # missed, in both
 
 
 def test_a_shops_payments_since_its_latest_fraud_are_counted_by_age() -> None:

@@ -128,6 +128,7 @@ class Engine:
         # stage and the stages before it (a stage is told the earlier ones' as `upstream`)
         stages = self.stage_keys()
         self._stage_index = {r.id: stages.index(rule_key(r)) for r in self.all_rules}
+        self._rule_order = {rid: i for i, rid in enumerate(self.rule_ids)}
         self._caught_upto: dict[int, int] = {}
         if self.features is not None:
             held = self.features.parts
@@ -211,7 +212,7 @@ class Engine:
         """Decisions from what the stages found: each transaction's feature parts by stage key
         (`score_packed`'s bytes) and its hits from every stage (summed in rule order, as one
         engine would)."""
-        order = {rid: i for i, rid in enumerate(self.rule_ids)}
+        order = self._rule_order
         ordered = [h if len(h) < 2 else sorted(h, key=lambda hit: order[hit.rule]) for h in hits]
         if self.model is None:
             quiet = self.quiet  # one shared decision for every record nothing fired on
@@ -502,13 +503,21 @@ class Engine:
         shop's parts know them (the hits of their stage and the stages before, with
         `upstream` from those), each as `caught_code`'s code."""
         codes = [0, 0]
+        order = self._rule_order
         for p, upto in self._caught_upto.items():
+            # summed in rule order, as `combine` sums them: one engine and the stages (which
+            # hear the earlier stages' hits first) add the same floats in the same order
+            known = sorted(
+                [(order[r], w, a, b) for r, w, _, a, b in upstream]
+                + [
+                    (order[h.rule], h.weight, h.allow, h.block)
+                    for h in hits
+                    if self._stage_index[h.rule] <= upto
+                ]
+            )
             weight, allow, block = 0.0, False, False
-            for _, w, _, a, b in upstream:
+            for _, w, a, b in known:
                 weight, allow, block = weight + w, allow or a, block or b
-            for h in hits:
-                if self._stage_index[h.rule] <= upto:
-                    weight, allow, block = weight + h.weight, allow or h.allow, block or h.block
             fraud = block or (not allow and min(max(weight, 0.0), 1.0) >= self.threshold)
             codes[p] = caught_code(tx, fraud)
         return codes[0], codes[1]

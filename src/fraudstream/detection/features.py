@@ -170,16 +170,18 @@ class FeatureState:
         self.t_pay30 = t.column("f.p30d", "f", 0.0)
         self.t_payers = [t.column(f"f.payer{i}", "I", 0) for i in range(self.RECENT)]
         self.t_new = {k: t.column(f"f.new{k}", "f", 0.0) for k in _NEW}
-        self.t_fraud = {k: t.column(f"f.fraud{k}", "f", 0.0) for k in _RISK}
-        self.t_fraud_ts = t.column("f.fraud_ts", "q", 0)
-        self.t_fraud_at = t.column("f.fraud_at", "q", 0)
+        # the fraud the rules missed ("f.missed…": the "f.fraud…" columns of versions that
+        # counted every fraud are not restored into them)
+        self.t_fraud = {k: t.column(f"f.missed{k}", "f", 0.0) for k in _RISK}
+        self.t_fraud_ts = t.column("f.missed_ts", "q", 0)
+        self.t_fraud_at = t.column("f.missed_at", "q", 0)
         self.t_caught = [t.column(f"f.caught{i}", "I", 0) for i in range(self.RECENT_CAUGHT)]
         m = self.merchants = tables["merchant"]
         self.m_ts = m.column("f.ts", "q", 0)
         self.m_pay = {k: m.column(f"f.p{k}", "f", 0.0) for k in _SHARE}
-        self.m_fraud = {k: m.column(f"f.fraud{k}", "f", 0.0) for k in _RISK}
-        self.m_fraud_ts = m.column("f.fraud_ts", "q", 0)
-        self.m_fraud_at = m.column("f.fraud_at", "q", 0)
+        self.m_fraud = {k: m.column(f"f.missed{k}", "f", 0.0) for k in _RISK}
+        self.m_fraud_ts = m.column("f.missed_ts", "q", 0)
+        self.m_fraud_at = m.column("f.missed_at", "q", 0)
         # the shop's latest payment times, a ring: `m_next` is the slot the next one takes
         self.m_times = [m.column(f"f.t{i}", "q", 0) for i in range(self.RECENT_PAYMENTS)]
         self.m_next = m.column("f.t_next", "B", 0)
