@@ -263,18 +263,18 @@ class FeatureState:
             # the verdict became known)
             happened = min(lab.tx_ms, known) if lab.tx_ms is not None else known
             code = _hash(lab.id)
-            if lab.target is not None and self.parts.target:
-                t = self.targets
-                r = t.row(lab.target, known)
-                if not _recent(self.t_caught, r, code):  # else the rules caught it
-                    self._count_fraud(self.t_fraud, self.t_fraud_ts, r, known)
-                    self.t_fraud_at[r] = max(happened, self.t_fraud_at[r])
-            if lab.merchant is not None and self.parts.merchant:
-                m = self.merchants
-                r = m.row(lab.merchant, known)
-                if not _recent(self.m_caught, r, code):
-                    self._count_fraud(self.m_fraud, self.m_fraud_ts, r, known)
-                    self.m_fraud_at[r] = max(happened, self.m_fraud_at[r])
+            target = (self.targets, self.t_caught, self.t_fraud, self.t_fraud_ts, self.t_fraud_at)
+            shop = (self.merchants, self.m_caught, self.m_fraud, self.m_fraud_ts, self.m_fraud_at)
+            for key, held, (table, caught, counts, last, at) in (
+                (lab.target, self.parts.target, target),
+                (lab.merchant, self.parts.merchant, shop),
+            ):
+                if key is None or not held:
+                    continue
+                r = table.row(key, known)
+                if not _recent(caught, r, code):  # else the rules caught it
+                    self._count_fraud(counts, last, r, known)
+                    at[r] = max(happened, at[r])
 
     @staticmethod
     def _count_fraud(counts: dict[str, Any], last: Any, r: int, known: int) -> None:
@@ -294,8 +294,9 @@ class FeatureState:
         caught: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None = None,
     ) -> np.ndarray[Any, Any]:
         """`compute` (`part`: `compute_part`) of each transaction of a segment in order (a
-        row each), with `caught` its (target, merchant) codes (`caught_codes`: whether the
-        rules caught it, as that part knows them; None: none was caught), as compiled kernels
+        row each), with `caught` its (target, merchant) codes (whether the
+        rules caught it, as that part knows them, from `Engine._caught_codes`; None: none
+        was caught), as compiled kernels
         over it, one per key's part (`kernels.py`); a verdict
         that becomes known inside the segment is applied where `compute` would apply it,
         between two runs of the kernels. The same rows and the same state as one at a time (a
@@ -415,7 +416,7 @@ class FeatureState:
 
     def compute(self, tx: Transaction, ts: int, caught: tuple[int, int] = (0, 0)) -> list[float]:
         """The feature row for `tx` from what was known before it; then learn from it
-        (`caught`: its target and merchant codes, see `caught_codes`)."""
+        (`caught`: its target and merchant codes, from `Engine._caught_codes`)."""
         if self._pending:
             self._apply_labels(ts)
         return assemble_row(
