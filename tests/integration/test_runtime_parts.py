@@ -293,6 +293,57 @@ def test_a_hold_heard_late_in_the_flow_never_pauses_the_input_all_wait_for(
         consumer.close()
 
 
+def test_a_payment_under_the_payee_stages_floor_crosses_it_without_its_transaction(
+    make_settings: SettingsFactory,
+) -> None:
+    """With rules/default.yaml the payee stage's only rule (mule_fan_in) ignores payments
+    under 500: those go through it, in order, without their decoded transaction (`lean`),
+    and the output writes them from their input bytes; the others keep it until the output
+    stage (which needs only the bytes)."""
+    settings = make_settings(topic_partitions=1)
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    topology = Topology(settings, engine.stage_keys(), 1, 0)
+    txn = _coordinator(settings)
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 2**42)
+    assert ctx.lean_below == {1: 500.0}
+    payments = [(f"tx-{i}", amount) for i, amount in enumerate([12.5, 499.99, 500.0, 900.0])]
+    produce_raw(
+        settings,
+        [
+            (
+                b"ACC1",
+                f'{{"id": "{i}", "timestamp": "2026-11-02T10:00:0{n}Z", "source": "ACC1", '
+                f'"target": "PAY1", "amount": {amount}, "currency": "EUR"}}'.encode(),
+            )
+            for n, (i, amount) in enumerate(payments)
+        ],
+    )
+    source, by_target, ordered = topology.stages
+    ensure_topics(settings, [by_target.topic, ordered.topic])
+    inputs = read_to_end(settings, settings.transactions_topic)
+    task = InputTask(ctx, source, 0, engine.for_stage("source"), Meta())
+    txn.begin()
+    task.read(inputs)
+    ctx.collector.flush()
+    txn.commit([], None)
+    (block,) = read_to_end(settings, by_target.topic)
+    sent = decode_block(block.value())
+    assert [e.tx is None for e in sent] == [True, True, False, False]
+    keyed = KeyedTask(ctx, by_target, 0, engine.for_stage("target"), Meta())
+    keyed.orderer.offer_block(sent, offset=0)
+    keyed.orderer.offer(Envelope(MARK, INF, 0, 9, 0, 1), offset=1)
+    txn.begin()
+    keyed.release()
+    ctx.collector.flush()
+    txn.commit([], None)
+    (block,) = read_to_end(settings, ordered.topic)
+    out = decode_block(block.value())
+    assert [e.o for e in out] == [e.o for e in sent]  # in input order, every one
+    assert all(e.tx is None for e in out)  # the output writes each from its bytes
+    assert [e.value for e in out] == [m.value() for m in inputs]
+
+
 def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> None:
     topology = Topology(settings, ["source", "target"], 3, 0)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))

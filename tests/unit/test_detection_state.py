@@ -516,6 +516,49 @@ def test_stages_by_key_decide_as_one_engine() -> None:
     assert full.finish(parts, hits) == reference.decide(txs)
 
 
+@settings(max_examples=150, deadline=None)
+@given(txs=streams(), at_floor=st.lists(st.booleans(), max_size=60))
+def test_a_stage_given_only_the_payments_at_or_above_its_floor_equals_one_given_all(
+    txs: list[Transaction], at_floor: list[bool]
+) -> None:
+    """What lets a payment cross a keyed stage without its transaction (`Engine.floor`,
+    stream/tasks.py `lean`): the stage's engine, given only the payments at or above that
+    amount, fires the same on them and keeps the same state as given every payment, and
+    fires on none below it; with idle keys evicted too, the same hits."""
+    import msgspec
+
+    rules = [*RULES.rules, Velocity("payee_burst", "target", HOUR, max_count=2, min_amount=200.0)]
+    whole = Engine(rules, threshold=RULES.threshold, version="t")
+    assert whole.stage_keys() == ["source", "target"]
+    floor = whole.for_stage("target").floor()
+    assert floor == 200.0  # the lower of mule_fan_in's 500 and payee_burst's 200
+    txs = [
+        msgspec.structs.replace(t, amount=floor) if i < len(at_floor) and at_floor[i] else t
+        for i, t in enumerate(txs)
+    ]
+    kept = [i for i, t in enumerate(txs) if t.amount >= floor]
+    skipped = set(range(len(txs))) - set(kept)
+    every, some = (_keep_all(whole.for_stage("target")) for _ in range(2))
+    every.begin()
+    some.begin()
+    all_seen = every.score(txs)
+    assert some.score([txs[i] for i in kept]) == [all_seen[i] for i in kept]
+    assert not any(all_seen[i][1] for i in skipped)
+    assert sorted(every.changes(), key=repr) == sorted(some.changes(), key=repr)
+    evicted_all = whole.for_stage("target").score(txs)
+    evicted_some = whole.for_stage("target").score([txs[i] for i in kept])
+    assert evicted_some == [evicted_all[i] for i in kept]
+
+
+def test_a_stage_has_a_floor_only_when_every_rule_there_ignores_smaller_payments() -> None:
+    assert Engine.from_ruleset(RULES).for_stage("target").floor() == 500.0  # mule_fan_in
+    assert Engine.from_ruleset(RULES).for_stage("source").floor() == 0.0  # velocity, dormant…
+    unbounded = Velocity("payee_count", "target", HOUR, max_count=9)
+    assert Engine([*RULES.rules, unbounded], version="t").for_stage("target").floor() == 0.0
+    # a stage that keeps the model's features needs every payment
+    assert Engine.from_ruleset(RULES, features=True).for_stage("target").floor() == 0.0
+
+
 def test_queued_verdicts_survive_a_restore() -> None:
     txs = _sim_txs(3000, seed=9)
     labels = [

@@ -36,6 +36,7 @@ from fraudstream.detection.rules import (
     Rule,
     Segment,
     Sparse,
+    Velocity,
     describe_state,
     state_id,
 )
@@ -55,6 +56,14 @@ HitTuple = tuple[str, float, str, bool, bool]
 
 def _pack(row: list[float]) -> bytes:
     return np.asarray(row, dtype=np.float64).tobytes() if row else b""
+
+
+def _ignores_below(rule: Rule) -> float:
+    """The amount under which `rule` neither reads nor changes its state nor fires (its
+    `apply` returns at once, its batch path never picks the payment); 0: none."""
+    if isinstance(rule, (FanIn, Velocity)):
+        return float(rule.min_amount)
+    return 0.0
 
 
 def rule_key(rule: Rule) -> str:
@@ -205,6 +214,16 @@ class Engine:
             part=key,
             compiled=self.compiled,
         )
+
+    def floor(self) -> float:
+        """The amount under which a payment changes nothing in this engine and fires none of
+        its rules: each rule ignores smaller payments, state and all (fan-in/out and
+        velocity rules with a `min_amount`), and no model feature is kept here. 0: every
+        payment counts. A stage's engine (`for_stage`) skips such payments: they cross the
+        stage without their transaction (stream/tasks.py)."""
+        if self.features is not None or not self.rules:
+            return 0.0
+        return min(_ignores_below(r) for r in self.rules)
 
     def finish(
         self, parts: Sequence[dict[str, bytes]], hits: Sequence[list[Hit]]

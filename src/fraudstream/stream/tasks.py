@@ -34,6 +34,7 @@ from fraudstream.schema import (
     Decoded,
     InvalidTransaction,
     Reason,
+    Transaction,
     appendable,
     complete_label,
     decode_label,
@@ -80,6 +81,26 @@ class TaskContext:
     collector: RecordCollector
     wall_ms: Callable[[], int]  # only to refuse event times from the future
     skipped_labels: Counter[str] = field(default_factory=Counter)  # dead-lettered, by class
+    # per stage index: the amount under which a payment crosses that stage without its
+    # decoded transaction (`lean`); only the last keyed stage (what it forwards goes to the
+    # output, which needs the input's bytes, not the transaction)
+    lean_below: dict[int, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        stages = self.topology.stages
+        last = stages[-2] if self.topology.staged else None
+        self.lean_below = {}
+        if last is not None and last.role == KEYED:
+            floor = self.engine.for_stage(last.key).floor()
+            if floor > 0:
+                self.lean_below[last.index] = floor
+
+
+def lean(tx: Transaction, value: bytes, floor: float) -> bool:
+    """Whether a payment may cross a stage without its decoded transaction: it is under the
+    stage's floor (`Engine.floor`: nothing there reads or changes state for it, no rule
+    fires) and the output can be its input bytes with members appended (`appendable`)."""
+    return tx.amount < floor and appendable(value, tx)
 
 
 def _iso(ms: int) -> str:
@@ -316,10 +337,12 @@ class InputTask(_Unbuffered):
         q = self.partition
         key = to.key
         route = topology.route
+        floor = ctx.lean_below.get(to.index, 0.0)
         parts: list[int] = []
         envs: list[Envelope] = []
         for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
             tx = decoded.tx
+            value = msg.value()
             env = Envelope(
                 DATA,
                 order_time,
@@ -327,8 +350,8 @@ class InputTask(_Unbuffered):
                 msg.offset(),
                 q,
                 0,
-                HopTx.of(tx),
-                msg.value(),
+                None if floor and lean(tx, value, floor) else HopTx.of(tx),
+                value,
                 decoded.added,
                 msg.key(),
                 msg.headers(),
@@ -438,26 +461,35 @@ class KeyedTask(Task):
         self._score_run(engine, to, run)
 
     def _score_run(self, engine: Engine, to: Stage, run: list[Envelope]) -> None:
+        """Score a run of payments (those that came without their transaction crossed
+        under this stage's floor: nothing here concerns them) and forward each."""
         if not run:
             return
-        route = self.ctx.topology.route
+        ctx = self.ctx
+        route = ctx.topology.route
         key = self.stage.key
-        last = self.ctx.topology.is_output(to)
-        parts: list[int] = []
-        scored = engine.score_packed([e.tx for e in run], [e.hits for e in run])  # type: ignore[misc]
-        for env, (row, hits) in zip(run, scored, strict=True):
+        last = ctx.topology.is_output(to)
+        floor = ctx.lean_below.get(to.index, 0.0)
+        full = [e for e in run if e.tx is not None]
+        scored = engine.score_packed([e.tx for e in full], [e.hits for e in full])  # type: ignore[misc]
+        for env, (row, hits) in zip(full, scored, strict=True):
             if row:
                 env.parts[key] = row
             if hits:
                 env.hits += [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits]
+        parts: list[int] = []
+        for env in run:
             tx = env.tx
-            assert tx is not None
-            if last:
+            value = None  # the output stage is partitioned like the input (by env.q)
+            if tx is None:  # crossed under the floor: only the output follows
+                pass
+            elif last:
                 if appendable(env.value, tx):  # the output stage needs the bytes, not tx
                     env.tx = None
-                value = None
             else:
                 value = getattr(tx, to.key)
+                if floor and lean(tx, env.value, floor):  # the next stage is the last keyed
+                    env.tx = None
             parts.append(route(to, value, env.q))
         self.forward_all(parts, run)
 
