@@ -72,7 +72,10 @@ class RecordCollector:
         while True:
             producer = self.txn.producer
             try:
-                producer.produce(topic, value, key, partition=partition, headers=headers)
+                if headers is None:  # (`headers=None` costs confluent-kafka a third more)
+                    producer.produce(topic, value, key, partition=partition)
+                else:
+                    producer.produce(topic, value, key, partition=partition, headers=headers)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 producer.poll(0.05)
@@ -113,7 +116,10 @@ class RecordCollector:
         for key, value, headers, outcome in records:
             topic = topics[outcome]
             try:
-                produce(topic, value, key, headers=headers)
+                if headers is None:  # nearly always; `headers=None` costs a third more
+                    produce(topic, value, key)
+                else:
+                    produce(topic, value, key, headers=headers)
             except BufferError:  # queue full: the waiting loop, then on
                 self.send(topic, value, key, headers)
                 produce = self.txn.producer.produce
