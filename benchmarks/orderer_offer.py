@@ -1,12 +1,15 @@
 """The keyed stages' buffer alone (no Kafka): a repartition block offered at once
-(`Orderer.offer_block`, the runtime's path) against one envelope at a time (`offer`).
+(`Orderer.offer_block`, the runtime's path) against one envelope at a time (`offer`); and
+releasing it with the bookkeeping per upstream (`Orderer.release`, the runtime's path)
+against one record at a time (`release_each`).
 
     python benchmarks/orderer_offer.py [--blocks 40] [--block-size 500] [--runs 15]
 
 Blocks of simulated envelopes (the `sim` profile) from six upstream tasks, encoded and decoded
 as on a repartition topic, offered to a fresh buffer by each path in turn, the two paths
-interleaved; prints the best time per envelope of each and the ratio. Not a test: a property
-test holds the two paths equal (tests/unit/test_ordering.py).
+interleaved; then the whole buffer released in steps of one block per upstream, by each path
+in turn. Prints the best time per envelope of each and the ratios. Not a test: property tests
+hold the paths equal (tests/unit/test_ordering.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from fraudstream.generator.app import records
 from fraudstream.schema import decode_transaction
 from fraudstream.stream.ordering import (
     DATA,
+    MARK,
     Envelope,
     HopTx,
     Meta,
@@ -35,15 +39,17 @@ def main() -> None:
     args = parser.parse_args()
     source = records("sim", 1, lambda: 1_790_000_000_000)
     blocks, n = [], 0
+    sent = [0] * 6  # each upstream numbers what it sends this partition 1, 2, 3 …
     for b in range(args.blocks):
         envs = []
+        u = b % 6
         for _ in range(args.block_size):
             _, value, _ = next(source)
             d = decode_transaction(value)
             n += 1
-            u = b % 6
+            sent[u] += 1
             tx = HopTx.of(d.tx)
-            envs.append(Envelope(DATA, d.tx.ts_ms, u, n, u, n, tx, value, d.added, b"k"))
+            envs.append(Envelope(DATA, d.tx.ts_ms, u, n, u, sent[u], tx, value, d.added, b"k"))
         blocks.append(decode_block(encode_block(envs)))
 
     def run(at_once: bool) -> float:
@@ -64,6 +70,31 @@ def main() -> None:
     each, block = (best[k] / n * 1e9 for k in (False, True))
     print(f"offer, one envelope at a time: {each:.0f} ns per envelope")
     print(f"offer_block:                   {block:.0f} ns per envelope ({block / each:.2f}x)")
+
+    # releasing: the marks of the six upstreams move on one block at a time
+    steps = [blocks[i : i + 6] for i in range(0, len(blocks), 6)]
+
+    def release(plain: bool) -> float:
+        orderer = Orderer(6, Meta())
+        for offset, block in enumerate(blocks):
+            orderer.offer_block(block, offset, 370)
+        spent = 0.0
+        for k, step in enumerate(steps):
+            for u, block in enumerate(step):
+                last = block[-1]
+                orderer.offer(Envelope(MARK, last.t, last.q, last.o, u, k + 1), 0)
+            start = time.perf_counter()
+            orderer.release_each() if plain else orderer.release()
+            spent += time.perf_counter() - start
+        return spent
+
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(args.runs):
+        for plain in (True, False):
+            best[plain] = min(best[plain], release(plain))
+    each, fast = (best[k] / n * 1e9 for k in (True, False))
+    print(f"release_each, one at a time:   {each:.0f} ns per envelope")
+    print(f"release:                       {fast:.0f} ns per envelope ({fast / each:.2f}x)")
 
 
 if __name__ == "__main__":
