@@ -293,6 +293,51 @@ def test_a_hold_heard_late_in_the_flow_never_pauses_the_input_all_wait_for(
         consumer.close()
 
 
+def _through_the_stages(
+    settings: Settings, engine: Engine, amounts: list[float]
+) -> tuple[dict[int, float], list[list[Envelope]], list[bytes]]:
+    """Payments of these amounts (payee PAY1, shop SHOP1) through the input task and each
+    keyed task in turn (one partition, marks at the end): the envelopes each stage sent, in
+    stage order, and the input records' values."""
+    topology = Topology(settings, engine.stage_keys(), 1, 0)
+    ensure_topics(settings, [s.topic for s in topology.stages[1:]])
+    txn = _coordinator(settings)
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 2**42)
+    produce_raw(
+        settings,
+        [
+            (
+                b"ACC1",
+                f'{{"id": "tx-{n}", "timestamp": "2026-11-02T10:00:0{n}Z", "source": "ACC1", '
+                f'"target": "PAY1", "merchant": "SHOP1", "amount": {amount}, '
+                '"currency": "EUR"}'.encode(),
+            )
+            for n, amount in enumerate(amounts)
+        ],
+    )
+    inputs = read_to_end(settings, settings.transactions_topic)
+    source = topology.stages[0]
+    task = InputTask(ctx, source, 0, engine.for_stage(source.key), Meta())
+    txn.begin()
+    task.read(inputs)
+    ctx.collector.flush()
+    txn.commit([], None)
+    sent = []
+    for stage in topology.stages[1:-1]:
+        (block,) = read_to_end(settings, stage.topic)
+        sent.append(decode_block(block.value()))
+        keyed = KeyedTask(ctx, stage, 0, engine.for_stage(stage.key), Meta())
+        keyed.orderer.offer_block(decode_block(block.value()), offset=0)  # (changed on)
+        keyed.orderer.offer(Envelope(MARK, INF, 0, 9, 0, 1), offset=1)
+        txn.begin()
+        keyed.release()
+        ctx.collector.flush()
+        txn.commit([], None)
+    (block,) = read_to_end(settings, topology.stages[-1].topic)
+    sent.append(decode_block(block.value()))
+    return ctx.lean_below, sent, [m.value() for m in inputs]
+
+
 def test_a_payment_under_the_payee_stages_floor_crosses_it_without_its_transaction(
     make_settings: SettingsFactory,
 ) -> None:
@@ -303,45 +348,38 @@ def test_a_payment_under_the_payee_stages_floor_crosses_it_without_its_transacti
     settings = make_settings(topic_partitions=1)
     ensure_topics(settings)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
-    topology = Topology(settings, engine.stage_keys(), 1, 0)
-    txn = _coordinator(settings)
-    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 2**42)
-    assert ctx.lean_below == {1: 500.0}
-    payments = [(f"tx-{i}", amount) for i, amount in enumerate([12.5, 499.99, 500.0, 900.0])]
-    produce_raw(
-        settings,
-        [
-            (
-                b"ACC1",
-                f'{{"id": "{i}", "timestamp": "2026-11-02T10:00:0{n}Z", "source": "ACC1", '
-                f'"target": "PAY1", "amount": {amount}, "currency": "EUR"}}'.encode(),
-            )
-            for n, (i, amount) in enumerate(payments)
-        ],
+    lean, (by_target, ordered), values = _through_the_stages(
+        settings, engine, [12.5, 499.99, 500.0, 900.0]
     )
-    source, by_target, ordered = topology.stages
-    ensure_topics(settings, [by_target.topic, ordered.topic])
-    inputs = read_to_end(settings, settings.transactions_topic)
-    task = InputTask(ctx, source, 0, engine.for_stage("source"), Meta())
-    txn.begin()
-    task.read(inputs)
-    ctx.collector.flush()
-    txn.commit([], None)
-    (block,) = read_to_end(settings, by_target.topic)
-    sent = decode_block(block.value())
-    assert [e.tx is None for e in sent] == [True, True, False, False]
-    keyed = KeyedTask(ctx, by_target, 0, engine.for_stage("target"), Meta())
-    keyed.orderer.offer_block(sent, offset=0)
-    keyed.orderer.offer(Envelope(MARK, INF, 0, 9, 0, 1), offset=1)
-    txn.begin()
-    keyed.release()
-    ctx.collector.flush()
-    txn.commit([], None)
-    (block,) = read_to_end(settings, ordered.topic)
-    out = decode_block(block.value())
-    assert [e.o for e in out] == [e.o for e in sent]  # in input order, every one
-    assert all(e.tx is None for e in out)  # the output writes each from its bytes
-    assert [e.value for e in out] == [m.value() for m in inputs]
+    assert lean == {1: 500.0}
+    assert [e.tx is None for e in by_target] == [True, True, False, False]
+    assert [e.o for e in ordered] == [e.o for e in by_target]  # in input order, every one
+    assert all(e.tx is None for e in ordered)  # the output writes each from its bytes
+    assert [e.value for e in ordered] == values
+
+
+def test_a_payment_crosses_only_the_last_keyed_stage_without_its_transaction(
+    make_settings: SettingsFactory,
+) -> None:
+    """Payee then shop stage: the payee stage needs every payment's shop to route it, so
+    only the shop stage, the last, is crossed without the transaction (under its floor)."""
+    from fraudstream.detection.rules import Velocity
+
+    settings = make_settings(topic_partitions=1)
+    ensure_topics(settings)
+    rules = load_ruleset(DEFAULT_RULES)
+    big_shop = Velocity("shop_big", "merchant", 3_600_000, max_count=5, min_amount=300.0)
+    engine = Engine([*rules.rules, big_shop], threshold=rules.threshold, version="t")
+    assert engine.stage_keys() == ["source", "target", "merchant"]
+    lean, (by_target, by_merchant, ordered), values = _through_the_stages(
+        settings, engine, [12.5, 299.0, 300.0, 900.0]
+    )
+    assert lean == {2: 300.0}
+    assert all(e.tx is not None for e in by_target)  # routed on to the shop by its merchant
+    assert [e.tx is None for e in by_merchant] == [True, True, False, False]
+    assert [e.o for e in ordered] == [e.o for e in by_target]
+    assert all(e.tx is None for e in ordered)
+    assert [e.value for e in ordered] == values
 
 
 def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> None:
