@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 from fraudstream.generator.app import records
 from fraudstream.schema import decode_transaction
@@ -29,6 +30,15 @@ from fraudstream.stream.ordering import (
     decode_block,
     encode_block,
 )
+
+
+def _best(runs: int, timed: Callable[[bool], float], order: tuple[bool, ...]) -> dict[bool, float]:
+    """The best of `runs` times of `timed(path)` for each path, the paths interleaved."""
+    best = dict.fromkeys(order, float("inf"))
+    for _ in range(runs):
+        for path in order:
+            best[path] = min(best[path], timed(path))
+    return best
 
 
 def main() -> None:
@@ -63,10 +73,7 @@ def main() -> None:
                     orderer.offer(env, offset, 370)
         return time.perf_counter() - start
 
-    best = {False: float("inf"), True: float("inf")}
-    for _ in range(args.runs):
-        for at_once in (False, True):
-            best[at_once] = min(best[at_once], run(at_once))
+    best = _best(args.runs, run, (False, True))
     each, block = (best[k] / n * 1e9 for k in (False, True))
     print(f"offer, one envelope at a time: {each:.0f} ns per envelope")
     print(f"offer_block:                   {block:.0f} ns per envelope ({block / each:.2f}x)")
@@ -88,10 +95,7 @@ def main() -> None:
             spent += time.perf_counter() - start
         return spent
 
-    best = {False: float("inf"), True: float("inf")}
-    for _ in range(args.runs):
-        for plain in (True, False):
-            best[plain] = min(best[plain], release(plain))
+    best = _best(args.runs, release, (True, False))
     each, fast = (best[k] / n * 1e9 for k in (True, False))
     print(f"release_each, one at a time:   {each:.0f} ns per envelope")
     print(f"release:                       {fast:.0f} ns per envelope ({fast / each:.2f}x)")

@@ -184,6 +184,47 @@ def test_blocks_across_a_crash_neither_lose_nor_repeat(
     assert [decode_block(encode_block(b)) for b in records] == records
 
 
+def _two_buffers(
+    case: tuple[int, Log], data: st.DataObject
+) -> tuple[list[Log], int, Orderer, Orderer]:
+    """A case's log, maybe with one upstream's record moved late (its run out of its own
+    order), cut into blocks; a record size; two fresh buffers for it (plain, fast)."""
+    upstream, log = case
+    if data.draw(st.booleans()):
+        log = log[:]
+        i, j = sorted(
+            data.draw(st.lists(st.integers(0, max(len(log) - 1, 0)), min_size=2, max_size=2))
+        )
+        if i < j and log[i].kind == DATA and log[j].kind == DATA and log[i].u == log[j].u:
+            log[i], log[j] = log[j], log[i]
+    records = _blocks(log, data)
+    size = data.draw(st.integers(min_value=0, max_value=500))
+    return records, size, Orderer(upstream, Meta()), Orderer(upstream, Meta())
+
+
+def _commit_maybe_rewind(
+    data: st.DataObject, plain: Orderer, fast: Orderer, offset: int, *, strict: bool
+) -> int | None:
+    """Maybe commit after the block at `offset` (both buffers committing the same
+    bookkeeping: byte for byte if `strict`), then maybe rewind both to that commit: the
+    offset to read from again, or None."""
+    if not data.draw(st.booleans()):
+        return None
+    oldest = plain.oldest()
+    resume = oldest if oldest is not None else offset + 1
+    committed, other = plain.committed_meta(resume), fast.committed_meta(resume)
+    if strict:
+        assert encode_meta(other) == encode_meta(committed)
+    else:
+        assert _same(other, committed)
+    if not data.draw(st.booleans()):
+        return None
+    meta = encode_meta(committed)
+    plain.reset(decode_meta(meta))
+    fast.reset(decode_meta(meta))
+    return resume
+
+
 @settings(max_examples=150, deadline=None)
 @given(case=logs(), data=st.data())
 def test_offering_a_block_at_once_is_offering_its_envelopes_one_by_one(
@@ -193,19 +234,7 @@ def test_offering_a_block_at_once_is_offering_its_envelopes_one_by_one(
     statement): the same releases, bookkeeping, buffered bytes and oldest offset at every
     step, across rewinds to a commit (records read again, some released before) and
     upstream runs out of their own order."""
-    upstream, log = case
-    if data.draw(st.booleans()):  # an upstream's late record: a run out of its own order
-        log = log[:]
-        i, j = sorted(
-            data.draw(st.lists(st.integers(0, max(len(log) - 1, 0)), min_size=2, max_size=2))
-        )
-        if i < j and log[i].kind == DATA and log[j].kind == DATA and log[i].u == log[j].u:
-            log[i], log[j] = log[j], log[i]
-    records = _blocks(log, data)
-    size = data.draw(st.integers(min_value=0, max_value=500))
-    plain = Orderer(upstream, Meta())
-    fast = Orderer(upstream, Meta())
-    resume = 0
+    records, size, plain, fast = _two_buffers(case, data)
     offset = 0
     while offset < len(records):
         block = records[offset]
@@ -218,16 +247,10 @@ def test_offering_a_block_at_once_is_offering_its_envelopes_one_by_one(
             assert [(e.u, e.s) for e in out_fast] == [(e.u, e.s) for e in out_plain]
             assert encode_meta(fast.meta) == encode_meta(plain.meta)
             assert fast.holding == plain.holding
-            oldest = plain.oldest()
-            if data.draw(st.booleans()):  # commit here, then maybe rewind to it
-                resume = oldest if oldest is not None else offset + 1
-                meta = encode_meta(plain.committed_meta(resume))
-                assert encode_meta(fast.committed_meta(resume)) == meta
-                if data.draw(st.booleans()):
-                    plain.reset(decode_meta(meta))
-                    fast.reset(decode_meta(meta))
-                    offset = resume
-                    continue
+            resume = _commit_maybe_rewind(data, plain, fast, offset, strict=True)
+            if resume is not None:
+                offset = resume
+                continue
         offset += 1
     assert [(e.u, e.s) for e in fast.release()] == [(e.u, e.s) for e in plain.release()]
     assert encode_meta(fast.meta) == encode_meta(plain.meta)
@@ -243,18 +266,7 @@ def test_releasing_with_the_bookkeeping_per_upstream_is_releasing_one_by_one(
     buffered bytes and oldest offset at every step (the bookkeeping's maps may list their
     upstreams in another order), across rewinds to a commit (records read
     again, some released before) and late records (numbers released out of order)."""
-    upstream, log = case
-    if data.draw(st.booleans()):  # an upstream's late record: a run out of its own order
-        log = log[:]
-        i, j = sorted(
-            data.draw(st.lists(st.integers(0, max(len(log) - 1, 0)), min_size=2, max_size=2))
-        )
-        if i < j and log[i].kind == DATA and log[j].kind == DATA and log[i].u == log[j].u:
-            log[i], log[j] = log[j], log[i]
-    records = _blocks(log, data)
-    size = data.draw(st.integers(min_value=0, max_value=500))
-    plain = Orderer(upstream, Meta())
-    fast = Orderer(upstream, Meta())
+    records, size, plain, fast = _two_buffers(case, data)
     offset = 0
     while offset < len(records):
         plain.offer_block(records[offset], offset, size)
@@ -268,16 +280,10 @@ def test_releasing_with_the_bookkeeping_per_upstream_is_releasing_one_by_one(
                 plain.bytes,
                 plain.oldest(),
             )
-            if data.draw(st.booleans()):  # commit here, then maybe rewind to it
-                oldest = plain.oldest()
-                resume = oldest if oldest is not None else offset + 1
-                meta = encode_meta(plain.committed_meta(resume))
-                assert _same(fast.committed_meta(resume), plain.committed_meta(resume))
-                if data.draw(st.booleans()):
-                    plain.reset(decode_meta(meta))
-                    fast.reset(decode_meta(meta))
-                    offset = resume
-                    continue
+            resume = _commit_maybe_rewind(data, plain, fast, offset, strict=False)
+            if resume is not None:
+                offset = resume
+                continue
         offset += 1
     assert [(e.u, e.s) for e in fast.release()] == [(e.u, e.s) for e in plain.release_each()]
     assert _same(fast.meta, plain.meta)
