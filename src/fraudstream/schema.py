@@ -337,7 +337,7 @@ def _record_time(record_ts_ms: int) -> int:
 def appendable(raw: bytes, tx: Transaction) -> bool:
     """Whether the output can be the input's bytes with members appended: it is a plain
     object without a `decision` of its own (nearly always)."""
-    return not tx.carries_decision() and raw.rstrip().endswith(b"}")
+    return not tx.carries_decision() and (raw.endswith(b"}") or raw.rstrip().endswith(b"}"))
 
 
 def encode_decided(
@@ -357,14 +357,15 @@ def encode_decided(
         obj["decision"] = decision
         return _encoder.encode(obj)
     inner = raw.rstrip()[:-1].rstrip()
-    sep = b"" if inner.endswith(b"{") else b","
     global _last_decision
     last = _last_decision  # one read: another thread may replace it meanwhile
     if last[0] is not decision:  # most records share one decision: nothing fired
-        last = _last_decision = (decision, _encoder.encode(decision))
-    return inner + sep + added + b'"decision":' + last[1] + b"}"
+        last = _last_decision = (decision, b'"decision":' + _encoder.encode(decision) + b"}")
+    if inner.endswith(b"{"):  # an empty object
+        return b"".join((inner, added, last[1]))
+    return b"".join((inner, b",", added, last[1]))
 
 
-# The last decision encoded, and its JSON (held, so `is` cannot meet another object at its
-# address). Decisions are frozen and never changed once made.
+# The last decision encoded, as the output's last member and closing brace (held, so `is`
+# cannot meet another object at its address). Decisions are frozen and never changed once made.
 _last_decision: tuple[Decision | None, bytes] = (None, b"")

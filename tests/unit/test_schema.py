@@ -124,6 +124,46 @@ def test_a_decision_carried_by_the_input_is_replaced_not_duplicated() -> None:
     assert json.loads(out)["decision"]["outcome"] == "fraud"
 
 
+_spaces = st.sampled_from([b"", b" ", b"\n", b" \t\r\n "])
+
+
+@given(
+    members=st.dictionaries(
+        st.text(max_size=8), st.integers() | st.text(max_size=8) | st.none(), max_size=4
+    ),
+    inside=_spaces,
+    after=_spaces,
+    added=st.sampled_from([b"", b'"id":"q-0-7",', b'"id":"q-0-7","timestamp":1790000000123,']),
+    decisions=st.lists(
+        st.builds(
+            Decision,
+            st.sampled_from(["legit", "fraud"]),
+            st.floats(0, 1),
+            st.lists(st.builds(Reason, st.text(max_size=8), st.text(max_size=20)), max_size=2),
+            st.text(max_size=6),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_an_appended_decision_is_the_input_object_cut_before_its_brace_then_the_members(
+    members: dict[str, object],
+    inside: bytes,
+    after: bytes,
+    added: bytes,
+    decisions: list[Decision],
+) -> None:
+    """encode_decided's fast path (one join, the decision's JSON kept while the same
+    decision comes again), held to its plain statement byte for byte."""
+    raw = msgspec.json.encode(members)[:-1] + inside + b"}" + after
+    for decision in [*decisions, *decisions]:  # again: the kept JSON must not go stale
+        inner = raw.rstrip()[:-1].rstrip()
+        sep = b"" if inner.endswith(b"{") else b","
+        plain = inner + sep + added + b'"decision":' + msgspec.json.encode(decision) + b"}"
+        assert encode_decided(raw, added, decision) == plain
+        assert json.loads(plain)["decision"] == msgspec.to_builtins(decision)
+
+
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_either_decode_or_raise_invalid_transaction(value: bytes) -> None:
     try:

@@ -343,11 +343,12 @@ class InputTask(_Unbuffered):
         for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
             tx = decoded.tx
             value = msg.value()
+            offset = msg.offset()
             env = Envelope(
                 DATA,
                 order_time,
                 q,
-                msg.offset(),
+                offset,
                 q,
                 0,
                 None if floor and lean(tx, value, floor) else HopTx.of(tx),
@@ -356,10 +357,10 @@ class InputTask(_Unbuffered):
                 msg.key(),
                 msg.headers(),
                 {"source": row} if row else {},  # feature rows (with a model)
-                [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits],
+                [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits] if hits else [],
             )
-            if flagged and msg.offset() in flagged:
-                env.note = flagged[msg.offset()]
+            if flagged and offset in flagged:
+                env.note = flagged[offset]
             parts.append(route(to, getattr(tx, key), q))
             envs.append(env)
         self.forward_all(parts, envs)
@@ -477,16 +478,17 @@ class KeyedTask(Task):
                 env.parts[key] = row
             if hits:
                 env.hits += [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits]
+        if last:  # the output stage is partitioned like the input (`route`: by env.q)
+            for env in full:
+                if appendable(env.value, env.tx):  # type: ignore[arg-type]
+                    env.tx = None  # the output stage needs the bytes, not tx
+            self.forward_all([env.q for env in run], run)
+            return
         parts: list[int] = []
         for env in run:
             tx = env.tx
-            value = None  # the output stage is partitioned like the input (by env.q)
-            if tx is None:  # crossed under the floor: only the output follows
-                pass
-            elif last:
-                if appendable(env.value, tx):  # the output stage needs the bytes, not tx
-                    env.tx = None
-            else:
+            value = None
+            if tx is not None:  # (crossed under the floor: only the output follows)
                 value = getattr(tx, to.key)
                 if floor and lean(tx, env.value, floor):  # the next stage is the last keyed
                     env.tx = None
@@ -531,7 +533,7 @@ class OutputTask(KeyedTask):
         ctx = self.ctx
         data = [e for e in released if e.kind == DATA]
         decisions = ctx.engine.finish(
-            [e.parts for e in data], [[Hit(*h) for h in e.hits] for e in data]
+            [e.parts for e in data], [[Hit(*h) for h in e.hits] if e.hits else [] for e in data]
         )
         out = []
         collector = ctx.collector
