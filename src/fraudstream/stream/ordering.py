@@ -230,12 +230,16 @@ class Orderer:
             s = env.s
             if s <= done.get(u, 0) or (ahead and s in ahead.get(u, ())):
                 continue  # released before a rewind (see `offer`)
-            entry = (env.t, env.q, env.o, offset, env, size)
+            t = env.t
+            entry = (t, env.q, env.o, offset, env, size)
             run = runs.get(u)
             if run is None:
                 run = runs[u] = []
-            elif run and entry[:3] < run[-1][:3]:
-                unsorted.add(u)
+            elif run:
+                last = run[-1]
+                # (t, q, o) below the run's last? t alone nearly always tells
+                if t < last[0] or (t == last[0] and entry[1:3] < last[1:3]):
+                    unsorted.add(u)
             run.append(entry)
             added += 1
         if not added:
