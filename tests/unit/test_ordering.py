@@ -342,3 +342,14 @@ def test_a_hold_mark_is_a_mark_that_asks_to_hold_back() -> None:
     assert [e.order for e in orderer.release()] == [(5, 0, 1)]
     orderer.offer(Envelope(MARK, 8, 0, 3, 0, 2), offset=3)
     assert orderer.holding == set() and orderer.bound() == (8, 0, 3)
+
+
+def test_records_alike_up_to_their_envelopes_are_still_released() -> None:
+    """`release` merges the runs by comparing entries; two that share their order key and
+    input offset (which an origin record never does) fall back to sorting by order key."""
+    orderer = Orderer(2, Meta())
+    for u in (0, 1):
+        orderer.offer(Envelope(DATA, 7, 0, 3, u, 1), offset=0)
+    for u in (0, 1):
+        orderer.offer(Envelope(MARK, INF, u, 0, u, 1), offset=1)
+    assert [(e.u, e.s) for e in orderer.release()] == [(0, 1), (1, 1)]

@@ -138,6 +138,19 @@ Entry = tuple[int, int, int, int, Envelope, int]  # (t, q, o, input offset, enve
 
 
 _order = operator.itemgetter(0, 1, 2)  # an entry's order key, (t, q, o)
+
+
+def _merge(cut: list[Entry]) -> None:
+    """Sort sorted runs of entries by order key (a merge), comparing the entries themselves:
+    no key tuple made per entry. Two buffered entries never share (t, q, o) (an origin
+    record is buffered once), so the comparison never reaches the envelopes; were it to
+    (a bug elsewhere), the entries are sorted by their order key instead."""
+    try:
+        cut.sort()
+    except TypeError:  # two entries alike up to the envelope: Envelopes do not compare
+        cut.sort(key=_order)
+
+
 _offset = operator.itemgetter(3)
 _size = operator.itemgetter(5)
 _envelope = operator.itemgetter(4)
@@ -296,7 +309,7 @@ class Orderer:
             cut = pieces[0][1]
         else:
             cut = [entry for _, piece in pieces for entry in piece]
-            cut.sort(key=_order)  # a merge of sorted runs
+            _merge(cut)
         self._count -= len(cut)
         self.bytes -= sum(map(_size, cut))
         at = self._at
