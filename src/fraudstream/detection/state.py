@@ -212,17 +212,13 @@ class Table:
             at = dict(zip(keys, found.tolist(), strict=True))  # each key once, in order
             first = [k for k in at if k not in journal]
             if first:
-                existing: list[str] = []
-                where: list[int] = []
-                for key in first:
-                    journal[key] = None  # new (its row is made below), or its image below
-                    r = at[key]
-                    if r >= 0:
-                        existing.append(key)
-                        where.append(r)
-                if existing:  # before the rows change: `seen` is part of them
-                    for key, image in zip(existing, self._images(where), strict=True):
-                        journal[key] = image
+                # new (its row is made below): None; else its image, taken before the rows
+                # change (`seen` is part of them)
+                journal.update(dict.fromkeys(first))
+                existing = [k for k in first if at[k] >= 0]
+                if existing:
+                    images = self._images([at[k] for k in existing])
+                    journal.update(zip(existing, images, strict=True))
         missing = np.flatnonzero(found < 0)
         if missing.size:  # new keys: a row each, in order of first sight, as `row` makes them
             made: dict[str, int] = {}
@@ -374,8 +370,9 @@ class Table:
             view = np.frombuffer(c.data, dtype=np.dtype(c.typecode))
             packed[c.name] = view[at]
             del view  # the column may grow again
-        blob, size = packed.tobytes(), packed.dtype.itemsize
-        return [blob[i * size : (i + 1) * size] for i in range(len(rows))]
+        # each record as its bytes: numpy cuts them (a void item's value is its bytes)
+        images: list[bytes] = packed.view(np.dtype((np.void, packed.dtype.itemsize))).tolist()
+        return images
 
     def load_row(self, key: str, blob: bytes) -> None:
         (layout,) = _LAYOUT.unpack_from(blob)
