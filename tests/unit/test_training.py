@@ -29,6 +29,7 @@ from fraudstream.evaluation.train import (
     make_estimator,
 )
 from fraudstream.generator.app import write_files
+from fraudstream.schema import Decision, Reason
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -225,6 +226,34 @@ def test_rules_the_model_has_not_learned_decide_by_their_weights() -> None:
     assert allow.outcome == "legit"  # the allow list still wins
     older = FraudModel(estimator, FEATURE_NAMES, trained_on, "m", 0.99)  # no hit counts
     assert older.unlearned(ids) == {"card_testing"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(probability=st.floats(0, 1) | st.sampled_from([0.0, 0.02, 0.05, 0.1, 0.3, 0.99]))
+def test_a_model_decision_without_hits_says_why_only_when_the_probability_is_notable(
+    probability: float,
+) -> None:
+    """With no rule fired, a model's decision is its probability against the model's
+    threshold, with the model as reason from 5% or when fraud (`combine`'s short way for the
+    quiet ones gives the same decision), for thresholds on either side of 5%."""
+    ruleset = load_ruleset(REPO / "rules" / "default.yaml")
+    ids = tuple(r.id for r in ruleset.rules)
+    x = np.random.default_rng(0).random((100, len(FEATURE_NAMES) + len(ids)))
+    estimator = make_estimator(trees=2, leaves=4).fit(x, x[:, 0] > 0.9)
+    for threshold in (0.02, 0.3):
+        model = FraudModel(estimator, FEATURE_NAMES, ids, "m", threshold)
+        engine = Engine(ruleset.rules, threshold=0.6, version="v", model=model)
+        fraud = probability >= threshold
+        said = [
+            Reason("model", f"model probability {probability:.3f} (fraud from {threshold:.3f})")
+        ]
+        expected = Decision(
+            "fraud" if fraud else "legit",
+            probability,
+            said if fraud or probability >= 0.05 else [],
+            engine.version,
+        )
+        assert engine.combine([], probability) == expected
 
 
 @settings(max_examples=300, deadline=None)

@@ -99,6 +99,8 @@ class Engine:
         self.version = version
         self.model = model
         self.model_threshold = model.threshold if model is not None else threshold
+        # a probability under this, no rule fired: legit, no reason to give (`combine`)
+        self._quiet_below = min(0.05, self.model_threshold)
         # whether the model runs on the world it was trained on (the reference `train` kept)
         self.drift = (
             DriftMonitor(model.info["drift"])
@@ -615,6 +617,8 @@ class Engine:
         without a model. A block-list hit makes the outcome fraud, an allow-list hit legit,
         whatever the score.
         """
+        if not hits and probability is not None and probability < self._quiet_below:
+            return Decision("legit", probability, [], self.version)  # as below, said shortly
         reasons = [Reason(h.rule, h.reason) for h in hits]
         if probability is None:
             capped = min(max(sum(h.weight for h in hits), 0.0), 1.0)
