@@ -289,13 +289,17 @@ def decode_transactions(
     if not txs:
         return out
     amounts = np.fromiter(map(operator.attrgetter("amount"), txs), np.float64, len(txs))
+    made = tuple.__new__  # a `Decoded` without its Python-level constructor
     for i, tx, fine in zip(at, txs, amounts_valid(amounts).tolist(), strict=True):
         try:
             tx.check(amount_checked=fine)
         except InvalidTransaction as exc:
             out[i] = exc
             continue
-        out[i] = _complete(tx, topic, partition, offsets[i], record_ts_ms[i])
+        if tx.id is not None and tx.timestamp is not None:  # nearly always: nothing to fill
+            out[i] = made(Decoded, (tx, b""))
+        else:
+            out[i] = _complete(tx, topic, partition, offsets[i], record_ts_ms[i])
     return out
 
 
