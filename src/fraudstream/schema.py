@@ -281,7 +281,7 @@ def decode_transactions(
         try:
             tx = _parse(value)
         except InvalidTransaction as exc:
-            out.append(exc)
+            out.append(_kept(exc))
             continue
         at.append(len(out))
         out.append(tx)
@@ -294,13 +294,22 @@ def decode_transactions(
         try:
             tx.check(amount_checked=fine)
         except InvalidTransaction as exc:
-            out[i] = exc
+            out[i] = _kept(exc)
             continue
         if tx.id is not None and tx.timestamp is not None:  # nearly always: nothing to fill
             out[i] = made(Decoded, (tx, b""))
         else:
             out[i] = _complete(tx, topic, partition, offsets[i], record_ts_ms[i])
     return out
+
+
+def _kept(exc: InvalidTransaction) -> InvalidTransaction:
+    """`exc`, to keep among a batch's results: without its traceback or the error it replaced
+    (whose traceback), which hold the decoding frame, so the batch would wait in a reference
+    cycle for the garbage collector instead of going when dropped."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+    return exc
 
 
 def _parse(value: bytes | None) -> Transaction:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 import re
 from datetime import UTC, datetime
@@ -373,3 +374,21 @@ def test_a_batch_decodes_as_each_record_alone(values: list[bytes | None]) -> Non
         values, topic="in", partition=3, offsets=offsets, record_ts_ms=times
     )
     assert [_outcome(r) for r in batch] == [_outcome(r) for r in alone]
+
+
+def test_a_batch_with_bad_records_leaves_nothing_for_the_garbage_collector() -> None:
+    """An error kept for a bad record holds no traceback or context back to the decoding
+    frame: the batch is freed as soon as it is dropped, not when the collector gets to it
+    (which the detector's high thresholds make rare)."""
+    values = [FOUR, b"not json", FOUR.replace(b"EUR", b"eur"), None, FOUR]
+    gc.collect()
+    gc.disable()
+    try:
+        out = decode_transactions(
+            values, topic="in", partition=0, offsets=[1, 2, 3, 4, 5], record_ts_ms=[1] * 5
+        )
+        assert [type(o).__name__ for o in out].count("InvalidTransaction") == 3
+        del out
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -143,8 +143,10 @@ _order = operator.itemgetter(0, 1, 2)  # an entry's order key, (t, q, o)
 def _merge(cut: list[Entry]) -> None:
     """Sort sorted runs of entries by order key (a merge), comparing the entries themselves:
     no key tuple made per entry. Two buffered entries never share (t, q, o) (an origin
-    record is buffered once), so the comparison never reaches the envelopes; were it to
-    (a bug elsewhere), the entries are sorted by their order key instead."""
+    record is buffered once), so the order is the order key's. Were two to share it (a bug
+    elsewhere), they would come out by input offset, and if that is shared too, the
+    comparison would reach the envelopes, which do not compare: the entries are then sorted
+    by order key alone (stable, from wherever the failed sort left them); never an error."""
     try:
         cut.sort()
     except TypeError:  # two entries alike up to the envelope: Envelopes do not compare
