@@ -487,8 +487,8 @@ class KeyedTask(Task):
         parts: list[int] = []
         for env in run:
             tx = env.tx
-            value = None
-            if tx is not None:  # (crossed under the floor: only the output follows)
+            value = None  # (no transaction: spread by origin, as `route` does)
+            if tx is not None:  # always, before the last keyed stage (only it is crossed lean)
                 value = getattr(tx, to.key)
                 if floor and lean(tx, env.value, floor):  # the next stage is the last keyed
                     env.tx = None
