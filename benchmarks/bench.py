@@ -7,13 +7,15 @@ on the same input, then fraudstream's latency at steady rates.
 
 `--variant` adds a fraudstream contender with extra environment (a setting such as
 BATCH_SIZE=5000, or PYTHONPATH=<an older checkout>/src for before/after figures in one run).
-BENCH_PROFILE=1 records each fraudstream contender with py-spy (collapsed stacks,
+BENCH_PROFILE=1 records each fraudstream contender with py-spy (BENCH_PROFILE=native: with the
+C frames too; collapsed stacks,
 <logs>/<name>-profile.txt), which slows it down: figures of such a run are not comparable.
 
 Starts its own broker (or uses BENCH_KAFKA_BROKER_URL), preloads N simulated transactions
 (the `sim` profile, labels included) into one 6-partition topic, copies it once through the
-broker unmeasured (the passthrough: a broker just started is slower for a while, which held
-back whichever contender ran first), then runs each contender as its own process, one after
+broker and decides it once with the default rules, both unmeasured (a broker just started is
+slower for a while, its transaction paths too, which held back whichever contender ran
+first), then runs each contender as its own process, one after
 the other, each reading that topic in its own consumer group and writing to its own output
 topics:
 
@@ -132,8 +134,18 @@ def main() -> None:
         run(
             prepare("passthrough", base, work, f"{tag}-warm", None, {}), base, args.count, 600, work
         )
+        # The passthrough is not transactional: the broker's transaction paths (and the
+        # detector's own first start on this machine) stayed cold for the first fraudstream
+        # contender, which still came out slower than the same code run after it. The
+        # detector with the default rules decides the input once too, not measured.
+        warm = prepare("default", base, work, f"{tag}-warm", None, {})
+        run(warm, base, args.count, 600, work)
+        shutil.rmtree(work / "default-state", ignore_errors=True)
         warmed = time.perf_counter() - t0
-        print(f"(warmed the broker up: the passthrough's copy, not measured, {warmed:.0f}s)")
+        print(
+            f"(warmed the broker up: the passthrough's copy and the detector's decisions, "
+            f"not measured, {warmed:.0f}s)"
+        )
         model_rules = None
         if "model" in args.only or any(
             v.get("RULES_FILE") == "model" for v in args.variants.values()
@@ -282,7 +294,8 @@ def prepare(
         if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks of the detector
             spy = str(Path(sys.executable).parent / "py-spy")
             out = str(work / f"{name}-profile.txt")
-            argv = [spy, "record", "-s", "-r", "200", "-f", "raw", "-o", out, "--", *argv]
+            native = ["--native"] if os.environ["BENCH_PROFILE"] == "native" else []  # C frames too
+            argv = [spy, "record", "-s", "-r", "200", *native, "-f", "raw", "-o", out, "--", *argv]
             # the seed the detector would re-execute itself for (py-spy loses an exec'd process)
             env["PYTHONHASHSEED"] = hash_seed(Path(settings.state_dir))
         return Contender(name, argv, env, list(settings.output_topics))
