@@ -116,6 +116,44 @@ def read_all(settings: Settings, topic: str, *, expect: int, timeout: float = 60
         time.sleep(0.2)
 
 
+def topic_ends(settings: Settings, topic: str, isolation: str) -> dict[int, int]:
+    """Each partition's end as a reader with this isolation level sees it: read_committed
+    stops at the first open transaction, read_uncommitted at the high watermark."""
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_broker_url,
+            "group.id": f"wm-{uuid.uuid4().hex}",
+            "isolation.level": isolation,
+        }
+    )
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in parts
+        }
+    finally:
+        c.close()
+
+
+def no_open_transaction(settings: Settings, topics: list[str], timeout: float = 10) -> None:
+    """read_committed end == read_uncommitted end on every partition of `topics`. A
+    transaction's markers are written just after its commit returns, so a difference may
+    last a moment; one that lasts `timeout` seconds is a transaction left open."""
+    deadline = time.monotonic() + timeout
+    for topic in topics:
+        while True:
+            committed = topic_ends(settings, topic, "read_committed")
+            uncommitted = topic_ends(settings, topic, "read_uncommitted")
+            if committed == uncommitted:
+                break
+            assert time.monotonic() < deadline, (
+                f"a transaction hangs open on {topic}: read_committed ends {committed}, "
+                f"read_uncommitted ends {uncommitted}"
+            )
+            time.sleep(0.2)
+
+
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment that makes a `fraudstream` subprocess use `settings`."""
     env = dict(os.environ)
@@ -187,7 +225,19 @@ def run_detector(settings: Settings, expect: int, timeout: float = 120, engine: 
     finally:
         timer.cancel()
     assert stats.total == expect, f"detector stopped at {stats.total} of {expect}"
+    settled(settings)
     return stats
+
+
+def settled(settings: Settings) -> None:
+    """Wait until what a detector committed is visible to read_committed readers: its last
+    commit returned before the broker wrote the transaction's markers, and until then a
+    reader's end (`read_to_end`) can stop short of it (outputs, dead letters, and the
+    group's internal topics: repartition, changelogs)."""
+    from fraudstream.stream.layout import group_topics
+
+    outputs = [settings.legit_topic, settings.fraud_topic, settings.dlq_topic]
+    no_open_transaction(settings, outputs + group_topics(settings, settings.detector_group))
 
 
 @contextlib.contextmanager

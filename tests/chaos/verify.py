@@ -22,7 +22,7 @@ from fraudstream.schema import (
     encode_decided,
 )
 from fraudstream.stream.ordering import MARK, decode_block
-from tests.conftest import read_to_end
+from tests.conftest import no_open_transaction, read_to_end, topic_ends
 
 # What the detector adds to a dead letter's headers, after the input's own.
 DLQ_HEADERS = (
@@ -52,26 +52,6 @@ class DeadLetter:
     headers: list[tuple[str, bytes]]  # the record's own
     error_class: str
     stage: str
-
-
-def topic_ends(settings: Settings, topic: str, isolation: str) -> dict[int, int]:
-    """Each partition's end as a reader with this isolation level sees it: read_committed
-    stops at the first open transaction, read_uncommitted at the high watermark."""
-    c = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_broker_url,
-            "group.id": f"wm-{uuid.uuid4().hex}",
-            "isolation.level": isolation,
-        }
-    )
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
-            for p in parts
-        }
-    finally:
-        c.close()
 
 
 def decided(settings: Settings) -> dict[str, bytes]:
@@ -135,24 +115,6 @@ def unread_work(settings: Settings, topic: str, partition: int, start: int, end:
     return work
 
 
-def no_open_transaction(settings: Settings, topics: list[str], timeout: float = 10) -> None:
-    """read_committed end == read_uncommitted end on every partition of `topics`. A
-    transaction's markers are written just after its commit returns, so a difference may
-    last a moment; one that lasts `timeout` seconds is a transaction left open."""
-    deadline = time.monotonic() + timeout
-    for topic in topics:
-        while True:
-            committed = topic_ends(settings, topic, "read_committed")
-            uncommitted = topic_ends(settings, topic, "read_uncommitted")
-            if committed == uncommitted:
-                break
-            assert time.monotonic() < deadline, (
-                f"a transaction hangs open on {topic}: read_committed ends {committed}, "
-                f"read_uncommitted ends {uncommitted}"
-            )
-            time.sleep(0.2)
-
-
 def expected_dead_label(m: Any) -> DeadLetter | None:
     """The dead letter a label record must give (None: a label the detector uses)."""
     try:
@@ -189,6 +151,9 @@ def verify(
     group = group or settings.detector_group
     wall = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     latest = wall + settings.max_event_time_skew_ms
+    # the outputs read once their last transaction's markers are written (a stopped detector's
+    # last commit can return just before), so a reader's end is the whole of them
+    no_open_transaction(settings, list(settings.output_topics))
     inputs = read_to_end(settings, settings.transactions_topic)
     # The oracle is a clean single-process run over the input in order (with stateful rules
     # the input has one partition, so that order is the live one): it catches state counted

@@ -33,7 +33,7 @@ from fraudstream.evaluation.sources import complete_labels
 from fraudstream.generator import generate
 from fraudstream.schema import Decision
 from fraudstream.stream import Processor, ensure_topics
-from tests.conftest import REPO, SettingsFactory, read_to_end
+from tests.conftest import REPO, SettingsFactory, read_to_end, settled
 
 WITH_MODEL = REPO / "rules" / "with-model.yaml"
 
@@ -174,7 +174,8 @@ def test_live_feature_rows_and_scores_equal_trains_decision_by_decision(
         f"{len(wrong)} live decisions differ from train's, e.g. {wrong[0]}: live "
         f"{_decision(live_decisions[wrong[0]])}, train {_decision(train_decisions[wrong[0]])}"
     )
-    # and what the detector wrote is what it decided
+    # and what the detector wrote is what it decided (once its last commit's markers are)
+    settled(settings)
     written = {
         json.loads(m.value())["id"]: json.loads(m.value())["decision"]
         for topic in (settings.legit_topic, settings.fraud_topic)

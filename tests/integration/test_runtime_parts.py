@@ -24,6 +24,7 @@ from fraudstream.stream.transactions import TransactionCoordinator
 from tests.conftest import (
     REPO,
     SettingsFactory,
+    no_open_transaction,
     produce_raw,
     read_all,
     read_to_end,
@@ -63,6 +64,7 @@ def test_committed_records_are_visible_and_aborted_ones_never(settings: Settings
     txn.begin()
     collector.send(settings.legit_topic, b"kept too", b"k")
     txn.commit([], None)
+    no_open_transaction(settings, [settings.legit_topic])  # the markers written
     assert sorted(m.value() for m in read_to_end(settings, settings.legit_topic)) == [
         b"kept",
         b"kept too",
@@ -88,6 +90,7 @@ def test_a_commit_that_keeps_timing_out_is_raised_then_a_renewed_producer_commit
     txn.begin()
     collector.send(settings.legit_topic, b"after", b"k")  # the collector follows the renewal
     txn.commit([], None)
+    no_open_transaction(settings, [settings.legit_topic])  # the markers written
     values = [m.value() for m in read_to_end(settings, settings.legit_topic)]
     assert b"after" in values and len(values) in (1, 2)  # the first one's fate is unknown
 
@@ -122,6 +125,7 @@ def test_forwarded_envelopes_go_as_one_block_per_destination(settings: Settings)
         collector.forward((topic, i % 2), [env])
     collector.flush()
     txn.commit([], None)
+    no_open_transaction(settings, [topic])  # the markers written
     blocks = read_to_end(settings, topic)
     assert sorted((m.partition(), len(decode_block(m.value()))) for m in blocks) == [(0, 5), (1, 5)]
     by_partition = {m.partition(): [e.o for e in decode_block(m.value())] for m in blocks}
@@ -132,6 +136,7 @@ def test_forwarded_envelopes_go_as_one_block_per_destination(settings: Settings)
     collector.forward((topic, 0), big)
     collector.flush()
     txn.commit([], None)
+    no_open_transaction(settings, [topic])
     later = [m for m in read_to_end(settings, topic) if m.partition() == 0][1:]
     assert [[e.o for e in decode_block(m.value())] for m in later] == [[0, 1, 2], [3, 4]]
 
@@ -333,6 +338,7 @@ def _through_the_stages(
     txn.commit([], None)
     sent = []
     for stage in topology.stages[1:-1]:
+        no_open_transaction(settings, [stage.topic])  # the markers of the commit before
         (block,) = read_to_end(settings, stage.topic)
         sent.append(decode_block(block.value()))
         keyed = KeyedTask(ctx, stage, 0, engine.for_stage(stage.key), Meta())
@@ -342,6 +348,7 @@ def _through_the_stages(
         keyed.release()
         ctx.collector.flush()
         txn.commit([], None)
+    no_open_transaction(settings, [topology.stages[-1].topic])
     (block,) = read_to_end(settings, topology.stages[-1].topic)
     sent.append(decode_block(block.value()))
     return ctx.lean_below, sent, [m.value() for m in inputs]
