@@ -236,8 +236,8 @@ def settled(settings: Settings) -> None:
     group's internal topics: repartition, changelogs)."""
     from fraudstream.stream.layout import group_topics
 
-    outputs = [settings.legit_topic, settings.fraud_topic, settings.dlq_topic]
-    no_open_transaction(settings, outputs + group_topics(settings, settings.detector_group))
+    internal = group_topics(settings, settings.detector_group)
+    no_open_transaction(settings, [*settings.output_topics, *internal])
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import TutorialSource, generate
 from fraudstream.stream import committed_progress, ensure_topics, group_lag
-from tests.chaos.verify import decided, topic_ends, verify
+from tests.chaos.verify import decided, verify
 from tests.conftest import (
     REPO,
     Record,
@@ -38,6 +38,7 @@ from tests.conftest import (
     produce_raw,
     read_to_end,
     spawn,
+    topic_ends,
     wait_for,
 )
 
