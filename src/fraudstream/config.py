@@ -70,12 +70,18 @@ class Settings(BaseSettings):
     detector_static_membership: bool = False
     """Static membership (`group.instance.id` = `<group>-<instance>`): a restarted instance
     reclaims its partitions at once; a stopped one holds them until its session times out."""
-    batch_size: int = Field(default=1000, ge=1, le=100_000)
-    """Records per consume call, at most (fewer when the input is slow)."""
+    batch_size: int = Field(default=4000, ge=1, le=100_000)
+    """Records per consume call, at most (fewer when the input is slow): under load, a
+    larger step spreads each step's fixed costs over more records."""
     commit_interval_ms: int = Field(default=50, ge=1)
     """A transaction commits after this many ms or `COMMIT_RECORDS` records, whichever comes
     first; a decision crosses three transactions with the default rules, so its latency is
     about three intervals plus polling."""
+    commit_interval_backlog_ms: int = Field(default=200, ge=1)
+    """The commit interval while the input has a backlog (a step read a full `BATCH_SIZE`):
+    fewer, larger transactions while catching up, where records wait longer in the backlog
+    anyway; back to `COMMIT_INTERVAL_MS` as soon as a step is not full. Never shorter than
+    `COMMIT_INTERVAL_MS` (set it equal to keep one interval)."""
     commit_records: int = Field(default=20_000, ge=1)
     """A transaction commits after this many records or `COMMIT_INTERVAL_MS`, whichever comes
     first (raise both for fewer, larger transactions)."""

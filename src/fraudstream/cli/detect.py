@@ -57,7 +57,7 @@ def add_parser(sub: Subparsers) -> None:
     det.add_argument("--group", dest="detector_group", help="consumer group id")
     det.add_argument("--instance", dest="detector_instance", help="this instance's name")
     det.add_argument(
-        "--batch-size", type=int, help="records per consume call (BATCH_SIZE, default 1000)"
+        "--batch-size", type=int, help="records per consume call (BATCH_SIZE, default 4000)"
     )
     det.add_argument(
         "--commit-interval-ms",

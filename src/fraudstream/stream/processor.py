@@ -4,8 +4,9 @@ One consumer reads every topic of the topology (`stream/topology.py`): the input
 rule set keeps state by payee or merchant, the repartition topics between the stages. Each
 assigned partition is a task (`tasks.py`) with its own state. Everything a step produces —
 outputs, dead letters, repartition records, marks, changelog records — and every task's input
-offset commit in one Kafka transaction every `commit_records` records or `commit_interval_ms`:
-a crash before the commit replays the step, and `read_committed` readers never see it.
+offset commit in one Kafka transaction every `commit_records` records or `commit_interval_ms`
+(`commit_interval_backlog_ms` while steps read full batches: a backlog): a crash before the
+commit replays the step, and `read_committed` readers never see it.
 
 The parts, as in Kafka Streams (StreamThread / TaskManager / StreamTask / RecordCollector /
 StreamsProducer):
@@ -166,6 +167,9 @@ class Processor:
         manager, txn, s = self.manager, self.txn, self.settings
         staged = self.topology.staged
         interval = s.commit_interval_ms / 1000
+        # a full step: more is waiting (a backlog), so commit less often while catching up
+        backlog_interval = max(interval, s.commit_interval_backlog_ms / 1000)
+        full = False
         consumer, batch = self.consumer, s.batch_size
         while not stop.is_set():
             # As soon as anything is there (consume() would wait for a whole batch, up to its
@@ -177,6 +181,7 @@ class Processor:
             msgs = [first] if first is not None else []
             if first is not None and batch > 1:
                 msgs += consumer.consume(num_messages=batch - 1, timeout=0)
+            full = len(msgs) >= batch
             if msgs:
                 started = time.perf_counter()
                 try:
@@ -197,7 +202,7 @@ class Processor:
                 manager.backpressure()
             if not txn.in_txn and manager.marks_due():
                 self._begin()
-            if txn.due(s.commit_records, interval):
+            if txn.due(s.commit_records, backlog_interval if full else interval):
                 self._commit()
             if stop_after is not None and self.stats.total >= stop_after:
                 break
