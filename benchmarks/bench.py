@@ -74,6 +74,7 @@ CONTENDERS = {
     "quix": "Quix Streams, velocity rules, exactly-once",
     "passthrough": "passthrough (confluent-kafka)",
 }
+DETECTORS = ("default", "model", "workers2")  # the contenders that run fraudstream
 SEED = 1
 BENCH_PYTHON = Path(os.environ.get("BENCH_PYTHON", REPO / ".venv-bench" / "bin" / "python"))
 HERE = Path(__file__).resolve().parent
@@ -140,7 +141,7 @@ def main() -> None:
         # detector with the default rules decides the input once too, not measured.
         # (only when a fraudstream contender runs; its state directory removed after, for
         # tidiness: its snapshots are under its own group, which no contender shares)
-        if any(n in ("default", "model", "workers2") for n in args.only) or args.variants:
+        if any(n in DETECTORS for n in args.only) or args.variants:
             warm = prepare("default", base, work, f"{tag}-warm", None, {})
             try:
                 run(warm, base, args.count, 600, work)
@@ -274,7 +275,7 @@ def prepare(
     --variant contenders (default rules)."""
     run_tag = f"{tag}-{name}"
     topics = {t: f"{run_tag}.{t}" for t in ("legit", "fraud", "dlq")}
-    if name in ("default", "model", "workers2", *variants):
+    if name in (*DETECTORS, *variants):
         rules = REPO / "rules" / "default.yaml"
         extra = dict(variants.get(name, {}))
         if name == "model" or extra.pop("RULES_FILE", "") == "model":

@@ -1,9 +1,12 @@
-"""Which Kafka errors the transaction coordinator gets past by replacing its producer."""
+"""Which Kafka errors the transaction coordinator gets past by replacing its producer, and
+how long a transaction runs."""
 
 from __future__ import annotations
 
 from confluent_kafka import KafkaError
 
+from fraudstream.config import Settings
+from fraudstream.stream.processor import commit_interval_s
 from fraudstream.stream.transactions import fenced, renewable
 
 
@@ -21,3 +24,12 @@ def test_a_fenced_producer_or_a_passing_error_is_not_replaced() -> None:
     assert fenced(fenced_now) and not renewable(fenced_now)
     assert not renewable(KafkaError(KafkaError._TIMED_OUT, "slow", retriable=True))
     assert not renewable(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "rebalanced"))
+
+
+def test_a_backlog_stretches_the_commit_interval_never_shortens_it() -> None:
+    """While steps read full batches (a backlog) a transaction runs for
+    COMMIT_INTERVAL_BACKLOG_MS; otherwise, or were that shorter, for COMMIT_INTERVAL_MS."""
+    s = Settings(commit_interval_ms=50, commit_interval_backlog_ms=200)
+    assert (commit_interval_s(s, False), commit_interval_s(s, True)) == (0.05, 0.2)
+    s = Settings(commit_interval_ms=300, commit_interval_backlog_ms=200)
+    assert (commit_interval_s(s, False), commit_interval_s(s, True)) == (0.3, 0.3)

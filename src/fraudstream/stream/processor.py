@@ -56,11 +56,21 @@ from fraudstream.stream.transactions import (
     renewable,
 )
 
-__all__ = ["Processor", "ProcessorStats"]
+__all__ = ["Processor", "ProcessorStats", "commit_interval_s"]
 
 log = logging.getLogger(__name__)
 
 RENEWALS_IN_A_ROW = 10  # producers replaced without a commit between before it gives up
+
+
+def commit_interval_s(settings: Settings, backlog: bool) -> float:
+    """How long a transaction runs before it commits (unless `COMMIT_RECORDS` comes first):
+    `COMMIT_INTERVAL_MS`, or while the input has a backlog (the last step read a full batch)
+    `COMMIT_INTERVAL_BACKLOG_MS`, never shorter."""
+    interval = settings.commit_interval_ms
+    if backlog:
+        interval = max(interval, settings.commit_interval_backlog_ms)
+    return interval / 1000
 
 
 class Processor:
@@ -166,10 +176,7 @@ class Processor:
         assert self.manager is not None and self.topology is not None
         manager, txn, s = self.manager, self.txn, self.settings
         staged = self.topology.staged
-        interval = s.commit_interval_ms / 1000
-        # a full step: more is waiting (a backlog), so commit less often while catching up
-        backlog_interval = max(interval, s.commit_interval_backlog_ms / 1000)
-        full = False
+        interval, backlog_interval = commit_interval_s(s, False), commit_interval_s(s, True)
         consumer, batch = self.consumer, s.batch_size
         while not stop.is_set():
             # As soon as anything is there (consume() would wait for a whole batch, up to its
@@ -181,7 +188,7 @@ class Processor:
             msgs = [first] if first is not None else []
             if first is not None and batch > 1:
                 msgs += consumer.consume(num_messages=batch - 1, timeout=0)
-            full = len(msgs) >= batch
+            full = len(msgs) >= batch  # more is waiting: a backlog
             if msgs:
                 started = time.perf_counter()
                 try:
