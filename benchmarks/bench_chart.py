@@ -9,6 +9,7 @@ commit and the command.
 
 import json
 import sys
+import textwrap
 
 import matplotlib
 
@@ -72,7 +73,8 @@ def main() -> None:
     m = r["machine"]
     fig.suptitle(
         f"fraudstream bench {r['date']} — {m['cores']} cores, {m['cpu']}, commit {r['commit']}, "
-        f"load average at start {m['load_average'][0]}\n{r['command']}",
+        f"load average at start {m['load_average'][0]}\n"
+        + textwrap.fill(r["command"], 150, break_long_words=False, break_on_hyphens=False),
         fontsize=10,
     )
     fig.tight_layout()
