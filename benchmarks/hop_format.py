@@ -51,8 +51,9 @@ from fraudstream.stream.ordering import (
 Hit = tuple[str, float, str, bool, bool]
 
 
-class Columns(msgspec.Struct, array_like=True):
-    """A prototype: one upstream's envelopes to one partition, a column per field."""
+class _Shared(msgspec.Struct, array_like=True):
+    """A prototype: one upstream's envelopes to one partition, a column per field (the
+    fields every envelope has; the transaction's come after, per subclass)."""
 
     u: int
     s: int  # the first one's number; the rest follow one by one
@@ -60,7 +61,6 @@ class Columns(msgspec.Struct, array_like=True):
     q: bytes
     o: bytes
     kind: list[int]
-    tx: list[HopTx | None]
     value: list[bytes]
     added: list[bytes]
     key: list[bytes | None]
@@ -71,15 +71,15 @@ class Columns(msgspec.Struct, array_like=True):
     note: list[str]
 
 
-class TxColumns(msgspec.Struct, array_like=True):
-    """A prototype: `Columns` with the transaction as columns (amounts and times as bytes)."""
+class Columns(_Shared, array_like=True):
+    """The transactions as `HopTx`, as on today's repartition topics."""
 
-    u: int
-    s: int
-    t: bytes
-    q: bytes
-    o: bytes
-    kind: list[int]
+    tx: list[HopTx | None]
+
+
+class TxColumns(_Shared, array_like=True):
+    """The transaction as columns too (amounts and times as bytes)."""
+
     source: list[str]
     target: list[str]
     amount: bytes
@@ -92,14 +92,6 @@ class TxColumns(msgspec.Struct, array_like=True):
     lon: list[float | None]
     merchant: list[str | None]
     device: list[str | None]
-    value: list[bytes]
-    added: list[bytes]
-    key: list[bytes | None]
-    headers: list[list[tuple[str, bytes]] | None]
-    parts: list[dict[str, bytes]]
-    hits: list[list[Hit]]
-    label: list[LabelRecord | None]
-    note: list[str]
 
 
 ORDER = ("t", "q", "o")
