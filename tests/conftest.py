@@ -23,6 +23,7 @@ from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
 from fraudstream.errors import BrokerError
 from fraudstream.stream import consumer_config, ensure_topics
+from fraudstream.stream.layout import group_topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -234,8 +235,6 @@ def settled(settings: Settings) -> None:
     commit returned before the broker wrote the transaction's markers, and until then a
     reader's end (`read_to_end`) can stop short of it (outputs, dead letters, and the
     group's internal topics: repartition, changelogs)."""
-    from fraudstream.stream.layout import group_topics
-
     internal = group_topics(settings, settings.detector_group)
     no_open_transaction(settings, [*settings.output_topics, *internal])
 
