@@ -352,24 +352,31 @@ def _through_the_stages(
     return ctx.lean_below, sent, [m.value() for m in inputs]
 
 
-def test_a_payment_under_the_payee_stages_floor_crosses_it_without_its_transaction(
+def test_payments_under_the_payee_stages_floor_cross_it_bundled_without_their_transaction(
     make_settings: SettingsFactory,
 ) -> None:
     """With rules/default.yaml the payee stage's only rule (mule_fan_in) ignores payments
-    under 500: those go through it, in order, without their decoded transaction (`lean`),
-    and the output writes them from their input bytes; the others keep it until the output
-    stage (which needs only the bytes)."""
+    under 500: those go through it without their decoded transaction, consecutive ones of a
+    partition as one bundle (the first's envelope, the others in its `more`), in order, and
+    the output writes them from their input bytes; the others keep it until the output stage
+    (which needs only the bytes)."""
     settings = make_settings(topic_partitions=1)
     ensure_topics(settings)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
     lean, (by_target, ordered), values = _through_the_stages(
-        settings, engine, [12.5, 499.99, 500.0, 900.0]
+        settings, engine, [12.5, 499.99, 500.0, 20.0, 900.0, 1.0, 2.0, 3.0]
     )
     assert lean == {1: 500.0}
-    assert [e.tx is None for e in by_target] == [True, True, False, False]
+    assert [(e.o, e.tx is None, len(e.more)) for e in by_target] == [
+        (0, True, 1),
+        (2, False, 0),
+        (3, True, 0),
+        (4, False, 0),
+        (5, True, 2),
+    ]
     assert [e.o for e in ordered] == [e.o for e in by_target]  # in input order, every one
     assert all(e.tx is None for e in ordered)  # the output writes each from its bytes
-    assert [e.value for e in ordered] == values
+    assert [v for e in ordered for v in [e.value, *(m.value for m in e.more)]] == values
 
 
 def test_a_payment_crosses_only_the_last_keyed_stage_without_its_transaction(

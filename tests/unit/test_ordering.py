@@ -14,6 +14,7 @@ from fraudstream.stream.ordering import (
     MARK,
     Envelope,
     HopTx,
+    Lean,
     Meta,
     Orderer,
     decode_block,
@@ -35,7 +36,10 @@ def logs(draw: st.DrawFn) -> tuple[int, Log]:
         t, marks, out = 0, 0, []
         for o in range(draw(st.integers(min_value=0, max_value=25))):
             t += draw(st.sampled_from([0, 0, 1, 5, 40]))
-            out.append(Envelope(DATA, t, u, o, u, o + 1))  # numbered 1, 2, 3 … per upstream
+            env = Envelope(DATA, t, u, o, u, o + 1)  # numbered 1, 2, 3 … per upstream
+            if draw(st.integers(0, 4)) == 0:  # a bundle: it holds (and counts) more payments
+                env.more = [Lean(b"x")] * draw(st.integers(1, 3))
+            out.append(env)
             if draw(st.booleans()):
                 marks += 1
                 out.append(Envelope(MARK, t, u, o, u, marks))
@@ -288,6 +292,80 @@ def test_releasing_with_the_bookkeeping_per_upstream_is_releasing_one_by_one(
     assert [(e.u, e.s) for e in fast.release()] == [(e.u, e.s) for e in plain.release_each()]
     assert _same(fast.meta, plain.meta)
     assert (len(fast), fast.bytes, fast.oldest()) == (len(plain), plain.bytes, plain.oldest())
+
+
+@st.composite
+def one_partition_through_a_stage(draw: st.DrawFn) -> tuple[int, int, Log]:
+    """One input partition's payments (offsets 0 … n-1, stream times that never go back) as
+    its input task sends them on: runs of payments under the floor cut into bundles (the
+    head an envelope, the rest in its `more`), each envelope to one of several upstream
+    tasks of the output (the payee tasks, by the payee key), which send them on in order,
+    with marks that never promise too much (one task's mark: its key of the last thing it
+    sent, never above the lowest key still to come from the input); interleaved as they
+    might reach the output's partition. Returns (upstream tasks, payments, the log)."""
+    upstream = draw(st.integers(min_value=1, max_value=3))
+    n = draw(st.integers(min_value=0, max_value=40))
+    t, units = 0, []  # (key, payments' offsets)
+    o = 0
+    while o < n:
+        t += draw(st.sampled_from([0, 0, 1, 7]))
+        size = 1
+        if draw(st.booleans()):  # a run under the floor, as one bundle
+            size = draw(st.integers(min_value=1, max_value=min(5, n - o)))
+        units.append(((t, 0, o), list(range(o, o + size))))
+        o += size
+    streams: list[Log] = [[] for _ in range(upstream)]
+    seqs, marks = [0] * upstream, [0] * upstream
+    for i, ((t, q, o), held) in enumerate(units):
+        u = draw(st.integers(0, upstream - 1))
+        seqs[u] += 1
+        env = Envelope(DATA, t, q, o, u, seqs[u])
+        env.more = [Lean(str(p).encode()) for p in held[1:]]
+        streams[u].append(env)
+        if draw(st.booleans()):  # everyone's mark: below what the input sends next
+            nxt = units[i + 1][0] if i + 1 < len(units) else None
+            for v in range(upstream):
+                if nxt is None or draw(st.booleans()):
+                    bound = (nxt[0], nxt[1], nxt[2] - 1) if nxt is not None else (INF, 0, 0)
+                    marks[v] += 1
+                    streams[v].append(Envelope(MARK, *bound, v, marks[v]))
+    for v in range(upstream):
+        marks[v] += 1
+        streams[v].append(Envelope(MARK, INF, 0, 0, v, marks[v]))
+    log: Log = []
+    cursors = [0] * upstream
+    while any(c < len(st_) for c, st_ in zip(cursors, streams, strict=True)):
+        live = [i for i in range(upstream) if cursors[i] < len(streams[i])]
+        i = draw(st.sampled_from(live))
+        log.append(streams[i][cursors[i]])
+        cursors[i] += 1
+    return upstream, n, log
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=one_partition_through_a_stage(), data=st.data())
+def test_bundles_through_several_upstreams_come_out_in_input_order(
+    case: tuple[int, int, Log], data: st.DataObject
+) -> None:
+    """The output's buffer releases a bundle in its head's place and the output writes its
+    payments right after the head: whatever the upstream each envelope took, the order they
+    met in and when the buffer releases, every payment comes out once, in input order; the
+    buffer counts payments, bundles' too."""
+    upstream, n, log = case
+    orderer = Orderer(upstream, Meta())
+    out: list[int] = []
+    offered = 0
+    for offset, env in enumerate(log):
+        orderer.offer(env, offset, 10)
+        offered += 1 + len(env.more) if env.kind == DATA else 0
+        if data.draw(st.booleans()):
+            for released in orderer.release():
+                out += [released.o, *(int(m.value) for m in released.more)]
+        assert len(orderer) == offered - len(out) and orderer.bytes == 10 * len(orderer)
+    for released in orderer.release():
+        out += [released.o, *(int(m.value) for m in released.more)]
+    assert out == list(range(n))
+    assert len(orderer) == 0 and orderer.bytes == 0 and orderer.oldest() is None
 
 
 @settings(max_examples=200, deadline=None)

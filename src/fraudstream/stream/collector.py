@@ -20,7 +20,7 @@ from typing import Any
 
 from fraudstream.config import Settings
 from fraudstream.stream.dlq import dlq_headers
-from fraudstream.stream.ordering import BLOCK_BYTES, Envelope, encode_block
+from fraudstream.stream.ordering import BLOCK_BYTES, Envelope, encode_block, payments
 from fraudstream.stream.transactions import TransactionCoordinator
 
 __all__ = ["ProcessorStats", "RecordCollector"]
@@ -145,6 +145,8 @@ class RecordCollector:
                 out = outbox[dest] = []
             out.append(env)
             size += 2 * len(env.value) + 128
+            if env.more:  # a bundle
+                size += sum(2 * len(lean.value) + 64 for lean in env.more)
             if size >= BLOCK_BYTES:
                 self._outbox_bytes[dest] = size
                 self._send_block(dest)
@@ -162,7 +164,7 @@ class RecordCollector:
         block = self._outbox.pop(dest)
         del self._outbox_bytes[dest]
         self.send(dest[0], encode_block(block), partition=dest[1])
-        self.count_blocks(len(block), 1)
+        self.count_blocks(payments(block), 1)
 
     def broadcast(self, topic: str, partitions: int, value: bytes) -> None:
         """One record (a mark) to every partition of `topic`."""
@@ -171,7 +173,8 @@ class RecordCollector:
         self.count_blocks(partitions, partitions)
 
     def count_blocks(self, envelopes: int, records: int) -> None:
-        """Envelopes seen in `records` repartition records (sent or read)."""
+        """Envelopes (payments: a bundle's all) seen in `records` repartition records (sent
+        or read)."""
         self._block_envelopes = 0.99 * self._block_envelopes + envelopes
         self._block_records = 0.99 * self._block_records + records
 

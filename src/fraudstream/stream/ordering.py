@@ -23,7 +23,7 @@ import operator
 from bisect import bisect_right
 from collections import Counter
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -39,10 +39,12 @@ __all__ = [
     "Envelope",
     "HopTx",
     "Key",
+    "Lean",
     "Meta",
     "Orderer",
     "decode_block",
     "encode_block",
+    "payments",
 ]
 
 DATA, LABEL, MARK = 0, 1, 2
@@ -84,6 +86,20 @@ class HopTx(Transaction, array_like=True, gc=False, frozen=True, omit_defaults=T
         return self.decision is not None
 
 
+class Lean(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
+    """A payment that crosses the stages in a bundle (`Envelope.more`): what the output
+    writes it from. It reads like an envelope to the output (`tx`, `parts`: none)."""
+
+    value: bytes
+    added: bytes = b""
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None
+    hits: list[tuple[str, float, str, bool, bool]] = []
+    note: str = ""
+    tx: ClassVar[None] = None  # (class attributes, not on the wire)
+    parts: ClassVar[dict[str, bytes]] = {}
+
+
 class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     """One record on a repartition topic: a transaction on its way through the stages, a
     label verdict, or an upstream task's mark (its promise: nothing at or below `t, q, o`
@@ -104,6 +120,11 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     hits: list[tuple[str, float, str, bool, bool]] = []  # rule, weight, reason, allow, block
     label: LabelRecord | None = None
     note: str = ""  # why it is decided at its partition's stream time (event_time_skew)
+    # A bundle: the payments right after this one in its input partition (no other of its
+    # records between them), all under the last keyed stage's floor and so, like this one,
+    # without their transaction. It travels as one envelope, in its head's place in the
+    # order; the output writes them after it (see `Orderer`).
+    more: list[Lean] = []
 
     @property
     def order(self) -> Key:
@@ -134,7 +155,9 @@ encode_meta = msgspec.msgpack.Encoder().encode
 decode_meta = msgspec.msgpack.Decoder(Meta).decode
 
 
-Entry = tuple[int, int, int, int, Envelope, int]  # (t, q, o, input offset, envelope, size)
+# (t, q, o, input offset, envelope, size, payments): a bundle (`Envelope.more`) is one entry,
+# of its payments' size, and counts them all
+Entry = tuple[int, int, int, int, Envelope, int, int]
 
 
 _order = operator.itemgetter(0, 1, 2)  # an entry's order key, (t, q, o)
@@ -155,6 +178,15 @@ def _merge(cut: list[Entry]) -> None:
 
 _offset = operator.itemgetter(3)
 _size = operator.itemgetter(5)
+_payments = operator.itemgetter(6)
+_more = operator.attrgetter("more")
+
+
+def payments(block: list[Envelope]) -> int:
+    """The payments a block carries (a bundle's all)."""
+    return len(block) + sum(map(len, map(_more, block)))
+
+
 _envelope = operator.itemgetter(4)
 
 
@@ -164,7 +196,13 @@ class Orderer:
     What one upstream task sends comes in its order-key order (it sends in the order it
     decides), so the buffer is a run per upstream: `release` cuts each run at the bound and
     merges the cuts (one sort of a few sorted runs). A run that arrives out of order (it
-    should not) is sorted before it is cut: the order out never depends on it."""
+    should not) is sorted before it is cut: the order out never depends on it.
+
+    A bundle (`Envelope.more`) is one entry, released in its head's place: its payments
+    follow the head in the head's input partition with no other record of that partition
+    between them, so the output (whose tasks each get one input partition) writes them right
+    after the head and keeps the input order; no keyed stage reads them. `size` is the size
+    of one payment on the wire; `len` counts payments, a bundle's all."""
 
     def __init__(self, upstream: int, meta: Meta) -> None:
         self.upstream = upstream
@@ -213,15 +251,16 @@ class Orderer:
             return
         if env.s <= m.done.get(u, 0) or env.s in m.ahead.get(u, ()):
             return  # released before a rewind: already in the committed state and outputs
-        entry = (env.t, env.q, env.o, offset, env, size)
+        k = 1 + len(env.more)  # payments in it
+        entry = (env.t, env.q, env.o, offset, env, size * k, k)
         run = self._runs.get(u)
         if run is None:
             run = self._runs[u] = []
         elif run and entry[:3] < run[-1][:3]:
             self._unsorted.add(u)
         run.append(entry)
-        self._count += 1
-        self.bytes += size
+        self._count += k
+        self.bytes += size * k
         at = self._at
         n = at.get(offset)
         if n is None:
@@ -236,7 +275,7 @@ class Orderer:
         of data done in one loop (a property test holds it to `offer`)."""
         m, runs, unsorted = self.meta, self._runs, self._unsorted
         done, ahead = m.done, m.ahead
-        added = 0
+        added = held = 0  # entries, payments
         for env in block:
             u = env.u
             if env.kind >= MARK:
@@ -246,7 +285,10 @@ class Orderer:
             if s <= done.get(u, 0) or (ahead and s in ahead.get(u, ())):
                 continue  # released before a rewind (see `offer`)
             t = env.t
-            entry = (t, env.q, env.o, offset, env, size)
+            more = env.more
+            k = 1 + len(more) if more else 1
+            held += k
+            entry = (t, env.q, env.o, offset, env, size * k, k)
             run = runs.get(u)
             if run is None:
                 run = runs[u] = []
@@ -259,8 +301,8 @@ class Orderer:
             added += 1
         if not added:
             return
-        self._count += added
-        self.bytes += size * added
+        self._count += held
+        self.bytes += size * held
         at = self._at
         n = at.get(offset)
         if n is None:
@@ -312,7 +354,7 @@ class Orderer:
         else:
             cut = [entry for _, piece in pieces for entry in piece]
             _merge(cut)
-        self._count -= len(cut)
+        self._count -= sum(map(_payments, cut))
         self.bytes -= sum(map(_size, cut))
         at = self._at
         for offset, n in Counter(map(_offset, cut)).items():
@@ -338,11 +380,11 @@ class Orderer:
         cut: list[Entry] = [entry for _, piece in pieces for entry in piece]
         if len(pieces) > 1:
             cut.sort(key=_order)  # a merge of sorted runs
-        self._count -= len(cut)
         at = self._at
         out: list[Envelope] = []
         for entry in cut:
             env = entry[4]
+            self._count -= entry[6]
             self.bytes -= entry[5]
             offset = entry[3]
             n = at[offset] - 1

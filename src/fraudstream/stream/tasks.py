@@ -49,11 +49,13 @@ from fraudstream.stream.ordering import (
     Envelope,
     HopTx,
     Key,
+    Lean,
     Meta,
     Orderer,
     decode_block,
     decode_meta,
     encode_meta,
+    payments,
 )
 from fraudstream.stream.topology import INPUT, KEYED, LABELS, OUTPUT, Stage, Topology
 
@@ -69,6 +71,9 @@ __all__ = [
 ]
 
 META_KEY = b"m"  # a task's bookkeeping (Meta) in its changelog, beside the state's keys
+# Payments in one bundle at most (`Envelope.more`): at about 300 bytes each, far under a block
+# (BLOCK_BYTES), and no longer than a step anyway
+BUNDLE = 128
 
 
 @dataclass
@@ -338,30 +343,60 @@ class InputTask(_Unbuffered):
         key = to.key
         route = topology.route
         floor = ctx.lean_below.get(to.index, 0.0)
+        spread = route(to, None, q)  # where bundles go: no state of the stage is theirs
         parts: list[int] = []
         envs: list[Envelope] = []
+        head: Envelope | None = None  # the open bundle (`Envelope.more`)
+        room = 0  # payments it may still take
         for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
             tx = decoded.tx
             value = msg.value()
             offset = msg.offset()
-            env = Envelope(
-                DATA,
-                order_time,
-                q,
-                offset,
-                q,
-                0,
-                None if floor and lean(tx, value, floor) else HopTx.of(tx),
-                value,
-                decoded.added,
-                msg.key(),
-                msg.headers(),
-                {"source": row} if row else {},  # feature rows (with a model)
-                [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits] if hits else [],
-            )
+            hit = [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits] if hits else []
+            if not (floor and lean(tx, value, floor)):
+                head = None  # a payment the stage reads: the next lean one opens a bundle
+                env = Envelope(
+                    DATA,
+                    order_time,
+                    q,
+                    offset,
+                    q,
+                    0,
+                    HopTx.of(tx),
+                    value,
+                    decoded.added,
+                    msg.key(),
+                    msg.headers(),
+                    {"source": row} if row else {},  # feature rows (with a model)
+                    hit,
+                )
+                parts.append(route(to, getattr(tx, key), q))
+            elif head is not None and room:  # right after the head's payments: in its bundle
+                assert not row  # (a stage with a floor keeps no model features)
+                note = flagged.get(offset, "") if flagged else ""
+                head.more.append(Lean(value, decoded.added, msg.key(), msg.headers(), hit, note))
+                room -= 1
+                continue
+            else:  # under the floor: it crosses without its transaction, and opens a bundle
+                env = head = Envelope(
+                    DATA,
+                    order_time,
+                    q,
+                    offset,
+                    q,
+                    0,
+                    None,
+                    value,
+                    decoded.added,
+                    msg.key(),
+                    msg.headers(),
+                    {"source": row} if row else {},
+                    hit,
+                )
+                room = BUNDLE - 1
+                parts.append(spread)
             if flagged and offset in flagged:
                 env.note = flagged[offset]
-            parts.append(route(to, getattr(tx, key), q))
             envs.append(env)
         self.forward_all(parts, envs)
 
@@ -434,8 +469,9 @@ class KeyedTask(Task):
             if not block:
                 continue
             # a block shares its record's offset: committed as one
-            orderer.offer_block(block, msg.offset(), len(value) // len(block))
-            envelopes += len(block)
+            held = payments(block)
+            orderer.offer_block(block, msg.offset(), len(value) // held)
+            envelopes += held
         collector.count_blocks(envelopes, len(msgs))
 
     def release(self) -> None:
@@ -531,7 +567,12 @@ class OutputTask(KeyedTask):
         if not released:
             return
         ctx = self.ctx
-        data = [e for e in released if e.kind == DATA]
+        data: list[Envelope | Lean] = []
+        for e in released:
+            if e.kind == DATA:
+                data.append(e)
+                if e.more:  # a bundle: the payments right after it in its partition
+                    data += e.more
         decisions = ctx.engine.finish(
             [e.parts for e in data], [[Hit(*h) for h in e.hits] if e.hits else [] for e in data]
         )
