@@ -13,6 +13,7 @@ producer's queue is full (so a slow broker slows the reading, not the memory).
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from fraudstream.stream.ordering import BLOCK_BYTES, Envelope, encode_block, pay
 from fraudstream.stream.transactions import TransactionCoordinator
 
 __all__ = ["ProcessorStats", "RecordCollector"]
+
+_value = operator.attrgetter("value")
 
 
 @dataclass
@@ -146,7 +149,8 @@ class RecordCollector:
             out.append(env)
             size += 2 * len(env.value) + 128
             if env.more:  # a bundle
-                size += sum(2 * len(lean.value) + 64 for lean in env.more)
+                more = env.more
+                size += 2 * sum(map(len, map(_value, more))) + 64 * len(more)
             if size >= BLOCK_BYTES:
                 self._outbox_bytes[dest] = size
                 self._send_block(dest)
