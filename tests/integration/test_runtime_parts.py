@@ -306,11 +306,11 @@ def test_a_hold_heard_late_in_the_flow_never_pauses_the_input_all_wait_for(
 
 
 def _through_the_stages(
-    settings: Settings, engine: Engine, amounts: list[float]
+    settings: Settings, engine: Engine, amounts: list[float], pad: int = 0
 ) -> tuple[dict[int, float], list[list[Envelope]], list[bytes]]:
-    """Payments of these amounts (payee PAY1, shop SHOP1) through the input task and each
-    keyed task in turn (one partition, marks at the end): the envelopes each stage sent, in
-    stage order, and the input records' values."""
+    """Payments of these amounts (payee PAY1, shop SHOP1; a field of `pad` bytes of notes
+    each) through the input task and each keyed task in turn (one partition, marks at the
+    end): the envelopes each stage sent, in stage order, and the input records' values."""
     topology = Topology(settings, engine.stage_keys(), 1, 0)
     ensure_topics(settings, [s.topic for s in topology.stages[1:]])
     txn = _coordinator(settings)
@@ -322,7 +322,7 @@ def _through_the_stages(
                 b"ACC1",
                 f'{{"id": "tx-{n}", "timestamp": "2026-11-02T10:00:0{n}Z", "source": "ACC1", '
                 f'"target": "PAY1", "merchant": "SHOP1", "amount": {amount}, '
-                '"currency": "EUR"}'.encode(),
+                f'"currency": "EUR", "notes": "{"n" * pad}"}}'.encode(),
             )
             for n, amount in enumerate(amounts)
         ],
@@ -376,6 +376,25 @@ def test_payments_under_the_payee_stages_floor_cross_it_bundled_without_their_tr
     ]
     assert [e.o for e in ordered] == [e.o for e in by_target]  # in input order, every one
     assert all(e.tx is None for e in ordered)  # the output writes each from its bytes
+    assert [v for e in ordered for v in [e.value, *(m.value for m in e.more)]] == values
+
+
+def test_a_bundle_stops_taking_payments_once_their_bytes_reach_its_limit(
+    make_settings: SettingsFactory,
+) -> None:
+    """Large records (30 KB each here) make smaller bundles: one stops taking payments once
+    their values reach BUNDLE_BYTES (64 KiB), so a bundle stays far under a block whatever
+    the input's records hold."""
+    from fraudstream.stream.tasks import BUNDLE_BYTES
+
+    settings = make_settings(topic_partitions=1)
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    _, (by_target, ordered), values = _through_the_stages(
+        settings, engine, [1.0, 2.0, 3.0, 4.0, 5.0], pad=30_000
+    )
+    assert BUNDLE_BYTES == 64 * 1024
+    assert [(e.o, len(e.more)) for e in by_target] == [(0, 2), (3, 1)]
     assert [v for e in ordered for v in [e.value, *(m.value for m in e.more)]] == values
 
 

@@ -71,9 +71,10 @@ __all__ = [
 ]
 
 META_KEY = b"m"  # a task's bookkeeping (Meta) in its changelog, beside the state's keys
-# Payments in one bundle at most (`Envelope.more`): at about 300 bytes each, far under a block
-# (BLOCK_BYTES), and no longer than a step anyway
+# A bundle (`Envelope.more`) takes at most this many payments, and no more once their input
+# values reach BUNDLE_BYTES: one stays far under a block (BLOCK_BYTES) whatever the records
 BUNDLE = 128
+BUNDLE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -347,7 +348,7 @@ class InputTask(_Unbuffered):
         parts: list[int] = []
         envs: list[Envelope] = []
         head: Envelope | None = None  # the open bundle (`Envelope.more`)
-        room = 0  # payments it may still take
+        room = room_bytes = 0  # payments it may still take, and their bytes
         for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
             tx = decoded.tx
             value = msg.value()
@@ -371,11 +372,12 @@ class InputTask(_Unbuffered):
                     hit,
                 )
                 parts.append(route(to, getattr(tx, key), q))
-            elif head is not None and room:  # right after the head's payments: in its bundle
+            elif head is not None and room and room_bytes > 0:  # right after the head's: in it
                 assert not row  # (a stage with a floor keeps no model features)
                 note = flagged.get(offset, "") if flagged else ""
                 head.more.append(Lean(value, decoded.added, msg.key(), msg.headers(), hit, note))
                 room -= 1
+                room_bytes -= len(value)
                 continue
             else:  # under the floor: it crosses without its transaction, and opens a bundle
                 env = head = Envelope(
@@ -393,7 +395,7 @@ class InputTask(_Unbuffered):
                     {"source": row} if row else {},
                     hit,
                 )
-                room = BUNDLE - 1
+                room, room_bytes = BUNDLE - 1, BUNDLE_BYTES - len(value)
                 parts.append(spread)
             if flagged and offset in flagged:
                 env.note = flagged[offset]
