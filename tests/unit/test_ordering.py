@@ -45,14 +45,19 @@ def logs(draw: st.DrawFn) -> tuple[int, Log]:
                 out.append(Envelope(MARK, t, u, o, u, marks))
         out.append(Envelope(MARK, INF, u, 0, u, marks + 1))  # the end: idle
         streams.append(out)
+    return upstream, _interleaved(draw, streams)
+
+
+def _interleaved(draw: st.DrawFn, streams: list[Log]) -> Log:
+    """The streams merged in an arbitrary order, each kept in its own."""
     log: Log = []
-    cursors = [0] * upstream
+    cursors = [0] * len(streams)
     while any(c < len(s) for c, s in zip(cursors, streams, strict=True)):
-        live = [i for i in range(upstream) if cursors[i] < len(streams[i])]
+        live = [i for i in range(len(streams)) if cursors[i] < len(streams[i])]
         i = draw(st.sampled_from(live))
         log.append(streams[i][cursors[i]])
         cursors[i] += 1
-    return upstream, log
+    return log
 
 
 def _same(a: Meta, b: Meta) -> bool:
@@ -332,14 +337,7 @@ def one_partition_through_a_stage(draw: st.DrawFn) -> tuple[int, int, Log]:
     for v in range(upstream):
         marks[v] += 1
         streams[v].append(Envelope(MARK, INF, 0, 0, v, marks[v]))
-    log: Log = []
-    cursors = [0] * upstream
-    while any(c < len(st_) for c, st_ in zip(cursors, streams, strict=True)):
-        live = [i for i in range(upstream) if cursors[i] < len(streams[i])]
-        i = draw(st.sampled_from(live))
-        log.append(streams[i][cursors[i]])
-        cursors[i] += 1
-    return upstream, n, log
+    return upstream, n, _interleaved(draw, streams)
 
 
 @settings(max_examples=300, deadline=None)
