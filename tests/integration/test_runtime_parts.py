@@ -15,7 +15,7 @@ from fraudstream.config import Settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.stream import consumer_config, ensure_topics
 from fraudstream.stream.collector import RecordCollector
-from fraudstream.stream.layout import prepare_topology
+from fraudstream.stream.layout import GroupMismatchError, prepare_topology
 from fraudstream.stream.ordering import DATA, HOLD, INF, MARK, Envelope, Meta, decode_block
 from fraudstream.stream.task_manager import TaskManager, choose_paused
 from fraudstream.stream.tasks import InputTask, KeyedTask, LabelTask, OutputTask, TaskContext
@@ -538,3 +538,28 @@ def test_a_hold_from_another_process_pauses_the_inputs_here_that_run_ahead(
         txn.abort()
     finally:
         consumer.close()
+
+
+def test_a_group_recorded_in_format_5_is_moved_to_6_in_place(
+    make_settings: SettingsFactory,
+) -> None:
+    """A group built by the version before bundles (format 5) starts as it is, and its record
+    then says 6, so that a detector of format 5 started later is refused."""
+    import msgspec
+
+    from fraudstream.stream.layout import Shape, _read_shape, _write_shape
+
+    settings = make_settings(topic_partitions=1)
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    six = _read_shape(settings, topology.shape_topic)
+    assert six is not None and six.format == 6
+    _write_shape(settings, topology.shape_topic, msgspec.structs.replace(six, format=5))
+    prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    assert _read_shape(settings, topology.shape_topic) == six
+    four = msgspec.structs.replace(six, format=4)
+    _write_shape(settings, topology.shape_topic, four)
+    with pytest.raises(GroupMismatchError, match="repartition record format 4 → 6"):
+        prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    assert Shape.of(topology) == six

@@ -49,8 +49,11 @@ SHAPE_KEY = b"shape"
 
 
 STATUS_TOPIC_CONFIG = {"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"}
-# ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits; 5: feature rows as bytes
-REPARTITION_FORMAT = 5
+# ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits; 5: feature rows as bytes;
+# 6: bundles (Envelope.more), which a detector of format 5 would read as their first payment
+# alone, silently: a group of format 5 is moved to 6 in place (`Shape.upgrades`), so that such
+# a detector started later refuses it
+REPARTITION_FORMAT = 6
 CHANGELOG_FORMAT = 2  # 2: a table row starts with its layout id, layouts described (2026-12-02)
 
 
@@ -84,6 +87,15 @@ class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
             label_partitions=topology.labels,
             format=REPARTITION_FORMAT,
             changelog=CHANGELOG_FORMAT,
+        )
+
+    def upgrades(self, now: Shape) -> bool:
+        """Whether a group recorded as `self` goes on as `now` once its record says so: the
+        same in all but a repartition format this version reads too (5 → 6)."""
+        return (
+            self.format == 5
+            and now.format == REPARTITION_FORMAT
+            and msgspec.structs.replace(self, format=now.format) == now
         )
 
     def differences(self, now: Shape) -> list[str]:
@@ -222,6 +234,16 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
     create_missing(s, {t: (1, True) for t in own}, {topology.status_topic: STATUS_TOPIC_CONFIG})
     _wait_for_leaders(s, own)
     before = _read_shape(s, topology.shape_topic)
+    if before is not None and before.upgrades(now):
+        log.info(
+            "group %s: recording repartition format %d (was %d); a detector of an earlier "
+            "version will refuse this group from now on (docs/upgrading.md)",
+            group,
+            now.format,
+            before.format,
+        )
+        _write_shape(s, topology.shape_topic, now)
+        before = now
     if before is not None and before != now:
         raise GroupMismatchError(
             f"group {group} was built for another topology: "
