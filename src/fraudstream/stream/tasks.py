@@ -354,49 +354,36 @@ class InputTask(_Unbuffered):
             value = msg.value()
             offset = msg.offset()
             hit = [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits] if hits else []
-            if not (floor and lean(tx, value, floor)):
-                head = None  # a payment the stage reads: the next lean one opens a bundle
-                env = Envelope(
-                    DATA,
-                    order_time,
-                    q,
-                    offset,
-                    q,
-                    0,
-                    HopTx.of(tx),
-                    value,
-                    decoded.added,
-                    msg.key(),
-                    msg.headers(),
-                    {"source": row} if row else {},  # feature rows (with a model)
-                    hit,
-                )
-                parts.append(route(to, getattr(tx, key), q))
-            elif head is not None and room and room_bytes > 0:  # right after the head's: in it
+            skips = floor and lean(tx, value, floor)  # crosses without its transaction
+            if skips and head is not None and room and room_bytes > 0:  # in the open bundle
                 assert not row  # (a stage with a floor keeps no model features)
                 note = flagged.get(offset, "") if flagged else ""
                 head.more.append(Lean(value, decoded.added, msg.key(), msg.headers(), hit, note))
                 room -= 1
                 room_bytes -= len(value)
                 continue
-            else:  # under the floor: it crosses without its transaction, and opens a bundle
-                env = head = Envelope(
-                    DATA,
-                    order_time,
-                    q,
-                    offset,
-                    q,
-                    0,
-                    None,
-                    value,
-                    decoded.added,
-                    msg.key(),
-                    msg.headers(),
-                    {"source": row} if row else {},
-                    hit,
-                )
+            env = Envelope(
+                DATA,
+                order_time,
+                q,
+                offset,
+                q,
+                0,
+                None if skips else HopTx.of(tx),
+                value,
+                decoded.added,
+                msg.key(),
+                msg.headers(),
+                {"source": row} if row else {},  # feature rows (with a model)
+                hit,
+            )
+            if skips:  # it opens a bundle
+                head = env
                 room, room_bytes = BUNDLE - 1, BUNDLE_BYTES - len(value)
                 parts.append(spread)
+            else:  # a payment the stage reads: the next one under the floor opens a bundle
+                head = None
+                parts.append(route(to, getattr(tx, key), q))
             if flagged and offset in flagged:
                 env.note = flagged[offset]
             envs.append(env)
