@@ -16,7 +16,7 @@ from fraudstream.detection import Engine, load_ruleset
 from fraudstream.stream import consumer_config, ensure_topics
 from fraudstream.stream.collector import RecordCollector
 from fraudstream.stream.layout import GroupMismatchError, prepare_topology
-from fraudstream.stream.ordering import DATA, HOLD, INF, MARK, Envelope, Meta, decode_block
+from fraudstream.stream.ordering import DATA, HOLD, INF, MARK, Envelope, Lean, Meta, decode_block
 from fraudstream.stream.task_manager import TaskManager, choose_paused
 from fraudstream.stream.tasks import InputTask, KeyedTask, LabelTask, OutputTask, TaskContext
 from fraudstream.stream.topology import INPUT, KEYED, OUTPUT, Topology
@@ -138,6 +138,41 @@ def test_forwarded_envelopes_go_as_one_block_per_destination(settings: Settings)
     no_open_transaction(settings, [topic])
     later = [m for m in read_to_end(settings, topic) if m.partition() == 0][1:]
     assert [[e.o for e in decode_block(m.value())] for m in later] == [[0, 1, 2], [3, 4]]
+
+
+def test_a_blocks_size_counts_keys_and_headers(settings: Settings) -> None:
+    """Records whose keys or headers are large (a bundle's as well as a lone envelope's) cut
+    the blocks as large values do, so a block stays under the broker's record size limit
+    whatever a producer put in them."""
+    topic = f"{settings.detector_group}.by-target"
+    ensure_topics(settings, [topic])
+    txn = _coordinator(settings)
+    collector = RecordCollector(settings, txn)
+    big = b"x" * 120_000
+    headed = [
+        Envelope(DATA, 2000 + i, 0, i, 0, i + 1, value=b"{}", headers=[("h", big)])
+        for i in range(5)
+    ]
+    keyed = [Envelope(DATA, 3000 + i, 0, i, 0, i + 1, value=b"{}", key=big) for i in range(3)]
+    bundle = Envelope(DATA, 4000, 0, 0, 0, 1, value=b"{}")
+    bundle.more = [Lean(b"{}", key=big[:60_000], headers=[("h", big[:60_000])])] * 3
+    txn.begin()
+    collector.forward((topic, 0), headed)
+    collector.flush()
+    collector.forward((topic, 0), keyed)
+    collector.flush()
+    collector.forward((topic, 0), [bundle, *keyed[:1]])
+    collector.flush()
+    txn.commit([], None)
+    no_open_transaction(settings, [topic])
+    blocks = [decode_block(m.value()) for m in read_to_end(settings, topic)]
+    assert [[e.t for e in block] for block in blocks] == [
+        [2000, 2001, 2002],
+        [2003, 2004],
+        [3000, 3001, 3002],
+        [4000],
+        [3000],
+    ]
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["output", "outputs"])
@@ -306,11 +341,16 @@ def test_a_hold_heard_late_in_the_flow_never_pauses_the_input_all_wait_for(
 
 
 def _through_the_stages(
-    settings: Settings, engine: Engine, amounts: list[float], pad: int = 0
+    settings: Settings,
+    engine: Engine,
+    amounts: list[float],
+    pad: int = 0,
+    header: int = 0,
 ) -> tuple[dict[int, float], list[list[Envelope]], list[bytes]]:
     """Payments of these amounts (payee PAY1, shop SHOP1; a field of `pad` bytes of notes
-    each) through the input task and each keyed task in turn (one partition, marks at the
-    end): the envelopes each stage sent, in stage order, and the input records' values."""
+    each, a header of `header` bytes) through the input task and each keyed task in turn (one
+    partition, marks at the end): the envelopes each stage sent, in stage order, and the
+    input records' values."""
     topology = Topology(settings, engine.stage_keys(), 1, 0)
     ensure_topics(settings, [s.topic for s in topology.stages[1:]])
     txn = _coordinator(settings)
@@ -323,6 +363,7 @@ def _through_the_stages(
                 f'{{"id": "tx-{n}", "timestamp": "2026-11-02T10:00:0{n}Z", "source": "ACC1", '
                 f'"target": "PAY1", "merchant": "SHOP1", "amount": {amount}, '
                 f'"currency": "EUR", "notes": "{"n" * pad}"}}'.encode(),
+                [("trace", b"h" * header)] if header else None,
             )
             for n, amount in enumerate(amounts)
         ],
@@ -379,23 +420,31 @@ def test_payments_under_the_payee_stages_floor_cross_it_bundled_without_their_tr
     assert [v for e in ordered for v in [e.value, *(m.value for m in e.more)]] == values
 
 
+@pytest.mark.parametrize("padded", ["pad", "header"], ids=["values", "headers"])
 def test_a_bundle_stops_taking_payments_once_their_bytes_reach_its_limit(
-    make_settings: SettingsFactory,
+    make_settings: SettingsFactory, padded: str
 ) -> None:
-    """Large records (30 KB each here) make smaller bundles: one stops taking payments once
-    their values reach BUNDLE_BYTES (64 KiB), so a bundle stays far under a block whatever
-    the input's records hold."""
+    """Large records (30 KB each here, in their values or in a header) make smaller bundles:
+    one stops taking payments once their records reach BUNDLE_BYTES (64 KiB), so a bundle
+    stays far under a block whatever the input's records hold."""
     from fraudstream.stream.tasks import BUNDLE_BYTES
 
     settings = make_settings(topic_partitions=1)
     ensure_topics(settings)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
     _, (by_target, ordered), values = _through_the_stages(
-        settings, engine, [1.0, 2.0, 3.0, 4.0, 5.0], pad=30_000
+        settings,
+        engine,
+        [1.0, 2.0, 3.0, 4.0, 5.0],
+        pad=30_000 if padded == "pad" else 0,
+        header=30_000 if padded == "header" else 0,
     )
     assert BUNDLE_BYTES == 64 * 1024
     assert [(e.o, len(e.more)) for e in by_target] == [(0, 2), (3, 1)]
     assert [v for e in ordered for v in [e.value, *(m.value for m in e.more)]] == values
+    if padded == "header":  # the headers reach the output with their payments
+        got = [h for e in ordered for h in [e.headers, *(m.headers for m in e.more)]]
+        assert got == [[("trace", b"h" * 30_000)]] * 5
 
 
 def test_a_payment_crosses_only_the_last_keyed_stage_without_its_transaction(

@@ -21,12 +21,20 @@ from typing import Any
 
 from fraudstream.config import Settings
 from fraudstream.stream.dlq import dlq_headers
-from fraudstream.stream.ordering import BLOCK_BYTES, Envelope, encode_block, payments
+from fraudstream.stream.ordering import (
+    BLOCK_BYTES,
+    Envelope,
+    encode_block,
+    extra_bytes,
+    payments,
+)
 from fraudstream.stream.transactions import TransactionCoordinator
 
 __all__ = ["ProcessorStats", "RecordCollector"]
 
 _value = operator.attrgetter("value")
+_key = operator.attrgetter("key")
+_headers = operator.attrgetter("headers")
 
 
 @dataclass
@@ -147,10 +155,17 @@ class RecordCollector:
             if out is None:
                 out = outbox[dest] = []
             out.append(env)
+            # its encoded size, estimated: the value twice (the transaction decoded from it
+            # is shorter), the key and headers, a margin for the rest
             size += 2 * len(env.value) + 128
-            if env.more:  # a bundle
+            if env.key or env.headers:
+                size += extra_bytes(env.key, env.headers)
+            if env.more:  # a bundle: the same for each of its payments, in C-level passes
                 more = env.more
                 size += 2 * sum(map(len, map(_value, more))) + 64 * len(more)
+                size += sum(map(len, filter(None, map(_key, more))))
+                if any(map(_headers, more)):
+                    size += sum(extra_bytes(None, m.headers) for m in more)
             if size >= BLOCK_BYTES:
                 self._outbox_bytes[dest] = size
                 self._send_block(dest)

@@ -22,6 +22,7 @@ import heapq
 import operator
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -44,6 +45,7 @@ __all__ = [
     "Orderer",
     "decode_block",
     "encode_block",
+    "extra_bytes",
     "payments",
 ]
 
@@ -185,6 +187,15 @@ _more = operator.attrgetter("more")
 def payments(block: list[Envelope]) -> int:
     """The payments a block carries (a bundle's all)."""
     return len(block) + sum(map(len, map(_more, block)))
+
+
+def extra_bytes(key: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> int:
+    """What a record's key and headers add to its size on a repartition topic (both are
+    nearly always small or absent, but may be as large as the input's producer made them)."""
+    n = len(key) if key else 0
+    if headers:
+        n += sum(len(name.encode()) + len(value or b"") + 8 for name, value in headers)
+    return n
 
 
 _envelope = operator.itemgetter(4)

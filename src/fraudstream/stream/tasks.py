@@ -55,6 +55,7 @@ from fraudstream.stream.ordering import (
     decode_block,
     decode_meta,
     encode_meta,
+    extra_bytes,
     payments,
 )
 from fraudstream.stream.topology import INPUT, KEYED, LABELS, OUTPUT, Stage, Topology
@@ -72,7 +73,8 @@ __all__ = [
 
 META_KEY = b"m"  # a task's bookkeeping (Meta) in its changelog, beside the state's keys
 # A bundle (`Envelope.more`) takes at most this many payments, and no more once their input
-# values reach BUNDLE_BYTES: one stays far under a block (BLOCK_BYTES) whatever the records
+# records (values, keys, headers) reach BUNDLE_BYTES: one stays far under a block
+# (BLOCK_BYTES) whatever the records
 BUNDLE = 128
 BUNDLE_BYTES = 64 * 1024
 
@@ -355,12 +357,17 @@ class InputTask(_Unbuffered):
             offset = msg.offset()
             hit = [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits] if hits else []
             skips = floor and lean(tx, value, floor)  # crosses without its transaction
+            mkey, headers = msg.key(), msg.headers()
+            if skips:  # its size in a bundle: key and headers count too
+                size = len(value) + len(mkey) if mkey else len(value)
+                if headers:
+                    size += extra_bytes(None, headers)
             if skips and head is not None and room and room_bytes > 0:  # in the open bundle
                 assert not row  # (a stage with a floor keeps no model features)
                 note = flagged.get(offset, "") if flagged else ""
-                head.more.append(Lean(value, decoded.added, msg.key(), msg.headers(), hit, note))
+                head.more.append(Lean(value, decoded.added, mkey, headers, hit, note))
                 room -= 1
-                room_bytes -= len(value)
+                room_bytes -= size
                 continue
             env = Envelope(
                 DATA,
@@ -372,14 +379,14 @@ class InputTask(_Unbuffered):
                 None if skips else HopTx.of(tx),
                 value,
                 decoded.added,
-                msg.key(),
-                msg.headers(),
+                mkey,
+                headers,
                 {"source": row} if row else {},  # feature rows (with a model)
                 hit,
             )
             if skips:  # it opens a bundle
                 head = env
-                room, room_bytes = BUNDLE - 1, BUNDLE_BYTES - len(value)
+                room, room_bytes = BUNDLE - 1, BUNDLE_BYTES - size
                 parts.append(spread)
             else:  # a payment the stage reads: the next one under the floor opens a bundle
                 head = None
