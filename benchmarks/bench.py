@@ -8,8 +8,9 @@ on the same input, then fraudstream's latency at steady rates.
 `--variant` adds a fraudstream contender with extra environment (a setting such as
 BATCH_SIZE=5000, or PYTHONPATH=<an older checkout>/src for before/after figures in one run).
 BENCH_PROFILE=1 records each fraudstream contender with py-spy (BENCH_PROFILE=native: with the
-C frames too; collapsed stacks,
-<logs>/<name>-profile.txt), which slows it down: figures of such a run are not comparable.
+C frames too; BENCH_PROFILE=idle: waiting threads too, where the wall time goes; collapsed
+stacks, <logs>/<name>-profile.txt), which slows it down: figures of such a run are not
+comparable.
 
 Starts its own broker (or uses BENCH_KAFKA_BROKER_URL), preloads N simulated transactions
 (the `sim` profile, labels included) into one 6-partition topic, copies it once through the
@@ -301,7 +302,9 @@ def prepare(
         if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks of the detector
             spy = str(Path(sys.executable).parent / "py-spy")
             out = str(work / f"{name}-profile.txt")
-            native = ["--native"] if os.environ["BENCH_PROFILE"] == "native" else []  # C frames too
+            how = os.environ["BENCH_PROFILE"]
+            native = ["--native"] if how == "native" else []  # C frames too
+            native += ["--idle"] if how == "idle" else []  # threads that wait, too
             argv = [spy, "record", "-s", "-r", "200", *native, "-f", "raw", "-o", out, "--", *argv]
             # the seed the detector would re-execute itself for (py-spy loses an exec'd process)
             env["PYTHONHASHSEED"] = hash_seed(Path(settings.state_dir))
