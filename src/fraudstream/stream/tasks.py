@@ -359,7 +359,7 @@ class InputTask(_Unbuffered):
             skips = floor and lean(tx, value, floor)  # crosses without its transaction
             mkey, headers = msg.key(), msg.headers()
             if skips:  # its size in a bundle: key and headers count too
-                size = len(value) + len(mkey) if mkey else len(value)
+                size = (len(value) + len(mkey)) if mkey else len(value)
                 if headers:
                     size += extra_bytes(None, headers)
             if skips and head is not None and room and room_bytes > 0:  # in the open bundle
