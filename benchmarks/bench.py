@@ -28,8 +28,10 @@ topics:
   passthrough  confluent-kafka batches copied to one topic, no decoding, at-least-once
 
 For each: tx/s (launch until all N records are visible to a read_committed reader of its
-outputs), CPU µs per transaction (user+system of its process tree at that moment) and peak
-resident memory (VmHWM of its largest process). Then the latency of `fraudstream detect`
+outputs), CPU µs per transaction (user+system of its process tree at that moment), the
+broker's CPU µs per transaction meanwhile (its JVM, when the broker is ours; the benchmark's
+own reader of the outputs loads it too, alike for every contender) and peak resident memory
+(VmHWM of its largest process). Then the latency of `fraudstream detect`
 (default rules) from produce to read_committed visibility at 1,000 and 10,000 tx/s and half
 the default contender's throughput (`latency.py`). Results go to a JSON file and a chart
 (PNG, drawn by `bench_chart.py` with .venv-bench's matplotlib). tutorial and quix run with
@@ -53,13 +55,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import latency
 import yaml
-from benchkit import REPO, VARIANT_HELP, ProcessTree, env_for, kafka, parse_variant
+from benchkit import REPO, VARIANT_HELP, ProcessTree, broker, env_for, parse_variant
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from fraudstream.config import Settings, load_settings
@@ -110,7 +113,8 @@ def main() -> None:
         f"{report['machine']['cpu']}, {report['machine']['cores']} cores; commit "
         f"{report['commit']}; load average {report['machine']['load_average']}; logs in {work}"
     )
-    with kafka() as url:
+    with broker() as kafka_broker:
+        url = kafka_broker.url
         tag = f"bench-{uuid.uuid4().hex[:6]}"
         base = load_settings(
             _env_file=None,
@@ -163,11 +167,14 @@ def main() -> None:
             except subprocess.CalledProcessError:
                 print(f"training the model failed; see {work / 'train.log'}")
 
-        print(f"{'contender':<44} {'tx/s':>9} {'CPU µs/tx':>10} {'peak RSS':>9} {'wall':>8}")
+        print(
+            f"{'contender':<44} {'tx/s':>9} {'CPU µs/tx':>10} {'broker µs':>10} "
+            f"{'peak RSS':>9} {'wall':>8}"
+        )
         for name in args.only:
             try:
                 contender = prepare(name, base, work, tag, model_rules, args.variants)
-                result = run(contender, base, args.count, args.timeout, work)
+                result = run(contender, base, args.count, args.timeout, work, kafka_broker.cpu_s)
             except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
                 result = {"name": name, "error": str(exc)}
             result["label"] = CONTENDERS[name]
@@ -387,9 +394,15 @@ def train_model(base: Settings, work: Path, count: int) -> Path:
 
 
 def run(
-    contender: Contender, base: Settings, count: int, timeout: float, work: Path
+    contender: Contender,
+    base: Settings,
+    count: int,
+    timeout: float,
+    work: Path,
+    broker_cpu: Callable[[], float | None] = lambda: None,
 ) -> dict[str, Any]:
-    """Launch the contender and time it until `count` records are visible in its outputs."""
+    """Launch the contender and time it until `count` records are visible in its outputs;
+    `broker_cpu`: the broker's CPU seconds so far (None: not known)."""
     reader = Consumer(
         consumer_config(base, "bench-counter", group_id=f"bench-counter-{uuid.uuid4().hex}")
     )
@@ -403,6 +416,7 @@ def run(
     log = work / f"{contender.name}.log"
     seen, error = 0, None
     with open(log, "wb") as out:
+        broker_at_start = broker_cpu()
         start = time.monotonic()
         proc = subprocess.Popen(
             contender.argv, env=contender.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
@@ -422,6 +436,7 @@ def run(
                 error = f"timed out after {timeout:g} s with {seen:,} of {count:,}; see {log}"
                 break
         wall = now - start
+        broker_at_end = broker_cpu()
     finally:
         # py-spy writes its profile on SIGINT (Ctrl-C), not on SIGTERM
         tree.stop(proc, sig=signal.SIGINT if os.environ.get("BENCH_PROFILE") else signal.SIGTERM)
@@ -433,6 +448,11 @@ def run(
         "tx_per_s": seen / wall,
         "cpu_s": tree.cpu_s,
         "cpu_us_per_tx": tree.cpu_s / seen * 1e6 if seen else None,
+        "broker_cpu_us_per_tx": (
+            (broker_at_end - broker_at_start) / seen * 1e6
+            if seen and broker_at_start is not None and broker_at_end is not None
+            else None
+        ),
         "peak_rss_mb": tree.peak_rss_mb,
         "peak_rss_sum_mb": tree.peak_rss_sum_mb,
         "processes": len(tree.pids),
@@ -457,8 +477,10 @@ def row(r: dict[str, Any]) -> str:
     if "tx_per_s" not in r:
         return f"{r['label']:<44} failed: {r['error']}"
     cpu = f"{r['cpu_us_per_tx']:.1f}" if r["cpu_us_per_tx"] is not None else "-"
+    broker_cpu = r.get("broker_cpu_us_per_tx")
+    on_broker = f"{broker_cpu:.1f}" if broker_cpu is not None else "-"
     line = (
-        f"{r['label']:<44} {r['tx_per_s']:>9,.0f} {cpu:>10} "
+        f"{r['label']:<44} {r['tx_per_s']:>9,.0f} {cpu:>10} {on_broker:>10} "
         f"{r['peak_rss_mb']:>6,.0f} MB {r['wall_s']:>7.1f}s"
     )
     if r["processes"] > 1:

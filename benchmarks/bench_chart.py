@@ -39,8 +39,13 @@ def main() -> None:
         left.text(
             bar.get_width(),
             bar.get_y() + bar.get_height() / 2,
-            f" {c['tx_per_s']:,.0f} tx/s, {c['cpu_us_per_tx']:.1f} µs CPU/tx, "
-            f"{c['peak_rss_mb']:,.0f} MB",
+            f" {c['tx_per_s']:,.0f} tx/s, {c['cpu_us_per_tx']:.1f} µs CPU/tx"
+            + (
+                f" (broker {c['broker_cpu_us_per_tx']:.1f})"
+                if c.get("broker_cpu_us_per_tx") is not None
+                else ""
+            )
+            + f", {c['peak_rss_mb']:,.0f} MB",
             va="center",
             fontsize=8,
         )

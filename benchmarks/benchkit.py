@@ -18,33 +18,54 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings
 
-__all__ = ["REPO", "ProcessTree", "env_for", "kafka"]
+__all__ = ["REPO", "Broker", "ProcessTree", "broker", "env_for", "kafka"]
 
 REPO = Path(__file__).resolve().parent.parent
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class Broker:
+    """A broker's bootstrap address, and its process when it is ours (None: an external one,
+    whose CPU time is not known here)."""
+
+    url: str
+    pid: int | None = None
+
+    def cpu_s(self) -> float | None:
+        """The broker process's user+system CPU seconds so far (None: not ours)."""
+        return _cpu_s(self.pid) if self.pid is not None else None
+
+
 @contextmanager
-def kafka() -> Iterator[str]:
-    """The bootstrap address of a broker: BENCH_KAFKA_BROKER_URL when set, else a broker of
-    our own on a free port and a fresh data directory, both gone on the way out."""
+def broker() -> Iterator[Broker]:
+    """A broker: BENCH_KAFKA_BROKER_URL when set, else one of our own on a free port and a
+    fresh data directory, both gone on the way out."""
     url = os.environ.get("BENCH_KAFKA_BROKER_URL")
     if url:
-        yield url
+        yield Broker(url)
         return
     data = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
-    broker = LocalBroker(port=free_port(), data_dir=data / "kafka")
-    broker.start()
+    local = LocalBroker(port=free_port(), data_dir=data / "kafka")
+    local.start()
     try:
-        yield broker.bootstrap
+        yield Broker(local.bootstrap, local.pid())
     finally:
-        broker.stop()
+        local.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def kafka() -> Iterator[str]:
+    """`broker()`'s bootstrap address."""
+    with broker() as b:
+        yield b.url
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
