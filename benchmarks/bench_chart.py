@@ -49,7 +49,7 @@ def main() -> None:
             va="center",
             fontsize=8,
         )
-    left.set_xlim(0, max(tps, default=1) * 1.6)
+    left.set_xlim(0, max(tps, default=1) * 1.9)
     failed = [c["label"] for c in r["contenders"] if c not in done]
     if failed:
         left.text(0, -0.12, "failed: " + ", ".join(failed), transform=left.transAxes, fontsize=8)
