@@ -34,7 +34,10 @@ the program at start with the key's name.
 Besides the variables below, `KAFKA_<NAME>` is any librdkafka setting, e.g.
 `KAFKA_SECURITY_PROTOCOL=SASL_SSL` (never logged); a name librdkafka does not have, or a value it
 refuses, stops the program at start, naming the variable (and the nearest setting for a typo such
-as `KAFKA_BROKER_ULR`).
+as `KAFKA_BROKER_ULR`). A producer's batching settings are defaults such a variable overrides
+(`KAFKA_LINGER_MS`, 5 ms), and so is the detector's compression of what it writes (lz4: its
+internal topics carry each input record twice; `KAFKA_COMPRESSION_TYPE=none` turns it off);
+its guarantees (`enable.idempotence`, `acks=all`) are not.
 
 `FRAUDSTREAM_CACHE` (default `~/.cache/fraudstream`, `./.cache` under make) is where the Kafka
 jars are kept; the local broker's tooling reads it, not `Settings`.

@@ -117,6 +117,25 @@ def test_kafka_s_own_script_variables_are_left_alone(no_kafka_env: pytest.Monkey
     assert passthrough({"KAFKA_HOME": "/opt/kafka", "KAFKA_HEAP_OPTS": "-Xmx1G"}) == {}
 
 
+def test_producer_tuning_is_a_default_a_kafka_variable_overrides(
+    no_kafka_env: pytest.MonkeyPatch,
+) -> None:
+    from fraudstream.stream.clients import producer_config
+
+    s = load_settings(_env_file=None)
+    detector = producer_config(s, "d", transactional_id="d")
+    plain = producer_config(s, "g")
+    # the detector's producer compresses (its repartition topics carry each input record twice)
+    assert detector["compression.type"] == "lz4" and "compression.type" not in plain
+    assert detector["linger.ms"] == plain["linger.ms"] == 5
+    no_kafka_env.setenv("KAFKA_COMPRESSION_TYPE", "none")
+    no_kafka_env.setenv("KAFKA_LINGER_MS", "50")
+    no_kafka_env.setenv("KAFKA_ENABLE_IDEMPOTENCE", "false")  # the guarantees are not tuning
+    detector = producer_config(s, "d", transactional_id="d")
+    assert detector["compression.type"] == "none" and detector["linger.ms"] == "50"
+    assert detector["enable.idempotence"] is True and detector["acks"] == "all"
+
+
 def test_a_refused_value_is_named_without_showing_it(no_kafka_env: pytest.MonkeyPatch) -> None:
     no_kafka_env.setenv("KAFKA_SECURITY_PROTOCOL", "s3cret-looking")
     with pytest.raises(ConfigError, match="KAFKA_SECURITY_PROTOCOL") as caught:

@@ -59,18 +59,32 @@ def base_config(settings: Settings, client_id: str) -> dict[str, Any]:
 def producer_config(
     settings: Settings, client_id: str, *, transactional_id: str | None = None
 ) -> dict[str, Any]:
-    """Idempotent always (no duplicates on retry); transactional when an id is given."""
-    conf = base_config(settings, client_id) | {
-        "enable.idempotence": True,
-        "acks": "all",
+    """Idempotent always (no duplicates on retry); transactional when an id is given.
+
+    The batching and compression settings are defaults a `KAFKA_*` variable overrides
+    (`KAFKA_LINGER_MS`, `KAFKA_COMPRESSION_TYPE=none`). A transactional producer (the
+    detector's) compresses with lz4: it writes every transaction about three times more bytes
+    than it reads (the repartition topics carry the input record to the output), and writing
+    them was most of the broker's work (docs/performance.md, "The broker's work is bytes")."""
+    tuning: dict[str, Any] = {
         "linger.ms": 5,
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
-        # An oversized bad record is forwarded unchanged to the dead-letter topic; the
-        # broker's message.max.bytes must allow it too (the local broker's is 4 MiB).
-        "message.max.bytes": 4_194_304,
     }
+    if transactional_id is not None:
+        tuning["compression.type"] = "lz4"
+    conf = (
+        tuning
+        | base_config(settings, client_id)
+        | {
+            "enable.idempotence": True,
+            "acks": "all",
+            # An oversized bad record is forwarded unchanged to the dead-letter topic; the
+            # broker's message.max.bytes must allow it too (the local broker's is 4 MiB).
+            "message.max.bytes": 4_194_304,
+        }
+    )
     if transactional_id is not None:
         conf["transactional.id"] = transactional_id
         conf["transaction.timeout.ms"] = 60_000
