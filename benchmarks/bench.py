@@ -14,7 +14,7 @@ comparable.
 
 Starts its own broker (or uses BENCH_KAFKA_BROKER_URL), preloads N simulated transactions
 (the `sim` profile, labels included) into one 6-partition topic, copies it once through the
-broker and decides it twice with the default rules, both unmeasured (a broker just started is
+broker and decides it twice with the default rules, all unmeasured (a broker just started is
 slower for a while, its transaction paths too, which held back whichever contender ran
 first), then runs each contender as its own process, one after
 the other, each reading that topic in its own consumer group and writing to its own output

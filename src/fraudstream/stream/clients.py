@@ -72,23 +72,17 @@ def producer_config(
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
     }
+    fixed: dict[str, Any] = {
+        "enable.idempotence": True,
+        "acks": "all",
+        # An oversized bad record is forwarded unchanged to the dead-letter topic; the
+        # broker's message.max.bytes must allow it too (the local broker's is 4 MiB).
+        "message.max.bytes": 4_194_304,
+    }
     if transactional_id is not None:
         tuning["compression.type"] = "lz4"
-    conf = (
-        tuning
-        | base_config(settings, client_id)
-        | {
-            "enable.idempotence": True,
-            "acks": "all",
-            # An oversized bad record is forwarded unchanged to the dead-letter topic; the
-            # broker's message.max.bytes must allow it too (the local broker's is 4 MiB).
-            "message.max.bytes": 4_194_304,
-        }
-    )
-    if transactional_id is not None:
-        conf["transactional.id"] = transactional_id
-        conf["transaction.timeout.ms"] = 60_000
-    return conf
+        fixed |= {"transactional.id": transactional_id, "transaction.timeout.ms": 60_000}
+    return tuning | base_config(settings, client_id) | fixed
 
 
 def consumer_config(
