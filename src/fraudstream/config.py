@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     this far ahead of its partition's stream time, it is decided at the stream's time, with an
     `event_time_skew` reason."""
     stall_warning_ms: int = Field(default=30_000, ge=1000)
-    """Input pending and no decision committed for this many ms: the detector logs what it
-    waits for, and `fraudstream status` says stalled (exit 1)."""
+    """Input pending and no decision committed for this many ms, or an input partition
+    paused for back-pressure this long: the detector logs what it waits for, and
+    `fraudstream status` says stalled (exit 1)."""
     status_interval_ms: int = Field(default=5_000, ge=100)
     """How often, in ms, each detector publishes its health to `<group>.status`."""
     max_buffered_records: int = Field(default=50_000, ge=1)

@@ -6,6 +6,11 @@ partition's time jumped months ahead, the payee stage held every later record of
 partition until the others caught up (never), memory grew without bound and later records were
 never decided. A record far ahead of its partition's time is now decided at the stream's time
 (flagged `event_time_skew`), and one ahead of the wall clock goes to the dead-letter topic.
+
+The same when such records are a fresh partition's first (sent just after `make run` starts,
+before the generator's first records there): they set the partition's time to the clock's, and
+every record after them waited. A partition's first records are now held until the records
+after them show which clock the partition runs on.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ def test_wall_clock_and_future_records_in_a_simulated_stream(
         b'{"source":"a9","target":"b9","amount":5.00,"currency":"EUR",'
         b'"timestamp":"2100-01-01T00:00:00Z"}'
     )
+    for partition in (0, 0, 2):  # the first records of two partitions, on the clock
+        producer.produce(topic, kcat, b"a1", partition=partition)
     simulated(n)
     for partition in (0, 1, 1, 2, 2):  # five records on the clock, on every partition
         producer.produce(topic, kcat, b"a1", partition=partition)
@@ -80,7 +87,7 @@ def test_wall_clock_and_future_records_in_a_simulated_stream(
         producer.produce(topic, future, b"a9", partition=partition)
     simulated(n)  # the same world, carrying on
     assert producer.flush(30) == 0
-    total = 2 * n + 5 + 2
+    total = 2 * n + 3 + 5 + 2
 
     outputs = Outputs(settings)
     d = Detectors(settings, tmp_path, rules=DEFAULT_RULES, PARTITION_IDLE_MS="600000")
@@ -92,7 +99,7 @@ def test_wall_clock_and_future_records_in_a_simulated_stream(
             nonlocal peak
             assert proc.poll() is None, proc.log.read_text()  # type: ignore[attr-defined]
             peak = max(peak, _rss_mb(proc.pid))
-            return outputs.count() >= 2 * n + 5 - TAIL
+            return outputs.count() >= 2 * n + 8 - TAIL
 
         wait_for(most_decided, timeout=120, what=f"all but the last {TAIL} decided")
         d.stop(proc)
@@ -116,13 +123,13 @@ def test_wall_clock_and_future_records_in_a_simulated_stream(
         for m in read_to_end(settings, t)
     ]
     ids = [r["id"] for r in decisions]
-    assert len(ids) == 2 * n + 5 and len(set(ids)) == len(ids), "lost or duplicated"
+    assert len(ids) == 2 * n + 8 and len(set(ids)) == len(ids), "lost or duplicated"
     flagged = [
         r
         for r in decisions
         if any(x["rule"] == "event_time_skew" for x in r["decision"]["reasons"])
     ]
-    assert sorted(r["source"] for r in flagged) == ["a1"] * 5
+    assert sorted(r["source"] for r in flagged) == ["a1"] * 8
     assert all("decided at" in r["decision"]["reasons"][-1]["reason"] for r in flagged)
     dead = read_to_end(settings, settings.dlq_topic)
     assert [dict(m.headers())["error.class"] for m in dead] == [b"event_time_skew"] * 2

@@ -373,6 +373,8 @@ def _through_the_stages(
     task = InputTask(ctx, source, 0, engine.for_stage(source.key), Meta())
     txn.begin()
     task.read(inputs)
+    task.idle = True  # read to its end: its first records go (`first_run`)
+    task.settle()
     ctx.collector.flush()
     txn.commit([], None)
     sent = []
@@ -469,6 +471,93 @@ def test_a_payment_crosses_only_the_last_keyed_stage_without_its_transaction(
     assert [e.o for e in ordered] == [e.o for e in by_target]
     assert all(e.tx is None for e in ordered)
     assert [e.value for e in ordered] == values
+
+
+def test_a_partitions_first_records_on_another_clock_are_decided_at_the_time_after_them(
+    make_settings: SettingsFactory,
+) -> None:
+    """Two payments on the wall clock at the start of a fresh partition, then a replay of
+    January's history (as when the README's kcat example goes in just before `make run`'s
+    generator writes): the first two are held until a record shows they run ahead, then
+    decided at its time (flagged), so the partition's stream time is January's, not
+    December's. A run of FIRST_RUN records on one clock goes at its own time; one record
+    alone goes at its own time once its partition is idle. Held records keep the committed
+    offset at the first of them, and a rollback forgets them (they are read again)."""
+    from fraudstream.stream.tasks import FIRST_RUN
+
+    settings = make_settings(topic_partitions=3)
+    ensure_topics(settings)
+    topology = Topology(settings, ["source", "target"], 3, 0)
+    ensure_topics(settings, [s.topic for s in topology.stages[1:]])
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    txn = _coordinator(settings)
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 2**42)
+
+    def pay(i: int, when: str) -> bytes:
+        return (
+            f'{{"id": "t{i}", "timestamp": "{when}", "source": "A{i}", "target": "P{i}", '
+            f'"amount": 600.5, "currency": "EUR"}}'  # (no bundles)
+        ).encode()
+
+    clock = [pay(i, f"2026-12-05T01:0{i}:00Z") for i in range(2)]
+    history = [pay(10 + i, f"2026-01-05T10:{i:02d}:00Z") for i in range(FIRST_RUN + 1)]
+    producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
+    for partition, values in ((0, clock + history[:3]), (1, history), (2, clock[:1])):
+        for v in values:
+            producer.produce(settings.transactions_topic, v, partition=partition)
+    assert producer.flush(30) == 0
+    inputs: dict[int, list[object]] = {0: [], 1: [], 2: []}
+    for m in read_to_end(settings, settings.transactions_topic):
+        inputs[m.partition()].append(m)
+    source = topology.stages[0]
+    seen: set[tuple[int, int]] = set()  # the repartition records read before
+
+    def step(task: InputTask, msgs: list[object], settle: bool = False) -> list[Envelope]:
+        """`task` reads `msgs` (or settles) in one committed transaction: what it sent."""
+        txn.begin()
+        task.dirty = True
+        task.settle() if settle else task.read(msgs)
+        ctx.collector.flush()
+        txn.commit([], None)
+        no_open_transaction(settings, [topology.stages[1].topic])
+        new = []
+        for m in read_to_end(settings, topology.stages[1].topic):
+            if (m.partition(), m.offset()) not in seen:
+                seen.add((m.partition(), m.offset()))
+                new += decode_block(m.value())
+        return sorted((e for e in new if e.kind == DATA), key=lambda e: e.o)
+
+    jan5 = 1_767_607_200_000  # 2026-01-05T10:00:00Z
+    task = InputTask(ctx, source, 0, engine.for_stage("source"), Meta())
+    assert step(task, inputs[0][:1]) == [] and step(task, inputs[0][1:2]) == []
+    assert task.commit_offset(7) == 0 and task.meta.stream_time == 0  # held: read again
+    task.rollback()
+    assert task.held_first == []  # a rollback forgets them: the rewind reads them again
+    assert step(task, inputs[0][:2]) == []
+    sent = step(task, inputs[0][2:])
+    assert [(e.o, e.t) for e in sent] == [
+        (0, jan5),
+        (1, jan5),
+        (2, jan5),
+        (3, jan5 + 60_000),
+        (4, jan5 + 120_000),
+    ]
+    assert ["decided at 2026-01-05T10:00:00Z" in e.note for e in sent] == [True] * 2 + [False] * 3
+    assert task.meta.stream_time == jan5 + 120_000 and task.held_first == []
+    assert task.commit_offset(7) == 7
+
+    one_clock = InputTask(ctx, source, 1, engine.for_stage("source"), Meta())
+    assert step(one_clock, inputs[1][:FIRST_RUN]) == []  # not known yet: the run goes on
+    sent = step(one_clock, inputs[1][FIRST_RUN:])
+    assert [e.t for e in sent] == [jan5 + i * 60_000 for i in range(FIRST_RUN + 1)]
+    assert not any(e.note for e in sent)
+
+    alone = InputTask(ctx, source, 2, engine.for_stage("source"), Meta())
+    assert step(alone, inputs[2]) == []
+    alone.idle = True
+    (env,) = step(alone, [], settle=True)
+    assert env.t == 1_796_432_400_000 and not env.note  # 2026-12-05T01:00:00Z, its own
+    assert alone.meta.stream_time == env.t and alone.held_first == []
 
 
 def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> None:

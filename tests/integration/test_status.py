@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,75 @@ def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Pa
         flowing.stop(proc)
     finally:
         flowing.cleanup()
+
+
+def test_a_partition_held_back_while_the_others_flow_is_a_stall(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Partition 0 jumps 59 minutes ahead (within MAX_EVENT_TIME_SKEW_MS, so believed) while
+    partitions 1 and 2 go on at a few seconds of event time per second: partition 0's records
+    wait in the payee stage until the others get there, the buffer passes its bound and
+    partition 0 is paused. Decisions of the others keep coming, so nothing looked stuck
+    before; now a partition paused for STALL_WARNING_MS is a stall, named with its mark."""
+    producer = Producer({"bootstrap.servers": settings.kafka_broker_url, "linger.ms": 5})
+    topic = settings.transactions_topic
+
+    def tx(i: int, p: int, ts: int) -> bytes:
+        return json.dumps(
+            {
+                "id": f"p{p}-{i}",
+                "source": f"a{p}-{i % 7}",
+                "target": f"b{i % 5}",
+                "amount": 12.5,
+                "currency": "EUR",
+                "timestamp": ts,
+            }
+        ).encode()
+
+    ahead = T0 + 59 * 60_000
+    for i in range(3_000):
+        producer.produce(topic, tx(i, 0, T0 + i if i < 20 else ahead), partition=0)
+    assert producer.flush(30) == 0
+    stop = threading.Event()
+
+    def others() -> None:  # partitions 1 and 2, 100 records a second, 5 s of event time each
+        i = 0
+        while not stop.wait(0.01):
+            i += 1
+            producer.produce(topic, tx(i, 1 + i % 2, T0 + i * 5_000), partition=1 + i % 2)
+            producer.poll(0)
+        producer.flush(30)
+
+    writer = threading.Thread(target=others)
+    writer.start()
+    d = Detectors(
+        settings,
+        tmp_path,
+        rules=DEFAULT_RULES,
+        PARTITION_IDLE_MS="600000",
+        STALL_WARNING_MS="2000",
+        STATUS_INTERVAL_MS="500",
+        MAX_BUFFERED_RECORDS="500",
+    )
+    try:
+        proc = d.start()
+        log = proc.log  # type: ignore[attr-defined]
+        wait_for(
+            lambda: "paused for back-pressure for" in log.read_text(), timeout=60, what="a warning"
+        )
+        warning = next(x for x in log.read_text().splitlines() if "paused for back-pressure" in x)
+        assert f"{topic}[0] (mark 2026-01-01T00:59:00Z" in warning, warning
+        assert "no decision committed" not in log.read_text()  # the others flow
+        before = committed_progress(settings)
+        done = _status(settings)
+        assert done.returncode == 1 and "STALLED" in done.stdout, done.stdout
+        assert f"{topic}[0] (mark 2026-01-01T00:59:00Z" in done.stdout, done.stdout
+        wait_for(lambda: committed_progress(settings) > before, timeout=30, what="decisions")
+        d.stop(proc)
+    finally:
+        stop.set()
+        writer.join()
+        d.cleanup()
 
 
 def test_the_status_topic_is_compacted_a_minute_at_a_time(settings: Settings) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "TaskStatus",
     "describe_key",
     "format_status",
+    "paused_too_long",
     "read_status",
     "waits",
 ]
@@ -50,6 +51,7 @@ class TaskStatus(msgspec.Struct, frozen=True):
     heard: int = 0  # how many of them it has heard
     lowest: int = -1  # the upstream whose mark holds it back (the lowest), -1: none
     lowest_mark: str = ""
+    paused_s: float = 0.0  # inputs: how long it has been paused for back-pressure
 
 
 class Status(msgspec.Struct, frozen=True):
@@ -62,6 +64,7 @@ class Status(msgspec.Struct, frozen=True):
     stalled: bool
     tasks: list[TaskStatus]
     drift: str = ""  # why its model's last window of decisions left the training range
+    why: str = ""  # what it waits for, when stalled
 
 
 def describe_key(key: Key | None) -> str:
@@ -90,6 +93,28 @@ def waits(tasks: list[TaskStatus]) -> list[str]:
             why = "its next release"
         out.append(f"{t.topic}[{t.partition}] buffers {t.buffered} records, waiting for {why}")
     return out
+
+
+def paused_too_long(tasks: list[TaskStatus], limit_s: float) -> str:
+    """The input partitions paused for back-pressure for `limit_s` or more, and why: what
+    they read waits in the stages for the other partitions' event time to reach theirs (one
+    runs ahead of the others, e.g. a record on another clock, up to MAX_EVENT_TIME_SKEW_MS
+    ahead of its partition). The other partitions' decisions may still flow: without this,
+    no stall would show."""
+    long = [t for t in tasks if t.paused_s >= limit_s]
+    if not long:
+        return ""
+    held = waits(tasks)
+    return (
+        "input partition(s) "
+        + ", ".join(f"{t.topic}[{t.partition}] (mark {t.mark or '-'})" for t in long)
+        + f" paused for back-pressure for {max(t.paused_s for t in long):.0f}s: what they read "
+        "waits in the stages for the other partitions' event time to reach theirs"
+        + ("; " + "; ".join(held[:3]) if held else "")
+        + ". One partition may run ahead of the others (a record on another clock, within "
+        "MAX_EVENT_TIME_SKEW_MS of its partition's time): it goes on once they get there, "
+        "or once they go idle"
+    )
 
 
 class StallWatch:
@@ -216,6 +241,9 @@ def read_status(
     if any(r.stalled for r in live):
         stalled = True
         why = "instance(s) " + ", ".join(r.instance for r in live if r.stalled) + " report a stall"
+        said = [f"{r.instance}: {r.why}" for r in live if r.stalled and r.why]
+        if said:
+            why += " (" + "; ".join(said) + ")"
     elif waiting and not live:
         stalled = True
         why = f"{waiting} records wait and no detector of group {group} has reported lately"

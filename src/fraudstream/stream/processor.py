@@ -42,7 +42,7 @@ from fraudstream.detection import Engine
 from fraudstream.errors import ProcessingError
 from fraudstream.stream.clients import base_config, consumer_config
 from fraudstream.stream.collector import ProcessorStats, RecordCollector
-from fraudstream.stream.health import StallWatch, Status, TaskStatus, waits
+from fraudstream.stream.health import StallWatch, Status, TaskStatus, paused_too_long, waits
 from fraudstream.stream.layout import member_name, prepare_topology
 from fraudstream.stream.metrics import RuntimeMetrics
 from fraudstream.stream.snapshot import SnapshotStore
@@ -123,6 +123,7 @@ class Processor:
         self._next_health = 0.0
         self._next_status = 0.0
         self._stall = StallWatch(settings.stall_warning_ms)
+        self._paused_said = 0.0  # when a partition paused too long was last logged
         self._last_commit_ms = 0
         self._status_producer: Producer | None = None
         self._renewals = 0  # producers replaced since the last commit
@@ -420,12 +421,18 @@ class Processor:
         held = waits(tasks)
         unread = self.manager.unread() if not held else []
         pending = bool(held or unread)
+        waiting = "; ".join(held) if held else "unread: " + ", ".join(unread[:10])
         if self._stall.should_warn(now, pending=pending):
             log.warning(
                 "no decision committed for %.0fs while input is pending (STALL_WARNING_MS); %s",
                 self.settings.stall_warning_ms / 1000,
-                "; ".join(held) if held else "unread: " + ", ".join(unread[:10]),
+                waiting,
             )
+        warn_s = self.settings.stall_warning_ms / 1000
+        paused = paused_too_long(tasks, warn_s)
+        if paused and now - self._paused_said >= warn_s:
+            self._paused_said = now
+            log.warning("%s (STALL_WARNING_MS)", paused)
         skipped = self.manager.ctx.skipped_labels
         if skipped != self._skipped_said and now >= self._next_status:
             self._skipped_said = dict(skipped)
@@ -447,6 +454,8 @@ class Processor:
             else:
                 log.info("the model's decisions are back within their training days' range")
         stalled = self._stall.stalled(now, pending=pending)
+        why = waiting if stalled else paused
+        stalled = stalled or bool(paused)
         h = self.metrics.health
         h.buffered = {(t.stage, t.partition): t.buffered for t in tasks if t.upstream}
         h.lag = self.manager.lag()
@@ -457,9 +466,9 @@ class Processor:
         h.stalled, h.drift, h.dead_letters = stalled, self._drift_said, dict(skipped)
         if now >= self._next_status:
             self._next_status = now + self.settings.status_interval_ms / 1000
-            self._publish_status(tasks, stalled=stalled)
+            self._publish_status(tasks, stalled=stalled, why=why)
 
-    def _publish_status(self, tasks: list[TaskStatus], *, stalled: bool) -> None:
+    def _publish_status(self, tasks: list[TaskStatus], *, stalled: bool, why: str) -> None:
         assert self.topology is not None
         if self._status_producer is None:
             self._status_producer = Producer(base_config(self.settings, f"{self._name}-status"))
@@ -471,6 +480,7 @@ class Processor:
             stalled,
             tasks,
             self._drift_said,
+            why if stalled else "",
         )
         try:
             self._status_producer.produce(

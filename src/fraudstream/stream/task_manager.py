@@ -109,6 +109,7 @@ class TaskManager:
         self.tasks: dict[tuple[str, int], Task] = {}
         self.restored_keys = 0
         self.paused: set[tuple[str, int]] = set()  # input partitions paused for back-pressure
+        self.paused_since: dict[tuple[str, int], float] = {}  # when each was paused (clock)
         self.pressing = False  # over MAX_BUFFERED_*: its marks ask the others to hold back
         self._held_by: set[tuple[str, int]] = set()  # the partitions paused by others' HOLD
         self._next_backpressure = 0.0
@@ -189,6 +190,7 @@ class TaskManager:
         for tp in partitions:
             self.tasks.pop((tp.topic, tp.partition), None)
             self.paused.discard((tp.topic, tp.partition))
+            self.paused_since.pop((tp.topic, tp.partition), None)
 
     def _usable_snapshots(self, changelog: str, parts: list[int]) -> dict[int, Snapshot]:
         """The local snapshots of these changelog partitions that can be trusted."""
@@ -243,7 +245,12 @@ class TaskManager:
         """Each task's mark to every partition of the next stage, if it moved."""
         topology = self.topology
         collector = self.ctx.collector
-        for task in self.tasks.values():
+        tasks = self.tasks.values()
+        for task in tasks:
+            if task.idle:
+                task.settle()  # an input gone idle: what it held goes before its mark
+        collector.flush()
+        for task in tasks:
             if not task.sends_marks:
                 continue
             bound = task.bound()
@@ -449,13 +456,19 @@ class TaskManager:
         if pause:
             self.consumer.pause([TopicPartition(t, p) for t, p in pause])
         self.paused = want
+        for part in resume:
+            del self.paused_since[part]
+        for part in pause:
+            self.paused_since[part] = now
 
     # --- health ----------------------------------------------------------------------------
 
     def task_status(self) -> list[TaskStatus]:
         """Each task's buffer and marks, as `fraudstream status` shows them."""
         out = []
+        now = self.clock()
         for (topic, partition), task in sorted(self.tasks.items()):
+            since = self.paused_since.get((topic, partition))
             marks = task.meta.marks
             lowest, lowest_mark = -1, ""
             keyed = isinstance(task, KeyedTask)
@@ -473,6 +486,7 @@ class TaskManager:
                     heard=len(marks),
                     lowest=lowest,
                     lowest_mark=lowest_mark,
+                    paused_s=0.0 if since is None else round(now - since, 1),
                 )
             )
         return out

@@ -77,6 +77,9 @@ META_KEY = b"m"  # a task's bookkeeping (Meta) in its changelog, beside the stat
 # (BLOCK_BYTES) whatever the records
 BUNDLE = 128
 BUNDLE_BYTES = 64 * 1024
+# A partition's first records are held until this many show the clock they run on
+# (`first_run`), or one far behind them, or the partition goes idle
+FIRST_RUN = 16
 
 
 @dataclass
@@ -109,6 +112,57 @@ def lean(tx: Transaction, value: bytes, floor: float) -> bool:
     stage's floor (`Engine.floor`: nothing there reads or changes state for it, no rule
     fires) and the output can be its input bytes with members appended (`appendable`)."""
     return tx.amount < floor and appendable(value, tx)
+
+
+def first_run(
+    every: list[Decoded | InvalidTransaction], latest: int, skew: int, final: bool
+) -> tuple[int, dict[int, tuple[int, str]]]:
+    """A partition's first records (`every`, decoded, from its first read on): whether they
+    run ahead of the clock of the records after them, e.g. a few sent by hand on the wall
+    clock into a fresh topic just before a replay of older history. Its first valid records
+    form a run while each is within `skew` of the others; the run ends
+    - at a record more than `skew` behind its earliest: the run was ahead, and each of its
+      records is decided and ordered at that record's time (else the partition's stream time
+      would start months ahead, and every later record of it wait in the stages for the
+      other partitions to get there);
+    - at a record more than `skew` ahead of it (the rule for every later record takes that
+      one), or after FIRST_RUN records: the run is decided as it is.
+    Returns how many of `every` can be read now (the rest are held until more comes; with
+    `final`, the partition gone idle, none are) and, by index, the time and note of each
+    record decided at another record's time. Only the log decides, so a restart or another
+    process decides the same."""
+    start = -1
+    lo = hi = 0
+    for i, decoded in enumerate(every):
+        if start >= 0 and i - start >= FIRST_RUN:
+            break
+        if isinstance(decoded, InvalidTransaction) or decoded.tx.ts_ms > latest:
+            continue  # dead-lettered in its place
+        ts = decoded.tx.ts_ms
+        if start < 0:
+            start, lo, hi = i, ts, ts
+        elif ts < lo - skew:  # the run was ahead of this clock
+            run = (
+                (k, d.tx.ts_ms)
+                for k, d in enumerate(every[start:i], start)
+                if not isinstance(d, InvalidTransaction) and d.tx.ts_ms <= latest
+            )
+            return len(every), {
+                k: (
+                    ts,
+                    f"event time {_iso(t)} is {_span(t - ts)} ahead of the records after it, "
+                    f"one of its partition's first; decided at {_iso(ts)}",
+                )
+                for k, t in run
+            }
+        elif ts > hi + skew:
+            break
+        else:
+            lo, hi = min(lo, ts), max(hi, ts)
+    else:
+        if start >= 0 and not final:
+            return start, {}  # not known yet
+    return len(every), {}
 
 
 def _iso(ms: int) -> str:
@@ -171,6 +225,9 @@ class Task:
 
     def release(self) -> None:
         """Tasks that buffer: let out what the marks allow (others have nothing to do)."""
+
+    def settle(self) -> None:
+        """Gone idle (inputs): let out what it held until more came (others hold nothing)."""
 
     def bound(self) -> Key | None:
         """This task's mark: nothing it sends later is at or below it."""
@@ -276,7 +333,34 @@ class _Unbuffered(Task):
 class InputTask(_Unbuffered):
     role = INPUT
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A partition's first records, from its first valid one on, while it is not known
+        # whether they run ahead of the clock of the records after them (`first_run`): read
+        # again with what comes next; its committed offset stays at the first of them.
+        self.held_first: list[Any] = []
+
     def read(self, msgs: list[Any]) -> None:
+        self._read(msgs, final=False)
+
+    def settle(self) -> None:
+        """Gone idle: the first records it holds are decided at their own time (nothing came
+        after them to say otherwise)."""
+        if self.held_first:
+            self._read([], final=True)
+
+    def commit_offset(self, position: int) -> int | None:
+        if self.held_first and self.dirty:
+            return int(self.held_first[0].offset())  # read again after a restart
+        return super().commit_offset(position)
+
+    def rollback(self) -> None:
+        super().rollback()
+        self.held_first = []
+
+    def _read(self, msgs: list[Any], final: bool) -> None:
+        if self.held_first:
+            msgs, self.held_first = self.held_first + msgs, []
         ctx = self.ctx
         collector = ctx.collector
         meta = self.meta
@@ -285,6 +369,7 @@ class InputTask(_Unbuffered):
         latest = ctx.wall_ms() + skew  # no event time beyond this is believed
         valid: list[tuple[Any, Decoded, int]] = []
         flagged: dict[int, str] = {}  # offset -> why a record was decided at stream time
+        retime: dict[int, tuple[int, str]]
         first = msgs[0]
         every = decode_transactions(
             [msg.value() for msg in msgs],
@@ -293,13 +378,24 @@ class InputTask(_Unbuffered):
             offsets=[msg.offset() for msg in msgs],
             record_ts_ms=[msg.timestamp()[1] for msg in msgs],
         )
-        for msg, decoded in zip(msgs, every, strict=True):
+        stop, retime = len(msgs), {}  # retime: by index, (time, note) (`first_run`)
+        if not stream_time and self.sends_marks:  # the partition's first records
+            stop, retime = first_run(every, latest, skew, final)
+            self.held_first = msgs[stop:]
+            if not stop:
+                return
+            msgs, every = msgs[:stop], every[:stop]
+        for i, (msg, decoded) in enumerate(zip(msgs, every, strict=True)):
             if isinstance(decoded, InvalidTransaction):
                 collector.dead_letter(msg, decoded.kind, str(decoded), "decode")
                 continue
             offset = msg.offset()
             ts = decoded.tx.ts_ms
-            if ts > latest:
+            if retime and i in retime:  # among its partition's first, ahead of the rest
+                at, flagged[offset] = retime[i]
+                decoded = Decoded(msgspec.structs.replace(decoded.tx, timestamp=at), decoded.added)
+                ts = at
+            elif ts > latest:
                 collector.dead_letter(
                     msg,
                     "event_time_skew",
