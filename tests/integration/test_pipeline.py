@@ -225,3 +225,53 @@ def test_detector_command_stops_cleanly_on_sigterm_with_offsets_committed(
     ends = [c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
     c.close()
     assert [tp.offset for tp in committed] == ends
+
+
+def test_a_clean_stop_deletes_what_the_group_committed_past_on_the_repartition_topics(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """After a clean stop, every record of the payee stage's repartition topic that the group
+    has committed past is deleted, up to its committed offset exactly, whichever commit
+    carried each partition's offset (the last ones carry only marks and their readers')."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from fraudstream.stream import committed_progress, group_lag
+    from fraudstream.stream.health import read_status
+    from tests.chaos.test_faults import Detectors
+    from tests.conftest import REPO
+
+    n = 3_000
+    generate(settings, rate=math.inf, count=n, seed=7, progress=None)
+    d = Detectors(
+        settings, tmp_path, rules=str(REPO / "rules" / "default.yaml"), STATUS_INTERVAL_MS="300"
+    )
+
+    def inputs_idle() -> bool:
+        marks = [
+            t.mark for r in read_status(settings).reports for t in r.tasks if t.stage == "input"
+        ]
+        return len(marks) == settings.topic_partitions and all(m.startswith("idle") for m in marks)
+
+    try:
+        proc = d.start()
+        wait_for(
+            lambda: committed_progress(settings) >= n and group_lag(settings) == 0,
+            timeout=120,
+            what="every record decided",
+        )
+        wait_for(inputs_idle, timeout=60, what="the inputs' idle marks committed")
+        d.stop(proc)
+    finally:
+        d.cleanup()
+    topic = f"{settings.detector_group}.by-target"
+    c = Consumer(
+        {"bootstrap.servers": settings.kafka_broker_url, "group.id": settings.detector_group}
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        committed = [tp.offset for tp in c.committed(parts, timeout=30)]
+        low = [c.get_watermark_offsets(tp, timeout=10, cached=False)[0] for tp in parts]
+    finally:
+        c.close()
+    assert all(o > 0 for o in committed), committed
+    assert low == committed

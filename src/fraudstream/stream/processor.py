@@ -107,7 +107,6 @@ class Processor:
         self.collector = RecordCollector(settings, self.txn)
         self.topology: Topology | None = None
         self.manager: TaskManager | None = None  # once the topology is known (run)
-        self._committed: list[TopicPartition] = []  # the offsets of the last commit
         self._batches = 0
         self._snapshots = (
             SnapshotStore(
@@ -220,8 +219,8 @@ class Processor:
             self._commit()
         if self._snapshots is not None and not txn.in_txn and self.stats.commits:
             manager.snapshot()  # a clean stop leaves the freshest snapshot for the restart
-        if staged and self._committed:
-            manager.purge(self._committed, wait=10)
+        if staged:
+            manager.purge(wait=10)
 
     def close(self) -> None:
         """Abort what is uncommitted (a fenced producer cannot: the broker aborts it) and
@@ -337,9 +336,8 @@ class Processor:
         self._last_commit_ms = self.wall_ms()
         if manager.snapshot_due():
             manager.snapshot()
-        self._committed = offsets
         if manager.purge_due():
-            manager.purge(offsets)
+            manager.purge()
 
     def _abort(self) -> None:
         """Abort the open transaction and rewind every assigned partition to its commit."""

@@ -114,6 +114,11 @@ class TaskManager:
         self._held_by: set[tuple[str, int]] = set()  # the partitions paused by others' HOLD
         self._next_backpressure = 0.0
         self._next_purge = 0.0
+        self._committing: list[TopicPartition] = []  # the offsets of the open commit
+        # per repartition partition of its own: the offset the group committed last, and the
+        # one a purge was last sent for
+        self.committed: dict[tuple[str, int], int] = {}
+        self._purged: dict[tuple[str, int], int] = {}
         self._next_snapshot = clock() + self.settings.snapshot_interval_ms / 1000
         self._admin: AdminClient | None = None
         self._topic_ids: dict[str, str] = {}
@@ -191,6 +196,8 @@ class TaskManager:
             self.tasks.pop((tp.topic, tp.partition), None)
             self.paused.discard((tp.topic, tp.partition))
             self.paused_since.pop((tp.topic, tp.partition), None)
+            self.committed.pop((tp.topic, tp.partition), None)
+            self._purged.pop((tp.topic, tp.partition), None)
 
     def _usable_snapshots(self, changelog: str, parts: list[int]) -> dict[int, Snapshot]:
         """The local snapshots of these changelog partitions that can be trusted."""
@@ -289,6 +296,7 @@ class TaskManager:
             collector.send_keyed(task.stage.changelog, partition, task.changes(offset))
             if offset is not None:
                 offsets.append(TopicPartition(topic, partition, offset))
+        self._committing = offsets
         return offsets
 
     def commit(self) -> None:
@@ -296,8 +304,14 @@ class TaskManager:
             task.commit()
         if self.engine.drift is not None:  # the decisions committed count for drift
             self.engine.drift.commit()
+        internal = {s.topic for s in self.topology.buffered}  # the repartition topics
+        for tp in self._committing:
+            if tp.topic in internal:
+                self.committed[(tp.topic, tp.partition)] = tp.offset
+        self._committing = []
 
     def rollback(self) -> None:
+        self._committing = []
         for task in self.tasks.values():
             task.rollback()  # the state goes back with the outputs
         if self.engine.drift is not None:
@@ -343,14 +357,22 @@ class TaskManager:
     def purge_due(self) -> bool:
         return self.topology.staged and self.clock() >= self._next_purge
 
-    def purge(self, offsets: list[TopicPartition], wait: float = 0) -> None:
-        """Delete what the group has committed past on the repartition topics (as Kafka
-        Streams does): nobody reads those records again. Waited for only on a clean stop."""
+    def purge(self, wait: float = 0) -> None:
+        """Delete what the group has committed past on this process's repartition partitions
+        (as Kafka Streams does): nobody reads those records again. Each partition's latest
+        committed offset, whichever commit it came with (a commit of marks alone carries
+        none), unless already sent. Waited for only on a clean stop."""
         self._next_purge = self.clock() + PURGE_EVERY_S
-        internal = {s.topic for s in self.topology.buffered}
-        done = [tp for tp in offsets if tp.topic in internal and tp.offset > 0]
+        purged = self._purged
+        done = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in self.committed.items()
+            if offset > 0 and purged.get((topic, partition)) != offset
+        ]
         if not done:
             return
+        for tp in done:
+            purged[(tp.topic, tp.partition)] = tp.offset
         if self._admin is None:
             self._admin = AdminClient(base_config(self.settings, f"{self.name}-purge"))
         futures = self._admin.delete_records(done)
