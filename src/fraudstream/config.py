@@ -92,9 +92,11 @@ class Settings(BaseSettings):
     """An input partition read to its end and silent this many ms stops holding back the
     stages keyed by payee or merchant."""
     max_event_time_skew_ms: int = Field(default=3_600_000, ge=0)
-    """An event time this many ms ahead of the wall clock is dead-lettered (`event_time_skew`);
-    this far ahead of its partition's stream time, it is decided at the stream's time, with an
-    `event_time_skew` reason."""
+    """An event time this many ms ahead of the wall clock is dead-lettered (`event_time_skew`).
+    This far ahead of its partition's stream time (or a partition's first records), records
+    are held until those after them tell: back behind them by this much, they ran on another
+    clock and are decided at the stream's time, with an `event_time_skew` reason; else the
+    partition's clock moved, and they go at their own time."""
     stall_warning_ms: int = Field(default=30_000, ge=1000)
     """Input pending and no decision committed for this many ms, or an input partition
     paused for back-pressure this long: the detector logs what it waits for, and

@@ -473,17 +473,20 @@ def test_a_payment_crosses_only_the_last_keyed_stage_without_its_transaction(
     assert [e.value for e in ordered] == values
 
 
-def test_a_partitions_first_records_on_another_clock_are_decided_at_the_time_after_them(
+def test_records_on_another_clock_are_decided_at_their_partitions_time_a_quiet_hour_is_not(
     make_settings: SettingsFactory,
 ) -> None:
     """Two payments on the wall clock at the start of a fresh partition, then a replay of
     January's history (as when the README's kcat example goes in just before `make run`'s
     generator writes): the first two are held until a record shows they run ahead, then
     decided at its time (flagged), so the partition's stream time is January's, not
-    December's. A run of FIRST_RUN records on one clock goes at its own time; one record
-    alone goes at its own time once its partition is idle. Held records keep the committed
-    offset at the first of them, and a rollback forgets them (they are read again)."""
-    from fraudstream.stream.tasks import FIRST_RUN
+    December's. A run of RUN records on one clock goes at its own time, and so do records
+    after a quiet two hours (the partition's clock moved) once a record far ahead of them
+    ends their run; that one, followed by records back at the partition's time, is decided
+    at its stream time (flagged). One record alone goes at its own time once its partition
+    is idle. Held records keep the committed offset at the first of them, and a rollback
+    forgets them (they are read again)."""
+    from fraudstream.stream.tasks import RUN
 
     settings = make_settings(topic_partitions=3)
     ensure_topics(settings)
@@ -500,9 +503,11 @@ def test_a_partitions_first_records_on_another_clock_are_decided_at_the_time_aft
         ).encode()
 
     clock = [pay(i, f"2026-12-05T01:0{i}:00Z") for i in range(2)]
-    history = [pay(10 + i, f"2026-01-05T10:{i:02d}:00Z") for i in range(FIRST_RUN + 1)]
+    history = [pay(10 + i, f"2026-01-05T10:{i:02d}:00Z") for i in range(RUN + 1)]
+    later = [pay(50 + i, f"2026-01-05T12:3{i}:00Z") for i in range(5)]  # after a quiet 2 h
     producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
-    for partition, values in ((0, clock + history[:3]), (1, history), (2, clock[:1])):
+    one = history + later[:3] + clock[:1] + later[3:]
+    for partition, values in ((0, clock + history[:3]), (1, one), (2, clock[:1])):
         for v in values:
             producer.produce(settings.transactions_topic, v, partition=partition)
     assert producer.flush(30) == 0
@@ -532,7 +537,7 @@ def test_a_partitions_first_records_on_another_clock_are_decided_at_the_time_aft
     assert step(task, inputs[0][:1]) == [] and step(task, inputs[0][1:2]) == []
     assert task.commit_offset(7) == 0 and task.meta.stream_time == 0  # held: read again
     task.rollback()
-    assert task.held_first == []  # a rollback forgets them: the rewind reads them again
+    assert task.held_run == []  # a rollback forgets them: the rewind reads them again
     assert step(task, inputs[0][:2]) == []
     sent = step(task, inputs[0][2:])
     assert [(e.o, e.t) for e in sent] == [
@@ -543,21 +548,30 @@ def test_a_partitions_first_records_on_another_clock_are_decided_at_the_time_aft
         (4, jan5 + 120_000),
     ]
     assert ["decided at 2026-01-05T10:00:00Z" in e.note for e in sent] == [True] * 2 + [False] * 3
-    assert task.meta.stream_time == jan5 + 120_000 and task.held_first == []
+    assert task.meta.stream_time == jan5 + 120_000 and task.held_run == []
     assert task.commit_offset(7) == 7
 
     one_clock = InputTask(ctx, source, 1, engine.for_stage("source"), Meta())
-    assert step(one_clock, inputs[1][:FIRST_RUN]) == []  # not known yet: the run goes on
-    sent = step(one_clock, inputs[1][FIRST_RUN:])
-    assert [e.t for e in sent] == [jan5 + i * 60_000 for i in range(FIRST_RUN + 1)]
+    assert step(one_clock, inputs[1][:RUN]) == []  # not known yet: the run goes on
+    sent = step(one_clock, inputs[1][RUN : RUN + 1])
+    assert [e.t for e in sent] == [jan5 + i * 60_000 for i in range(RUN + 1)]
     assert not any(e.note for e in sent)
+    quiet = jan5 + 150 * 60_000  # 12:30, 2 h 14 min after the last
+    assert step(one_clock, inputs[1][RUN + 1 : RUN + 4]) == []  # a jump: not known yet
+    sent = step(one_clock, inputs[1][RUN + 4 : RUN + 5])  # one far ahead: the clock moved
+    assert [(e.t, e.note) for e in sent] == [(quiet + i * 60_000, "") for i in range(3)]
+    sent = step(one_clock, inputs[1][RUN + 5 :])  # and back: it was on another clock
+    assert [e.t for e in sent] == [quiet + 120_000, quiet + 180_000, quiet + 240_000]
+    assert "ahead of its partition's stream time 2026-01-05T12:32:00Z" in sent[0].note
+    assert "decided at 2026-01-05T12:32:00Z" in sent[0].note
+    assert not sent[1].note and not sent[2].note
 
     alone = InputTask(ctx, source, 2, engine.for_stage("source"), Meta())
     assert step(alone, inputs[2]) == []
     alone.idle = True
     (env,) = step(alone, [], settle=True)
     assert env.t == 1_796_432_400_000 and not env.note  # 2026-12-05T01:00:00Z, its own
-    assert alone.meta.stream_time == env.t and alone.held_first == []
+    assert alone.meta.stream_time == env.t and alone.held_run == []
 
 
 def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> None:

@@ -77,9 +77,9 @@ META_KEY = b"m"  # a task's bookkeeping (Meta) in its changelog, beside the stat
 # (BLOCK_BYTES) whatever the records
 BUNDLE = 128
 BUNDLE_BYTES = 64 * 1024
-# A partition's first records are held until this many show the clock they run on
-# (`first_run`), or one far behind them, or the partition goes idle
-FIRST_RUN = 16
+# Records far ahead of their partition's time are held until this many show that its clock
+# moved, or one far behind them that they run on another (`run_ahead`), or it goes idle
+RUN = 16
 
 
 @dataclass
@@ -114,55 +114,48 @@ def lean(tx: Transaction, value: bytes, floor: float) -> bool:
     return tx.amount < floor and appendable(value, tx)
 
 
-def first_run(
-    every: list[Decoded | InvalidTransaction], latest: int, skew: int, final: bool
-) -> tuple[int, dict[int, tuple[int, str]]]:
-    """A partition's first records (`every`, decoded, from its first read on): whether they
-    run ahead of the clock of the records after them, e.g. a few sent by hand on the wall
-    clock into a fresh topic just before a replay of older history. Its first valid records
-    form a run while each is within `skew` of the others; the run ends
-    - at a record more than `skew` behind its earliest: the run was ahead, and each of its
-      records is decided and ordered at that record's time (else the partition's stream time
-      would start months ahead, and every later record of it wait in the stages for the
-      other partitions to get there);
-    - at a record more than `skew` ahead of it (the rule for every later record takes that
-      one), or after FIRST_RUN records: the run is decided as it is.
-    Returns how many of `every` can be read now (the rest are held until more comes; with
-    `final`, the partition gone idle, none are) and, by index, the time and note of each
-    record decided at another record's time. Only the log decides, so a restart or another
-    process decides the same."""
-    start = -1
-    lo = hi = 0
-    for i, decoded in enumerate(every):
-        if start >= 0 and i - start >= FIRST_RUN:
-            break
-        if isinstance(decoded, InvalidTransaction) or decoded.tx.ts_ms > latest:
+def run_ahead(
+    every: list[Decoded | InvalidTransaction],
+    start: int,
+    base: int,
+    latest: int,
+    skew: int,
+    final: bool,
+) -> tuple[str, int, int]:
+    """`every[start]` is valid and more than `skew` ahead of its partition's stream time
+    `base` (or the partition's first record: `base` 0). Its partition's clock moved, or it
+    runs on another clock (the README's kcat example, on the wall clock, in a replay of older
+    history): the records after it tell. From it, valid records within `skew` of each other
+    form a run, which ends
+    - at a record more than `skew` behind its earliest: the run was on another clock, and is
+      decided and ordered at the stream time (`base`), or for a partition's first records at
+      that record's time. Else the partition's stream time would jump ahead, and every later
+      record of it wait in the stages for the other partitions to get there;
+    - at a record more than `skew` ahead of it, after RUN records, or (`final`) with the
+      partition idle: the partition's clock moved (a quiet hour), and the run is decided at
+      its own time.
+    Returns ("other", end, time), ("own", end, 0), or ("wait", start, 0) when the records so
+    far do not tell (the caller holds them). Only the partition's records decide it, so a
+    restart or another process decides the same (unless it went idle in a run)."""
+    first = every[start]
+    assert not isinstance(first, InvalidTransaction)
+    lo = hi = first.tx.ts_ms
+    n = len(every)
+    for i in range(start + 1, n):
+        if i - start >= RUN:
+            return "own", i, 0
+        decoded = every[i]
+        if isinstance(decoded, InvalidTransaction):
             continue  # dead-lettered in its place
         ts = decoded.tx.ts_ms
-        if start < 0:
-            start, lo, hi = i, ts, ts
-        elif ts < lo - skew:  # the run was ahead of this clock
-            run = (
-                (k, d.tx.ts_ms)
-                for k, d in enumerate(every[start:i], start)
-                if not isinstance(d, InvalidTransaction) and d.tx.ts_ms <= latest
-            )
-            return len(every), {
-                k: (
-                    ts,
-                    f"event time {_iso(t)} is {_span(t - ts)} ahead of the records after it, "
-                    f"one of its partition's first; decided at {_iso(ts)}",
-                )
-                for k, t in run
-            }
-        elif ts > hi + skew:
-            break
-        else:
-            lo, hi = min(lo, ts), max(hi, ts)
-    else:
-        if start >= 0 and not final:
-            return start, {}  # not known yet
-    return len(every), {}
+        if ts > latest:
+            continue  # as much
+        if ts < lo - skew:
+            return "other", i, base or ts
+        if ts > hi + skew:
+            return "own", i, 0
+        lo, hi = min(lo, ts), max(hi, ts)
+    return ("own", n, 0) if final else ("wait", start, 0)
 
 
 def _iso(ms: int) -> str:
@@ -335,32 +328,32 @@ class InputTask(_Unbuffered):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # A partition's first records, from its first valid one on, while it is not known
-        # whether they run ahead of the clock of the records after them (`first_run`): read
-        # again with what comes next; its committed offset stays at the first of them.
-        self.held_first: list[Any] = []
+        # Records from one far ahead of the partition's time on (or its first), while it is
+        # not known whether its clock moved or they run on another (`run_ahead`): read again
+        # with what comes next; its committed offset stays at the first of them.
+        self.held_run: list[Any] = []
 
     def read(self, msgs: list[Any]) -> None:
         self._read(msgs, final=False)
 
     def settle(self) -> None:
-        """Gone idle: the first records it holds are decided at their own time (nothing came
-        after them to say otherwise)."""
-        if self.held_first:
+        """Gone idle: the records it holds are decided at their own time (nothing came after
+        them to say otherwise)."""
+        if self.held_run:
             self._read([], final=True)
 
     def commit_offset(self, position: int) -> int | None:
-        if self.held_first and self.dirty:
-            return int(self.held_first[0].offset())  # read again after a restart
+        if self.held_run and self.dirty:
+            return int(self.held_run[0].offset())  # read again after a restart
         return super().commit_offset(position)
 
     def rollback(self) -> None:
         super().rollback()
-        self.held_first = []
+        self.held_run = []
 
     def _read(self, msgs: list[Any], final: bool) -> None:
-        if self.held_first:
-            msgs, self.held_first = self.held_first + msgs, []
+        if self.held_run:
+            msgs, self.held_run = self.held_run + msgs, []
         ctx = self.ctx
         collector = ctx.collector
         meta = self.meta
@@ -369,7 +362,6 @@ class InputTask(_Unbuffered):
         latest = ctx.wall_ms() + skew  # no event time beyond this is believed
         valid: list[tuple[Any, Decoded, int]] = []
         flagged: dict[int, str] = {}  # offset -> why a record was decided at stream time
-        retime: dict[int, tuple[int, str]]
         first = msgs[0]
         every = decode_transactions(
             [msg.value() for msg in msgs],
@@ -378,24 +370,19 @@ class InputTask(_Unbuffered):
             offsets=[msg.offset() for msg in msgs],
             record_ts_ms=[msg.timestamp()[1] for msg in msgs],
         )
-        stop, retime = len(msgs), {}  # retime: by index, (time, note) (`first_run`)
-        if not stream_time and self.sends_marks:  # the partition's first records
-            stop, retime = first_run(every, latest, skew, final)
-            self.held_first = msgs[stop:]
-            if not stop:
-                return
-            msgs, every = msgs[:stop], every[:stop]
+        # One stage orders nothing across partitions: every record goes at its own time.
+        # Staged, a record far ahead of its partition's time starts a run (`run_ahead`):
+        # records before `judged` are in it, decided at `other` (another clock) or their own.
+        staged = self.sends_marks
+        judged, other, base = 0, 0, 0
+        stop = len(msgs)
         for i, (msg, decoded) in enumerate(zip(msgs, every, strict=True)):
             if isinstance(decoded, InvalidTransaction):
                 collector.dead_letter(msg, decoded.kind, str(decoded), "decode")
                 continue
             offset = msg.offset()
             ts = decoded.tx.ts_ms
-            if retime and i in retime:  # among its partition's first, ahead of the rest
-                at, flagged[offset] = retime[i]
-                decoded = Decoded(msgspec.structs.replace(decoded.tx, timestamp=at), decoded.added)
-                ts = at
-            elif ts > latest:
+            if ts > latest:
                 collector.dead_letter(
                     msg,
                     "event_time_skew",
@@ -405,22 +392,33 @@ class InputTask(_Unbuffered):
                     "decode",
                 )
                 continue
-            if stream_time and ts > stream_time + skew:
-                # Far ahead of its partition's time (another clock, e.g. a record without
-                # timestamp in a replay): decided and ordered at the stream's time, so one
-                # record cannot hold every other partition's records back in the stages.
-                at = stream_time + skew
+            if (ts > stream_time + skew or not stream_time) and staged and i >= judged:
+                verdict, judged, other = run_ahead(every, i, stream_time, latest, skew, final)
+                if verdict == "wait":
+                    stop = i
+                    break
+                base = stream_time
+            if other and i < judged:  # on another clock than the records after it
                 flagged[offset] = (
-                    f"event time {_iso(ts)} is {_span(ts - stream_time)} ahead of its "
-                    f"partition's stream time {_iso(stream_time)}; decided at {_iso(at)}"
+                    f"event time {_iso(ts)} is {_span(ts - base)} ahead of its partition's "
+                    f"stream time {_iso(base)}, and the records after it are back there; "
+                    f"decided at {_iso(other)}"
+                    if base
+                    else f"event time {_iso(ts)} is {_span(ts - other)} ahead of the records "
+                    f"after it, one of its partition's first; decided at {_iso(other)}"
                 )
-                decoded = Decoded(msgspec.structs.replace(decoded.tx, timestamp=at), decoded.added)
-                ts = at
+                decoded = Decoded(
+                    msgspec.structs.replace(decoded.tx, timestamp=other), decoded.added
+                )
+                ts = other
             if ts > stream_time:
                 stream_time = ts
             valid.append((msg, decoded, stream_time))
+        self.held_run = msgs[stop:]
+        if not stop:
+            return
         meta.stream_time = stream_time
-        meta.last_offset = msgs[-1].offset()
+        meta.last_offset = msgs[stop - 1].offset()
         if not valid:
             return
         assert self.engine is not None
