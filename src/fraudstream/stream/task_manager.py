@@ -108,8 +108,8 @@ class TaskManager:
         self.name = name
         self.tasks: dict[tuple[str, int], Task] = {}
         self.restored_keys = 0
-        self.paused: set[tuple[str, int]] = set()  # input partitions paused for back-pressure
-        self.paused_since: dict[tuple[str, int], float] = {}  # when each was paused (clock)
+        # input partitions paused for back-pressure, and when each was (clock)
+        self.paused_since: dict[tuple[str, int], float] = {}
         self.pressing = False  # over MAX_BUFFERED_*: its marks ask the others to hold back
         self._held_by: set[tuple[str, int]] = set()  # the partitions paused by others' HOLD
         self._next_backpressure = 0.0
@@ -123,6 +123,11 @@ class TaskManager:
         self._admin: AdminClient | None = None
         self._topic_ids: dict[str, str] = {}
         self._idle_s = self.settings.partition_idle_ms / 1000
+
+    @property
+    def paused(self) -> set[tuple[str, int]]:
+        """The input partitions paused for back-pressure."""
+        return set(self.paused_since)
 
     # --- assignment ------------------------------------------------------------------------
 
@@ -194,7 +199,6 @@ class TaskManager:
         """Revoked or lost: these tasks are another instance's now."""
         for tp in partitions:
             self.tasks.pop((tp.topic, tp.partition), None)
-            self.paused.discard((tp.topic, tp.partition))
             self.paused_since.pop((tp.topic, tp.partition), None)
             self.committed.pop((tp.topic, tp.partition), None)
             self._purged.pop((tp.topic, tp.partition), None)
@@ -470,14 +474,14 @@ class TaskManager:
             )
         self.pressing = pressing
         self._held_by = set() if pressing else want
-        if want == self.paused:
+        paused = self.paused
+        if want == paused:
             return
-        resume, pause = self.paused - want, want - self.paused
+        resume, pause = paused - want, want - paused
         if resume:
             self.consumer.resume([TopicPartition(t, p) for t, p in resume])
         if pause:
             self.consumer.pause([TopicPartition(t, p) for t, p in pause])
-        self.paused = want
         for part in resume:
             del self.paused_since[part]
         for part in pause:
