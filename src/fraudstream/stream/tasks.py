@@ -158,6 +158,60 @@ def run_ahead(
     return ("own", n, 0) if final else ("wait", start, 0)
 
 
+def place_in_time(
+    every: list[Decoded | InvalidTransaction],
+    stream_time: int,
+    latest: int,
+    skew: int,
+    staged: bool,
+    final: bool,
+) -> tuple[int, int, list[tuple[int, Decoded, int]], dict[int, str], list[int]]:
+    """Where in time a partition's records (`every`, decoded in offset order, read after
+    its stream time `stream_time`) go. Returns `(stop, stream_time, placed, notes,
+    refused)`: the records from `stop` on are held (`run_ahead` cannot tell yet), the
+    partition's stream time after those before it, and for those:
+    - `placed`: the valid ones, as (index, decoded at the time it is decided at, the
+      partition's stream time once it is read: its order time);
+    - `notes`: index -> why one was decided at another time than its own (event_time_skew);
+    - `refused`: the invalid ones and those from beyond `latest` (the wall clock and the
+      skew), for the dead-letter topic.
+    Unstaged (one stage orders nothing across partitions) every record goes at its own time.
+    Only the records decide it, so where the reads are cut changes nothing (`final`: the
+    partition went idle, the end of its records for now)."""
+    placed: list[tuple[int, Decoded, int]] = []
+    notes: dict[int, str] = {}
+    refused: list[int] = []
+    judged = other = base = 0  # before `judged`: a run, decided at `other` or its own time
+    for i, decoded in enumerate(every):
+        if isinstance(decoded, InvalidTransaction):
+            refused.append(i)
+            continue
+        ts = decoded.tx.ts_ms
+        if ts > latest:
+            refused.append(i)
+            continue
+        if (ts > stream_time + skew or not stream_time) and staged and i >= judged:
+            verdict, judged, other = run_ahead(every, i, stream_time, latest, skew, final)
+            if verdict == "wait":
+                return i, stream_time, placed, notes, refused
+            base = stream_time
+        if other and i < judged:  # on another clock than the records after it
+            notes[i] = (
+                f"event time {_iso(ts)} is {_span(ts - base)} ahead of its partition's "
+                f"stream time {_iso(base)}, and the records after it are back there; "
+                f"decided at {_iso(other)}"
+                if base
+                else f"event time {_iso(ts)} is {_span(ts - other)} ahead of the records "
+                f"after it, one of its partition's first; decided at {_iso(other)}"
+            )
+            decoded = Decoded(msgspec.structs.replace(decoded.tx, timestamp=other), decoded.added)
+            ts = other
+        if ts > stream_time:
+            stream_time = ts
+        placed.append((i, decoded, stream_time))
+    return len(every), stream_time, placed, notes, refused
+
+
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -357,11 +411,8 @@ class InputTask(_Unbuffered):
         ctx = self.ctx
         collector = ctx.collector
         meta = self.meta
-        stream_time = meta.stream_time
         skew = ctx.settings.max_event_time_skew_ms
         latest = ctx.wall_ms() + skew  # no event time beyond this is believed
-        valid: list[tuple[Any, Decoded, int]] = []
-        flagged: dict[int, str] = {}  # offset -> why a record was decided at stream time
         first = msgs[0]
         every = decode_transactions(
             [msg.value() for msg in msgs],
@@ -370,19 +421,15 @@ class InputTask(_Unbuffered):
             offsets=[msg.offset() for msg in msgs],
             record_ts_ms=[msg.timestamp()[1] for msg in msgs],
         )
-        # One stage orders nothing across partitions: every record goes at its own time.
-        # Staged, a record far ahead of its partition's time starts a run (`run_ahead`):
-        # records before `judged` are in it, decided at `other` (another clock) or their own.
-        staged = self.sends_marks
-        judged, other, base = 0, 0, 0
-        stop = len(msgs)
-        for i, (msg, decoded) in enumerate(zip(msgs, every, strict=True)):
+        stop, stream_time, placed, notes, refused = place_in_time(
+            every, meta.stream_time, latest, skew, self.sends_marks, final
+        )
+        for i in refused:
+            msg, decoded = msgs[i], every[i]
             if isinstance(decoded, InvalidTransaction):
                 collector.dead_letter(msg, decoded.kind, str(decoded), "decode")
-                continue
-            offset = msg.offset()
-            ts = decoded.tx.ts_ms
-            if ts > latest:
+            else:
+                ts = decoded.tx.ts_ms
                 collector.dead_letter(
                     msg,
                     "event_time_skew",
@@ -391,42 +438,22 @@ class InputTask(_Unbuffered):
                     "producer's clock or the record's timestamp",
                     "decode",
                 )
-                continue
-            if (ts > stream_time + skew or not stream_time) and staged and i >= judged:
-                verdict, judged, other = run_ahead(every, i, stream_time, latest, skew, final)
-                if verdict == "wait":
-                    stop = i
-                    break
-                base = stream_time
-            if other and i < judged:  # on another clock than the records after it
-                flagged[offset] = (
-                    f"event time {_iso(ts)} is {_span(ts - base)} ahead of its partition's "
-                    f"stream time {_iso(base)}, and the records after it are back there; "
-                    f"decided at {_iso(other)}"
-                    if base
-                    else f"event time {_iso(ts)} is {_span(ts - other)} ahead of the records "
-                    f"after it, one of its partition's first; decided at {_iso(other)}"
-                )
-                decoded = Decoded(
-                    msgspec.structs.replace(decoded.tx, timestamp=other), decoded.added
-                )
-                ts = other
-            if ts > stream_time:
-                stream_time = ts
-            valid.append((msg, decoded, stream_time))
         self.held_run = msgs[stop:]
         if not stop:
             return
         meta.stream_time = stream_time
         meta.last_offset = msgs[stop - 1].offset()
-        if not valid:
+        if not placed:
             return
+        # offset -> why a record was decided at its partition's stream time
+        flagged = {msgs[i].offset(): note for i, note in notes.items()} if notes else {}
         assert self.engine is not None
-        scored = self.engine.score_packed([d.tx for _, d, _ in valid])
+        scored = self.engine.score_packed([d.tx for _, d, _ in placed])
         topology = ctx.topology
         if not topology.staged:  # one stage: decide here
             combine, quiet = ctx.engine.combine, ctx.engine.quiet
-            for (msg, decoded, _), (_, hits) in zip(valid, scored, strict=True):
+            for (i, decoded, _), (_, hits) in zip(placed, scored, strict=True):
+                msg = msgs[i]
                 decision = combine(hits, None) if hits else quiet
                 if flagged and msg.offset() in flagged:
                     decision = _flag(decision, flagged[msg.offset()])
@@ -445,7 +472,8 @@ class InputTask(_Unbuffered):
         envs: list[Envelope] = []
         head: Envelope | None = None  # the open bundle (`Envelope.more`)
         room = room_bytes = 0  # payments it may still take, and their bytes
-        for (msg, decoded, order_time), (row, hits) in zip(valid, scored, strict=True):
+        for (i, decoded, order_time), (row, hits) in zip(placed, scored, strict=True):
+            msg = msgs[i]
             tx = decoded.tx
             value = msg.value()
             offset = msg.offset()
