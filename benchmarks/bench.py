@@ -418,6 +418,7 @@ def run(
     )
     log = work / f"{contender.name}.log"
     seen, error = 0, None
+    timeline: list[tuple[float, int]] = []  # (seconds since launch, outputs seen): the ramp
     with open(log, "wb") as out:
         broker_at_start = broker_cpu()
         start = time.monotonic()
@@ -431,6 +432,8 @@ def run(
             for msg in reader.consume(num_messages=min(count - seen, 100_000), timeout=0.1):
                 seen += msg.error() is None
             now = time.monotonic()
+            if not timeline or now - start - timeline[-1][0] >= 0.25 or seen == count:
+                timeline.append((round(now - start, 3), seen))
             tree.sample()
             if proc.poll() is not None:
                 error = f"exited with code {proc.returncode}; see {log}"
@@ -461,6 +464,7 @@ def run(
         "processes": len(tree.pids),
         "log": str(log),
         "error": error,
+        "timeline": timeline,
     }
 
 
