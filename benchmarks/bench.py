@@ -62,7 +62,7 @@ from typing import Any
 
 import latency
 import yaml
-from benchkit import REPO, VARIANT_HELP, ProcessTree, broker, env_for, parse_variant
+from benchkit import REPO, VARIANT_HELP, ProcessTree, broker, drop_topics, env_for, parse_variant
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from fraudstream.config import Settings, load_settings
@@ -140,6 +140,7 @@ def main() -> None:
         run(
             prepare("passthrough", base, work, f"{tag}-warm", None, {}), base, args.count, 600, work
         )
+        drop_topics(url, f"{tag}-warm-passthrough")
         # The passthrough is not transactional: the broker's transaction paths (and the
         # detector's own first start on this machine) stayed cold for the first fraudstream
         # contender, which still came out slower than the same code run after it. The
@@ -156,6 +157,7 @@ def main() -> None:
             except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
                 print(f"(the detector's warm-up run failed, going on: {exc})")
             shutil.rmtree(work / "default-state", ignore_errors=True)
+            drop_topics(url, f"{tag}-warm{i}-default")
         warmed = time.perf_counter() - t0
         print(
             f"(warmed the broker up: the passthrough's copy and {passes} passes of the "
@@ -180,6 +182,9 @@ def main() -> None:
                 result = run(contender, base, args.count, args.timeout, work, kafka_broker.cpu_s)
             except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
                 result = {"name": name, "error": str(exc)}
+            # Its topics go once it is measured: a broker holding the logs of the contenders
+            # before ran the later ones up to 1.5 times slower (docs/performance.md)
+            drop_topics(url, f"{tag}-{name}")
             result["label"] = CONTENDERS[name]
             report["contenders"].append(result)
             print(row(result), flush=True)

@@ -11,6 +11,7 @@ CPU time and peak memory of a process tree.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings
 
-__all__ = ["REPO", "Broker", "ProcessTree", "broker", "env_for", "kafka"]
+__all__ = ["REPO", "Broker", "ProcessTree", "broker", "drop_topics", "env_for", "kafka"]
 
 REPO = Path(__file__).resolve().parent.parent
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -66,6 +67,21 @@ def kafka() -> Iterator[str]:
     """`broker()`'s bootstrap address."""
     with broker() as b:
         yield b.url
+
+
+def drop_topics(url: str, tag: str) -> int:
+    """Delete every topic whose name holds `tag` as a whole part (a contender's outputs,
+    internal topics and changelogs): how many. A broker holding the logs of earlier
+    contenders slowed the later ones (docs/performance.md, "The broker's own history")."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": url})
+    whole = re.compile(re.escape(tag) + r"(?![A-Za-z0-9])")
+    doomed = [t for t in admin.list_topics(timeout=10).topics if whole.search(t)]
+    if doomed:
+        for future in admin.delete_topics(doomed, operation_timeout=60).values():
+            future.result()
+    return len(doomed)
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:

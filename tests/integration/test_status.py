@@ -50,21 +50,11 @@ def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Pa
         producer.produce(settings.transactions_topic, json.dumps(tx).encode(), partition=i % 2)
     assert producer.flush(30) == 0
 
-    stalling = Detectors(
-        settings,
-        tmp_path,
-        rules=DEFAULT_RULES,
-        PARTITION_IDLE_MS="600000",
-        STALL_WARNING_MS="2000",
-        STATUS_INTERVAL_MS="500",
-    )
+    stalling = _stalling(settings, tmp_path)
     try:
         proc = stalling.start()
         log = proc.log  # type: ignore[attr-defined]
-        wait_for(
-            lambda: "no decision committed for" in log.read_text(), timeout=60, what="a warning"
-        )
-        warning = next(x for x in log.read_text().splitlines() if "no decision committed" in x)
+        warning = _warned(log, "no decision committed for")
         assert "by-target[" in warning and "waiting for upstream task 2's mark" in warning, warning
 
         def reported_stalled() -> bool:
@@ -132,22 +122,11 @@ def test_a_partition_held_back_while_the_others_flow_is_a_stall(
 
     writer = threading.Thread(target=others)
     writer.start()
-    d = Detectors(
-        settings,
-        tmp_path,
-        rules=DEFAULT_RULES,
-        PARTITION_IDLE_MS="600000",
-        STALL_WARNING_MS="2000",
-        STATUS_INTERVAL_MS="500",
-        MAX_BUFFERED_RECORDS="500",
-    )
+    d = _stalling(settings, tmp_path, MAX_BUFFERED_RECORDS="500")
     try:
         proc = d.start()
         log = proc.log  # type: ignore[attr-defined]
-        wait_for(
-            lambda: "paused for back-pressure for" in log.read_text(), timeout=60, what="a warning"
-        )
-        warning = next(x for x in log.read_text().splitlines() if "paused for back-pressure" in x)
+        warning = _warned(log, "paused for back-pressure for")
         assert f"{topic}[0] (mark 2026-01-01T00:59:00Z" in warning, warning
         assert "no decision committed" not in log.read_text()  # the others flow
         before = committed_progress(settings)
@@ -179,3 +158,23 @@ def test_the_status_topic_is_compacted_a_minute_at_a_time(settings: Settings) ->
     assert configs["cleanup.policy"].value == "compact"
     assert configs["segment.ms"].value == "60000"
     assert configs["min.cleanable.dirty.ratio"].value == "0.1"
+
+
+def _stalling(settings: Settings, tmp_path: Path, **env: str) -> Detectors:
+    """A detector that never lets a partition go idle and calls 2 s without progress a stall,
+    reporting its status every 0.5 s."""
+    return Detectors(
+        settings,
+        tmp_path,
+        rules=DEFAULT_RULES,
+        PARTITION_IDLE_MS="600000",
+        STALL_WARNING_MS="2000",
+        STATUS_INTERVAL_MS="500",
+        **env,
+    )
+
+
+def _warned(log: Path, phrase: str) -> str:
+    """The first line of the detector's log with `phrase`, once there is one."""
+    wait_for(lambda: phrase in log.read_text(), timeout=60, what=f"a warning ({phrase!r})")
+    return next(x for x in log.read_text().splitlines() if phrase in x)
