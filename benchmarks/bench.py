@@ -31,7 +31,10 @@ For each: tx/s (launch until all N records are visible to a read_committed reade
 outputs), CPU µs per transaction (user+system of its process tree at that moment), the
 broker's CPU µs per transaction meanwhile (its JVM, when the broker is ours; the benchmark's
 own reader of the outputs loads it too, alike for every contender) and peak resident memory
-(VmHWM of its largest process). Then the latency of `fraudstream detect`
+(VmHWM of its largest process), and from the outputs seen over time (`timeline` in the
+results) the seconds until its first output and its steady rate (from 10% to 90% of the
+outputs: the start and the end left out). Each contender's topics are deleted once it is
+measured (a broker holding earlier contenders' logs slowed the later ones). Then the latency of `fraudstream detect`
 (default rules) from produce to read_committed visibility at 1,000 and 10,000 tx/s and half
 the default contender's throughput (`latency.py`). Results go to a JSON file and a chart
 (PNG, drawn by `bench_chart.py` with .venv-bench's matplotlib). tutorial and quix run with
@@ -174,7 +177,7 @@ def main() -> None:
 
         print(
             f"{'contender':<44} {'tx/s':>9} {'CPU µs/tx':>10} {'broker µs':>10} "
-            f"{'peak RSS':>9} {'wall':>8}"
+            f"{'peak RSS':>9} {'wall':>8} {'1st out':>7} {'steady':>9}"
         )
         for name in args.only:
             try:
@@ -470,7 +473,20 @@ def run(
         "log": str(log),
         "error": error,
         "timeline": timeline,
+        **ramp(timeline, count),
     }
+
+
+def ramp(timeline: list[tuple[float, int]], count: int) -> dict[str, float | None]:
+    """From a contender's timeline: seconds from launch to its first output visible, and its
+    rate from 10% to 90% of the outputs (the start and the end left out)."""
+    first = next((t for t, seen in timeline if seen), None)
+    at10 = next(((t, seen) for t, seen in timeline if seen >= count * 0.1), None)
+    at90 = next(((t, seen) for t, seen in timeline if seen >= count * 0.9), None)
+    steady = None
+    if at10 and at90 and at90[0] > at10[0]:
+        steady = (at90[1] - at10[1]) / (at90[0] - at10[0])
+    return {"first_output_s": first, "steady_tx_per_s": steady}
 
 
 def partitions(client: Consumer, topic: str, timeout: float = 10) -> int:
@@ -491,9 +507,11 @@ def row(r: dict[str, Any]) -> str:
     cpu = f"{r['cpu_us_per_tx']:.1f}" if r["cpu_us_per_tx"] is not None else "-"
     broker_cpu = r.get("broker_cpu_us_per_tx")
     on_broker = f"{broker_cpu:.1f}" if broker_cpu is not None else "-"
+    steady = f"{r['steady_tx_per_s']:,.0f}" if r.get("steady_tx_per_s") else "-"
+    first = f"{r['first_output_s']:.1f}s" if r.get("first_output_s") is not None else "-"
     line = (
         f"{r['label']:<44} {r['tx_per_s']:>9,.0f} {cpu:>10} {on_broker:>10} "
-        f"{r['peak_rss_mb']:>6,.0f} MB {r['wall_s']:>7.1f}s"
+        f"{r['peak_rss_mb']:>6,.0f} MB {r['wall_s']:>7.1f}s {first:>7} {steady:>9}"
     )
     if r["processes"] > 1:
         line += f"  ({r['processes']} processes, {r['peak_rss_sum_mb']:,.0f} MB together)"

@@ -129,10 +129,11 @@ def wait_for_partitions(
     *,
     timeout: float = 30.0,
     clock: Callable[[], float] = time.monotonic,
+    admin: AdminClient | None = None,
 ) -> int:
     """The topic's partition count, once the broker reports every partition with a leader.
     Raises a `FraudstreamError` naming the topic when that takes longer than `timeout`."""
-    admin = AdminClient(base_config(settings, "fraudstream-metadata"))
+    admin = admin or AdminClient(base_config(settings, "fraudstream-metadata"))
     deadline = clock() + timeout
     said = False
     while True:
@@ -161,8 +162,7 @@ def wait_for_partitions(
         time.sleep(0.1)
 
 
-def _existing_partitions(settings: Settings, topics: list[str]) -> dict[str, int]:
-    admin = AdminClient(base_config(settings, "fraudstream-metadata"))
+def _existing_partitions(admin: AdminClient, topics: list[str]) -> dict[str, int]:
     listed = admin.list_topics(timeout=10).topics
     return {t: len(listed[t].partitions) for t in topics if t in listed and listed[t].partitions}
 
@@ -215,24 +215,30 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
     and check them against what the group was built for (recording it the first time)."""
     s = settings
     wait_for_broker(s, s.startup_timeout_ms / 1000)
-    ensure_topics(s, [s.transactions_topic])
+    # one client for every request below: a new client's first request waits about 50 ms,
+    # ten of them half a second of each start
+    admin = AdminClient(base_config(s, "fraudstream-admin"))
+    ensure_topics(s, [s.transactions_topic], admin=admin)
     label_partitions = 0
     if len(keys) > 1 and labels:
-        ensure_topics(s, [s.labels_topic])
-        label_partitions = wait_for_partitions(s, s.labels_topic)
-    topology = Topology(s, keys, wait_for_partitions(s, s.transactions_topic), label_partitions)
+        ensure_topics(s, [s.labels_topic], admin=admin)
+        label_partitions = wait_for_partitions(s, s.labels_topic, admin=admin)
+    partitions = wait_for_partitions(s, s.transactions_topic, admin=admin)
+    topology = Topology(s, keys, partitions, label_partitions)
     group = s.detector_group
     now = Shape.of(topology)
     repartition, changelogs = topology.internal()
     wanted = dict(repartition + changelogs)
-    have = _existing_partitions(s, list(wanted))
+    have = _existing_partitions(admin, list(wanted))
     wrong = [f"{t} has {have[t]} (needs {n})" for t, n in wanted.items() if have.get(t, n) != n]
     own = [topology.shape_topic, topology.status_topic]
     # the status topic gets a report every STATUS_INTERVAL_MS from each instance and is read
     # whole by `status` and every 5 s by the dashboard: a segment a minute, compacted soon,
     # keeps it at about the latest reports (Kafka's defaults: a week of them)
-    create_missing(s, {t: (1, True) for t in own}, {topology.status_topic: STATUS_TOPIC_CONFIG})
-    _wait_for_leaders(s, own)
+    create_missing(
+        s, {t: (1, True) for t in own}, {topology.status_topic: STATUS_TOPIC_CONFIG}, admin=admin
+    )
+    _wait_for_leaders(admin, own)
     before = _read_shape(s, topology.shape_topic)
     if before is not None and before.upgrades(now):
         log.info(
@@ -258,17 +264,18 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
         )
     # the other internal topics in one request, then one wait for all their leaders
     create_missing(
-        s, {t: (n, False) for t, n in repartition} | {t: (n, True) for t, n in changelogs}
+        s,
+        {t: (n, False) for t, n in repartition} | {t: (n, True) for t, n in changelogs},
+        admin=admin,
     )
-    _wait_for_leaders(s, list(wanted))
+    _wait_for_leaders(admin, list(wanted))
     if before is None:
         _write_shape(s, topology.shape_topic, now)
     return topology
 
 
-def _wait_for_leaders(settings: Settings, topics: list[str], timeout: float = 30.0) -> None:
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30.0) -> None:
     """Until every partition of these topics has a leader (one metadata request a round)."""
-    admin = AdminClient(base_config(settings, "fraudstream-metadata"))
     deadline = time.monotonic() + timeout
     while True:
         listed = admin.list_topics(timeout=10).topics
