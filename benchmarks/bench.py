@@ -28,18 +28,18 @@ topics:
   passthrough  confluent-kafka batches copied to one topic, no decoding, at-least-once
 
 For each: tx/s (launch until all N records are visible to a read_committed reader of its
-outputs), CPU µs per transaction (user+system of its process tree at that moment), the
-broker's CPU µs per transaction meanwhile (its JVM, when the broker is ours; the benchmark's
-own reader of the outputs loads it too, alike for every contender) and peak resident memory
-(VmHWM of its largest process), and from the outputs seen over time (`timeline` in the
-results) the seconds until its first output and its steady rate (from 10% to 90% of the
-outputs: the start and the end left out). Each contender's topics are deleted once it is
-measured (a broker holding earlier contenders' logs slowed the later ones). Then the latency of `fraudstream detect`
-(default rules) from produce to read_committed visibility at 1,000 and 10,000 tx/s and half
-the default contender's throughput (`latency.py`). Results go to a JSON file and a chart
-(PNG, drawn by `bench_chart.py` with .venv-bench's matplotlib). tutorial and quix run with
-.venv-bench's python (BENCH_PYTHON), which `make bench` builds from benchmarks/
-requirements.lock. Not a test: figures depend on the machine and on what else runs on it.
+outputs), CPU µs per transaction (user+system of its process tree at that moment), the broker's
+CPU µs per transaction meanwhile (its JVM, when the broker is ours; the benchmark's own reader
+of the outputs loads it too, alike for every contender) and peak resident memory (VmHWM of its
+largest process), and from the outputs seen over time (`timeline` in the results) the seconds
+until its first output and its steady rate (from 10% to 90% of the outputs: the start and the
+end left out). Each contender's topics are deleted once it is measured (a broker holding earlier
+contenders' logs slowed the later ones). Then the latency of `fraudstream detect` (default
+rules) from produce to read_committed visibility at 1,000 and 10,000 tx/s and half the default
+contender's throughput (`latency.py`). Results go to a JSON file and a chart (PNG, drawn by
+`bench_chart.py` with .venv-bench's matplotlib). tutorial and quix run with .venv-bench's python
+(BENCH_PYTHON), which `make bench` builds from benchmarks/requirements.lock. Not a test:
+figures depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
