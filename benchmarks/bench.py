@@ -429,6 +429,7 @@ def run(
     timeline: list[tuple[float, int]] = []  # (seconds since launch, outputs seen): the ramp
     with open(log, "wb") as out:
         broker_at_start = broker_cpu()
+        free_mb = mem_free_mb()  # the page cache's share of memory changed the broker's speed
         start = time.monotonic()
         proc = subprocess.Popen(
             contender.argv, env=contender.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
@@ -473,8 +474,21 @@ def run(
         "log": str(log),
         "error": error,
         "timeline": timeline,
+        "mem_free_mb_at_start": free_mb,
         **ramp(timeline, count),
     }
+
+
+def mem_free_mb() -> float | None:
+    """The machine's free memory now (MemFree: not counting the page cache), MB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemFree:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def ramp(timeline: list[tuple[float, int]], count: int) -> dict[str, float | None]:
