@@ -445,8 +445,6 @@ class InputTask(_Unbuffered):
         meta.last_offset = msgs[stop - 1].offset()
         if not placed:
             return
-        # offset -> why a record was decided at its partition's stream time
-        flagged = {msgs[i].offset(): note for i, note in notes.items()} if notes else {}
         assert self.engine is not None
         scored = self.engine.score_packed([d.tx for _, d, _ in placed])
         topology = ctx.topology
@@ -455,8 +453,8 @@ class InputTask(_Unbuffered):
             for (i, decoded, _), (_, hits) in zip(placed, scored, strict=True):
                 msg = msgs[i]
                 decision = combine(hits, None) if hits else quiet
-                if flagged and msg.offset() in flagged:
-                    decision = _flag(decision, flagged[msg.offset()])
+                if notes and i in notes:  # decided at its partition's stream time
+                    decision = _flag(decision, notes[i])
                 if decision.reasons:
                     collector.count_reasons(decision.reasons)
                 value = encode_decided(msg.value(), decoded.added, decision, decoded.tx)
@@ -486,7 +484,7 @@ class InputTask(_Unbuffered):
                     size += extra_bytes(None, headers)
             if skips and head is not None and room and room_bytes > 0:  # in the open bundle
                 assert not row  # (a stage with a floor keeps no model features)
-                note = flagged.get(offset, "") if flagged else ""
+                note = notes.get(i, "") if notes else ""
                 head.more.append(Lean(value, decoded.added, mkey, headers, hit, note))
                 room -= 1
                 room_bytes -= size
@@ -513,8 +511,8 @@ class InputTask(_Unbuffered):
             else:  # a payment the stage reads: the next one under the floor opens a bundle
                 head = None
                 parts.append(route(to, getattr(tx, key), q))
-            if flagged and offset in flagged:
-                env.note = flagged[offset]
+            if notes and i in notes:
+                env.note = notes[i]
             envs.append(env)
         self.forward_all(parts, envs)
 
