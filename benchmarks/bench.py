@@ -70,7 +70,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import generate
-from fraudstream.locks import hash_seed
 from fraudstream.stream import consumer_config, ensure_topics, producer_config
 
 CONTENDERS = {
@@ -324,8 +323,6 @@ def prepare(
             native = ["--native"] if how == "native" else []  # C frames too
             native += ["--idle"] if how == "idle" else []  # threads that wait, too
             argv = [spy, "record", "-s", "-r", "200", *native, "-f", "raw", "-o", out, "--", *argv]
-            # the seed the detector would re-execute itself for (py-spy loses an exec'd process)
-            env["PYTHONHASHSEED"] = hash_seed(Path(settings.state_dir))
         return Contender(name, argv, env, list(settings.output_topics))
 
     env = dict(

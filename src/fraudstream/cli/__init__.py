@@ -93,6 +93,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(words)
     args.argv = words  # what `detect --workers N` runs its N processes with (less --workers)
-    # a process may re-execute itself with its command line only when run as the command
-    args.command_line = words if argv is None else None
     return call(args)

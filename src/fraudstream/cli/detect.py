@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load(args)
     if args.workers > 1:
         return _workers(args.workers, without_option(args.argv, "--workers"), settings)
-    return _detect(settings, args.command_line)
+    return _detect(settings)
 
 
 def without_option(argv: Sequence[str], option: str) -> list[str]:
@@ -134,20 +134,16 @@ def _workers(n: int, argv: list[str], settings: Settings) -> int:
     return max(codes)
 
 
-def _stable_hashing(settings: Settings, command_line: list[str] | None) -> None:
-    """Run with this installation's string-hash seed, so that a local state snapshot (whose
-    key index holds `hash(key)`) stays valid for the next process: re-execute if needed
-    (only when run as a command: `command_line` is then its arguments)."""
+def _stable_hashing(settings: Settings) -> None:
+    """Hash state keys with this installation's secret (`STATE_DIR/hashseed`), so that a
+    local state snapshot (whose key index holds the keys' hashes) stays valid for the next
+    process. Before any engine holds a key."""
     if not settings.snapshot_interval_ms:
         return
+    from fraudstream.detection import keyhash
     from fraudstream.locks import hash_seed
 
-    seed = hash_seed(Path(settings.state_dir))
-    if os.environ.get("PYTHONHASHSEED") != seed and command_line is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        argv = [sys.executable, "-m", "fraudstream", *command_line]
-        os.execve(sys.executable, argv, os.environ | {"PYTHONHASHSEED": seed})
+    keyhash.use_seed(hash_seed(Path(settings.state_dir)))
 
 
 def _one_detector(settings: Settings) -> None:
@@ -187,8 +183,7 @@ def _not_elsewhere(settings: Settings) -> None:
         )
 
 
-def _detect(settings: Settings, command_line: list[str] | None) -> int:
-    _stable_hashing(settings, command_line)  # may re-execute: before the heavy imports
+def _detect(settings: Settings) -> int:
     from fraudstream.detection import Engine, load_ruleset
     from fraudstream.detection.model import limit_native_threads
     from fraudstream.stream import Processor, ensure_topics
@@ -198,6 +193,7 @@ def _detect(settings: Settings, command_line: list[str] | None) -> int:
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
     limit_native_threads(settings.model_threads, model=ruleset.model is not None)
+    _stable_hashing(settings)
     _one_detector(settings)
     wait_for_broker(settings, settings.startup_timeout_ms / 1000)
     _not_elsewhere(settings)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
+from fraudstream.detection import keyhash
 from fraudstream.detection.drift import DriftMonitor
 from fraudstream.detection.features import (
     FEATURE_NAMES,
@@ -373,10 +374,10 @@ class Engine:
 
     def layout(self) -> str:
         """What a snapshot of this engine must match: rules, tables and their columns, and
-        this process's string hashing (the key indexes hold `hash(key)`)."""
+        the key hashing (the key indexes hold `keyhash.key_hash`es)."""
         tables = {n: t.layout() for n, t in sorted(self.tables.tables.items())}
         rules = [state_id(r) for r in self.rules]
-        return repr((self.version, self.part, rules, tables, hash("fraudstream-key-hash")))
+        return repr((self.version, self.part, rules, tables, keyhash.fingerprint()))
 
     def snapshot(self) -> bytes:
         """Every piece of state, as it is now (call between transactions)."""

@@ -29,6 +29,7 @@ import msgspec
 import numba
 import numpy as np
 
+from fraudstream.detection.keyhash import key_hash, key_hashes
 from fraudstream.errors import FraudstreamError
 
 __all__ = ["DAY", "HOUR", "MINUTE", "Column", "KeyIndex", "LayoutError", "Table", "Tables"]
@@ -58,8 +59,8 @@ class KeyIndex:
     at most half full, instead of a dict holding every key string (~130 bytes a key).
 
     Two keys with the same 64-bit hash would share a row; with a million keys the chance
-    that any pair does is about 3 in 100 million. Hashes are per process (Python's `hash`):
-    the index is rebuilt from the keys on restore, never persisted.
+    that any pair does is about 3 in 100 million. The hashes are `keyhash.key_hash`'s: keyed
+    with this installation's secret, so a snapshot of the index is valid in the next process.
     """
 
     def __init__(self, capacity: int = 16) -> None:
@@ -75,7 +76,10 @@ class KeyIndex:
         return self._count
 
     def get(self, key: str) -> int | None:
-        h = hash(key) or 1
+        return self.lookup(key_hash(key))
+
+    def lookup(self, h: int) -> int | None:
+        """The row of the key whose hash is `h` (`key_hash`), None if absent."""
         hashes, mask = self._hashes, self._mask
         i = h & mask
         while True:
@@ -100,9 +104,13 @@ class KeyIndex:
 
     def put(self, key: str, row: int) -> None:
         """Add a key that is not in the index yet."""
+        self.insert(key_hash(key), row)
+
+    def insert(self, h: int, row: int) -> None:
+        """`put` of a key given as its hash."""
         if 2 * (self._count + 1) > len(self._hashes):
             self._rebuild(2 * (self._count + 1))
-        self._insert(hash(key) or 1, row)
+        self._insert(h, row)
 
     def _insert(self, h: int, row: int) -> None:
         hashes, mask = self._hashes, self._mask
@@ -138,8 +146,8 @@ class KeyIndex:
         self._mask, self._count = fresh._mask, fresh._count
 
     def dump(self) -> tuple[bytes, bytes, int, int]:
-        """The index as raw arrays (its hashes are this process's `hash()`: valid only where
-        that gives the same values, see `Engine.snapshot`)."""
+        """The index as raw arrays (its hashes are `key_hash`'s: valid only where that gives
+        the same values, see `Engine.layout`)."""
         return self._hashes.tobytes(), self._rows.tobytes(), self._mask, self._count
 
     def load(self, dumped: tuple[bytes, bytes, int, int]) -> None:
@@ -188,13 +196,14 @@ class Table:
     def row(self, key: str, ts: int) -> int:
         """The key's row, created with defaults when new; marks it seen at `ts`."""
         index = self.index
+        h = key_hash(key)
+        r = index.lookup(h)
         journal = self.journal
         if journal is not None and key not in journal:
-            journal[key] = self.dump_row(key)
-        r = index.get(key)
+            journal[key] = None if r is None else self._dump(r)
         if r is None:
             r = self._new_row()
-            index.put(key, r)
+            index.insert(h, r)
         seen = self._seen
         if ts > seen[r]:
             seen[r] = ts
@@ -206,7 +215,8 @@ class Table:
         transaction touches first (packed in one pass), are handled one by one. The same
         rows, index and journal as `row` called on each pair in order (a property test)."""
         n = len(keys)
-        found = self.index.find_all(key_hashes(keys))
+        hashes = key_hashes(keys)
+        found = self.index.find_all(hashes)
         journal = self.journal
         if journal is not None:
             at = dict(zip(keys, found.tolist(), strict=True))  # each key once, in order
@@ -228,7 +238,7 @@ class Table:
                 r = made.get(key)
                 if r is None:
                     r = made[key] = self._new_row()
-                    index.put(key, r)
+                    index.insert(int(hashes[k]), r)
                 found[k] = r
         seen = np.frombuffer(self._seen, dtype=np.int64)
         try:
@@ -344,8 +354,9 @@ class Table:
 
     def dump_row(self, key: str) -> bytes | None:
         r = self.index.get(key)
-        if r is None:
-            return None
+        return None if r is None else self._dump(r)
+
+    def _dump(self, r: int) -> bytes:
         return self._struct().pack(self.layout_id, *(c.data[r] for c in self.columns.values()))
 
     def dump_rows(self, keys: list[str]) -> list[bytes | None]:
@@ -376,12 +387,13 @@ class Table:
 
     def load_row(self, key: str, blob: bytes) -> None:
         (layout,) = _LAYOUT.unpack_from(blob)
-        r = self.index.get(key)
+        h = key_hash(key)
+        r = self.index.lookup(h)
         if layout == self.layout_id:
             values = self._struct().unpack(blob)
             if r is None:
                 r = self._new_row()
-                self.index.put(key, r)
+                self.index.insert(h, r)
             for col, value in zip(self.columns.values(), values[1:], strict=True):
                 col.data[r] = value
             return
@@ -394,7 +406,7 @@ class Table:
         packer, names = other
         if r is None:
             r = self._new_row()
-            self.index.put(key, r)
+            self.index.insert(h, r)
         else:  # columns the old layout lacks start from their defaults
             for col in self.columns.values():
                 col.data[r] = col.default
@@ -431,13 +443,6 @@ class Tables:
 
     def evict(self, now_ms: int) -> int:
         return sum(t.evict(now_ms) for t in self.tables.values())
-
-
-def key_hashes(keys: Sequence[str]) -> np.ndarray[Any, Any]:
-    """Each key's hash as `KeyIndex` stores it (0 is the empty slot, so it reads 1)."""
-    hashes = np.fromiter(map(hash, keys), np.int64, len(keys))
-    hashes[hashes == 0] = 1
-    return hashes
 
 
 @numba.njit(cache=True, nogil=True)
