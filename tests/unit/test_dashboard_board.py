@@ -226,7 +226,7 @@ def test_a_new_page_gets_recent_rows_in_its_snapshot_and_only_later_ones_in_tick
 
     feed = Feed(load_settings(_env_file=None, dashboard_history=50))
 
-    async def scenario() -> tuple[list[str], list[str], list[str]]:
+    async def scenario() -> tuple[list[str], list[str], list[str], dict[str, Any]]:
         old_page, _ = feed.subscribe()
         for i in range(3):
             feed.board.add("legit", 0, i, NOW, record(i), NOW, detail=True)
@@ -240,8 +240,11 @@ def test_a_new_page_gets_recent_rows_in_its_snapshot_and_only_later_ones_in_tick
             return [item["record"]["id"] for item in msgspec.json.decode(payload)["items"]]
 
         old = ids(old_page.get_nowait()) + ids(old_page.get_nowait())
-        return old, ids(first), ids(new_page.get_nowait())
+        tick: dict[str, Any] = msgspec.json.decode(new_page.get_nowait())
+        return old, ids(first), [i["record"]["id"] for i in tick["items"]], tick
 
-    old, snapshot, ticked = asyncio.run(scenario())
+    old, snapshot, ticked, tick = asyncio.run(scenario())
     assert old == [f"tx-{i}" for i in range(5)]  # every row once
     assert snapshot == [f"tx-{i}" for i in range(5)] and ticked == []
+    # the tick's 2 decisions were in the snapshot: the page does not call its rows a sample
+    assert (tick["stats"]["decided"], tick["in_snapshot"]) == (2, 2)

@@ -476,6 +476,26 @@ def test_changelog_records_restore_an_engine_that_decides_as_the_original() -> N
     assert restored.decide(txs[4000:]) == original.decide(txs[4000:])
 
 
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([b"t", b"f", b"l", b"L"]), st.text(max_size=8)), max_size=40
+    ),
+    st.integers(1, 7),
+)
+def test_restore_hashes_a_chunk_of_keys_at_once_as_it_would_one_by_one(
+    records: list[tuple[bytes, str]], chunk: int
+) -> None:
+    from fraudstream.detection.engine import _split_hashed
+    from fraudstream.detection.keyhash import key_hash
+
+    log = [(kind + b"\x00name\x00" + k.encode(), b"v") for kind, k in records]
+    expected = [
+        (kind, b"name", k.encode(), key_hash(k) if kind == b"t" else 0, b"v") for kind, k in records
+    ]
+    assert list(_split_hashed(log, chunk)) == expected
+
+
 def _staged(full: Engine, txs: list[Transaction], labels: list[Label]) -> tuple[list, list]:  # type: ignore[type-arg]
     """Run each stage's engine over the stream in order, as the staged pipeline does (each
     told the hits of the stages before it, as envelopes carry them)."""

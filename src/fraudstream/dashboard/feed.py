@@ -126,8 +126,9 @@ class Feed:
         for queue, view in list(self._subscribers.items()):
             cut = self._cuts.pop(queue, None)
             if cut is not None and rows and rows[0].seq < cut:  # some were in its snapshot
-                chosen = Board.select([r for r in rows if r.seq >= cut], view, ROWS_PER_TICK)
-                payload = self._payload(self._items(chosen), common)
+                later = [r for r in rows if r.seq >= cut]
+                chosen = Board.select(later, view, ROWS_PER_TICK)
+                payload = self._payload(self._items(chosen), common, len(rows) - len(later))
             elif view in by_view:
                 payload = by_view[view]
             else:
@@ -146,9 +147,11 @@ class Feed:
         return self._encode(shared | {"stats": stats})
 
     @staticmethod
-    def _payload(items: bytes, shared: bytes) -> str:
-        # {"items": [...], <the shared members>}: the rows differ per view, the rest does not
-        return (b'{"items":' + items + b"," + shared[1:]).decode()
+    def _payload(items: bytes, shared: bytes, in_snapshot: int = 0) -> str:
+        # {"items": [...], <the shared members>}: the rows differ per view, the rest does not;
+        # a new page's first tick also says how many of the tick's rows its snapshot had
+        extra = b'"in_snapshot":%d,' % in_snapshot if in_snapshot else b""
+        return (b'{"items":' + items + b"," + extra + shared[1:]).decode()
 
     # --- the consumer thread ---------------------------------------------------------------
 

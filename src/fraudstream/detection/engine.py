@@ -11,6 +11,7 @@ the same decisions live, in tests, in backtests and in training.
 from __future__ import annotations
 
 import copy
+import itertools
 import pickle
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -307,8 +308,7 @@ class Engine:
         labels: dict[bytes, bytes | None] = {}
         sets: set[bytes] = set()  # the fan-in/out state names met
         n = 0
-        for key, value in records:
-            kind, name, k = key.split(b"\x00", 2)
+        for kind, name, k, h, value in _split_hashed(records):
             if kind == b"L":  # the columns of a layout, before the rows written in it
                 self.tables[name.decode()].learn_layout(value or b"[]")
                 for column, _ in msgspec.json.decode(value or b"[]"):
@@ -316,9 +316,9 @@ class Engine:
             elif kind == b"t":
                 table = self.tables[name.decode()]
                 if value is None:
-                    table.reset_row(k.decode())
+                    table.reset_row(k.decode(), h)
                 else:
-                    table.load_row(k.decode(), value)
+                    table.load_row(k.decode(), value, h)
             elif kind == b"f":
                 if name not in sets:
                     sets.add(name)
@@ -656,3 +656,17 @@ class Engine:
                 fraud = False
         outcome: Literal["legit", "fraud"] = "fraud" if fraud else "legit"
         return Decision(outcome, score, reasons, self.version)
+
+
+def _split_hashed(
+    records: Iterable[tuple[bytes, bytes | None]], chunk: int = 4096
+) -> Iterator[tuple[bytes, bytes, bytes, int, bytes | None]]:
+    """Changelog records as (kind, name, key, the key's hash for a table row else 0, value):
+    the table rows' keys hashed a chunk at a time, in one compiled pass."""
+    it = iter(records)
+    while part := list(itertools.islice(it, chunk)):
+        split = [key.split(b"\x00", 2) for key, _ in part]
+        rows = [k.decode() for kind, _, k in split if kind == b"t"]
+        hashes = iter(keyhash.key_hashes(rows).tolist() if rows else ())
+        for (kind, name, k), (_, value) in zip(split, part, strict=True):
+            yield kind, name, k, next(hashes) if kind == b"t" else 0, value

@@ -325,10 +325,10 @@ class Table:
         packer = struct.Struct("<I" + codes)
         self._layouts[zlib.crc32(description)] = (packer, [(name, code) for name, code in columns])
 
-    def reset_row(self, key: str) -> None:
+    def reset_row(self, key: str, h: int = 0) -> None:
         """Put a key's row back to defaults (as good as absent: every rule reads defaults as
-        'nothing seen')."""
-        r = self.index.get(key)
+        'nothing seen'). `h`: the key's hash, when known (`key_hash`)."""
+        r = self.index.lookup(h or key_hash(key))
         if r is not None:
             for col in self.columns.values():
                 col.data[r] = col.default
@@ -385,9 +385,10 @@ class Table:
         images: list[bytes] = packed.view(np.dtype((np.void, packed.dtype.itemsize))).tolist()
         return images
 
-    def load_row(self, key: str, blob: bytes) -> None:
+    def load_row(self, key: str, blob: bytes, h: int = 0) -> None:
+        """Set a key's row from `dump_row`'s bytes. `h`: the key's hash, when known."""
         (layout,) = _LAYOUT.unpack_from(blob)
-        h = key_hash(key)
+        h = h or key_hash(key)
         r = self.index.lookup(h)
         if layout == self.layout_id:
             values = self._struct().unpack(blob)

@@ -504,9 +504,11 @@
       showAlert(shown.key);
     }
     const items = data.items || [];
-    const sampled = !data.snapshot && stats.decided > items.length && !view().toString();
+    // a new page's first tick: the decisions its snapshot already had are not new to it
+    const decided = stats.decided - (data.in_snapshot || 0);
+    const sampled = !data.snapshot && decided > items.length && !view().toString();
     $("sampled").textContent = sampled
-      ? "sampled: the newest " + items.length + " of " + num(stats.decided) + " decisions of the last tick, fraud first"
+      ? "sampled: the newest " + items.length + " of " + num(decided) + " decisions of the last tick, fraud first"
       : "";
     if (paused) {
       held = held.concat(items).slice(-maxRows);
