@@ -300,15 +300,36 @@ class Engine:
         if self.features is not None:
             self.features.commit()
 
-    def restore(self, records: Iterable[tuple[bytes, bytes | None]]) -> int:
+    def restore(self, records: Iterable[tuple[bytes, bytes | None]], *, chunk: int = 4096) -> int:
         """Load changelog records (oldest first); returns how many keys were loaded. A rule's
         state stored under another name than its `state_id` (its parameters changed since)
-        is left out: that rule starts empty (`restarted` says which)."""
+        is left out: that rule starts empty (`restarted` says which). The table rows' keys
+        are hashed `chunk` records at a time, in one compiled pass."""
         fans = {self._state_ids[r.id]: r for r in self._fan_rules}
         labels: dict[bytes, bytes | None] = {}
         sets: set[bytes] = set()  # the fan-in/out state names met
         n = 0
-        for kind, name, k, h, value in _split_hashed(records):
+        it = iter(records)
+        while part := list(itertools.islice(it, chunk)):
+            n += self._restore_part(part, fans, labels, sets)
+        if labels and self.features is not None:
+            self.features.load(labels)
+        return n
+
+    def _restore_part(
+        self,
+        part: list[tuple[bytes, bytes | None]],
+        fans: dict[str, FanIn],
+        labels: dict[bytes, bytes | None],
+        sets: set[bytes],
+    ) -> int:
+        # the rows' keys and their hashes first (no list of every split key: that many small
+        # lists at once wake the garbage collector)
+        keys = [key.split(b"\x00", 2)[2].decode() for key, _ in part if key[:2] == b"t\x00"]
+        hashes: list[int] = keyhash.key_hashes(keys).tolist() if keys else []
+        j = 0
+        for key, value in part:
+            kind, name, k = key.split(b"\x00", 2)
             if kind == b"L":  # the columns of a layout, before the rows written in it
                 self.tables[name.decode()].learn_layout(value or b"[]")
                 for column, _ in msgspec.json.decode(value or b"[]"):
@@ -316,9 +337,10 @@ class Engine:
             elif kind == b"t":
                 table = self.tables[name.decode()]
                 if value is None:
-                    table.reset_row(k.decode(), h)
+                    table.reset_row(keys[j], hashes[j])
                 else:
-                    table.load_row(k.decode(), value, h)
+                    table.load_row(keys[j], value, hashes[j])
+                j += 1
             elif kind == b"f":
                 if name not in sets:
                     sets.add(name)
@@ -329,10 +351,7 @@ class Engine:
                     fan.load_group(k.decode(), members)
             elif kind == b"l":
                 labels[k] = value
-            n += 1
-        if labels and self.features is not None:
-            self.features.load(labels)
-        return n
+        return len(part)
 
     def _note_stored(self, name: str, *, column: bool) -> None:
         """Whose state a stored column (`<state id>.<column>`) or fan-in/out set name holds."""
@@ -656,17 +675,3 @@ class Engine:
                 fraud = False
         outcome: Literal["legit", "fraud"] = "fraud" if fraud else "legit"
         return Decision(outcome, score, reasons, self.version)
-
-
-def _split_hashed(
-    records: Iterable[tuple[bytes, bytes | None]], chunk: int = 4096
-) -> Iterator[tuple[bytes, bytes, bytes, int, bytes | None]]:
-    """Changelog records as (kind, name, key, the key's hash for a table row else 0, value):
-    the table rows' keys hashed a chunk at a time, in one compiled pass."""
-    it = iter(records)
-    while part := list(itertools.islice(it, chunk)):
-        split = [key.split(b"\x00", 2) for key, _ in part]
-        rows = [k.decode() for kind, _, k in split if kind == b"t"]
-        hashes = iter(keyhash.key_hashes(rows).tolist() if rows else ())
-        for (kind, name, k), (_, value) in zip(split, part, strict=True):
-            yield kind, name, k, next(hashes) if kind == b"t" else 0, value
