@@ -55,3 +55,10 @@ def test_the_batch_and_one_key_paths_agree(keys: list[str]) -> None:
     assert 0 not in batch  # 0 marks an empty slot in the key index
     ascii_only = [k.encode("ascii", "replace").decode() for k in keys]  # the one-byte path
     assert keyhash.key_hashes(ascii_only).tolist() == [keyhash.key_hash(k) for k in ascii_only]
+
+
+def test_a_lone_surrogate_hashes_too() -> None:
+    """JSON decoding refuses them, but a key from elsewhere never makes the hash raise."""
+    keys = ["\ud800", "a\udc00b"]
+    assert keyhash.key_hashes(keys).tolist() == [keyhash.key_hash(k) for k in keys]
+    assert len(set(keyhash.key_hashes(keys).tolist())) == 2

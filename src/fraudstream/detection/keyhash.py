@@ -49,7 +49,7 @@ def key_hashes(keys: Sequence[str]) -> np.ndarray[Any, Any]:
     if joined.isascii():
         units = np.frombuffer(joined.encode("ascii"), np.uint8)
     else:
-        units = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
+        units = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32)
     lengths = np.fromiter(map(len, keys), np.int64, len(keys))
     out = np.empty(len(keys), np.int64)
     _hash_all(units, lengths, *_key, out)
@@ -58,7 +58,7 @@ def key_hashes(keys: Sequence[str]) -> np.ndarray[Any, Any]:
 
 def key_hash(key: str) -> int:
     """One key's hash (as `key_hashes` gives it)."""
-    return int(_hash_one(np.frombuffer(key.encode("utf-32-le"), np.uint32), *_key))
+    return int(_hash_one(np.frombuffer(key.encode("utf-32-le", "surrogatepass"), np.uint32), *_key))
 
 
 def fingerprint() -> int:
