@@ -493,6 +493,13 @@ def test_restore_in_chunks_of_any_size_loads_what_it_loads_at_once(chunk: int, c
     assert chunked.decide(txs) == whole.decide(txs)
 
 
+def test_restore_refuses_a_chunk_under_one() -> None:
+    """A chunk of no records would never end the restore; it is refused at once."""
+    log, _ = _CHUNKED
+    with pytest.raises(ValueError, match="at least 1"):
+        Engine.from_ruleset(RULES).restore(iter(log), chunk=0)
+
+
 def _staged(full: Engine, txs: list[Transaction], labels: list[Label]) -> tuple[list, list]:  # type: ignore[type-arg]
     """Run each stage's engine over the stream in order, as the staged pipeline does (each
     told the hits of the stages before it, as envelopes carry them)."""

@@ -305,6 +305,8 @@ class Engine:
         state stored under another name than its `state_id` (its parameters changed since)
         is left out: that rule starts empty (`restarted` says which). The table rows' keys
         are hashed `chunk` records at a time, in one compiled pass."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, not {chunk}")
         fans = {self._state_ids[r.id]: r for r in self._fan_rules}
         labels: dict[bytes, bytes | None] = {}
         sets: set[bytes] = set()  # the fan-in/out state names met
