@@ -1,6 +1,14 @@
-"""The compiled tree kernel gives the estimator's own probabilities, bit for bit."""
+"""The compiled tree kernel gives the estimator's own probabilities, bit for bit; the model
+file carries it, so that a detector loads a model without scikit-learn."""
 
 from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given, settings
@@ -59,3 +67,98 @@ def test_what_it_cannot_compile_is_scored_by_the_estimator() -> None:
     assert CompiledTrees.of(est) is None
     model = FraudModel(est, ("a", "b"), (), "t", 0.5)
     assert np.array_equal(model.score(x.tolist()), est.predict_proba(x)[:, 1])
+
+
+def _fitted(categorical: bool = False) -> tuple[HistGradientBoostingClassifier, np.ndarray]:  # type: ignore[type-arg]
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4, size=(300, 3)).astype(np.float32) + rng.random((300, 3), np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(x[:, 0]) > 2).astype(int)
+    est = HistGradientBoostingClassifier(
+        max_iter=8, categorical_features=[1] if categorical else None, early_stopping=False
+    )
+    if categorical:
+        x[:, 1] = np.floor(np.nan_to_num(x[:, 1]))
+    return est.fit(x, y), x
+
+
+# A fresh interpreter loads the model file, caps native threads as the detector does, scores
+# the rows and says whether it imported scikit-learn and scipy.special (numba's first kernel
+# call loads scipy's BLAS wrappers whatever the model), and the OpenMP pools' sizes.
+_LOAD = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import numpy as np
+    from fraudstream.detection.model import FraudModel, limit_native_threads
+    limit_native_threads(1, model=False)
+    model = FraudModel.load(Path(sys.argv[1]))
+    p = model.score(np.load(sys.argv[2]))
+    from threadpoolctl import threadpool_info
+    print(json.dumps({
+        "p": p.tolist(),
+        "sklearn": "sklearn" in sys.modules,
+        "scipy.special": "scipy.special" in sys.modules,
+        "openmp": [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"],
+    }))
+    """
+)
+
+
+def _load_elsewhere(model_file: Path, x: np.ndarray, tmp_path: Path) -> dict:  # type: ignore[type-arg]
+    rows = tmp_path / "rows.npy"
+    np.save(rows, x)
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(model_file), str(rows)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_model_file_scores_without_scikit_learn(tmp_path: Path) -> None:
+    """A saved model loads and scores in a process that never imports scikit-learn or
+    scipy, with the estimator's own probabilities; asked for, the estimator is still there."""
+    est, x = _fitted()
+    model = FraudModel(est, ("a", "b", "c"), (), "t", 0.5)
+    model.save(tmp_path / "m.model")
+    seen = _load_elsewhere(tmp_path / "m.model", x, tmp_path)
+    assert seen["sklearn"] is False and seen["scipy.special"] is False
+    assert np.array_equal(np.array(seen["p"]), est.predict_proba(x)[:, 1])
+    loaded = FraudModel.load(tmp_path / "m.model")
+    assert isinstance(loaded.fitted, bytes)  # not unpickled until asked for
+    assert np.array_equal(loaded.estimator.predict_proba(x), est.predict_proba(x))
+    loaded.save(tmp_path / "again.model")  # saved again from its pickle, as it came
+    assert np.array_equal(FraudModel.load(tmp_path / "again.model").score(x), model.score(x))
+
+
+def test_a_model_the_kernel_does_not_cover_loads_its_estimator_under_the_thread_cap(
+    tmp_path: Path,
+) -> None:
+    """Categorical splits are scored by scikit-learn: the file's estimator is loaded at once,
+    and its OpenMP pool takes the cap the process set before scikit-learn was imported."""
+    est, x = _fitted(categorical=True)
+    assert CompiledTrees.of(est) is None
+    FraudModel(est, ("a", "b", "c"), (), "t", 0.5).save(tmp_path / "m.model")
+    seen = _load_elsewhere(tmp_path / "m.model", x, tmp_path)
+    assert seen["sklearn"] is True and seen["openmp"] and set(seen["openmp"]) == {1}
+    assert np.array_equal(np.array(seen["p"]), est.predict_proba(x)[:, 1])
+
+
+def test_a_model_file_of_the_previous_format_still_loads(tmp_path: Path) -> None:
+    """Format 2 (the estimator inline, no compiled trees) is read and scored as before."""
+    est, x = _fitted()
+    blob = {
+        "format": 2,
+        "estimator": est,
+        "feature_names": ("a", "b", "c"),
+        "rule_ids": (),
+        "version": "old",
+        "threshold": 0.4,
+        "info": {},
+    }
+    (tmp_path / "old.model").write_bytes(pickle.dumps(blob))
+    loaded = FraudModel.load(tmp_path / "old.model")
+    assert loaded.version == "old" and loaded.compiled is not None
+    assert np.array_equal(loaded.score(x), est.predict_proba(x)[:, 1])

@@ -192,7 +192,8 @@ def _detect(settings: Settings) -> int:
 
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
-    limit_native_threads(settings.model_threads, model=ruleset.model is not None)
+    # scikit-learn and scipy only if the model needs them (`FraudModel.load` caps them then)
+    limit_native_threads(settings.model_threads, model=False)
     _stable_hashing(settings)
     _one_detector(settings)
     wait_for_broker(settings, settings.startup_timeout_ms / 1000)

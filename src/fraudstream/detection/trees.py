@@ -14,6 +14,7 @@ probabilities are the same bits (a property test holds it to that).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,14 @@ def _raw_scores(
                 else:
                     node = right[node]
             out[i] += value[node]
+
+
+@numba.njit(cache=True, nogil=True)
+def _logistic(raw: Any) -> None:  # pragma: no cover (compiled; tested through CompiledTrees)
+    # scipy.special.expit's own formula (1 / (1 + exp(-x)), libm's exp): the same bits as
+    # the estimator's probabilities, without importing scipy
+    for i in range(raw.shape[0]):
+        raw[i] = 1.0 / (1.0 + math.exp(-raw[i]))
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,5 @@ class CompiledTrees:
             self.baseline,
             raw,
         )
-        from scipy.special import expit  # what scikit-learn uses; loaded with a model only
-
-        return expit(raw)  # type: ignore[no-any-return]
+        _logistic(raw)
+        return raw
