@@ -266,7 +266,8 @@ def parse_args() -> argparse.Namespace:
     for name in args.variants:
         if name in CONTENDERS:
             p.error(f"--variant {name}: pick a name that is not a contender's")
-        rules = "model" if args.variants[name].get("RULES_FILE") == "model" else "default rules"
+        wanted = args.variants[name].get("RULES_FILE", "")
+        rules = {"model": "model", "": "default rules"}.get(wanted, Path(wanted).name)
         CONTENDERS[name] = f"fraudstream, {rules}, {name}"
         if name not in args.only:  # runs after the others, unless --only places it
             args.only.append(name)
@@ -296,10 +297,13 @@ def prepare(
     if name in (*DETECTORS, *variants):
         rules = REPO / "rules" / "default.yaml"
         extra = dict(variants.get(name, {}))
-        if name == "model" or extra.pop("RULES_FILE", "") == "model":
+        wanted = extra.pop("RULES_FILE", "")
+        if name == "model" or wanted == "model":
             if model_rules is None:
                 raise RuntimeError(f"no model (see {work / 'train.log'})")
             rules = model_rules
+        elif wanted:  # a rules file of the variant's own
+            rules = Path(wanted).resolve()
         settings = base.model_copy(
             update={
                 "legit_topic": topics["legit"],

@@ -106,7 +106,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 VARIANT_HELP = (
     "one more fraudstream contender: the default rules plus these environment variables "
     "(e.g. 'old:PYTHONPATH=/path/to/an/old/checkout/src' to compare with an older commit, "
-    "'batch5k:BATCH_SIZE=5000'; RULES_FILE=model: the model's rules instead); repeatable"
+    "'batch5k:BATCH_SIZE=5000'; RULES_FILE=model: the model's rules instead, "
+    "RULES_FILE=PATH: that rules file); repeatable"
 )
 
 
