@@ -37,7 +37,9 @@ refuses, stops the program at start, naming the variable (and the nearest settin
 as `KAFKA_BROKER_ULR`). A producer's batching settings are defaults such a variable overrides
 (`KAFKA_LINGER_MS`, 5 ms), and so is the detector's compression of what it writes (lz4: its
 internal topics carry each input record twice; `KAFKA_COMPRESSION_TYPE=none` turns it off);
-its guarantees (`enable.idempotence`, `acks=all`) are not.
+its guarantees (`enable.idempotence`, `acks=all`) are not. Consumers send a heartbeat every
+500 ms (`KAFKA_HEARTBEAT_INTERVAL_MS`; librdkafka's own default is 3 s), so that a rebalance
+(a detector joining or leaving) is noticed within half a second.
 
 `FRAUDSTREAM_CACHE` (default `~/.cache/fraudstream`, `./.cache` under make) is where the Kafka
 jars are kept; the local broker's tooling reads it, not `Settings`.

@@ -136,6 +136,22 @@ def test_producer_tuning_is_a_default_a_kafka_variable_overrides(
     assert detector["enable.idempotence"] is True and detector["acks"] == "all"
 
 
+def test_consumers_heartbeat_twice_a_second_unless_a_kafka_variable_says_otherwise(
+    no_kafka_env: pytest.MonkeyPatch,
+) -> None:
+    """A rebalance is heard of at the next heartbeat: 500 ms, not librdkafka's 3 s; the
+    prefetch bounds are defaults alike, and the read guarantees are not."""
+    from fraudstream.stream.clients import consumer_config
+
+    s = load_settings(_env_file=None)
+    c = consumer_config(s, "d", group_id="g")
+    assert c["heartbeat.interval.ms"] == 500 and c["isolation.level"] == "read_committed"
+    no_kafka_env.setenv("KAFKA_HEARTBEAT_INTERVAL_MS", "3000")
+    no_kafka_env.setenv("KAFKA_ISOLATION_LEVEL", "read_uncommitted")
+    c = consumer_config(s, "d", group_id="g")
+    assert c["heartbeat.interval.ms"] == "3000" and c["isolation.level"] == "read_committed"
+
+
 def test_a_refused_value_is_named_without_showing_it(no_kafka_env: pytest.MonkeyPatch) -> None:
     no_kafka_env.setenv("KAFKA_SECURITY_PROTOCOL", "s3cret-looking")
     with pytest.raises(ConfigError, match="KAFKA_SECURITY_PROTOCOL") as caught:

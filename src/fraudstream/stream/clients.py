@@ -96,14 +96,22 @@ def consumer_config(
     `fetch.queue.backoff.ms`, 1 s by default: with small queues that idles the consumer
     (throughput fell threefold), so 10 ms. `KAFKA_QUEUED_MIN_MESSAGES`,
     `KAFKA_QUEUED_MAX_MESSAGES_KBYTES` and `KAFKA_FETCH_QUEUE_BACKOFF_MS` override them
-    (benchmarks/backlog.py --variant measures them)."""
-    prefetch = {
+    (benchmarks/backlog.py --variant measures them).
+
+    A member learns that its group rebalances from its next heartbeat, and a cooperative
+    rebalance takes two rounds: with librdkafka's 3 s interval, a detector joining a running
+    group (`--workers N` starting, a restart, scaling out) got its partitions about 6 s later.
+    Heartbeats every 500 ms (`KAFKA_HEARTBEAT_INTERVAL_MS` overrides it) cost a few small
+    requests a second per consumer (docs/performance.md, "A rebalance at the start of
+    `--workers 2`")."""
+    defaults = {
         "queued.min.messages": 20_000,
         "queued.max.messages.kbytes": 4_096,
         "fetch.queue.backoff.ms": 10,
+        "heartbeat.interval.ms": 500,
     }
     return (
-        prefetch
+        defaults
         | base_config(settings, client_id)
         | {
             "group.id": group_id,
