@@ -139,10 +139,8 @@ class FraudModel:
         """Load a model file. Only load files you trained: the format is a Python pickle."""
         try:
             blob = pickle.loads(path.read_bytes())
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-            raise ModelError(
-                f"cannot load model {path}: {exc}; retrain with `fraudstream train`"
-            ) from None
+        except _UNREADABLE as exc:
+            raise _unreadable(path, exc) from None
         if not isinstance(blob, dict) or blob.get("format") not in _READ_FORMATS:
             raise ModelError(
                 f"{path} is not a fraudstream model of format {MODEL_FORMAT}; "
@@ -155,10 +153,8 @@ class FraudModel:
         elif compiled is None:
             try:  # not covered by the kernel: scored by the estimator, so load it now
                 fitted = _unpickle_estimator(fitted)
-            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-                raise ModelError(
-                    f"cannot load model {path}: {exc}; retrain with `fraudstream train`"
-                ) from None
+            except _UNREADABLE as exc:
+                raise _unreadable(path, exc) from None
         return cls(
             fitted,
             tuple(blob["feature_names"]),
@@ -168,6 +164,14 @@ class FraudModel:
             blob.get("info", {}),
             compiled,
         )
+
+
+# what unpickling a damaged or foreign file (or one of another scikit-learn) raises
+_UNREADABLE = (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError)
+
+
+def _unreadable(path: Path, exc: Exception) -> ModelError:
+    return ModelError(f"cannot load model {path}: {exc}; retrain with `fraudstream train`")
 
 
 def _pickle(obj: Any) -> bytes:
