@@ -715,3 +715,29 @@ def test_a_group_recorded_in_format_5_is_moved_to_6_in_place(
     with pytest.raises(GroupMismatchError, match="repartition record format 4 → 6"):
         prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
     assert Shape.of(topology) == six
+
+
+def test_a_start_on_one_client_records_the_shape_and_a_restart_checks_it(
+    make_settings: SettingsFactory,
+) -> None:
+    """`prepare_topology` on the detector's one admin client: the first start creates the
+    internal topics and records the group's shape without reading it back; a restart of the
+    same topology finds everything in one listing and reads the shape; one with other stages
+    is refused, saying what changed, and creates nothing."""
+    from fraudstream.stream.clients import admin_client
+    from fraudstream.stream.layout import Shape, _read_shape, group_topics
+
+    settings = make_settings(topic_partitions=2)
+    ensure_topics(settings)
+    admin = admin_client(settings)
+    first = prepare_topology(settings, ["source", "target"], labels=False, admin=admin)
+    repartition, changelogs = first.internal()
+    created = group_topics(settings, settings.detector_group)
+    assert {t for t, _ in repartition + changelogs} | {first.shape_topic} <= set(created)
+    assert _read_shape(settings, first.shape_topic) == Shape.of(first)
+    again = prepare_topology(settings, ["source", "target"], labels=False, admin=admin)
+    assert Shape.of(again) == Shape.of(first)
+    with pytest.raises(GroupMismatchError, match=r"stages \(state keys of the rules\)"):
+        prepare_topology(settings, ["source", "target", "merchant"], labels=False, admin=admin)
+    assert group_topics(settings, settings.detector_group) == created
+    assert _read_shape(settings, first.shape_topic) == Shape.of(first)

@@ -162,3 +162,31 @@ def test_a_model_file_of_the_previous_format_still_loads(tmp_path: Path) -> None
     loaded = FraudModel.load(tmp_path / "old.model")
     assert loaded.version == "old" and loaded.compiled is not None
     assert np.array_equal(loaded.score(x), est.predict_proba(x)[:, 1])
+
+
+_WARM = textwrap.dedent(
+    """
+    import json, sys
+    from fraudstream.detection.model import limit_native_threads, load_kernels_in_background
+    kernels = load_kernels_in_background()
+    limit_native_threads(1, model=False)
+    kernels.join()
+    limit_native_threads(1, model=False)
+    from threadpoolctl import threadpool_info
+    print(json.dumps({
+        "numba target loaded": "numba.np.arraymath" in sys.modules,
+        "pools": [[i["filepath"], i["num_threads"]] for i in threadpool_info()],
+    }))
+    """
+)
+
+
+def test_the_kernels_loaded_at_the_start_leave_every_native_pool_at_the_cap() -> None:
+    """`detect` loads numba's target in a thread while its start waits on the broker, and
+    caps the native pools again once it is done: what it loaded (scipy's own OpenBLAS, which
+    numba checks for) takes the cap like the rest. (Before, numba's first call loaded it
+    after the cap, in the main thread, and its pool stayed at a thread per core.)"""
+    out = subprocess.run([sys.executable, "-c", _WARM], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout)
+    assert seen["numba target loaded"] is True
+    assert seen["pools"] and all(n == 1 for _, n in seen["pools"]), seen["pools"]

@@ -26,6 +26,8 @@ from fraudstream.config import Settings
 from fraudstream.errors import ConfigError
 
 if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
+
     from fraudstream.cli._common import Subparsers
 
 log = logging.getLogger("fraudstream")
@@ -166,13 +168,13 @@ def _one_detector(settings: Settings) -> None:
     hold(lock)
 
 
-def _not_elsewhere(settings: Settings) -> None:
+def _not_elsewhere(settings: Settings, admin: AdminClient) -> None:
     """Refuse to start when the same group and instance runs on another machine (the lock
     above sees only this one); a stopped one leaves the group within its session timeout."""
     from fraudstream.stream.layout import running_elsewhere
 
     name = f"{settings.detector_group}-{settings.detector_instance}"
-    host = running_elsewhere(settings, name)
+    host = running_elsewhere(settings, name, admin)
     if host is not None:
         raise ConfigError(
             f"detector {name} already runs on {host} (a member of group "
@@ -185,11 +187,13 @@ def _not_elsewhere(settings: Settings) -> None:
 
 def _detect(settings: Settings) -> int:
     from fraudstream.detection import Engine, load_ruleset
-    from fraudstream.detection.model import limit_native_threads
+    from fraudstream.detection.model import limit_native_threads, load_kernels_in_background
     from fraudstream.stream import Processor, ensure_topics
-    from fraudstream.stream.clients import wait_for_broker
+    from fraudstream.stream.clients import admin_client, wait_for_broker
     from fraudstream.stream.metrics import serve as serve_metrics
 
+    # numba's first call, while the start below waits on the broker
+    kernels = load_kernels_in_background()
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
     # scikit-learn and scipy only if the model needs them (`FraudModel.load` caps them then)
@@ -197,8 +201,11 @@ def _detect(settings: Settings) -> int:
     _stable_hashing(settings)
     _one_detector(settings)
     wait_for_broker(settings, settings.startup_timeout_ms / 1000)
-    _not_elsewhere(settings)
-    ensure_topics(settings)
+    # every request of the start on one client: a new client's first request waits about
+    # 50 ms (docs/performance.md, "The start's requests")
+    admin = admin_client(settings)
+    _not_elsewhere(settings, admin)
+    ensure_topics(settings, admin=admin)
     engine = Engine.from_ruleset(ruleset)
     log.info(
         "rules %s version %s: %d rules%s",
@@ -207,7 +214,7 @@ def _detect(settings: Settings) -> int:
         len(engine.rules),
         ", with model" if engine.model else "",
     )
-    processor = Processor(settings, engine)
+    processor = Processor(settings, engine, admin=admin)
     serve_metrics(processor.metrics.registry, settings)
     stop = StopOnSignal().install()
 
@@ -229,7 +236,12 @@ def _detect(settings: Settings) -> int:
         settings.detector_instance,
         settings.transactions_topic,
     )
-    stats = processor.run(stop)
+
+    def cap_what_kernels_loaded() -> None:  # (scipy's OpenBLAS), from the computing thread
+        kernels.join()
+        limit_native_threads(settings.model_threads, model=False)
+
+    stats = processor.run(stop, on_start=cap_what_kernels_loaded)
     log.info(
         "stopped after %d: legit %d, fraud %d, dead-letter %d",
         stats.total,

@@ -13,7 +13,9 @@ unpickled at load.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,13 @@ import numpy as np
 from fraudstream.detection.trees import CompiledTrees
 from fraudstream.errors import FraudstreamError
 
-__all__ = ["MODEL_FORMAT", "FraudModel", "ModelError", "limit_native_threads"]
+__all__ = [
+    "MODEL_FORMAT",
+    "FraudModel",
+    "ModelError",
+    "limit_native_threads",
+    "load_kernels_in_background",
+]
 
 # 2: the fraud threshold chosen at training is part of the file; 3: the compiled trees too,
 # and the estimator as a pickle of its own (loaded on demand). Both are read.
@@ -51,6 +59,27 @@ def limit_native_threads(threads: int, *, model: bool = True) -> None:
 
     _threads[:] = [threads]
     _limits.append(threadpool_limits(limits=threads))
+
+
+def load_kernels_in_background() -> threading.Thread:
+    """Make the process's first compiled-kernel call in a thread.
+
+    That first call spends about 0.25 s loading numba's target: its registries of
+    implementations, and scipy's BLAS module, which numba checks for. A detector's start
+    spends about as long waiting on the broker, during which the thread has the interpreter
+    (docs/performance.md, "The start's requests"). scipy's BLAS brings its own OpenBLAS with
+    a pool of a thread per core: once the thread is done, call `limit_native_threads` again
+    from the thread that computes (OpenBLAS's setting does not carry across threads). A
+    failure here is left to the first real call to report."""
+    from fraudstream.detection.keyhash import key_hashes
+
+    def run() -> None:
+        with contextlib.suppress(Exception):  # (the first real call raises it again)
+            key_hashes(["warm-up"])
+
+    thread = threading.Thread(target=run, name="kernel-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _unpickle_estimator(blob: bytes) -> Any:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -10,7 +11,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
-from fraudstream.stream.clients import base_config, check_connection
+from fraudstream.stream.clients import admin_client, base_config, check_connection
 from fraudstream.stream.topology import Topology
 
 __all__ = ["committed_progress", "create_missing", "ensure_topics", "group_lag"]
@@ -39,13 +40,16 @@ def create_missing(
     specs: dict[str, tuple[int, bool]],
     configs: dict[str, dict[str, str]] | None = None,
     admin: AdminClient | None = None,
+    listed: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create the topics of `specs` (name -> partitions, compacted) that do not exist, in one
     request, with the topic configs of `configs` (name -> config) besides; return the names
-    created. Existing ones are left as they are. `admin`: a client to use (a new client's
-    first request waits about 50 ms: a caller with several requests shares one)."""
-    admin = admin or AdminClient(base_config(settings, "fraudstream-admin"))
-    existing = set(admin.list_topics(timeout=10).topics)
+    this request created (not those another client created meanwhile). Existing ones are
+    left as they are. `admin`: a client to use (a new client's first request waits about
+    50 ms: a caller with several requests shares one); `listed`: the broker's topics as the
+    caller has just listed them (one request fewer)."""
+    admin = admin or admin_client(settings)
+    existing = set(listed if listed is not None else admin.list_topics(timeout=10).topics)
     missing = {t: spec for t, spec in specs.items() if t not in existing}
     if not missing:
         return []
@@ -62,13 +66,15 @@ def create_missing(
         ],
         operation_timeout=30,
     )
+    created = []
     for topic, future in futures.items():
         try:
             future.result()
-        except KafkaException as exc:
+            created.append(topic)
+        except KafkaException as exc:  # another client may have just created it: fine
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise FraudstreamError(f"could not create topic {topic}: {exc}") from None
-    return list(missing)
+    return created
 
 
 def committed_progress(settings: Settings) -> int:

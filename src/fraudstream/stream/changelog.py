@@ -16,7 +16,7 @@ from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import consumer_config
 
-__all__ = ["end_offsets", "read_changelog", "topic_id"]
+__all__ = ["end_offset", "end_offsets", "read_changelog", "topic_id"]
 
 _NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
     KafkaError._UNKNOWN_PARTITION,
@@ -26,7 +26,7 @@ _NOT_YET = (  # a topic just created, whose leader the cluster is still electing
 )
 
 
-def _end_offset(consumer: Consumer, tp: TopicPartition, timeout: float = 30) -> int:
+def end_offset(consumer: Consumer, tp: TopicPartition, timeout: float = 30) -> int:
     """The partition's end offset, waiting while a topic just created is not known yet."""
     deadline = time.monotonic() + timeout
     while True:
@@ -65,7 +65,7 @@ def read_changelog(
     try:
         ends = {}
         for p in partitions:
-            end = _end_offset(consumer, TopicPartition(topic, p))
+            end = end_offset(consumer, TopicPartition(topic, p))
             if end > max(start.get(p, 0), 0):
                 ends[p] = end
         if not ends:
@@ -98,7 +98,7 @@ def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[i
         consumer_config(settings, "fraudstream-ends", group_id=f"fraudstream-ends-{uuid.uuid4()}")
     )
     try:
-        return {p: _end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
+        return {p: end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
     finally:
         consumer.close()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -27,9 +27,9 @@ from confluent_kafka.admin import AdminClient
 
 from fraudstream.config import Settings
 from fraudstream.errors import ConfigError, FraudstreamError
-from fraudstream.stream.admin import create_missing, ensure_topics
-from fraudstream.stream.changelog import end_offsets
-from fraudstream.stream.clients import base_config, wait_for_broker
+from fraudstream.stream.admin import create_missing
+from fraudstream.stream.changelog import end_offset
+from fraudstream.stream.clients import admin_client, base_config, wait_for_broker
 from fraudstream.stream.topology import Topology
 
 __all__ = [
@@ -162,26 +162,38 @@ def wait_for_partitions(
         time.sleep(0.1)
 
 
-def _existing_partitions(admin: AdminClient, topics: list[str]) -> dict[str, int]:
-    listed = admin.list_topics(timeout=10).topics
+def _existing_partitions(listed: Mapping[str, Any], topics: list[str]) -> dict[str, int]:
     return {t: len(listed[t].partitions) for t in topics if t in listed and listed[t].partitions}
 
 
+def _usable_partitions(listed: Mapping[str, Any], topic: str) -> int | None:
+    """The topic's partition count if the listing shows every partition with a leader."""
+    md = listed.get(topic)
+    if md is None or md.error is not None or not md.partitions:
+        return None
+    if any(p.leader < 0 for p in md.partitions.values()):
+        return None
+    return len(md.partitions)
+
+
 def _read_shape(settings: Settings, topic: str) -> Shape | None:
+    # fetch.wait.max.ms: the broker answers a fetch at the end at once instead of after
+    # its 500 ms (a restart read this one record in about 0.6 s)
     consumer = Consumer(
         base_config(settings, "fraudstream-shape")
         | {"group.id": "fraudstream-shape", "enable.auto.commit": False}
+        | {"fetch.wait.max.ms": 10}
     )
     try:
         tp = TopicPartition(topic, 0)
-        end = end_offsets(settings, topic, [0])[0]  # waits out a new topic's leader election
+        end = end_offset(consumer, tp)  # waits out a new topic's leader election
         if end <= 0:
             return None
         consumer.assign([TopicPartition(topic, 0, -2)])
         shape: Shape | None = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=100, timeout=0.1):
+            for msg in consumer.consume(num_messages=100, timeout=0.02):
                 value = msg.value()
                 if msg.error() is None and msg.key() == SHAPE_KEY and value:
                     try:
@@ -210,36 +222,55 @@ def _next_step(group: str) -> str:
     )
 
 
-def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> Topology:
+def prepare_topology(
+    settings: Settings, keys: list[str], *, labels: bool, admin: AdminClient | None = None
+) -> Topology:
     """Await the input (and labels) topic, build the topology, create its internal topics,
-    and check them against what the group was built for (recording it the first time)."""
+    and check them against what the group was built for (recording it the first time).
+    `admin`: a client whose broker the caller knows answers (the detector's start makes all
+    its requests on one); without it, this waits for the broker first."""
     s = settings
-    wait_for_broker(s, s.startup_timeout_ms / 1000)
-    # one client for every request below: a new client's first request waits about 50 ms,
-    # ten of them half a second of each start
-    admin = AdminClient(base_config(s, "fraudstream-admin"))
-    ensure_topics(s, [s.transactions_topic], admin=admin)
-    label_partitions = 0
+    if admin is None:
+        wait_for_broker(s, s.startup_timeout_ms / 1000)
+        # one client for every request below: a new client's first request waits about
+        # 50 ms, ten of them half a second of each start
+        admin = admin_client(s)
+    # One listing answers every question below about topics that exist already (on a
+    # restart, all of them); only what is created here is asked about again.
+    listed = admin.list_topics(timeout=10).topics
+    inputs = [s.transactions_topic]
     if len(keys) > 1 and labels:
-        ensure_topics(s, [s.labels_topic], admin=admin)
-        label_partitions = wait_for_partitions(s, s.labels_topic, admin=admin)
-    partitions = wait_for_partitions(s, s.transactions_topic, admin=admin)
-    topology = Topology(s, keys, partitions, label_partitions)
+        inputs.append(s.labels_topic)
+    create_missing(s, {t: (s.topic_partitions, False) for t in inputs}, admin=admin, listed=listed)
+
+    def partitions_of(topic: str) -> int:
+        known = _usable_partitions(listed, topic)
+        return known if known is not None else wait_for_partitions(s, topic, admin=admin)
+
+    label_partitions = partitions_of(s.labels_topic) if len(inputs) > 1 else 0
+    topology = Topology(s, keys, partitions_of(s.transactions_topic), label_partitions)
     group = s.detector_group
     now = Shape.of(topology)
     repartition, changelogs = topology.internal()
     wanted = dict(repartition + changelogs)
-    have = _existing_partitions(admin, list(wanted))
+    have = _existing_partitions(listed, list(wanted))
     wrong = [f"{t} has {have[t]} (needs {n})" for t, n in wanted.items() if have.get(t, n) != n]
     own = [topology.shape_topic, topology.status_topic]
     # the status topic gets a report every STATUS_INTERVAL_MS from each instance and is read
     # whole by `status` and every 5 s by the dashboard: a segment a minute, compacted soon,
     # keeps it at about the latest reports (Kafka's defaults: a week of them)
-    create_missing(
-        s, {t: (1, True) for t in own}, {topology.status_topic: STATUS_TOPIC_CONFIG}, admin=admin
+    created = create_missing(
+        s,
+        {t: (1, True) for t in own},
+        {topology.status_topic: STATUS_TOPIC_CONFIG},
+        admin=admin,
+        listed=listed,
     )
-    _wait_for_leaders(admin, own)
-    before = _read_shape(s, topology.shape_topic)
+    if created or _leaderless(listed, own):
+        _wait_for_leaders(admin, own)
+    # a shape topic this start created is empty (one another detector created meanwhile
+    # is not in `created`: it is read)
+    before = None if topology.shape_topic in created else _read_shape(s, topology.shape_topic)
     if before is not None and before.upgrades(now):
         log.info(
             "group %s: recording repartition format %d (was %d); a detector of an earlier "
@@ -263,30 +294,29 @@ def prepare_topology(settings: Settings, keys: list[str], *, labels: bool) -> To
             + f". {_next_step(group)}"
         )
     # the other internal topics in one request, then one wait for all their leaders
-    create_missing(
+    created = create_missing(
         s,
         {t: (n, False) for t, n in repartition} | {t: (n, True) for t, n in changelogs},
         admin=admin,
+        listed=listed,
     )
-    _wait_for_leaders(admin, list(wanted))
+    if created or _leaderless(listed, list(wanted)):
+        _wait_for_leaders(admin, list(wanted))
     if before is None:
         _write_shape(s, topology.shape_topic, now)
     return topology
+
+
+def _leaderless(listed: Mapping[str, Any], topics: list[str]) -> list[str]:
+    """The topics of `topics` the listing shows without a leader for every partition."""
+    return [t for t in topics if _usable_partitions(listed, t) is None]
 
 
 def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30.0) -> None:
     """Until every partition of these topics has a leader (one metadata request a round)."""
     deadline = time.monotonic() + timeout
     while True:
-        listed = admin.list_topics(timeout=10).topics
-        waiting = [
-            t
-            for t in topics
-            if t not in listed
-            or listed[t].error is not None
-            or not listed[t].partitions
-            or any(p.leader < 0 for p in listed[t].partitions.values())
-        ]
+        waiting = _leaderless(admin.list_topics(timeout=10).topics, topics)
         if not waiting:
             return
         if time.monotonic() > deadline:
@@ -305,7 +335,7 @@ def member_name(name: str, host: str | None = None) -> str:
 
 def group_members(settings: Settings, group: str, admin: AdminClient | None = None) -> list[Any]:
     """The group's current members (`MemberDescription`s: client_id, host, ...), [] if none."""
-    admin = admin or AdminClient(base_config(settings, "fraudstream-admin"))
+    admin = admin or admin_client(settings)
     deadline = time.monotonic() + settings.startup_timeout_ms / 1000
     said = False
     while True:
@@ -334,12 +364,14 @@ _COORDINATOR_STARTING = {
 }
 
 
-def running_elsewhere(settings: Settings, name: str) -> str | None:
+def running_elsewhere(
+    settings: Settings, name: str, admin: AdminClient | None = None
+) -> str | None:
     """The host on which detector `name` (`<group>-<instance>`) is a member of its group
     from another machine, or None. A member of the same name from this machine is a dead
     predecessor (the local lock is ours), not a rival: its partitions come back to us."""
     mine = member_name(name)
-    for m in group_members(settings, settings.detector_group):
+    for m in group_members(settings, settings.detector_group, admin):
         cid = m.client_id or ""
         if cid.startswith(f"{name}@") and cid != mine:
             return cid.partition("@")[2]
@@ -348,7 +380,7 @@ def running_elsewhere(settings: Settings, name: str) -> str | None:
 
 def group_topics(settings: Settings, group: str) -> list[str]:
     """The internal topics of a detector group (repartition, changelogs, its shape)."""
-    admin = AdminClient(base_config(settings, "fraudstream-admin"))
+    admin = admin_client(settings)
     listed = admin.list_topics(timeout=10).topics
     return sorted(t for t in listed if Topology.is_internal(group, t))
 
@@ -356,7 +388,7 @@ def group_topics(settings: Settings, group: str) -> list[str]:
 def reset_group(settings: Settings, group: str) -> tuple[list[str], bool]:
     """Delete a group's internal topics and its committed offsets; returns (topics deleted,
     whether the group's offsets existed). Refused while members of the group are running."""
-    admin = AdminClient(base_config(settings, "fraudstream-admin"))
+    admin = admin_client(settings)
     members = group_members(settings, group, admin)
     if members:
         names = ", ".join(sorted({m.client_id for m in members}))

@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from fraudstream.config import Settings
 from fraudstream.detection import Engine
@@ -85,8 +86,12 @@ class Processor:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         metrics: RuntimeMetrics | None = None,
+        admin: AdminClient | None = None,
     ) -> None:
         self.settings = settings
+        # a client whose broker the caller knows answers, for the start's requests
+        # (`prepare_topology`); None: its own, after waiting for the broker
+        self._admin = admin
         self.metrics = metrics or RuntimeMetrics()  # served by the caller (METRICS_PORT)
         self.engine = engine
         self.clock = clock
@@ -134,14 +139,24 @@ class Processor:
     # --- lifecycle -------------------------------------------------------------------------
 
     def run(
-        self, stop: threading.Event | None = None, *, stop_after: int | None = None
+        self,
+        stop: threading.Event | None = None,
+        *,
+        stop_after: int | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> ProcessorStats:
-        """Process until `stop` is set (or `stop_after` records are committed), then commit."""
+        """Process until `stop` is set (or `stop_after` records are committed), then commit.
+        `on_start`: called in this thread once the topics are ready and the group is asked
+        for, before the first step (the detector caps there what its kernels' warm-up
+        loaded, late in the start so as not to wait for it)."""
         stop = stop or threading.Event()
         self.txn.watch(stop)
         try:
             self.topology = prepare_topology(
-                self.settings, self.engine.stage_keys(), labels=self.engine.has_features
+                self.settings,
+                self.engine.stage_keys(),
+                labels=self.engine.has_features,
+                admin=self._admin,
             )
         except BaseException:
             self.consumer.close()
@@ -164,6 +179,8 @@ class Processor:
             on_lost=self._on_lost,
         )
         try:
+            if on_start is not None:
+                on_start()
             self._loop(stop, stop_after)
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
