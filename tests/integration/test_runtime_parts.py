@@ -741,3 +741,81 @@ def test_a_start_on_one_client_records_the_shape_and_a_restart_checks_it(
         prepare_topology(settings, ["source", "target", "merchant"], labels=False, admin=admin)
     assert group_topics(settings, settings.detector_group) == created
     assert _read_shape(settings, first.shape_topic) == Shape.of(first)
+
+
+def test_creating_a_topic_another_client_made_reports_it_as_not_created(
+    make_settings: SettingsFactory,
+) -> None:
+    """`create_missing` returns only what its own request created: a topic that exists but
+    was not in the caller's listing (another detector made it meanwhile) is left out, so
+    `prepare_topology` reads it instead of taking it for empty."""
+    from fraudstream.stream.admin import create_missing
+    from fraudstream.stream.clients import admin_client
+
+    settings = make_settings()
+    admin = admin_client(settings)
+    topic = f"made-{uuid.uuid4().hex[:8]}"
+    assert create_missing(settings, {topic: (1, True)}, admin=admin) == [topic]
+    assert create_missing(settings, {topic: (1, True)}, admin=admin, listed={}) == []
+    assert create_missing(settings, {topic: (1, True)}, admin=admin) == []
+
+
+def test_a_shape_recorded_by_another_detector_is_refused_before_anything_is_created(
+    make_settings: SettingsFactory,
+) -> None:
+    """A group whose shape topic another detector created and wrote with other stages, its
+    other internal topics not there yet: the start reads that shape and refuses, naming
+    the difference, and creates none of its own topics."""
+    from fraudstream.stream.admin import create_missing
+    from fraudstream.stream.layout import Shape, _read_shape, _write_shape, group_topics
+
+    settings = make_settings(topic_partitions=2)
+    ensure_topics(settings)
+    other = Topology(settings, ["source", "target", "merchant"], 2, 0)
+    assert create_missing(settings, {other.shape_topic: (1, True)}) == [other.shape_topic]
+    _write_shape(settings, other.shape_topic, Shape.of(other))
+    before = group_topics(settings, settings.detector_group)
+    with pytest.raises(GroupMismatchError, match=r"stages \(state keys of the rules\)"):
+        prepare_topology(settings, ["source", "target"], labels=False)
+    assert group_topics(settings, settings.detector_group) == before
+    assert _read_shape(settings, other.shape_topic) == Shape.of(other)
+
+
+def test_run_calls_on_start_in_its_thread_with_the_topics_ready_before_the_first_step(
+    settings: Settings,
+) -> None:
+    """`Processor.run(on_start=…)`: called once, in the run's thread, once the internal
+    topics exist and the task manager is built, before any record is decided or any
+    transaction begun; the run goes on after it."""
+    from fraudstream.stream import Processor
+    from fraudstream.stream.layout import group_topics
+
+    n = 20
+    produce_raw(
+        settings, [(f"ACC{i % 3}".encode(), _tx(i, account=f"ACC{i % 3}")) for i in range(n)]
+    )
+    processor = Processor(settings, Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
+    seen: list[tuple[str, int, bool, bool]] = []
+
+    def on_start() -> None:
+        assert processor.topology is not None and processor.manager is not None
+        repartition, changelogs = processor.topology.internal()
+        internal = {t for t, _ in repartition + changelogs}
+        seen.append(
+            (
+                threading.current_thread().name,
+                processor.stats.total,
+                internal <= set(group_topics(settings, settings.detector_group)),
+                processor.txn.in_txn,
+            )
+        )
+
+    stop = threading.Event()
+    guard = threading.Timer(120, stop.set)  # a bug fails the test instead of hanging it
+    guard.start()
+    try:
+        stats = processor.run(stop, stop_after=n, on_start=on_start)
+    finally:
+        guard.cancel()
+    assert seen == [(threading.current_thread().name, 0, True, False)]
+    assert stats.total == n

@@ -192,14 +192,15 @@ def _detect(settings: Settings) -> int:
     from fraudstream.stream.clients import admin_client, wait_for_broker
     from fraudstream.stream.metrics import serve as serve_metrics
 
-    # numba's first call, while the start below waits on the broker
-    kernels = load_kernels_in_background()
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
     # scikit-learn and scipy only if the model needs them (`FraudModel.load` caps them then)
     limit_native_threads(settings.model_threads, model=False)
     _stable_hashing(settings)
     _one_detector(settings)
+    # numba's first call, while the start below waits on the broker; after the refusals
+    # above, so that none of them exits while the thread is inside numba's compiler
+    kernels = load_kernels_in_background()
     wait_for_broker(settings, settings.startup_timeout_ms / 1000)
     # every request of the start on one client: a new client's first request waits about
     # 50 ms (docs/performance.md, "The start's requests")

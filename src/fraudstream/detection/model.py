@@ -68,8 +68,9 @@ def load_kernels_in_background() -> threading.Thread:
     implementations, and scipy's BLAS module, which numba checks for. A detector's start
     spends about as long waiting on the broker, during which the thread has the interpreter
     (docs/performance.md, "The start's requests"). scipy's BLAS brings its own OpenBLAS with
-    a pool of a thread per core: once the thread is done, call `limit_native_threads` again
-    from the thread that computes (OpenBLAS's setting does not carry across threads). A
+    a pool of a thread per core, loaded after the process's first cap, which therefore missed
+    it: once the thread is done, call `limit_native_threads` again from the thread that
+    computes (OpenBLAS's setting does not carry across threads). A
     failure here is left to the first real call to report."""
     from fraudstream.detection.keyhash import key_hashes
 

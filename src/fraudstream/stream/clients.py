@@ -18,6 +18,7 @@ from fraudstream.errors import KafkaUnavailableError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "admin_client",
     "base_config",
     "check_connection",
     "consumer_config",

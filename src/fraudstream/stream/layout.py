@@ -133,7 +133,7 @@ def wait_for_partitions(
 ) -> int:
     """The topic's partition count, once the broker reports every partition with a leader.
     Raises a `FraudstreamError` naming the topic when that takes longer than `timeout`."""
-    admin = admin or AdminClient(base_config(settings, "fraudstream-metadata"))
+    admin = admin or admin_client(settings, "fraudstream-metadata")
     deadline = clock() + timeout
     said = False
     while True:

@@ -161,6 +161,10 @@ class Processor:
         except BaseException:
             self.consumer.close()
             raise
+        finally:
+            # the start's client is not kept for the run (its threads, its connection's
+            # errors while a broker restarts); a purge makes its own when it needs one
+            self._admin = None
         ctx = TaskContext(self.settings, self.topology, self.engine, self.collector, self.wall_ms)
         self.manager = TaskManager(
             ctx, self.consumer, self.engine, self._snapshots, clock=self.clock, name=self._name
