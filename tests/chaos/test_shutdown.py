@@ -227,3 +227,44 @@ def test_workers_two_processes_share_the_group_and_stop_together(
     assert text.count("stopped after") == 2, text[-5000:]
     v = verify(settings)
     assert (v.valid, v.decided) == (n, n)
+
+
+def test_a_worker_given_every_partition_before_the_others_joined_joins_again_first(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A worker of `--workers 2` (its sibling ready too, by the start's files) that the
+    group gives every partition, the sibling not having joined: it gives them up before
+    deciding anything and joins again, once (alone again, it keeps them then), and every
+    record is decided once, with no transaction aborted."""
+    from fraudstream.cli.detect import JOIN_TOGETHER
+
+    settings = make_settings(topic_partitions=1)  # (the stateful oracle reads one partition)
+    ensure_topics(settings)
+    together = tmp_path / "together"
+    together.mkdir()
+    (together / "the-other-worker").touch()  # ready, never joining
+    n = 2_000
+    generate(settings, rate=math.inf, count=n, seed=53, progress=None)
+    log = tmp_path / "worker.log"
+    env = env_for(
+        settings,
+        RULES_FILE=str(DEFAULT_RULES),
+        DETECTOR_INSTANCE="w-0",
+        **{JOIN_TOGETHER: f"2:{together}"},
+    )
+    worker = spawn(["detect"], env, log)
+    try:
+        wait_done(settings, n)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, log.read_text()[-5000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+    text = log.read_text()
+    assert text.count("given every partition before the other workers joined") == 1, text
+    assert text.count("assigned 3 partitions; holds input 0 of 1") == 2, text
+    assert "transaction aborted" not in text and "Traceback" not in text, text[-5000:]
+    assert "w-0" in os.listdir(together)
+    v = verify(settings, rules=DEFAULT_RULES)
+    assert (v.valid, v.decided) == (n, n)

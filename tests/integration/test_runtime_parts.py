@@ -297,8 +297,21 @@ def test_the_task_manager_restores_a_task_of_each_role_from_the_changelogs(
         assert sum(t.meta.last_offset + 1 for t in inputs) == 60
         keyed = [t for t in manager.tasks.values() if isinstance(t, KeyedTask)]
         assert all(len(t.orderer) == 0 for t in keyed)  # everything was released and decided
+        stages = [*topology.stages, *([topology.label_stage] if topology.labels else [])]
+        every = [
+            (topology.stage_name(s), ",".join(map(str, range(s.partitions))), s.partitions)
+            for s in stages
+        ]
+        assert manager.holding() == "; ".join(f"{name} {held} of {n}" for name, held, n in every)
+        first = topology.stages[0]
+        manager.drop([TopicPartition(first.topic, 0)])
+        assert manager.holding().startswith(
+            f"input {','.join(map(str, range(1, first.partitions))) or 'none'} of "
+            f"{first.partitions}; "
+        )
         manager.drop([TopicPartition(topic, p) for topic, p in wanted])
         assert manager.tasks == {}
+        assert manager.holding() == "; ".join(f"{name} none of {n}" for name, _, n in every)
     finally:
         consumer.close()
 

@@ -8,12 +8,14 @@ import argparse
 import io
 import shlex
 import sys
+from pathlib import Path
 
 import pytest
 
 from fraudstream.cli import Exit, _parser
 from fraudstream.cli.detect import without_option
 from fraudstream.progress import progress_bars
+from tests.conftest import wait_for
 
 
 def _leaves(
@@ -152,3 +154,40 @@ def test_progress_bars_only_on_a_terminal_and_never_on_stdout(
         progress("deciding", 10_000, 10_000)
     assert "deciding" in terminal.getvalue()
     assert capsys.readouterr().out == ""
+
+
+def test_workers_started_together_wait_for_each_other_then_go_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`_join_together`: each worker of `--workers N` leaves its file and returns once all N
+    are there; one whose siblings never come joins alone after JOIN_TOGETHER_S, saying so."""
+    import threading
+    import time
+
+    from fraudstream.cli import detect
+
+    spec = f"3:{tmp_path}"
+    returned: dict[str, float] = {}
+
+    def worker(name: str) -> None:
+        detect._join_together(spec, name)
+        returned[name] = time.monotonic()
+
+    first = [threading.Thread(target=worker, args=(f"w-{i}",)) for i in range(2)]
+    for t in first:
+        t.start()
+    # a sibling late to start: the two ready ones wait for it
+    wait_for(lambda: len(list(tmp_path.iterdir())) == 2, 10, "the first two workers' files")
+    assert returned == {} and sorted(p.name for p in tmp_path.iterdir()) == ["w-0", "w-1"]
+    last = time.monotonic()
+    worker("w-2")
+    for t in first:
+        t.join(5)
+    assert set(returned) == {"w-0", "w-1", "w-2"} and min(returned.values()) >= last
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    monkeypatch.setattr(detect, "JOIN_TOGETHER_S", 0.3)
+    with caplog.at_level("WARNING", logger="fraudstream"):
+        detect._join_together(f"2:{alone}", "w-0")
+    assert "joining the group without the other workers: 1 of 2 ready" in caplog.text

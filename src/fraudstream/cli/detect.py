@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,26 +117,76 @@ def _workers(n: int, argv: list[str], settings: Settings) -> int:
     base = settings.detector_instance
     port = settings.metrics_port
 
-    def env(i: int) -> dict[str, str]:  # worker i serves its metrics on METRICS_PORT + i
-        return os.environ | ({"METRICS_PORT": str(port + i)} if port else {})
+    # the workers join the group together (`_join_together`): in one generation, the group
+    # spreads each stage's partitions over them (docs/scaling.md, "How partitions are spread")
+    together = tempfile.mkdtemp(prefix="fraudstream-workers-")
 
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "fraudstream", *argv, "--instance", f"{base}-{i}"],
-            start_new_session=True,
-            env=env(i),
-        )
-        for i in range(n)
-    ]
-    stop = StopOnSignal().install()
-    while not stop.wait(0.5):
-        if all(p.poll() is not None for p in procs):
-            break
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    codes = [p.wait() for p in procs]
+    def env(i: int) -> dict[str, str]:  # worker i serves its metrics on METRICS_PORT + i
+        metrics = {"METRICS_PORT": str(port + i)} if port else {}
+        return os.environ | metrics | {JOIN_TOGETHER: f"{n}:{together}"}
+
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "fraudstream", *argv, "--instance", f"{base}-{i}"],
+                start_new_session=True,
+                env=env(i),
+            )
+            for i in range(n)
+        ]
+        stop = StopOnSignal().install()
+        while not stop.wait(0.5):
+            if all(p.poll() is not None for p in procs):
+                break
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = [p.wait() for p in procs]
+    finally:
+        shutil.rmtree(together, ignore_errors=True)
     return max(codes)
+
+
+# Set by `--workers N` for its workers: "N:<directory>" (see `_join_together`).
+JOIN_TOGETHER = "FRAUDSTREAM_JOIN_TOGETHER"
+JOIN_TOGETHER_S = 30.0  # the longest a worker waits for the others before joining alone
+
+
+def _join_together(spec: str, instance: str) -> None:
+    """A worker of `--workers N`: wait, before joining the group, until the N workers are all
+    ready to join (each leaves a file in the directory), so that they join at once. A group
+    formed by the first alone gives it every partition, and the others then get what the
+    cooperative-sticky assignor moves off it, a stage's partitions at a time: one worker would
+    decode every input while another ran the other stages (docs/scaling.md). After
+    JOIN_TOGETHER_S it joins anyway, saying so."""
+    count, _, directory = spec.partition(":")
+    n, folder = int(count), Path(directory)
+    try:
+        (folder / instance).touch()
+    except OSError:  # (the parent's directory is gone: it is stopping)
+        return
+    started = time.monotonic()
+    said = False
+    while True:
+        try:
+            ready = len(os.listdir(folder))
+        except OSError:
+            return
+        if ready >= n:
+            return
+        waited = time.monotonic() - started
+        if waited >= JOIN_TOGETHER_S:
+            log.warning(
+                "joining the group without the other workers: %d of %d ready after %.0fs",
+                ready,
+                n,
+                waited,
+            )
+            return
+        if not said and waited >= 1.0:
+            log.info("waiting for the other workers to be ready to join (%d of %d)", ready, n)
+            said = True
+        time.sleep(0.005)
 
 
 def _stable_hashing(settings: Settings) -> None:
@@ -238,11 +291,16 @@ def _detect(settings: Settings) -> int:
         settings.transactions_topic,
     )
 
-    def cap_what_kernels_loaded() -> None:  # (scipy's OpenBLAS), from the computing thread
-        kernels.join()
-        limit_native_threads(settings.model_threads, model=False)
+    together = os.environ.get(JOIN_TOGETHER)
 
-    stats = processor.run(stop, on_start=cap_what_kernels_loaded)
+    def before_joining() -> None:
+        kernels.join()  # then cap what it loaded (scipy's OpenBLAS), from the computing thread
+        limit_native_threads(settings.model_threads, model=False)
+        if together:
+            _join_together(together, settings.detector_instance)
+
+    workers = int(together.split(":", 1)[0]) if together else 1
+    stats = processor.run(stop, on_start=before_joining, workers=workers)
     log.info(
         "stopped after %d: legit %d, fraud %d, dead-letter %d",
         stats.total,

@@ -131,6 +131,9 @@ class Processor:
         self._last_commit_ms = 0
         self._status_producer: Producer | None = None
         self._renewals = 0  # producers replaced since the last commit
+        self._workers = 1  # processes of `--workers N` started together (`run`)
+        self._assigned = False  # a first assignment came
+        self._rejoin = False  # leave and join again before processing (`_on_assign`)
 
     @property
     def tasks(self) -> dict[tuple[str, int], Any]:
@@ -144,11 +147,15 @@ class Processor:
         *,
         stop_after: int | None = None,
         on_start: Callable[[], None] | None = None,
+        workers: int = 1,
     ) -> ProcessorStats:
         """Process until `stop` is set (or `stop_after` records are committed), then commit.
-        `on_start`: called in this thread once the topics are ready and the group is asked
-        for, before the first step (the detector caps there what its kernels' warm-up
-        loaded, late in the start so as not to wait for it)."""
+        `on_start`: called in this thread once the topics are ready and the producer
+        initialised, just before joining the group (the detector caps there what its
+        kernels' warm-up loaded, late in the start so as not to wait for it, and the
+        workers of `--workers N` wait there for each other). `workers`: how many processes
+        were started together (`_on_assign`)."""
+        self._workers = workers
         stop = stop or threading.Event()
         self.txn.watch(stop)
         try:
@@ -176,15 +183,16 @@ class Processor:
         # everything is freed by reference counting anyway (docs/performance.md).
         gc.set_threshold(1_000_000, 50, 100)
         self.txn.init(30)
-        self.consumer.subscribe(
-            self.topology.topics(),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
         try:
+            if workers > 1:
+                # the group's coordinator found and connected now (a committed-offsets
+                # request needs it), so that joining is one request away once subscribed:
+                # workers that subscribe together then join together (`on_start`)
+                first = TopicPartition(self.settings.transactions_topic, 0)
+                self.consumer.committed([first], 30)
             if on_start is not None:
                 on_start()
+            self._subscribe()
             self._loop(stop, stop_after)
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
@@ -192,6 +200,15 @@ class Processor:
         finally:
             self.close()
         return self.stats
+
+    def _subscribe(self) -> None:
+        assert self.topology is not None
+        self.consumer.subscribe(
+            self.topology.topics(),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
 
     def _loop(self, stop: threading.Event, stop_after: int | None) -> None:
         assert self.manager is not None and self.topology is not None
@@ -209,6 +226,11 @@ class Processor:
             msgs = [first] if first is not None else []
             if first is not None and batch > 1:
                 msgs += consumer.consume(num_messages=batch - 1, timeout=0)
+            if self._rejoin:  # (set by the first assignment, in this poll: nothing was done)
+                self._rejoin = False
+                consumer.unsubscribe()  # what was read is read again from the offsets
+                self._subscribe()
+                continue
             full = len(msgs) >= batch  # more is waiting: a backlog
             if msgs:
                 started = time.perf_counter()
@@ -409,6 +431,25 @@ class Processor:
             self._commit()
         self.manager.assign([(tp.topic, tp.partition) for tp in partitions])
         self.stats.restored_keys = self.manager.restored_keys
+        if partitions:
+            log.info("assigned %d partitions; holds %s", len(partitions), self.manager.holding())
+        first, self._assigned = not self._assigned, True
+        if first and self._workers > 1 and len(self.manager.tasks) == self._partitions():
+            # The group formed before the other workers joined. Kept, these partitions would
+            # be spread by the cooperative-sticky assignor moving some off this process, a
+            # stage's partitions at a time (one process would read every input); given up
+            # before anything is processed, the group spreads them afresh over all workers.
+            log.info(
+                "given every partition before the other workers joined (%d started "
+                "together): joining again, so that the group spreads each stage over all",
+                self._workers,
+            )
+            self._rejoin = True
+
+    def _partitions(self) -> int:
+        """How many partitions the group's topology has (every stage's, the labels')."""
+        assert self.topology is not None
+        return sum(stage.partitions for stage in self.topology.by_topic.values())
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit what we did for these partitions before another instance takes them over.
@@ -416,12 +457,16 @@ class Processor:
         if self.txn.in_txn:
             self._commit()
         self.manager.drop(partitions)
+        if partitions:
+            log.info("gave up %d partitions; holds %s", len(partitions), self.manager.holding())
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self.manager is not None
         if self.txn.in_txn:
             self._abort()
         self.manager.drop(partitions)
+        if partitions:
+            log.info("lost %d partitions; holds %s", len(partitions), self.manager.holding())
 
     # --- health ----------------------------------------------------------------------------
 

@@ -189,6 +189,21 @@ class TaskManager:
                 time.monotonic() - started,
             )
 
+    def holding(self) -> str:
+        """What this process holds, per stage: "input 0,2,4 of 6; by-target 1,3,5 of 6; …"
+        (a group spreads partitions by their count, not per stage: this shows the spread)."""
+        topology = self.topology
+        stages = [*topology.stages, topology.label_stage] if topology.labels else topology.stages
+        held: dict[str, list[int]] = {}
+        for topic, partition in self.tasks:
+            held.setdefault(topic, []).append(partition)
+        return "; ".join(
+            f"{topology.stage_name(stage)} "
+            + (",".join(map(str, sorted(held[stage.topic]))) if stage.topic in held else "none")
+            + f" of {stage.partitions}"
+            for stage in stages
+        )
+
     def reload(self) -> None:
         """Every task again from its changelog (after a producer was replaced)."""
         if self.engine.drift is not None:  # the lost transaction's decisions are redone
