@@ -242,7 +242,7 @@ def test_a_worker_given_every_partition_before_the_others_joined_joins_again_fir
     ensure_topics(settings)
     together = tmp_path / "together"
     together.mkdir()
-    (together / "the-other-worker").touch()  # ready, never joining
+    (together / "1").touch()  # worker 1: ready, never joining
     n = 2_000
     generate(settings, rate=math.inf, count=n, seed=53, progress=None)
     log = tmp_path / "worker.log"
@@ -250,7 +250,7 @@ def test_a_worker_given_every_partition_before_the_others_joined_joins_again_fir
         settings,
         RULES_FILE=str(DEFAULT_RULES),
         DETECTOR_INSTANCE="w-0",
-        **{JOIN_TOGETHER: f"2:{together}"},
+        **{JOIN_TOGETHER: f"2:0:{together}"},
     )
     worker = spawn(["detect"], env, log)
     try:
@@ -265,6 +265,6 @@ def test_a_worker_given_every_partition_before_the_others_joined_joins_again_fir
     assert text.count("given every partition before the other workers joined") == 1, text
     assert text.count("assigned 3 partitions; holds input 0 of 1") == 2, text
     assert "transaction aborted" not in text and "Traceback" not in text, text[-5000:]
-    assert "w-0" in os.listdir(together)
+    assert sorted(os.listdir(together)) == ["0", "1"]
     v = verify(settings, rules=DEFAULT_RULES)
     assert (v.valid, v.decided) == (n, n)

@@ -166,11 +166,10 @@ def test_workers_started_together_wait_for_each_other_then_go_at_once(
 
     from fraudstream.cli import detect
 
-    spec = f"3:{tmp_path}"
     returned: dict[str, float] = {}
 
     def worker(name: str) -> None:
-        detect._join_together(spec, name)
+        detect._join_together(f"3:{name[-1]}:{tmp_path}")
         returned[name] = time.monotonic()
 
     first = [threading.Thread(target=worker, args=(f"w-{i}",)) for i in range(2)]
@@ -178,16 +177,26 @@ def test_workers_started_together_wait_for_each_other_then_go_at_once(
         t.start()
     # a sibling late to start: the two ready ones wait for it
     wait_for(lambda: len(list(tmp_path.iterdir())) == 2, 10, "the first two workers' files")
-    assert returned == {} and sorted(p.name for p in tmp_path.iterdir()) == ["w-0", "w-1"]
+    assert returned == {} and sorted(p.name for p in tmp_path.iterdir()) == ["0", "1"]
     last = time.monotonic()
     worker("w-2")
     for t in first:
         t.join(5)
+        assert not t.is_alive()
     assert set(returned) == {"w-0", "w-1", "w-2"} and min(returned.values()) >= last
 
     alone = tmp_path / "alone"
     alone.mkdir()
     monkeypatch.setattr(detect, "JOIN_TOGETHER_S", 0.3)
     with caplog.at_level("WARNING", logger="fraudstream"):
-        detect._join_together(f"2:{alone}", "w-0")
+        detect._join_together(f"2:0:{alone}")
     assert "joining the group without the other workers: 1 of 2 ready" in caplog.text
+
+    stopping = tmp_path / "stopping"
+    stopping.mkdir()
+    stop = threading.Event()
+    stop.set()
+    monkeypatch.setattr(detect, "JOIN_TOGETHER_S", 60.0)
+    started = time.monotonic()
+    detect._join_together(f"2:0:{stopping}", stop)  # a stop asked for ends the wait at once
+    assert time.monotonic() - started < 10

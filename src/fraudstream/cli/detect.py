@@ -123,7 +123,7 @@ def _workers(n: int, argv: list[str], settings: Settings) -> int:
 
     def env(i: int) -> dict[str, str]:  # worker i serves its metrics on METRICS_PORT + i
         metrics = {"METRICS_PORT": str(port + i)} if port else {}
-        return os.environ | metrics | {JOIN_TOGETHER: f"{n}:{together}"}
+        return os.environ | metrics | {JOIN_TOGETHER: f"{n}:{i}:{together}"}
 
     try:
         procs = [
@@ -138,6 +138,9 @@ def _workers(n: int, argv: list[str], settings: Settings) -> int:
         while not stop.wait(0.5):
             if all(p.poll() is not None for p in procs):
                 break
+            for i, p in enumerate(procs):  # one that ended at start keeps nobody waiting
+                if p.poll() is not None:
+                    (Path(together) / str(i)).touch()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -147,27 +150,28 @@ def _workers(n: int, argv: list[str], settings: Settings) -> int:
     return max(codes)
 
 
-# Set by `--workers N` for its workers: "N:<directory>" (see `_join_together`).
+# Set by `--workers N` for its workers: "N:<worker index>:<directory>" (`_join_together`).
 JOIN_TOGETHER = "FRAUDSTREAM_JOIN_TOGETHER"
 JOIN_TOGETHER_S = 30.0  # the longest a worker waits for the others before joining alone
 
 
-def _join_together(spec: str, instance: str) -> None:
+def _join_together(spec: str, stop: threading.Event | None = None) -> None:
     """A worker of `--workers N`: wait, before joining the group, until the N workers are all
-    ready to join (each leaves a file in the directory), so that they join at once. A group
-    formed by the first alone gives it every partition, and the others then get what the
-    cooperative-sticky assignor moves off it, a stage's partitions at a time: one worker would
-    decode every input while another ran the other stages (docs/scaling.md). After
-    JOIN_TOGETHER_S it joins anyway, saying so."""
-    count, _, directory = spec.partition(":")
+    ready to join (each leaves a file named by its index in the directory; the parent leaves
+    one for a worker that ended), so that they join at once. A group formed by the first
+    alone gives it every partition, and the others then get what the cooperative-sticky
+    assignor moves off it, a stage's partitions at a time: one worker would decode every input
+    while another ran the other stages (docs/scaling.md). After JOIN_TOGETHER_S it joins
+    anyway, saying so; `stop` set: it returns at once."""
+    count, index, directory = spec.split(":", 2)
     n, folder = int(count), Path(directory)
     try:
-        (folder / instance).touch()
+        (folder / str(int(index))).touch()
     except OSError:  # (the parent's directory is gone: it is stopping)
         return
     started = time.monotonic()
     said = False
-    while True:
+    while stop is None or not stop.is_set():
         try:
             ready = len(os.listdir(folder))
         except OSError:
@@ -186,7 +190,10 @@ def _join_together(spec: str, instance: str) -> None:
         if not said and waited >= 1.0:
             log.info("waiting for the other workers to be ready to join (%d of %d)", ready, n)
             said = True
-        time.sleep(0.005)
+        if stop is not None:
+            stop.wait(0.01)
+        else:
+            time.sleep(0.01)
 
 
 def _stable_hashing(settings: Settings) -> None:
@@ -269,6 +276,7 @@ def _detect(settings: Settings) -> int:
         ", with model" if engine.model else "",
     )
     processor = Processor(settings, engine, admin=admin)
+    del admin  # (the processor lets go of it once the topology is prepared)
     serve_metrics(processor.metrics.registry, settings)
     stop = StopOnSignal().install()
 
@@ -297,7 +305,7 @@ def _detect(settings: Settings) -> int:
         kernels.join()  # then cap what it loaded (scipy's OpenBLAS), from the computing thread
         limit_native_threads(settings.model_threads, model=False)
         if together:
-            _join_together(together, settings.detector_instance)
+            _join_together(together, stop)
 
     workers = int(together.split(":", 1)[0]) if together else 1
     stats = processor.run(stop, on_start=before_joining, workers=workers)

@@ -151,10 +151,11 @@ class Processor:
     ) -> ProcessorStats:
         """Process until `stop` is set (or `stop_after` records are committed), then commit.
         `on_start`: called in this thread once the topics are ready and the producer
-        initialised, just before joining the group (the detector caps there what its
-        kernels' warm-up loaded, late in the start so as not to wait for it, and the
-        workers of `--workers N` wait there for each other). `workers`: how many processes
-        were started together (`_on_assign`)."""
+        initialised, before the first step: just after asking to join the group, or with
+        `workers` > 1 just before (the detector caps there what its kernels' warm-up
+        loaded, late in the start so as not to wait for it, and the workers of `--workers N`
+        wait there for each other). `workers`: how many processes were started together
+        (`_on_assign`)."""
         self._workers = workers
         stop = stop or threading.Event()
         self.txn.watch(stop)
@@ -187,12 +188,16 @@ class Processor:
             if workers > 1:
                 # the group's coordinator found and connected now (a committed-offsets
                 # request needs it), so that joining is one request away once subscribed:
-                # workers that subscribe together then join together (`on_start`)
+                # workers that subscribe together then join together (`on_start` waits)
                 first = TopicPartition(self.settings.transactions_topic, 0)
                 self.consumer.committed([first], 30)
-            if on_start is not None:
-                on_start()
-            self._subscribe()
+                if on_start is not None:
+                    on_start()
+                self._subscribe()
+            else:  # joining while `on_start` runs (the detector's waits for its kernels)
+                self._subscribe()
+                if on_start is not None:
+                    on_start()
             self._loop(stop, stop_after)
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
@@ -228,7 +233,16 @@ class Processor:
                 msgs += consumer.consume(num_messages=batch - 1, timeout=0)
             if self._rejoin:  # (set by the first assignment, in this poll: nothing was done)
                 self._rejoin = False
-                consumer.unsubscribe()  # what was read is read again from the offsets
+                # what this poll read is dropped: each of its partitions goes back to its
+                # first record (should the group be rebalancing already, librdkafka folds the
+                # unsubscribe and the subscribe into nothing and the partitions stay ours)
+                dropped: dict[tuple[Any, Any], Any] = {}
+                for msg in msgs:
+                    if msg.error() is None:
+                        dropped.setdefault((msg.topic(), msg.partition()), msg.offset())
+                for (topic, partition), offset in dropped.items():
+                    consumer.seek(TopicPartition(topic, partition, offset))
+                consumer.unsubscribe()
                 self._subscribe()
                 continue
             full = len(msgs) >= batch  # more is waiting: a backlog
