@@ -165,13 +165,14 @@ def _join_together(spec: str, stop: threading.Event | None = None) -> None:
     anyway, saying so; `stop` set: it returns at once."""
     count, index, directory = spec.split(":", 2)
     n, folder = int(count), Path(directory)
+    stop = stop or threading.Event()
     try:
         (folder / str(int(index))).touch()
     except OSError:  # (the parent's directory is gone: it is stopping)
         return
     started = time.monotonic()
     said = False
-    while stop is None or not stop.is_set():
+    while not stop.is_set():
         try:
             ready = len(os.listdir(folder))
         except OSError:
@@ -190,10 +191,7 @@ def _join_together(spec: str, stop: threading.Event | None = None) -> None:
         if not said and waited >= 1.0:
             log.info("waiting for the other workers to be ready to join (%d of %d)", ready, n)
             said = True
-        if stop is not None:
-            stop.wait(0.01)
-        else:
-            time.sleep(0.01)
+        stop.wait(0.01)
 
 
 def _stable_hashing(settings: Settings) -> None:

@@ -193,7 +193,6 @@ class TaskManager:
         """What this process holds, per stage: "input 0,2,4 of 6; by-target 1,3,5 of 6; …"
         (a group spreads partitions by their count, not per stage: this shows the spread)."""
         topology = self.topology
-        stages = [*topology.stages, topology.label_stage] if topology.labels else topology.stages
         held: dict[str, list[int]] = {}
         for topic, partition in self.tasks:
             held.setdefault(topic, []).append(partition)
@@ -201,7 +200,7 @@ class TaskManager:
             f"{topology.stage_name(stage)} "
             + (",".join(map(str, sorted(held[stage.topic]))) if stage.topic in held else "none")
             + f" of {stage.partitions}"
-            for stage in stages
+            for stage in topology.by_topic.values()  # (the stages in order, then the labels)
         )
 
     def reload(self) -> None:
