@@ -4,12 +4,13 @@ names them). The whole loop is tested by the pipeline and fault scenarios."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.detection import Engine, load_ruleset
@@ -20,7 +21,12 @@ from fraudstream.stream.ordering import DATA, HOLD, INF, MARK, Envelope, Lean, M
 from fraudstream.stream.task_manager import TaskManager, choose_paused
 from fraudstream.stream.tasks import InputTask, KeyedTask, LabelTask, OutputTask, TaskContext
 from fraudstream.stream.topology import INPUT, KEYED, OUTPUT, Topology
-from fraudstream.stream.transactions import TransactionCoordinator
+from fraudstream.stream.transactions import (
+    TransactionCoordinator,
+    fatal_message,
+    fenced,
+    renewable,
+)
 from tests.conftest import (
     REPO,
     SettingsFactory,
@@ -108,6 +114,35 @@ def test_the_watchdog_acts_on_a_commit_stuck_past_its_timeout(
             assert stuck.wait(10), "the watchdog never acted on a stuck commit"
     finally:
         stop.set()
+
+
+def test_a_fenced_producer_is_known_as_fenced_though_produce_says_only_fatal(
+    settings: Settings,
+) -> None:
+    """After the fencing, `produce` raises `_FATAL` with no reason; `cause` finds it. Taken
+    for a fault of this producer alone, the zombie would replace its producer and fence the
+    instance that took over (a CI run of the zombie fault test did)."""
+    zombie = _coordinator(settings)
+    zombie.begin()
+    zombie.producer.produce(settings.legit_topic, b"before", b"k")
+    zombie.producer.flush(10)
+    successor = TransactionCoordinator(settings, zombie.name)
+    successor.init(30)  # same transactional.id: fences the zombie
+    zombie.producer.produce(settings.legit_topic, b"refused", b"k")
+    with contextlib.suppress(KafkaException):  # the broker refuses it; flush may say so
+        zombie.producer.flush(10)
+    with pytest.raises(KafkaException) as raised:
+        zombie.producer.produce(settings.legit_topic, b"late", b"k")
+    err = raised.value.args[0]
+    assert err.code() == KafkaError._FATAL and renewable(err)  # what produce says
+    reason = zombie.cause(err)
+    assert fenced(reason) and reason.fatal() and not renewable(reason)
+    assert "took over" in fatal_message(reason)
+    successor.begin()  # the successor was not disturbed
+    successor.producer.produce(settings.legit_topic, b"after", b"k")
+    successor.commit([], None)
+    no_open_transaction(settings, [settings.legit_topic])
+    assert [m.value() for m in read_to_end(settings, settings.legit_topic)] == [b"after"]
 
 
 # --- RecordCollector ----------------------------------------------------------------------

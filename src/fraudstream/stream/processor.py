@@ -253,13 +253,14 @@ class Processor:
                 except KafkaException as exc:
                     # e.g. the producer lost its epoch mid-transaction (librdkafka refuses
                     # to produce until the transaction is aborted): abort and redo; or it
-                    # failed fatally: replace it and redo
-                    if renewable(exc.args[0]):
-                        self._renew(exc.args[0])
+                    # failed fatally (not fenced): replace it and redo
+                    err = txn.cause(exc.args[0])
+                    if renewable(err):
+                        self._renew(err)
                         continue
-                    if not txn.in_txn or not abortable(exc.args[0]):
-                        raise
-                    log.warning("producing failed, aborting and rewinding: %s", exc.args[0])
+                    if not txn.in_txn or not abortable(err):
+                        raise KafkaException(err) from None
+                    log.warning("producing failed, aborting and rewinding: %s", err)
                     self._abort()
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
             if staged:
@@ -367,7 +368,7 @@ class Processor:
             offsets = manager.prepare_commit()
             txn.commit(offsets, self.consumer.consumer_group_metadata())
         except KafkaException as exc:
-            err: KafkaError = exc.args[0]
+            err: KafkaError = txn.cause(exc.args[0])
             if renewable(err):  # the producer failed fatally (not fenced): replace it
                 self._renew(err)
                 return

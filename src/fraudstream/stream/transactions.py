@@ -65,7 +65,8 @@ def renewable(err: KafkaError) -> bool:
 def _failed_fatally(err: KafkaError) -> bool:
     """The producer is in its fatal state. `_FATAL` is what `produce` raises once it is (the
     error itself came with an earlier request), without the fatal flag: seen after a broker
-    restart, where the detector stopped instead of replacing its producer."""
+    restart, where the detector stopped instead of replacing its producer. Callers first ask
+    `TransactionCoordinator.cause` for the error behind it: it may be a fencing."""
     return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
@@ -150,6 +151,24 @@ class TransactionCoordinator:
     def init(self, timeout: float = 30) -> None:
         """Register the transactional.id (fencing an older producer with the same id)."""
         self.producer.init_transactions(timeout)
+
+    def cause(self, err: KafkaError) -> KafkaError:
+        """The error behind `err`. Once the producer has failed fatally, `produce` raises only
+        `_FATAL`; the reason (fenced by another instance, or a fault of this producer alone)
+        is what the transactional API raises from then on. Deciding on `_FATAL` alone let a
+        fenced zombie replace its producer, which fenced the instance that had taken over
+        (seen in the zombie fault test)."""
+        if err.code() != KafkaError._FATAL:
+            return err
+        try:
+            # In the fatal state this answers at once with the fatal error; otherwise it
+            # aborts the open transaction, which the caller redoes anyway.
+            self.producer.abort_transaction(10)
+        except KafkaException as exc:
+            reason: KafkaError = exc.args[0]
+            if reason.fatal():
+                return reason
+        return err
 
     def begin(self) -> None:
         self.producer.begin_transaction()
