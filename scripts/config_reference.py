@@ -39,7 +39,12 @@ as `KAFKA_BROKER_ULR`). A producer's batching settings are defaults such a varia
 internal topics carry each input record twice; `KAFKA_COMPRESSION_TYPE=none` turns it off);
 its guarantees (`enable.idempotence`, `acks=all`) are not. Consumers send a heartbeat every
 500 ms (`KAFKA_HEARTBEAT_INTERVAL_MS`; librdkafka's own default is 3 s), so that a rebalance
-(a detector joining or leaving) is noticed within half a second.
+(a detector joining or leaving) is noticed within half a second. `KAFKA_GROUP_PROTOCOL=consumer`
+switches the groups to Kafka's new protocol (KIP-848, brokers from 4.0) with the broker's
+`range` assignor (`KAFKA_GROUP_REMOTE_ASSIGNOR`), which spreads every stage of the detector over
+its processes whenever the group changes ([scaling.md](scaling.md)); the broker then sets the
+session and heartbeat, and `KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_HEARTBEAT_INTERVAL_MS` or
+`KAFKA_PARTITION_ASSIGNMENT_STRATEGY` set beside it stop the start.
 
 `FRAUDSTREAM_CACHE` (default `~/.cache/fraudstream`, `./.cache` under make) is where the Kafka
 jars are kept; the local broker's tooling reads it, not `Settings`.

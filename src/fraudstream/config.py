@@ -24,7 +24,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fraudstream.errors import ConfigError
 
-__all__ = ["Settings", "is_kafka_tool_variable", "kafka_variable_problems", "load_settings"]
+__all__ = [
+    "Settings",
+    "consumer_protocol",
+    "group_protocol_problem",
+    "is_kafka_tool_variable",
+    "kafka_variable_problems",
+    "load_settings",
+]
 
 
 class Settings(BaseSettings):
@@ -285,7 +292,41 @@ def kafka_variable_problems(environ: Mapping[str, str]) -> list[str]:
             problems.append(
                 f"{var}: librdkafka refuses this value for {prop!r} — see its CONFIGURATION.md"
             )
-    return problems
+    conflict = group_protocol_problem(
+        {var[6:].lower().replace("_", "."): v for var, v in environ.items() if v}
+    )
+    return problems + ([conflict] if conflict else [])
+
+
+# librdkafka refuses these with group.protocol=consumer; the variables that set them
+_CLASSIC_GROUP_ONLY = {
+    "heartbeat.interval.ms": "KAFKA_HEARTBEAT_INTERVAL_MS",
+    "partition.assignment.strategy": "KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+    "session.timeout.ms": "KAFKA_SESSION_TIMEOUT_MS",
+}
+
+
+def consumer_protocol(config: Mapping[str, Any]) -> bool:
+    """Whether a librdkafka configuration asks for Kafka's new group protocol (KIP-848,
+    `KAFKA_GROUP_PROTOCOL=consumer`, brokers from 4.0) instead of the classic one."""
+    return str(config.get("group.protocol", "classic")).lower() == "consumer"
+
+
+def group_protocol_problem(config: Mapping[str, Any]) -> str | None:
+    """What is wrong with a librdkafka configuration that asks for Kafka's new group protocol
+    (KIP-848, `group.protocol=consumer`) and also sets what only the classic one has."""
+    if not consumer_protocol(config):
+        return None
+    refused = sorted(_CLASSIC_GROUP_ONLY.keys() & config.keys())
+    if not refused:
+        return None
+    return (
+        f"{', '.join(_CLASSIC_GROUP_ONLY[k] for k in refused)}: not used with "
+        "KAFKA_GROUP_PROTOCOL=consumer, where the broker sets the session and heartbeat "
+        "(group.consumer.session.timeout.ms, group.consumer.heartbeat.interval.ms) and "
+        "KAFKA_GROUP_REMOTE_ASSIGNOR picks the assignor — unset them, or set "
+        "KAFKA_GROUP_PROTOCOL=classic"
+    )
 
 
 _SENTINEL = "fraudstream.no.such.setting"

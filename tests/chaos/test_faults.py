@@ -630,9 +630,17 @@ def _three_then_one(
         feeder.join(120)
         d.cleanup()
     d.check_logs()
+    reference = _decided_alone(three, tmp_path, rules, n)
+    # what the group has committed past on the repartition topic is deleted as it goes
+    assert _low_watermarks(three, f"{three.detector_group}.by-target") > 0
+    return reference
 
+
+def _decided_alone(settings: Settings, tmp_path: Path, rules: str, n: int) -> dict[str, bytes]:
+    """One clean process decides the `n` inputs of `settings` into other topics; checks that
+    `settings`' outputs equal them and returns them."""
     tag = uuid.uuid4().hex[:8]
-    one = three.model_copy(
+    one = settings.model_copy(
         update={
             "detector_group": f"one-{tag}",
             "legit_topic": f"t1-{tag}.legit",
@@ -652,10 +660,8 @@ def _three_then_one(
     clean.check_logs()
     reference = decided(one)
     assert len(reference) == n
-    v = verify(three, reference=reference)
+    v = verify(settings, reference=reference)
     assert (v.valid, v.decided) == (n, n)
-    # what the group has committed past on the repartition topic is deleted as it goes
-    assert _low_watermarks(three, f"{three.detector_group}.by-target") > 0
     return reference
 
 
@@ -684,6 +690,97 @@ def test_decisions_are_the_same_with_one_or_three_processes(
         three, tmp_path, str(DEFAULT_RULES), n=80_000, rate=8_000, seed=30, rng=fault_rng
     )
     assert any(b'"rule":"mule_fan_in"' in v for v in reference.values())
+
+
+def _holds(proc: subprocess.Popen[bytes], d: Detectors) -> dict[str, int]:
+    """How many partitions of each stage the process holds, from its last such log line."""
+    d.check_alive()
+    lines = [line for line in log_of(proc).splitlines() if "; holds " in line]
+    if not lines:
+        return {}
+    held = lines[-1].split("; holds ", 1)[1].split("; ")
+    return {
+        name: 0 if parts == "none" else len(parts.split(","))
+        for name, parts in (h.rsplit(" of ", 1)[0].split(" ", 1) for h in held)
+    }
+
+
+def test_kafkas_new_group_protocol_spreads_every_stage_whenever_the_group_changes(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """With KAFKA_GROUP_PROTOCOL=consumer (KIP-848) the broker's `range` assignor gives each
+    process the same share of every stage: when a second detector joins, and again when it
+    is restarted alone (the classic group's cooperative-sticky assignor moved partitions by
+    count there, whole stages at a time: docs/scaling.md). The decisions equal one clean
+    process's, byte for byte."""
+    settings = make_settings(topic_partitions=6)
+    ensure_topics(settings)
+    n = 40_000
+    feeder = threading.Thread(
+        target=generate,
+        args=(settings,),
+        kwargs={
+            "rate": 8_000,
+            "count": n,
+            "seed": 31,
+            "profile": "sim",
+            "fraud_rate": 0.05,
+            "progress": None,
+        },
+    )
+    rules = str(DEFAULT_RULES)
+    d = Detectors(
+        settings,
+        tmp_path,
+        rules=rules,
+        KAFKA_GROUP_PROTOCOL="consumer",
+        # the broker's settings under this protocol (librdkafka refuses them): unset
+        KAFKA_SESSION_TIMEOUT_MS="",
+        KAFKA_HEARTBEAT_INTERVAL_MS="",
+        COMMIT_RECORDS="2000",
+        PARTITION_IDLE_MS="5000",
+    )
+    half = {"input": 3, "by-target": 3, "ordered": 3}
+    try:
+        feeder.start()
+        first = d.ready(d.start("w0"))
+        wait_for(
+            lambda: _holds(first, d) == {k: 6 for k in half},
+            timeout=30,
+            what="w0 to hold every partition",
+        )
+        wait_committed(settings, n // 10, d=d)
+        second = d.ready(d.start("w1"))
+        both = (first, second)
+        wait_for(
+            lambda: [_holds(p, d) for p in both] == [half, half],
+            timeout=60,
+            what="w0 and w1 to hold 3 partitions of every stage each",
+        )
+        wait_committed(settings, n // 3, d=d)
+        d.stop(second)
+        wait_for(
+            lambda: _holds(first, d) == {k: 6 for k in half},
+            timeout=60,
+            what="w0 to take every partition back",
+        )
+        second = d.ready(d.start("w1"))  # restarted alone
+        both = (first, second)
+        wait_for(
+            lambda: [_holds(p, d) for p in both] == [half, half],
+            timeout=60,
+            what="w0 and w1 to hold 3 partitions of every stage each again",
+        )
+        feeder.join(120)
+        wait_done(settings, n, settle=6.0, d=d)  # PARTITION_IDLE_MS is 5 s here
+        d.stop(first)
+        d.stop(second)
+    finally:
+        feeder.join(120)
+        d.cleanup()
+    d.check_logs()
+    assert "joining again" not in log_of(first)  # the broker spreads the stages itself
+    _decided_alone(settings, tmp_path, rules, n)
 
 
 def test_with_the_model_and_label_feedback_too(

@@ -141,7 +141,7 @@ def test_consumers_heartbeat_twice_a_second_unless_a_kafka_variable_says_otherwi
 ) -> None:
     """A rebalance is heard of at the next heartbeat: 500 ms, not librdkafka's 3 s; the
     prefetch bounds are defaults alike, and the read guarantees are not."""
-    from fraudstream.stream.clients import consumer_config
+    from fraudstream.stream.clients import base_config, consumer_config, producer_config
 
     s = load_settings(_env_file=None)
     c = consumer_config(s, "d", group_id="g")
@@ -150,6 +150,31 @@ def test_consumers_heartbeat_twice_a_second_unless_a_kafka_variable_says_otherwi
     no_kafka_env.setenv("KAFKA_ISOLATION_LEVEL", "read_uncommitted")
     c = consumer_config(s, "d", group_id="g")
     assert c["heartbeat.interval.ms"] == "3000" and c["isolation.level"] == "read_committed"
+    # a group member's settings are not given to the other clients (librdkafka warns)
+    assert "heartbeat.interval.ms" not in producer_config(s, "p", transactional_id="t")
+    assert "heartbeat.interval.ms" not in base_config(s, "a")
+
+
+def test_kafkas_new_group_protocol_takes_the_range_assignor_and_none_of_the_classic_settings(
+    no_kafka_env: pytest.MonkeyPatch,
+) -> None:
+    """KAFKA_GROUP_PROTOCOL=consumer (KIP-848): the broker's `range` assignor unless
+    KAFKA_GROUP_REMOTE_ASSIGNOR says otherwise, and none of what librdkafka refuses under that
+    protocol; a classic-only variable set with it stops the start, naming it."""
+    from fraudstream.stream.clients import consumer_config
+
+    no_kafka_env.setenv("KAFKA_GROUP_PROTOCOL", "consumer")
+    s = load_settings(_env_file=None)
+    c = consumer_config(s, "d", group_id="g")
+    assert c["group.remote.assignor"] == "range" and c["isolation.level"] == "read_committed"
+    assert not {"heartbeat.interval.ms", "partition.assignment.strategy"} & c.keys()
+    no_kafka_env.setenv("KAFKA_GROUP_REMOTE_ASSIGNOR", "uniform")
+    assert consumer_config(s, "d", group_id="g")["group.remote.assignor"] == "uniform"
+    no_kafka_env.setenv("KAFKA_SESSION_TIMEOUT_MS", "6000")
+    with pytest.raises(ConfigError, match=r"^KAFKA_SESSION_TIMEOUT_MS: not used with "):
+        consumer_config(s, "d", group_id="g")
+    with pytest.raises(ConfigError, match="KAFKA_SESSION_TIMEOUT_MS: not used with "):
+        load_settings(_env_file=None)
 
 
 def test_a_refused_value_is_named_without_showing_it(no_kafka_env: pytest.MonkeyPatch) -> None:

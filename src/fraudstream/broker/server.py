@@ -203,6 +203,11 @@ class LocalBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # Groups of Kafka's new protocol (KAFKA_GROUP_PROTOCOL=consumer) hear of a
+            # rebalance at their next heartbeat, which the broker sets: every 500 ms, as the
+            # classic groups' consumers send theirs, not 5 s (docs/scaling.md)
+            "group.consumer.heartbeat.interval.ms": "500",
+            "group.consumer.min.heartbeat.interval.ms": "500",
             "auto.create.topics.enable": "false",
             # Room for oversized bad input (a 1 MB value) to reach the dead-letter topic.
             "message.max.bytes": "4194304",

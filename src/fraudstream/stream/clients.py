@@ -12,8 +12,13 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from dotenv import dotenv_values
 
-from fraudstream.config import Settings, is_kafka_tool_variable
-from fraudstream.errors import KafkaUnavailableError
+from fraudstream.config import (
+    Settings,
+    consumer_protocol,
+    group_protocol_problem,
+    is_kafka_tool_variable,
+)
+from fraudstream.errors import ConfigError, KafkaUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +54,51 @@ def passthrough(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     }
 
 
-def base_config(settings: Settings, client_id: str) -> dict[str, Any]:
+# What librdkafka 2.16 calls consumer properties among the `KAFKA_*` settings a user may
+# give (a producer made with each logs "… is a consumer property and will be ignored")
+_CONSUMER_ONLY = frozenset(
+    {
+        "auto.commit.interval.ms",
+        "auto.offset.reset",
+        "check.crcs",
+        "coordinator.query.interval.ms",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "enable.partition.eof",
+        "fetch.error.backoff.ms",
+        "fetch.max.bytes",
+        "fetch.message.max.bytes",
+        "fetch.min.bytes",
+        "fetch.queue.backoff.ms",
+        "fetch.wait.max.ms",
+        "group.id",
+        "group.instance.id",
+        "group.protocol",
+        "group.protocol.type",
+        "group.remote.assignor",
+        "heartbeat.interval.ms",
+        "isolation.level",
+        "max.partition.fetch.bytes",
+        "max.poll.interval.ms",
+        "offset.store.method",
+        "partition.assignment.strategy",
+        "queued.max.messages.kbytes",
+        "queued.min.messages",
+        "session.timeout.ms",
+    }
+)
+
+
+def base_config(settings: Settings, client_id: str, *, member: bool = False) -> dict[str, Any]:
+    """What every client shares: the broker, a name, the `KAFKA_*` settings. A group
+    member's settings (`KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_GROUP_PROTOCOL`, …) only for a
+    `member` (`consumer_config`): librdkafka would warn about each of them at every other
+    client's start."""
+    extra = passthrough()
     return {
         "bootstrap.servers": settings.kafka_broker_url,
         "client.id": client_id,
-        **passthrough(),
+        **(extra if member else {k: v for k, v in extra.items() if k not in _CONSUMER_ONLY}),
     }
 
 
@@ -110,24 +155,40 @@ def consumer_config(
     group (`--workers N` starting, a restart, scaling out) got its partitions about 6 s later.
     Heartbeats every 500 ms (`KAFKA_HEARTBEAT_INTERVAL_MS` overrides it) cost a few small
     requests a second per consumer (docs/performance.md, "A rebalance at the start of
-    `--workers 2`")."""
-    defaults = {
-        "queued.min.messages": 20_000,
-        "queued.max.messages.kbytes": 4_096,
-        "fetch.queue.backoff.ms": 10,
-        "heartbeat.interval.ms": 500,
-    }
+    `--workers 2`").
+
+    With `KAFKA_GROUP_PROTOCOL=consumer` (KIP-848) the broker assigns partitions and sets the
+    session and heartbeat: no heartbeat default and no client-side assignor then, and the
+    broker's `range` assignor by default, which gives each member the same partition numbers
+    of every topic, so each process holds its share of every stage whenever the group changes
+    (docs/scaling.md)."""
+    base = base_config(settings, client_id, member=True)
+    if consumer_protocol(base):
+        # KIP-848: the broker assigns partitions and times sessions and heartbeats
+        problem = group_protocol_problem(base)
+        if problem:
+            raise ConfigError(problem)
+        defaults: dict[str, Any] = {"group.remote.assignor": "range"}
+        assignment: dict[str, Any] = {}
+    else:
+        defaults = {"heartbeat.interval.ms": 500}
+        assignment = {"partition.assignment.strategy": "cooperative-sticky"}
     return (
-        defaults
-        | base_config(settings, client_id)
+        {
+            "queued.min.messages": 20_000,
+            "queued.max.messages.kbytes": 4_096,
+            "fetch.queue.backoff.ms": 10,
+        }
+        | defaults
+        | base
         | {
             "group.id": group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "isolation.level": "read_committed",
-            "partition.assignment.strategy": "cooperative-sticky",
             "enable.partition.eof": False,
         }
+        | assignment
     )
 
 

@@ -38,7 +38,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from fraudstream.config import Settings
+from fraudstream.config import Settings, consumer_protocol
 from fraudstream.detection import Engine
 from fraudstream.errors import ProcessingError
 from fraudstream.stream.clients import base_config, consumer_config
@@ -101,11 +101,16 @@ class Processor:
         instance = instance or settings.detector_instance
         name = f"{settings.detector_group}-{instance}"
         static = {"group.instance.id": name} if settings.detector_static_membership else {}
-        self.consumer = Consumer(
+        config = (
             consumer_config(settings, member_name(name), group_id=settings.detector_group)
             | {"enable.partition.eof": True}  # an input read to its end may go idle
             | static
         )
+        # KIP-848's `range` assignor spreads every stage whenever the group changes
+        self._spread_by_stage = consumer_protocol(config) and (
+            config.get("group.remote.assignor") == "range"
+        )
+        self.consumer = Consumer(config)
         self._name = name
         self._instance = instance
         self.txn = TransactionCoordinator(settings, name, clock=clock)
@@ -449,7 +454,12 @@ class Processor:
         if partitions:
             log.info("assigned %d partitions; holds %s", len(partitions), self.manager.holding())
         first, self._assigned = not self._assigned, True
-        if first and self._workers > 1 and len(self.manager.tasks) == self._partitions():
+        if (
+            first
+            and self._workers > 1
+            and not self._spread_by_stage
+            and len(self.manager.tasks) == self._partitions()
+        ):
             # The group formed before the other workers joined. Kept, these partitions would
             # be spread by the cooperative-sticky assignor moving some off this process, a
             # stage's partitions at a time (one process would read every input); given up
