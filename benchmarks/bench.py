@@ -298,6 +298,7 @@ def prepare(
         rules = REPO / "rules" / "default.yaml"
         extra = dict(variants.get(name, {}))
         wanted = extra.pop("RULES_FILE", "")
+        workers = extra.pop("WORKERS", "2" if name == "workers2" else "")
         if name == "model" or wanted == "model":
             if model_rules is None:
                 raise RuntimeError(f"no model (see {work / 'train.log'})")
@@ -317,8 +318,8 @@ def prepare(
         )
         ensure_topics(settings, list(settings.output_topics))
         argv = [sys.executable, "-m", "fraudstream", "detect"]
-        if name == "workers2":
-            argv += ["--workers", "2"]
+        if workers:
+            argv += ["--workers", workers]
         env = env_for(settings, **extra)
         if os.environ.get("BENCH_PROFILE"):  # py-spy's collapsed stacks of the detector
             spy = str(Path(sys.executable).parent / "py-spy")

@@ -293,13 +293,18 @@ def kafka_variable_problems(environ: Mapping[str, str]) -> list[str]:
                 f"{var}: librdkafka refuses this value for {prop!r} — see its CONFIGURATION.md"
             )
     conflict = group_protocol_problem(
-        {var[6:].lower().replace("_", "."): v for var, v in environ.items() if v}
+        {
+            var[6:].lower().replace("_", "."): v
+            for var, v in environ.items()
+            if var.startswith("KAFKA_") and v and not is_kafka_tool_variable(var)
+        }
     )
     return problems + ([conflict] if conflict else [])
 
 
 # librdkafka refuses these with group.protocol=consumer; the variables that set them
 _CLASSIC_GROUP_ONLY = {
+    "group.protocol.type": "KAFKA_GROUP_PROTOCOL_TYPE",
     "heartbeat.interval.ms": "KAFKA_HEARTBEAT_INTERVAL_MS",
     "partition.assignment.strategy": "KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
     "session.timeout.ms": "KAFKA_SESSION_TIMEOUT_MS",

@@ -153,6 +153,7 @@ def test_consumers_heartbeat_twice_a_second_unless_a_kafka_variable_says_otherwi
     # a group member's settings are not given to the other clients (librdkafka warns)
     assert "heartbeat.interval.ms" not in producer_config(s, "p", transactional_id="t")
     assert "heartbeat.interval.ms" not in base_config(s, "a")
+    assert base_config(s, "c", consumer=True)["heartbeat.interval.ms"] == "3000"
 
 
 def test_kafkas_new_group_protocol_takes_the_range_assignor_and_none_of_the_classic_settings(
@@ -174,6 +175,10 @@ def test_kafkas_new_group_protocol_takes_the_range_assignor_and_none_of_the_clas
     with pytest.raises(ConfigError, match=r"^KAFKA_SESSION_TIMEOUT_MS: not used with "):
         consumer_config(s, "d", group_id="g")
     with pytest.raises(ConfigError, match="KAFKA_SESSION_TIMEOUT_MS: not used with "):
+        load_settings(_env_file=None)
+    no_kafka_env.delenv("KAFKA_SESSION_TIMEOUT_MS")
+    no_kafka_env.setenv("KAFKA_GROUP_PROTOCOL_TYPE", "consumer")  # librdkafka refuses it too
+    with pytest.raises(ConfigError, match="KAFKA_GROUP_PROTOCOL_TYPE: not used with "):
         load_settings(_env_file=None)
 
 

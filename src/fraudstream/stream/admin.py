@@ -85,7 +85,7 @@ def committed_progress(settings: Settings) -> int:
     # transaction's pending offsets to settle (a killed detector's stay pending until its
     # transaction times out, 60 s, or its successor starts: a read_committed fetch waits)
     consumer = Consumer(
-        base_config(settings, "fraudstream-progress")
+        base_config(settings, "fraudstream-progress", consumer=True)
         | {"group.id": settings.detector_group, "isolation.level": "read_uncommitted"}
     )
     try:
@@ -112,7 +112,7 @@ def group_lag(settings: Settings) -> int:
     group would show no lag while its last mark is still to be read."""
     group = settings.detector_group
     consumer = Consumer(
-        base_config(settings, "fraudstream-lag")
+        base_config(settings, "fraudstream-lag", consumer=True)
         | {"group.id": group, "isolation.level": "read_uncommitted"}
     )
     try:

@@ -54,13 +54,15 @@ def passthrough(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     }
 
 
-# What librdkafka 2.16 calls consumer properties among the `KAFKA_*` settings a user may
-# give (a producer made with each logs "… is a consumer property and will be ignored")
+# What librdkafka 2.16 calls consumer properties (a producer made with each logs "… is a
+# consumer property and will be ignored")
 _CONSUMER_ONLY = frozenset(
     {
         "auto.commit.interval.ms",
         "auto.offset.reset",
+        "auto.commit.enable",
         "check.crcs",
+        "consume.callback.max.messages",
         "coordinator.query.interval.ms",
         "enable.auto.commit",
         "enable.auto.offset.store",
@@ -81,24 +83,27 @@ _CONSUMER_ONLY = frozenset(
         "max.partition.fetch.bytes",
         "max.poll.interval.ms",
         "offset.store.method",
+        "offset.store.path",
+        "offset.store.sync.interval.ms",
         "partition.assignment.strategy",
         "queued.max.messages.kbytes",
         "queued.min.messages",
         "session.timeout.ms",
+        "share.acknowledgement.mode",
     }
 )
 
 
-def base_config(settings: Settings, client_id: str, *, member: bool = False) -> dict[str, Any]:
-    """What every client shares: the broker, a name, the `KAFKA_*` settings. A group
-    member's settings (`KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_GROUP_PROTOCOL`, …) only for a
-    `member` (`consumer_config`): librdkafka would warn about each of them at every other
-    client's start."""
+def base_config(settings: Settings, client_id: str, *, consumer: bool = False) -> dict[str, Any]:
+    """What every client shares: the broker, a name, the `KAFKA_*` settings. A consumer's
+    settings (`KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_GROUP_PROTOCOL`, `KAFKA_FETCH_MAX_BYTES`, …)
+    only for a `consumer`: librdkafka would warn about each of them at every producer's and
+    admin client's start."""
     extra = passthrough()
     return {
         "bootstrap.servers": settings.kafka_broker_url,
         "client.id": client_id,
-        **(extra if member else {k: v for k, v in extra.items() if k not in _CONSUMER_ONLY}),
+        **(extra if consumer else {k: v for k, v in extra.items() if k not in _CONSUMER_ONLY}),
     }
 
 
@@ -162,7 +167,7 @@ def consumer_config(
     broker's `range` assignor by default, which gives each member the same partition numbers
     of every topic, so each process holds its share of every stage whenever the group changes
     (docs/scaling.md)."""
-    base = base_config(settings, client_id, member=True)
+    base = base_config(settings, client_id, consumer=True)
     if consumer_protocol(base):
         # KIP-848: the broker assigns partitions and times sessions and heartbeats
         problem = group_protocol_problem(base)

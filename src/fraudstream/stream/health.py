@@ -189,7 +189,7 @@ def read_status(
     fresh = fresh_ms if fresh_ms is not None else 3 * settings.status_interval_ms
     # read_uncommitted: committed offsets without waiting on a crashed member's pending ones
     consumer = Consumer(
-        base_config(settings, "fraudstream-status")
+        base_config(settings, "fraudstream-status", consumer=True)
         | {"group.id": group, "isolation.level": "read_uncommitted"}
     )
     try:

@@ -180,7 +180,7 @@ def _read_shape(settings: Settings, topic: str) -> Shape | None:
     # fetch.wait.max.ms: the broker answers a fetch at the end at once instead of after
     # its 500 ms (a restart read this one record in about 0.6 s)
     consumer = Consumer(
-        base_config(settings, "fraudstream-shape")
+        base_config(settings, "fraudstream-shape", consumer=True)
         | {"group.id": "fraudstream-shape", "enable.auto.commit": False}
         | {"fetch.wait.max.ms": 10}
     )

@@ -161,9 +161,12 @@ class TransactionCoordinator:
         if err.code() != KafkaError._FATAL:
             return err
         try:
-            # In the fatal state this answers at once with the fatal error; otherwise it
-            # aborts the open transaction, which the caller redoes anyway.
+            # In the fatal state this answers at once with the fatal error (no flush first:
+            # what is queued may never be delivered); otherwise it aborts the open
+            # transaction, and the caller, given `_FATAL`, replaces the producer and redoes
+            # the work anyway.
             self.producer.abort_transaction(10)
+            self.in_txn = False
         except KafkaException as exc:
             reason: KafkaError = exc.args[0]
             if reason.fatal():
