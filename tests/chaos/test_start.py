@@ -15,6 +15,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -43,24 +44,29 @@ def _decided_once(settings: Settings, n: int) -> None:
     assert read_to_end(settings, settings.dlq_topic) == []
 
 
+def _settings_on(broker: LocalBroker, **extra: Any) -> Settings:
+    """Settings for `broker`, with topics and a group of their own."""
+    tag = uuid.uuid4().hex[:8]
+    return load_settings(
+        _env_file=None,
+        kafka_broker_url=broker.bootstrap,
+        transactions_topic=f"s-{tag}.in",
+        legit_topic=f"s-{tag}.legit",
+        fraud_topic=f"s-{tag}.fraud",
+        dlq_topic=f"s-{tag}.dlq",
+        labels_topic=f"s-{tag}.labels",
+        detector_group=f"s-{tag}",
+        **extra,
+    )
+
+
 def test_detector_started_with_a_fresh_broker_decides_everything(tmp_path: Path) -> None:
     """Three fresh brokers; each time the detector (staged default rules) and the generator
     start while the broker is still starting and no topic exists."""
     n = 3_000
     for run in range(3):
         broker = LocalBroker(port=free_port(), data_dir=tmp_path / f"kafka-{run}")
-        tag = uuid.uuid4().hex[:8]
-        settings = load_settings(
-            _env_file=None,
-            kafka_broker_url=broker.bootstrap,
-            topic_partitions=3,
-            transactions_topic=f"s-{tag}.in",
-            legit_topic=f"s-{tag}.legit",
-            fraud_topic=f"s-{tag}.fraud",
-            dlq_topic=f"s-{tag}.dlq",
-            labels_topic=f"s-{tag}.labels",
-            detector_group=f"s-{tag}",
-        )
+        settings = _settings_on(broker, topic_partitions=3)
         d = Detectors(settings, tmp_path, rules=DEFAULT_RULES)
         starting = threading.Thread(target=broker.start)
         starting.start()
@@ -173,3 +179,46 @@ def test_reset_refuses_while_the_group_runs(settings: Settings, tmp_path: Path) 
         d.stop(proc)
     finally:
         d.cleanup()
+
+
+def test_the_new_group_protocol_on_a_broker_without_it_stops_and_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """KAFKA_GROUP_PROTOCOL=consumer against a broker without KIP-848 (feature group.version
+    disabled, as on clusters before Kafka 4.0): the consumer fails fatally at its first
+    heartbeat. The detector once logged one warning and ran on, deciding nothing; now it
+    stops (exit 2) and says what to do, without a traceback."""
+    broker = LocalBroker(port=free_port(), data_dir=tmp_path / "kafka")
+    broker.start()
+    try:
+        settings = _settings_on(broker)
+        env = env_for(settings, RULES_FILE=TUTORIAL_RULES)
+        features = [sys.executable, "-m", "fraudstream", "broker", "tool", "features"]
+        off = subprocess.run(
+            [
+                *features,
+                "--bootstrap-server",
+                broker.bootstrap,
+                "disable",
+                "--feature",
+                "group.version",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert off.returncode == 0, off.stdout + off.stderr
+        detect = subprocess.run(
+            [sys.executable, "-m", "fraudstream", "detect"],
+            env=env | {"KAFKA_GROUP_PROTOCOL": "consumer"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        out = detect.stdout + detect.stderr
+        assert detect.returncode == 2, out[-5000:]
+        assert "the broker does not take Kafka's new group protocol" in out, out[-5000:]
+        assert "unset KAFKA_GROUP_PROTOCOL" in out and "Traceback" not in out, out[-5000:]
+    finally:
+        broker.stop()

@@ -32,7 +32,8 @@ from prometheus_client.registry import Collector
 from fraudstream.alerts.sinks import Sink
 from fraudstream.config import Settings
 from fraudstream.detection.alerting import Alert, Grouper
-from fraudstream.stream.clients import consumer_config
+from fraudstream.errors import FraudstreamError
+from fraudstream.stream.clients import consumer_config, consumer_failure, failed_fatally
 
 __all__ = ["AlertService", "SinkWorker"]
 
@@ -318,7 +319,8 @@ class AlertService:
     def run(self, stop: threading.Event) -> int:
         """Until `stop` is set; returns the number of alerts formed."""
         s = self.settings
-        consumer = Consumer(consumer_config(s, "fraudstream-alerts", group_id=self.group))
+        config = consumer_config(s, "fraudstream-alerts", group_id=self.group)
+        consumer = Consumer(config)
 
         def assigned(c: Consumer, parts: list[TopicPartition]) -> None:
             self._owned |= {tp.partition for tp in parts}
@@ -369,8 +371,11 @@ class AlertService:
                 msgs = consumer.consume(500, timeout=0.2)
                 wall = _now_ms()
                 for m in msgs:
-                    if m.error():
-                        log.warning("alerts: %s", m.error())
+                    err = m.error()
+                    if err is not None:
+                        if failed_fatally(err):  # it reads nothing more
+                            raise FraudstreamError(f"alerts: {consumer_failure(err, config)}")
+                        log.warning("alerts: %s", err)
                         continue
                     self._record(m, wall)
                 for group in self.grouper.close_due(wall):

@@ -27,6 +27,8 @@ __all__ = [
     "base_config",
     "check_connection",
     "consumer_config",
+    "consumer_failure",
+    "failed_fatally",
     "passthrough",
     "producer_config",
     "wait_for_broker",
@@ -194,6 +196,35 @@ def consumer_config(
             "enable.partition.eof": False,
         }
         | assignment
+    )
+
+
+def failed_fatally(err: KafkaError) -> bool:
+    """The client is in its fatal state: it does nothing more. `_FATAL` is what a call or a
+    consumed event says once it is (the error itself came with an earlier request), without
+    the fatal flag: seen from `produce` after a broker restart (the detector stopped instead of
+    replacing its producer), and from a consumer whose broker refused KIP-848's heartbeat
+    (the detector ran on, deciding nothing). A producer's callers first ask
+    `TransactionCoordinator.cause` for the error behind it: it may be a fencing."""
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
+
+
+def consumer_failure(err: KafkaError, config: Mapping[str, Any]) -> str:
+    """What a user reads when a group's consumer (made from `config`) failed fatally: it reads
+    nothing more, so its process stops instead of running on, silent."""
+    if consumer_protocol(config) and (
+        "ConsumerGroupHeartbeat" in str(err) or err.code() == KafkaError.UNSUPPORTED_VERSION
+    ):
+        return (
+            f"the broker does not take Kafka's new group protocol ({err}): "
+            "KAFKA_GROUP_PROTOCOL=consumer needs Kafka 4.0 or later with the feature "
+            "group.version at 1 or more (`fraudstream broker tool features --bootstrap-server "
+            "HOST:PORT describe` shows it) — unset KAFKA_GROUP_PROTOCOL to use the classic "
+            "protocol"
+        )
+    return (
+        f"the Kafka consumer failed fatally ({err}); stopping without committing what is "
+        "open — restart to resume from the last commit"
     )
 
 

@@ -41,7 +41,12 @@ from confluent_kafka.admin import AdminClient
 from fraudstream.config import Settings, consumer_protocol
 from fraudstream.detection import Engine
 from fraudstream.errors import ProcessingError
-from fraudstream.stream.clients import base_config, consumer_config
+from fraudstream.stream.clients import (
+    base_config,
+    consumer_config,
+    consumer_failure,
+    failed_fatally,
+)
 from fraudstream.stream.collector import ProcessorStats, RecordCollector
 from fraudstream.stream.health import StallWatch, Status, TaskStatus, paused_too_long, waits
 from fraudstream.stream.layout import member_name, prepare_topology
@@ -106,6 +111,7 @@ class Processor:
             | {"enable.partition.eof": True}  # an input read to its end may go idle
             | static
         )
+        self._consumer_config = config
         # KIP-848's `range` assignor spreads every stage whenever the group changes
         self._spread_by_stage = consumer_protocol(config) and (
             config.get("group.remote.assignor") == "range"
@@ -316,8 +322,8 @@ class Processor:
                 if err.code() == KafkaError._PARTITION_EOF:
                     ends[(msg.topic(), msg.partition())] = True
                     continue
-                if err.fatal():
-                    raise ProcessingError(f"consumer failed: {err}")
+                if failed_fatally(err):
+                    raise ProcessingError(consumer_failure(err, self._consumer_config))
                 log.warning("consumer error: %s", err)
                 continue
             tp = (msg.topic(), msg.partition())

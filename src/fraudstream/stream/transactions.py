@@ -28,7 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.errors import ProcessingError
-from fraudstream.stream.clients import producer_config
+from fraudstream.stream.clients import failed_fatally, producer_config
 
 __all__ = [
     "PRODUCE_QUEUE_KBYTES",
@@ -59,15 +59,7 @@ def renewable(err: KafkaError) -> bool:
     lost its idempotence state in a restart): a fresh producer with the same transactional.id
     gets past it, as Kafka Streams replaces its producer. Fencing is not: another instance
     holds the id."""
-    return _failed_fatally(err) and not fenced(err)
-
-
-def _failed_fatally(err: KafkaError) -> bool:
-    """The producer is in its fatal state. `_FATAL` is what `produce` raises once it is (the
-    error itself came with an earlier request), without the fatal flag: seen after a broker
-    restart, where the detector stopped instead of replacing its producer. Callers first ask
-    `TransactionCoordinator.cause` for the error behind it: it may be a fencing."""
-    return bool(err.fatal()) or err.code() == KafkaError._FATAL
+    return failed_fatally(err) and not fenced(err)
 
 
 def fatal_message(err: KafkaError) -> str:
@@ -288,7 +280,7 @@ class TransactionCoordinator:
         log.error(
             "%s (%s); replacing the producer and redoing the work since the last commit",
             "the producer failed fatally"
-            if _failed_fatally(err)
+            if failed_fatally(err)
             else "a transaction commit failed after its retries",
             err,
         )
