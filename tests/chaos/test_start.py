@@ -185,14 +185,14 @@ def test_the_new_group_protocol_on_a_broker_without_it_stops_and_says_what_to_do
     tmp_path: Path,
 ) -> None:
     """KAFKA_GROUP_PROTOCOL=consumer against a broker without KIP-848 (feature group.version
-    disabled, as on clusters before Kafka 4.0): the consumer fails fatally at its first
-    heartbeat. The detector once logged one warning and ran on, deciding nothing; now it
-    stops (exit 2) and says what to do, without a traceback."""
+    disabled on Kafka 4.x): the consumer fails fatally at its first heartbeat. The detector
+    once logged one warning and ran on, deciding nothing; now it and `fraudstream alerts`
+    stop (exit 2) and say what to do, without a traceback."""
     broker = LocalBroker(port=free_port(), data_dir=tmp_path / "kafka")
     broker.start()
     try:
         settings = _settings_on(broker)
-        env = env_for(settings, RULES_FILE=TUTORIAL_RULES)
+        env = env_for(settings, RULES_FILE=TUTORIAL_RULES, STATE_DIR=str(tmp_path / "state"))
         features = [sys.executable, "-m", "fraudstream", "broker", "tool", "features"]
         off = subprocess.run(
             [
@@ -204,21 +204,24 @@ def test_the_new_group_protocol_on_a_broker_without_it_stops_and_says_what_to_do
                 "group.version",
             ],
             env=env,
+            cwd=REPO,
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert off.returncode == 0, off.stdout + off.stderr
-        detect = subprocess.run(
-            [sys.executable, "-m", "fraudstream", "detect"],
-            env=env | {"KAFKA_GROUP_PROTOCOL": "consumer"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        out = detect.stdout + detect.stderr
-        assert detect.returncode == 2, out[-5000:]
-        assert "the broker does not take Kafka's new group protocol" in out, out[-5000:]
-        assert "unset KAFKA_GROUP_PROTOCOL" in out and "Traceback" not in out, out[-5000:]
+        for command in (["detect"], ["alerts"]):  # each a group's member
+            done = subprocess.run(
+                [sys.executable, "-m", "fraudstream", *command],
+                env=env | {"KAFKA_GROUP_PROTOCOL": "consumer"},
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            out = done.stdout + done.stderr
+            assert done.returncode == 2, f"{command}: {out[-5000:]}"
+            assert "the broker does not take Kafka's new group protocol" in out, out[-5000:]
+            assert "unset KAFKA_GROUP_PROTOCOL" in out and "Traceback" not in out, out[-5000:]
     finally:
         broker.stop()

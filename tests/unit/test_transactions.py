@@ -6,6 +6,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaError
 
 from fraudstream.config import Settings
+from fraudstream.stream import consumer_failure, failed_fatally
 from fraudstream.stream.processor import commit_interval_s
 from fraudstream.stream.transactions import fenced, renewable
 
@@ -24,6 +25,27 @@ def test_a_fenced_producer_or_a_passing_error_is_not_replaced() -> None:
     assert fenced(fenced_now) and not renewable(fenced_now)
     assert not renewable(KafkaError(KafkaError._TIMED_OUT, "slow", retriable=True))
     assert not renewable(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "rebalanced"))
+
+
+def test_a_consumer_in_its_fatal_state_is_told_apart_and_explained() -> None:
+    """A consumer's event says `_FATAL` without the flag; the reason is only in its text."""
+    new = {"group.protocol": "consumer"}
+    old_broker = KafkaError(
+        KafkaError._FATAL,
+        "Fatal error: Broker: API version not supported: ConsumerGroupHeartbeat fatal error: "
+        "Broker: API version not supported",
+    )
+    assert failed_fatally(old_broker) and not old_broker.fatal()
+    assert "unset KAFKA_GROUP_PROTOCOL" in consumer_failure(old_broker, new)
+    # another fatal heartbeat error is not blamed on the protocol
+    denied = KafkaError(
+        KafkaError._FATAL, "ConsumerGroupHeartbeat fatal error: Group authorization failed"
+    )
+    assert "KAFKA_GROUP_PROTOCOL" not in consumer_failure(denied, new)
+    assert "restart to resume" in consumer_failure(denied, new)
+    taken = KafkaError(KafkaError._FATAL, "Fatal consumer error: Broker: Static consumer fenced")
+    assert "Do not run two instances" in consumer_failure(taken, {})
+    assert not failed_fatally(KafkaError(KafkaError._TRANSPORT, "broker down", retriable=True))
 
 
 def test_a_backlog_stretches_the_commit_interval_never_shortens_it() -> None:

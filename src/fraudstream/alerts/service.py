@@ -33,7 +33,7 @@ from fraudstream.alerts.sinks import Sink
 from fraudstream.config import Settings
 from fraudstream.detection.alerting import Alert, Grouper
 from fraudstream.errors import FraudstreamError
-from fraudstream.stream.clients import consumer_config, consumer_failure, failed_fatally
+from fraudstream.stream import consumer_config, consumer_failure, failed_fatally
 
 __all__ = ["AlertService", "SinkWorker"]
 

@@ -5,6 +5,8 @@ from fraudstream.stream.clients import (
     base_config,
     check_connection,
     consumer_config,
+    consumer_failure,
+    failed_fatally,
     producer_config,
 )
 from fraudstream.stream.processor import Processor, ProcessorStats
@@ -16,7 +18,9 @@ __all__ = [
     "check_connection",
     "committed_progress",
     "consumer_config",
+    "consumer_failure",
     "ensure_topics",
+    "failed_fatally",
     "group_lag",
     "producer_config",
 ]

@@ -211,16 +211,22 @@ def failed_fatally(err: KafkaError) -> bool:
 
 def consumer_failure(err: KafkaError, config: Mapping[str, Any]) -> str:
     """What a user reads when a group's consumer (made from `config`) failed fatally: it reads
-    nothing more, so its process stops instead of running on, silent."""
-    if consumer_protocol(config) and (
-        "ConsumerGroupHeartbeat" in str(err) or err.code() == KafkaError.UNSUPPORTED_VERSION
-    ):
+    nothing more, so its process stops instead of running on, silent. (A consumer's event
+    says `_FATAL`; the reason is only in its text.)"""
+    text = str(err)
+    if consumer_protocol(config) and "API version not supported" in text:
         return (
             f"the broker does not take Kafka's new group protocol ({err}): "
             "KAFKA_GROUP_PROTOCOL=consumer needs Kafka 4.0 or later with the feature "
             "group.version at 1 or more (`fraudstream broker tool features --bootstrap-server "
             "HOST:PORT describe` shows it) — unset KAFKA_GROUP_PROTOCOL to use the classic "
             "protocol"
+        )
+    if "fenced" in text.lower():  # e.g. a static member whose group.instance.id is taken
+        return (
+            f"this consumer was fenced: another member with the same group.instance.id took "
+            f"over ({err}). Do not run two instances with the same --instance; restart this "
+            "one only if the other is gone"
         )
     return (
         f"the Kafka consumer failed fatally ({err}); stopping without committing what is "

@@ -249,8 +249,11 @@ class Processor:
                 # unsubscribe and the subscribe into nothing and the partitions stay ours)
                 dropped: dict[tuple[Any, Any], Any] = {}
                 for msg in msgs:
-                    if msg.error() is None:
+                    err = msg.error()
+                    if err is None:
                         dropped.setdefault((msg.topic(), msg.partition()), msg.offset())
+                    elif failed_fatally(err):  # (said once: not to be dropped)
+                        raise ProcessingError(consumer_failure(err, self._consumer_config))
                 for (topic, partition), offset in dropped.items():
                     consumer.seek(TopicPartition(topic, partition, offset))
                 consumer.unsubscribe()
