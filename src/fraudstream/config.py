@@ -107,7 +107,8 @@ class Settings(BaseSettings):
     stall_warning_ms: int = Field(default=30_000, ge=1000)
     """Input pending and no decision committed for this many ms, or an input partition
     paused for back-pressure this long: the detector logs what it waits for, and
-    `fraudstream status` says stalled (exit 1)."""
+    `fraudstream status` says stalled (exit 1). No partitions from the group yet after this
+    long: the detector logs why that may be."""
     status_interval_ms: int = Field(default=5_000, ge=100)
     """How often, in ms, each detector publishes its health to `<group>.status`."""
     max_buffered_records: int = Field(default=50_000, ge=1)

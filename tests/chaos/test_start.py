@@ -10,6 +10,7 @@ partition count or rule set, and `fraudstream reset --group`.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -24,7 +25,8 @@ from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import generate
 from fraudstream.stream import ensure_topics, group_lag
-from tests.chaos.test_faults import Detectors, wait_done
+from tests.chaos.test_faults import Detectors, log_of, wait_done
+from tests.chaos.verify import verify
 from tests.conftest import REPO, SettingsFactory, env_for, read_to_end, wait_for
 
 pytestmark = pytest.mark.chaos
@@ -225,3 +227,35 @@ def test_the_new_group_protocol_on_a_broker_without_it_stops_and_says_what_to_do
             assert "unset KAFKA_GROUP_PROTOCOL" in out and "Traceback" not in out, out[-5000:]
     finally:
         broker.stop()
+
+
+def test_a_detector_given_no_partitions_yet_says_what_it_waits_for(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A detector that joins while a killed member's session still runs gets nothing until
+    that session ends (the classic group waits for every member it knows). It said nothing
+    meanwhile; now it says what it waits for every STALL_WARNING_MS, then decides
+    everything once it has its partitions."""
+    settings = make_settings(topic_partitions=3)
+    ensure_topics(settings)
+    d = Detectors(settings, tmp_path, KAFKA_SESSION_TIMEOUT_MS="15000", STALL_WARNING_MS="2000")
+    n = 2_000
+    try:
+        first = d.ready(d.start("a"))
+        wait_for(lambda: "; holds " in log_of(first), timeout=60, what="a to be assigned")
+        d.kill(first)  # its session runs on for 15 s
+        # restarted under its name: its transaction is aborted at once, its place in the
+        # group is not (a dynamic member)
+        second = d.ready(d.start("a"))
+        generate(settings, rate=math.inf, count=n, seed=61, progress=None)
+        wait_done(settings, n, d=d)
+        d.stop(second)
+    finally:
+        d.cleanup()
+    d.check_logs()
+    text = log_of(second)
+    said = text.index("no partitions from group")
+    assert "KAFKA_SESSION_TIMEOUT_MS" in text[said : said + 400], text[-5000:]
+    assert said < text.index("; holds "), "said after the assignment came"
+    v = verify(settings)
+    assert (v.valid, v.decided) == (n, n)

@@ -144,6 +144,8 @@ class Processor:
         self._renewals = 0  # producers replaced since the last commit
         self._workers = 1  # processes of `--workers N` started together (`run`)
         self._assigned = False  # a first assignment came
+        self._joined_at = 0.0  # clock() when the loop began (the group's join under way)
+        self._unassigned_said = 0.0  # when waiting for a first assignment was last logged
         self._rejoin = False  # leave and join again before processing (`_on_assign`)
 
     @property
@@ -232,6 +234,7 @@ class Processor:
         staged = self.topology.staged
         interval, backlog_interval = commit_interval_s(s, False), commit_interval_s(s, True)
         consumer, batch = self.consumer, s.batch_size
+        self._joined_at = self.clock()
         while not stop.is_set():
             # As soon as anything is there (consume() would wait for a whole batch, up to its
             # timeout), then whatever else is already fetched, up to a batch: small steps when
@@ -480,6 +483,26 @@ class Processor:
             )
             self._rejoin = True
 
+    def _unassigned(self, now: float) -> str:
+        """What the detector waits for while its group gives it nothing, not even an empty
+        assignment."""
+        group, waited_s = self.settings.detector_group, now - self._joined_at
+        waited = f"no partitions from group {group} after {waited_s:.0f}s"
+        if consumer_protocol(self._consumer_config):
+            return (
+                f"{waited}: a member that stopped without leaving holds them until its session "
+                "times out (the broker's group.consumer.session.timeout.ms, 45 s by default), or "
+                "the broker does not have Kafka's new group protocol (KAFKA_GROUP_PROTOCOL="
+                "consumer needs Kafka 4.0 or later; `fraudstream broker tool features "
+                "--bootstrap-server HOST:PORT describe` shows group.version) — then unset "
+                "KAFKA_GROUP_PROTOCOL"
+            )
+        return (
+            f"{waited}: the group waits for a member that stopped without leaving until its "
+            "session times out (KAFKA_SESSION_TIMEOUT_MS, 45 s by default; with static "
+            "membership, until it comes back)"
+        )
+
     def _partitions(self) -> int:
         """How many partitions the group's topology has (every stage's, the labels')."""
         assert self.topology is not None
@@ -527,6 +550,9 @@ class Processor:
                 waiting,
             )
         warn_s = self.settings.stall_warning_ms / 1000
+        if not self._assigned and now - max(self._joined_at, self._unassigned_said) >= warn_s:
+            self._unassigned_said = now
+            log.warning("%s (STALL_WARNING_MS)", self._unassigned(now))
         paused = paused_too_long(tasks, warn_s)
         if paused and now - self._paused_said >= warn_s:
             self._paused_said = now
