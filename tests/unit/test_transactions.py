@@ -43,8 +43,18 @@ def test_a_consumer_in_its_fatal_state_is_told_apart_and_explained() -> None:
     )
     assert "KAFKA_GROUP_PROTOCOL" not in consumer_failure(denied, new)
     assert "restart to resume" in consumer_failure(denied, new)
-    taken = KafkaError(KafkaError._FATAL, "Fatal consumer error: Broker: Static consumer fenced")
+    taken = KafkaError(  # classic, as librdkafka says it
+        KafkaError._FATAL,
+        "Fatal error: Broker: Static consumer fenced by other consumer with same "
+        "group.instance.id: Fatal consumer error",
+    )
     assert "Do not run two instances" in consumer_failure(taken, {})
+    held = KafkaError(  # KIP-848: a killed predecessor's session still runs
+        KafkaError._FATAL,
+        "ConsumerGroupHeartbeat fatal error: Broker: The instance ID is still used by another "
+        "member in the consumer group",
+    )
+    assert "start this one again after" in consumer_failure(held, new)
     assert not failed_fatally(KafkaError(KafkaError._TRANSPORT, "broker down", retriable=True))
 
 

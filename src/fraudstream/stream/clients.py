@@ -222,7 +222,14 @@ def consumer_failure(err: KafkaError, config: Mapping[str, Any]) -> str:
             "HOST:PORT describe` shows it) — unset KAFKA_GROUP_PROTOCOL to use the classic "
             "protocol"
         )
-    if "fenced" in text.lower():  # e.g. a static member whose group.instance.id is taken
+    if "instance ID is still used" in text:  # KIP-848: UNRELEASED_INSTANCE_ID
+        return (
+            f"another member of the group still uses this group.instance.id ({err}): a "
+            "killed predecessor holds it until its session times out (the broker's "
+            "group.consumer.session.timeout.ms, 45 s by default) — start this one again after "
+            "that, or stop the other instance"
+        )
+    if "group.instance.id" in text:  # classic: a static member fenced by another
         return (
             f"this consumer was fenced: another member with the same group.instance.id took "
             f"over ({err}). Do not run two instances with the same --instance; restart this "

@@ -144,7 +144,7 @@ class Processor:
         self._renewals = 0  # producers replaced since the last commit
         self._workers = 1  # processes of `--workers N` started together (`run`)
         self._assigned = False  # a first assignment came
-        self._joined_at = 0.0  # clock() when the loop began (the group's join under way)
+        self._joined_at = 0.0  # clock() when it subscribed (the group's join under way)
         self._unassigned_said = 0.0  # when waiting for a first assignment was last logged
         self._rejoin = False  # leave and join again before processing (`_on_assign`)
 
@@ -221,6 +221,7 @@ class Processor:
 
     def _subscribe(self) -> None:
         assert self.topology is not None
+        self._joined_at = self.clock()
         self.consumer.subscribe(
             self.topology.topics(),
             on_assign=self._on_assign,
@@ -234,7 +235,6 @@ class Processor:
         staged = self.topology.staged
         interval, backlog_interval = commit_interval_s(s, False), commit_interval_s(s, True)
         consumer, batch = self.consumer, s.batch_size
-        self._joined_at = self.clock()
         while not stop.is_set():
             # As soon as anything is there (consume() would wait for a whole batch, up to its
             # timeout), then whatever else is already fetched, up to a batch: small steps when
@@ -485,14 +485,15 @@ class Processor:
 
     def _unassigned(self, now: float) -> str:
         """What the detector waits for while its group gives it nothing, not even an empty
-        assignment."""
+        assignment (under KIP-848 a member with no partition gets no assignment at all)."""
         group, waited_s = self.settings.detector_group, now - self._joined_at
         waited = f"no partitions from group {group} after {waited_s:.0f}s"
         if consumer_protocol(self._consumer_config):
             return (
-                f"{waited}: a member that stopped without leaving holds them until its session "
-                "times out (the broker's group.consumer.session.timeout.ms, 45 s by default), or "
-                "the broker does not have Kafka's new group protocol (KAFKA_GROUP_PROTOCOL="
+                f"{waited}: the group may have more members than partitions, or a member that "
+                "stopped without leaving holds them until its session times out (the broker's "
+                "group.consumer.session.timeout.ms, 45 s by default), or the broker does not "
+                "have Kafka's new group protocol (KAFKA_GROUP_PROTOCOL="
                 "consumer needs Kafka 4.0 or later; `fraudstream broker tool features "
                 "--bootstrap-server HOST:PORT describe` shows group.version) — then unset "
                 "KAFKA_GROUP_PROTOCOL"
@@ -550,7 +551,12 @@ class Processor:
                 waiting,
             )
         warn_s = self.settings.stall_warning_ms / 1000
-        if not self._assigned and now - max(self._joined_at, self._unassigned_said) >= warn_s:
+        if (
+            not self._assigned
+            and now - max(self._joined_at, self._unassigned_said) >= warn_s
+            # under KIP-848 a member given nothing hears nothing (no empty assignment): once
+            and not (self._unassigned_said and consumer_protocol(self._consumer_config))
+        ):
             self._unassigned_said = now
             log.warning("%s (STALL_WARNING_MS)", self._unassigned(now))
         paused = paused_too_long(tasks, warn_s)
