@@ -269,12 +269,14 @@ def kafka_variable_problems(environ: Mapping[str, str]) -> list[str]:
     are never shown (they may be secrets)."""
     names = _env_names()
     problems = []
+    props: dict[str, str] = {}  # the librdkafka settings given, for the check across them
     for var, value in sorted(environ.items()):
         if not var.startswith("KAFKA_") or var in names or not value:
             continue
         if is_kafka_tool_variable(var):
             continue
         prop = var[6:].lower().replace("_", ".")
+        props[prop] = value
         verdict = _librdkafka_verdict(prop, value)
         if verdict == "unknown":
             near = difflib.get_close_matches(var, names, n=1, cutoff=0.75)
@@ -293,13 +295,7 @@ def kafka_variable_problems(environ: Mapping[str, str]) -> list[str]:
             problems.append(
                 f"{var}: librdkafka refuses this value for {prop!r} — see its CONFIGURATION.md"
             )
-    conflict = group_protocol_problem(
-        {
-            var[6:].lower().replace("_", "."): v
-            for var, v in environ.items()
-            if var.startswith("KAFKA_") and v and not is_kafka_tool_variable(var)
-        }
-    )
+    conflict = group_protocol_problem(props)
     return problems + ([conflict] if conflict else [])
 
 

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -185,6 +186,22 @@ def wait_done(
     wait_for(lambda: group_lag(settings) == 0, timeout=timeout, what="the group to drain")
     time.sleep(settle)
     wait_for(lambda: group_lag(settings) == 0, timeout=timeout, what="the group to settle")
+
+
+def settings_on(broker: LocalBroker, **extra: Any) -> Settings:
+    """Settings for a broker of the test's own, with topics and a group of their own."""
+    tag = uuid.uuid4().hex[:8]
+    return load_settings(
+        _env_file=None,
+        kafka_broker_url=broker.bootstrap,
+        transactions_topic=f"s-{tag}.in",
+        legit_topic=f"s-{tag}.legit",
+        fraud_topic=f"s-{tag}.fraud",
+        dlq_topic=f"s-{tag}.dlq",
+        labels_topic=f"s-{tag}.labels",
+        detector_group=f"s-{tag}",
+        **extra,
+    )
 
 
 def sim_on_one_partition(make_settings: SettingsFactory, n: int, seed: int) -> Settings:
@@ -529,18 +546,7 @@ def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
     commit watchdog's and a fatally failed producer's replacement."""
     broker = LocalBroker(port=free_port(), data_dir=tmp_path / "kafka")
     broker.start()
-    tag = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        _env_file=None,
-        kafka_broker_url=broker.bootstrap,
-        topic_partitions=1,
-        transactions_topic=f"b-{tag}.in",
-        legit_topic=f"b-{tag}.legit",
-        fraud_topic=f"b-{tag}.fraud",
-        dlq_topic=f"b-{tag}.dlq",
-        labels_topic=f"b-{tag}.labels",
-        detector_group=f"b-{tag}",
-    )
+    settings = settings_on(broker, topic_partitions=1)
     d = Detectors(settings, tmp_path, rules=str(DEFAULT_RULES), COMMIT_STUCK_TIMEOUT_MS="15000")
     try:
         ensure_topics(settings)

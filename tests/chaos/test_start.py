@@ -14,18 +14,16 @@ import math
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from fraudstream.broker import LocalBroker, free_port
-from fraudstream.config import Settings, load_settings
+from fraudstream.config import Settings
 from fraudstream.generator import generate
 from fraudstream.stream import ensure_topics, group_lag
-from tests.chaos.test_faults import Detectors, log_of, wait_done
+from tests.chaos.test_faults import Detectors, log_of, settings_on, wait_done
 from tests.chaos.verify import verify
 from tests.conftest import REPO, SettingsFactory, env_for, read_to_end, wait_for
 
@@ -46,29 +44,13 @@ def _decided_once(settings: Settings, n: int) -> None:
     assert read_to_end(settings, settings.dlq_topic) == []
 
 
-def _settings_on(broker: LocalBroker, **extra: Any) -> Settings:
-    """Settings for `broker`, with topics and a group of their own."""
-    tag = uuid.uuid4().hex[:8]
-    return load_settings(
-        _env_file=None,
-        kafka_broker_url=broker.bootstrap,
-        transactions_topic=f"s-{tag}.in",
-        legit_topic=f"s-{tag}.legit",
-        fraud_topic=f"s-{tag}.fraud",
-        dlq_topic=f"s-{tag}.dlq",
-        labels_topic=f"s-{tag}.labels",
-        detector_group=f"s-{tag}",
-        **extra,
-    )
-
-
 def test_detector_started_with_a_fresh_broker_decides_everything(tmp_path: Path) -> None:
     """Three fresh brokers; each time the detector (staged default rules) and the generator
     start while the broker is still starting and no topic exists."""
     n = 3_000
     for run in range(3):
         broker = LocalBroker(port=free_port(), data_dir=tmp_path / f"kafka-{run}")
-        settings = _settings_on(broker, topic_partitions=3)
+        settings = settings_on(broker, topic_partitions=3)
         d = Detectors(settings, tmp_path, rules=DEFAULT_RULES)
         starting = threading.Thread(target=broker.start)
         starting.start()
@@ -193,7 +175,7 @@ def test_the_new_group_protocol_on_a_broker_without_it_stops_and_says_what_to_do
     broker = LocalBroker(port=free_port(), data_dir=tmp_path / "kafka")
     broker.start()
     try:
-        settings = _settings_on(broker)
+        settings = settings_on(broker)
         env = env_for(settings, RULES_FILE=TUTORIAL_RULES, STATE_DIR=str(tmp_path / "state"))
         features = [sys.executable, "-m", "fraudstream", "broker", "tool", "features"]
         off = subprocess.run(

@@ -112,8 +112,9 @@ class Processor:
             | static
         )
         self._consumer_config = config
+        self._new_protocol = consumer_protocol(config)  # KIP-848
         # KIP-848's `range` assignor spreads every stage whenever the group changes
-        self._spread_by_stage = consumer_protocol(config) and (
+        self._spread_by_stage = self._new_protocol and (
             config.get("group.remote.assignor") == "range"
         )
         self.consumer = Consumer(config)
@@ -488,7 +489,7 @@ class Processor:
         assignment (under KIP-848 a member with no partition gets no assignment at all)."""
         group, waited_s = self.settings.detector_group, now - self._joined_at
         waited = f"no partitions from group {group} after {waited_s:.0f}s"
-        if consumer_protocol(self._consumer_config):
+        if self._new_protocol:
             return (
                 f"{waited}: the group may have more members than partitions, or a member that "
                 "stopped without leaving holds them until its session times out (the broker's "
@@ -555,7 +556,7 @@ class Processor:
             not self._assigned
             and now - max(self._joined_at, self._unassigned_said) >= warn_s
             # under KIP-848 a member given nothing hears nothing (no empty assignment): once
-            and not (self._unassigned_said and consumer_protocol(self._consumer_config))
+            and not (self._unassigned_said and self._new_protocol)
         ):
             self._unassigned_said = now
             log.warning("%s (STALL_WARNING_MS)", self._unassigned(now))
