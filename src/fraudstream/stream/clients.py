@@ -149,10 +149,14 @@ def consumer_config(
 ) -> dict[str, Any]:
     """Manual commits, committed data only (read_committed), cooperative rebalancing.
 
-    Read-ahead is bounded per partition: librdkafka's defaults (100,000 records or 64 MB
-    each) let a backlog fill hundreds of MB before anything is processed, and a detector
-    reads 30 partitions and more. A partition whose queue is full is fetched again after
-    `fetch.queue.backoff.ms`, 1 s by default: with small queues that idles the consumer
+    Read-ahead is bounded: 20,000 records or 4 MB. librdkafka documents
+    `queued.min.messages` as per partition, but a group consumer forwards every partition's
+    queue into its one queue and compares that queue's length and size with both settings
+    (its fetch debug log shows every partition with the same totals), so they bound what the
+    whole consumer holds, repartition blocks (up to 256 KB each) included; librdkafka's
+    defaults (100,000 records, 64 MB) let a backlog fill hundreds of MB before anything was
+    processed. A partition not fetched because the queue is full is fetched again after
+    `fetch.queue.backoff.ms`, 1 s by default: with a small queue that idles the consumer
     (throughput fell threefold), so 10 ms. `KAFKA_QUEUED_MIN_MESSAGES`,
     `KAFKA_QUEUED_MAX_MESSAGES_KBYTES` and `KAFKA_FETCH_QUEUE_BACKOFF_MS` override them
     (benchmarks/backlog.py --variant measures them).
