@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fraudstream.broker import free_port
+from fraudstream.broker import answers, free_port
 from fraudstream.config import Settings
 from fraudstream.generator import generate
 from fraudstream.stream import committed_progress
@@ -89,7 +89,8 @@ def test_the_same_instance_on_another_machine_is_refused(
 def test_a_second_run_says_one_is_running_and_leaves_it_alone(
     settings: Settings, tmp_path: Path
 ) -> None:
-    env = env_for(settings, DASHBOARD_PORT=str(free_port()), TRANSACTIONS_PER_SECOND="200")
+    port = free_port()
+    env = env_for(settings, DASHBOARD_PORT=str(port), TRANSACTIONS_PER_SECOND="200")
     first = spawn(["run"], env, tmp_path / "run-1.log")
     try:
         wait_for(
@@ -97,6 +98,8 @@ def test_a_second_run_says_one_is_running_and_leaves_it_alone(
             timeout=90,
             what="the first run to start",
         )
+        # the address it prints opens at once: it says so only once the page answers
+        assert answers(port), (tmp_path / "run-1.log").read_text()
         second = spawn(["run"], env, tmp_path / "run-2.log")
         assert second.wait(60) == 2
         said = (tmp_path / "run-2.log").read_text()

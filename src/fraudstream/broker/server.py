@@ -59,7 +59,8 @@ def free_port() -> int:
             return port
 
 
-def _answers(port: int, host: str = "127.0.0.1") -> bool:
+def answers(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on `host`:`port`."""
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -117,13 +118,13 @@ class LocalBroker:
 
     def status(self) -> bool:
         """True when our broker process runs and its port answers."""
-        return self.pid() is not None and _answers(self.port)
+        return self.pid() is not None and answers(self.port)
 
     def start(self, timeout: float = 90.0) -> None:
         """Fetch Kafka if needed, format storage once, start the JVM, wait until it answers."""
         if self.status():
             return
-        if self.pid() is None and _answers(self.port):
+        if self.pid() is None and answers(self.port):
             raise BrokerError(
                 f"port {self.port} is taken by another program; stop it, or use --port, or point "
                 f"KAFKA_BROKER_URL at it if it is a Kafka broker you want to use"
@@ -227,7 +228,7 @@ class LocalBroker:
                     f"Kafka exited with code {proc.returncode} during start; see {self.log_file}"
                     f"\n{self._tail()}"
                 )
-            if _answers(self.port):
+            if answers(self.port):
                 try:
                     md = admin.list_topics(timeout=2)
                     if md.brokers:

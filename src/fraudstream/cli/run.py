@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,35 @@ from fraudstream.errors import FraudstreamError
 if TYPE_CHECKING:
     from fraudstream.broker import LocalBroker
     from fraudstream.cli._common import Subparsers
+
+
+PAGE_WAIT_SAY_S = 10.0  # how often `run` says that it still waits for the dashboard
+
+
+def _page_answers(
+    host: str, port: int, url: str, procs: list[subprocess.Popen[bytes]], stop: threading.Event
+) -> bool:
+    """Wait until the dashboard accepts connections, so that the address `run` prints then
+    opens at once (it printed it a second after starting the dashboard, which had not always
+    bound its port by then); saying so every PAGE_WAIT_SAY_S. False if a component exited
+    meanwhile or Ctrl-C came (the caller's loop handles both)."""
+    from fraudstream.broker import answers
+
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    started = next_say = time.monotonic()
+    next_say += PAGE_WAIT_SAY_S
+    while not stop.is_set() and all(p.poll() is None for p in procs):
+        if answers(port, target):
+            return True
+        if time.monotonic() >= next_say:
+            print(
+                f"waiting for the dashboard to answer at {url} "
+                f"({time.monotonic() - started:.0f} s so far; its log is above)",
+                file=sys.stderr,
+            )
+            next_say += PAGE_WAIT_SAY_S
+        stop.wait(0.1)
+    return False
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -112,12 +142,11 @@ def run(args: argparse.Namespace) -> int:
         ),
     ]
     stop = StopOnSignal().install()
-    time.sleep(1)
-    print(
-        f"\n  fraudstream is running: open http://{settings.dashboard_host}:"
-        f"{settings.dashboard_port}/   (Ctrl-C stops everything)\n",
-        file=sys.stderr,
-    )
+    if _page_answers(settings.dashboard_host, settings.dashboard_port, url, procs, stop):
+        print(
+            f"\n  fraudstream is running: open {url}   (Ctrl-C stops everything)\n",
+            file=sys.stderr,
+        )
     code = Exit.OK
     try:
         while not stop.wait(0.5):
