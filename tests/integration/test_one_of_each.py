@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from fraudstream.broker import answers, free_port
+from fraudstream.broker import free_port
 from fraudstream.config import Settings
 from fraudstream.generator import generate
 from fraudstream.stream import committed_progress
@@ -99,7 +100,7 @@ def test_a_second_run_says_one_is_running_and_leaves_it_alone(
             what="the first run to start",
         )
         # the address it prints opens at once: it says so only once the page answers
-        assert answers(port), (tmp_path / "run-1.log").read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
         second = spawn(["run"], env, tmp_path / "run-2.log")
         assert second.wait(60) == 2
         said = (tmp_path / "run-2.log").read_text()
@@ -109,3 +110,22 @@ def test_a_second_run_says_one_is_running_and_leaves_it_alone(
     finally:
         first.send_signal(signal.SIGINT)
         assert first.wait(90) == 0, (tmp_path / "run-1.log").read_text()
+
+
+def test_a_run_whose_page_port_is_taken_says_so_and_starts_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Another program on the dashboard's port: `run` would print an address that opens
+    that program's page, and its own dashboard would fail a moment later; it refuses first."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        env = env_for(settings, DASHBOARD_PORT=str(port))
+        run = spawn(["run"], env, tmp_path / "run.log")
+        assert run.wait(60) == 2
+    said = (tmp_path / "run.log").read_text()
+    assert f"port {port} is in use" in said and "Nothing was started" in said, said
+    assert "Traceback" not in said and "fraudstream is running" not in said, said

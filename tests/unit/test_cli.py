@@ -200,3 +200,38 @@ def test_workers_started_together_wait_for_each_other_then_go_at_once(
     started = time.monotonic()
     detect._join_together(f"2:0:{stopping}", stop)  # a stop asked for ends the wait at once
     assert time.monotonic() - started < 10
+
+
+class _Proc:
+    """A component as `run` watches it: `poll()` is None while it runs."""
+
+    def __init__(self, code: int | None = None) -> None:
+        self.code = code
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+def test_run_waits_for_its_page_and_not_past_a_component_that_exited_or_ctrl_c() -> None:
+    """`run` says it is running only once the dashboard's port answers; it gives up waiting
+    (no such message) when a component exited or Ctrl-C came, and its loop then stops."""
+    import socket
+    import threading
+
+    from fraudstream.cli.run import _page_answers
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = int(listening.getsockname()[1])
+        running = [_Proc(), _Proc()]
+        assert _page_answers("127.0.0.1", port, "url", running, threading.Event())
+        exited = [_Proc(), _Proc(1)]
+        assert not _page_answers("127.0.0.1", port, "url", exited, threading.Event())
+        stopped = threading.Event()
+        stopped.set()
+        assert not _page_answers("127.0.0.1", port, "url", running, stopped)
+    # nothing listens any more: it waits until a component exits (here, from another thread)
+    dashboard = _Proc()
+    threading.Timer(0.3, lambda: setattr(dashboard, "code", 1)).start()
+    assert not _page_answers("127.0.0.1", port, "url", [dashboard], threading.Event())

@@ -8,8 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,8 @@ from fraudstream.cli._common import (
 from fraudstream.errors import FraudstreamError
 
 if TYPE_CHECKING:
+    import threading
+
     from fraudstream.broker import LocalBroker
     from fraudstream.cli._common import Subparsers
 
@@ -33,20 +35,29 @@ if TYPE_CHECKING:
 PAGE_WAIT_SAY_S = 10.0  # how often `run` says that it still waits for the dashboard
 
 
+def _reachable(host: str) -> str:
+    """The address to open for a dashboard bound to `host` (all interfaces: this machine)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
 def _page_answers(
-    host: str, port: int, url: str, procs: list[subprocess.Popen[bytes]], stop: threading.Event
+    host: str,
+    port: int,
+    url: str,
+    procs: Sequence[subprocess.Popen[bytes]],
+    stop: threading.Event,
 ) -> bool:
-    """Wait until the dashboard accepts connections, so that the address `run` prints then
-    opens at once (it printed it a second after starting the dashboard, which had not always
-    bound its port by then); saying so every PAGE_WAIT_SAY_S. False if a component exited
-    meanwhile or Ctrl-C came (the caller's loop handles both)."""
+    """Wait until the dashboard accepts connections at `host` (a `_reachable` one), so that
+    the address `run` prints then opens at once (it printed it a second after starting the
+    dashboard, which had not always bound its port by then); saying so every
+    PAGE_WAIT_SAY_S. False if a component exited meanwhile or Ctrl-C came (the caller's loop
+    handles both)."""
     from fraudstream.broker import answers
 
-    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    started = next_say = time.monotonic()
-    next_say += PAGE_WAIT_SAY_S
+    started = time.monotonic()
+    next_say = started + PAGE_WAIT_SAY_S
     while not stop.is_set() and all(p.poll() is None for p in procs):
-        if answers(port, target):
+        if answers(port, host):
             return True
         if time.monotonic() >= next_say:
             print(
@@ -92,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     from fraudstream.stream import check_connection, ensure_topics
 
     load_ruleset(Path(settings.rules_file or "rules/default.yaml"))  # a bad file stops here
-    url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
+    page_host, page_port = _reachable(settings.dashboard_host), settings.dashboard_port
+    shown = f"[{page_host}]" if ":" in page_host else page_host  # an IPv6 address in a URL
+    url = f"http://{shown}:{page_port}/"
     lock = ProcessLock.acquire(
         "run", settings.kafka_broker_url, directory=settings.lock_dir, info=url
     )
@@ -105,6 +118,13 @@ def run(args: argparse.Namespace) -> int:
             "terminal first. Nothing was started"
         )
     hold(lock)
+    from fraudstream.broker import answers
+
+    if answers(page_port, page_host):  # else the page printed below could be another's
+        raise FraudstreamError(
+            f"port {page_port} is in use (at {page_host}): stop what uses it or pass "
+            "--port N (DASHBOARD_PORT). Nothing was started"
+        )
     local, port = is_local(settings.kafka_broker_url)
     broker: LocalBroker | None = None  # set only when we start it, so we stop it after
     if local and not LocalBroker(port=port).status():
@@ -142,13 +162,13 @@ def run(args: argparse.Namespace) -> int:
         ),
     ]
     stop = StopOnSignal().install()
-    if _page_answers(settings.dashboard_host, settings.dashboard_port, url, procs, stop):
-        print(
-            f"\n  fraudstream is running: open {url}   (Ctrl-C stops everything)\n",
-            file=sys.stderr,
-        )
     code = Exit.OK
     try:
+        if _page_answers(page_host, page_port, url, procs, stop):
+            print(
+                f"\n  fraudstream is running: open {url}   (Ctrl-C stops everything)\n",
+                file=sys.stderr,
+            )
         while not stop.wait(0.5):
             if any(p.poll() is not None for p in procs):
                 code = Exit.PROBLEM

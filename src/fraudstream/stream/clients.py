@@ -149,15 +149,15 @@ def consumer_config(
 ) -> dict[str, Any]:
     """Manual commits, committed data only (read_committed), cooperative rebalancing.
 
-    Read-ahead is bounded: 20,000 records or 4 MB. librdkafka documents
-    `queued.min.messages` as per partition, but a group consumer forwards every partition's
-    queue into its one queue and compares that queue's length and size with both settings
-    (its fetch debug log shows every partition with the same totals), so they bound what the
-    whole consumer holds, repartition blocks (up to 256 KB each) included; librdkafka's
-    defaults (100,000 records, 64 MB) let a backlog fill hundreds of MB before anything was
-    processed. A partition not fetched because the queue is full is fetched again after
-    `fetch.queue.backoff.ms`, 1 s by default: with a small queue that idles the consumer
-    (throughput fell threefold), so 10 ms. `KAFKA_QUEUED_MIN_MESSAGES`,
+    Read-ahead is bounded: the consumer stops fetching once its one queue holds 20,000
+    records or 4 MB (librdkafka's defaults: 100,000 records, 64 MB), repartition blocks (up
+    to 256 KB each) included; a fetch under way can overshoot it (8.5 MB seen). librdkafka
+    documents the kbytes bound for that one queue but `queued.min.messages` per partition;
+    a group consumer forwards every partition's queue into its one queue, though, and its
+    fetch decision compares that queue's length with it too (its fetch debug log shows every
+    partition with the same totals). A partition not fetched because the queue is full is
+    fetched again after `fetch.queue.backoff.ms`, 1 s by default: with a small queue that
+    idles the consumer (throughput fell threefold), so 10 ms. `KAFKA_QUEUED_MIN_MESSAGES`,
     `KAFKA_QUEUED_MAX_MESSAGES_KBYTES` and `KAFKA_FETCH_QUEUE_BACKOFF_MS` override them
     (benchmarks/backlog.py --variant measures them).
 
