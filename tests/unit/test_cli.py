@@ -235,3 +235,26 @@ def test_run_waits_for_its_page_and_not_past_a_component_that_exited_or_ctrl_c()
     dashboard = _Proc()
     threading.Timer(0.3, lambda: setattr(dashboard, "code", 1)).start()
     assert not _page_answers("127.0.0.1", port, "url", [dashboard], threading.Event())
+
+
+def test_run_says_what_it_waits_for_while_its_page_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Never silent: while the dashboard's port does not answer, `run` says every
+    PAGE_WAIT_SAY_S what it waits for (and where the dashboard's own log is)."""
+    import socket
+    import threading
+
+    from fraudstream.cli import run as run_cli
+
+    monkeypatch.setattr(run_cli, "PAGE_WAIT_SAY_S", 0.2)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    dashboard = _Proc()
+    threading.Timer(0.7, lambda: setattr(dashboard, "code", 1)).start()
+    url = f"http://127.0.0.1:{port}/"
+    assert not run_cli._page_answers("127.0.0.1", port, url, [dashboard], threading.Event())
+    said = capsys.readouterr().err
+    assert said.count(f"waiting for the dashboard to answer at {url}") >= 2, said
+    assert "its log is above" in said
