@@ -7,6 +7,7 @@ __all__ = [
     "ConfigError",
     "FraudstreamError",
     "KafkaUnavailableError",
+    "PortInUseError",
     "ProcessingError",
 ]
 
@@ -17,6 +18,18 @@ class FraudstreamError(Exception):
 
 class ConfigError(FraudstreamError):
     """A setting is missing or invalid; the message names the key."""
+
+
+class PortInUseError(ConfigError):
+    """The dashboard's port is taken: `dashboard` could not bind it, or `run` found something
+    answering there (and then started nothing)."""
+
+    def __init__(self, port: int, then: str = "") -> None:
+        super().__init__(
+            f"port {port} is in use — stop what uses it or pass --port N (DASHBOARD_PORT)"
+            + (f". {then}" if then else "")
+        )
+        self.port = port
 
 
 class BrokerError(FraudstreamError):

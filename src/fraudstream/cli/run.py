@@ -23,7 +23,7 @@ from fraudstream.cli._common import (
     rate,
     settings_flags,
 )
-from fraudstream.errors import FraudstreamError
+from fraudstream.errors import FraudstreamError, PortInUseError
 
 if TYPE_CHECKING:
     import threading
@@ -121,10 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from fraudstream.broker import answers
 
     if answers(page_port, page_host):  # else the page printed below could be another's
-        raise FraudstreamError(
-            f"port {page_port} is in use (at {page_host}): stop what uses it or pass "
-            "--port N (DASHBOARD_PORT). Nothing was started"
-        )
+        raise PortInUseError(page_port, "Nothing was started")
     local, port = is_local(settings.kafka_broker_url)
     broker: LocalBroker | None = None  # set only when we start it, so we stop it after
     if local and not LocalBroker(port=port).status():

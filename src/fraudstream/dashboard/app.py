@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fraudstream.config import Settings
 from fraudstream.dashboard.board import View
 from fraudstream.dashboard.feed import Feed
-from fraudstream.errors import ConfigError, FraudstreamError
+from fraudstream.errors import ConfigError, FraudstreamError, PortInUseError
 from fraudstream.stream.clients import producer_config
 
 __all__ = ["create_app", "listen", "serve"]
@@ -257,9 +257,7 @@ def listen(settings: Settings) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"port {port} is in use — stop what uses it or pass --port N (DASHBOARD_PORT)"
-            ) from None
+            raise PortInUseError(port) from None
         if exc.errno == errno.EACCES:
             raise ConfigError(
                 f"port {port} needs privileges to listen on — pass --port N with N above 1023"
