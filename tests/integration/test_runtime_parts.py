@@ -833,14 +833,17 @@ def test_a_shape_recorded_by_another_detector_is_refused_before_anything_is_crea
     assert _read_shape(settings, other.shape_topic) == Shape.of(other)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_run_calls_on_start_in_its_thread_with_the_topics_ready_before_the_first_step(
-    settings: Settings,
+    settings: Settings, workers: int
 ) -> None:
     """`Processor.run(on_start=…)`: called once, in the run's thread, once the internal
     topics exist and the task manager is built, before any record is decided or any
-    transaction begun; the run goes on after it."""
+    transaction begun; the run goes on after it. With `workers` > 1 it comes before the
+    process asks to join the group (the workers of `--workers N` wait for each other there,
+    so that they join together): the group has no member yet."""
     from fraudstream.stream import Processor
-    from fraudstream.stream.layout import group_topics
+    from fraudstream.stream.layout import group_members, group_topics
 
     n = 20
     produce_raw(
@@ -861,13 +864,18 @@ def test_run_calls_on_start_in_its_thread_with_the_topics_ready_before_the_first
                 processor.txn.in_txn,
             )
         )
+        if workers > 1:  # (with one, joining has begun: its outcome is a race)
+            members.append(len(group_members(settings, settings.detector_group)))
 
+    members: list[int] = []
     stop = threading.Event()
     guard = threading.Timer(120, stop.set)  # a bug fails the test instead of hanging it
     guard.start()
     try:
-        stats = processor.run(stop, stop_after=n, on_start=on_start)
+        stats = processor.run(stop, stop_after=n, on_start=on_start, workers=workers)
     finally:
         guard.cancel()
     assert seen == [(threading.current_thread().name, 0, True, False)]
+    assert members == ([0] if workers > 1 else [])
+    # (alone with `workers` 2, it is given every partition and joins again: it goes on)
     assert stats.total == n
