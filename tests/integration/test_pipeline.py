@@ -12,8 +12,22 @@ from pathlib import Path
 import msgspec
 
 from fraudstream.config import Settings
+from fraudstream.detection import Engine, load_ruleset
 from fraudstream.generator import generate
-from tests.conftest import env_for, produce_raw, read_all, run_detector, spawn, wait_for
+from fraudstream.stream import committed_progress, ensure_topics
+from tests.conftest import (
+    REPO,
+    SettingsFactory,
+    env_for,
+    produce_raw,
+    read_all,
+    read_to_end,
+    run_detector,
+    spawn,
+    wait_for,
+)
+
+DEFAULT_RULES = REPO / "rules" / "default.yaml"
 
 
 def _decided(settings: Settings, expect: int) -> tuple[list[dict], list[dict]]:
@@ -70,6 +84,37 @@ MALFORMED = [
     None,
     b'{"source":"a","target":"b","amount":1.234,"currency":"EUR"}',
 ]
+
+
+def test_records_held_until_their_partition_went_idle_are_not_decided_again_after_a_restart(
+    make_settings: SettingsFactory,
+) -> None:
+    """A partition's first records wait until a record shows which clock they are on, or
+    until the partition goes idle: then they are decided, and the transaction that decides
+    them commits the input past them. A restart reads on from there (it decided them a second
+    time when the input's committed offset stayed at the first held record)."""
+    settings = make_settings(partition_idle_ms=100)
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    first = [(f"A{i}".encode(), _payment(f"first-{i}", f"A{i}")) for i in range(3)]
+    produce_raw(settings, first)  # a few per partition: held until the partition is idle
+    run_detector(settings, 3, engine=engine)
+    assert committed_progress(settings) == 3  # all three read and committed past
+    then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(3)]
+    produce_raw(settings, then)
+    run_detector(settings, 3, engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
+    decided = [
+        json.loads(m.value())["id"]
+        for topic in (settings.legit_topic, settings.fraud_topic)
+        for m in read_to_end(settings, topic)
+    ]
+    assert sorted(decided) == [f"first-{i}" for i in range(3)] + [f"then-{i}" for i in range(3)]
+
+
+def _payment(tx_id: str, account: str) -> bytes:
+    return json.dumps(
+        {"id": tx_id, "source": account, "target": "P1", "amount": 20.0, "currency": "EUR"}
+    ).encode()
 
 
 def test_malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows_on(

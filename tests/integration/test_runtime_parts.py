@@ -568,7 +568,8 @@ def test_records_on_another_clock_are_decided_at_their_partitions_time_a_quiet_h
     def step(task: InputTask, msgs: list[object], settle: bool = False) -> list[Envelope]:
         """`task` reads `msgs` (or settles) in one committed transaction: what it sent."""
         txn.begin()
-        task.dirty = True
+        if not settle:  # (as the processor marks a task that read)
+            task.dirty = True
         task.settle() if settle else task.read(msgs)
         ctx.collector.flush()
         txn.commit([], None)
@@ -616,10 +617,14 @@ def test_records_on_another_clock_are_decided_at_their_partitions_time_a_quiet_h
 
     alone = InputTask(ctx, source, 2, engine.for_stage("source"), Meta())
     assert step(alone, inputs[2]) == []
+    assert alone.commit_offset(1) == 0  # held: committed at it, read again after a restart
+    alone.commit()
+    assert alone.commit_offset(1) is None  # nothing read since: that commit stands
     alone.idle = True
     (env,) = step(alone, [], settle=True)
     assert env.t == 1_796_432_400_000 and not env.note  # 2026-12-05T01:00:00Z, its own
     assert alone.meta.stream_time == env.t and alone.held_run == []
+    assert alone.commit_offset(1) == 1  # decided: its transaction commits the input past it
 
 
 def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> None:

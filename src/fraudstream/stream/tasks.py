@@ -392,9 +392,11 @@ class InputTask(_Unbuffered):
 
     def settle(self) -> None:
         """Gone idle: the records it holds are decided at their own time (nothing came after
-        them to say otherwise)."""
+        them to say otherwise). What it lets out is decided in the open transaction, so
+        that transaction commits the input past it (`dirty`), or a restart decides it again."""
         if self.held_run:
             self._read([], final=True)
+            self.dirty = True
 
     def commit_offset(self, position: int) -> int | None:
         if self.held_run and self.dirty:
