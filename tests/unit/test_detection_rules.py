@@ -181,6 +181,71 @@ model: {file: m.model, weight: 2.5}
     assert "not a duration" in problems["d1"]
 
 
+def test_rules_check_refuses_threshold_values_that_do_not_fit_their_field_or_operator(
+    tmp_path: Path,
+) -> None:
+    """Each of these passed the check before: the first and the fifth then stopped the
+    detector on its first payment (a TypeError), the second flagged every payment in euros
+    (`not in` a text: its letters E, U, R), the fourth compared countries with false."""
+    from fraudstream.detection import RulesError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("""
+version: "1"
+rules:
+  - {id: t1, type: threshold, params: {field: amount, op: ">=", value: "abc"}}
+  - {id: t2, type: threshold, params: {field: currency, op: not in, value: EUR}}
+  - {id: t3, type: threshold, params: {field: amount, op: in, value: 5}}
+  - {id: t4, type: threshold, params: {field: country, op: "==", value: NO}}
+  - {id: t5, type: threshold, params: {field: currency, op: ">=", value: 5}}
+  - {id: t6, type: threshold, params: {field: timestamp, op: ">=", value: 5}}
+  - {id: t7, type: threshold, params: {field: amount, op: ">=", value: null}}
+  - {id: t8, type: threshold, params: {field: country, op: in, value: [FR, 3]}}
+  - {id: fine1, type: threshold, params: {field: country, op: in, value: [FR, DE]}}
+  - {id: fine2, type: threshold, params: {field: lat, op: "<", value: -10.5}}
+""")
+    problems = dict(check_rules_file(bad))
+    assert set(problems) == {f"t{i}" for i in range(1, 9)}
+    assert problems["t1"] == "value: amount >= takes a number, got 'abc'"
+    assert problems["t2"] == "value: not in takes a list, e.g. [EUR, USD], got 'EUR'"
+    assert problems["t3"] == "value: in takes a list, e.g. [100, 200], got 5"
+    assert "quote it" in problems["t4"]
+    assert problems["t5"] == "currency is text: compare it with ==, !=, in or not in, not >="
+    assert "field 'timestamp' cannot be compared" in problems["t6"]
+    assert problems["t7"] == "value: amount >= takes a number, got None"
+    assert problems["t8"] == "value: each item must be text, got 3"
+    with pytest.raises(RulesError):
+        load_ruleset(bad)
+
+
+def test_rules_check_refuses_a_threshold_above_one_and_a_file_that_is_not_utf8(
+    tmp_path: Path,
+) -> None:
+    """A rule's score is at most 1, so a threshold above it (60, meant as per cent) would
+    never flag anything; a file saved as Latin-1 stopped the check with a traceback."""
+    per_cent = tmp_path / "per-cent.yaml"
+    per_cent.write_text("version: '1'\nthreshold: 60\nrules: []\n")
+    assert check_rules_file(per_cent) == [
+        ("file", "threshold: Input should be less than or equal to 1")
+    ]
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("version: '1'\n# paiement à l'étranger\nrules: []\n".encode("latin-1"))
+    assert check_rules_file(latin) == [
+        ("file", "not UTF-8 text (byte 0xe0 at offset 24): save the file as UTF-8")
+    ]
+    lists = tmp_path / "lists.yaml"
+    lists.write_bytes("blocked: [café]\n".encode("latin-1"))
+    with_lists = tmp_path / "with-lists.yaml"
+    with_lists.write_text("version: '1'\nlists_file: lists.yaml\nrules: []\n")
+    assert check_rules_file(with_lists) == [
+        (
+            "lists_file",
+            "cannot read lists.yaml: not UTF-8 text (byte 0xe9 at offset 13): save "
+            "the file as UTF-8",
+        )
+    ]
+
+
 def test_an_invalid_rules_file_stops_loading_with_what_to_do(tmp_path: Path) -> None:
     from fraudstream.detection import RulesError
 

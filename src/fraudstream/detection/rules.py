@@ -31,6 +31,7 @@ from fraudstream.schema import Transaction
 
 __all__ = [
     "OPERATORS",
+    "UNCHECKED",
     "DormantAccount",
     "FanIn",
     "Hit",
@@ -218,17 +219,73 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def threshold_problems(field: Any, op: Any) -> list[str]:
-    """Everything wrong with a threshold rule's field and operator, [] if nothing (None: not
-    given, nothing to check)."""
+# The fields a threshold compares, by the kind of value they hold once decoded. The event
+# time is not one of them (text or epoch milliseconds; the window rules are about time), nor is
+# `decision` (an input's own is never trusted).
+NUMBER_FIELDS = frozenset({"amount", "lat", "lon"})
+TEXT_FIELDS = frozenset(
+    {"source", "target", "currency", "id", "channel", "country", "merchant", "device"}
+)
+ORDERING = frozenset({">=", ">", "<=", "<"})
+UNCHECKED: Any = object()  # a threshold's value not given: nothing to check
+
+
+def threshold_problems(field: Any, op: Any, value: Any = UNCHECKED) -> list[str]:
+    """Everything wrong with a threshold rule's field, operator and value, [] if nothing
+    (a field or operator of None, a value UNCHECKED: not given, nothing to check). A value
+    that does not fit its field or operator is refused here: the detector would otherwise
+    fail on the first payment it compares, or (a text where `in` takes a list: its letters)
+    flag payments the rule never meant."""
     problems = []
-    if op is not None and not (isinstance(op, str) and op in OPERATORS):
+    known_op = op is not None and isinstance(op, str) and op in OPERATORS
+    if op is not None and not known_op:
         problems.append(f"unknown operator {op!r}; use one of {list(OPERATORS)}")
-    if field is not None and not (
-        isinstance(field, str) and field in Transaction.__struct_fields__
-    ):
-        problems.append(f"transactions have no field {field!r}")
+    if field is None:
+        return problems
+    if not (isinstance(field, str) and field in NUMBER_FIELDS | TEXT_FIELDS):
+        if isinstance(field, str) and field in Transaction.__struct_fields__:
+            problems.append(
+                f"field {field!r} cannot be compared; use one of "
+                f"{sorted(NUMBER_FIELDS)} or {sorted(TEXT_FIELDS)}"
+            )
+        else:
+            problems.append(f"transactions have no field {field!r}")
+        return problems
+    if not known_op:
+        return problems
+    number = field in NUMBER_FIELDS
+    if op in ORDERING and not number:
+        problems.append(f"{field} is text: compare it with ==, !=, in or not in, not {op}")
+        return problems
+    if value is UNCHECKED:
+        return problems
+    kind = "a number" if number else "text"
+    if op in ("in", "not in"):
+        if not isinstance(value, list) or not value:
+            problems.append(
+                f"value: {op} takes a list, e.g. [{'100, 200' if number else 'EUR, USD'}], "
+                f"got {value!r}"
+            )
+        elif wrong := [v for v in value if not _fits(v, number)]:
+            problems.append(f"value: each item must be {kind}{_hint(wrong[0])}, got {wrong[0]!r}")
+    elif not _fits(value, number):
+        problems.append(f"value: {field} {op} takes {kind}{_hint(value)}, got {value!r}")
     return problems
+
+
+def _fits(value: Any, number: bool) -> bool:
+    if number:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _hint(value: Any) -> str:
+    """YAML reads a bare yes/no/on/off (NO is Norway) as true/false."""
+    return (
+        " (quote it: YAML reads a bare yes, no, on or off as true or false)"
+        if isinstance(value, bool)
+        else ""
+    )
 
 
 @dataclass(slots=True)
@@ -243,7 +300,7 @@ class ThresholdRule:
     _compare: Callable[[Any, Any], bool] = dc_field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if problems := threshold_problems(self.field, self.op):
+        if problems := threshold_problems(self.field, self.op, self.value):
             raise ValueError("; ".join(problems))
         if self.op in ("in", "not in"):
             self.value = frozenset(self.value)

@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fraudstream.detection.rules import (
+    UNCHECKED,
     DormantAccount,
     FanIn,
     ImpossibleTravel,
@@ -99,7 +100,7 @@ class _ModelSpec(BaseModel):
 class _FileSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str = Field(min_length=1)
-    threshold: float = Field(default=0.5, gt=0)
+    threshold: float = Field(default=0.5, gt=0, le=1)  # scores are at most 1
     lists: dict[str, list[str]] = {}
     lists_file: str | None = None
     model: _ModelSpec | None = None
@@ -182,8 +183,10 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
     rid, w = spec.id, spec.weight
     make: Any
     if spec.type == "threshold":
+        given = "value" in q.left
         args = (q.take("field"), q.take("op"), q.take("value"))
-        q.problems += threshold_problems(args[0], args[1])  # with the others, not after them
+        # with the others, not after them
+        q.problems += threshold_problems(*args[:2], args[2] if given else UNCHECKED)
 
         def make() -> Rule:
             return ThresholdRule(rid, *args, weight=w)
@@ -304,11 +307,19 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
         raise _RuleProblems([str(exc)]) from None
 
 
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """What to do about a file that is not UTF-8 text (e.g. saved as Latin-1)."""
+    bad = exc.object[exc.start : exc.start + 1].hex()
+    return f"not UTF-8 text (byte 0x{bad} at offset {exc.start}): save the file as UTF-8"
+
+
 def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list[tuple[str, str]]]:
     try:
         raw = yaml.safe_load(path.read_text("utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         return None, [("file", str(exc))]
+    except UnicodeDecodeError as exc:
+        return None, [("file", not_utf8(exc))]
     problems: list[tuple[str, str]] = []
     try:
         spec: _FileSpec | None = _FileSpec.model_validate(raw)
@@ -347,6 +358,8 @@ def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list
             lists.update({k: [str(x) for x in v] for k, v in extra.items()})
         except (OSError, yaml.YAMLError, AttributeError, TypeError) as exc:
             problems.append(("lists_file", f"cannot read {lists_file}: {exc}"))
+        except UnicodeDecodeError as exc:
+            problems.append(("lists_file", f"cannot read {lists_file}: {not_utf8(exc)}"))
     built: list[Rule] = []
     seen: set[str] = set()
     for rs in specs:
