@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -198,6 +199,23 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @field_validator("kafka_broker_url")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        # librdkafka would take port 99999 as 34463 (modulo 65536) without a word
+        for server in value.split(","):
+            try:
+                port = urlsplit("//" + server.strip().split("://")[-1]).port
+            except ValueError as exc:
+                raise ValueError(
+                    f"{server.strip()!r}: {exc}; write host:port, e.g. localhost:9092"
+                ) from None
+            if port == 0:
+                raise ValueError(
+                    f"{server.strip()!r}: port 0; write host:port, e.g. localhost:9092"
+                )
+        return value
 
     @property
     def output_topics(self) -> tuple[str, str, str]:

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from fraudstream.errors import ConfigError
+
 __all__ = ["ProcessLock", "hash_seed"]
 
 
@@ -43,8 +45,11 @@ class ProcessLock:
     ) -> ProcessLock | None:
         """The lock, or None when another live process holds it."""
         path = _path(kind, parts, directory)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")  # noqa: SIM115 (held open for the process's life)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")  # noqa: SIM115 (held open for the process's life)
+        except OSError as exc:
+            raise _unusable(path.parent, exc, "LOCK_DIR") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -75,13 +80,23 @@ def hash_seed(root: Path) -> str:
     and nobody outside knows it (no crafted keys that collide)."""
     path = root / "hashseed"
     try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        root.mkdir(parents=True, exist_ok=True)
-        seed = str(secrets.randbelow(2**32 - 1) + 1)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(seed)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)  # first writer wins; others read its seed
-        tmp.unlink(missing_ok=True)
-        return path.read_text().strip()
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            root.mkdir(parents=True, exist_ok=True)
+            seed = str(secrets.randbelow(2**32 - 1) + 1)
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(seed)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # first writer wins; others read its seed
+            tmp.unlink(missing_ok=True)
+            return path.read_text().strip()
+    except OSError as exc:
+        raise _unusable(root, exc, "STATE_DIR") from None
+
+
+def _unusable(directory: Path, exc: OSError, setting: str) -> ConfigError:
+    return ConfigError(
+        f"cannot use {directory} ({exc.strerror or exc}): set {setting} to a directory this "
+        "user can write"
+    )

@@ -348,6 +348,32 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
             ["cannot listen on 192.0.2.1:", "pass --host"],
         ),
     )
+    # directories and addresses a detector cannot use
+    under_a_file = str(Path(f.bad_yaml) / "state")
+    yield (
+        "state-dir-under-a-file",
+        Case(
+            ["detect", "--rules", RULES],
+            [f"cannot use {under_a_file} (Not a directory): set STATE_DIR to a directory"],
+            {"STATE_DIR": under_a_file},
+        ),
+    )
+    yield (
+        "lock-dir-unmakeable",
+        Case(
+            ["detect", "--rules", RULES],
+            ["cannot use /proc/fraudstream-locks", "set LOCK_DIR to a directory"],
+            {"LOCK_DIR": "/proc/fraudstream-locks"},
+        ),
+    )
+    yield (
+        "broker-port-out-of-range",
+        Case(
+            ["detect"],
+            ["KAFKA_BROKER_URL", "'localhost:99999': Port out of range 0-65535"],
+            {"KAFKA_BROKER_URL": "localhost:99999"},
+        ),
+    )
     # KAFKA_* variables
     yield (
         "kafka-typo",
