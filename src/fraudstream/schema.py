@@ -122,7 +122,9 @@ def _check_amount(amount: float) -> None:
             "invalid_amount", f"amount must be at most {MAX_AMOUNT:,.0f}, got {amount!r}"
         )
     cents = amount * 100
-    if abs(cents - round(cents)) > 1e-6 * max(1.0, cents):
+    whole = round(cents)
+    # (a whole cent at least: 1e-300 is near 0 cents, and no payment)
+    if abs(cents - whole) > 1e-6 * max(1.0, cents) or whole < 1:
         raise InvalidTransaction(
             "invalid_amount", f"amount must have at most two decimals, got {amount!r}"
         )
@@ -134,7 +136,8 @@ def amounts_valid(amounts: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     even as `round` does, and a cent count under 1e14 is exact either way)."""
     with np.errstate(invalid="ignore", over="ignore"):  # NaN, and cents past the float range
         cents = amounts * 100
-        near = np.abs(cents - np.round(cents)) <= 1e-6 * np.maximum(1.0, cents)
+        whole = np.round(cents)
+        near = (np.abs(cents - whole) <= 1e-6 * np.maximum(1.0, cents)) & (whole >= 1)
         ok: np.ndarray[Any, Any] = (amounts > 0) & (amounts <= MAX_AMOUNT) & near
     return ok
 

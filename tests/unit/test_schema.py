@@ -69,6 +69,8 @@ def test_given_id_and_rfc3339_timestamp_are_kept() -> None:
         (b'{"source":"a","target":"b","amount":-5,"currency":"EUR"}', "invalid_amount"),
         (b'{"source":"a","target":"b","amount":0,"currency":"EUR"}', "invalid_amount"),
         (b'{"source":"a","target":"b","amount":1.005,"currency":"EUR"}', "invalid_amount"),
+        (b'{"source":"a","target":"b","amount":1e-300,"currency":"EUR"}', "invalid_amount"),
+        (b'{"source":"a","target":"b","amount":0.000000001,"currency":"EUR"}', "invalid_amount"),
         (b'{"source":"a","target":"b","amount":NaN,"currency":"EUR"}', "not_json"),
         (b'{"source":"a","target":"b","amount":1e999,"currency":"EUR"}', "schema"),
         (b'{"source":"a","target":"b","amount":1,"currency":"eur"}', "schema"),
@@ -319,7 +321,9 @@ def test_capital_letter_codes_are_checked_as_the_patterns_did(
 
 
 _amounts = st.one_of(
-    st.sampled_from([12.5, 950.0, 0.01, 0.005, 1e12, 1e12 + 0.01, 1e13, 0.0, -1.0, 1e-300]),
+    st.sampled_from(
+        [12.5, 950.0, 0.01, 0.005, 1e12, 1e12 + 0.01, 1e13, 0.0, -1.0, 1e-300, 1e-9, 0.0099999999]
+    ),
     st.floats(allow_nan=False, allow_infinity=False),
     st.integers(min_value=-(10**13), max_value=10**13).map(lambda c: c / 100),
 )
