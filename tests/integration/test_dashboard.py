@@ -212,6 +212,11 @@ def test_a_review_is_a_label_on_the_labels_topic_and_reaches_every_page(
         ({"id": "rv-1", "verdict": "maybe", "analyst": "Ana"}, "verdict must be"),
         ({"id": "rv-1", "verdict": "legit", "analyst": ""}, "your name is required"),
         ({"verdict": "legit", "analyst": "Ana"}, "id:"),
+        # accepted before: a label the detector dead-letters, a time past the year 2100, and
+        # a time that was silently dropped
+        ({"id": "rv-1", "verdict": "fraud", "analyst": "Ana"}, "a fraud verdict needs"),
+        ({"id": "rv-1", "verdict": "legit", "analyst": "Ana", "timestamp": 10**20}, "<="),
+        ({"id": "rv-1", "verdict": "legit", "analyst": "Ana", "timestamp": "abc"}, "RFC"),
     ]:
         refused = httpx.post(dashboard + "/review", json=bad, timeout=10)
         assert refused.status_code == 400 and says in refused.json()["error"], refused.text

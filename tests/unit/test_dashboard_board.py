@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -248,3 +249,20 @@ def test_a_new_page_gets_recent_rows_in_its_snapshot_and_only_later_ones_in_tick
     assert snapshot == [f"tx-{i}" for i in range(5)] and ticked == []
     # the tick's 2 decisions were in the snapshot: the page does not call its rows a sample
     assert (tick["stats"]["decided"], tick["in_snapshot"]) == (2, 2)
+
+
+def test_a_reviews_transaction_time_is_read_as_the_transaction_gives_it() -> None:
+    """The page sends the decision's own `timestamp`: epoch milliseconds or RFC 3339 text
+    (the text was dropped before, and the label lost its transaction's time)."""
+    from fraudstream.config import load_settings
+    from fraudstream.dashboard.app import Reviews
+
+    reviews = Reviews(load_settings(_env_file=None))
+    body = {"id": "t1", "verdict": "legit", "analyst": "Ana"}
+    as_text = reviews.label(body | {"timestamp": "2026-01-31T12:00:00Z"}, stream_ms=0, now_ms=5)
+    as_ms = reviews.label(body | {"timestamp": 1_769_860_800_000}, stream_ms=0, now_ms=5)
+    assert as_text["tx_ms"] == as_ms["tx_ms"] == 1_769_860_800_000
+    assert as_text["known_ms"] == 1_769_860_800_001  # never before the transaction
+    assert reviews.label(body, stream_ms=0, now_ms=5)["tx_ms"] is None
+    with pytest.raises(ValueError, match="time zone"):
+        reviews.label(body | {"timestamp": "2026-01-31T12:00:00"}, stream_ms=0, now_ms=5)

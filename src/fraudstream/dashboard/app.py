@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -37,6 +38,7 @@ from fraudstream.config import Settings
 from fraudstream.dashboard.board import View
 from fraudstream.dashboard.feed import Feed
 from fraudstream.errors import ConfigError, FraudstreamError, PortInUseError
+from fraudstream.schema import EpochMs, event_time_ms
 from fraudstream.stream.clients import producer_config
 
 __all__ = ["create_app", "listen", "serve"]
@@ -182,6 +184,22 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _tx_ms(ts: Any) -> int:
+    """A review's transaction time as epoch ms (0: not given), from what a transaction's
+    `timestamp` may be: epoch milliseconds or RFC 3339 text with a time zone."""
+    if ts is None:
+        return 0
+    try:
+        when = msgspec.convert(ts, EpochMs | datetime)
+    except msgspec.ValidationError as exc:
+        raise ValueError(
+            f"timestamp: {exc} (the transaction's: epoch milliseconds or RFC 3339 text)"
+        ) from None
+    if isinstance(when, datetime) and when.tzinfo is None:
+        raise ValueError("timestamp must carry a time zone, e.g. 2026-01-31T12:00:00Z")
+    return event_time_ms(when)
+
+
 class Reviews:
     """Analysts' verdicts as labels: checked, then written to the labels topic (keyed by the
     transaction id) by an idempotent producer, where the detector's label features and
@@ -216,8 +234,10 @@ class Reviews:
         for key in ("target", "merchant"):
             if body.get(key) is not None and not isinstance(body[key], str):
                 raise ValueError(f"{key} must be a string")
-        ts = body.get("timestamp")
-        tx_ms = ts if isinstance(ts, int) and not isinstance(ts, bool) else 0
+        if verdict == "fraud" and not body.get("target"):
+            # (the detector's payee features need it: it would dead-letter the label)
+            raise ValueError("target: a fraud verdict needs the payment's target (its payee)")
+        tx_ms = _tx_ms(body.get("timestamp"))
         known = max(stream_ms or now_ms, tx_ms + 1)
         return {
             "id": tx_id,
