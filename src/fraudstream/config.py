@@ -13,6 +13,7 @@ fails at start, naming the variable and, for a typo, the nearest setting.
 from __future__ import annotations
 
 import difflib
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,10 +21,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fraudstream.errors import ConfigError
+from fraudstream.errors import ConfigError, not_utf8
 
 __all__ = [
     "Settings",
@@ -233,6 +235,8 @@ def load_settings(**overrides: Any) -> Settings:
     checked, besides the environment."""
     given = {k: v for k, v in overrides.items() if v is not None or k == "_env_file"}
     env_file = given.get("_env_file", ".env")
+    if problems := _env_file_problems(env_file):  # (unreadable, it would stop what follows)
+        raise ConfigError(f"{env_file} cannot be used — " + "; ".join(problems))
     problems = kafka_variable_problems(_kafka_environment(env_file))
     settings = None
     try:
@@ -249,6 +253,25 @@ def load_settings(**overrides: Any) -> Settings:
             + "\n  ".join(problems)
         ) from None
     return settings
+
+
+def _env_file_problems(env_file: str | Path | None) -> list[str]:
+    """What makes the env file unusable: not UTF-8, or lines that are not NAME=value (which
+    python-dotenv skips, with a warning each time it reads the file, so a setting there would
+    be ignored). The lines are named by number only: one may hold a secret."""
+    if env_file is None or not Path(env_file).is_file():
+        return []
+    try:
+        text = Path(env_file).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [not_utf8(exc)]
+    except OSError as exc:
+        return [f"cannot read it ({exc.strerror or exc})"]
+    bad = [b.original.line for b in parse_stream(io.StringIO(text)) if b.error]
+    if not bad:
+        return []
+    lines = ", ".join(map(str, bad))
+    return [f"line{'s' if len(bad) > 1 else ''} {lines}: not NAME=value (fix or remove)"]
 
 
 def _kafka_environment(env_file: str | Path | None) -> dict[str, str]:

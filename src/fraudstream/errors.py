@@ -9,6 +9,7 @@ __all__ = [
     "KafkaUnavailableError",
     "PortInUseError",
     "ProcessingError",
+    "not_utf8",
 ]
 
 
@@ -50,3 +51,9 @@ class KafkaUnavailableError(FraudstreamError):
 
 class ProcessingError(FraudstreamError):
     """The stream loop hit an error it cannot recover from (fatal or fenced producer)."""
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """What to do about a file that is not UTF-8 text (e.g. saved as Latin-1)."""
+    bad = exc.object[exc.start : exc.start + 1].hex()
+    return f"not UTF-8 text (byte 0x{bad} at offset {exc.start}): save the file as UTF-8"

@@ -29,6 +29,21 @@ def test_environment_then_env_file_then_flags(monkeypatch: pytest.MonkeyPatch, t
     assert (s.legit_topic, s.fraud_topic, s.dlq_topic) == ("from.file", "from.env", "from.flag")
 
 
+def test_an_env_file_that_cannot_be_read_as_it_is_meant_is_refused(tmp_path: Path) -> None:
+    """A .env saved as Latin-1 stopped every command with a traceback; a line that is not
+    NAME=value was skipped (python-dotenv warned, six times), so its setting was ignored.
+    The lines are named by number, not shown: one may hold a secret."""
+    latin = tmp_path / "latin.env"
+    latin.write_bytes("LEGIT_TOPIC=caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 15\)"):
+        load_settings(_env_file=latin)
+    typo = tmp_path / "typo.env"
+    typo.write_text("LEGIT_TOPIC=ok\nKAFKA_SASL_PASSWORD hunter2\n# a comment\nexport X=1\n")
+    with pytest.raises(ConfigError, match=r"line 2: not NAME=value") as refused:
+        load_settings(_env_file=typo)
+    assert "hunter2" not in str(refused.value)
+
+
 def test_a_bad_setting_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSACTIONS_PER_SECOND", "fast")
     with pytest.raises(ConfigError, match="TRANSACTIONS_PER_SECOND"):

@@ -44,7 +44,7 @@ from fraudstream.detection.rules import (
     threshold_problems,
     velocity_problems,
 )
-from fraudstream.errors import FraudstreamError
+from fraudstream.errors import FraudstreamError, not_utf8
 
 __all__ = [
     "ModelRef",
@@ -305,12 +305,6 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
         return make()  # type: ignore[no-any-return]
     except (ValueError, TypeError, KeyError) as exc:
         raise _RuleProblems([str(exc)]) from None
-
-
-def not_utf8(exc: UnicodeDecodeError) -> str:
-    """What to do about a file that is not UTF-8 text (e.g. saved as Latin-1)."""
-    bad = exc.object[exc.start : exc.start + 1].hex()
-    return f"not UTF-8 text (byte 0x{bad} at offset {exc.start}): save the file as UTF-8"
 
 
 def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list[tuple[str, str]]]:
