@@ -253,3 +253,14 @@ def test_an_invalid_rules_file_stops_loading_with_what_to_do(tmp_path: Path) -> 
     bad.write_text("version: '1'\nrules:\n  - {id: x1, type: magic}\n")
     with pytest.raises(RulesError, match="fraudstream rules check"):
         load_ruleset(bad)
+
+
+def test_rules_check_loads_the_model_file(tmp_path: Path) -> None:
+    """A model file that exists but is no model passed the check, and the detector then
+    failed at its start."""
+    (tmp_path / "history.model").write_text('{"id": "t1", "amount": 5}\n')
+    rules = tmp_path / "with-model.yaml"
+    rules.write_text("version: '1'\nrules: []\nmodel: {file: history.model}\n")
+    [(where, what)] = check_rules_file(rules)
+    assert where == "model" and what.startswith(f"cannot load model {tmp_path}/history.model")
+    assert "fraudstream train" in what

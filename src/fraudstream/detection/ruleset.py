@@ -419,8 +419,17 @@ def _model_spec(raw: Any) -> _ModelSpec | None:
 
 
 def check_rules_file(path: Path) -> list[tuple[str, str]]:
-    """Every problem in the file as (rule id, what is wrong); empty when valid."""
-    return _parse(path)[1]
+    """Every problem in the file as (rule id, what is wrong); empty when valid. A model file
+    is loaded too, so that one the detector could not read fails here, not at its start."""
+    ruleset, problems = _parse(path)
+    if ruleset is not None and ruleset.model is not None:
+        from fraudstream.detection.model import FraudModel, ModelError
+
+        try:
+            FraudModel.load(ruleset.model.path)
+        except ModelError as exc:
+            problems.append(("model", str(exc)))
+    return problems
 
 
 def load_ruleset(path: Path, *, require_model: bool = True) -> RuleSet:
