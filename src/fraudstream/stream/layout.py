@@ -216,7 +216,8 @@ def _write_shape(settings: Settings, topic: str, shape: Shape) -> None:
 
 def _next_step(group: str) -> str:
     return (
-        f"start it with a new group (`fraudstream detect --group {group}-2`), or delete "
+        f"start it with a new group (`fraudstream detect --group {group}-2`; for "
+        f"`fraudstream run`, DETECTOR_GROUP={group}-2), or delete "
         f"this group's internal topics and offsets with `fraudstream reset --group {group}` "
         "(its detectors stopped) to start it over from the input's beginning"
     )
