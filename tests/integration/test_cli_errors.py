@@ -116,6 +116,13 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
         ),
     )
     yield "rate-negative", Case(["generate", "--rate", "-5"], ["--rate: '-5' is not above 0"])
+    yield (
+        "labels-output-alone",
+        Case(
+            ["generate", "--count", "5", "--labels-output", str(f.dir / "l.jsonl")],
+            ["--labels-output goes with --output"],
+        ),
+    )
     yield "rate-run", Case(["run", "--rate", "nan"], ["--rate: 'nan' is not above 0"])
     yield (
         "fraud-rate",

@@ -373,3 +373,21 @@ def test_a_precision_target_is_kept_in_every_window(
     else:
         assert "no threshold reaches it" in info["target"]
         assert not any(kept(s) for s in scores)
+
+
+def test_a_history_too_short_to_split_says_so_without_naming_a_flag_not_given() -> None:
+    """It said `--train-until <a date>` leaves no training days, though no --train-until was
+    given (a review's nit)."""
+    from fraudstream.schema import Transaction
+
+    ruleset = load_ruleset(REPO / "rules" / "default.yaml")
+    at = 1_790_000_000_000
+    txs = [
+        Transaction(
+            source=f"a{i}", target="p", amount=10.0, currency="EUR", id=f"t{i}", timestamp=at
+        )
+        for i in range(3)
+    ]
+    with pytest.raises(ConfigError, match=r"too short to hold out --test-share 0\.3") as refused:
+        train(ruleset, txs, {})
+    assert "--train-until 20" not in str(refused.value)

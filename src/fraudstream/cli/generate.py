@@ -86,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--label-delay: {exc}") from None
     from fraudstream.generator import generate
 
+    if args.labels_output is not None and args.output is None:  # (to Kafka, labels go there)
+        raise ConfigError(
+            "--labels-output goes with --output (files); to Kafka the labels go to the labels "
+            "topic (LABELS_TOPIC)"
+        )
     if args.output is not None:
         from fraudstream.generator.app import write_files
 

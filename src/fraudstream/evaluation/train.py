@@ -338,6 +338,11 @@ def train(
     test_start = test_from_ms if test_from_ms is not None else train_end + gap
     test_end = test_until_ms if test_until_ms is not None else last + 1
     if train_end <= first:
+        if train_until_ms is None:  # (not given: the share left nothing before the test)
+            raise ConfigError(
+                f"the history is too short to hold out --test-share {test_share:g} for the "
+                f"test: {span}; give a longer history, or --train-until and --test-from"
+            )
         raise ConfigError(f"--train-until {_day(train_end)} leaves no training days: {span}")
     if test_start < train_end + gap:
         raise ConfigError(
