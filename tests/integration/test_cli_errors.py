@@ -34,6 +34,7 @@ class Files:
     junk: str  # JSON lines that are neither transactions nor labels
     bad_yaml: str
     bad_parquet: str
+    empty_yaml: str
 
     @property
     def history(self) -> list[str]:
@@ -47,6 +48,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     (d / "junk.jsonl").write_text('{"hello": "world"}\n')
     (d / "bad.yaml").write_text("rules: [\n")
     (d / "bad.parquet").write_text("not parquet")
+    (d / "empty.yaml").write_text("# nothing yet\n")
     return Files(
         d,
         str(d / "tx.jsonl"),
@@ -54,6 +56,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
         str(d / "junk.jsonl"),
         str(d / "bad.yaml"),
         str(d / "bad.parquet"),
+        str(d / "empty.yaml"),
     )
 
 
@@ -156,7 +159,7 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
         "detect-rules-missing",
         Case(
             ["detect", "--rules", "missing.yaml"],
-            ["rules file missing.yaml is invalid", "No such file", "fraudstream rules check"],
+            ["rules file missing.yaml does not exist — pass --rules FILE (RULES_FILE)"],
         ),
     )
     yield "detect-rules-bad-yaml", Case(["detect", "--rules", f.bad_yaml], [f.bad_yaml])
@@ -185,7 +188,10 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
     )
     yield (
         "backtest-rules-missing",
-        Case(["backtest", "--rules", "missing.yaml", *f.history], ["missing.yaml", "No such file"]),
+        Case(
+            ["backtest", "--rules", "missing.yaml", *f.history],
+            ["rules file missing.yaml does not exist"],
+        ),
     )
     yield (
         "input-missing",
@@ -347,6 +353,10 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
         Case(["rules", "check", "missing.yaml"], ["missing.yaml: 1 problem", "No such file"]),
     )
     yield "rules-check-bad-yaml", Case(["rules", "check", f.bad_yaml], [f"{f.bad_yaml}: 1 problem"])
+    yield (
+        "rules-check-empty",
+        Case(["rules", "check", f.empty_yaml], ["the file is empty: give at least version and"]),
+    )
     # dashboard
     yield (
         "dashboard-host",

@@ -314,6 +314,8 @@ def _parse(path: Path, require_model: bool = True) -> tuple[RuleSet | None, list
         return None, [("file", str(exc))]
     except UnicodeDecodeError as exc:
         return None, [("file", not_utf8(exc))]
+    if raw is None:  # (pydantic's word for it: "Input should be a valid dictionary")
+        return None, [("file", "the file is empty: give at least version and rules")]
     problems: list[tuple[str, str]] = []
     try:
         spec: _FileSpec | None = _FileSpec.model_validate(raw)
@@ -434,6 +436,11 @@ def check_rules_file(path: Path) -> list[tuple[str, str]]:
 
 def load_ruleset(path: Path, *, require_model: bool = True) -> RuleSet:
     """The rule set in `path`; raises `RulesError` listing every problem."""
+    if not path.exists():  # not "invalid": the path is wrong
+        raise FraudstreamError(
+            f"rules file {path} does not exist — pass --rules FILE (RULES_FILE), e.g. "
+            "rules/default.yaml from fraudstream's directory"
+        )
     ruleset, problems = _parse(path, require_model)
     if ruleset is None:
         raise RulesError(path, problems)
