@@ -807,3 +807,43 @@ def test_rows_looked_up_together_equal_rows_looked_up_one_by_one(
         elif action == "rollback":
             batch.rollback()
             single.rollback()
+
+
+def test_a_verdict_applied_after_a_snapshot_is_not_applied_again_after_a_restore() -> None:
+    """A fraud verdict queued, committed and snapshotted, then applied by a later payment
+    (its changelog record then says so: None): a restore from the snapshot and the changelog's
+    tail after it must not queue it again. It did, and the payee's missed-fraud count rose
+    twice for one verdict (found by a review of the exactly-once paths)."""
+    rules = [ThresholdRule("hint", field="amount", op=">=", value=400.0, weight=0.1)]
+
+    def engine() -> Engine:
+        return Engine(rules, threshold=0.6, version="t", features=True)
+
+    def pay(i: int, minutes: int) -> Transaction:
+        return Transaction(
+            id=f"t{i}", timestamp=T0 + minutes * MINUTE, source=f"a{i}", target="m-1",
+            amount=450.0, currency="EUR",
+        )  # fmt: skip
+
+    live = engine()
+    live.begin()
+    live.score([pay(1, 0)])  # missed by the rules (0.1)
+    live.observe_labels([Label("t1", True, known_ms=T0 + HOUR, target="m-1")])
+    queued = live.changes()
+    live.commit()
+    snapshot = live.snapshot()
+    live.begin()
+    live.score([pay(2, 120)])  # after the verdict is known: it applies it
+    tail = live.changes()
+    live.commit()
+    from_snapshot = engine()
+    assert from_snapshot.load_snapshot(snapshot)
+    from_snapshot.restore(tail)
+    whole = engine()
+    whole.restore(queued + tail)
+    later = [pay(3, 180), pay(4, 181)]
+    j = FEATURE_NAMES.index("target_missed_fraud_3d")
+    expected = [row[j] for row, _ in live.score(later)]
+    assert 0 < expected[0] <= 1  # one verdict, counted once (decayed with time)
+    assert [row[j] for row, _ in from_snapshot.score(later)] == expected
+    assert [row[j] for row, _ in whole.score(later)] == expected

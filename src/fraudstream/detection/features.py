@@ -237,14 +237,19 @@ class FeatureState:
         return out
 
     def load(self, records: dict[bytes, bytes | None]) -> None:
-        """Restore the queued verdicts from their latest changelog records (None: applied)."""
-        for seq, value in records.items():
-            n = int(seq)
-            self._seq = max(self._seq, n)
+        """Restore the queued verdicts from their latest changelog records (None: applied),
+        over what is queued already: a snapshot's queue, which the changelog's tail after it
+        updates (a verdict applied since leaves it; one queued again is not doubled)."""
+        given = {int(seq): value for seq, value in records.items()}
+        if given:
+            self._seq = max(self._seq, max(given))
+        pending = [e for e in self._pending if e[1] not in given]
+        for n, value in given.items():
             if value is not None:
                 known, label = _label_codec[1](value)
-                self._pending.append((known, n, label))
-        heapq.heapify(self._pending)
+                pending.append((known, n, label))
+        heapq.heapify(pending)
+        self._pending = pending
 
     def pending_bytes(self) -> int:
         """Bytes of the verdicts not yet known at the current event time."""
