@@ -8,6 +8,7 @@ import contextlib
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -646,6 +647,49 @@ def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> N
     assert task.bound() == (INF, 1, 41)  # idle: it holds nothing back
     task.rollback()
     assert task.meta.stream_time == 5_000 and not task.idle and not task.dirty
+
+
+def test_a_commit_in_a_rebalance_covers_what_the_tasks_read_not_what_was_delivered(
+    settings: Settings,
+) -> None:
+    """librdkafka runs the rebalance callbacks inside `poll` and `consume`, when records are
+    already delivered (the consumer's position is past them) that no task has read: the
+    record `poll` returned just before, those `consume` had gathered. A commit there covered
+    them by the position, and the partition's new owner started after them: lost. Such a
+    commit (`settled=False`) goes no further than what each task read; between steps (every
+    delivered record read) it commits the position, past transaction markers."""
+    from fraudstream.detection import tutorial_rules
+
+    producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
+    for i in range(30):
+        producer.produce(settings.transactions_topic, _tx(i), partition=0)
+    assert producer.flush(30) == 0
+    engine = Engine(tutorial_rules(), version="tutorial-1")
+    topology = prepare_topology(settings, engine.stage_keys(), labels=False)
+    txn = _coordinator(settings)
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
+    consumer = Consumer(consumer_config(settings, "parts", group_id=settings.detector_group))
+    tp = (settings.transactions_topic, 0)
+    try:
+        consumer.assign([TopicPartition(*tp, 0)])
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: 0.0, name="parts")
+        manager.assign([tp])
+        delivered: list[Any] = []
+        while len(delivered) < 30:
+            delivered += [m for m in consumer.consume(30, timeout=1) if m.error() is None]
+        assert {m.partition() for m in delivered} == {0}
+        txn.begin()
+        manager.begin()
+        task = manager.tasks[tp]
+        task.take(delivered[:20])  # the step had read 20 when the callback ran
+        ctx.collector.flush()
+        assert [o.offset for o in manager.prepare_commit(settled=False)] == [20]
+        assert [o.offset for o in manager.prepare_commit()] == [30]  # (all read: the position)
+        txn.abort()
+        task.rollback()  # an abort: what it read is not done any more
+        assert manager.prepare_commit(settled=False) == []  # nothing read: nothing committed
+    finally:
+        consumer.close()
 
 
 def test_progress_is_readable_while_a_transaction_holds_offsets_pending(

@@ -346,12 +346,9 @@ class Processor:
         buffering = []  # tasks that read into their buffer in this step
         for tp, run in runs.items():
             task = tasks.get(tp)
-            if task is None:  # not ours (any more): the new owner reads it again
-                continue
-            task.dirty = True
-            task.at_end = None
-            task.idle = False
-            task.read(run)
+            if task is None:  # not ours (any more): the new owner reads it again (the commit
+                continue  # that gave it up covered only what was read: `_on_revoke`)
+            task.take(run)
             if task.buffers:
                 buffering.append(task)
         for tp in ends:
@@ -367,13 +364,17 @@ class Processor:
 
     # --- the commit cycle ------------------------------------------------------------------
 
-    def _commit(self) -> None:
+    def _commit(self, *, settled: bool = True) -> None:
+        """Commit the open transaction. `settled`: every record the consumer has delivered
+        was read by its task (between steps); not so in a rebalance callback, which librdkafka
+        runs inside `poll` or `consume`, with records already delivered (their offsets past
+        the consumer's position) that no task has read yet."""
         started = time.perf_counter()
         with self.txn.watched():
-            self._commit_once()
+            self._commit_once(settled)
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
 
-    def _commit_once(self) -> None:
+    def _commit_once(self, settled: bool = True) -> None:
         assert self.manager is not None and self.topology is not None
         manager, txn = self.manager, self.txn
         if txn.chaos_abort():
@@ -383,7 +384,7 @@ class Processor:
             if self.topology.staged:
                 manager.marks_due()
                 manager.send_marks()
-            offsets = manager.prepare_commit()
+            offsets = manager.prepare_commit(settled=settled)
             txn.commit(offsets, self.consumer.consumer_group_metadata())
         except KafkaException as exc:
             err: KafkaError = txn.cause(exc.args[0])
@@ -461,7 +462,7 @@ class Processor:
         # then load each new task's latest committed state from its changelog partition.
         assert self.manager is not None
         if self.txn.in_txn:
-            self._commit()
+            self._commit(settled=False)
         self.manager.assign([(tp.topic, tp.partition) for tp in partitions])
         self.stats.restored_keys = self.manager.restored_keys
         if partitions:
@@ -511,10 +512,12 @@ class Processor:
         return sum(stage.partitions for stage in self.topology.by_topic.values())
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Commit what we did for these partitions before another instance takes them over.
+        # Commit what we did for these partitions before another instance takes them over:
+        # what the tasks read, not what the consumer delivered (a record `poll` returned
+        # just before, or one `consume` had gathered when it ran this callback, is not done)
         assert self.manager is not None
         if self.txn.in_txn:
-            self._commit()
+            self._commit(settled=False)
         self.manager.drop(partitions)
         if partitions:
             log.info("gave up %d partitions; holds %s", len(partitions), self.manager.holding())

@@ -297,9 +297,10 @@ class TaskManager:
         for task in self.tasks.values():
             task.begin()
 
-    def prepare_commit(self) -> list[TopicPartition]:
+    def prepare_commit(self, *, settled: bool = True) -> list[TopicPartition]:
         """Each task's changelog records, produced into the transaction, and the input
-        offsets to commit with it."""
+        offsets to commit with it. `settled`: the tasks have read every record the consumer
+        delivered (else a task's offsets go no further than what it read, `Task.read_to`)."""
         collector = self.ctx.collector
         offsets = []
         # where each partition's reading stands (past transaction markers, unlike the last
@@ -309,7 +310,10 @@ class TaskManager:
             for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.tasks])
         }
         for (topic, partition), task in self.tasks.items():
-            offset = task.commit_offset(positions.get((topic, partition), -1))
+            position = positions.get((topic, partition), -1)
+            if not settled:  # (-1: it read nothing, so nothing delivered is known to be done)
+                position = min(position, task.read_to)
+            offset = task.commit_offset(position)
             # the state, in the same transaction
             collector.send_keyed(task.stage.changelog, partition, task.changes(offset))
             if offset is not None:

@@ -257,6 +257,9 @@ class Task:
         self._saved = encode_meta(meta)  # the Meta as last committed
         self._committing = self._saved
         self.dirty = False  # read something since the last commit
+        # the offset after the last record it read (-1: none since it was made or rolled
+        # back): what a commit may cover while records are delivered but not read yet
+        self.read_to = -1
         self.at_end: float | None = None  # input tasks: when the partition was read to its end
         self.idle = False
         self.sends_marks = ctx.topology.staged and stage.role != OUTPUT
@@ -264,6 +267,15 @@ class Task:
         self.held: bool | None = False
         # where forward() sends: the next stage's repartition topic
         self.to_topic = ctx.topology.next(stage).topic if self.sends_marks else ""
+
+    def take(self, run: list[Any]) -> None:
+        """Read a run of its partition's records (in order), with the bookkeeping the commit
+        needs: it has read something, up to where, and its input is not idle."""
+        self.dirty = True
+        self.at_end = None
+        self.idle = False
+        self.read(run)
+        self.read_to = int(run[-1].offset()) + 1
 
     # --- hooks -----------------------------------------------------------------------------
 
@@ -319,6 +331,7 @@ class Task:
             self.engine.rollback()
         self.meta = decode_meta(self._saved)
         self.dirty = False
+        self.read_to = -1
         self.at_end = None
         self.held = None
 
