@@ -47,3 +47,45 @@ def test_marks_read_as_times() -> None:
     assert describe_key(None) == ""
     assert describe_key((1_767_225_600_000, 1, 5)) == "2026-01-01T00:00:00Z (partition 1, offset 5)"
     assert describe_key((INF, 2, 7)) == "idle (partition 2, offset 7)"
+
+
+def test_the_group_is_stuck_when_and_only_when_something_holds_records_back() -> None:
+    """(Found by an operator's review: `status` said a stall "the last commit was
+    1796527080s ago" for a detector just starting, and "ok" while a killed instance still
+    held partitions where records piled up, because the live one's commits were fresh.)"""
+    from fraudstream.stream.health import Row, Status, stall
+
+    now, fresh = 1_000_000, 6_000
+
+    def report(name: str, at: int, commit: int, *held: int, stalled: bool = False) -> Status:
+        tasks = [TaskStatus("g.by-target", p, "by-target") for p in held]
+        return Status(name, at, commit, 10, stalled, tasks, why="waits" if stalled else "")
+
+    rows = [Row.of("by-target", "g.by-target", p, 100, 100 + 50 * p) for p in range(3)]
+    assert [r.lag for r in rows] == [0, 50, 100]
+    assert Row.of("input", "in", 0, -1001, 7).committed == -1  # librdkafka's "none"
+    ok = report("0", now - 1_000, now - 500, 0, 1, 2)
+    assert stall(rows, [ok], now, fresh, "g", 30_000) == (False, "")
+    starting = report("0", now - 1_000, 0)  # no commit yet
+    assert stall(rows, [starting], now, fresh, "g", 30_000) == (False, "")
+    late = report("0", now - 1_000, now - 40_000, 0, 1, 2)
+    assert stall(rows, [late], now, fresh, "g", 30_000) == (
+        True,
+        "150 records wait and the last commit was 40s ago",
+    )
+    killed = report("1", now - 20_000, now - 21_000, 1, 2)
+    survivor = report("0", now - 1_000, now - 500, 0)
+    stuck, why = stall(rows, [survivor, killed], now, fresh, "g", 30_000)
+    assert stuck and why.startswith(
+        "instance 1 last reported 20s ago and held g.by-target[1], g.by-target[2], where 150 "
+        "records wait"
+    ), why
+    assert "KAFKA_SESSION_TIMEOUT_MS" in why
+    taken_over = report("0", now - 1_000, now - 500, 0, 1, 2)  # the group moved them
+    assert stall(rows, [taken_over, killed], now, fresh, "g", 30_000) == (False, "")
+    assert stall(rows, [killed], now, fresh, "g", 30_000)[1].startswith("150 records wait and no")
+    said = report("0", now - 1_000, now - 500, 0, 1, 2, stalled=True)
+    assert stall(rows, [said], now, fresh, "g", 30_000) == (
+        True,
+        "instance(s) 0 report a stall (0: waits)",
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import textwrap
@@ -45,6 +46,10 @@ def call(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C where no clean stop is installed
         print("fraudstream: interrupted", file=sys.stderr)
         return Exit.INTERRUPTED
+    except BrokenPipeError:  # `fraudstream status | head`: the reader had enough
+        # (what is left unflushed goes nowhere, not into a second error at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
 
 
 _MEANING = {

@@ -87,8 +87,9 @@ class RequireToken:
         if scope["type"] == "http" and scope["path"] in ("/", "/stream", "/review"):
             given = b""
             for name, value in scope.get("headers", []):
-                if name == b"authorization" and value.startswith(b"Bearer "):
-                    given = value[7:]
+                # (the scheme is case-insensitive, RFC 9110: "bearer" is "Bearer")
+                if name == b"authorization" and value[:7].lower() == b"bearer ":
+                    given = value[7:].strip()
             for part in scope.get("query_string", b"").split(b"&"):
                 if part.startswith(b"token="):
                     # a query string is form-encoded: '+' is a space there

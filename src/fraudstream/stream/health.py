@@ -37,6 +37,7 @@ __all__ = [
     "format_status",
     "paused_too_long",
     "read_status",
+    "stall",
     "waits",
 ]
 
@@ -163,10 +164,17 @@ class Row(msgspec.Struct):
     buffered: int = 0
     mark: str = ""
     instance: str = ""
+    lag: int = -1  # records after the committed offset (`of` fills it in)
 
-    @property
-    def lag(self) -> int:
-        return max(0, self.end - max(self.committed, 0))
+    @classmethod
+    def of(
+        cls, stage: str, topic: str, partition: int, committed: int, end: int, **more: Any
+    ) -> Row:
+        """A row whose lag is counted, "nothing committed" (librdkafka's -1001) read as -1.
+        (A field, not a property, so `status --json` has it.)"""
+        committed = max(committed, -1)
+        lag = max(0, end - max(committed, 0))
+        return cls(stage, topic, partition, committed, end, lag=lag, **more)
 
 
 class GroupStatus(msgspec.Struct):
@@ -224,7 +232,7 @@ def read_status(
         task, instance = by_task.get((tp.topic, tp.partition), (None, ""))
         stage = "input" if tp.topic == settings.transactions_topic else tp.topic.rsplit(".", 1)[-1]
         rows.append(
-            Row(
+            Row.of(
                 stage,
                 tp.topic,
                 tp.partition,
@@ -235,24 +243,55 @@ def read_status(
                 instance=instance,
             )
         )
+    stalled, why = stall(rows, reports, now, fresh, group, settings.stall_warning_ms)
+    return GroupStatus(group, rows, reports, now, stalled, why)
+
+
+def stall(
+    rows: list[Row], reports: list[Status], now: int, fresh: int, group: str, warn_ms: int
+) -> tuple[bool, str]:
+    """Whether the group is stuck, and why: an instance says so; records wait and no
+    instance has reported lately; partitions with records waiting are held by an instance
+    that has stopped reporting (killed: the group gives them to another once its session
+    times out; the live ones' commits say nothing of them); or records wait and no commit
+    came for `warn_ms`. An instance that has not committed yet is starting, not stalled."""
     live = [r for r in reports if now - r.at_ms <= fresh]
     waiting = sum(r.lag for r in rows) + sum(r.buffered for r in rows)
-    stalled, why = False, ""
     if any(r.stalled for r in live):
-        stalled = True
         why = "instance(s) " + ", ".join(r.instance for r in live if r.stalled) + " report a stall"
         said = [f"{r.instance}: {r.why}" for r in live if r.stalled and r.why]
         if said:
             why += " (" + "; ".join(said) + ")"
-    elif waiting and not live:
-        stalled = True
-        why = f"{waiting} records wait and no detector of group {group} has reported lately"
-    elif waiting:
-        last = max(r.last_commit_ms for r in live)
-        if now - last > settings.stall_warning_ms:
-            stalled = True
-            why = f"{waiting} records wait and the last commit was {(now - last) / 1000:.0f}s ago"
-    return GroupStatus(group, rows, reports, now, stalled, why)
+        return True, why
+    if not waiting:
+        return False, ""
+    if not live:
+        return True, f"{waiting} records wait and no detector of group {group} has reported lately"
+    held_live = {(t.topic, t.partition) for r in live for t in r.tasks}
+    lagging = {(r.topic, r.partition): r.lag for r in rows if r.lag}
+    for r in reports:
+        if r in live:
+            continue
+        orphans = [
+            (t.topic, t.partition)
+            for t in r.tasks
+            if (t.topic, t.partition) in lagging and (t.topic, t.partition) not in held_live
+        ]
+        if orphans:
+            shown = ", ".join(f"{topic}[{p}]" for topic, p in orphans[:4])
+            more = f" and {len(orphans) - 4} more" if len(orphans) > 4 else ""
+            return True, (
+                f"instance {r.instance} last reported {(now - r.at_ms) / 1000:.0f}s ago and held "
+                f"{shown}{more}, where {sum(lagging[tp] for tp in orphans)} records wait: if it "
+                "was killed, the group gives them to another instance once its session times "
+                "out (KAFKA_SESSION_TIMEOUT_MS, 45 s by default); else start a detector"
+            )
+    commits = [r.last_commit_ms for r in live if r.last_commit_ms]  # (0: none yet: starting)
+    if commits and now - max(commits) > warn_ms:
+        return True, (
+            f"{waiting} records wait and the last commit was {(now - max(commits)) / 1000:.0f}s ago"
+        )
+    return False, ""
 
 
 def _committed(consumer: Consumer, tps: list[TopicPartition], group: str) -> list[TopicPartition]:
