@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fraudstream.broker import LocalBroker
 from fraudstream.config import Settings
 from fraudstream.generator.app import write_files
 from tests.conftest import REPO, env_for
@@ -482,3 +483,25 @@ def test_a_topic_that_does_not_exist_is_named(settings: Settings, tmp_path: Path
     assert_refused(run, "no-such-topic is neither a file nor an existing topic", code=2)
     run = fraudstream("evaluate", "--decisions", "no-such-topic", cwd=tmp_path, env=env)
     assert_refused(run, "no-such-topic is neither a file nor an existing topic", code=2)
+
+
+def test_reset_without_a_group_refuses_while_a_broker_answers_and_names_what_it_deletes(
+    kafka: LocalBroker, tmp_path: Path
+) -> None:
+    """(Found by an operator's review: with the broker started on another --data-dir, reset
+    saw no broker of its own, deleted the running detectors' snapshots, and said the next run
+    starts on an empty broker.)"""
+    state = tmp_path / "state"
+    (state / "g").mkdir(parents=True)
+    running = fraudstream(
+        "reset", "--yes", cwd=tmp_path,
+        extra_env={"KAFKA_BROKER_URL": kafka.bootstrap, "STATE_DIR": str(state)},
+    )  # fmt: skip
+    assert_refused(running, f"a broker is running at {kafka.bootstrap}; stop it first", code=2)
+    assert (state / "g").exists()
+    stopped = fraudstream(
+        "reset", "--yes", cwd=tmp_path, extra_env={"STATE_DIR": str(state)}
+    )  # (DEAD: nothing answers there)
+    assert stopped.code == 0, stopped.text
+    assert stopped.out.strip() == f"deleted {state}", stopped.text  # no broker data was there
+    assert not state.exists()

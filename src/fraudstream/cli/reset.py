@@ -93,10 +93,12 @@ def run(args: argparse.Namespace) -> int:
             "--group wipes only a local broker's data; reset a detector group on that cluster "
             "with --group G"
         )
+    from fraudstream.broker import answers
+
     broker = LocalBroker(port=port, data_dir=args.data_dir)
-    if broker.status():
+    if broker.status() or answers(port):  # (ours, or one started with another --data-dir)
         raise FraudstreamError(
-            f"the local broker at {broker.bootstrap} is running; stop it first "
+            f"a broker is running at {broker.bootstrap}; stop it first "
             "(Ctrl-C in `make run`, or `fraudstream broker stop`), then reset"
         )
     state = Path(settings.state_dir)
@@ -104,14 +106,19 @@ def run(args: argparse.Namespace) -> int:
     if not there:
         print(f"nothing to reset: neither {args.data_dir} nor {state} exists")
         return Exit.OK
-    if not _confirm(
-        f"This deletes every topic, record and offset of the local broker ({args.data_dir}) "
-        f"and the detectors' local state snapshots ({state}).",
-        args.yes,
-    ):
+    wiped = [
+        f"every topic, record and offset of the local broker ({args.data_dir})"
+        if args.data_dir.exists()
+        else "",
+        f"the detectors' local state snapshots ({state})" if state.exists() else "",
+    ]
+    if not _confirm(f"This deletes {' and '.join(filter(None, wiped))}.", args.yes):
         print("nothing deleted", file=sys.stderr)
         return Exit.PROBLEM
     for path in there:
         shutil.rmtree(path)
-    print(f"deleted {', '.join(map(str, there))}; the next `make run` starts on an empty broker")
+    print(
+        f"deleted {', '.join(map(str, there))}"
+        + ("; the next `make run` starts on an empty broker" if args.data_dir in there else "")
+    )
     return Exit.OK
