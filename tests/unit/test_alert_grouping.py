@@ -53,3 +53,34 @@ def test_records_of_another_shape_still_alert() -> None:
     assert sorted((a.account, a.count) for a in alerts) == [("?", 1), ("A", 3)]
     a = next(x for x in alerts if x.account == "A")
     assert a.score == 0.0 and a.reasons == ["velocity"]
+
+
+def test_the_alerts_commit_never_cuts_an_alert_formed_across_it() -> None:
+    """Account a's alert (offsets 10, 15, 30) is delivered while account b's group, opened
+    at 20, is still open: the commit went to 20, and a restart read 30 alone, which formed
+    another group and was sent again under another alert_id (found by an operator's review:
+    7 of 1,731 transactions after one kill -9). It goes to 10: the restart forms a's alert
+    again, whole, with the same id."""
+    import logging
+
+    from fraudstream.alerts.service import AlertService
+    from fraudstream.alerts.sinks import LogSink
+    from fraudstream.config import load_settings
+
+    service = AlertService(
+        load_settings(_env_file=None), [LogSink(logging.getLogger("t"))], window_ms=10_000
+    )
+    service._owned, service._next = {0}, {0: 36}
+    for offset, account, ts in [(10, "a", 0), (15, "a", 1_000), (20, "b", 2_000), (30, "a", 3_000)]:
+        assert service.grouper.add(0, offset, ts, {"source": account}, wall_ms=0) is None
+    closed = service.grouper.add(0, 35, 20_000, {"source": "a"}, wall_ms=0)
+    assert closed is not None and closed.offsets == [10, 15, 30]
+    alert = closed.alert(0)
+    service._dispatch(alert)
+    for worker in service.workers:  # every sink took it
+        service._accepted([alert.alert_id], worker.name)
+    assert service.pending() == 0
+    assert [tp.offset for tp in service.committable()] == [10]
+    service.grouper.open.clear()  # b's and a's new groups closed and delivered: nothing open
+    service._next = {0: 50}
+    assert [tp.offset for tp in service.committable()] == [50]  # and the commit moves on

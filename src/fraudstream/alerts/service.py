@@ -264,6 +264,9 @@ class AlertService:
         self._owned: set[int] = set()
         self._next: dict[int, int] = {}  # partition -> next offset to read
         self._start: dict[int, int] = {}  # partition -> first offset read since assigned
+        # per partition: (first, last) offset of each alert formed whose last record may be
+        # at or past the commit point: the commit never cuts one (`committable`)
+        self._spans: dict[int, list[tuple[int, int]]] = {}
         self.registry = CollectorRegistry()
         self.registry.register(_AlertMetrics(self))
 
@@ -284,6 +287,8 @@ class AlertService:
             if alert.alert_id in self._pending:  # formed twice (a re-read): one delivery
                 return
             self._pending[alert.alert_id] = (alert, {w.name for w in self.workers})
+            span = (alert.offsets[0], max(alert.offsets))
+            self._spans.setdefault(alert.partition, []).append(span)
         self.alerts += 1
         for w in self.workers:
             w.put(alert)
@@ -294,7 +299,9 @@ class AlertService:
 
     def committable(self) -> list[TopicPartition]:
         """Per owned partition: the first offset still needed (open group, undelivered
-        alert), else the next one to read."""
+        alert), else the next one to read; moved back to the first record of any alert
+        formed across it. (A commit inside a delivered alert's records had a restart read
+        only its later ones: they formed another group, sent again under another id.)"""
         with self._lock:
             needed: dict[int, int] = {}
             for alert, _ in self._pending.values():
@@ -302,16 +309,25 @@ class AlertService:
                 if first < self._start.get(p, first):
                     continue  # read while an earlier assignment: its commit is not ours
                 needed[p] = min(needed.get(p, first), first)
-        out = []
-        for p in sorted(self._owned):
-            if p not in self._next:
-                continue
-            at = self._next[p]
-            first_open = self.grouper.first_open_offset(p)
-            for candidate in (first_open, needed.get(p)):
-                if candidate is not None:
-                    at = min(at, candidate)
-            out.append(TopicPartition(self.settings.fraud_topic, p, at))
+            out = []
+            for p in sorted(self._owned):
+                if p not in self._next:
+                    continue
+                at = self._next[p]
+                first_open = self.grouper.first_open_offset(p)
+                for candidate in (first_open, needed.get(p)):
+                    if candidate is not None:
+                        at = min(at, candidate)
+                spans = self._spans.get(p, [])
+                moved = True
+                while moved:  # until no alert's records straddle it
+                    moved = False
+                    for first, last in spans:
+                        if first < at <= last:
+                            at, moved = first, True
+                # (the commit point never goes back: spans wholly before it are done with)
+                self._spans[p] = [(f, last) for f, last in spans if last >= at]
+                out.append(TopicPartition(self.settings.fraud_topic, p, at))
         return out
 
     # --- the loop ----------------------------------------------------------------------------
@@ -333,6 +349,8 @@ class AlertService:
             self._owned -= gone
             for p in gone:
                 self._next.pop(p, None)
+                with self._lock:
+                    self._spans.pop(p, None)
                 self._start.pop(p, None)
 
         def revoked(c: Consumer, parts: list[TopicPartition]) -> None:
