@@ -30,7 +30,7 @@ from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.stream.admin import create_missing
 from fraudstream.stream.changelog import end_offset
 from fraudstream.stream.clients import admin_client, base_config, wait_for_broker
-from fraudstream.stream.topology import Topology
+from fraudstream.stream.topology import TopicNames, Topology
 
 __all__ = [
     "GroupMismatchError",
@@ -380,10 +380,13 @@ def running_elsewhere(
 
 
 def group_topics(settings: Settings, group: str) -> list[str]:
-    """The internal topics of a detector group (repartition, changelogs, its shape)."""
+    """The topics of a detector group: its internal ones (repartition, changelogs, its shape)
+    and its instances' status reports (which `reset --group` deletes too: the status of a
+    group started over listed the instances of before)."""
     admin = admin_client(settings)
     listed = admin.list_topics(timeout=10).topics
-    return sorted(t for t in listed if Topology.is_internal(group, t))
+    status = TopicNames(group).status
+    return sorted(t for t in listed if Topology.is_internal(group, t) or t == status)
 
 
 def reset_group(settings: Settings, group: str) -> tuple[list[str], bool]:
