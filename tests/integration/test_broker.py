@@ -41,6 +41,10 @@ def test_start_is_idempotent_status_reports_and_stop_is_clean(tmp_path: Path) ->
         again = cli("broker", "start", *opts)
         assert again.returncode == 0 and "already running" in again.stdout
         assert cli("broker", "status", *opts).returncode == 0
+        # asked with another data dir: not "not running" while it answers on the port
+        other = cli("broker", "status", "--port", port, "--data-dir", str(tmp_path / "other"))
+        assert other.returncode == 1
+        assert f"but something answers on port {port}" in other.stdout, other.stdout
     finally:
         stop = cli("broker", "stop", *opts)
     assert stop.returncode == 0 and "stopped" in stop.stdout

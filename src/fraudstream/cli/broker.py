@@ -132,6 +132,16 @@ def run(args: argparse.Namespace) -> int:
         print("Kafka stopped" if broker.stop() else "no local Kafka was running")
         return Exit.OK
     up = broker.status()
+    if not up:
+        from fraudstream.broker import answers
+
+        if answers(broker.port):  # not this data dir's, but something listens there
+            print(
+                f"Kafka not running at {broker.bootstrap} from {broker.data_dir}, but something "
+                f"answers on port {broker.port}: a broker started with another --data-dir, or "
+                "another program (`fraudstream topics` checks that it is Kafka)"
+            )
+            return Exit.PROBLEM
     print(f"Kafka {'running' if up else 'not running'} at {broker.bootstrap}")
     return Exit.OK if up else Exit.PROBLEM
 
