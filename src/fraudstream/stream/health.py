@@ -305,7 +305,8 @@ def _committed(consumer: Consumer, tps: list[TopicPartition], group: str) -> lis
             if attempt == 2 or not (err.retriable() or err.code() == KafkaError._TIMED_OUT):
                 raise FraudstreamError(
                     f"could not read group {group}'s committed offsets ({err}); its coordinator "
-                    "may still be recovering from a crashed member: try again in a few seconds"
+                    "may still be loading (a broker just started) or recovering from a crashed "
+                    "member: try again in a few seconds"
                 ) from None
     raise AssertionError("unreachable")
 
