@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from fraudstream.broker import answers
 
     broker = LocalBroker(port=port, data_dir=args.data_dir)
-    if broker.status() or answers(port):  # (ours, or one started with another --data-dir)
+    if answers(port):  # ours, or one started with another --data-dir: anything listening
         raise FraudstreamError(
             f"a broker is running at {broker.bootstrap}; stop it first "
             "(Ctrl-C in `make run`, or `fraudstream broker stop`), then reset"

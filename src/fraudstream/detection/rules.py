@@ -237,7 +237,7 @@ def threshold_problems(field: Any, op: Any, value: Any = UNCHECKED) -> list[str]
     fail on the first payment it compares, or (a text where `in` takes a list: its letters)
     flag payments the rule never meant."""
     problems = []
-    known_op = op is not None and isinstance(op, str) and op in OPERATORS
+    known_op = isinstance(op, str) and op in OPERATORS
     if op is not None and not known_op:
         problems.append(f"unknown operator {op!r}; use one of {list(OPERATORS)}")
     if field is None:
