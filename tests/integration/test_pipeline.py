@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import signal
@@ -10,6 +11,9 @@ import subprocess
 from pathlib import Path
 
 import msgspec
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from fraudstream.config import Settings
 from fraudstream.detection import Engine, load_ruleset
@@ -109,6 +113,53 @@ def test_records_held_until_their_partition_went_idle_are_not_decided_again_afte
         for m in read_to_end(settings, topic)
     ]
     assert sorted(decided) == [f"first-{i}" for i in range(3)] + [f"then-{i}" for i in range(3)]
+
+
+@pytest.mark.parametrize("rules", ["default", "tutorial"])
+def test_a_group_whose_committed_offsets_are_gone_resumes_where_its_changelog_says(
+    make_settings: SettingsFactory, rules: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker forgets an empty group's committed offsets after `offsets.retention.minutes`
+    (7 days by default): a detector stopped longer than that started again from the input's
+    earliest offset and decided everything retained a second time. The input task's Meta,
+    committed in the same transaction as its offset, says where it was: the restart resumes
+    there (and says so). Deleting the stopped group leaves the broker in the same state."""
+    settings = make_settings(partition_idle_ms=100)
+    ensure_topics(settings)
+
+    def engine() -> Engine | None:
+        return Engine.from_ruleset(load_ruleset(DEFAULT_RULES)) if rules == "default" else None
+
+    first = [(f"A{i}".encode(), _payment(f"first-{i}", f"A{i}")) for i in range(12)]
+    produce_raw(settings, first)
+    run_detector(settings, len(first), engine=engine())
+    admin = AdminClient({"bootstrap.servers": settings.kafka_broker_url})
+
+    def deleted() -> bool:  # (refused while the group's last member is still leaving)
+        future = admin.delete_consumer_groups([settings.detector_group])[settings.detector_group]
+        try:
+            future.result(timeout=10)
+        except KafkaException as e:
+            if e.args[0].code() == KafkaError.NON_EMPTY_GROUP:
+                return False
+            raise
+        return True
+
+    wait_for(deleted, what="the stopped group deleted")
+    assert committed_progress(settings) == 0
+    then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(12)]
+    produce_raw(settings, then)
+    with caplog.at_level(logging.WARNING, logger="fraudstream"):
+        run_detector(settings, len(then), engine=engine())
+    decided = [
+        json.loads(m.value())["id"]
+        for topic in (settings.legit_topic, settings.fraud_topic)
+        for m in read_to_end(settings, topic)
+    ]
+    assert sorted(decided) == sorted(
+        [f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(12)]
+    )
+    assert "no committed offset" in caplog.text
 
 
 def _payment(tx_id: str, account: str) -> bytes:

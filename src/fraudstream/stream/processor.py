@@ -465,6 +465,9 @@ class Processor:
             self._commit(settled=False)
         self.manager.assign([(tp.topic, tp.partition) for tp in partitions])
         self.stats.restored_keys = self.manager.restored_keys
+        resumed = self.manager.lost_offsets(partitions)
+        if resumed is not None:  # (assigned here, librdkafka's own assignment is skipped)
+            consumer.incremental_assign(resumed)
         if partitions:
             log.info("assigned %d partitions; holds %s", len(partitions), self.manager.holding())
         first, self._assigned = not self._assigned, True

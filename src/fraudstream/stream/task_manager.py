@@ -189,6 +189,59 @@ class TaskManager:
                 time.monotonic() - started,
             )
 
+    def lost_offsets(self, partitions: list[TopicPartition]) -> list[TopicPartition] | None:
+        """The assignment to make instead of the group's own when an input partition among
+        these has no committed offset while its task's changelog says how far it was decided
+        (`Meta.last_offset`, committed in the same transaction as that offset). A broker
+        forgets an empty group's offsets after its `offsets.retention.minutes` (7 days by
+        default), and the group's reset policy (the earliest offset) would decide everything
+        retained again. None: the group's committed offsets will do."""
+        decided = {}
+        for tp in partitions:
+            task = self.tasks.get((tp.topic, tp.partition))
+            if (
+                task is not None
+                and task.stage.role in (INPUT, LABELS)
+                and task.meta.last_offset >= 0
+            ):
+                decided[(tp.topic, tp.partition)] = task.meta.last_offset
+        if not decided:
+            return None
+        asked = [TopicPartition(topic, p) for topic, p in decided]
+        try:
+            committed = self.consumer.committed(asked, timeout=10)
+        except KafkaException as e:
+            log.warning(
+                "could not read group %s's committed offsets (%s): if the broker forgot them, "
+                "its inputs are read from their earliest offset again",
+                self.settings.detector_group,
+                e.args[0].str() if e.args else e,
+            )
+            return None
+        lost = {(tp.topic, tp.partition) for tp in committed if tp.error is None and tp.offset < 0}
+        if not lost:
+            return None
+        out = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if key in lost:
+                resume = decided[key] + 1
+                log.warning(
+                    "%s [%d]: group %s has no committed offset (a broker forgets an empty "
+                    "group's offsets after its offsets.retention.minutes, 7 days by default, "
+                    "or the group was deleted), but its changelog says it decided up to "
+                    "offset %d: resuming at %d, not at the earliest",
+                    tp.topic,
+                    tp.partition,
+                    self.settings.detector_group,
+                    decided[key],
+                    resume,
+                )
+                out.append(TopicPartition(tp.topic, tp.partition, resume))
+            else:
+                out.append(TopicPartition(tp.topic, tp.partition))  # its committed offset
+        return out
+
     def holding(self) -> str:
         """What this process holds, per stage: "input 0,2,4 of 6; by-target 1,3,5 of 6; …"
         (a group spreads partitions by their count, not per stage: this shows the spread)."""

@@ -252,8 +252,9 @@ class Task:
         self.origin = ctx.topology.origin(stage, partition)  # its id downstream
         self.engine = engine
         self.meta = meta
-        # a one-stage topology sends no marks: nothing to keep
-        self.keep_meta = ctx.topology.staged
+        # a one-stage topology sends no marks, but its input's place (`last_offset`) is kept:
+        # a group whose committed offsets the broker forgot resumes there
+        self.keep_meta = ctx.topology.staged or stage.role == INPUT
         self._saved = encode_meta(meta)  # the Meta as last committed
         self._committing = self._saved
         self.dirty = False  # read something since the last commit
