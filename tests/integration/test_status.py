@@ -79,6 +79,9 @@ def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Pa
         wait_for(lambda: _status(settings).returncode == 0, timeout=60, what="status ok")
         assert "ok: nothing is stuck" in _status(settings).stdout
         flowing.stop(proc)
+        # stopped cleanly, it says so (its last report lingered as if it ran)
+        after = _status(settings)
+        assert after.returncode == 0 and "instance 0: stopped" in after.stdout, after.stdout
     finally:
         flowing.cleanup()
 

@@ -89,3 +89,23 @@ def test_the_group_is_stuck_when_and_only_when_something_holds_records_back() ->
         True,
         "instance(s) 0 report a stall (0: waits)",
     )
+    # One that stopped cleanly said so: not running, holding nothing, not a lost member
+    # (its last report lingered as if it ran, until it was no longer fresh).
+    stopped = Status("1", now - 2_000, now - 2_100, 10, False, [], stopped=True)
+    assert stall(rows, [taken_over, stopped], now, fresh, "g", 30_000) == (False, "")
+    assert stall(rows, [stopped], now, fresh, "g", 30_000) == (
+        True,
+        "150 records wait and no detector of group g runs (instance 1 stopped 2s ago): start one",
+    )
+    assert stall(rows[:1], [stopped], now, fresh, "g", 30_000) == (False, "")  # nothing waits
+
+
+def test_a_stopped_instance_is_listed_as_stopped() -> None:
+    from fraudstream.stream.health import GroupStatus, Status, format_status, running
+
+    now = 1_000_000
+    up = Status("0", now - 1_000, now - 900, 42, False, [])
+    down = Status("1", now - 5_000, now - 5_100, 7, False, [], stopped=True)
+    assert running([up, down], now, 6_000) == [up]
+    text = format_status(GroupStatus("g", [], [up, down], now, False, ""))
+    assert "  instance 1: stopped 5s ago, having decided 7" in text.splitlines()

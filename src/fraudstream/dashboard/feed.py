@@ -32,7 +32,7 @@ from fraudstream.config import Settings
 from fraudstream.dashboard.board import ROWS_PER_TICK, Board, Row, View
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream import consumer_config, ensure_topics
-from fraudstream.stream.health import read_status
+from fraudstream.stream.health import read_status, running
 
 __all__ = ["Feed"]
 
@@ -270,7 +270,7 @@ def _health(settings: Settings) -> dict[str, Any]:
         stage["lag"] += row.lag
         stage["buffered"] += row.buffered
         stage["partitions"] += 1
-    live = [r for r in status.reports if status.now_ms - r.at_ms <= 3 * settings.status_interval_ms]
+    live = running(status.reports, status.now_ms, 3 * settings.status_interval_ms)
     commits = [r.last_commit_ms for r in live if r.last_commit_ms]
     return {
         "known": True,

@@ -37,6 +37,7 @@ __all__ = [
     "format_status",
     "paused_too_long",
     "read_status",
+    "running",
     "stall",
     "waits",
 ]
@@ -66,6 +67,12 @@ class Status(msgspec.Struct, frozen=True):
     tasks: list[TaskStatus]
     drift: str = ""  # why its model's last window of decisions left the training range
     why: str = ""  # what it waits for, when stalled
+    stopped: bool = False  # its last report: it stopped cleanly (left the group, holds nothing)
+
+
+def running(reports: list[Status], now: int, fresh: int) -> list[Status]:
+    """The instances that run: reported within `fresh` ms, and not to say they stopped."""
+    return [r for r in reports if now - r.at_ms <= fresh and not r.stopped]
 
 
 def describe_key(key: Key | None) -> str:
@@ -216,8 +223,7 @@ def read_status(
         consumer.close()
     by_task = {
         (t.topic, t.partition): (t, r.instance)
-        for r in reports
-        if now - r.at_ms <= fresh
+        for r in running(reports, now, fresh)
         for t in r.tasks
     }
     ends = {
@@ -255,7 +261,7 @@ def stall(
     that has stopped reporting (killed: the group gives them to another once its session
     times out; the live ones' commits say nothing of them); or records wait and no commit
     came for `warn_ms`. An instance that has not committed yet is starting, not stalled."""
-    live = [r for r in reports if now - r.at_ms <= fresh]
+    live = running(reports, now, fresh)
     waiting = sum(r.lag for r in rows) + sum(r.buffered for r in rows)
     if any(r.stalled for r in live):
         why = "instance(s) " + ", ".join(r.instance for r in live if r.stalled) + " report a stall"
@@ -266,11 +272,18 @@ def stall(
     if not waiting:
         return False, ""
     if not live:
+        stopped = [r for r in reports if r.stopped]
+        if stopped and max(r.at_ms for r in stopped) >= max(r.at_ms for r in reports):
+            last = max(stopped, key=lambda r: r.at_ms)
+            return True, (
+                f"{waiting} records wait and no detector of group {group} runs (instance "
+                f"{last.instance} stopped {(now - last.at_ms) / 1000:.0f}s ago): start one"
+            )
         return True, f"{waiting} records wait and no detector of group {group} has reported lately"
     held_live = {(t.topic, t.partition) for r in live for t in r.tasks}
     lagging = {(r.topic, r.partition): r.lag for r in rows if r.lag}
     for r in reports:
-        if r in live:
+        if r in live or r.stopped:  # (one that stopped gave its partitions back)
             continue
         orphans = [
             (t.topic, t.partition)
@@ -343,6 +356,11 @@ def format_status(status: GroupStatus) -> str:
         # a report written after `now_ms` was taken is "0 s ago", not "-0.1 s ago"
         age = max(status.now_ms - r.last_commit_ms, 0) / 1000 if r.last_commit_ms else None
         seen = max(status.now_ms - r.at_ms, 0) / 1000
+        if r.stopped:
+            lines.append(
+                f"  instance {r.instance}: stopped {seen:.0f}s ago, having decided {r.decided}"
+            )
+            continue
         lines.append(
             f"  instance {r.instance}: decided {r.decided}, last commit "
             + (f"{age:.1f}s ago" if age is not None else "none yet")

@@ -142,6 +142,7 @@ class Processor:
         self._paused_said = 0.0  # when a partition paused too long was last logged
         self._last_commit_ms = 0
         self._status_producer: Producer | None = None
+        self._stopped_cleanly = False  # `run` returned without an error: its last report says so
         self._renewals = 0  # producers replaced since the last commit
         self._workers = 1  # processes of `--workers N` started together (`run`)
         self._assigned = False  # a first assignment came
@@ -213,6 +214,7 @@ class Processor:
                 if on_start is not None:
                     on_start()
             self._loop(stop, stop_after)
+            self._stopped_cleanly = True
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             raise ProcessingError(fatal_message(err)) from None
@@ -304,6 +306,8 @@ class Processor:
         self.txn.close()
         self.consumer.close()
         if self._status_producer is not None:
+            if self._stopped_cleanly:  # `fraudstream status` then shows it stopped, not lost
+                self._publish_status([], stalled=False, why="", stopped=True)
             self._status_producer.flush(5)
         if self._snapshots is not None:
             self._snapshots.flush()
@@ -605,7 +609,9 @@ class Processor:
             self._next_status = now + self.settings.status_interval_ms / 1000
             self._publish_status(tasks, stalled=stalled, why=why)
 
-    def _publish_status(self, tasks: list[TaskStatus], *, stalled: bool, why: str) -> None:
+    def _publish_status(
+        self, tasks: list[TaskStatus], *, stalled: bool, why: str, stopped: bool = False
+    ) -> None:
         assert self.topology is not None
         if self._status_producer is None:
             self._status_producer = Producer(base_config(self.settings, f"{self._name}-status"))
@@ -618,6 +624,7 @@ class Processor:
             tasks,
             self._drift_said,
             why if stalled else "",
+            stopped,
         )
         try:
             self._status_producer.produce(
