@@ -149,8 +149,12 @@ def test_a_group_whose_committed_offsets_are_gone_resumes_where_its_changelog_sa
     assert committed_progress(settings) == 0
     then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(12)]
     produce_raw(settings, then)
+    # its first transaction aborted on purpose (the seed's first draw, 0.13 < 0.5): the
+    # rewind finds no committed offset either, and goes where the changelog says too
+    aborting = settings.model_copy(update={"fault_abort_rate": 0.5, "fault_injection_seed": 1})
     with caplog.at_level(logging.WARNING, logger="fraudstream"):
-        run_detector(settings, len(then), engine=engine())
+        run_detector(aborting, len(then), engine=engine())
+    assert "chaos: aborting this transaction on purpose" in caplog.text
     decided = [
         json.loads(m.value())["id"]
         for topic in (settings.legit_topic, settings.fraud_topic)

@@ -453,11 +453,15 @@ class Processor:
         self.collector.discard()  # forwarded in the aborted step: redone from the offsets
         assigned = self.consumer.assignment()
         if assigned:
+            assert self.manager is not None
             for tp in self.consumer.committed(assigned, timeout=30):
                 if tp.offset >= 0:
                     self.consumer.seek(tp)
-                else:  # nothing committed yet: start over from the beginning
-                    self.consumer.seek(TopicPartition(tp.topic, tp.partition, -2))
+                else:  # nothing committed: where its changelog says, else from the beginning
+                    # (a group whose offsets the broker forgot: `TaskManager.lost_offsets`)
+                    resume = self.manager.resume_offset(tp.topic, tp.partition)
+                    start = -2 if resume is None else resume
+                    self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
 
     # --- assignment ------------------------------------------------------------------------
 

@@ -189,6 +189,14 @@ class TaskManager:
                 time.monotonic() - started,
             )
 
+    def resume_offset(self, topic: str, partition: int) -> int | None:
+        """Where an input (or labels) partition resumes by its task's committed `Meta`: after
+        the last offset it decided; None when it decided nothing yet (or is not an input)."""
+        task = self.tasks.get((topic, partition))
+        if task is None or task.stage.role not in (INPUT, LABELS) or task.meta.last_offset < 0:
+            return None
+        return task.meta.last_offset + 1
+
     def lost_offsets(self, partitions: list[TopicPartition]) -> list[TopicPartition] | None:
         """The assignment to make instead of the group's own when an input partition among
         these has no committed offset while its task's changelog says how far it was decided
@@ -198,13 +206,9 @@ class TaskManager:
         retained again. None: the group's committed offsets will do."""
         decided = {}
         for tp in partitions:
-            task = self.tasks.get((tp.topic, tp.partition))
-            if (
-                task is not None
-                and task.stage.role in (INPUT, LABELS)
-                and task.meta.last_offset >= 0
-            ):
-                decided[(tp.topic, tp.partition)] = task.meta.last_offset
+            resume = self.resume_offset(tp.topic, tp.partition)
+            if resume is not None:
+                decided[(tp.topic, tp.partition)] = resume - 1
         if not decided:
             return None
         asked = [TopicPartition(topic, p) for topic, p in decided]
