@@ -215,9 +215,12 @@ class TaskManager:
         try:
             committed = self.consumer.committed(asked, timeout=10)
         except KafkaException as e:
+            # (a member killed in a transaction holds them until the transaction is aborted:
+            # librdkafka's own read of them after this callback waits on, as it did before)
             log.warning(
-                "could not read group %s's committed offsets (%s): if the broker forgot them, "
-                "its inputs are read from their earliest offset again",
+                "could not read group %s's committed offsets within 10 s (%s): a member "
+                "stopped in a transaction may hold them until it times out; reading on from "
+                "them once they are readable",
                 self.settings.detector_group,
                 e.args[0].str() if e.args else e,
             )
