@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -115,15 +116,20 @@ def test_records_held_until_their_partition_went_idle_are_not_decided_again_afte
     assert sorted(decided) == [f"first-{i}" for i in range(3)] + [f"then-{i}" for i in range(3)]
 
 
-@pytest.mark.parametrize("rules", ["default", "tutorial"])
+@pytest.mark.parametrize(
+    ("rules", "recreated"), [("default", False), ("tutorial", False), ("default", True)]
+)
 def test_a_group_whose_committed_offsets_are_gone_resumes_where_its_changelog_says(
-    make_settings: SettingsFactory, rules: str, caplog: pytest.LogCaptureFixture
+    make_settings: SettingsFactory, rules: str, recreated: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A broker forgets an empty group's committed offsets after `offsets.retention.minutes`
     (7 days by default): a detector stopped longer than that started again from the input's
     earliest offset and decided everything retained a second time. The input task's Meta,
     committed in the same transaction as its offset, says where it was: the restart resumes
-    there (and says so). Deleting the stopped group leaves the broker in the same state."""
+    there (and says so). Deleting the stopped group leaves the broker in the same state.
+    An input topic deleted and created again under its name is not resumed in: its records
+    from the first are new (they were skipped when the changelog's place was taken for one
+    in it)."""
     settings = make_settings(partition_idle_ms=100)
     ensure_topics(settings)
 
@@ -147,7 +153,13 @@ def test_a_group_whose_committed_offsets_are_gone_resumes_where_its_changelog_sa
 
     wait_for(deleted, what="the stopped group deleted")
     assert committed_progress(settings) == 0
-    then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(12)]
+    more = 24 if recreated else 12  # (recreated: past where the old one ended)
+    then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(more)]
+    if recreated:  # a new topic of that name: the changelog's place is not in it
+        topic = settings.transactions_topic
+        admin.delete_topics([topic])[topic].result(timeout=30)
+        wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, what="it deleted")
+        wait_for(lambda: _created(settings), what="it created again")
     produce_raw(settings, then)
     # its first transaction aborted on purpose (the seed's first draw, 0.13 < 0.5): the
     # rewind finds no committed offset either, and goes where the changelog says too
@@ -161,9 +173,18 @@ def test_a_group_whose_committed_offsets_are_gone_resumes_where_its_changelog_sa
         for m in read_to_end(settings, topic)
     ]
     assert sorted(decided) == sorted(
-        [f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(12)]
+        [f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(more)]
     )
-    assert "no committed offset" in caplog.text
+    assert ("no committed offset" in caplog.text) is not recreated
+
+
+def _created(settings: Settings) -> bool:
+    """The input topic made (again); False while the broker still deletes the old one."""
+    try:
+        ensure_topics(settings)
+    except KafkaException:
+        return False
+    return True
 
 
 def _payment(tx_id: str, account: str) -> bytes:
@@ -375,3 +396,93 @@ def test_a_clean_stop_deletes_what_the_group_committed_past_on_the_repartition_t
         c.close()
     assert all(o > 0 for o in committed), committed
     assert low == committed
+    # deleted only so: kept until then, however long the group stops (the broker's default
+    # retention, 7 days, lost what a stage still held)
+    from confluent_kafka.admin import ConfigResource
+
+    resource = ConfigResource("topic", topic)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_broker_url})
+    config = admin.describe_configs([resource])[resource].result(timeout=30)
+    assert config["retention.ms"].value == "-1"
+
+
+def test_a_bad_repartition_record_read_again_after_a_restart_is_dead_lettered_once(
+    make_settings: SettingsFactory,
+) -> None:
+    """A record on a repartition topic that no detector wrote goes to the dead-letter topic
+    once. A keyed stage's committed offset stays at the oldest block it still buffers, so a
+    restart reads again what came after it: the blocks are recognised by their numbers, and
+    the bad record, which has none, by the last offset the stage had read (its `Meta`,
+    committed with the dead letter). It was dead-lettered a second time."""
+    import threading
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    from confluent_kafka import Producer
+
+    from fraudstream.stream import Processor
+    from fraudstream.stream.ordering import DATA, decode_block
+    from fraudstream.stream.topology import TopicNames
+
+    # input partition 2 stays silent and never idles: the payee stage releases nothing
+    settings = make_settings(partition_idle_ms=600_000)
+    ensure_topics(settings)
+    by_target = TopicNames(settings.detector_group).by("target")
+
+    @contextmanager
+    def detecting() -> Iterator[None]:
+        processor = Processor(settings, Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
+        stop = threading.Event()
+        thread = threading.Thread(target=processor.run, args=(stop,))
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(60)
+            assert not thread.is_alive()
+
+    t0 = 1_790_000_000_000
+    producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
+
+    def pay(i: int, ts: int, partition: int) -> None:
+        tx = {"id": f"p-{i}", "source": f"A{i}", "target": "P1", "amount": 20.0}
+        value = json.dumps(tx | {"currency": "EUR", "timestamp": ts}).encode()
+        producer.produce(settings.transactions_topic, value, partition=partition)
+
+    for i in range(40):
+        pay(i, t0 + i * 1000, i % 2)
+    assert producer.flush(30) == 0
+
+    def dead() -> list[Any]:
+        return read_to_end(settings, settings.dlq_topic)
+
+    with detecting():
+        data: set[int] = set()  # the payee stage's partitions with payments
+
+        def forwarded() -> bool:
+            try:
+                blocks = read_to_end(settings, by_target)
+            except KafkaException:  # (the topic just made: no leader yet)
+                return False
+            data.update(m.partition() for m in blocks if decode_block(m.value())[0].kind == DATA)
+            return bool(data)
+
+        wait_for(forwarded, what="payments on the payee stage's topic")
+        for p in data:  # after payments it buffers (nothing is let out)
+            producer.produce(by_target, b"not a block", b"k", partition=p)
+        assert producer.flush(30) == 0
+        wait_for(lambda: len(dead()) == len(data), what="the bad records dead-lettered")
+    with detecting():  # reads the payee stage's topic again from its oldest buffered block
+        # the silent partition speaks (past its first RUN records, whose clock they tell)
+        for i in range(40, 57):
+            pay(i, t0 + 100_000 + i, 2)
+        assert producer.flush(30) == 0
+        # all but the last (above input partition 0's mark, the lowest now)
+        wait_for(
+            lambda: len(read_to_end(settings, settings.legit_topic)) >= 39,
+            what="the first 39 decided",
+        )
+    bad = dead()
+    assert len(bad) == len(data), [m.value() for m in bad]
+    assert {dict(m.headers())["error.stage"] for m in bad} == {b"repartition"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -16,7 +17,7 @@ from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import consumer_config
 
-__all__ = ["end_offset", "end_offsets", "read_changelog", "topic_id"]
+__all__ = ["end_offset", "end_offsets", "read_changelog", "topic_id", "topic_ids"]
 
 _NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
     KafkaError._UNKNOWN_PARTITION,
@@ -105,11 +106,17 @@ def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[i
 
 def topic_id(settings: Settings, topic: str) -> str:
     """The topic's id: a topic deleted and created again under the same name has another."""
+    return topic_ids(settings, [topic])[topic]
+
+
+def topic_ids(settings: Settings, topics: list[str], admin: Any = None) -> dict[str, str]:
+    """`topic_id` of each (`admin`: a client to ask with, else one of its own)."""
     from confluent_kafka import TopicCollection
     from confluent_kafka.admin import AdminClient
 
     from fraudstream.stream.clients import base_config
 
-    admin = AdminClient(base_config(settings, "fraudstream-topic-id"))
-    described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=30)
-    return str(described.topic_id)
+    if admin is None:
+        admin = AdminClient(base_config(settings, "fraudstream-topic-id"))
+    described = admin.describe_topics(TopicCollection(topics))
+    return {t: str(described[t].result(timeout=30).topic_id) for t in topics}

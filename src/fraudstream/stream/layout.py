@@ -49,6 +49,7 @@ SHAPE_KEY = b"shape"
 
 
 STATUS_TOPIC_CONFIG = {"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"}
+REPARTITION_TOPIC_CONFIG = {"retention.ms": "-1"}  # kept until purged (`prepare_topology`)
 # ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits; 5: feature rows as bytes;
 # 6: bundles (Envelope.more), which a detector of format 5 would read as their first payment
 # alone, silently: a group of format 5 is moved to 6 in place (`Shape.upgrades`), so that such
@@ -294,10 +295,14 @@ def prepare_topology(
             + "; ".join(wrong)
             + f". {_next_step(group)}"
         )
-    # the other internal topics in one request, then one wait for all their leaders
+    # the other internal topics in one request, then one wait for all their leaders; the
+    # repartition topics keep their records until the group has committed past them and
+    # deletes them (`TaskManager.purge`), however long a detector stops (as Kafka Streams'
+    # do): with the broker's 7 days, a stop that long lost what the stages still held
     created = create_missing(
         s,
         {t: (n, False) for t, n in repartition} | {t: (n, True) for t, n in changelogs},
+        {t: REPARTITION_TOPIC_CONFIG for t, _ in repartition},
         admin=admin,
         listed=listed,
     )

@@ -137,7 +137,8 @@ class Meta(msgspec.Struct, omit_defaults=True):
     """A task's bookkeeping, committed in its changelog with its state."""
 
     stream_time: int = 0  # input tasks: the largest event time seen
-    last_offset: int = -1  # input tasks: the last input offset processed
+    last_offset: int = -1  # the last offset of its input read (keyed stages: of its topic)
+    source: str = ""  # input and labels tasks: the id of the topic `last_offset` is in
     seq: dict[int, int] = {}  # data messages sent, per downstream partition
     mark_seq: int = 0  # marks sent
     sent: Key | None = None  # the last mark sent

@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 from fraudstream.config import Settings, consumer_protocol
 from fraudstream.detection import Engine
 from fraudstream.errors import ProcessingError
+from fraudstream.stream.changelog import topic_ids
 from fraudstream.stream.clients import (
     base_config,
     consumer_config,
@@ -53,8 +54,8 @@ from fraudstream.stream.layout import member_name, prepare_topology
 from fraudstream.stream.metrics import RuntimeMetrics
 from fraudstream.stream.snapshot import SnapshotStore
 from fraudstream.stream.task_manager import TaskManager
-from fraudstream.stream.tasks import TaskContext
-from fraudstream.stream.topology import Topology
+from fraudstream.stream.tasks import Task, TaskContext
+from fraudstream.stream.topology import INPUT, LABELS, Topology
 from fraudstream.stream.transactions import (
     TransactionCoordinator,
     abortable,
@@ -142,6 +143,7 @@ class Processor:
         self._paused_said = 0.0  # when a partition paused too long was last logged
         self._last_commit_ms = 0
         self._status_producer: Producer | None = None
+        self._input_ids: dict[str, str] = {}  # the input and labels topics' ids (`Meta.source`)
         self._stopped_cleanly = False  # `run` returned without an error: its last report says so
         self._renewals = 0  # producers replaced since the last commit
         self._workers = 1  # processes of `--workers N` started together (`run`)
@@ -181,6 +183,8 @@ class Processor:
                 labels=self.engine.has_features,
                 admin=self._admin,
             )
+            inputs = [s.topic for s in self.topology.by_topic.values() if s.role in (INPUT, LABELS)]
+            self._input_ids = topic_ids(self.settings, inputs, admin=self._admin)
         except BaseException:
             self.consumer.close()
             raise
@@ -189,6 +193,7 @@ class Processor:
             # errors while a broker restarts); a purge makes its own when it needs one
             self._admin = None
         ctx = TaskContext(self.settings, self.topology, self.engine, self.collector, self.wall_ms)
+        ctx.input_ids = self._input_ids
         self.manager = TaskManager(
             ctx, self.consumer, self.engine, self._snapshots, clock=self.clock, name=self._name
         )
@@ -352,6 +357,8 @@ class Processor:
             task = tasks.get(tp)
             if task is None:  # not ours (any more): the new owner reads it again (the commit
                 continue  # that gave it up covered only what was read: `_on_revoke`)
+            if task.check_resume and not self.resumed(task, run[0].offset()):
+                continue  # (read again from where it was: these are decided)
             task.take(run)
             if task.buffers:
                 buffering.append(task)
@@ -365,6 +372,50 @@ class Processor:
                 if task.stage is stage:
                     task.release()
         self.collector.flush()
+
+    def resumed(self, task: Task, first: int) -> bool:
+        """An input task's first records since it was made: whether they come where its
+        changelog says it was (the offset after the last one it decided, committed in the
+        same transaction as its offset; `Task.resume_offset`). Before it, while the group has
+        no committed offset for the partition: the broker forgot an empty group's offsets
+        (`offsets.retention.minutes` after it emptied, 7 days by default) and the consumer
+        started at the earliest offset, which would decide everything retained again; it
+        is sent back there instead (False: these records are dropped). A committed offset
+        before it, moved there on purpose, is followed."""
+        task.check_resume = False
+        resume = task.resume_offset()
+        if resume is None or first >= resume:
+            return True
+        tp = TopicPartition(task.stage.topic, task.partition)
+        try:
+            (committed,) = self.consumer.committed([tp], timeout=30)
+        except KafkaException as exc:
+            log.warning(
+                "%s [%d]: read from offset %d, before the %d its changelog resumes at, and "
+                "the group's committed offset could not be read (%s): reading on from there",
+                tp.topic,
+                tp.partition,
+                first,
+                resume,
+                exc.args[0],
+            )
+            return True
+        if committed.offset >= 0:
+            return True
+        log.warning(
+            "%s [%d]: group %s has no committed offset (a broker forgets an empty group's "
+            "offsets after its offsets.retention.minutes, 7 days by default, or the group "
+            "was deleted), but its changelog says it decided up to offset %d: resuming at "
+            "%d, not at %d",
+            tp.topic,
+            tp.partition,
+            self.settings.detector_group,
+            resume - 1,
+            resume,
+            first,
+        )
+        self.consumer.seek(TopicPartition(tp.topic, tp.partition, resume))
+        return False
 
     # --- the commit cycle ------------------------------------------------------------------
 
@@ -458,8 +509,9 @@ class Processor:
                 if tp.offset >= 0:
                     self.consumer.seek(tp)
                 else:  # nothing committed: where its changelog says, else from the beginning
-                    # (a group whose offsets the broker forgot: `TaskManager.lost_offsets`)
-                    resume = self.manager.resume_offset(tp.topic, tp.partition)
+                    # (a group whose offsets the broker forgot: `resumed`)
+                    task = self.manager.tasks.get((tp.topic, tp.partition))
+                    resume = task.resume_offset() if task is not None else None
                     start = -2 if resume is None else resume
                     self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
 
@@ -473,9 +525,6 @@ class Processor:
             self._commit(settled=False)
         self.manager.assign([(tp.topic, tp.partition) for tp in partitions])
         self.stats.restored_keys = self.manager.restored_keys
-        resumed = self.manager.lost_offsets(partitions)
-        if resumed is not None:  # (assigned here, librdkafka's own assignment is skipped)
-            consumer.incremental_assign(resumed)
         if partitions:
             log.info("assigned %d partitions; holds %s", len(partitions), self.manager.holding())
         first, self._assigned = not self._assigned, True

@@ -189,66 +189,6 @@ class TaskManager:
                 time.monotonic() - started,
             )
 
-    def resume_offset(self, topic: str, partition: int) -> int | None:
-        """Where an input (or labels) partition resumes by its task's committed `Meta`: after
-        the last offset it decided; None when it decided nothing yet (or is not an input)."""
-        task = self.tasks.get((topic, partition))
-        if task is None or task.stage.role not in (INPUT, LABELS) or task.meta.last_offset < 0:
-            return None
-        return task.meta.last_offset + 1
-
-    def lost_offsets(self, partitions: list[TopicPartition]) -> list[TopicPartition] | None:
-        """The assignment to make instead of the group's own when an input partition among
-        these has no committed offset while its task's changelog says how far it was decided
-        (`Meta.last_offset`, committed in the same transaction as that offset). A broker
-        forgets an empty group's offsets after its `offsets.retention.minutes` (7 days by
-        default), and the group's reset policy (the earliest offset) would decide everything
-        retained again. None: the group's committed offsets will do."""
-        decided = {}
-        for tp in partitions:
-            resume = self.resume_offset(tp.topic, tp.partition)
-            if resume is not None:
-                decided[(tp.topic, tp.partition)] = resume - 1
-        if not decided:
-            return None
-        asked = [TopicPartition(topic, p) for topic, p in decided]
-        try:
-            committed = self.consumer.committed(asked, timeout=10)
-        except KafkaException as e:
-            # (a member killed in a transaction holds them until the transaction is aborted:
-            # librdkafka's own read of them after this callback waits on, as it did before)
-            log.warning(
-                "could not read group %s's committed offsets within 10 s (%s): a member "
-                "stopped in a transaction may hold them until it times out; reading on from "
-                "them once they are readable",
-                self.settings.detector_group,
-                e.args[0].str() if e.args else e,
-            )
-            return None
-        lost = {(tp.topic, tp.partition) for tp in committed if tp.error is None and tp.offset < 0}
-        if not lost:
-            return None
-        out = []
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            if key in lost:
-                resume = decided[key] + 1
-                log.warning(
-                    "%s [%d]: group %s has no committed offset (a broker forgets an empty "
-                    "group's offsets after its offsets.retention.minutes, 7 days by default, "
-                    "or the group was deleted), but its changelog says it decided up to "
-                    "offset %d: resuming at %d, not at the earliest",
-                    tp.topic,
-                    tp.partition,
-                    self.settings.detector_group,
-                    decided[key],
-                    resume,
-                )
-                out.append(TopicPartition(tp.topic, tp.partition, resume))
-            else:
-                out.append(TopicPartition(tp.topic, tp.partition))  # its committed offset
-        return out
-
     def holding(self) -> str:
         """What this process holds, per stage: "input 0,2,4 of 6; by-target 1,3,5 of 6; …"
         (a group spreads partitions by their count, not per stage: this shows the spread)."""

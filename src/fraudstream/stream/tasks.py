@@ -92,6 +92,9 @@ class TaskContext:
     collector: RecordCollector
     wall_ms: Callable[[], int]  # only to refuse event times from the future
     skipped_labels: Counter[str] = field(default_factory=Counter)  # dead-lettered, by class
+    # the input and labels topics' ids: a task's `Meta.source`, so that its `last_offset`
+    # is not taken for an offset of a topic deleted and created again under the same name
+    input_ids: dict[str, str] = field(default_factory=dict)
     # per stage index: the amount under which a payment crosses that stage without its
     # decoded transaction (`lean`); only the last keyed stage (what it forwards goes to the
     # output, which needs the input's bytes, not the transaction)
@@ -252,6 +255,13 @@ class Task:
         self.origin = ctx.topology.origin(stage, partition)  # its id downstream
         self.engine = engine
         self.meta = meta
+        # input and labels tasks: the id of the topic they read (`Meta.source`); a place
+        # kept for a topic of that name deleted since means nothing here
+        self.source = ctx.input_ids.get(stage.topic, "")
+        if self.source and meta.source and meta.source != self.source:
+            meta.last_offset, meta.source = -1, ""
+        # whether its first records read show where its input resumed (`Processor.resumed`)
+        self.check_resume = self.resume_offset() is not None
         # a one-stage topology sends no marks, but its input's place (`last_offset`) is kept:
         # a group whose committed offsets the broker forgot resumes there
         self.keep_meta = ctx.topology.staged or stage.role == INPUT
@@ -277,6 +287,15 @@ class Task:
         self.idle = False
         self.read(run)
         self.read_to = int(run[-1].offset()) + 1
+
+    def resume_offset(self) -> int | None:
+        """Input and labels tasks: where its input resumes by its committed `Meta`, the
+        offset after the last one it decided (in the same transaction as its committed offset);
+        None when that is not known (nothing decided yet, or in a topic deleted since)."""
+        m = self.meta
+        if m.last_offset < 0 or not self.source or m.source != self.source:
+            return None
+        return m.last_offset + 1
 
     # --- hooks -----------------------------------------------------------------------------
 
@@ -459,6 +478,7 @@ class InputTask(_Unbuffered):
             return
         meta.stream_time = stream_time
         meta.last_offset = msgs[stop - 1].offset()
+        meta.source = self.source
         if not placed:
             return
         assert self.engine is not None
@@ -542,6 +562,7 @@ class LabelTask(_Unbuffered):
         meta = self.meta
         to = topology.next(self.stage)
         q = self.origin
+        meta.source = self.source
         for msg in msgs:
             meta.last_offset = msg.offset()
             try:
@@ -591,12 +612,17 @@ class KeyedTask(Task):
         orderer = self.orderer
         collector = self.ctx.collector
         envelopes = 0
+        # Its committed offset stays at the oldest block it buffers, so a restart reads again
+        # what came after: blocks are known again by their numbers, a bad record by its offset
+        # (its dead letter was committed with this `last_offset`).
+        read_before = self.meta.last_offset
         for msg in msgs:
             value = msg.value()
             try:
                 block = decode_block(value)
             except Exception as exc:  # not written by a detector: keep it, never stop
-                collector.dead_letter(msg, type(exc).__name__, str(exc), "repartition")
+                if msg.offset() > read_before:
+                    collector.dead_letter(msg, type(exc).__name__, str(exc), "repartition")
                 continue
             if not block:
                 continue
@@ -604,6 +630,7 @@ class KeyedTask(Task):
             held = payments(block)
             orderer.offer_block(block, msg.offset(), len(value) // held)
             envelopes += held
+        self.meta.last_offset = max(read_before, msgs[-1].offset())
         collector.count_blocks(envelopes, len(msgs))
 
     def release(self) -> None:
