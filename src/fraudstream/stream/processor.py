@@ -183,8 +183,7 @@ class Processor:
                 labels=self.engine.has_features,
                 admin=self._admin,
             )
-            inputs = [s.topic for s in self.topology.by_topic.values() if s.role in (INPUT, LABELS)]
-            self._input_ids = topic_ids(self.settings, inputs, admin=self._admin)
+            self._input_ids = self._topic_ids()
         except BaseException:
             self.consumer.close()
             raise
@@ -358,7 +357,8 @@ class Processor:
             if task is None:  # not ours (any more): the new owner reads it again (the commit
                 continue  # that gave it up covered only what was read: `_on_revoke`)
             if task.check_resume and not self.resumed(task, run[0].offset()):
-                continue  # (read again from where it was: these are decided)
+                ends.pop(tp, None)  # (sent back: not at its end)
+                continue
             task.take(run)
             if task.buffers:
                 buffering.append(task)
@@ -373,6 +373,17 @@ class Processor:
                     task.release()
         self.collector.flush()
 
+    def _topic_ids(self) -> dict[str, str]:
+        """The input and labels topics' ids (`Meta.source`); none when the broker does not
+        say (their tasks then resume only where the group's committed offsets say)."""
+        assert self.topology is not None
+        inputs = [s.topic for s in self.topology.by_topic.values() if s.role in (INPUT, LABELS)]
+        try:
+            return topic_ids(self.settings, inputs, admin=self._admin)
+        except KafkaException as exc:
+            log.warning("could not read the ids of %s (%s)", ", ".join(inputs), exc.args[0])
+            return {}
+
     def resumed(self, task: Task, first: int) -> bool:
         """An input task's first records since it was made: whether they come where its
         changelog says it was (the offset after the last one it decided, committed in the
@@ -381,26 +392,45 @@ class Processor:
         (`offsets.retention.minutes` after it emptied, 7 days by default) and the consumer
         started at the earliest offset, which would decide everything retained again; it
         is sent back there instead (False: these records are dropped). A committed offset
-        before it, moved there on purpose, is followed."""
-        task.check_resume = False
+        before it, moved there on purpose, is followed. Not known (the offsets unreadable):
+        sent back to `first` and asked again at the next step."""
         resume = task.resume_offset()
         if resume is None or first >= resume:
+            task.check_resume = False
             return True
         tp = TopicPartition(task.stage.topic, task.partition)
         try:
             (committed,) = self.consumer.committed([tp], timeout=30)
+            failed = committed.error
         except KafkaException as exc:
+            failed = exc.args[0]
+        if failed is not None:
             log.warning(
                 "%s [%d]: read from offset %d, before the %d its changelog resumes at, and "
-                "the group's committed offset could not be read (%s): reading on from there",
+                "the group's committed offset could not be read (%s): asking again",
                 tp.topic,
                 tp.partition,
                 first,
                 resume,
-                exc.args[0],
+                failed,
             )
-            return True
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, first))
+            return False
+        task.check_resume = False
         if committed.offset >= 0:
+            return True
+        _, end = self.consumer.get_watermark_offsets(tp, timeout=30, cached=False)
+        if resume > end:  # not this topic's place (one deleted and made again, before ids)
+            log.warning(
+                "%s [%d]: group %s has no committed offset and its changelog's place (offset "
+                "%d) is past the partition's end (%d): deciding it from offset %d",
+                tp.topic,
+                tp.partition,
+                self.settings.detector_group,
+                resume - 1,
+                end,
+                first,
+            )
             return True
         log.warning(
             "%s [%d]: group %s has no committed offset (a broker forgets an empty group's "

@@ -293,7 +293,9 @@ class Task:
         offset after the last one it decided (in the same transaction as its committed offset);
         None when that is not known (nothing decided yet, or in a topic deleted since)."""
         m = self.meta
-        if m.last_offset < 0 or not self.source or m.source != self.source:
+        # (a Meta written before it kept the topic's id, "", is taken as this topic's:
+        # `Processor.resumed` checks it against the partition's end)
+        if m.last_offset < 0 or not self.source or m.source not in ("", self.source):
             return None
         return m.last_offset + 1
 
