@@ -37,8 +37,8 @@ setup-test: setup  ## setup, plus Chromium, kcat, openssl (test certificates) an
 run: setup  ## start broker, generator, detector and dashboard; Ctrl-C stops them all
 	$(BIN)/fraudstream run
 
-test: setup-test  ## the whole test suite against a real Kafka broker
-	$(BIN)/pytest
+test: setup-test  ## the whole test suite against a real Kafka broker (two workers: the fault scenarios beside the rest)
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 lint: setup  ## ruff format --check, ruff check, mypy --strict
 	$(BIN)/ruff format --check src tests benchmarks

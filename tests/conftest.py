@@ -28,6 +28,17 @@ from fraudstream.stream.layout import group_topics
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`), each with a
+    broker of its own: the fault scenarios one after another on one worker (two of them at
+    once on two cores would time each other out), everything else beside them."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("chaos") is not None:
+            item.add_marker(pytest.mark.xdist_group("chaos"))
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     """The real broker: the same code as `fraudstream broker start`, on a free port."""
