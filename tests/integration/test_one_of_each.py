@@ -129,3 +129,27 @@ def test_a_run_whose_page_port_is_taken_says_so_and_starts_nothing(
     said = (tmp_path / "run.log").read_text()
     assert f"port {port} is in use" in said and "Nothing was started" in said, said
     assert "Traceback" not in said and "fraudstream is running" not in said, said
+
+
+def test_a_run_whose_detector_refuses_its_group_never_says_it_runs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The group was built for other rules (a payee stage): the detector refuses it a moment
+    after it starts. `run` said "fraudstream is running" when its page answered first, then
+    that a component exited; it now says so only once the detector is in its group."""
+    from fraudstream.detection import Engine, load_ruleset
+    from tests.conftest import produce_raw, run_detector
+
+    produce_raw(settings, [(b"a", b'{"source":"a","target":"b","amount":5,"currency":"EUR"}')])
+    run_detector(settings, 1, engine=Engine.from_ruleset(load_ruleset(REPO / "rules/default.yaml")))
+    env = env_for(
+        settings,
+        DASHBOARD_PORT=str(free_port()),
+        TRANSACTIONS_PER_SECOND="200",
+        RULES_FILE=str(REPO / "rules" / "tutorial.yaml"),  # one stage: not this group's shape
+    )
+    run = spawn(["run"], env, tmp_path / "run.log")
+    assert run.wait(90) == 1
+    said = (tmp_path / "run.log").read_text()
+    assert "was built for another topology" in said and "a component exited" in said, said
+    assert "fraudstream is running" not in said and "Traceback" not in said, said

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from fraudstream.broker import LocalBroker
     from fraudstream.cli._common import Subparsers
+    from fraudstream.config import Settings
 
 
 PAGE_WAIT_SAY_S = 10.0  # how often `run` says that it still waits for the dashboard
@@ -38,6 +39,29 @@ PAGE_WAIT_SAY_S = 10.0  # how often `run` says that it still waits for the dashb
 def _reachable(host: str) -> str:
     """The address to open for a dashboard bound to `host` (all interfaces: this machine)."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _wait_until(
+    ready: Callable[[], bool],
+    waiting: str,
+    procs: Sequence[subprocess.Popen[bytes]],
+    stop: threading.Event,
+) -> bool:
+    """Wait until `ready()`, saying `waiting` every PAGE_WAIT_SAY_S. False if a component
+    exited meanwhile or Ctrl-C came (the caller's loop handles both)."""
+    started = time.monotonic()
+    next_say = started + PAGE_WAIT_SAY_S
+    while not stop.is_set() and all(p.poll() is None for p in procs):
+        if ready():
+            return True
+        if time.monotonic() >= next_say:
+            print(
+                f"{waiting} ({time.monotonic() - started:.0f} s so far; its log is above)",
+                file=sys.stderr,
+            )
+            next_say += PAGE_WAIT_SAY_S
+        stop.wait(0.1)
+    return False
 
 
 def _page_answers(
@@ -49,25 +73,36 @@ def _page_answers(
 ) -> bool:
     """Wait until the dashboard accepts connections at `host` (a `_reachable` one), so that
     the address `run` prints then opens at once (it printed it a second after starting the
-    dashboard, which had not always bound its port by then); saying so every
-    PAGE_WAIT_SAY_S. False if a component exited meanwhile or Ctrl-C came (the caller's loop
-    handles both)."""
+    dashboard, which had not always bound its port by then)."""
     from fraudstream.broker import answers
 
-    started = time.monotonic()
-    next_say = started + PAGE_WAIT_SAY_S
-    while not stop.is_set() and all(p.poll() is None for p in procs):
-        if answers(port, host):
-            return True
-        if time.monotonic() >= next_say:
-            print(
-                f"waiting for the dashboard to answer at {url} "
-                f"({time.monotonic() - started:.0f} s so far; its log is above)",
-                file=sys.stderr,
-            )
-            next_say += PAGE_WAIT_SAY_S
-        stop.wait(0.1)
-    return False
+    waiting = f"waiting for the dashboard to answer at {url}"
+    return _wait_until(lambda: answers(port, host), waiting, procs, stop)
+
+
+def _detector_joined(
+    settings: Settings,
+    detector: subprocess.Popen[bytes],
+    procs: Sequence[subprocess.Popen[bytes]],
+    stop: threading.Event,
+) -> bool:
+    """Wait until the detector is a member of its group: past its start's checks (a group
+    built for other rules refuses it), so that `run` does not say it runs just before the
+    detector stops."""
+    from fraudstream.stream.clients import admin_client
+    from fraudstream.stream.layout import group_members
+
+    group = settings.detector_group
+    admin = admin_client(settings)
+
+    def joined() -> bool:
+        try:
+            return bool(group_members(settings, group, admin))
+        except FraudstreamError:
+            return False  # (the broker busy: asked again)
+
+    waiting = f"waiting for the detector (pid {detector.pid}) to join group {group}"
+    return _wait_until(joined, waiting, procs, stop)
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -153,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         subprocess.Popen([*me, "dashboard"], env=env, start_new_session=True),
         # stopped in reverse: the generator, the detector, then alerts sends what it decided
         subprocess.Popen([*me, "alerts"], env=env, start_new_session=True),
-        subprocess.Popen([*me, "detect"], env=env, start_new_session=True),
+        detector := subprocess.Popen([*me, "detect"], env=env, start_new_session=True),
         subprocess.Popen(
             [*me, "generate", "--profile", "sim", *rate_flag], env=env, start_new_session=True
         ),
@@ -161,7 +196,9 @@ def run(args: argparse.Namespace) -> int:
     stop = StopOnSignal().install()
     code = Exit.OK
     try:
-        if _page_answers(page_host, page_port, url, procs, stop):
+        if _page_answers(page_host, page_port, url, procs, stop) and _detector_joined(
+            settings, detector, procs, stop
+        ):
             print(
                 f"\n  fraudstream is running: open {url}   (Ctrl-C stops everything)\n",
                 file=sys.stderr,
