@@ -143,7 +143,6 @@ class Processor:
         self._paused_said = 0.0  # when a partition paused too long was last logged
         self._last_commit_ms = 0
         self._status_producer: Producer | None = None
-        self._input_ids: dict[str, str] = {}  # the input and labels topics' ids (`Meta.source`)
         self._stopped_cleanly = False  # `run` returned without an error: its last report says so
         self._renewals = 0  # producers replaced since the last commit
         self._workers = 1  # processes of `--workers N` started together (`run`)
@@ -183,7 +182,7 @@ class Processor:
                 labels=self.engine.has_features,
                 admin=self._admin,
             )
-            self._input_ids = self._topic_ids()
+            input_ids = self._topic_ids()  # (with the start's client, dropped below)
         except BaseException:
             self.consumer.close()
             raise
@@ -192,7 +191,7 @@ class Processor:
             # errors while a broker restarts); a purge makes its own when it needs one
             self._admin = None
         ctx = TaskContext(self.settings, self.topology, self.engine, self.collector, self.wall_ms)
-        ctx.input_ids = self._input_ids
+        ctx.input_ids = input_ids
         self.manager = TaskManager(
             ctx, self.consumer, self.engine, self._snapshots, clock=self.clock, name=self._name
         )
