@@ -8,6 +8,7 @@ import math
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,41 @@ def _payment(tx_id: str, account: str) -> bytes:
     return json.dumps(
         {"id": tx_id, "source": account, "target": "P1", "amount": 20.0, "currency": "EUR"}
     ).encode()
+
+
+def test_a_restarted_detector_evicts_idle_accounts_on_the_days_its_first_run_did(
+    make_settings: SettingsFactory,
+) -> None:
+    """Accounts idle past the retention (400 days of event time) are evicted once a day. A
+    detector restored from its changelog went on evicting at its first payment instead of on
+    the first run's day: an account idle 400.2 days, still known to a detector that had gone
+    on, was forgotten by the restarted one, and its 400 EUR after that silence passed as
+    legit (`dormant_reactivated` fires on one that went on). The changelog now says when the
+    next eviction falls, and the rows evicted since are written off it."""
+    settings = make_settings(partition_idle_ms=100, snapshot_interval_ms=0)  # the changelog
+    ensure_topics(settings)
+    t0 = (int(time.time()) - 500 * 86_400) * 1000
+    day = 86_400_000
+
+    def pay(tx_id: str, account: str, at: int, amount: float = 20.0) -> tuple[bytes, bytes]:
+        value = {"id": tx_id, "source": account, "target": "P1", "amount": amount}
+        return b"one-partition", json.dumps({**value, "currency": "EUR", "timestamp": at}).encode()
+
+    first = [pay("a", "A", t0), pay("gone", "GONE", t0 + day // 10), pay("x", "X", t0 + day // 2)]
+    # the next payments evict A and GONE (idle more than 400 days), not X (400.0 days idle)
+    first += [pay(f"y{i}", "Y", t0 + 400 * day + 4 * day // 10 + i) for i in range(3)]
+    produce_raw(settings, first)
+    run_detector(settings, len(first), engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
+    produce_raw(settings, [pay("x-wakes", "X", t0 + 400 * day + 7 * day // 10, amount=400.0)])
+    run_detector(settings, 1, engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
+    decided = {
+        d["id"]: d
+        for topic in (settings.legit_topic, settings.fraud_topic)
+        for m in read_to_end(settings, topic)
+        for d in [json.loads(m.value())]
+    }
+    woke = decided["x-wakes"]["decision"]
+    assert "dormant_reactivated" in {r["rule"] for r in woke["reasons"]}, woke
 
 
 def test_malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows_on(

@@ -49,6 +49,9 @@ from fraudstream.schema import Decision, Reason, Transaction
 __all__ = ["Engine", "HitTuple", "Packed", "Scored", "rule_key"]
 
 _json = msgspec.json.Encoder().encode
+# changelog keys: b"<kind>\x00<name>\x00<key>"; kinds t (a table's row), L (a table's
+# layout), f (a fan-in/out group), l (labels), e (when the next daily eviction falls)
+EVICTION_KEY = b"e\x00\x00"
 
 Scored = tuple[list[float], list[Hit]]
 Packed = tuple[bytes, list[Hit]]  # a feature row as the bytes of its float64 values
@@ -156,8 +159,11 @@ class Engine:
                 raise ValueError("the model was trained on other features; retrain it")
         # rules the model cannot have learned: these decide by their weights, as without one
         self.unlearned = model.unlearned(self.rule_ids) if model is not None else frozenset()
-        self._next_evict = 0
+        self._next_evict = 0  # the event time of the next daily eviction (`_segments`)
         self._evict_at_begin = 0
+        # changelog keys of rows a restore found evicted since they were written: tombstones
+        # for the next commit (an eviction knows rows by their keys' hashes, not the keys)
+        self._expired: list[bytes] = []
         # tables whose layout is described in the changelog (committed; in the open transaction)
         self._described: set[str] = set()
         self._describing: set[str] = set()
@@ -263,7 +269,7 @@ class Engine:
 
     def changes(self) -> list[tuple[bytes, bytes | None]]:
         """Changelog records (key, value) for all state touched since `begin`."""
-        out: list[tuple[bytes, bytes | None]] = []
+        out: list[tuple[bytes, bytes | None]] = [(k, None) for k in self._expired]
         for name, t in self.tables.tables.items():
             prefix = b"t\x00" + name.encode() + b"\x00"
             keys = t.touched()
@@ -277,6 +283,8 @@ class Engine:
             out += [(prefix + g.encode(), None if m is None else _json(m)) for g, m in r.changes()]
         if self.features is not None:
             out += [(b"l\x00\x00" + k, v) for k, v in self.features.changes()]
+        if self._next_evict != self._evict_at_begin:  # evicted: when the next one falls
+            out.append((EVICTION_KEY, b"%d" % self._next_evict))
         return out
 
     def rollback(self) -> None:
@@ -293,6 +301,7 @@ class Engine:
     def commit(self) -> None:
         self._described |= self._describing
         self._describing.clear()
+        self._expired = []
         for t in self.tables.tables.values():
             t.commit()
         for r in self._fan_rules:
@@ -304,7 +313,12 @@ class Engine:
         """Load changelog records (oldest first); returns how many keys were loaded. A rule's
         state stored under another name than its `state_id` (its parameters changed since)
         is left out: that rule starts empty (`restarted` says which). The table rows' keys
-        are hashed `chunk` records at a time, in one compiled pass."""
+        are hashed `chunk` records at a time, in one compiled pass.
+
+        The daily eviction goes on where the run that wrote them left it: rows it evicted
+        after their last record was written are dropped again, and (`records` given as a
+        sequence) their keys are written as tombstones at the next commit, so the changelog
+        forgets them too."""
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, not {chunk}")
         fans = {self._state_ids[r.id]: r for r in self._fan_rules}
@@ -316,7 +330,35 @@ class Engine:
             n += self._restore_part(part, fans, labels, sets)
         if labels and self.features is not None:
             self.features.load(labels)
+        if self._next_evict:
+            self._evict_restored(records if isinstance(records, Sequence) else None)
         return n
+
+    def _evict_restored(self, records: Sequence[tuple[bytes, bytes | None]] | None) -> None:
+        """Evict as the last daily eviction before the restore did (`restore`); the keys of
+        the rows it drops, found again in `records`, become tombstones."""
+        last = self._next_evict - DAY
+        stale: dict[bytes, np.ndarray[Any, Any]] = {}
+        for table_name, t in self.tables.tables.items():
+            hashes = t.stale_hashes(last)
+            if hashes.size:
+                stale[table_name.encode()] = hashes
+        self.tables.evict(last)
+        if not stale or records is None:
+            return
+        by_table: dict[bytes, list[bytes]] = {}
+        for key, _ in records:
+            if key[:2] == b"t\x00":
+                name = key[2 : key.index(b"\x00", 2)]
+                if name in stale:
+                    by_table.setdefault(name, []).append(key)
+        expired: dict[bytes, None] = {}
+        for name, keys in by_table.items():
+            cut = len(name) + 3  # b"t\x00" + name + b"\x00"
+            hashes = keyhash.key_hashes([k[cut:].decode() for k in keys])
+            gone = np.isin(hashes, stale[name])
+            expired.update(dict.fromkeys(k for k, g in zip(keys, gone.tolist(), strict=True) if g))
+        self._expired += expired
 
     def _restore_part(
         self,
@@ -353,6 +395,8 @@ class Engine:
                     fan.load_group(k.decode(), members)
             elif kind == b"l":
                 labels[k] = value
+            elif kind == b"e":  # when the next daily eviction falls (`changes`)
+                self._next_evict = int(value or b"0")
         return len(part)
 
     def _note_stored(self, name: str, *, column: bool) -> None:

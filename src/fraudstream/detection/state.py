@@ -136,6 +136,16 @@ class KeyIndex:
         del hashes, last  # views of the arrays: they may grow again
         return stale
 
+    def stale_hashes(self, seen: array, horizon: int) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
+        """The key hashes of `stale_rows`' rows (one numpy pass)."""
+        hashes = np.frombuffer(self._hashes, dtype=np.int64)
+        used = hashes != 0
+        rows = np.frombuffer(self._rows, dtype=np.int32)[used]
+        last = np.frombuffer(seen, dtype=np.int64)
+        stale: np.ndarray[Any, Any] = hashes[used][last[rows] < horizon].copy()
+        del hashes, last  # views of the arrays: they may grow again
+        return stale
+
     def _rebuild(self, capacity: int, drop: frozenset[int] = frozenset()) -> None:
         """Re-insert every entry (but rows in `drop`) into a table for `capacity` keys."""
         fresh = KeyIndex(capacity)
@@ -269,6 +279,10 @@ class Table:
         self.index.drop_rows(stale)
         self._free += stale
         return len(stale)
+
+    def stale_hashes(self, now_ms: int) -> np.ndarray[Any, Any]:
+        """The key hashes of the rows `evict(now_ms)` would forget."""
+        return self.index.stale_hashes(self._seen, now_ms - self.retention_ms)
 
     def __len__(self) -> int:
         return len(self.index)
