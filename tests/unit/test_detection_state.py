@@ -491,45 +491,69 @@ def _pay(who: str, ts: int, amount: float = 10.0) -> Transaction:
 
 
 @settings(max_examples=150, deadline=None)
+def _compacted(log: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
+    """What a compacted topic keeps once its tombstones expired: each key's last value."""
+    last = dict(log)
+    return [(k, v) for k, v in last.items() if v is not None]
+
+
+def _tx(i: int, at: int, source: str, amount: float) -> Transaction:
+    return Transaction(
+        id=str(i), timestamp=at, source=source, target="x", amount=amount, currency="EUR"
+    )
+
+
 @example(  # an account idle 400 days and 8 hours, kept by the eviction before the restart
     txs=[
-        Transaction(id="1", timestamp=T0, source="a", target="x", amount=50.0, currency="EUR"),
-        Transaction(
-            id="2", timestamp=T0 + 400 * DAY, source="b", target="y", amount=5.0, currency="EUR"
-        ),
-        Transaction(
-            id="3",
-            timestamp=T0 + 400 * DAY + 8 * HOUR,
-            source="a",
-            target="x",
-            amount=600.0,
-            currency="EUR",
-        ),
+        _tx(1, T0, "a", 50.0),
+        _tx(2, T0 + 400 * DAY, "b", 5.0),
+        _tx(3, T0 + 400 * DAY + 8 * HOUR, "a", 600.0),
     ],
     cuts=[2],
+    how=["log"],
+)
+@example(  # one evicted the day before the restart, its row still in the changelog
+    txs=[
+        _tx(1, T0, "a", 50.0),
+        _tx(2, T0 + 8 * HOUR, "b", 5.0),
+        _tx(3, T0 + 400 * DAY + 4 * HOUR, "b", 5.0),
+        _tx(4, T0 + 400 * DAY + 5 * HOUR, "a", 600.0),
+    ],
+    cuts=[2, 3],  # (the row of "a" written in the first transaction, evicted in the second)
+    how=["log"],
 )
 @given(
     # (steps of 400 days and of hours: keys idle just past the retention, around evictions)
     txs=streams(steps=(*STEPS, 8 * HOUR, 400 * DAY)),
     cuts=st.lists(st.integers(min_value=1, max_value=60), max_size=4),
+    how=st.lists(st.sampled_from(["log", "compacted", "snapshot"]), min_size=5, max_size=5),
 )
 def test_restored_from_its_changelog_anywhere_an_engine_decides_as_one_that_went_on(
-    txs: list[Transaction], cuts: list[int]
+    txs: list[Transaction], cuts: list[int], how: list[str]
 ) -> None:
-    """Restarts at any cut, each from the changelog written so far (its tombstones too),
-    over streams of up to 11 years: idle keys evicted on the same days, the same decisions."""
+    """Restarts at any cut, each from the changelog written so far (its tombstones too; or
+    compacted; or a local snapshot and the changelog after it), over streams of up to 11
+    years: idle keys evicted on the same days, the same decisions."""
     went_on = Engine.from_ruleset(RULES, features=True).decide(txs)
     log: list[tuple[bytes, bytes | None]] = []
     engine = Engine.from_ruleset(RULES, features=True)
+    snapshot, tail = engine.snapshot(), 0  # (a snapshot taken between transactions)
     decided, start = [], 0
-    for c in [*sorted(set(cuts)), len(txs)]:
+    for n, c in enumerate([*sorted(set(cuts)), len(txs)]):
         engine.begin()
         decided += engine.decide(txs[start:c])
         log += engine.changes()
         engine.commit()
+        if n % 2:
+            snapshot, tail = engine.snapshot(), len(log)
         start = max(start, c)
         engine = Engine.from_ruleset(RULES, features=True)
-        engine.restore(log)
+        way = how[n % len(how)]
+        if way == "snapshot":
+            assert engine.load_snapshot(snapshot)
+            engine.restore(log[tail:])
+        else:
+            engine.restore(_compacted(log) if way == "compacted" else log)
     assert decided == went_on
 
 
@@ -538,7 +562,8 @@ def test_a_restored_engine_evicts_on_the_days_the_run_it_continues_evicted() -> 
     from the changelog keeps that schedule and drops the rows evicted after they were written,
     with tombstones for the changelog. Before, a restored engine evicted at its first payment:
     an account idle 400.2 days, still known to the run that went on, was forgotten by the
-    restarted one and woke up without the dormant rule seeing it."""
+    restarted one and woke up without the dormant rule seeing it; one evicted before the
+    restart must stay forgotten (its row is still in the changelog)."""
     run = Engine.from_ruleset(RULES, features=True)
     log = _changelog(run, [_pay("a", T0), _pay("gone", T0 + DAY // 10), _pay("x", T0 + DAY // 2)])
     # the daily eviction at T0 + 400.4 days forgets "a" and "gone", and keeps "x"
@@ -547,21 +572,30 @@ def test_a_restored_engine_evicts_on_the_days_the_run_it_continues_evicted() -> 
 
     restored = Engine.from_ruleset(RULES, features=True)
     restored.restore(log)
-    wakes = [_pay("x", T0 + 400 * DAY + 7 * DAY // 10, amount=400.0)]
+    later = T0 + 400 * DAY + 7 * DAY // 10
+    wakes = [_pay("x", later, amount=400.0), _pay("gone", later + 1, amount=400.0)]
     restored.begin()
     after_restart = restored.decide(wakes)
-    written = dict(restored.changes())
+    written = restored.changes()
     went_on = run.decide(wakes)
     assert after_restart == went_on
-    assert "dormant_reactivated" in {r.rule for r in went_on[0].reasons}
-    tombstones = {k for k, v in written.items() if v is None}
-    assert {b"t\x00source\x00gone", b"t\x00source\x00a", b"t\x00target\x00p-gone"} <= tombstones
-    assert not any(k.endswith(b"\x00x") or k.endswith(b"p-x") for k in tombstones)
-    # a second restore, from the log with those tombstones, decides alike
+    assert [{r.rule for r in d.reasons} for d in went_on] == [{"dormant_reactivated"}, set()]
+    tombstones = [k for k, v in written if v is None]
+    assert {b"t\x00source\x00gone", b"t\x00source\x00a", b"t\x00target\x00p-gone"} <= set(
+        tombstones
+    )
+    assert not any(k.endswith((b"\x00x", b"p-x")) for k in tombstones)
+    # "gone" paid again: its new row comes after its tombstone, and wins
+    gone = [v for k, v in written if k == b"t\x00source\x00gone"]
+    assert gone[0] is None and gone[-1] is not None
     restored.commit()
+    # restored again, from the log with those tombstones: the same state, no tombstone again
     again = Engine.from_ruleset(RULES, features=True)
-    again.restore([*log, *written.items()])
-    assert len(again.tables["source"]) == len(restored.tables["source"])
+    again.restore([*log, *written])
+    again.begin()
+    assert [k for k, v in again.changes() if v is None] == []
+    after = [_pay("a", later + DAY, amount=400.0), _pay("x", later + DAY, amount=400.0)]
+    assert again.decide(after) == restored.decide(after) == run.decide(after)
 
 
 @settings(deadline=None, max_examples=25)

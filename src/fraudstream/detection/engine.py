@@ -331,12 +331,14 @@ class Engine:
         if labels and self.features is not None:
             self.features.load(labels)
         if self._next_evict:
-            self._evict_restored(records if isinstance(records, Sequence) else None)
+            self._evict_restored(records if isinstance(records, Sequence) else None, chunk)
         return n
 
-    def _evict_restored(self, records: Sequence[tuple[bytes, bytes | None]] | None) -> None:
+    def _evict_restored(
+        self, records: Sequence[tuple[bytes, bytes | None]] | None, chunk: int
+    ) -> None:
         """Evict as the last daily eviction before the restore did (`restore`); the keys of
-        the rows it drops, found again in `records`, become tombstones."""
+        the rows it drops, found again in `records` (`chunk` at a time), become tombstones."""
         last = self._next_evict - DAY
         stale: dict[bytes, np.ndarray[Any, Any]] = {}
         for table_name, t in self.tables.tables.items():
@@ -346,18 +348,18 @@ class Engine:
         self.tables.evict(last)
         if not stale or records is None:
             return
-        by_table: dict[bytes, list[bytes]] = {}
-        for key, _ in records:
-            if key[:2] == b"t\x00":
-                name = key[2 : key.index(b"\x00", 2)]
-                if name in stale:
-                    by_table.setdefault(name, []).append(key)
         expired: dict[bytes, None] = {}
-        for name, keys in by_table.items():
-            cut = len(name) + 3  # b"t\x00" + name + b"\x00"
-            hashes = keyhash.key_hashes([k[cut:].decode() for k in keys])
-            gone = np.isin(hashes, stale[name])
-            expired.update(dict.fromkeys(k for k, g in zip(keys, gone.tolist(), strict=True) if g))
+        it = (key for key, _ in records if key[:2] == b"t\x00")
+        while part := list(itertools.islice(it, chunk)):
+            names = [key[2 : key.index(b"\x00", 2)] for key in part]
+            for name, hashes in stale.items():
+                keys = [key for key, n in zip(part, names, strict=True) if n == name]
+                if not keys:
+                    continue
+                cut = len(name) + 3  # b"t\x00" + name + b"\x00"
+                found = keyhash.key_hashes([k[cut:].decode() for k in keys])
+                gone = np.isin(found, hashes).tolist()
+                expired.update(dict.fromkeys(k for k, g in zip(keys, gone, strict=True) if g))
         self._expired += expired
 
     def _restore_part(

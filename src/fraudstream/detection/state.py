@@ -137,12 +137,13 @@ class KeyIndex:
         return stale
 
     def stale_hashes(self, seen: array, horizon: int) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
-        """The key hashes of `stale_rows`' rows (one numpy pass)."""
+        """The key hashes of `stale_rows`' rows, but those never seen (`seen` 0: a key put
+        back to defaults, as good as absent), in one numpy pass."""
         hashes = np.frombuffer(self._hashes, dtype=np.int64)
         used = hashes != 0
         rows = np.frombuffer(self._rows, dtype=np.int32)[used]
-        last = np.frombuffer(seen, dtype=np.int64)
-        stale: np.ndarray[Any, Any] = hashes[used][last[rows] < horizon].copy()
+        last = np.frombuffer(seen, dtype=np.int64)[rows]
+        stale: np.ndarray[Any, Any] = hashes[used][(last < horizon) & (last > 0)].copy()
         del hashes, last  # views of the arrays: they may grow again
         return stale
 
@@ -281,7 +282,8 @@ class Table:
         return len(stale)
 
     def stale_hashes(self, now_ms: int) -> np.ndarray[Any, Any]:
-        """The key hashes of the rows `evict(now_ms)` would forget."""
+        """The key hashes of the rows `evict(now_ms)` would forget that hold something (a
+        key restored from a tombstone is kept as a row of defaults: nothing to delete)."""
         return self.index.stale_hashes(self._seen, now_ms - self.retention_ms)
 
     def __len__(self) -> int:
