@@ -43,6 +43,7 @@ from fraudstream.detection import Engine
 from fraudstream.errors import ProcessingError
 from fraudstream.stream.changelog import topic_ids
 from fraudstream.stream.clients import (
+    admin_client,
     base_config,
     consumer_config,
     consumer_failure,
@@ -150,6 +151,8 @@ class Processor:
         self._joined_at = 0.0  # clock() when it subscribed (the group's join under way)
         self._unassigned_said = 0.0  # when waiting for a first assignment was last logged
         self._rejoin = False  # leave and join again before processing (`_on_assign`)
+        self._ids_admin: AdminClient | None = None  # `_same_inputs`' client, made at its first
+        self._gone_said = -60.0  # when an input topic gone was last logged (`_say_gone`)
 
     @property
     def tasks(self) -> dict[tuple[str, int], Any]:
@@ -453,6 +456,8 @@ class Processor:
         was read by its task (between steps); not so in a rebalance callback, which librdkafka
         runs inside `poll` or `consume`, with records already delivered (their offsets past
         the consumer's position) that no task has read yet."""
+        if settled:
+            self._same_inputs()
         started = time.perf_counter()
         with self.txn.watched():
             self._commit_once(settled)
@@ -499,6 +504,46 @@ class Processor:
             manager.snapshot()
         if manager.purge_due():
             manager.purge()
+
+    def _same_inputs(self) -> None:
+        """Before a commit: the input topics are still the ones read since the start. A topic
+        deleted and created again under its name has another id, and librdkafka's consumer
+        does not tell it apart (confluentinc/librdkafka#3255): it reads on at its old position
+        in the new topic, so the new topic's first records would be skipped for good and its
+        offsets committed past them. Then nothing open is committed: the detector stops and
+        says so; started again, it reads the new topic from its first record. A topic gone
+        (nothing can be read from it meanwhile) or a broker not answering in time: the
+        commit goes on (it needs the broker too), the next one asks again."""
+        assert self.manager is not None
+        ids = self.manager.ctx.input_ids
+        if not ids:
+            return
+        if self._ids_admin is None:
+            self._ids_admin = admin_client(self.settings, f"{self._name}-topic-ids")
+        try:
+            now = topic_ids(self.settings, list(ids), admin=self._ids_admin, timeout=2)
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                self._say_gone(list(ids))
+            return
+        except TimeoutError:
+            return
+        moved = [t for t in ids if now[t] != ids[t]]
+        if moved:
+            raise ProcessingError(
+                f"input topic {', '.join(moved)} was deleted and created again while this "
+                "detector ran; nothing it read since its last commit was committed. Start it "
+                "again: it reads the new topic from its first record"
+            )
+
+    def _say_gone(self, topics: list[str]) -> None:
+        """An input topic is gone (deleted, not made again yet): said once a minute."""
+        if self.clock() - self._gone_said >= 60:
+            self._gone_said = self.clock()
+            log.warning(
+                "input topic %s is gone (deleted?): waiting for it to be created again",
+                " or ".join(topics),
+            )
 
     def _abort(self) -> None:
         """Abort the open transaction and rewind every assigned partition to its commit."""
