@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from fraudstream.config import Settings
@@ -250,6 +250,54 @@ def test_an_input_topic_created_again_under_a_running_detector_stops_it_then_is_
     assert len(decided()) == len(first)  # nothing of the new topic committed
     run_detector(settings, len(then), engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
     assert sorted(decided()) == sorted(
+        [f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(24)]
+    )
+
+
+def test_an_offset_committed_in_a_topic_of_the_same_name_deleted_since_is_not_followed(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The detector's input offsets name their topic's id (the offset's metadata). One left
+    for a topic of that name deleted since (a broker that kept it, or a commit that raced the
+    deletion) is not taken as the new topic's: the partition is read from its first record
+    (it was followed, and the new topic's first records were skipped for good)."""
+    settings = make_settings(partition_idle_ms=100)
+    ensure_topics(settings)
+    topic = settings.transactions_topic
+    first = [(f"A{i}".encode(), _payment(f"first-{i}", f"A{i}")) for i in range(12)]
+    produce_raw(settings, first)
+    run_detector(settings, len(first), engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
+    admin = AdminClient({"bootstrap.servers": settings.kafka_broker_url})
+    old_id = str(admin.describe_topics(TopicCollection([topic]))[topic].result(10).topic_id)
+    group = settings.detector_group
+    consumer = Consumer({"bootstrap.servers": settings.kafka_broker_url, "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        committed = consumer.committed(parts, timeout=10)
+        assert {tp.metadata for tp in committed} == {old_id}  # each offset names its topic
+        admin.delete_topics([topic])[topic].result(timeout=30)
+        wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, what="it deleted")
+        wait_for(lambda: _created(settings), what="it created again")
+        # what a broker that kept the old offsets, or a commit racing the deletion, leaves
+        consumer.commit(
+            offsets=[
+                TopicPartition(topic, tp.partition, tp.offset, metadata=old_id) for tp in committed
+            ],
+            asynchronous=False,
+        )
+    finally:
+        consumer.close()
+    then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(24)]
+    produce_raw(settings, then)
+    with caplog.at_level(logging.WARNING, logger="fraudstream"):
+        run_detector(settings, len(then), engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
+    assert "was committed in another topic of this name" in caplog.text
+    decided = [
+        json.loads(m.value())["id"]
+        for name in (settings.legit_topic, settings.fraud_topic)
+        for m in read_to_end(settings, name)
+    ]
+    assert sorted(decided) == sorted(
         [f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(24)]
     )
 

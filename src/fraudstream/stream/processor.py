@@ -354,11 +354,14 @@ class Processor:
         self.txn.records += len(msgs)
         tasks = self.tasks
         buffering = []  # tasks that read into their buffer in this step
+        known = self._committed_first(runs)
         for tp, run in runs.items():
             task = tasks.get(tp)
             if task is None:  # not ours (any more): the new owner reads it again (the commit
                 continue  # that gave it up covered only what was read: `_on_revoke`)
-            if task.check_resume and not self.resumed(task, run[0].offset()):
+            if (task.check_resume or task.check_source) and not self.resumed(
+                task, run[0].offset(), known.get(tp)
+            ):
                 ends.pop(tp, None)  # (sent back: not at its end)
                 continue
             task.take(run)
@@ -386,7 +389,23 @@ class Processor:
             log.warning("could not read the ids of %s (%s)", ", ".join(inputs), exc.args[0])
             return {}
 
-    def resumed(self, task: Task, first: int) -> bool:
+    def _committed_first(
+        self, runs: dict[tuple[str, int], list[Any]]
+    ) -> dict[tuple[str, int], TopicPartition]:
+        """The group's committed offsets of the partitions whose tasks read their first
+        records in this step and check where they were committed (`Task.check_source`), in
+        one request; none when they cannot be read (`resumed` asks again)."""
+        tasks = self.tasks
+        first = [tp for tp in runs if (task := tasks.get(tp)) is not None and task.check_source]
+        if not first:
+            return {}
+        try:
+            committed = self.consumer.committed([TopicPartition(*tp) for tp in first], timeout=30)
+        except KafkaException:
+            return {}
+        return {(tp.topic, tp.partition): tp for tp in committed}
+
+    def resumed(self, task: Task, first: int, known: TopicPartition | None = None) -> bool:
         """An input task's first records since it was made: whether they come where its
         changelog says it was (the offset after the last one it decided, committed in the
         same transaction as its offset; `Task.resume_offset`). Before it, while the group has
@@ -395,29 +414,52 @@ class Processor:
         started at the earliest offset, which would decide everything retained again; it
         is sent back there instead (False: these records are dropped). A committed offset
         before it, moved there on purpose, is followed. Not known (the offsets unreadable):
-        sent back to `first` and asked again at the next step."""
+        sent back to `first` and asked again at the next step.
+        An offset committed for another topic of this name (its metadata names that topic's
+        id: one deleted since, whose offset a broker kept or a commit raced its deletion) is
+        not this topic's: it is read from its first record. `known`: the partition's
+        committed offset, when already asked for (`_committed_first`)."""
         resume = task.resume_offset()
-        if resume is None or first >= resume:
+        if not task.check_source and (resume is None or first >= resume):
             task.check_resume = False
             return True
         tp = TopicPartition(task.stage.topic, task.partition)
         try:
-            (committed,) = self.consumer.committed([tp], timeout=30)
+            (committed,) = [known] if known is not None else self.consumer.committed([tp], 30)
             failed = committed.error
         except KafkaException as exc:
             failed = exc.args[0]
         if failed is not None:
             log.warning(
-                "%s [%d]: read from offset %d, before the %d its changelog resumes at, and "
-                "the group's committed offset could not be read (%s): asking again",
+                "%s [%d]: read from offset %d%s, and the group's committed offset could not "
+                "be read (%s): asking again",
                 tp.topic,
                 tp.partition,
                 first,
-                resume,
+                "" if resume is None else f", before the {resume} its changelog resumes at",
                 failed,
             )
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, first))
             return False
+        task.check_source = False
+        if _foreign(task, committed):
+            log.warning(
+                "%s [%d]: group %s's committed offset %d was committed in another topic of "
+                "this name (id %s, deleted since; this one's is %s): reading it from its "
+                "first record",
+                tp.topic,
+                tp.partition,
+                self.settings.detector_group,
+                committed.offset,
+                committed.metadata,
+                task.source,
+            )
+            task.check_resume = False
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, -2))  # the beginning
+            return False
+        if resume is None or first >= resume:
+            task.check_resume = False
+            return True
         task.check_resume = False
         if committed.offset >= 0:
             return True
@@ -580,11 +622,12 @@ class Processor:
         if assigned:
             assert self.manager is not None
             for tp in self.consumer.committed(assigned, timeout=30):
-                if tp.offset >= 0:
+                task = self.manager.tasks.get((tp.topic, tp.partition))
+                if tp.offset >= 0 and (task is None or not _foreign(task, tp)):
                     self.consumer.seek(tp)
                 else:  # nothing committed: where its changelog says, else from the beginning
-                    # (a group whose offsets the broker forgot: `resumed`)
-                    task = self.manager.tasks.get((tp.topic, tp.partition))
+                    # (a group whose offsets the broker forgot: `resumed`; one committed in
+                    # a topic of this name deleted since)
                     resume = task.resume_offset() if task is not None else None
                     start = -2 if resume is None else resume
                     self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
@@ -763,3 +806,18 @@ class Processor:
             self._status_producer.poll(0)
         except (BufferError, KafkaException) as exc:  # health reports never stop the work
             log.debug("status not published: %s", exc)
+
+
+def _foreign(task: Task, committed: TopicPartition) -> bool:
+    """Whether the group's committed offset of an input task's partition was committed in
+    another topic of its name (its metadata names that topic's id)."""
+    return (
+        committed.offset >= 0
+        and bool(task.source)
+        and committed.metadata
+        not in (
+            None,
+            "",
+            task.source,
+        )
+    )

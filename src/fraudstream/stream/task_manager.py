@@ -317,7 +317,12 @@ class TaskManager:
             # the state, in the same transaction
             collector.send_keyed(task.stage.changelog, partition, task.changes(offset))
             if offset is not None:
-                offsets.append(TopicPartition(topic, partition, offset))
+                # an input's offset names its topic's id: one committed for a topic of that
+                # name deleted since is known as such (`Processor.resumed`)
+                if task.source:
+                    offsets.append(TopicPartition(topic, partition, offset, metadata=task.source))
+                else:
+                    offsets.append(TopicPartition(topic, partition, offset))
         self._committing = offsets
         return offsets
 

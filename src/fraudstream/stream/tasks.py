@@ -262,6 +262,9 @@ class Task:
             meta.last_offset, meta.source = -1, ""
         # whether its first records read show where its input resumed (`Processor.resumed`)
         self.check_resume = self.resume_offset() is not None
+        # input and labels tasks: whether the group's committed offset is still to be checked
+        # for the topic it was committed in (`Processor.resumed`)
+        self.check_source = bool(self.source)
         # a one-stage topology sends no marks, but its input's place (`last_offset`) is kept:
         # a group whose committed offsets the broker forgot resumes there
         self.keep_meta = ctx.topology.staged or stage.role == INPUT
