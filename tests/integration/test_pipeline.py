@@ -159,10 +159,7 @@ def test_a_group_whose_committed_offsets_are_gone_resumes_where_its_changelog_sa
     more = 24 if recreated else 12  # (recreated: past where the old one ended)
     then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(more)]
     if recreated:  # a new topic of that name: the changelog's place is not in it
-        topic = settings.transactions_topic
-        admin.delete_topics([topic])[topic].result(timeout=30)
-        wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, what="it deleted")
-        wait_for(lambda: _created(settings), what="it created again")
+        _recreate_input(settings)
     produce_raw(settings, then)
     # its first transaction aborted on purpose (the seed's first draw, 0.13 < 0.5): the
     # rewind finds no committed offset either, and goes where the changelog says too
@@ -179,6 +176,15 @@ def test_a_group_whose_committed_offsets_are_gone_resumes_where_its_changelog_sa
         [f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(more)]
     )
     assert ("no committed offset" in caplog.text) is not recreated
+
+
+def _recreate_input(settings: Settings) -> None:
+    """Delete the input topic and create it again under its name (another topic id)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_broker_url})
+    topic = settings.transactions_topic
+    admin.delete_topics([topic])[topic].result(timeout=30)
+    wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, what="it deleted")
+    wait_for(lambda: _created(settings), what="it created again")
 
 
 def _created(settings: Settings) -> bool:
@@ -231,11 +237,7 @@ def test_an_input_topic_created_again_under_a_running_detector_stops_it_then_is_
     then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(24)]
     try:
         wait_for(lambda: len(decided()) == len(first), 60, "the first 12 decided")
-        admin = AdminClient({"bootstrap.servers": settings.kafka_broker_url})
-        topic = settings.transactions_topic
-        admin.delete_topics([topic])[topic].result(timeout=30)
-        wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, what="it deleted")
-        wait_for(lambda: _created(settings), what="it created again")
+        _recreate_input(settings)
         produce_raw(settings, then)
         runner.join(60)
     finally:
@@ -275,9 +277,7 @@ def test_an_offset_committed_in_a_topic_of_the_same_name_deleted_since_is_not_fo
         parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
         committed = consumer.committed(parts, timeout=10)
         assert {tp.metadata for tp in committed} == {old_id}  # each offset names its topic
-        admin.delete_topics([topic])[topic].result(timeout=30)
-        wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, what="it deleted")
-        wait_for(lambda: _created(settings), what="it created again")
+        _recreate_input(settings)
         # what a broker that kept the old offsets, or a commit racing the deletion, leaves
         consumer.commit(
             offsets=[

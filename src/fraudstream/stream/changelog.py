@@ -109,9 +109,7 @@ def topic_id(settings: Settings, topic: str) -> str:
     return topic_ids(settings, [topic])[topic]
 
 
-def topic_ids(
-    settings: Settings, topics: list[str], admin: Any = None, timeout: float = 30
-) -> dict[str, str]:
+def topic_ids(settings: Settings, topics: list[str], admin: Any = None) -> dict[str, str]:
     """`topic_id` of each (`admin`: a client to ask with, else one of its own)."""
     from confluent_kafka import TopicCollection
     from confluent_kafka.admin import AdminClient
@@ -121,4 +119,4 @@ def topic_ids(
     if admin is None:
         admin = AdminClient(base_config(settings, "fraudstream-topic-id"))
     described = admin.describe_topics(TopicCollection(topics))
-    return {t: str(described[t].result(timeout=timeout).topic_id) for t in topics}
+    return {t: str(described[t].result(timeout=30).topic_id) for t in topics}

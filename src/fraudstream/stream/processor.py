@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from fraudstream.config import Settings, consumer_protocol
@@ -498,14 +505,14 @@ class Processor:
         was read by its task (between steps); not so in a rebalance callback, which librdkafka
         runs inside `poll` or `consume`, with records already delivered (their offsets past
         the consumer's position) that no task has read yet."""
-        if settled:
-            self._same_inputs()
+        # the input topics' ids asked for now, answered while the commit is prepared
+        asked = self._ask_inputs() if settled else None
         started = time.perf_counter()
         with self.txn.watched():
-            self._commit_once(settled)
+            self._commit_once(settled, asked)
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
 
-    def _commit_once(self, settled: bool = True) -> None:
+    def _commit_once(self, settled: bool = True, asked: dict[str, Any] | None = None) -> None:
         assert self.manager is not None and self.topology is not None
         manager, txn = self.manager, self.txn
         if txn.chaos_abort():
@@ -516,6 +523,8 @@ class Processor:
                 manager.marks_due()
                 manager.send_marks()
             offsets = manager.prepare_commit(settled=settled)
+            if asked is not None:
+                self._same_inputs(asked)
             txn.commit(offsets, self.consumer.consumer_group_metadata())
         except KafkaException as exc:
             err: KafkaError = txn.cause(exc.args[0])
@@ -547,23 +556,32 @@ class Processor:
         if manager.purge_due():
             manager.purge()
 
-    def _same_inputs(self) -> None:
-        """Before a commit: the input topics are still the ones read since the start. A topic
+    def _ask_inputs(self) -> dict[str, Any] | None:
+        """The input topics' descriptions asked for (futures; `_same_inputs` reads them);
+        None when their ids are not known (the start could not read them)."""
+        assert self.manager is not None
+        ids = self.manager.ctx.input_ids
+        if not ids:
+            return None
+        if self._ids_admin is None:
+            self._ids_admin = admin_client(self.settings, f"{self._name}-topic-ids")
+        asked: dict[str, Any] = self._ids_admin.describe_topics(TopicCollection(list(ids)))
+        return asked
+
+    def _same_inputs(self, asked: dict[str, Any]) -> None:
+        """Before a commit, once its records are produced: the input topics are still the
+        ones read since the start (`asked`: `_ask_inputs` after the step's reads). A topic
         deleted and created again under its name has another id, and librdkafka's consumer
         does not tell it apart (confluentinc/librdkafka#3255): it reads on at its old position
         in the new topic, so the new topic's first records would be skipped for good and its
         offsets committed past them. Then nothing open is committed: the detector stops and
         says so; started again, it reads the new topic from its first record. A topic gone
-        (nothing can be read from it meanwhile) or a broker not answering in time: the
+        (nothing can be read from it meanwhile) or a broker not answering in time (2 s): the
         commit goes on (it needs the broker too), the next one asks again."""
         assert self.manager is not None
         ids = self.manager.ctx.input_ids
-        if not ids:
-            return
-        if self._ids_admin is None:
-            self._ids_admin = admin_client(self.settings, f"{self._name}-topic-ids")
         try:
-            now = topic_ids(self.settings, list(ids), admin=self._ids_admin, timeout=2)
+            now = {t: str(asked[t].result(timeout=2).topic_id) for t in ids}
         except KafkaException as exc:
             if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 self._say_gone(list(ids))
