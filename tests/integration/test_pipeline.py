@@ -49,6 +49,15 @@ def _decided(settings: Settings, expect: int) -> tuple[list[dict], list[dict]]:
     return legit, fraud
 
 
+def _outputs(settings: Settings) -> list[dict[str, Any]]:
+    """Every committed decision on the legit and fraud topics, decoded."""
+    return [
+        json.loads(m.value())
+        for topic in (settings.legit_topic, settings.fraud_topic)
+        for m in read_to_end(settings, topic)
+    ]
+
+
 def test_ten_thousand_generated_transactions_are_each_decided_exactly_once(
     settings: Settings,
 ) -> None:
@@ -111,11 +120,7 @@ def test_records_held_until_their_partition_went_idle_are_not_decided_again_afte
     then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(3)]
     produce_raw(settings, then)
     run_detector(settings, 3, engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
-    decided = [
-        json.loads(m.value())["id"]
-        for topic in (settings.legit_topic, settings.fraud_topic)
-        for m in read_to_end(settings, topic)
-    ]
+    decided = [d["id"] for d in _outputs(settings)]
     assert sorted(decided) == [f"first-{i}" for i in range(3)] + [f"then-{i}" for i in range(3)]
 
 
@@ -167,11 +172,7 @@ def test_a_group_whose_committed_offsets_are_gone_resumes_where_its_changelog_sa
     with caplog.at_level(logging.WARNING, logger="fraudstream"):
         run_detector(aborting, len(then), engine=engine())
     assert "chaos: aborting this transaction on purpose" in caplog.text
-    decided = [
-        json.loads(m.value())["id"]
-        for topic in (settings.legit_topic, settings.fraud_topic)
-        for m in read_to_end(settings, topic)
-    ]
+    decided = [d["id"] for d in _outputs(settings)]
     assert sorted(decided) == sorted(
         [f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(more)]
     )
@@ -226,11 +227,7 @@ def test_an_input_topic_created_again_under_a_running_detector_stops_it_then_is_
             failed.append(exc)
 
     def decided() -> list[str]:
-        return [
-            json.loads(m.value())["id"]
-            for topic in (settings.legit_topic, settings.fraud_topic)
-            for m in read_to_end(settings, topic)
-        ]
+        return [d["id"] for d in _outputs(settings)]
 
     runner = threading.Thread(target=run)
     runner.start()
@@ -292,11 +289,7 @@ def test_an_offset_committed_in_a_topic_of_the_same_name_deleted_since_is_not_fo
     with caplog.at_level(logging.WARNING, logger="fraudstream"):
         run_detector(settings, len(then), engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
     assert "was committed in another topic of this name" in caplog.text
-    decided = [
-        json.loads(m.value())["id"]
-        for name in (settings.legit_topic, settings.fraud_topic)
-        for m in read_to_end(settings, name)
-    ]
+    decided = [d["id"] for d in _outputs(settings)]
     assert sorted(decided) == sorted(
         [f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(24)]
     )
@@ -334,12 +327,7 @@ def test_a_restarted_detector_evicts_idle_accounts_on_the_days_its_first_run_did
     wakes = [pay("x-wakes", "X", later, 400.0), pay("gone-pays", "GONE", later + 1, 400.0)]
     produce_raw(settings, wakes)
     run_detector(settings, 2, engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
-    decided = {
-        d["id"]: d
-        for topic in (settings.legit_topic, settings.fraud_topic)
-        for m in read_to_end(settings, topic)
-        for d in [json.loads(m.value())]
-    }
+    decided = {d["id"]: d for d in _outputs(settings)}
     woke = decided["x-wakes"]["decision"]
     assert "dormant_reactivated" in {r["rule"] for r in woke["reasons"]}, woke
     # evicted before the restart: forgotten by both (its row is still in the changelog)
