@@ -28,6 +28,7 @@ from fraudstream.detection.engine import EVICTION_KEY
 from fraudstream.detection.features import assemble_row
 from fraudstream.detection.geo import km_between
 from fraudstream.detection.rules import ThresholdRule, Velocity
+from fraudstream.detection.state import IMAGE_ROWS
 from fraudstream.schema import Transaction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -731,6 +732,13 @@ def test_rows_dumped_together_equal_rows_dumped_one_by_one(txs: list[Transaction
     for table in engine.tables.tables.values():
         keys = [*{t.source for t in txs}, *{t.target for t in txs}, "never-seen"]
         assert table.dump_rows(keys) == [table.dump_row(k) for k in keys]
+        # rows are packed one by one below IMAGE_ROWS, with numpy from there: both the same
+        many = keys * (IMAGE_ROWS // len(keys) + 1)
+        assert len(many) >= IMAGE_ROWS
+        assert table.dump_rows(many) == [table.dump_row(k) for k in many]
+        assert table.dump_rows(keys[: IMAGE_ROWS - 1]) == [
+            table.dump_row(k) for k in keys[: IMAGE_ROWS - 1]
+        ]
 
 
 def test_a_changed_rule_set_keeps_the_state_of_the_rules_it_kept() -> None:

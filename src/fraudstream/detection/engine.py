@@ -519,8 +519,12 @@ class Engine:
             return [(_pack(row), hits) for row, hits in self.score_each(batch, upstream)]
         out: list[Packed] = []
         for rows, hits in self._segments(batch, upstream):
-            blob, width = rows.tobytes(), rows.shape[1] * 8
-            packed = [blob[k * width : (k + 1) * width] for k in range(len(hits))]
+            width = rows.shape[1] * 8
+            if width:
+                blob = rows.tobytes()
+                packed = [blob[k * width : (k + 1) * width] for k in range(len(hits))]
+            else:  # no features in this engine
+                packed = [b""] * len(hits)
             out += zip(packed, hits, strict=True)
         return out
 

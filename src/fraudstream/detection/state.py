@@ -44,6 +44,10 @@ class LayoutError(FraudstreamError):
 
 
 _LAYOUT = struct.Struct("<I")
+# Below this many rows, `Table._images` packs rows one by one (about 0.06 µs per column and
+# row) rather than gathering columns with numpy (about 1.1 µs per column, 0.2 µs per row):
+# measured on tables of 20 to 48 columns, the two cross between 10 and 20 rows
+IMAGE_ROWS = 16
 
 
 @dataclass
@@ -385,7 +389,13 @@ class Table:
         return [None if r < 0 else next(images) for r in found]
 
     def _images(self, rows: list[int]) -> list[bytes]:
-        """Each row packed as `dump_row` packs it, the columns gathered in one pass."""
+        """Each row packed as `dump_row` packs it: a few rows one by one, more with the
+        columns gathered in one numpy pass (about 1 µs per column whatever the rows, so a
+        table of 30 to 50 columns is faster row by row below IMAGE_ROWS)."""
+        if len(rows) < IMAGE_ROWS:
+            pack, layout = self._struct().pack, self.layout_id
+            data = [c.data for c in self.columns.values()]
+            return [pack(layout, *[d[r] for d in data]) for r in rows]
         cols = list(self.columns.values())
         if self._image is None:
             fields = [("\x00layout", "<u4")] + [(c.name, "<" + c.typecode) for c in cols]

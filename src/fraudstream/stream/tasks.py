@@ -644,48 +644,68 @@ class KeyedTask(Task):
             return
         engine = self.engine
         assert engine is not None
-        topology = self.ctx.topology
-        to = topology.next(self.stage)
-        last = topology.is_output(to)
-        run: list[Envelope] = []
+        to = self.ctx.topology.next(self.stage)
+        last = self.ctx.topology.is_output(to)
+        run: list[Envelope] = []  # the payments scored together
+        out: list[Envelope] = []  # what goes on, in order: those payments, the verdicts among them
+        latest = -1  # the latest event time of the run's payments
         for env in released:
             if env.kind == DATA:
                 run.append(env)
+                out.append(env)
+                if env.tx is not None:
+                    latest = max(latest, env.tx.ts_ms)
                 continue
-            self._score_run(engine, to, run)
-            run = []
-            assert env.label is not None
-            engine.observe_labels([env.label])
+            label = env.label
+            assert label is not None and label.known_ms is not None
+            # A verdict counts for the payments at or after its `known_ms` only (queued until
+            # then: `FeatureState.label`). When every payment of the run so far is earlier,
+            # queueing it before they are scored changes nothing for them, and the run goes
+            # on as one batch; else they are scored first. (Verdicts cut the keyed stages'
+            # runs into a few dozen payments each, and each batch has a fixed cost.)
+            if run and label.known_ms <= latest:
+                self._score_run(engine, run)
+                self._forward_run(to, out)
+                run, out, latest = [], [], -1
+            engine.observe_labels([label])
             if not last:  # the next keyed stage wants the verdict too
-                value = getattr(env.label, to.key, None)
-                self.forward(topology.route(to, value, env.q), env)
-        self._score_run(engine, to, run)
+                out.append(env)
+        self._score_run(engine, run)
+        self._forward_run(to, out)
 
-    def _score_run(self, engine: Engine, to: Stage, run: list[Envelope]) -> None:
+    def _score_run(self, engine: Engine, run: list[Envelope]) -> None:
         """Score a run of payments (those that came without their transaction crossed
-        under this stage's floor: nothing here concerns them) and forward each."""
-        if not run:
-            return
-        ctx = self.ctx
-        route = ctx.topology.route
-        key = self.stage.key
-        last = ctx.topology.is_output(to)
-        floor = ctx.lean_below.get(to.index, 0.0)
+        under this stage's floor: nothing here concerns them), adding each one's feature
+        row and hits to its envelope."""
         full = [e for e in run if e.tx is not None]
+        if not full:
+            return
+        key = self.stage.key
         scored = engine.score_packed([e.tx for e in full], [e.hits for e in full])  # type: ignore[misc]
         for env, (row, hits) in zip(full, scored, strict=True):
             if row:
                 env.parts[key] = row
             if hits:
                 env.hits += [(h.rule, h.weight, h.reason, h.allow, h.block) for h in hits]
-        if last:  # the output stage is partitioned like the input (`route`: by env.q)
-            for env in full:
-                if appendable(env.value, env.tx):  # type: ignore[arg-type]
-                    env.tx = None  # the output stage needs the bytes, not tx
-            self.forward_all([env.q for env in run], run)
+
+    def _forward_run(self, to: Stage, out: list[Envelope]) -> None:
+        """Forward scored payments and the verdicts among them, in order, to the next stage."""
+        if not out:
             return
+        route = self.ctx.topology.route
+        if self.ctx.topology.is_output(to):  # partitioned like the input: by env.q
+            for env in out:
+                if env.tx is not None and appendable(env.value, env.tx):
+                    env.tx = None  # the output stage needs the bytes, not tx
+            self.forward_all([env.q for env in out], out)
+            return
+        floor = self.ctx.lean_below.get(to.index, 0.0)
         parts: list[int] = []
-        for env in run:
+        for env in out:
+            if env.kind != DATA:  # a verdict, routed by its own key
+                assert env.label is not None
+                parts.append(route(to, getattr(env.label, to.key, None), env.q))
+                continue
             tx = env.tx
             value = None  # (no transaction: spread by origin, as `route` does)
             if tx is not None:  # always, before the last keyed stage (only it is crossed lean)
@@ -693,7 +713,7 @@ class KeyedTask(Task):
                 if floor and lean(tx, env.value, floor):  # the next stage is the last keyed
                     env.tx = None
             parts.append(route(to, value, env.q))
-        self.forward_all(parts, run)
+        self.forward_all(parts, out)
 
     def bound(self) -> Key | None:
         # After a restart the marks read past the resume offset are read again; the mark
