@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchkit import REPO, ProcessTree, env_for
+from benchkit import REPO, ProcessTree, drop_topics, env_for
 from confluent_kafka import Consumer, Producer
 
 from fraudstream.config import Settings
@@ -215,4 +215,7 @@ def measure(
     finally:
         tree.stop(proc)
         collector.close()
+        # its topics go, as each throughput contender's do: a later measurement on this
+        # broker (another variant's) is not slowed by their logs
+        drop_topics(settings.kafka_broker_url, tag)
     return results
