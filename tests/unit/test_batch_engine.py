@@ -286,3 +286,54 @@ def test_the_compiled_distance_is_the_same_number(points: list[float], lons: lis
     """The travel kernel's distance (numba) is bit for bit the Python one's."""
     (lat1, lat2), (lon1, lon2) = points, lons
     assert _km(lat1, lon1, lat2, lon2) == km_between(lat1, lon1, lat2, lon2)
+
+
+def _scored_across_verdicts(
+    engine: Engine, txs: list[Transaction], labels: list[tuple[int, Label]], merge: bool
+) -> tuple[list[bytes], list[tuple[bytes, bytes | None]]]:
+    """Payments and verdicts in one transaction as a keyed stage releases them (each verdict
+    before the payment at its index): a run of payments scored as one batch. Without `merge`
+    every verdict cuts the run (queued between the payments before and after it); with it,
+    as `KeyedTask.release` does, only one known at or before a payment of the run so far."""
+    engine.begin()
+    scored: list[bytes] = []
+    run: list[Transaction] = []
+
+    def score() -> None:
+        for row, hits in engine.score_packed(run):
+            decision = engine.combine(hits, None)
+            scored.append(msgspec.msgpack.encode((row, decision)))
+        run.clear()
+
+    at: dict[int, list[Label]] = {}
+    for i, label in labels:
+        at.setdefault(i, []).append(label)
+    for i, tx in enumerate(txs):
+        for label in at.get(i, []):
+            assert label.known_ms is not None
+            if run and (not merge or label.known_ms <= max(t.ts_ms for t in run)):
+                score()
+            engine.observe_labels([label])
+        run.append(tx)
+    score()
+    changes = sorted(engine.changes(), key=lambda kv: kv[0])
+    engine.commit()
+    return scored, changes
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    case=streams(),
+    retention=st.sampled_from([400 * DAY, 3 * DAY, HOUR]),
+    part=st.sampled_from([None, "target", "merchant"]),
+)
+def test_a_verdict_known_after_the_payments_before_it_need_not_cut_their_batch(
+    case: tuple[list[Transaction], list[tuple[int, Label]]], retention: int, part: str | None
+) -> None:
+    """A keyed stage scores the payments before and after a verdict as one batch when the
+    verdict is known after every payment before it (`KeyedTask.release`): the same feature
+    rows, decisions and changelog records as cutting the batch at every verdict."""
+    txs, labels = case
+    merged = _scored_across_verdicts(_engine(True, retention, part), txs, labels, merge=True)
+    cut = _scored_across_verdicts(_engine(True, retention, part), txs, labels, merge=False)
+    assert merged == cut
