@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     """Fault tests only: raise in the Nth batch read, as a bug would (0: never)."""
     fault_snapshot_write_delay_ms: int = Field(default=0, ge=0)
     """Fault tests only: pause this many ms halfway through writing each state snapshot."""
+    fault_drop_partition_eof: bool = False
+    """Fault tests only: ignore the consumer's end-of-partition events, as if librdkafka never
+    sent them (an input then goes idle by its position and high watermark alone)."""
 
     dashboard_host: str = "127.0.0.1"
     """Address the dashboard listens on."""

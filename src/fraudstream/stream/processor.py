@@ -158,6 +158,7 @@ class Processor:
         self._joined_at = 0.0  # clock() when it subscribed (the group's join under way)
         self._unassigned_said = 0.0  # when waiting for a first assignment was last logged
         self._rejoin = False  # leave and join again before processing (`_on_assign`)
+        self._next_end_check = 0.0  # when `_ends_by_watermarks` looks next
         self._ids_admin: AdminClient | None = None  # `_same_inputs`' client, made at its first
         self._gone_said = -60.0  # when an input topic gone was last logged (`_say_gone`)
 
@@ -298,6 +299,8 @@ class Processor:
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
             if staged:
                 manager.backpressure()
+                if self.clock() >= self._next_end_check:
+                    self._ends_by_watermarks()
             if not txn.in_txn and manager.marks_due():
                 self._begin()
             if txn.due(s.commit_records, backlog_interval if full else interval):
@@ -344,7 +347,8 @@ class Processor:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    ends[(msg.topic(), msg.partition())] = True
+                    if not self.settings.fault_drop_partition_eof:
+                        ends[(msg.topic(), msg.partition())] = True
                     continue
                 if failed_fatally(err):
                     raise ProcessingError(consumer_failure(err, self._consumer_config))
@@ -384,6 +388,43 @@ class Processor:
                 if task.stage is stage:
                     task.release()
         self.collector.flush()
+
+    def _ends_by_watermarks(self) -> None:
+        """An input or labels partition read to its end goes idle (its mark then holds no
+        stage back) when the consumer says so with an end-of-partition event, which
+        librdkafka sends once per offset: one missed leaves the stages waiting for it for good
+        (a group's last records held in the output). So every PARTITION_IDLE_MS, a partition
+        not known to be at its end is taken to be there when its position (or, with nothing
+        read since it was assigned, where it resumes) has reached its high watermark as the
+        last fetch saw it (no request to the broker)."""
+        self._next_end_check = self.clock() + max(self.settings.partition_idle_ms, 100) / 1000
+        waiting = [
+            (tp, task)
+            for tp, task in self.tasks.items()
+            if not task.buffers and task.at_end is None and not task.idle
+        ]
+        if not waiting:
+            return
+        try:
+            positions = self.consumer.position([TopicPartition(t, p) for (t, p), _ in waiting])
+        except KafkaException:
+            return  # (asked again next time)
+        now = self.clock()
+        for (_, task), at in zip(waiting, positions, strict=True):
+            try:
+                low, high = self.consumer.get_watermark_offsets(at, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue  # not fetched yet
+            # where it reads: its position, or with nothing read since it was assigned, where
+            # it resumes (its changelog's place), or an empty partition's start
+            here = at.offset
+            if here < 0:
+                resume = task.resume_offset()
+                here = resume if resume is not None else (high if low == high else -1)
+            if here >= high:
+                task.at_end = now
 
     def _topic_ids(self) -> dict[str, str]:
         """The input and labels topics' ids (`Meta.source`); none when the broker does not
