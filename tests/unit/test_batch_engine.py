@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraudstream.detection import DAY, HOUR, MINUTE, Engine, Label, Velocity, load_ruleset
+from fraudstream.detection.engine import EACH_BELOW
 from fraudstream.detection.geo import km_between
 from fraudstream.detection.kernels import _km
 from fraudstream.detection.rules import (
@@ -127,8 +128,16 @@ def streams(draw: st.DrawFn) -> tuple[list[Transaction], list[tuple[int, Label]]
     return txs, labels
 
 
-def _engine(compiled: bool, retention_ms: int, part: str | None) -> Engine:
-    engine = Engine(RULES, threshold=0.6, version="t", features=True, compiled=compiled)
+def _engine(compiled: bool, retention_ms: int, part: str | None, each_below: int = 0) -> Engine:
+    """`each_below` 0: every call takes the batch path, however few its transactions."""
+    engine = Engine(
+        RULES,
+        threshold=0.6,
+        version="t",
+        features=True,
+        compiled=compiled,
+        each_below=each_below,
+    )
     if part is not None:
         engine = engine.for_stage(part)
     for table in engine.tables.tables.values():
@@ -191,6 +200,9 @@ def test_the_batch_path_decides_and_logs_exactly_as_one_at_a_time(
     plain = _run(_engine(False, retention, part), txs, labels, cuts)
     assert fast == plain
     assert _run(_engine(True, retention, part), txs, labels, cuts, packed=True) == plain
+    # as the detector runs it: calls of fewer than EACH_BELOW one at a time, the rest batched
+    mixed = _engine(True, retention, part, each_below=EACH_BELOW)
+    assert _run(mixed, txs, labels, cuts, packed=True) == plain
 
 
 @settings(max_examples=200, deadline=None)

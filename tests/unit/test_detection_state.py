@@ -28,7 +28,7 @@ from fraudstream.detection.engine import EVICTION_KEY
 from fraudstream.detection.features import assemble_row
 from fraudstream.detection.geo import km_between
 from fraudstream.detection.rules import ThresholdRule, Velocity
-from fraudstream.detection.state import IMAGE_ROWS
+from fraudstream.detection.state import GROW_ROWS, IMAGE_ROWS
 from fraudstream.schema import Transaction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -739,6 +739,35 @@ def test_rows_dumped_together_equal_rows_dumped_one_by_one(txs: list[Transaction
         assert table.dump_rows(keys[: IMAGE_ROWS - 1]) == [
             table.dump_row(k) for k in keys[: IMAGE_ROWS - 1]
         ]
+
+
+def test_a_tables_views_follow_its_columns_as_they_grow_and_load() -> None:
+    """`Table.view` keeps a column's numpy view between calls: rows added past the columns'
+    reserve (which grow them, the views dropped first), a snapshot loaded into the table,
+    and writes through the view all land in the column itself."""
+    table = Table("source", retention_ms=DAY)
+    count = table.column("count", "q", 0)
+    assert table.view(count) is table.view(count)  # kept, not made again
+    for i in range(3 * GROW_ROWS + 5):  # grows several times, with a view held between
+        row = table.row(f"k{i}", i + 1)
+        table.view(count)[row] = i
+    assert list(count[: 3 * GROW_ROWS + 5]) == list(range(3 * GROW_ROWS + 5))
+    assert len(table.view(count)) == len(count)
+    added = table.column("added", "i", 7)  # a column declared late has the reserve too
+    assert len(added) == len(count) and table.view(added)[-1] == 7
+    saved = table.dump()
+    other = Table("source", retention_ms=DAY)
+    other_count = other.column("count", "q", 0)
+    other.column("added", "i", 7)
+    assert len(other.view(other_count)) == 0  # kept by the table, dropped by `load`
+    other.load(saved)
+    assert len(other.view(other_count)) == len(count)
+    other.view(other_count)[other.find("k3") or 0] += 100
+    assert other_count[other.find("k3") or 0] == 103
+    assert other.row("new", 10**6) == 3 * GROW_ROWS + 5  # the next row after the loaded ones
+    assert [other.dump_row(f"k{i}") for i in (0, 500)] == [
+        table.dump_row(f"k{i}") for i in (0, 500)
+    ]
 
 
 def test_a_changed_rule_set_keeps_the_state_of_the_rules_it_kept() -> None:

@@ -43,7 +43,6 @@ import numpy as np
 from fraudstream.detection.geo import km_between
 from fraudstream.detection.kernels import (
     account_features,
-    column_view,
     merchant_features,
     target_features,
 )
@@ -367,8 +366,9 @@ class FeatureState:
 
     def _kernel(self, part: int, args: list[Any], out: Any, c: int) -> None:
         """Run one part's kernel over `args` (its inputs, sliced), writing columns `c`… of
-        `out`: the columns seen through views, dropped at once (a table may grow next)."""
-        v = column_view
+        `out`: the columns seen through the table's own views (`Table.view`), held no longer
+        than the call (a table may grow next)."""
+        v = (self.accounts, self.targets, self.merchants)[part].view
         kernel: Any
         if part == 0:
             views: tuple[Any, ...] = (

@@ -5,9 +5,9 @@ as the rule's own `apply` does one transaction at a time: the same arithmetic, t
 order, so the same state and the same numbers come out (a property test runs both on random
 streams). A kernel returns what the rule's reasons need (counts, times, distances) for the
 transactions that fired; the rule formats the reasons in Python, for those only. The columns
-are the table's own `array.array`s, seen through numpy views without a copy; a view must be
-gone before the table grows (`array` refuses to resize while one is exported), so the
-kernels make them per call and drop them at once.
+are the table's own `array.array`s, seen through numpy views without a copy: the table's own
+(`Table.view`), which it keeps until its columns grow and then drops (`array` refuses to
+resize while a view of it exists); so the kernels hold none past their call.
 
     count, cents = velocity_window(rows, ts, cents_in, width, buckets, head, n, s)
     fired, idle_days = dormant(rows, ts, big, idle_ms, awake_ms, last, woke, idle_d)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 import numba
@@ -33,8 +34,12 @@ _km = numba.njit(cache=True, nogil=True)(km_between)  # the same source, compile
 
 
 def column_view(data: array) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
-    """A numpy view of an `array.array` column (writes go to the column)."""
+    """A numpy view of an `array.array` column (writes go to the column), made afresh; a
+    table's own `Table.view` keeps its views (what the rules pass as `view`)."""
     return np.frombuffer(data, dtype=np.dtype(data.typecode))
+
+
+View = Callable[[Any], np.ndarray[Any, Any]]  # a column's numpy view: `column_view`, `Table.view`
 
 
 @numba.njit(cache=True, nogil=True)
@@ -93,6 +98,7 @@ def velocity_window(
     head: array,  # type: ignore[type-arg]
     n: list[array] | None,  # type: ignore[type-arg]
     s: list[array] | None,  # type: ignore[type-arg]
+    view: View = column_view,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Add each payment (row, event time, cents) to its key's ring of `buckets` buckets of
     `width` ms, in order; returns the count and the cents in each one's window after it.
@@ -103,9 +109,9 @@ def velocity_window(
     if m == 0:
         return count, total
     none16, none32 = np.zeros(1, np.uint16), np.zeros(1, np.int32)
-    nv = tuple(column_view(c) for c in n) if n else tuple(none16 for _ in range(buckets))
-    sv = tuple(column_view(c) for c in s) if s else tuple(none32 for _ in range(buckets))
-    hv = column_view(head)
+    nv = tuple(map(view, n)) if n else tuple(none16 for _ in range(buckets))
+    sv = tuple(map(view, s)) if s else tuple(none32 for _ in range(buckets))
+    hv = view(head)
     try:
         _velocity(rows, ts, cents, width, buckets, hv, nv, sv, bool(n), bool(s), count, total)
     finally:
@@ -152,12 +158,13 @@ def dormant(
     last: Column,
     woke: Column,
     idle_d: Column,
+    view: View = column_view,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """`DormantAccount.apply` over a batch (`big`: amount at least the rule's minimum):
     whether each fired, and the idle days its reason names."""
     fired = np.zeros(rows.shape[0], dtype=np.bool_)
     idle_at = np.zeros(rows.shape[0], dtype=np.int64)
-    views = column_view(last), column_view(woke), column_view(idle_d)
+    views = view(last), view(woke), view(idle_d)
     try:
         _dormant(rows, ts, big, idle_ms, awake_ms, *views, fired, idle_at)
     finally:
@@ -197,16 +204,17 @@ def small_then_large(
     large_min: float,
     within_ms: int,
     small: Column,
+    view: View = column_view,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """`SmallThenLarge.apply` over a batch: whether each fired, and the time of the test
     payment before it."""
     fired = np.zeros(rows.shape[0], dtype=np.bool_)
     small_at = np.zeros(rows.shape[0], dtype=np.int64)
-    view = column_view(small)
+    seen = view(small)
     try:
-        _small_then_large(rows, ts, amounts, small_max, large_min, within_ms, view, fired, small_at)
+        _small_then_large(rows, ts, amounts, small_max, large_min, within_ms, seen, fired, small_at)
     finally:
-        del view
+        del seen
     return fired, small_at
 
 
@@ -251,6 +259,7 @@ def travel(
     lat_col: Column,
     lon_col: Column,
     when: Column,
+    view: View = column_view,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """`ImpossibleTravel.apply` over a batch: whether each fired, the distance and the time
     of the payment before it."""
@@ -258,7 +267,7 @@ def travel(
     fired = np.zeros(m, dtype=np.bool_)
     km_at = np.zeros(m, dtype=np.float64)
     prev_at = np.zeros(m, dtype=np.int64)
-    views = column_view(lat_col), column_view(lon_col), column_view(when)
+    views = view(lat_col), view(lon_col), view(when)
     try:
         _travel(rows, ts, lat, lon, max_kmh, min_km, *views, fired, km_at, prev_at)
     finally:

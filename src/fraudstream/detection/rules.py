@@ -479,6 +479,7 @@ class Velocity:
             self._head,
             [n for n, _ in self._cols] if self.max_count is not None else None,
             [s for _, s in self._cols] if self.max_sum is not None else None,
+            view=self._table.view,
         )
         fired = np.zeros(len(picked), dtype=bool)
         if self.max_count is not None:
@@ -687,6 +688,7 @@ class DormantAccount:
             self._last,
             self._woke,
             self._idle,
+            view=self._table.view,
         )
         keys, txs = seg.field(self.key), seg.txs
         return [
@@ -754,6 +756,7 @@ class SmallThenLarge:
             float(self.large_min),
             int(self.within_ms),
             self._small,
+            view=self._table.view,
         )
         keys, txs = seg.field(self.key), seg.txs
         return [
@@ -819,6 +822,7 @@ class ImpossibleTravel:
             return []
         rows = seg.rows(self._table, picked)
         times = seg.times[picked]
+        lat, lon, when = self._cols
         fired, km, prev_at = travel(
             rows,
             times,
@@ -826,7 +830,10 @@ class ImpossibleTravel:
             seg.floats("lon", picked),
             float(self.max_speed_kmh),
             float(self.min_distance_km),
-            *self._cols,
+            lat,
+            lon,
+            when,
+            view=self._table.view,
         )
         keys = seg.field(self.key)
         return [
