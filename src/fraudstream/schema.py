@@ -130,6 +130,11 @@ def _check_amount(amount: float) -> None:
         )
 
 
+# From this many records a batch's amounts are checked in one numpy pass (`amounts_valid`:
+# about 9 µs whatever the count, against about 0.35 µs per amount checked alone)
+VECTOR_AMOUNTS = 24
+
+
 def amounts_valid(amounts: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """Where `_check_amount` passes, for many amounts in one pass: the same float operations
     (NaN fails every comparison, infinity is over the maximum; `np.round` rounds half to
@@ -291,9 +296,13 @@ def decode_transactions(
         txs.append(tx)
     if not txs:
         return out
-    amounts = np.fromiter(map(operator.attrgetter("amount"), txs), np.float64, len(txs))
+    if len(txs) >= VECTOR_AMOUNTS:
+        amounts = np.fromiter(map(operator.attrgetter("amount"), txs), np.float64, len(txs))
+        fines = amounts_valid(amounts).tolist()
+    else:  # a few: each checked as alone (`check` does it), cheaper than numpy's passes
+        fines = [False] * len(txs)
     made = tuple.__new__  # a `Decoded` without its Python-level constructor
-    for i, tx, fine in zip(at, txs, amounts_valid(amounts).tolist(), strict=True):
+    for i, tx, fine in zip(at, txs, fines, strict=True):
         try:
             tx.check(amount_checked=fine)
         except InvalidTransaction as exc:

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fraudstream.schema import (
+    VECTOR_AMOUNTS,
     Decision,
     InvalidTransaction,
     Reason,
@@ -359,11 +360,15 @@ def _outcome(result: object) -> object:
 
 
 @settings(max_examples=300, deadline=None)
-@given(values=st.lists(_records, max_size=20))
+@given(
+    values=st.lists(_records, max_size=VECTOR_AMOUNTS)
+    | st.lists(_records, min_size=VECTOR_AMOUNTS, max_size=2 * VECTOR_AMOUNTS)
+)
 def test_a_batch_decodes_as_each_record_alone(values: list[bytes | None]) -> None:
-    """`decode_transactions` (the input stage's: amounts checked in one vectorised pass) gives
-    each record what `decode_transaction` gives it alone: the same transaction and derived
-    members, or the same error, kind and message."""
+    """`decode_transactions` (the input stage's: amounts checked in one vectorised pass from
+    VECTOR_AMOUNTS records, one by one below) gives each record what `decode_transaction`
+    gives it alone: the same transaction and derived members, or the same error, kind and
+    message."""
     offsets = list(range(40, 40 + len(values)))
     times = [1_790_000_000_000 + i for i in range(len(values))]
     alone = []
