@@ -9,10 +9,10 @@ are the table's own `array.array`s, seen through numpy views without a copy: the
 (`Table.view`), which it keeps until its columns grow and then drops (`array` refuses to
 resize while a view of it exists); so the kernels hold none past their call.
 
-    count, cents = velocity_window(rows, ts, cents_in, width, buckets, head, n, s)
-    fired, idle_days = dormant(rows, ts, big, idle_ms, awake_ms, last, woke, idle_d)
-    fired, small_ts = small_then_large(rows, ts, amounts, small_max, large_min, within, small)
-    fired, km, prev_ts = travel(rows, ts, lat, lon, max_kmh, min_km, lat_col, lon_col, when)
+    count, cents = velocity_window(rows, ts, cents_in, width, buckets, head, n, s, view)
+    fired, idle_days = dormant(rows, ts, big, idle_ms, awake_ms, last, woke, idle_d, view)
+    fired, small_ts = small_then_large(rows, ts, amounts, small_max, large_min, within, small, view)
+    fired, km, prev_ts = travel(rows, ts, lat, lon, max_kmh, min_km, lat_col, lon_col, when, view)
 """
 
 from __future__ import annotations
@@ -28,18 +28,12 @@ import numpy as np
 from fraudstream.detection.geo import km_between
 from fraudstream.detection.state import DAY, HOUR
 
-__all__ = ["column_view", "dormant", "small_then_large", "travel", "velocity_window"]
+__all__ = ["View", "dormant", "small_then_large", "travel", "velocity_window"]
 
 _km = numba.njit(cache=True, nogil=True)(km_between)  # the same source, compiled
 
 
-def column_view(data: array) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
-    """A numpy view of an `array.array` column (writes go to the column), made afresh; a
-    table's own `Table.view` keeps its views (what the rules pass as `view`)."""
-    return np.frombuffer(data, dtype=np.dtype(data.typecode))
-
-
-View = Callable[[Any], np.ndarray[Any, Any]]  # a column's numpy view: `column_view`, `Table.view`
+View = Callable[[Any], np.ndarray[Any, Any]]  # a column's numpy view: its table's `Table.view`
 
 
 @numba.njit(cache=True, nogil=True)
@@ -98,7 +92,7 @@ def velocity_window(
     head: array,  # type: ignore[type-arg]
     n: list[array] | None,  # type: ignore[type-arg]
     s: list[array] | None,  # type: ignore[type-arg]
-    view: View = column_view,
+    view: View,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Add each payment (row, event time, cents) to its key's ring of `buckets` buckets of
     `width` ms, in order; returns the count and the cents in each one's window after it.
@@ -119,7 +113,7 @@ def velocity_window(
     return count, total
 
 
-Column = Any  # an `array.array` column of a table (see `column_view`)
+Column = Any  # an `array.array` column of a table (seen through `View`)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -158,7 +152,7 @@ def dormant(
     last: Column,
     woke: Column,
     idle_d: Column,
-    view: View = column_view,
+    view: View,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """`DormantAccount.apply` over a batch (`big`: amount at least the rule's minimum):
     whether each fired, and the idle days its reason names."""
@@ -204,7 +198,7 @@ def small_then_large(
     large_min: float,
     within_ms: int,
     small: Column,
-    view: View = column_view,
+    view: View,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """`SmallThenLarge.apply` over a batch: whether each fired, and the time of the test
     payment before it."""
@@ -259,7 +253,7 @@ def travel(
     lat_col: Column,
     lon_col: Column,
     when: Column,
-    view: View = column_view,
+    view: View,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """`ImpossibleTravel.apply` over a batch: whether each fired, the distance and the time
     of the payment before it."""
