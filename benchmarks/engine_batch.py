@@ -5,7 +5,8 @@
 
 Simulated transactions (the `sim` profile), decided in batches of 1,000 (`--batch`) by two
 engines of the same rule set: `compiled=True` (velocity rules as compiled kernels over the
-batch) and `compiled=False` (`score_each`, the reference); `--transactions`: each batch in a
+batch, for every batch size: the detector scores batches under `EACH_BELOW` one at a time) and
+`compiled=False` (`score_each`, the reference); `--transactions`: each batch in a
 transaction of its own, its changelog records made, as a detector's input task runs it;
 `--features`: the model's features computed too (as `train` does; no model needed). Both
 in this process, one after the other, best of 3 runs each on fresh engines; prints µs per
@@ -16,6 +17,7 @@ in docs/performance.md with the machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import time
@@ -44,9 +46,12 @@ def main() -> None:
     features = True if args.features else None
     results = {}
     for compiled in (True, False) * 3:
-        engine = Engine.from_ruleset(ruleset, compiled=compiled, features=features)
+        make = functools.partial(
+            Engine.from_ruleset, ruleset, compiled=compiled, features=features, each_below=0
+        )
+        engine = make()
         engine.decide(txs[:batch])  # compile the kernels (cached on disk after the first run)
-        engine = Engine.from_ruleset(ruleset, compiled=compiled, features=features)
+        engine = make()
         t0 = time.perf_counter()
         out = []
         for i in range(0, len(txs), batch):

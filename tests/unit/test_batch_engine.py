@@ -5,6 +5,7 @@ out-of-order times, late labels, evictions and any cut into batches."""
 
 from __future__ import annotations
 
+import unittest.mock
 from pathlib import Path
 
 import msgspec
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraudstream.detection import DAY, HOUR, MINUTE, Engine, Label, Velocity, load_ruleset
+from fraudstream.detection import DAY, HOUR, MINUTE, Engine, Label, Velocity, load_ruleset, state
 from fraudstream.detection.engine import EACH_BELOW
 from fraudstream.detection.geo import km_between
 from fraudstream.detection.kernels import _km
@@ -85,7 +86,11 @@ places = st.sampled_from(  # -0.0: a signed zero is stored as it came
 
 
 @st.composite
-def streams(draw: st.DrawFn) -> tuple[list[Transaction], list[tuple[int, Label]]]:
+def streams(
+    draw: st.DrawFn,
+    sources: tuple[str, ...] = ("a", "b", "c"),
+    targets: tuple[str, ...] = ("x", "y", "z", "w", "v", "u"),
+) -> tuple[list[Transaction], list[tuple[int, Label]]]:
     """Transactions (times mostly growing, some late) and labels to hand over before the
     transaction at a given index (known now, later, or long before)."""
     n = draw(st.integers(min_value=1, max_value=80))
@@ -99,8 +104,8 @@ def streams(draw: st.DrawFn) -> tuple[list[Transaction], list[tuple[int, Label]]
             Transaction(
                 id=f"t{i}",
                 timestamp=t,
-                source=draw(st.sampled_from(["a", "b", "c"])),
-                target=draw(st.sampled_from(["x", "y", "z", "w", "v", "u"])),
+                source=draw(st.sampled_from(sources)),
+                target=draw(st.sampled_from(targets)),
                 merchant=merchant,
                 amount=draw(amounts),
                 currency="EUR",
@@ -203,6 +208,31 @@ def test_the_batch_path_decides_and_logs_exactly_as_one_at_a_time(
     # as the detector runs it: calls of fewer than EACH_BELOW one at a time, the rest batched
     mixed = _engine(True, retention, part, each_below=EACH_BELOW)
     assert _run(mixed, txs, labels, cuts, packed=True) == plain
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    case=streams(
+        sources=tuple(f"s{i}" for i in range(40)), targets=tuple(f"t{i}" for i in range(60))
+    ),
+    cuts=st.lists(st.integers(min_value=1, max_value=80), max_size=8),
+    retention=st.sampled_from([400 * DAY, HOUR]),
+    part=st.sampled_from([None, "source", "target", "merchant"]),
+)
+def test_the_batch_path_equals_one_at_a_time_while_the_tables_grow(
+    case: tuple[list[Transaction], list[tuple[int, Label]]],
+    cuts: list[int],
+    retention: int,
+    part: str | None,
+) -> None:
+    """The same with many keys and tables that grow every two rows (`GROW_ROWS`), so that
+    columns grow in the middle of batches, between the calls that keep their views."""
+    txs, labels = case
+    with unittest.mock.patch.object(state, "GROW_ROWS", 2):
+        plain = _run(_engine(False, retention, part), txs, labels, cuts)
+        assert _run(_engine(True, retention, part), txs, labels, cuts) == plain
+        mixed = _engine(True, retention, part, each_below=EACH_BELOW)
+        assert _run(mixed, txs, labels, cuts, packed=True) == plain
 
 
 @settings(max_examples=200, deadline=None)

@@ -744,7 +744,8 @@ def test_rows_dumped_together_equal_rows_dumped_one_by_one(txs: list[Transaction
 def test_a_tables_views_follow_its_columns_as_they_grow_and_load() -> None:
     """`Table.view` keeps a column's numpy view between calls: rows added past the columns'
     reserve (which grow them, the views dropped first), a snapshot loaded into the table,
-    and writes through the view all land in the column itself."""
+    and writes through the view all land in the column itself. A snapshot holds the rows
+    made, not the reserve (one written with it, before, still loads)."""
     table = Table("source", retention_ms=DAY)
     count = table.column("count", "q", 0)
     assert table.view(count) is table.view(count)  # kept, not made again
@@ -755,19 +756,27 @@ def test_a_tables_views_follow_its_columns_as_they_grow_and_load() -> None:
     assert len(table.view(count)) == len(count)
     added = table.column("added", "i", 7)  # a column declared late has the reserve too
     assert len(added) == len(count) and table.view(added)[-1] == 7
+    made = 3 * GROW_ROWS + 5
     saved = table.dump()
-    other = Table("source", retention_ms=DAY)
-    other_count = other.column("count", "q", 0)
-    other.column("added", "i", 7)
-    assert len(other.view(other_count)) == 0  # kept by the table, dropped by `load`
-    other.load(saved)
-    assert len(other.view(other_count)) == len(count)
-    other.view(other_count)[other.find("k3") or 0] += 100
-    assert other_count[other.find("k3") or 0] == 103
-    assert other.row("new", 10**6) == 3 * GROW_ROWS + 5  # the next row after the loaded ones
-    assert [other.dump_row(f"k{i}") for i in (0, 500)] == [
-        table.dump_row(f"k{i}") for i in (0, 500)
-    ]
+    assert len(count) > made and len(saved["columns"]["count"]) == 8 * made  # type: ignore[index]
+    with_reserve = dict(saved, columns={c.name: c.data.tobytes() for c in table.columns.values()})
+    for dumped, rows in ((saved, made), (with_reserve, len(count))):
+        other = Table("source", retention_ms=DAY)
+        other_count = other.column("count", "q", 0)
+        other.column("added", "i", 7)
+        assert len(other.view(other_count)) == 0  # kept by the table, dropped by `load`
+        with pytest.raises(AssertionError, match="not this table's"):
+            other.view(count)  # (kept here, it would stop `table` from growing)
+        other.load(dumped)
+        assert len(other.view(other_count)) == rows
+        other.view(other_count)[other.find("k3") or 0] += 100
+        assert other_count[other.find("k3") or 0] == 103
+        assert other.row("new", 10**6) == made  # the next row after the loaded ones
+        assert other.row("newer", 10**6) == made + 1 and len(other_count) >= made + 2
+        assert [other.dump_row(f"k{i}") for i in (0, 500)] == [
+            table.dump_row(f"k{i}") for i in (0, 500)
+        ]
+        assert (other_count[made + 1], other.columns["added"].data[made + 1]) == (0, 7)
 
 
 def test_a_changed_rule_set_keeps_the_state_of_the_rules_it_kept() -> None:

@@ -197,7 +197,12 @@ class Engine:
 
     @classmethod
     def from_ruleset(
-        cls, ruleset: RuleSet, *, features: bool | None = None, compiled: bool = True
+        cls,
+        ruleset: RuleSet,
+        *,
+        features: bool | None = None,
+        compiled: bool = True,
+        each_below: int = EACH_BELOW,
     ) -> Engine:
         model = FraudModel.load(ruleset.model.path) if ruleset.model else None
         version = ruleset.version + (f"+{model.version}" if model else "")
@@ -208,6 +213,7 @@ class Engine:
             model=model,
             features=features,
             compiled=compiled,
+            each_below=each_below,
         )
 
     # --- a key-partitioned pipeline: one stage per key field -----------------------------

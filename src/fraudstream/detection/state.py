@@ -298,6 +298,8 @@ class Table:
         views = self._views
         v = views.get(id(data))
         if v is None:
+            # (a view of another table's column, kept here, would stop that table growing)
+            assert any(c.data is data for c in self.columns.values()), "not this table's"
             v = views[id(data)] = np.frombuffer(data, dtype=_DTYPES[data.typecode])
         return v
 
@@ -324,15 +326,19 @@ class Table:
         return [(c.name, c.typecode) for c in self.columns.values()]
 
     def dump(self) -> dict[str, object]:
+        """The rows made (not the reserve of defaults after them: `load` makes it again as
+        the columns grow)."""
+        n = self._size
         return {
-            "size": self._size,
+            "size": n,
             "free": list(self._free),
             "index": self.index.dump(),
-            "columns": {c.name: c.data.tobytes() for c in self.columns.values()},
+            "columns": {c.name: self.view(c.data)[:n].tobytes() for c in self.columns.values()},
         }
 
     def load(self, dumped: dict[str, object]) -> None:
-        """Replace the contents in place (rules hold the column arrays themselves)."""
+        """Replace the contents in place (rules hold the column arrays themselves). A dump
+        may hold a reserve of rows after `size` (one written before 2026-12-06): kept."""
         self._size = dumped["size"]  # type: ignore[assignment]
         self._free = list(dumped["free"])  # type: ignore[call-overload]
         self.index.load(dumped["index"])  # type: ignore[arg-type]
@@ -466,7 +472,7 @@ class Table:
                 kept.data[r] = value
 
     def nbytes(self) -> int:
-        """Bytes the columns use (one item per row)."""
+        """Bytes the columns hold: the rows made and the reserve after them."""
         return sum(c.data.itemsize * len(c.data) for c in self.columns.values())
 
     def allocated(self) -> int:
