@@ -112,11 +112,10 @@ def topic_id(settings: Settings, topic: str) -> str:
 def topic_ids(settings: Settings, topics: list[str], admin: Any = None) -> dict[str, str]:
     """`topic_id` of each (`admin`: a client to ask with, else one of its own)."""
     from confluent_kafka import TopicCollection
-    from confluent_kafka.admin import AdminClient
 
-    from fraudstream.stream.clients import base_config
+    from fraudstream.stream.clients import admin_client
 
     if admin is None:
-        admin = AdminClient(base_config(settings, "fraudstream-topic-id"))
+        admin = admin_client(settings, "fraudstream-topic-id")
     described = admin.describe_topics(TopicCollection(topics))
     return {t: str(described[t].result(timeout=30).topic_id) for t in topics}

@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient
 
 from fraudstream.detection import Engine
 from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id
-from fraudstream.stream.clients import base_config
+from fraudstream.stream.clients import admin_client
 from fraudstream.stream.health import TaskStatus, describe_key
 from fraudstream.stream.ordering import (
     HOLD,
@@ -401,7 +401,7 @@ class TaskManager:
         for tp in done:
             purged[(tp.topic, tp.partition)] = tp.offset
         if self._admin is None:
-            self._admin = AdminClient(base_config(self.settings, f"{self.name}-purge"))
+            self._admin = admin_client(self.settings, f"{self.name}-purge")
         futures = self._admin.delete_records(done)
         for tp, future in futures.items():
             future.add_done_callback(_log_purge_failure(tp))
