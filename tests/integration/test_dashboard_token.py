@@ -90,3 +90,24 @@ def test_a_form_encoded_token_with_a_space_is_accepted(settings: Settings, tmp_p
     with running_dashboard(settings, tmp_path / "d.log", DASHBOARD_TOKEN="let me in") as url:
         query = urlencode({"token": "let me in"})  # token=let+me+in
         assert httpx.get(f"{url}/?{query}", timeout=10).status_code == 200
+
+
+def test_a_token_with_a_plus_pasted_as_it_is_is_accepted(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A token with '+' (base64's) pasted into the address unencoded: form decoding makes the
+    '+' a space, and the page passes the token on re-encoded that way (`URLSearchParams`);
+    both are taken as the token. A space where the token has none is still refused."""
+    token = "ab+cd/ef=="
+    with (
+        running_dashboard(settings, tmp_path / "d.log", DASHBOARD_TOKEN=token) as url,
+        httpx.Client(timeout=10) as client,
+    ):
+        for query in ("ab+cd/ef==", quote(token, safe=""), "ab+cd%2Fef%3D%3D"):
+            got = client.get(f"{url}/?token={query}").status_code
+            assert got == 200, f"?token={query}: {got}"
+        status, _, event = _first_event(client, f"{url}/stream?token=ab+cd%2Fef%3D%3D")
+        assert (status, event) == (200, "decisions")
+        for query in ("ab%20cd/ef==", "ab+cd/ef=", "ab++cd/ef=="):
+            got = client.get(f"{url}/?token={query}").status_code
+            assert got == 401, f"?token={query}: {got}, not 401"

@@ -85,16 +85,20 @@ class RequireToken:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in ("/", "/stream", "/review"):
-            given = b""
+            given = literal = b""
             for name, value in scope.get("headers", []):
                 # (the scheme is case-insensitive, RFC 9110: "bearer" is "Bearer")
                 if name == b"authorization" and value[:7].lower() == b"bearer ":
-                    given = value[7:].strip()
+                    given = literal = value[7:].strip()
             for part in scope.get("query_string", b"").split(b"&"):
                 if part.startswith(b"token="):
-                    # a query string is form-encoded: '+' is a space there
+                    # a query string is form-encoded: '+' is a space there; but a token
+                    # pasted into the address as it is (base64's '+') keeps its '+'
                     given = unquote_to_bytes(part[6:].replace(b"+", b" "))
-            if not hmac.compare_digest(given, self.token):
+                    literal = unquote_to_bytes(part[6:])
+            if not (
+                hmac.compare_digest(given, self.token) | hmac.compare_digest(literal, self.token)
+            ):
                 response = PlainTextResponse(
                     "a token is required: open the page as /?token=<DASHBOARD_TOKEN>", 401
                 )
