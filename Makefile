@@ -1,6 +1,7 @@
 # fraudstream — `make run` shows fraud being caught live; `make test` runs every test.
 SHELL := /bin/bash
-PYTHON ?= python3
+# the system's python3 if 3.11+ (an optimised build on Debian), else python3 on PATH
+PYTHON ?= $(shell bash scripts/python.sh)
 VENV := .venv
 BIN := $(VENV)/bin
 export FRAUDSTREAM_CACHE ?= $(CURDIR)/.cache

@@ -299,6 +299,7 @@ def prepare(
         extra = dict(variants.get(name, {}))
         wanted = extra.pop("RULES_FILE", "")
         workers = extra.pop("WORKERS", "2" if name == "workers2" else "")
+        python = extra.pop("PYTHON", sys.executable)  # another interpreter's virtualenv
         if name == "model" or wanted == "model":
             if model_rules is None:
                 raise RuntimeError(f"no model (see {work / 'train.log'})")
@@ -317,7 +318,7 @@ def prepare(
             }
         )
         ensure_topics(settings, list(settings.output_topics))
-        argv = [sys.executable, "-m", "fraudstream", "detect"]
+        argv = [python, "-m", "fraudstream", "detect"]
         if workers:
             argv += ["--workers", workers]
         env = env_for(settings, **extra)

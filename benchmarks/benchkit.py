@@ -107,7 +107,8 @@ VARIANT_HELP = (
     "one more fraudstream contender: the default rules plus these environment variables "
     "(e.g. 'old:PYTHONPATH=/path/to/an/old/checkout/src' to compare with an older commit, "
     "'batch5k:BATCH_SIZE=5000'; RULES_FILE=model: the model's rules instead, "
-    "RULES_FILE=PATH: that rules file; WORKERS=N: `detect --workers N`); repeatable"
+    "RULES_FILE=PATH: that rules file; WORKERS=N: `detect --workers N`; PYTHON=PATH: the "
+    "python of another virtualenv with the requirements installed); repeatable"
 )
 
 
