@@ -35,6 +35,8 @@ from tests.chaos.test_faults import (
 from tests.chaos.verify import verify
 from tests.conftest import (
     SettingsFactory,
+    alive,
+    children_of,
     env_for,
     no_open_transaction,
     read_to_end,
@@ -151,26 +153,6 @@ def test_sigterm_while_transactions_are_open_commits_them_and_leaves_the_group(
     assert (v.valid, v.decided) == (n, n)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_workers_two_processes_share_the_group_and_stop_together(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
@@ -201,7 +183,7 @@ def test_workers_two_processes_share_the_group_and_stop_together(
             )
 
         wait_for(both_assigned, timeout=90, what=f"{sorted(names)} to share the partitions")
-        children = _children(parent.pid)
+        children = children_of(parent.pid)
         assert len(children) == 2, f"the parent runs {len(children)} processes, not 2"
         text = log.read_text()
         assert f"detector {group}-w-0 reading" in text and f"detector {group}-w-1 reading" in text
@@ -212,14 +194,14 @@ def test_workers_two_processes_share_the_group_and_stop_together(
         parent.send_signal(signal.SIGTERM)
         code = parent.wait(60)
         assert code == 0, f"--workers 2 exited {code} after SIGTERM:\n{log.read_text()[-5000:]}"
-        assert not [c for c in children if _alive(c)], "a worker outlived its parent"
+        assert not [c for c in children if alive(c)], "a worker outlived its parent"
         assert_left(settings)
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(30)
         for child in children:  # started in sessions of their own: not killed with the parent
-            if _alive(child):
+            if alive(child):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
     text = log.read_text()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fraudstream.broker import LocalBroker, free_port
 
@@ -38,6 +41,7 @@ def test_start_is_idempotent_status_reports_and_stop_is_clean(tmp_path: Path) ->
     assert first.returncode == 0, first.stderr
     assert "started" in first.stdout
     try:
+        _coordinators_answer_at_once(f"127.0.0.1:{port}")
         again = cli("broker", "start", *opts)
         assert again.returncode == 0 and "already running" in again.stdout
         assert cli("broker", "status", *opts).returncode == 0
@@ -57,3 +61,34 @@ def test_nothing_local_is_started_for_a_remote_cluster(tmp_path: Path) -> None:
     out = cli("broker", "start", "--data-dir", str(tmp_path / "none"), env=env)
     assert out.returncode == 0 and "no local broker" in out.stderr
     assert not (tmp_path / "none").exists()
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _coordinators_answer_at_once(bootstrap: str) -> None:
+    """A fresh broker's first clients found its coordinators still loading, and librdkafka
+    printed its retries (`%4|GETPID| ... Coordinator load in progress`) over `make run`'s
+    first start: `broker start` returns once both answer."""
+    kept = _Kept()
+    log = logging.getLogger("tests.broker.librdkafka")
+    log.addHandler(kept)
+    log.propagate = False
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "transactional.id": "tests.broker.first"}, logger=log
+    )
+    producer.init_transactions(30)
+    producer.flush(1)  # (librdkafka's log lines reach the logger here)
+    assert [r.getMessage() for r in kept.records] == []
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tests.broker.first"})
+    try:  # the group coordinator: no NOT_COORDINATOR for a first request
+        [committed] = consumer.committed([TopicPartition("tests.broker.first", 0)], timeout=10)
+    finally:
+        consumer.close()
+    assert committed.error is None and committed.offset < 0  # nothing committed yet

@@ -19,7 +19,7 @@ from fraudstream.generator import generate
 from fraudstream.stream import committed_progress
 from fraudstream.stream.layout import group_members
 from tests.chaos.test_faults import Detectors
-from tests.conftest import REPO, env_for, spawn, wait_for
+from tests.conftest import REPO, alive, children_of, env_for, spawn, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -153,3 +153,32 @@ def test_a_run_whose_detector_refuses_its_group_never_says_it_runs(
     said = (tmp_path / "run.log").read_text()
     assert "was built for another topology" in said and "a component exited" in said, said
     assert "fraudstream is running" not in said and "Traceback" not in said, said
+
+
+def test_a_run_stopped_by_one_signal_delivered_twice_stops_every_component(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`timeout make run` (or a supervisor) delivers one stop twice within moments: `timeout`
+    signals its process group and `make` passes SIGTERM on to `run`. `run` took the second as
+    "stop at once" and left its dashboard, alerts and detector running, orphaned. Two signals
+    together are now one stop, done cleanly."""
+    env = env_for(settings, DASHBOARD_PORT=str(free_port()), TRANSACTIONS_PER_SECOND="200")
+    log = tmp_path / "run.log"
+    run = spawn(["run"], env, log)
+    try:
+        wait_for(
+            lambda: "fraudstream is running" in log.read_text(), timeout=90, what="run to start"
+        )
+        children = children_of(run.pid)
+        assert len(children) == 4, children  # dashboard, alerts, detector, generator
+        run.send_signal(signal.SIGTERM)
+        # the second once the first was taken (two sent at once would be merged by the OS)
+        wait_for(lambda: "stopping" in log.read_text(), timeout=30, what="run to start stopping")
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(90) == 0, log.read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+    said = log.read_text()
+    assert "stopped" in said and "Traceback" not in said, said
+    assert [pid for pid in children if alive(pid)] == []

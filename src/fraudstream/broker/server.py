@@ -1,7 +1,7 @@
 """Run a single-node Apache Kafka broker in KRaft mode (broker + controller in one JVM).
 
 broker = LocalBroker(port=9092, data_dir=Path(".fraudstream/broker"))
-broker.start()      # returns once the broker answers; a no-op if it already runs
+broker.start()      # returns once it answers, coordinators ready; a no-op if it runs
 broker.status()     # True while it runs
 broker.stop()
 """
@@ -232,12 +232,49 @@ class LocalBroker:
                 try:
                     md = admin.list_topics(timeout=2)
                     if md.brokers:
-                        return
+                        break
                 except Exception:
                     pass
             time.sleep(0.2)
-        self.stop()
-        raise BrokerError(f"Kafka did not answer within {timeout:.0f}s; see {self.log_file}")
+        else:
+            self.stop()
+            raise BrokerError(f"Kafka did not answer within {timeout:.0f}s; see {self.log_file}")
+        problem = self._wait_coordinators(deadline)
+        if problem:
+            self.stop()
+            raise BrokerError(
+                f"Kafka answered, but its {problem} within {timeout:.0f}s; see {self.log_file}"
+            )
+
+    def _wait_coordinators(self, deadline: float) -> str:
+        """Wait until the transaction and group coordinators answer; what did not, or "".
+
+        A fresh broker creates and loads its internal topics (`__transaction_state`,
+        `__consumer_offsets`) at their first use, and until they are loaded its clients hear
+        "coordinator load in progress" or "not coordinator": librdkafka retries, printing
+        each retry, over the first start of `make run`. One transactional producer and one
+        group's offsets asked for here make `start` return with both ready (about 2 s on a
+        fresh broker, next to nothing on a restarted one)."""
+        from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+        quiet = {"bootstrap.servers": self.bootstrap, "log_level": 0}  # (its retries: ours)
+        producer = Producer({**quiet, "transactional.id": "fraudstream.broker.ready"})
+        try:
+            producer.init_transactions(max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            return f"transaction coordinator did not get ready ({exc.args[0].str()})"
+        consumer = Consumer({**quiet, "group.id": "fraudstream.broker.ready"})
+        try:
+            while True:
+                try:
+                    consumer.committed([TopicPartition("fraudstream.broker.ready", 0)], timeout=5)
+                    return ""
+                except KafkaException as exc:
+                    if time.monotonic() >= deadline:
+                        return f"group coordinator did not get ready ({exc.args[0].str()})"
+                time.sleep(0.1)
+        finally:
+            consumer.close()
 
     def _tail(self, lines: int = 30) -> str:
         for f in (self.data_dir / "broker.out", self.log_file):

@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 from types import FrameType
@@ -353,10 +354,18 @@ def is_local(url: str) -> tuple[bool, int]:
 
 
 class StopOnSignal:
-    """SIGINT/SIGTERM set an event so loops finish cleanly; a second signal exits at once."""
+    """SIGINT/SIGTERM set an event so loops finish cleanly; a second signal exits at once.
+
+    One stop is often delivered twice within moments: `timeout` signals its whole process
+    group and `make` passes SIGTERM on to its recipe, a supervisor signals every process of
+    a group. Signals within REPEAT_S of the first are taken as that one, so only a second
+    request (a second Ctrl-C a moment later) cuts the clean stop short."""
+
+    REPEAT_S = 1.0
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self._first = 0.0
 
     def install(self) -> threading.Event:
         signal.signal(signal.SIGINT, self._handle)
@@ -364,8 +373,12 @@ class StopOnSignal:
         return self.event
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.event.is_set():
-            raise SystemExit(Exit.INTERRUPTED)
+            if now - self._first >= self.REPEAT_S:
+                raise SystemExit(Exit.INTERRUPTED)
+            return  # the same stop, delivered twice
+        self._first = now
         self.event.set()
 
 

@@ -43,7 +43,7 @@ def add_parser(sub: Subparsers) -> None:
         "broker",
         help="run a local Apache Kafka broker (KRaft)",
         examples=[
-            ("start it; returns when it answers", "fraudstream broker start"),
+            ("start it; returns when it answers, coordinators ready", "fraudstream broker start"),
             ("is it running?", "fraudstream broker status"),
             (
                 "read the fraud topic with Kafka's own console consumer",
@@ -55,7 +55,7 @@ def add_parser(sub: Subparsers) -> None:
     )
     bsub = broker.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in [
-        ("start", "fetch Kafka if needed and start it; returns when it answers"),
+        ("start", "fetch Kafka if needed and start it; returns when it is ready"),
         ("stop", "stop the local broker cleanly"),
         ("status", "exit 0 when the local broker runs"),
         ("fetch", "only fetch the Kafka artifacts from Maven Central"),
@@ -122,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     broker = LocalBroker(port=args.port or url_port, data_dir=args.data_dir)
     if args.action == "start":
         running = broker.status()
+        if not running:  # (a fresh one takes several seconds: say what is waited for)
+            print(f"starting Kafka at {broker.bootstrap} …", file=sys.stderr)
         broker.start()
         print(
             f"Kafka {'already running' if running else 'started'} at {broker.bootstrap} "

@@ -209,13 +209,23 @@ def run(args: argparse.Namespace) -> int:
                 print("a component exited; stopping the others", file=sys.stderr)
                 break
     finally:
-        for p in reversed(procs):  # generator first, so the detector sees its last records
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
+        print("stopping … (Ctrl-C again to stop at once)", file=sys.stderr)
+        try:
+            for p in reversed(procs):  # generator first, so the detector sees its last records
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    try:
+                        p.wait(20)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+        except BaseException:  # a second Ctrl-C: at once, but nothing left running
+            for p in procs:
+                if p.poll() is None:
                     p.kill()
+                    p.wait()
+            if broker is not None:
+                broker.stop(timeout=5)
+            raise
         if broker is not None:
             print("stopping Kafka …", file=sys.stderr)
             broker.stop()
