@@ -115,8 +115,12 @@ class Settings(BaseSettings):
     status_interval_ms: int = Field(default=5_000, ge=100)
     """How often, in ms, each detector publishes its health to `<group>.status`."""
     max_buffered_records: int = Field(default=50_000, ge=1)
-    """Records the keyed stages of one process may buffer while waiting for upstream marks;
-    past it, the input partitions that are ahead are paused until it halves."""
+    """Records the keyed stages of one process may buffer while waiting for upstream marks
+    (those forwarded to them in the open transaction count too); past it, the input
+    partitions that are ahead are paused until it halves, and meanwhile each transaction
+    commits once it has read a quarter of this many records, so the input left reading adds
+    no more than that before the stages see it. A soft bound: the buffers peaked at 1.5 to 1.7
+    times it in the runs of docs/performance.md."""
     max_buffered_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
     """Bytes the keyed stages of one process may buffer while waiting for upstream marks;
     past it, the input partitions that are ahead are paused until it halves."""

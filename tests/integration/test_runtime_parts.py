@@ -789,6 +789,54 @@ def test_a_hold_from_another_process_pauses_the_inputs_here_that_run_ahead(
         consumer.close()
 
 
+def test_what_the_open_transaction_forwarded_counts_against_the_bounds(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """Payments forwarded in the open transaction reach a stage's buffer only once it commits;
+    uncounted meanwhile, an input that back-pressure left reading forwarded a whole
+    transaction past MAX_BUFFERED_RECORDS (up to 6.6 times it with 1 s transactions). They
+    count now, until the transaction commits or aborts."""
+    settings = make_settings(state_dir=str(tmp_path), topic_partitions=2, max_buffered_records=50)
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    txn = TransactionCoordinator(settings, f"parts-{uuid.uuid4().hex[:8]}")
+    collector = RecordCollector(settings, txn)
+    ctx = TaskContext(settings, topology, engine, collector, lambda: 0)
+    consumer = Consumer(consumer_config(settings, "parts", group_id=settings.detector_group))
+    first, keyed = topology.stages[0].topic, topology.stages[1].topic
+    ours = [(first, 0), (first, 1), (keyed, 0)]
+    try:
+        consumer.assign([TopicPartition(t, p) for t, p in ours])
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: 0.0, name="parts")
+        manager.assign(ours)
+        manager.tasks[(first, 0)].meta.sent = (50, 0, 9)
+        manager.tasks[(first, 1)].meta.sent = (70, 1, 4)
+        orderer = manager.tasks[(keyed, 0)].orderer  # type: ignore[attr-defined]
+        orderer.offer(Envelope(MARK, 50, 0, 9, 0, 1), offset=0)
+        orderer.offer(Envelope(MARK, 70, 1, 4, 1, 1), offset=1)
+        txn.init(30)
+        txn.begin()
+        sent = [Envelope(DATA, 80, 0, 10 + i, 0, 1 + i, value=b"{}") for i in range(51)]
+        collector.forward((keyed, 0), sent)
+        collector.flush()
+        assert collector.in_flight == 51 and len(orderer) == 0
+        manager.backpressure()  # nothing buffered yet, but over the bound: the laggard reads on
+        assert manager.pressing and manager.paused == {(first, 1)}
+        txn.abort()
+        collector.discard()  # aborted: they never arrive
+        assert collector.in_flight == 0
+        txn.begin()
+        collector.forward((keyed, 0), sent[:3])
+        collector.flush()
+        assert collector.in_flight == 3
+        txn.abort()
+        collector.settle()  # (as after a commit: from now on they are the stage's to read)
+        assert collector.in_flight == 0
+    finally:
+        consumer.close()
+
+
 def test_a_group_recorded_in_format_5_is_moved_to_6_in_place(
     make_settings: SettingsFactory,
 ) -> None:

@@ -70,6 +70,9 @@ class RecordCollector:
         # ratios would let them hide the blocks of hundreds): how back-pressure counts what
         # is not read yet. Sent ones count from the start, before anything is read back.
         self._block_envelopes = self._block_records = 1.0
+        # payments forwarded to the stages in the open transaction: they reach a stage's
+        # buffer only once it commits, and back-pressure counts them meanwhile
+        self.in_flight = 0
 
     def send(
         self,
@@ -183,7 +186,9 @@ class RecordCollector:
         block = self._outbox.pop(dest)
         del self._outbox_bytes[dest]
         self.send(dest[0], encode_block(block), partition=dest[1])
-        self.count_blocks(payments(block), 1)
+        sent = payments(block)
+        self.in_flight += sent
+        self.count_blocks(sent, 1)
 
     def broadcast(self, topic: str, partitions: int, value: bytes) -> None:
         """One record (a mark) to every partition of `topic`."""
@@ -204,6 +209,7 @@ class RecordCollector:
     def settle(self) -> ProcessorStats:
         """The open transaction committed: what it wrote, counted from now on as done."""
         done, self.pending = self.pending, ProcessorStats()
+        self.in_flight = 0
         return done
 
     def discard(self) -> None:
@@ -211,3 +217,4 @@ class RecordCollector:
         self._outbox.clear()
         self._outbox_bytes.clear()
         self.pending = ProcessorStats()
+        self.in_flight = 0

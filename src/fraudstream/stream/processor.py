@@ -252,6 +252,7 @@ class Processor:
         staged = self.topology.staged
         interval, backlog_interval = commit_interval_s(s, False), commit_interval_s(s, True)
         consumer, batch = self.consumer, s.batch_size
+        pressing_records = max(1, s.max_buffered_records // 4)
         while not stop.is_set():
             # As soon as anything is there (consume() would wait for a whole batch, up to its
             # timeout), then whatever else is already fetched, up to a batch: small steps when
@@ -303,7 +304,15 @@ class Processor:
                     self._ends_by_watermarks()
             if not txn.in_txn and manager.marks_due():
                 self._begin()
-            if txn.due(s.commit_records, backlog_interval if full else interval):
+            # Over the buffers' bounds, the input that is not paused (the laggard, which
+            # must go on for the stages to release anything) reads on, and what it forwards
+            # reaches the stages only once this transaction commits: committing as soon as
+            # it read a quarter of MAX_BUFFERED_RECORDS keeps the buffers within 1.25 times
+            # their bound, not one whole transaction (COMMIT_RECORDS) past it.
+            records = (
+                min(s.commit_records, pressing_records) if manager.pressing else s.commit_records
+            )
+            if txn.due(records, backlog_interval if full else interval):
                 self._commit()
             if stop_after is not None and self.stats.total >= stop_after:
                 break
