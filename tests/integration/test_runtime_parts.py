@@ -795,7 +795,8 @@ def test_what_the_open_transaction_forwarded_counts_against_the_bounds(
     """Payments forwarded in the open transaction reach a stage's buffer only once it commits;
     uncounted meanwhile, an input that back-pressure left reading forwarded a whole
     transaction past MAX_BUFFERED_RECORDS (up to 6.6 times it with 1 s transactions). They
-    count now, until the transaction commits or aborts."""
+    count now, until the transaction commits or aborts; those for another process's tasks
+    count there, once it can read them."""
     settings = make_settings(state_dir=str(tmp_path), topic_partitions=2, max_buffered_records=50)
     ensure_topics(settings)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
@@ -804,11 +805,12 @@ def test_what_the_open_transaction_forwarded_counts_against_the_bounds(
     collector = RecordCollector(settings, txn)
     ctx = TaskContext(settings, topology, engine, collector, lambda: 0)
     consumer = Consumer(consumer_config(settings, "parts", group_id=settings.detector_group))
+    now = [0.0]  # (back-pressure looks again once its clock moved)
     first, keyed = topology.stages[0].topic, topology.stages[1].topic
     ours = [(first, 0), (first, 1), (keyed, 0)]
     try:
         consumer.assign([TopicPartition(t, p) for t, p in ours])
-        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: 0.0, name="parts")
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: now[0], name="parts")
         manager.assign(ours)
         manager.tasks[(first, 0)].meta.sent = (50, 0, 9)
         manager.tasks[(first, 1)].meta.sent = (70, 1, 4)
@@ -818,21 +820,26 @@ def test_what_the_open_transaction_forwarded_counts_against_the_bounds(
         txn.init(30)
         txn.begin()
         sent = [Envelope(DATA, 80, 0, 10 + i, 0, 1 + i, value=b"{}") for i in range(51)]
+        collector.forward((keyed, 1), sent)  # another process's to buffer: not counted here
+        collector.flush()
+        manager.backpressure()
+        assert not manager.pressing and manager.paused == set()
         collector.forward((keyed, 0), sent)
         collector.flush()
-        assert collector.in_flight == 51 and len(orderer) == 0
+        now[0] += 1
+        assert collector.in_flight == {(keyed, 0): 51, (keyed, 1): 51} and len(orderer) == 0
         manager.backpressure()  # nothing buffered yet, but over the bound: the laggard reads on
         assert manager.pressing and manager.paused == {(first, 1)}
         txn.abort()
         collector.discard()  # aborted: they never arrive
-        assert collector.in_flight == 0
+        assert not collector.in_flight
         txn.begin()
         collector.forward((keyed, 0), sent[:3])
         collector.flush()
-        assert collector.in_flight == 3
+        assert collector.in_flight == {(keyed, 0): 3}
         txn.abort()
         collector.settle()  # (as after a commit: from now on they are the stage's to read)
-        assert collector.in_flight == 0
+        assert not collector.in_flight
     finally:
         consumer.close()
 

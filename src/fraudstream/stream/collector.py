@@ -70,9 +70,10 @@ class RecordCollector:
         # ratios would let them hide the blocks of hundreds): how back-pressure counts what
         # is not read yet. Sent ones count from the start, before anything is read back.
         self._block_envelopes = self._block_records = 1.0
-        # payments forwarded to the stages in the open transaction: they reach a stage's
-        # buffer only once it commits, and back-pressure counts them meanwhile
-        self.in_flight = 0
+        # payments forwarded to the stages in the open transaction, per (repartition topic,
+        # partition): they reach a stage's buffer only once it commits, and back-pressure
+        # counts those bound for this process's tasks meanwhile
+        self.in_flight: Counter[tuple[str, int]] = Counter()
 
     def send(
         self,
@@ -187,7 +188,7 @@ class RecordCollector:
         del self._outbox_bytes[dest]
         self.send(dest[0], encode_block(block), partition=dest[1])
         sent = payments(block)
-        self.in_flight += sent
+        self.in_flight[dest] += sent
         self.count_blocks(sent, 1)
 
     def broadcast(self, topic: str, partitions: int, value: bytes) -> None:
@@ -209,7 +210,7 @@ class RecordCollector:
     def settle(self) -> ProcessorStats:
         """The open transaction committed: what it wrote, counted from now on as done."""
         done, self.pending = self.pending, ProcessorStats()
-        self.in_flight = 0
+        self.in_flight.clear()
         return done
 
     def discard(self) -> None:
@@ -217,4 +218,4 @@ class RecordCollector:
         self._outbox.clear()
         self._outbox_bytes.clear()
         self.pending = ProcessorStats()
-        self.in_flight = 0
+        self.in_flight.clear()

@@ -464,7 +464,7 @@ class TaskManager:
         per_record = self.ctx.collector.envelopes_per_record
         for tp, high in self._behind(internal):
             records += round((high - tp.offset) * per_record)  # blocks of records
-        records += self.ctx.collector.in_flight
+        records += sum(n for dest, n in self.ctx.collector.in_flight.items() if dest in self.tasks)
         s = self.settings
         want, pressing = choose_paused(
             inputs,
