@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fraudstream.broker import LocalBroker, free_port
+from tests.conftest import wait_for
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -54,6 +57,13 @@ def test_start_is_idempotent_status_reports_and_stop_is_clean(tmp_path: Path) ->
     assert stop.returncode == 0 and "stopped" in stop.stdout
     assert cli("broker", "status", *opts).returncode == 1
     assert "App info kafka.server for 1 unregistered" in (tmp_path / "b" / "broker.log").read_text()
+    # started again on its data, it loads its coordinators again: ready once start returns
+    again = cli("broker", "start", *opts)
+    assert again.returncode == 0 and "started" in again.stdout, again.stderr
+    try:
+        _coordinators_answer_at_once(f"127.0.0.1:{port}")
+    finally:
+        assert cli("broker", "stop", *opts).returncode == 0
 
 
 def test_nothing_local_is_started_for_a_remote_cluster(tmp_path: Path) -> None:
@@ -80,6 +90,21 @@ def _coordinators_answer_at_once(bootstrap: str) -> None:
     log = logging.getLogger("tests.broker.librdkafka")
     log.addHandler(kept)
     log.propagate = False
+    eos: dict[str, Any] = {}
+    idempotent = Producer(  # the generator's kind: its producer id comes at once
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "statistics.interval.ms": 50,
+            "stats_cb": lambda stats: eos.update(json.loads(stats).get("eos", {})),
+        },
+        logger=log,
+    )
+    wait_for(
+        lambda: idempotent.poll(0.05) >= 0 and eos.get("idemp_state") == "Assigned",
+        timeout=30,
+        what="an idempotent producer's id",
+    )
     producer = Producer(
         {"bootstrap.servers": bootstrap, "transactional.id": "tests.broker.first"}, logger=log
     )

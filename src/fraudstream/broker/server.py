@@ -19,6 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fraudstream.broker.artifacts import ensure_kafka, java_executable
 from fraudstream.errors import BrokerError
@@ -247,17 +248,34 @@ class LocalBroker:
             )
 
     def _wait_coordinators(self, deadline: float) -> str:
-        """Wait until the transaction and group coordinators answer; what did not, or "".
+        """Wait until producer ids and the transaction and group coordinators answer; what
+        did not, or "".
 
         A fresh broker creates and loads its internal topics (`__transaction_state`,
         `__consumer_offsets`) at their first use, and until they are loaded its clients hear
         "coordinator load in progress" or "not coordinator": librdkafka retries, printing
-        each retry, over the first start of `make run`. One transactional producer and one
-        group's offsets asked for here make `start` return with both ready (about 2 s on a
-        fresh broker, next to nothing on a restarted one)."""
+        each retry, over the first start of `make run`; a restarted broker loads them again.
+        One idempotent producer's id, one transactional producer and one group's offsets
+        asked for here make `start` return with all ready (about 2 s on a fresh broker, 1 s
+        on a restarted one)."""
         from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
         quiet = {"bootstrap.servers": self.bootstrap, "log_level": 0}  # (its retries: ours)
+        # an idempotent producer's id (the generator's): assigned once the broker's
+        # transaction coordinators have loaded, which a restarted broker does for a while
+        eos: dict[str, Any] = {}
+        idempotent = Producer(
+            {
+                **quiet,
+                "enable.idempotence": True,
+                "statistics.interval.ms": 50,
+                "stats_cb": lambda stats: eos.update(json.loads(stats).get("eos", {})),
+            }
+        )
+        while eos.get("idemp_state") != "Assigned":
+            if time.monotonic() >= deadline:
+                return "producer ids could not be had (idempotent producers wait for them)"
+            idempotent.poll(0.05)
         producer = Producer({**quiet, "transactional.id": "fraudstream.broker.ready"})
         try:
             producer.init_transactions(max(1.0, deadline - time.monotonic()))
