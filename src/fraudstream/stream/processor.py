@@ -252,7 +252,8 @@ class Processor:
         staged = self.topology.staged
         interval, backlog_interval = commit_interval_s(s, False), commit_interval_s(s, True)
         consumer, batch = self.consumer, s.batch_size
-        pressing_records = max(1, s.max_buffered_records // 4)
+        # over the buffers' bounds, a transaction commits once it read this many (see below)
+        pressing_records = min(s.commit_records, max(1, s.max_buffered_records // 4))
         while not stop.is_set():
             # As soon as anything is there (consume() would wait for a whole batch, up to its
             # timeout), then whatever else is already fetched, up to a batch: small steps when
@@ -307,11 +308,10 @@ class Processor:
             # Over the buffers' bounds, the input that is not paused (the laggard, which
             # must go on for the stages to release anything) reads on, and what it forwards
             # reaches the stages only once this transaction commits: committing as soon as
-            # it read a quarter of MAX_BUFFERED_RECORDS keeps the buffers within 1.25 times
-            # their bound, not one whole transaction (COMMIT_RECORDS) past it.
-            records = (
-                min(s.commit_records, pressing_records) if manager.pressing else s.commit_records
-            )
+            # it read a quarter of MAX_BUFFERED_RECORDS adds at most that before the stages
+            # see it, not one whole transaction (COMMIT_RECORDS; docs/performance.md has the
+            # peaks measured, 1.5 to 1.7 times the bound)
+            records = pressing_records if manager.pressing else s.commit_records
             if txn.due(records, backlog_interval if full else interval):
                 self._commit()
             if stop_after is not None and self.stats.total >= stop_after:
