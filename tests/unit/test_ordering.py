@@ -21,6 +21,7 @@ from fraudstream.stream.ordering import (
     decode_meta,
     encode_block,
     encode_meta,
+    extra_bytes,
 )
 
 Log = list[Envelope]
@@ -429,3 +430,21 @@ def test_records_alike_up_to_their_envelopes_are_still_released() -> None:
     for u in (0, 1):
         orderer.offer(Envelope(MARK, INF, u, 0, u, 1), offset=1)
     assert [(e.u, e.s) for e in orderer.release()] == [(0, 1), (1, 1)]
+
+
+@given(
+    st.one_of(st.none(), st.binary(max_size=40)),
+    st.one_of(
+        st.none(),
+        st.lists(st.tuples(st.text(max_size=12), st.one_of(st.none(), st.binary(max_size=30)))),
+    ),
+)
+def test_a_records_extra_bytes_are_its_key_and_its_headers_utf8_names_and_values(
+    key: bytes | None, headers: list[tuple[str, bytes | None]] | None
+) -> None:
+    """The key's length, and per header its name's UTF-8 size, its value's and 8 (the fast
+    path takes an ASCII name's length without encoding it)."""
+    plain = len(key or b"") + sum(
+        len(name.encode()) + len(value or b"") + 8 for name, value in headers or []
+    )
+    assert extra_bytes(key, headers) == plain

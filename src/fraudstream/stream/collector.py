@@ -13,6 +13,7 @@ producer's queue is full (so a slow broker slows the reading, not the memory).
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections import Counter
 from collections.abc import Sequence
@@ -169,7 +170,7 @@ class RecordCollector:
                 size += 2 * sum(map(len, map(_value, more))) + 64 * len(more)
                 size += sum(map(len, filter(None, map(_key, more))))
                 if any(map(_headers, more)):
-                    size += sum(extra_bytes(None, m.headers) for m in more)
+                    size += sum(map(extra_bytes, itertools.repeat(None), map(_headers, more)))
             if size >= BLOCK_BYTES:
                 self._outbox_bytes[dest] = size
                 self._send_block(dest)
