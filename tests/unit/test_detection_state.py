@@ -191,6 +191,18 @@ def test_a_key_state_is_written_and_read_back_compactly() -> None:
     assert other.dump_row("acct") == blob
 
 
+def test_a_row_dumped_after_a_column_is_declared_holds_that_column() -> None:
+    table = Table("source", retention_ms=DAY)
+    table.column("x", "q", 0)[table.row("acct", T0)] = 7
+    before = table.dump_row("acct")
+    table.column("y", "d", 0.5)  # a new column: the packing of a row changes with it
+    after = table.dump_row("acct")
+    assert before is not None and after is not None
+    assert struct.unpack("<Iqq", before)[1:] == (T0, 7)
+    assert struct.unpack("<Iqqd", after)[1:] == (T0, 7, 0.5)
+    assert struct.unpack_from("<I", after) != struct.unpack_from("<I", before)  # its layout id
+
+
 def test_idle_keys_are_evicted_in_event_time() -> None:
     table = Table("source", retention_ms=DAY)
     col = table.column("x", "q", 0)

@@ -17,6 +17,8 @@ values (same name and type), new ones start from defaults, dropped ones are igno
 
 from __future__ import annotations
 
+import itertools
+import operator
 import struct
 import sys
 import zlib
@@ -203,6 +205,7 @@ class Table:
         # columns grow (an array refuses to resize while a view of it exists)
         self._views: dict[int, np.ndarray[Any, Any]] = {}
         self._packer: struct.Struct | None = None
+        self._arrays: list[array] = []  # type: ignore[type-arg]  # the columns' arrays, in order (`_dump`)
         self._image: np.dtype[Any] | None = None  # a packed row as a numpy record (`_images`)
         self._layout_id: int | None = None
         # other layouts seen: their packing and (name, typecode) of their columns
@@ -357,6 +360,7 @@ class Table:
         if self._packer is None:
             codes = "".join(c.typecode for c in self.columns.values())
             self._packer = struct.Struct("<I" + codes)  # the layout id, then the columns
+            self._arrays = [c.data for c in self.columns.values()]
         return self._packer
 
     def describe(self) -> bytes:
@@ -409,7 +413,12 @@ class Table:
         return None if r is None else self._dump(r)
 
     def _dump(self, r: int) -> bytes:
-        return self._struct().pack(self.layout_id, *(c.data[r] for c in self.columns.values()))
+        # each column's value by `map` over the arrays, not a generator over the columns:
+        # 1.5 vs 2.2 µs a row of 44 columns (docs/performance.md)
+        packer = self._struct()
+        return packer.pack(
+            self.layout_id, *map(operator.getitem, self._arrays, itertools.repeat(r))
+        )
 
     def dump_rows(self, keys: list[str]) -> list[bytes | None]:
         """`dump_row` of each key, the columns gathered in one pass (numpy)."""
