@@ -6,7 +6,9 @@ paced producer in this process sends simulated transactions (and their labels), 
 stamped with its wall-clock produce time in a `bench-sent-ns` header, which the detector
 copies to its output; a read_committed consumer thread on the outputs takes
 receive time - produce time for every decision. The rates run one after the other, lowest
-first, each starting once the previous one's records are all decided.
+first, each starting once the previous one's records are all decided. Each rate's p99 is also
+given for the records sent in its first `STEP_S` seconds (right after the rate rose) and for
+the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ __all__ = ["measure"]
 HEADER = "bench-sent-ns"
 WARMUP_RATE = 100.0
 DRAIN_S = 60.0  # after a rate's last record was sent, how long its records may take
+# The p99 of a rate is also given apart for the records sent in its first seconds and for the
+# rest: a round's tail came from one or two seconds right after the rate rose, when the
+# broker was slow to complete transactions (docs/performance.md, "The tail at 10,000 tx/s")
+STEP_S = 5.0
 
 
 class Collector:
@@ -67,6 +73,14 @@ class Collector:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+def _split(row: dict[str, Any]) -> str:
+    """`(p99 first 5 s …, after …)` when both parts hold records."""
+    first, after = row.get("first_p99_ms"), row.get("after_p99_ms")
+    if first is None or after is None:
+        return ""
+    return f"  (p99 first {row['step_s']:g} s {first:.1f} ms, after {after:.1f} ms)"
 
 
 def percentile(ordered: list[int], q: float) -> int:
@@ -190,6 +204,9 @@ def measure(
             _wait(lambda: len(collector.samples) >= sender.sent, DRAIN_S)
             tree.sample()
             lat = sorted(lat for at, lat in collector.samples if begin <= at < end)
+            cut = begin + int(STEP_S * 1e9)
+            first = sorted(lat for at, lat in collector.samples if begin <= at < min(cut, end))
+            after = sorted(lat for at, lat in collector.samples if cut <= at < end)
             row: dict[str, Any] = {
                 "rate": rate,
                 "achieved_rate": achieved,
@@ -204,13 +221,17 @@ def measure(
                 for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999)):
                     row[name] = percentile(lat, q) / 1e6
                 row["max_ms"] = lat[-1] / 1e6
+            # the same p99, of the records sent in the first STEP_S seconds and of the rest
+            row["step_s"] = STEP_S
+            row["first_p99_ms"] = percentile(first, 0.99) / 1e6 if first else None
+            row["after_p99_ms"] = percentile(after, 0.99) / 1e6 if after else None
             results.append(row)
             print(
                 f"  {rate:>9,.0f} tx/s (sent at {achieved:,.0f}): "
                 + (
                     f"p50 {row['p50_ms']:.1f} ms  p99 {row['p99_ms']:.1f} ms  "
                     f"p99.9 {row['p999_ms']:.1f} ms  max {row['max_ms']:.1f} ms  "
-                    f"detector CPU {row['detector_cpu_us_per_tx']:.1f} µs/tx"
+                    f"detector CPU {row['detector_cpu_us_per_tx']:.1f} µs/tx" + _split(row)
                     if lat
                     else "nothing decided"
                 )
