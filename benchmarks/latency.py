@@ -203,10 +203,12 @@ def measure(
             end = time.time_ns()
             _wait(lambda: len(collector.samples) >= sender.sent, DRAIN_S)
             tree.sample()
-            lat = sorted(lat for at, lat in collector.samples if begin <= at < end)
-            cut = begin + int(STEP_S * 1e9)
-            first = sorted(lat for at, lat in collector.samples if begin <= at < min(cut, end))
-            after = sorted(lat for at, lat in collector.samples if cut <= at < end)
+            window = [(at, lat) for at, lat in collector.samples if begin <= at < end]
+            lat = sorted(lat for _, lat in window)
+            # from the first send: the rate's records are made after `begin`, before sending
+            cut = min((at for at, _ in window), default=begin) + int(STEP_S * 1e9)
+            first = sorted(lat for at, lat in window if at < cut)
+            after = sorted(lat for at, lat in window if at >= cut)
             row: dict[str, Any] = {
                 "rate": rate,
                 "achieved_rate": achieved,
