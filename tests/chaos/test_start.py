@@ -59,8 +59,9 @@ def test_detector_started_with_a_fresh_broker_decides_everything(tmp_path: Path)
             starting.join()
             generated = generate(settings, rate=20_000, count=n, seed=run, progress=None)
             assert generated.sent == n
-            wait_done(settings, n, timeout=120)
+            wait_done(settings, n, timeout=120, d=d)
             d.stop(proc)
+            d.check_logs()
             _decided_once(settings, n)
         finally:
             d.cleanup()
@@ -114,7 +115,7 @@ def test_a_group_with_a_crashed_past(make_settings: SettingsFactory, tmp_path: P
 
         same = Detectors(a, tmp_path, rules=DEFAULT_RULES)
         proc = same.start("again")
-        wait_done(a, n, timeout=120)
+        wait_done(a, n, timeout=120, d=same)
         same.stop(proc)
         _decided_once(a, n)
 

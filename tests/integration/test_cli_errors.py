@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -473,6 +474,26 @@ def test_commands_that_need_a_broker_say_when_none_answers(files: Files, tmp_pat
         assert_refused(evaluate.result(), no_broker)
     assert_refused(run, no_broker, code=2)
     assert "dashboard on" not in run.text
+
+
+def test_a_broker_that_never_answers_a_group_request_is_named_in_bounded_time() -> None:
+    """The detector's first group request (is this instance running elsewhere?) to a broker
+    that takes the connection and never answers: within its start timeout it says which
+    broker and what to do, not a TimeoutError traceback (CI, 2026-12-07: a fresh broker's
+    group coordinator did not answer a request within the 30 s it was awaited)."""
+    from fraudstream.config import load_settings
+    from fraudstream.errors import FraudstreamError
+    from fraudstream.stream.layout import group_members
+
+    with socket.socket() as silent:  # the kernel completes each connection; nobody reads
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"127.0.0.1:{silent.getsockname()[1]}"
+        settings = load_settings(_env_file=None, kafka_broker_url=url, startup_timeout_ms=1000)
+        started = time.monotonic()
+        with pytest.raises(FraudstreamError, match=f"is the broker {url} healthy"):
+            group_members(settings, "fraudstream-silent")
+        assert time.monotonic() - started < 10
 
 
 def test_a_topic_that_does_not_exist_is_named(settings: Settings, tmp_path: Path) -> None:

@@ -117,5 +117,6 @@ def topic_ids(settings: Settings, topics: list[str], admin: Any = None) -> dict[
 
     if admin is None:
         admin = admin_client(settings, "fraudstream-topic-id")
-    described = admin.describe_topics(TopicCollection(topics))
+    # librdkafka's own timeout (a KafkaException) comes before the future's (a TimeoutError)
+    described = admin.describe_topics(TopicCollection(topics), request_timeout=20)
     return {t: str(described[t].result(timeout=30).topic_id) for t in topics}

@@ -345,25 +345,34 @@ def group_members(settings: Settings, group: str, admin: AdminClient | None = No
     deadline = time.monotonic() + settings.startup_timeout_ms / 1000
     said = False
     while True:
-        described = admin.describe_consumer_groups([group], request_timeout=30)[group]
+        # requests of at most 10 s, asked again until the deadline, each awaited 5 s longer
+        # than librdkafka's own timeout: on a broker still starting, its answer to a request
+        # of 30 s once came after the 30 s that the future was awaited (CI, 2026-12-07)
+        wait = min(10.0, max(1.0, deadline - time.monotonic()))
+        described = admin.describe_consumer_groups([group], request_timeout=wait)[group]
         try:
-            return list(described.result(timeout=30).members)
-        except KafkaException as exc:
-            code = exc.args[0].code()
+            return list(described.result(timeout=wait + 5).members)
+        except (KafkaException, TimeoutError) as exc:
+            error = exc.args[0] if isinstance(exc, KafkaException) else None
+            code = error.code() if error is not None else KafkaError._TIMED_OUT
             if code == KafkaError.GROUP_ID_NOT_FOUND:
                 return []
             if code not in _COORDINATOR_STARTING or time.monotonic() > deadline:
+                why = exc if error is not None else f"no answer in {wait + 5:.0f} s"
                 raise FraudstreamError(
-                    f"could not describe group {group}: {exc} — is the broker "
-                    f"{settings.kafka_broker_url} healthy?"
+                    f"could not describe group {group}: {why} — is the broker "
+                    f"{settings.kafka_broker_url} healthy? Check `fraudstream broker status` "
+                    "and try again"
                 ) from None
             if not said:  # a fresh broker elects the group coordinator in a few seconds
-                log.info("waiting for the broker's group coordinator (%s)", exc.args[0].name())
+                name = error.name() if error is not None else "no answer yet"
+                log.info("waiting for the broker's group coordinator (%s)", name)
                 said = True
             time.sleep(0.2)
 
 
 _COORDINATOR_STARTING = {
+    KafkaError._TIMED_OUT,
     KafkaError.NOT_COORDINATOR,
     KafkaError.COORDINATOR_NOT_AVAILABLE,
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
@@ -414,7 +423,12 @@ def reset_group(settings: Settings, group: str) -> tuple[list[str], bool]:
         )
     existed = True
     try:
-        admin.delete_consumer_groups([group], request_timeout=30)[group].result(timeout=30)
+        admin.delete_consumer_groups([group], request_timeout=20)[group].result(timeout=30)
+    except TimeoutError:
+        raise FraudstreamError(
+            f"could not delete group {group}'s offsets: no answer in 30 s — is the broker "
+            f"{settings.kafka_broker_url} healthy? Check `fraudstream broker status` and try again"
+        ) from None
     except KafkaException as exc:
         code = exc.args[0].code()
         if code == KafkaError.GROUP_ID_NOT_FOUND:
