@@ -39,14 +39,14 @@ def test_paused_inputs_decide_what_an_unbounded_run_decides(
     unbounded = Detectors(free, tmp_path / "f", rules=rules)
     try:
         proc = small.start()
-        wait_done(bounded, n)
+        wait_done(bounded, n, d=small)
         small.stop(proc)
         log = proc.log.read_text()  # type: ignore[attr-defined]
         assert "pausing" in log
         if with_model:  # 3 input and 3 labels partitions
             assert "of 6 input and labels partitions" in log
         proc = unbounded.start()
-        wait_done(free, n)
+        wait_done(free, n, d=unbounded)
         unbounded.stop(proc)
     finally:
         small.cleanup()
@@ -73,11 +73,11 @@ def test_two_processes_one_over_its_bounds_decide_what_one_unbounded_decides(
     try:
         tight = two.start("0", MAX_BUFFERED_RECORDS="300")
         loose = two.start("1", MAX_BUFFERED_RECORDS=str(10**9), MAX_BUFFERED_BYTES=str(10**12))
-        wait_done(bounded, n)
+        wait_done(bounded, n, d=two)
         two.stop(tight)
         two.stop(loose)
         proc = unbounded.start()
-        wait_done(free, n)
+        wait_done(free, n, d=unbounded)
         unbounded.stop(proc)
     finally:
         two.cleanup()

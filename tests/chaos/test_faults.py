@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,17 +157,32 @@ def wait_committed(
     settings: Settings, at_least: int, timeout: float = 180, d: Detectors | None = None
 ) -> None:
     """The group has committed `at_least` input records (while `d`'s processes run)."""
+    _wait_running(
+        lambda: committed(settings) >= at_least, timeout, f"{at_least} records committed", d
+    )
+
+
+def _wait_running(
+    condition: Callable[[], bool], timeout: float, what: str, d: Detectors | None
+) -> None:
+    """`wait_for`, and with `d`: a process of `d`'s that exits unasked fails it at once
+    (`check_alive`), and a timeout shows the end of each of their logs."""
+    if d is None:
+        wait_for(condition, timeout=timeout, what=what)
+        return
+    running = d
 
     def done() -> bool:
-        if d is not None:
-            d.check_alive()
-        return committed(settings) >= at_least
+        running.check_alive()
+        return condition()
 
-    wait_for(
-        done,
-        timeout=timeout,
-        what=f"{at_least} records committed",
-    )
+    try:
+        wait_for(done, timeout=timeout, what=what)
+    except AssertionError as exc:
+        if not str(exc).startswith("timed out"):
+            raise
+        tails = "".join(f"\n--- {name}:\n{text[-3000:]}" for name, text in running.logs())
+        raise AssertionError(f"{exc}{tails}") from None
 
 
 def wait_done(
@@ -183,9 +198,9 @@ def wait_done(
     that mark is read leaves it on the repartition topic, unread until its next run, which
     the verifier would count as lag. `settle` must exceed PARTITION_IDLE_MS."""
     wait_committed(settings, n, timeout, d)
-    wait_for(lambda: group_lag(settings) == 0, timeout=timeout, what="the group to drain")
+    _wait_running(lambda: group_lag(settings) == 0, timeout, "the group to drain", d)
     time.sleep(settle)
-    wait_for(lambda: group_lag(settings) == 0, timeout=timeout, what="the group to settle")
+    _wait_running(lambda: group_lag(settings) == 0, timeout, "the group to settle", d)
 
 
 def settings_on(broker: LocalBroker, **extra: Any) -> Settings:

@@ -44,11 +44,11 @@ def test_killed_while_writing_snapshots(
     try:
         proc = d.start()
         for moment in sorted(fault_rng.sample(range(n // 10, n * 9 // 10), 4)):
-            wait_committed(settings, moment)
+            wait_committed(settings, moment, d=d)
             d.kill(proc)
             logs.append(log_of(proc))
             proc = d.start()
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
         d.stop(proc)
         logs.append(log_of(proc))
     finally:
@@ -79,7 +79,7 @@ def test_a_snapshot_of_a_reset_group_is_discarded(
     d = Detectors(settings, tmp_path, rules=str(DEFAULT_RULES), **env)
     try:
         proc = d.start()
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
         d.stop(proc)
         assert list((tmp_path / "state").rglob("*.snapshot"))
         first = log_of(proc)
@@ -95,7 +95,7 @@ def test_a_snapshot_of_a_reset_group_is_discarded(
         )
         assert done.returncode == 0, done.stderr
         proc = d.start()
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
         d.stop(proc)
         assert "belongs to another changelog topic: discarded" in log_of(proc)
     finally:

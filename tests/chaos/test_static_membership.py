@@ -34,17 +34,17 @@ def test_a_killed_static_member_is_back_before_its_session_ends(
     )
     try:
         proc = d.start()
-        wait_committed(settings, n // 4)
+        wait_committed(settings, n // 4, d=d)
         d.kill(proc)
         before = committed_progress(settings)
         proc = d.start()
         # Well inside the 60 s session: only a member that reclaimed its partitions commits.
-        wait_committed(settings, before + 1, timeout=40)
+        wait_committed(settings, before + 1, timeout=40, d=d)
         group = settings.detector_group
         admin = AdminClient({"bootstrap.servers": settings.kafka_broker_url})
         members = admin.describe_consumer_groups([group])[group].result(timeout=10).members
         assert [m.group_instance_id for m in members] == [f"{group}-0"]
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
         d.stop(proc)
     finally:
         d.cleanup()

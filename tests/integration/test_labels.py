@@ -41,7 +41,7 @@ def test_labels_the_detector_cannot_use_are_dead_lettered_and_counted(
     d = Detectors(settings, tmp_path, rules=str(rules), STATUS_INTERVAL_MS="200")
     try:
         proc = d.start()
-        wait_done(settings, n)
+        wait_done(settings, n, d=d)
         d.stop(proc)
     finally:
         d.cleanup()
