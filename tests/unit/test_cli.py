@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fraudstream.cli import Exit, _parser
+from fraudstream.cli._common import call
 from fraudstream.cli.detect import without_option
 from fraudstream.progress import progress_bars
 from tests.conftest import wait_for
@@ -97,6 +98,28 @@ def test_every_command_line_reaches_a_handler_without_a_dispatch_chain() -> None
     groups = {p[:-1] for p in PARSERS if p}
     assert leaves == set(PARSERS) - groups  # every leaf has one, no group does
     assert len({h for _, h in handlers}) >= 13
+
+
+def test_a_kafka_error_no_command_turned_into_a_message_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What Kafka said and what to do, exit 2; any other exception stays a bug's traceback."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    def timed_out(args: argparse.Namespace) -> int:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed while waiting for response"))
+
+    assert call(argparse.Namespace(handler=timed_out)) == Exit.ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("fraudstream: a Kafka request failed: Failed while waiting for")
+    assert "(_TIMED_OUT)" in err and "fraudstream broker status" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+    def bug(args: argparse.Namespace) -> int:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        call(argparse.Namespace(handler=bug))
 
 
 def test_the_top_level_help_names_what_exit_1_means() -> None:

@@ -4,6 +4,7 @@ signals. Each command lives in its own module of `fraudstream.cli`."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import signal
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 from types import FrameType
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
 
 from fraudstream.config import Settings, load_settings
@@ -51,6 +52,22 @@ def call(args: argparse.Namespace) -> int:
         # (what is left unflushed goes nowhere, not into a second error at exit)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return Exit.OK
+    except Exception as exc:
+        # A Kafka request that no command turned into a message of its own (a broker that
+        # stopped answering in the middle of a start, say): what Kafka said and what to do,
+        # not a traceback (LOG_LEVEL=DEBUG logs it). Anything else is a bug: its traceback.
+        kafka = sys.modules.get("confluent_kafka")  # (never raised unless imported)
+        if kafka is None or not isinstance(exc, kafka.KafkaException):
+            raise
+        logging.getLogger("fraudstream").debug("Kafka request failed", exc_info=True)
+        error: Any = exc.args[0] if exc.args else None
+        said = f"{error.str()} ({error.name()})" if hasattr(error, "str") else str(exc)
+        print(
+            f"fraudstream: a Kafka request failed: {said} — check that the broker answers "
+            "(`fraudstream broker status` for the local one) and try again",
+            file=sys.stderr,
+        )
+        return Exit.ERROR
 
 
 _MEANING = {
