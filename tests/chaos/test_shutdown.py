@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -249,7 +250,12 @@ def test_a_worker_given_every_partition_before_the_others_joined_joins_again_fir
     text = log.read_text()
     again = 1 if protocol == "classic" else 0
     assert text.count("given every partition before the other workers joined") == again, text
-    assert text.count("assigned 3 partitions; holds input 0 of 1") == 1 + again, text
+    # Its 3 partitions (input, by-target, ordered) assigned once per join and given up once
+    # per join: KIP-848's broker may hand them over in more than one step (CI, 2026-12-07:
+    # the input's at once, the two internal topics' a second later)
+    assigned = [int(k) for k in re.findall(r" assigned (\d+) partitions;", text)]
+    assert sum(assigned) == 3 * (1 + again), text
+    assert [int(k) for k in re.findall(r" gave up (\d+) partitions;", text)] == [3] * (1 + again)
     assert "transaction aborted" not in text and "Traceback" not in text, text[-5000:]
     assert sorted(os.listdir(together)) == ["0", "1"]
     v = verify(settings, rules=DEFAULT_RULES)
