@@ -113,10 +113,9 @@ def topic_ids(settings: Settings, topics: list[str], admin: Any = None) -> dict[
     """`topic_id` of each (`admin`: a client to ask with, else one of its own)."""
     from confluent_kafka import TopicCollection
 
-    from fraudstream.stream.clients import admin_client
+    from fraudstream.stream.clients import admin_client, admin_result
 
     if admin is None:
         admin = admin_client(settings, "fraudstream-topic-id")
-    # librdkafka's own timeout (a KafkaException) comes before the future's (a TimeoutError)
     described = admin.describe_topics(TopicCollection(topics), request_timeout=20)
-    return {t: str(described[t].result(timeout=30).topic_id) for t in topics}
+    return {t: str(admin_result(described[t], 20).topic_id) for t in topics}

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "admin_client",
+    "admin_result",
     "base_config",
     "check_connection",
     "consumer_config",
@@ -115,6 +116,18 @@ def admin_client(settings: Settings, client_id: str = "fraudstream-admin") -> Ad
     (KAFKA_LOG_LEVEL=6 shows them): closing it printed librdkafka's "Purging 1 unserved events
     from background queue" into the commands' output."""
     return AdminClient({"log_level": 5} | base_config(settings, client_id))
+
+
+def admin_result(future: Any, request_timeout: float) -> Any:
+    """An admin request's result, awaited 5 s past the `request_timeout` it was made with:
+    librdkafka's own timeout comes first, as a KafkaException. No answer even then is the same
+    KafkaException (_TIMED_OUT), never a bare TimeoutError: on a broker still starting, an
+    answer once came after the 30 s a request of 30 s was awaited (CI, 2026-12-07)."""
+    try:
+        return future.result(timeout=request_timeout + 5)
+    except TimeoutError:
+        waited = f"no answer in {request_timeout + 5:.0f} s"
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, waited)) from None
 
 
 def producer_config(

@@ -29,7 +29,7 @@ from fraudstream.config import Settings
 from fraudstream.errors import ConfigError, FraudstreamError
 from fraudstream.stream.admin import create_missing
 from fraudstream.stream.changelog import end_offset
-from fraudstream.stream.clients import admin_client, base_config, wait_for_broker
+from fraudstream.stream.clients import admin_client, admin_result, base_config, wait_for_broker
 from fraudstream.stream.topology import TopicNames, Topology
 
 __all__ = [
@@ -345,28 +345,24 @@ def group_members(settings: Settings, group: str, admin: AdminClient | None = No
     deadline = time.monotonic() + settings.startup_timeout_ms / 1000
     said = False
     while True:
-        # requests of at most 10 s, asked again until the deadline, each awaited 5 s longer
-        # than librdkafka's own timeout: on a broker still starting, its answer to a request
-        # of 30 s once came after the 30 s that the future was awaited (CI, 2026-12-07)
+        # requests of at most 10 s, asked again until the deadline (a timeout is taken for a
+        # coordinator still starting)
         wait = min(10.0, max(1.0, deadline - time.monotonic()))
         described = admin.describe_consumer_groups([group], request_timeout=wait)[group]
         try:
-            return list(described.result(timeout=wait + 5).members)
-        except (KafkaException, TimeoutError) as exc:
-            error = exc.args[0] if isinstance(exc, KafkaException) else None
-            code = error.code() if error is not None else KafkaError._TIMED_OUT
+            return list(admin_result(described, wait).members)
+        except KafkaException as exc:
+            code = exc.args[0].code()
             if code == KafkaError.GROUP_ID_NOT_FOUND:
                 return []
             if code not in _COORDINATOR_STARTING or time.monotonic() > deadline:
-                why = exc if error is not None else f"no answer in {wait + 5:.0f} s"
                 raise FraudstreamError(
-                    f"could not describe group {group}: {why} — is the broker "
+                    f"could not describe group {group}: {exc} — is the broker "
                     f"{settings.kafka_broker_url} healthy? Check `fraudstream broker status` "
                     "and try again"
                 ) from None
             if not said:  # a fresh broker elects the group coordinator in a few seconds
-                name = error.name() if error is not None else "no answer yet"
-                log.info("waiting for the broker's group coordinator (%s)", name)
+                log.info("waiting for the broker's group coordinator (%s)", exc.args[0].name())
                 said = True
             time.sleep(0.2)
 
@@ -423,12 +419,7 @@ def reset_group(settings: Settings, group: str) -> tuple[list[str], bool]:
         )
     existed = True
     try:
-        admin.delete_consumer_groups([group], request_timeout=20)[group].result(timeout=30)
-    except TimeoutError:
-        raise FraudstreamError(
-            f"could not delete group {group}'s offsets: no answer in 30 s — is the broker "
-            f"{settings.kafka_broker_url} healthy? Check `fraudstream broker status` and try again"
-        ) from None
+        admin_result(admin.delete_consumer_groups([group], request_timeout=20)[group], 20)
     except KafkaException as exc:
         code = exc.args[0].code()
         if code == KafkaError.GROUP_ID_NOT_FOUND:

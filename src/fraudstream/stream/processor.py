@@ -442,9 +442,8 @@ class Processor:
         inputs = [s.topic for s in self.topology.by_topic.values() if s.role in (INPUT, LABELS)]
         try:
             return topic_ids(self.settings, inputs, admin=self._admin)
-        except (KafkaException, TimeoutError) as exc:
-            why = exc.args[0] if isinstance(exc, KafkaException) else "no answer in 30 s"
-            log.warning("could not read the ids of %s (%s)", ", ".join(inputs), why)
+        except KafkaException as exc:
+            log.warning("could not read the ids of %s (%s)", ", ".join(inputs), exc.args[0])
             return {}
 
     def _committed_first(
