@@ -607,7 +607,7 @@ def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
                 pytest.xfail(
                     "the restarted broker's transaction coordinator completed a commit "
                     "without writing its markers (\"Couldn't find leader endpoint ... likely "
-                    "deleted already\"): Kafka's defect, docs/delivery.md"
+                    "deleted already\"): Kafka's defect KAFKA-20734, docs/delivery.md"
                 )
             raise
     finally:
