@@ -17,7 +17,7 @@ from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import consumer_config
 
-__all__ = ["end_offset", "end_offsets", "read_changelog", "topic_id", "topic_ids"]
+__all__ = ["end_offset", "end_offsets", "first_record", "read_changelog", "topic_id", "topic_ids"]
 
 _NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
     KafkaError._UNKNOWN_PARTITION,
@@ -100,6 +100,30 @@ def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[i
     )
     try:
         return {p: end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
+    finally:
+        consumer.close()
+
+
+def first_record(
+    settings: Settings, topic: str, partition: int, start: int, timeout: float = 10
+) -> tuple[int, int | None]:
+    """The partition's first offset still kept, and the offset of its first committed record
+    at or after `start` (read_committed: transaction markers and aborted records are passed
+    over); None when none came within `timeout`."""
+    consumer = Consumer(
+        consumer_config(settings, "fraudstream-gap", group_id=f"fraudstream-gap-{uuid.uuid4()}")
+        | {"fetch.wait.max.ms": 10}
+    )
+    try:
+        tp = TopicPartition(topic, partition)
+        low = int(consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)[0])
+        consumer.assign([TopicPartition(topic, partition, max(start, low))])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            if msg is not None and msg.error() is None and (offset := msg.offset()) is not None:
+                return low, offset
+        return low, None
     finally:
         consumer.close()
 

@@ -48,7 +48,7 @@ from confluent_kafka.admin import AdminClient
 from fraudstream.config import Settings, consumer_protocol
 from fraudstream.detection import Engine
 from fraudstream.errors import ProcessingError
-from fraudstream.stream.changelog import topic_ids
+from fraudstream.stream.changelog import first_record, topic_ids
 from fraudstream.stream.clients import (
     admin_client,
     base_config,
@@ -479,6 +479,8 @@ class Processor:
         resume = task.resume_offset()
         if not task.check_source and (resume is None or first >= resume):
             task.check_resume = False
+            if resume is not None and first > resume:
+                self._undecided(task, resume, first)
             return True
         tp = TopicPartition(task.stage.topic, task.partition)
         try:
@@ -516,6 +518,8 @@ class Processor:
             return False
         if resume is None or first >= resume:
             task.check_resume = False
+            if resume is not None and first > resume:
+                self._undecided(task, resume, first)
             return True
         task.check_resume = False
         if committed.offset >= 0:
@@ -547,6 +551,61 @@ class Processor:
         )
         self.consumer.seek(TopicPartition(tp.topic, tp.partition, resume))
         return False
+
+    def _undecided(self, task: Task, resume: int, first: int) -> None:
+        """An input task resumed past where its state stands (its first record `first`, its
+        changelog's place `resume`): said when records between them were never read by it.
+        Transaction markers and aborted records there are no such records (they are passed
+        over: `first_record`); the rest were skipped on purpose (the group's offsets moved
+        forward), deleted by the topic's retention, or lost with a committed transaction
+        whose records the broker dropped (docs/delivery.md, "Open"). The committed offset is
+        followed either way; the log says which records and how to decide them."""
+        topic, partition = task.stage.topic, task.partition
+        group = self.settings.detector_group
+        try:
+            low, found = first_record(self.settings, topic, partition, resume)
+        except KafkaException as exc:
+            log.warning(
+                "%s [%d]: resumed at offset %d, past its state's place (%d), and the records "
+                "between could not be checked (%s)",
+                topic,
+                partition,
+                first,
+                resume,
+                exc.args[0],
+            )
+            return
+        if low > resume:
+            log.warning(
+                "%s [%d]: records %d to %d were deleted (the topic's retention) before group "
+                "%s read them",
+                topic,
+                partition,
+                resume,
+                low - 1,
+                group,
+            )
+        if found is not None and found < first:
+            log.warning(
+                "%s [%d]: group %s's committed offset is past its state: the state read up to "
+                "offset %d, and the records from offset %d to %d were never read by it. Either "
+                "the group's offsets were moved forward on purpose, or the broker lost a "
+                "committed transaction (a single-node broker killed during a commit: Kafka's "
+                "KAFKA-20734, docs/delivery.md). To decide them, stop the detectors and set the "
+                "group's offset of this partition to %d (kafka-consumer-groups.sh --group %s "
+                "--topic %s:%d --reset-offsets --to-offset %d --execute)",
+                topic,
+                partition,
+                group,
+                resume - 1,
+                found,
+                first - 1,
+                found,
+                group,
+                topic,
+                partition,
+                found,
+            )
 
     # --- the commit cycle ------------------------------------------------------------------
 
