@@ -19,6 +19,8 @@ StreamsProducer):
     RecordCollector         every record written, one block per destination (collector.py)
     TransactionCoordinator  the producer: begin, commit with retries, abort, renew, watchdog
                             (transactions.py)
+    InputCheck              where each input partition resumes (its changelog's place, its
+                            topic's id), and the input topics still those read (inputs.py)
 
     processor = Processor(settings, engine)
     processor.run(stop_event)
@@ -40,7 +42,6 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Producer,
-    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
@@ -48,9 +49,7 @@ from confluent_kafka.admin import AdminClient
 from fraudstream.config import Settings, consumer_protocol
 from fraudstream.detection import Engine
 from fraudstream.errors import ProcessingError
-from fraudstream.stream.changelog import first_record, topic_ids
 from fraudstream.stream.clients import (
-    admin_client,
     base_config,
     consumer_config,
     consumer_failure,
@@ -58,12 +57,13 @@ from fraudstream.stream.clients import (
 )
 from fraudstream.stream.collector import ProcessorStats, RecordCollector
 from fraudstream.stream.health import StallWatch, Status, TaskStatus, paused_too_long, waits
+from fraudstream.stream.inputs import InputCheck, foreign
 from fraudstream.stream.layout import member_name, prepare_topology
 from fraudstream.stream.metrics import RuntimeMetrics
 from fraudstream.stream.snapshot import SnapshotStore
 from fraudstream.stream.task_manager import TaskManager
-from fraudstream.stream.tasks import Task, TaskContext
-from fraudstream.stream.topology import INPUT, LABELS, Topology
+from fraudstream.stream.tasks import TaskContext
+from fraudstream.stream.topology import Topology
 from fraudstream.stream.transactions import (
     TransactionCoordinator,
     abortable,
@@ -130,6 +130,7 @@ class Processor:
         self._name = name
         self._instance = instance
         self.txn = TransactionCoordinator(settings, name, clock=clock)
+        self.inputs = InputCheck(settings, self.consumer, name, clock)
         self.collector = RecordCollector(settings, self.txn)
         self.topology: Topology | None = None
         self.manager: TaskManager | None = None  # once the topology is known (run)
@@ -159,8 +160,6 @@ class Processor:
         self._unassigned_said = 0.0  # when waiting for a first assignment was last logged
         self._rejoin = False  # leave and join again before processing (`_on_assign`)
         self._next_end_check = 0.0  # when `_ends_by_watermarks` looks next
-        self._ids_admin: AdminClient | None = None  # `_same_inputs`' client, made at its first
-        self._gone_said = -60.0  # when an input topic gone was last logged (`_say_gone`)
 
     @property
     def tasks(self) -> dict[tuple[str, int], Any]:
@@ -193,7 +192,7 @@ class Processor:
                 labels=self.engine.has_features,
                 admin=self._admin,
             )
-            input_ids = self._topic_ids()  # (with the start's client, dropped below)
+            input_ids = self.inputs.read_ids(self.topology, self._admin)  # (the start's client)
         except BaseException:
             self.consumer.close()
             raise
@@ -374,12 +373,12 @@ class Processor:
         self.txn.records += len(msgs)
         tasks = self.tasks
         buffering = []  # tasks that read into their buffer in this step
-        known = self._committed_first(runs)
+        known = self.inputs.committed_first(tasks, runs)
         for tp, run in runs.items():
             task = tasks.get(tp)
             if task is None:  # not ours (any more): the new owner reads it again (the commit
                 continue  # that gave it up covered only what was read: `_on_revoke`)
-            if (task.check_resume or task.check_source) and not self.resumed(
+            if (task.check_resume or task.check_source) and not self.inputs.resumed(
                 task, run[0].offset(), known.get(tp)
             ):
                 ends.pop(tp, None)  # (sent back: not at its end)
@@ -435,178 +434,6 @@ class Processor:
             if here >= high:
                 task.at_end = now
 
-    def _topic_ids(self) -> dict[str, str]:
-        """The input and labels topics' ids (`Meta.source`); none when the broker does not
-        say (their tasks then resume only where the group's committed offsets say)."""
-        assert self.topology is not None
-        inputs = [s.topic for s in self.topology.by_topic.values() if s.role in (INPUT, LABELS)]
-        try:
-            return topic_ids(self.settings, inputs, admin=self._admin)
-        except KafkaException as exc:
-            log.warning("could not read the ids of %s (%s)", ", ".join(inputs), exc.args[0])
-            return {}
-
-    def _committed_first(
-        self, runs: dict[tuple[str, int], list[Any]]
-    ) -> dict[tuple[str, int], TopicPartition]:
-        """The group's committed offsets of the partitions whose tasks read their first
-        records in this step and check where they were committed (`Task.check_source`), in
-        one request; none when they cannot be read (`resumed` asks again)."""
-        tasks = self.tasks
-        first = [tp for tp in runs if (task := tasks.get(tp)) is not None and task.check_source]
-        if not first:
-            return {}
-        try:
-            committed = self.consumer.committed([TopicPartition(*tp) for tp in first], timeout=30)
-        except KafkaException:
-            return {}
-        return {(tp.topic, tp.partition): tp for tp in committed}
-
-    def resumed(self, task: Task, first: int, known: TopicPartition | None = None) -> bool:
-        """An input task's first records since it was made: whether they come where its
-        changelog says it was (the offset after the last one it decided, committed in the
-        same transaction as its offset; `Task.resume_offset`). Before it, while the group has
-        no committed offset for the partition: the broker forgot an empty group's offsets
-        (`offsets.retention.minutes` after it emptied, 7 days by default) and the consumer
-        started at the earliest offset, which would decide everything retained again; it
-        is sent back there instead (False: these records are dropped). A committed offset
-        before it, moved there on purpose, is followed. Not known (the offsets unreadable):
-        sent back to `first` and asked again at the next step.
-        An offset committed for another topic of this name (its metadata names that topic's
-        id: one deleted since, whose offset a broker kept or a commit raced its deletion) is
-        not this topic's: it is read from its first record. `known`: the partition's
-        committed offset, when already asked for (`_committed_first`)."""
-        resume = task.resume_offset()
-        if not task.check_source and (resume is None or first >= resume):
-            task.check_resume = False
-            if resume is not None and first > resume:
-                self._undecided(task, resume, first)
-            return True
-        tp = TopicPartition(task.stage.topic, task.partition)
-        try:
-            (committed,) = [known] if known is not None else self.consumer.committed([tp], 30)
-            failed = committed.error
-        except KafkaException as exc:
-            failed = exc.args[0]
-        if failed is not None:
-            log.warning(
-                "%s [%d]: read from offset %d%s, and the group's committed offset could not "
-                "be read (%s): asking again",
-                tp.topic,
-                tp.partition,
-                first,
-                "" if resume is None else f", before the {resume} its changelog resumes at",
-                failed,
-            )
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, first))
-            return False
-        task.check_source = False
-        if _foreign(task, committed):
-            log.warning(
-                "%s [%d]: group %s's committed offset %d was committed in another topic of "
-                "this name (id %s, deleted since; this one's is %s): reading it from its "
-                "first record",
-                tp.topic,
-                tp.partition,
-                self.settings.detector_group,
-                committed.offset,
-                committed.metadata,
-                task.source,
-            )
-            task.check_resume = False
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, -2))  # the beginning
-            return False
-        if resume is None or first >= resume:
-            task.check_resume = False
-            if resume is not None and first > resume:
-                self._undecided(task, resume, first)
-            return True
-        task.check_resume = False
-        if committed.offset >= 0:
-            return True
-        _, end = self.consumer.get_watermark_offsets(tp, timeout=30, cached=False)
-        if resume > end:  # not this topic's place (one deleted and made again, before ids)
-            log.warning(
-                "%s [%d]: group %s has no committed offset and its changelog's place (offset "
-                "%d) is past the partition's end (%d): deciding it from offset %d",
-                tp.topic,
-                tp.partition,
-                self.settings.detector_group,
-                resume - 1,
-                end,
-                first,
-            )
-            return True
-        log.warning(
-            "%s [%d]: group %s has no committed offset (a broker forgets an empty group's "
-            "offsets after its offsets.retention.minutes, 7 days by default, or the group "
-            "was deleted), but its changelog says it decided up to offset %d: resuming at "
-            "%d, not at %d",
-            tp.topic,
-            tp.partition,
-            self.settings.detector_group,
-            resume - 1,
-            resume,
-            first,
-        )
-        self.consumer.seek(TopicPartition(tp.topic, tp.partition, resume))
-        return False
-
-    def _undecided(self, task: Task, resume: int, first: int) -> None:
-        """An input task resumed past where its state stands (its first record `first`, its
-        changelog's place `resume`): said when records between them were never read by it.
-        Transaction markers and aborted records there are no such records (they are passed
-        over: `first_record`); the rest were skipped on purpose (the group's offsets moved
-        forward), deleted by the topic's retention, or lost with a committed transaction
-        whose records the broker dropped (docs/delivery.md, "Open"). The committed offset is
-        followed either way; the log says which records and how to decide them."""
-        topic, partition = task.stage.topic, task.partition
-        group = self.settings.detector_group
-        try:
-            low, found = first_record(self.settings, topic, partition, resume)
-        except KafkaException as exc:
-            log.warning(
-                "%s [%d]: resumed at offset %d, past its state's place (%d), and the records "
-                "between could not be checked (%s)",
-                topic,
-                partition,
-                first,
-                resume,
-                exc.args[0],
-            )
-            return
-        if low > resume:
-            log.warning(
-                "%s [%d]: records %d to %d were deleted (the topic's retention) before group "
-                "%s read them",
-                topic,
-                partition,
-                resume,
-                low - 1,
-                group,
-            )
-        if found is not None and found < first:
-            log.warning(
-                "%s [%d]: group %s's committed offset is past its state: the state read up to "
-                "offset %d, and the records from offset %d to %d were never read by it. Either "
-                "the group's offsets were moved forward on purpose, or the broker lost a "
-                "committed transaction (a single-node broker killed during a commit: Kafka's "
-                "KAFKA-20734, docs/delivery.md). To decide them, stop the detectors and set the "
-                "group's offset of this partition to %d (kafka-consumer-groups.sh --group %s "
-                "--topic %s:%d --reset-offsets --to-offset %d --execute)",
-                topic,
-                partition,
-                group,
-                resume - 1,
-                found,
-                first - 1,
-                found,
-                group,
-                topic,
-                partition,
-                found,
-            )
-
     # --- the commit cycle ------------------------------------------------------------------
 
     def _commit(self, *, settled: bool = True) -> None:
@@ -615,7 +442,7 @@ class Processor:
         runs inside `poll` or `consume`, with records already delivered (their offsets past
         the consumer's position) that no task has read yet."""
         # the input topics' ids asked for now, answered while the commit is prepared
-        asked = self._ask_inputs() if settled else None
+        asked = self.inputs.ask() if settled else None
         started = time.perf_counter()
         with self.txn.watched():
             self._commit_once(settled, asked)
@@ -633,7 +460,7 @@ class Processor:
                 manager.send_marks()
             offsets = manager.prepare_commit(settled=settled)
             if asked is not None:
-                self._same_inputs(asked)
+                self.inputs.same(asked)
             txn.commit(offsets, self.consumer.consumer_group_metadata())
         except KafkaException as exc:
             err: KafkaError = txn.cause(exc.args[0])
@@ -664,55 +491,6 @@ class Processor:
             manager.snapshot()
         if manager.purge_due():
             manager.purge()
-
-    def _ask_inputs(self) -> dict[str, Any] | None:
-        """The input topics' descriptions asked for (futures; `_same_inputs` reads them);
-        None when their ids are not known (the start could not read them)."""
-        assert self.manager is not None
-        ids = self.manager.ctx.input_ids
-        if not ids:
-            return None
-        if self._ids_admin is None:
-            self._ids_admin = admin_client(self.settings, f"{self._name}-topic-ids")
-        asked: dict[str, Any] = self._ids_admin.describe_topics(TopicCollection(list(ids)))
-        return asked
-
-    def _same_inputs(self, asked: dict[str, Any]) -> None:
-        """Before a commit, once its records are produced: the input topics are still the
-        ones read since the start (`asked`: `_ask_inputs` after the step's reads). A topic
-        deleted and created again under its name has another id, and librdkafka's consumer
-        does not tell it apart (confluentinc/librdkafka#3255): it reads on at its old position
-        in the new topic, so the new topic's first records would be skipped for good and its
-        offsets committed past them. Then nothing open is committed: the detector stops and
-        says so; started again, it reads the new topic from its first record. A topic gone
-        (nothing can be read from it meanwhile) or a broker not answering in time (2 s): the
-        commit goes on (it needs the broker too), the next one asks again."""
-        assert self.manager is not None
-        ids = self.manager.ctx.input_ids
-        try:
-            now = {t: str(asked[t].result(timeout=2).topic_id) for t in ids}
-        except KafkaException as exc:
-            if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                self._say_gone(list(ids))
-            return
-        except TimeoutError:
-            return
-        moved = [t for t in ids if now[t] != ids[t]]
-        if moved:
-            raise ProcessingError(
-                f"input topic {', '.join(moved)} was deleted and created again while this "
-                "detector ran; nothing it read since its last commit was committed. Start it "
-                "again: it reads the new topic from its first record"
-            )
-
-    def _say_gone(self, topics: list[str]) -> None:
-        """An input topic is gone (deleted, not made again yet): said once a minute."""
-        if self.clock() - self._gone_said >= 60:
-            self._gone_said = self.clock()
-            log.warning(
-                "input topic %s is gone (deleted?): waiting for it to be created again",
-                " or ".join(topics),
-            )
 
     def _abort(self) -> None:
         """Abort the open transaction and rewind every assigned partition to its commit."""
@@ -750,11 +528,11 @@ class Processor:
             assert self.manager is not None
             for tp in self.consumer.committed(assigned, timeout=30):
                 task = self.manager.tasks.get((tp.topic, tp.partition))
-                if tp.offset >= 0 and (task is None or not _foreign(task, tp)):
+                if tp.offset >= 0 and (task is None or not foreign(task, tp)):
                     self.consumer.seek(tp)
                 else:  # nothing committed: where its changelog says, else from the beginning
-                    # (a group whose offsets the broker forgot: `resumed`; one committed in
-                    # a topic of this name deleted since)
+                    # (a group whose offsets the broker forgot: `InputCheck.resumed`; one
+                    # committed in a topic of this name deleted since)
                     resume = task.resume_offset() if task is not None else None
                     start = -2 if resume is None else resume
                     self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
@@ -933,18 +711,3 @@ class Processor:
             self._status_producer.poll(0)
         except (BufferError, KafkaException) as exc:  # health reports never stop the work
             log.debug("status not published: %s", exc)
-
-
-def _foreign(task: Task, committed: TopicPartition) -> bool:
-    """Whether the group's committed offset of an input task's partition was committed in
-    another topic of its name (its metadata names that topic's id)."""
-    return (
-        committed.offset >= 0
-        and bool(task.source)
-        and committed.metadata
-        not in (
-            None,
-            "",
-            task.source,
-        )
-    )

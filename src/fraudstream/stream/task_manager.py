@@ -318,7 +318,7 @@ class TaskManager:
             collector.send_keyed(task.stage.changelog, partition, task.changes(offset))
             if offset is not None:
                 # an input's offset names its topic's id: one committed for a topic of that
-                # name deleted since is known as such (`Processor.resumed`)
+                # name deleted since is known as such (`InputCheck.resumed`)
                 if task.source:
                     offsets.append(TopicPartition(topic, partition, offset, metadata=task.source))
                 else:

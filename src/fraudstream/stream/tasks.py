@@ -260,10 +260,10 @@ class Task:
         self.source = ctx.input_ids.get(stage.topic, "")
         if self.source and meta.source and meta.source != self.source:
             meta.last_offset, meta.source = -1, ""
-        # whether its first records read show where its input resumed (`Processor.resumed`)
+        # whether its first records read show where its input resumed (`InputCheck.resumed`)
         self.check_resume = self.resume_offset() is not None
         # input and labels tasks: whether the group's committed offset is still to be checked
-        # for the topic it was committed in (`Processor.resumed`)
+        # for the topic it was committed in (`InputCheck.resumed`)
         self.check_source = bool(self.source)
         # a one-stage topology sends no marks, but its input's place (`last_offset`) is kept:
         # a group whose committed offsets the broker forgot resumes there
@@ -297,7 +297,7 @@ class Task:
         None when that is not known (nothing decided yet, or in a topic deleted since)."""
         m = self.meta
         # (a Meta written before it kept the topic's id, "", is taken as this topic's:
-        # `Processor.resumed` checks it against the partition's end)
+        # `InputCheck.resumed` checks it against the partition's end)
         if m.last_offset < 0 or not self.source or m.source not in ("", self.source):
             return None
         return m.last_offset + 1
