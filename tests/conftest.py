@@ -242,9 +242,11 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "co
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def run_detector(settings: Settings, expect: int, timeout: float = 120, engine: Any = None) -> Any:
-    """Run the detector in this process (`engine`: the tutorial rule unless given) until
-    `expect` records are committed."""
+def run_detector(
+    settings: Settings, expect: int, timeout: float = 120, engine: Any = None, metrics: Any = None
+) -> Any:
+    """Run the detector in this process (`engine`: the tutorial rule unless given; `metrics`:
+    its `RuntimeMetrics`, to read after) until `expect` records are committed."""
     import threading
 
     from fraudstream.detection import Engine, tutorial_rules
@@ -252,7 +254,7 @@ def run_detector(settings: Settings, expect: int, timeout: float = 120, engine: 
 
     if engine is None:
         engine = Engine(tutorial_rules(), version="tutorial-1")
-    processor = Processor(settings, engine)
+    processor = Processor(settings, engine, metrics=metrics)
     stop = threading.Event()
     timer = threading.Timer(timeout, stop.set)  # a guard, so a bug fails instead of hanging
     timer.start()

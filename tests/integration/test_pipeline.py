@@ -26,12 +26,14 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from prometheus_client import generate_latest
 
 from fraudstream.config import Settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.errors import ProcessingError
 from fraudstream.generator import generate
 from fraudstream.stream import Processor, committed_progress, ensure_topics
+from fraudstream.stream.metrics import RuntimeMetrics
 from tests.conftest import (
     REPO,
     SettingsFactory,
@@ -256,8 +258,9 @@ def test_a_group_resumed_past_its_state_says_which_records_it_never_decided(
     then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(24)]
     produce_raw(settings, then)
     latest = topic_ends(settings, topic, "read_committed")
+    metrics = RuntimeMetrics()
     with caplog.at_level(logging.WARNING, logger="fraudstream"):
-        run_detector(settings, len(then))
+        run_detector(settings, len(then), metrics=metrics)
     decided = sorted(d["id"] for d in _outputs(settings))
     assert decided == sorted([f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(24)])
     said = {
@@ -275,6 +278,16 @@ def test_a_group_resumed_past_its_state_says_which_records_it_never_decided(
     assert expected, "the keys put no skipped and later record in one partition"
     assert said == expected
     assert "--reset-offsets --to-offset" in caplog.text
+    # and counted for the metrics: the offsets of each partition's gap
+    exposed = generate_latest(metrics.registry).decode()
+    counted = {
+        int(m[1]): float(m[2])
+        for m in re.finditer(
+            rf'fraudstream_input_offsets_skipped_total{{partition="(\d+)",topic="{topic}"}} (\S+)',
+            exposed,
+        )
+    }
+    assert counted == {p: float(last - first + 1) for p, (_, first, last) in expected.items()}
 
 
 def test_a_restart_past_transaction_markers_alone_says_nothing_was_skipped(

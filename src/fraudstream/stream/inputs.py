@@ -41,9 +41,15 @@ class InputCheck:
     """The checks of one detector process's input partitions and topics."""
 
     def __init__(
-        self, settings: Settings, consumer: Consumer, name: str, clock: Callable[[], float]
+        self,
+        settings: Settings,
+        consumer: Consumer,
+        name: str,
+        clock: Callable[[], float],
+        on_skipped: Callable[[str, int, int], None] = lambda topic, partition, n: None,
     ) -> None:
         self.settings = settings
+        self.on_skipped = on_skipped  # (topic, partition, offsets its state never read)
         self.consumer = consumer
         self._name = name
         self.clock = clock
@@ -192,6 +198,7 @@ class InputCheck:
             )
             return
         if low > resume:
+            self.on_skipped(topic, partition, low - resume)
             log.warning(
                 "%s [%d]: records %d to %d were deleted (the topic's retention) before group "
                 "%s read them",
@@ -202,6 +209,7 @@ class InputCheck:
                 group,
             )
         if found is not None and found < first:
+            self.on_skipped(topic, partition, first - found)
             log.warning(
                 "%s [%d]: group %s's committed offset is past its state: the state read up to "
                 "offset %d, and the records from offset %d to %d were never read by it. Either "

@@ -39,6 +39,9 @@ class Health:
     stalled: bool = False
     drift: str = ""
     dead_letters: dict[str, int] = field(default_factory=dict)  # label records skipped, by class
+    # (topic, partition): input offsets resumed past that its state never read (replaced,
+    # not changed in place, by the processing thread: `Processor._skipped`)
+    skipped_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class RuntimeMetrics:
@@ -111,6 +114,15 @@ class _Totals(Collector):
             "Label records dead-lettered, by class",
             ["error_class"],
             h.dead_letters,
+        )
+        yield labelled(
+            CounterMetricFamily,
+            "fraudstream_input_offsets_skipped",
+            "Input offsets a partition resumed past that its state never read, found at its "
+            "first records since this process started (the group's offsets moved forward, "
+            "the topic's retention, or a commit the broker lost: docs/delivery.md)",
+            ["topic", "partition"],
+            h.skipped_offsets,
         )
         yield labelled(
             GaugeMetricFamily,

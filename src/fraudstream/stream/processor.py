@@ -130,7 +130,7 @@ class Processor:
         self._name = name
         self._instance = instance
         self.txn = TransactionCoordinator(settings, name, clock=clock)
-        self.inputs = InputCheck(settings, self.consumer, name, clock)
+        self.inputs = InputCheck(settings, self.consumer, name, clock, self._skipped)
         self.collector = RecordCollector(settings, self.txn)
         self.topology: Topology | None = None
         self.manager: TaskManager | None = None  # once the topology is known (run)
@@ -433,6 +433,13 @@ class Processor:
                 here = resume if resume is not None else (high if low == high else -1)
             if here >= high:
                 task.at_end = now
+
+    def _skipped(self, topic: str, partition: int, n: int) -> None:
+        """`n` input offsets this partition resumed past that its state never read: counted
+        for the metrics (a new dict, so a scrape never iterates one that changes)."""
+        h = self.metrics.health
+        tp = (topic, partition)
+        h.skipped_offsets = h.skipped_offsets | {tp: h.skipped_offsets.get(tp, 0) + n}
 
     # --- the commit cycle ------------------------------------------------------------------
 
