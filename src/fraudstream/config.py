@@ -17,7 +17,7 @@ import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     are held until those after them tell: back behind them by this much, they ran on another
     clock and are decided at the stream's time, with an `event_time_skew` reason; else the
     partition's clock moved, and they go at their own time."""
+    resume_past_state: Literal["follow", "rewind"] = "follow"
+    """An input partition resumed past records its state never read (the group's committed
+    offset ahead of its changelog's place): `follow` skips them (as the offset says: the
+    group's offsets were moved forward on purpose), `rewind` decides them first (a group
+    whose offsets are never moved by hand: they were lost with a commit the broker
+    dropped). Either way they are logged and counted (docs/delivery.md)."""
     stall_warning_ms: int = Field(default=30_000, ge=1000)
     """Input pending and no decision committed for this many ms, or an input partition
     paused for back-pressure this long: the detector logs what it waits for, and

@@ -236,15 +236,17 @@ _PAST_STATE = re.compile(
 )
 
 
+@pytest.mark.parametrize("mode", ["follow", "rewind"])
 def test_a_group_resumed_past_its_state_says_which_records_it_never_decided(
-    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
     """A group whose committed offsets are ahead of its changelog's place (the offsets moved
     forward by hand, or a commit whose records a single-node broker lost after a kill while
     its offsets stayed committed: docs/delivery.md) skipped those records without a word.
-    It still follows the committed offset, and now says, per partition, which records its
-    state never read, and how to decide them."""
-    settings = make_settings(partition_idle_ms=100)
+    Now it says, per partition, which records its state never read, and counts them; by
+    default it still follows the committed offset, and with RESUME_PAST_STATE=rewind it
+    decides them first."""
+    settings = make_settings(partition_idle_ms=100, resume_past_state=mode)
     ensure_topics(settings)
     topic = settings.transactions_topic
     first = [(f"A{i}".encode(), _payment(f"first-{i}", f"A{i}")) for i in range(12)]
@@ -259,25 +261,30 @@ def test_a_group_resumed_past_its_state_says_which_records_it_never_decided(
     produce_raw(settings, then)
     latest = topic_ends(settings, topic, "read_committed")
     metrics = RuntimeMetrics()
+    also = [f"skipped-{i}" for i in range(12)] if mode == "rewind" else []
     with caplog.at_level(logging.WARNING, logger="fraudstream"):
-        run_detector(settings, len(then), metrics=metrics)
+        run_detector(settings, len(then) + len(also), metrics=metrics)
     decided = sorted(d["id"] for d in _outputs(settings))
-    assert decided == sorted([f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(24)])
+    assert decided == sorted(
+        [f"first-{i}" for i in range(12)] + also + [f"then-{i}" for i in range(24)]
+    )
     said = {
         int(m[2]): (int(m[3]), int(m[4]), int(m[5]))
         for m in _PAST_STATE.finditer(caplog.text)
         if m[1] == topic
     }
-    # each partition that got skipped records and read one after them: where its state
-    # stands and which records it never read (the others have not read a record since)
+    # each partition that decided a record before, got skipped records and read one after
+    # them: where its state stands and which records it never read (a partition with no
+    # decided record has no place in its changelog; one with no record since, no first one)
     expected = {
         p: (before[p] - 1, before[p], after[p] - 1)
         for p in before
-        if after[p] > before[p] and latest[p] > after[p]
+        if before[p] > 0 and after[p] > before[p] and latest[p] > after[p]
     }
-    assert expected, "the keys put no skipped and later record in one partition"
+    assert expected, "the keys put no first, skipped and later record in one partition"
     assert said == expected
-    assert "--reset-offsets --to-offset" in caplog.text
+    told = "Deciding them now" if mode == "rewind" else "They are skipped"
+    assert caplog.text.count(told) == len(expected)
     # and counted for the metrics: the offsets of each partition's gap
     exposed = generate_latest(metrics.registry).decode()
     counted = {
@@ -314,14 +321,21 @@ def test_a_restart_past_transaction_markers_alone_says_nothing_was_skipped(
     first = [(f"A{i}".encode(), _payment(f"first-{i}", f"A{i}")) for i in range(12)]
     produce_in_transactions(first)
     run_detector(settings, len(first))
+    before = topic_ends(settings, topic, "read_committed")
     then = [(f"B{i}".encode(), _payment(f"then-{i}", f"B{i}")) for i in range(24)]
     produce_in_transactions(then)
-    with caplog.at_level(logging.WARNING, logger="fraudstream"):
+    latest = topic_ends(settings, topic, "read_committed")
+    with caplog.at_level(logging.DEBUG, logger="fraudstream.stream.inputs"):
         run_detector(settings, len(then))
     decided = sorted(d["id"] for d in _outputs(settings))
     assert decided == sorted([f"first-{i}" for i in range(12)] + [f"then-{i}" for i in range(24)])
-    assert "past its state" not in caplog.text
-    assert "could not be checked" not in caplog.text
+    # the gaps were read: each partition that decided a record and got more resumed one
+    # past its place (the first run's last marker)
+    checked = re.findall(r"\[(\d+)\]: offsets \d+ to \d+, between its state's place", caplog.text)
+    expected = [p for p in before if before[p] > 0 and latest[p] > before[p]]
+    assert expected, "the keys put no first and later record in one partition"
+    assert sorted(map(int, checked)) == sorted(expected)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def _recreate_input(settings: Settings) -> None:

@@ -17,7 +17,17 @@ from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
 from fraudstream.stream.clients import consumer_config
 
-__all__ = ["end_offset", "end_offsets", "first_record", "read_changelog", "topic_id", "topic_ids"]
+__all__ = [
+    "FIRST_RECORD_TIMEOUT_S",
+    "end_offset",
+    "end_offsets",
+    "first_record",
+    "read_changelog",
+    "topic_id",
+    "topic_ids",
+]
+
+FIRST_RECORD_TIMEOUT_S = 5.0  # `first_record`: the whole look, requests and reading
 
 _NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
     KafkaError._UNKNOWN_PARTITION,
@@ -105,20 +115,30 @@ def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[i
 
 
 def first_record(
-    settings: Settings, topic: str, partition: int, start: int, timeout: float = 10
+    settings: Settings,
+    topic: str,
+    partition: int,
+    start: int,
+    timeout: float = FIRST_RECORD_TIMEOUT_S,
 ) -> tuple[int, int | None]:
     """The partition's first offset still kept, and the offset of its first committed record
     at or after `start` (read_committed: transaction markers and aborted records are passed
-    over); None when none came within `timeout`."""
+    over); None when none came within `timeout` (for the whole: requests and reading). It
+    reads ahead little: one record is all it needs."""
+    deadline = time.monotonic() + timeout
     consumer = Consumer(
         consumer_config(settings, "fraudstream-gap", group_id=f"fraudstream-gap-{uuid.uuid4()}")
-        | {"fetch.wait.max.ms": 10}
+        | {
+            "fetch.wait.max.ms": 10,
+            "max.partition.fetch.bytes": 65_536,
+            "queued.max.messages.kbytes": 64,
+            "queued.min.messages": 1,
+        }
     )
     try:
         tp = TopicPartition(topic, partition)
         low = int(consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)[0])
         consumer.assign([TopicPartition(topic, partition, max(start, low))])
-        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = consumer.poll(0.1)
             if msg is not None and msg.error() is None and (offset := msg.offset()) is not None:

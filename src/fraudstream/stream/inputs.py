@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 
 from fraudstream.config import Settings
 from fraudstream.errors import ProcessingError
-from fraudstream.stream.changelog import first_record, topic_ids
+from fraudstream.stream.changelog import FIRST_RECORD_TIMEOUT_S, first_record, topic_ids
 from fraudstream.stream.clients import admin_client
 from fraudstream.stream.tasks import Task
 from fraudstream.stream.topology import INPUT, LABELS, Topology
@@ -101,8 +101,6 @@ class InputCheck:
         resume = task.resume_offset()
         if not task.check_source and (resume is None or first >= resume):
             task.check_resume = False
-            if resume is not None and first > resume:
-                self.undecided(task, resume, first)
             return True
         tp = TopicPartition(task.stage.topic, task.partition)
         try:
@@ -141,7 +139,10 @@ class InputCheck:
         if resume is None or first >= resume:
             task.check_resume = False
             if resume is not None and first > resume:
-                self.undecided(task, resume, first)
+                found = self.undecided(task, resume, first, committed.offset)
+                if found is not None and self.settings.resume_past_state == "rewind":
+                    self.consumer.seek(TopicPartition(tp.topic, tp.partition, found))
+                    return False  # (these records dropped: read again after the gap's)
             return True
         task.check_resume = False
         if committed.offset >= 0:
@@ -174,14 +175,18 @@ class InputCheck:
         self.consumer.seek(TopicPartition(tp.topic, tp.partition, resume))
         return False
 
-    def undecided(self, task: Task, resume: int, first: int) -> None:
+    def undecided(self, task: Task, resume: int, first: int, committed: int) -> int | None:
         """An input task resumed past where its state stands (its first record `first`, its
-        changelog's place `resume`): said when records between them were never read by it.
-        Transaction markers and aborted records there are no such records (they are passed
-        over: `first_record`); the rest were skipped on purpose (the group's offsets moved
-        forward), deleted by the topic's retention, or lost with a committed transaction
-        whose records the broker dropped (docs/delivery.md, "Open"). The committed offset is
-        followed either way; the log says which records and how to decide them."""
+        changelog's place `resume`, the group's committed offset `committed`): the offset of
+        the first committed record between them, which its state never read (said, counted),
+        or None. Transaction markers and aborted records there are no such records (they are
+        passed over: `first_record`); the rest were skipped on purpose (the group's offsets
+        moved forward) or lost with a committed transaction whose records the broker dropped
+        (docs/delivery.md). `RESUME_PAST_STATE` says whether they are skipped (`follow`, the
+        committed offset) or decided now (`rewind`: the caller goes back to them). Offsets
+        the topic no longer keeps are said too: counted when the group had not passed them
+        either (its committed offset below the first kept), else only noted (whether they
+        were records or transaction markers cannot be told)."""
         topic, partition = task.stage.topic, task.partition
         group = self.settings.detector_group
         try:
@@ -196,40 +201,67 @@ class InputCheck:
                 resume,
                 exc.args[0],
             )
-            return
+            return None
         if low > resume:
-            self.on_skipped(topic, partition, low - resume)
+            gone = (
+                "%s [%d]: offsets %d to %d, past the place of group %s's state, were deleted "
+                "(the topic's retention, or records deleted) before it read them"
+            )
+            if committed < low:  # nor did the group pass them: records lost to this group
+                self.on_skipped(topic, partition, low - resume)
+                log.warning(gone, topic, partition, resume, low - 1, group)
+            else:
+                log.info(
+                    gone + ": records or transaction markers",
+                    topic,
+                    partition,
+                    resume,
+                    low - 1,
+                    group,
+                )
+        if found is None:
             log.warning(
-                "%s [%d]: records %d to %d were deleted (the topic's retention) before group "
-                "%s read them",
+                "%s [%d]: resumed at offset %d, past its state's place (%d), and nothing was "
+                "read from there within %.0f s: the records between were not checked",
                 topic,
                 partition,
+                first,
                 resume,
-                low - 1,
-                group,
+                FIRST_RECORD_TIMEOUT_S,
             )
-        if found is not None and found < first:
-            self.on_skipped(topic, partition, first - found)
-            log.warning(
-                "%s [%d]: group %s's committed offset is past its state: the state read up to "
-                "offset %d, and the records from offset %d to %d were never read by it. Either "
-                "the group's offsets were moved forward on purpose, or the broker lost a "
-                "committed transaction (a single-node broker killed during a commit: Kafka's "
-                "KAFKA-20734, docs/delivery.md). To decide them, stop the detectors and set the "
-                "group's offset of this partition to %d (kafka-consumer-groups.sh --group %s "
-                "--topic %s:%d --reset-offsets --to-offset %d --execute)",
+            return None
+        if found >= first:
+            log.debug(
+                "%s [%d]: offsets %d to %d, between its state's place and where it resumed, "
+                "hold no committed record",
                 topic,
                 partition,
-                group,
-                resume - 1,
-                found,
+                max(resume, low),
                 first - 1,
-                found,
-                group,
-                topic,
-                partition,
-                found,
             )
+            return None
+        self.on_skipped(topic, partition, first - found)
+        rewind = self.settings.resume_past_state == "rewind"
+        log.warning(
+            "%s [%d]: group %s's committed offset is past its state: the state read up to "
+            "offset %d, and the records from offset %d to %d were never read by it. They were "
+            "skipped on purpose if the group's offsets were moved forward; else they were lost "
+            "with a commit the broker dropped (a single-node broker killed during a commit: "
+            "Kafka's KAFKA-20734, docs/delivery.md). %s",
+            topic,
+            partition,
+            group,
+            resume - 1,
+            found,
+            first - 1,
+            "Deciding them now (RESUME_PAST_STATE=rewind; an output of theirs that a topic "
+            "already holds is written again)."
+            if rewind
+            else "They are skipped: the group's committed offset is followed. A group whose "
+            "offsets are never moved by hand can set RESUME_PAST_STATE=rewind, and its "
+            "detectors decide such records when they find them.",
+        )
+        return found
 
     def ask(self) -> dict[str, Any] | None:
         """The input topics' descriptions asked for (futures; `same` reads them);
