@@ -26,6 +26,7 @@ def _exposed() -> set[str]:
     detector.health.buffered = {("by-target", 0): 3}
     detector.health.lag = {("tx", 0): 5}
     detector.health.dead_letters = {"not_json": 1}
+    detector.health.skipped_offsets = {("tx", 0): 7}
     alerts = AlertService(load_settings(_env_file=None), [LogSink(logging.getLogger("t"))])
     names = set()
     for registry in (detector.registry, alerts.registry):
