@@ -85,8 +85,10 @@ class Settings(BaseSettings):
     larger step spreads each step's fixed costs over more records."""
     commit_interval_ms: int = Field(default=50, ge=1)
     """A transaction commits after this many ms or `COMMIT_RECORDS` records, whichever comes
-    first; a decision crosses three transactions with the default rules, so its latency is
-    about three intervals plus polling."""
+    first; with the default rules a decision crosses three transactions (input, payee stage,
+    output), or two for a payment that skips the payee stage (it may still wait for an
+    earlier one of its partition that did), so its latency is two or three intervals plus
+    polling."""
     commit_interval_backlog_ms: int = Field(default=200, ge=1)
     """The commit interval while the input has a backlog (a step read a full `BATCH_SIZE`):
     fewer, larger transactions while catching up, where records wait longer in the backlog

@@ -18,7 +18,17 @@ from fraudstream.detection import Engine, load_ruleset
 from fraudstream.stream import consumer_config, ensure_topics
 from fraudstream.stream.collector import RecordCollector
 from fraudstream.stream.layout import GroupMismatchError, prepare_topology
-from fraudstream.stream.ordering import DATA, HOLD, INF, MARK, Envelope, Lean, Meta, decode_block
+from fraudstream.stream.ordering import (
+    DATA,
+    HOLD,
+    INF,
+    MARK,
+    Chain,
+    Envelope,
+    Lean,
+    Meta,
+    decode_block,
+)
 from fraudstream.stream.task_manager import TaskManager, choose_paused
 from fraudstream.stream.tasks import InputTask, KeyedTask, LabelTask, OutputTask, TaskContext
 from fraudstream.stream.topology import INPUT, KEYED, OUTPUT, Topology
@@ -395,11 +405,12 @@ def _through_the_stages(
     amounts: list[float],
     pad: int = 0,
     header: int = 0,
-) -> tuple[dict[int, float], list[list[Envelope]], list[bytes]]:
+) -> tuple[dict[int, float], list[list[Envelope]], list[Envelope], list[bytes]]:
     """Payments of these amounts (payee PAY1, shop SHOP1; a field of `pad` bytes of notes
     each, a header of `header` bytes) through the input task and each keyed task in turn (one
-    partition, marks at the end): the envelopes each stage sent, in stage order, and the
-    input records' values."""
+    partition, marks at the end): the envelopes sent to each stage after the input, in stage
+    order (what the output read, by whichever path), the output's order of them (`Chain`),
+    and the input records' values."""
     topology = Topology(settings, engine.stage_keys(), 1, 0)
     ensure_topics(settings, [s.topic for s in topology.stages[1:]])
     txn = _coordinator(settings)
@@ -426,49 +437,55 @@ def _through_the_stages(
     task.settle()
     ctx.collector.flush()
     txn.commit([], None)
-    sent = []
-    for stage in topology.stages[1:-1]:
+    sent: list[list[Envelope]] = []
+    output = Chain(1, Meta())
+    for stage in topology.stages[1:]:  # each fed only by those before it, all done by now
         no_open_transaction(settings, [stage.topic])  # the markers of the commit before
-        (block,) = read_to_end(settings, stage.topic)
-        sent.append(decode_block(block.value()))
+        records = [r.value() for r in read_to_end(settings, stage.topic)]
+        sent.append([e for r in records for e in decode_block(r)])  # (as sent: not changed)
+        blocks = [decode_block(r) for r in records]
+        if stage is topology.output:
+            for block in blocks:
+                output.offer_block(block, offset=0)
+            continue
         keyed = KeyedTask(ctx, stage, 0, engine.for_stage(stage.key), Meta())
-        keyed.orderer.offer_block(decode_block(block.value()), offset=0)  # (changed on)
-        keyed.orderer.offer(Envelope(MARK, INF, 0, 9, 0, 1), offset=1)
+        for offset, block in enumerate(blocks):
+            keyed.orderer.offer_block(block, offset=offset)
+        keyed.orderer.offer(Envelope(MARK, INF, 0, 9, 0, 1), offset=len(blocks))
         txn.begin()
         keyed.release()
         ctx.collector.flush()
         txn.commit([], None)
-    no_open_transaction(settings, [topology.stages[-1].topic])
-    (block,) = read_to_end(settings, topology.stages[-1].topic)
-    sent.append(decode_block(block.value()))
-    return ctx.lean_below, sent, [m.value() for m in inputs]
+    return ctx.lean_below, sent, output.release(), [m.value() for m in inputs]
 
 
-def test_payments_under_the_payee_stages_floor_cross_it_bundled_without_their_transaction(
+def test_payments_under_the_payee_stages_floor_skip_it_bundled_without_their_transaction(
     make_settings: SettingsFactory,
 ) -> None:
     """With rules/default.yaml the payee stage's only rule (mule_fan_in) ignores payments
-    under 500: those go through it without their decoded transaction, consecutive ones of a
-    partition as one bundle (the first's envelope, the others in its `more`), in order, and
-    the output writes them from their input bytes; the others keep it until the output stage
-    (which needs only the bytes)."""
+    under 500: those go from the input stage straight to the output, without their decoded
+    transaction, consecutive ones of a partition as one bundle (the first's envelope, the
+    others in its `more`), and the output writes them from their input bytes; the others go
+    through the payee stage with it (and on to the output with the bytes alone). The input
+    task numbers them all in input order, and the output puts them back in that order."""
     settings = make_settings(topic_partitions=1)
     ensure_topics(settings)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
-    lean, (by_target, ordered), values = _through_the_stages(
+    lean, (by_target, ordered), out, values = _through_the_stages(
         settings, engine, [12.5, 499.99, 500.0, 20.0, 900.0, 1.0, 2.0, 3.0]
     )
     assert lean == {1: 500.0}
-    assert [(e.o, e.tx is None, len(e.more)) for e in by_target] == [
-        (0, True, 1),
-        (2, False, 0),
-        (3, True, 0),
-        (4, False, 0),
-        (5, True, 2),
+    assert [(e.o, e.c, e.tx is not None) for e in by_target] == [(2, 2, True), (4, 4, True)]
+    assert sorted((e.o, e.c, len(e.more)) for e in ordered) == [
+        (0, 1, 1),
+        (2, 2, 0),
+        (3, 3, 0),
+        (4, 4, 0),
+        (5, 5, 2),
     ]
-    assert [e.o for e in ordered] == [e.o for e in by_target]  # in input order, every one
     assert all(e.tx is None for e in ordered)  # the output writes each from its bytes
-    assert [v for e in ordered for v in [e.value, *(m.value for m in e.more)]] == values
+    assert [e.c for e in out] == [1, 2, 3, 4, 5]
+    assert [v for e in out for v in [e.value, *(m.value for m in e.more)]] == values
 
 
 @pytest.mark.parametrize("padded", ["pad", "header"], ids=["values", "headers"])
@@ -483,7 +500,7 @@ def test_a_bundle_stops_taking_payments_once_their_bytes_reach_its_limit(
     settings = make_settings(topic_partitions=1)
     ensure_topics(settings)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
-    _, (by_target, ordered), values = _through_the_stages(
+    _, (by_target, _), out, values = _through_the_stages(
         settings,
         engine,
         [1.0, 2.0, 3.0, 4.0, 5.0],
@@ -491,18 +508,20 @@ def test_a_bundle_stops_taking_payments_once_their_bytes_reach_its_limit(
         header=30_000 if padded == "header" else 0,
     )
     assert BUNDLE_BYTES == 64 * 1024
-    assert [(e.o, len(e.more)) for e in by_target] == [(0, 2), (3, 1)]
-    assert [v for e in ordered for v in [e.value, *(m.value for m in e.more)]] == values
+    assert not by_target
+    assert [(e.o, len(e.more)) for e in out] == [(0, 2), (3, 1)]
+    assert [v for e in out for v in [e.value, *(m.value for m in e.more)]] == values
     if padded == "header":  # the headers reach the output with their payments
-        got = [h for e in ordered for h in [e.headers, *(m.headers for m in e.more)]]
+        got = [h for e in out for h in [e.headers, *(m.headers for m in e.more)]]
         assert got == [[("trace", b"h" * 30_000)]] * 5
 
 
-def test_a_payment_crosses_only_the_last_keyed_stage_without_its_transaction(
+def test_a_payment_skips_only_the_last_keyed_stage(
     make_settings: SettingsFactory,
 ) -> None:
     """Payee then shop stage: the payee stage needs every payment's shop to route it, so
-    only the shop stage, the last, is crossed without the transaction (under its floor)."""
+    only the shop stage, the last, is skipped (under its floor): the payee stage sends those
+    straight to the output, without the transaction."""
     from fraudstream.detection.rules import Velocity
 
     settings = make_settings(topic_partitions=1)
@@ -511,15 +530,20 @@ def test_a_payment_crosses_only_the_last_keyed_stage_without_its_transaction(
     big_shop = Velocity("shop_big", "merchant", 3_600_000, max_count=5, min_amount=300.0)
     engine = Engine([*rules.rules, big_shop], threshold=rules.threshold, version="t")
     assert engine.stage_keys() == ["source", "target", "merchant"]
-    lean, (by_target, by_merchant, ordered), values = _through_the_stages(
+    lean, (by_target, by_merchant, ordered), out, values = _through_the_stages(
         settings, engine, [12.5, 299.0, 300.0, 900.0]
     )
     assert lean == {2: 300.0}
-    assert all(e.tx is not None for e in by_target)  # routed on to the shop by its merchant
-    assert [e.tx is None for e in by_merchant] == [True, True, False, False]
-    assert [e.o for e in ordered] == [e.o for e in by_target]
+    assert [(e.c, e.tx is not None) for e in by_target] == [
+        (1, True),
+        (2, True),
+        (3, True),
+        (4, True),
+    ]
+    assert [(e.c, e.tx is not None) for e in by_merchant] == [(3, True), (4, True)]
+    assert sorted(e.c for e in ordered) == [1, 2, 3, 4]
     assert all(e.tx is None for e in ordered)
-    assert [e.value for e in ordered] == values
+    assert [e.value for e in out] == values
 
 
 def test_records_on_another_clock_are_decided_at_their_partitions_time_a_quiet_hour_is_not(
@@ -844,11 +868,11 @@ def test_what_the_open_transaction_forwarded_counts_against_the_bounds(
         consumer.close()
 
 
-def test_a_group_recorded_in_format_5_is_moved_to_6_in_place(
+def test_a_group_recorded_in_format_6_is_refused(
     make_settings: SettingsFactory,
 ) -> None:
-    """A group built by the version before bundles (format 5) starts as it is, and its record
-    then says 6, so that a detector of format 5 started later is refused."""
+    """A group built by the version before the output's own order (format 6) is refused with
+    the next step named, and its record is left as it was."""
     import msgspec
 
     from fraudstream.stream.layout import Shape, _read_shape, _write_shape
@@ -857,16 +881,14 @@ def test_a_group_recorded_in_format_5_is_moved_to_6_in_place(
     ensure_topics(settings)
     engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
     topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
-    six = _read_shape(settings, topology.shape_topic)
-    assert six is not None and six.format == 6
-    _write_shape(settings, topology.shape_topic, msgspec.structs.replace(six, format=5))
-    prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
-    assert _read_shape(settings, topology.shape_topic) == six
-    four = msgspec.structs.replace(six, format=4)
-    _write_shape(settings, topology.shape_topic, four)
-    with pytest.raises(GroupMismatchError, match="repartition record format 4 → 6"):
+    seven = _read_shape(settings, topology.shape_topic)
+    assert seven is not None and seven.format == 7 and Shape.of(topology) == seven
+    six = msgspec.structs.replace(seven, format=6)
+    _write_shape(settings, topology.shape_topic, six)
+    with pytest.raises(GroupMismatchError, match="repartition record format 6 → 7") as failed:
         prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
-    assert Shape.of(topology) == six
+    assert "fraudstream reset --group" in str(failed.value)
+    assert _read_shape(settings, topology.shape_topic) == six
 
 
 def test_a_start_on_one_client_records_the_shape_and_a_restart_checks_it(

@@ -43,7 +43,7 @@ def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Pa
             "id": f"st-{i}",
             "source": f"a{i % 7}",
             "target": f"b{i % 5}",
-            "amount": 12.5,
+            "amount": 600.0,  # (under 500 it would skip the payee stage)
             "currency": "EUR",
             "timestamp": T0 + i * 1000,
         }
@@ -103,7 +103,7 @@ def test_a_partition_held_back_while_the_others_flow_is_a_stall(
                 "id": f"p{p}-{i}",
                 "source": f"a{p}-{i % 7}",
                 "target": f"b{i % 5}",
-                "amount": 12.5,
+                "amount": 600.0,  # (under 500 it would skip the payee stage)
                 "currency": "EUR",
                 "timestamp": ts,
             }

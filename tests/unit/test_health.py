@@ -32,12 +32,23 @@ def test_waits_name_the_stage_partition_and_upstream() -> None:
             lowest=2,
             lowest_mark="2026-01-01T00:00:00Z (partition 2, offset 9)",
         ),
-        TaskStatus("g.ordered", 0, "ordered", buffered=7, upstream=3, heard=1),
+        TaskStatus("g.by-target", 0, "by-target", buffered=7, upstream=3, heard=1),
+        TaskStatus(
+            "g.ordered",
+            2,
+            "ordered",
+            buffered=6,
+            upstream=3,
+            heard=1,
+            next_record="the record numbered 41 from input partition 2",
+        ),
         TaskStatus("in", 0, "input"),
     ]
     assert waits(tasks) == [
-        "g.ordered[0] buffers 7 records, waiting for marks from 2 of its 3 upstream tasks, "
+        "g.by-target[0] buffers 7 records, waiting for marks from 2 of its 3 upstream tasks, "
         "unheard yet",
+        "g.ordered[2] buffers 6 records, waiting for the record numbered 41 from input "
+        "partition 2, to write its records in input order",
         "g.by-target[1] buffers 5 records, waiting for upstream task 2's mark to pass its "
         "records (at 2026-01-01T00:00:00Z (partition 2, offset 9))",
     ]

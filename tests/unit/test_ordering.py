@@ -12,6 +12,7 @@ from fraudstream.stream.ordering import (
     HOLD,
     INF,
     MARK,
+    Chain,
     Envelope,
     HopTx,
     Lean,
@@ -448,3 +449,124 @@ def test_a_records_extra_bytes_are_its_key_and_its_headers_utf8_names_and_values
         len(name.encode()) + len(value or b"") + 8 for name, value in headers or []
     )
     assert extra_bytes(key, headers) == plain
+
+
+@st.composite
+def one_partition_by_several_paths(draw: st.DrawFn) -> tuple[int, list[Log]]:
+    """What one output task reads: its input partition's records, numbered 1, 2, 3 … by the
+    input task (`Envelope.c`; some bundles), each sent by one path (straight from the input
+    task, or through one of several keyed tasks: each path keeps its own order), the paths'
+    blocks interleaved in any order, and marks from the keyed tasks among them. Returns the
+    count and the repartition records (blocks)."""
+    paths = draw(st.integers(min_value=1, max_value=4))
+    n = draw(st.integers(min_value=0, max_value=40))
+    streams: list[Log] = [[] for _ in range(paths)]
+    marks = [0] * paths
+    for c in range(1, n + 1):
+        p = draw(st.integers(0, paths - 1))
+        env = Envelope(DATA, c // 3, 5, 100 + 2 * c, p, 0, c=c)  # offsets with gaps
+        if draw(st.integers(0, 4)) == 0:  # a bundle: it holds (and counts) more payments
+            env.more = [Lean(b"x")] * draw(st.integers(1, 3))
+        streams[p].append(env)
+        if p and draw(st.integers(0, 3)) == 0:  # keyed paths send marks too
+            marks[p] += 1
+            streams[p].append(Envelope(MARK, c // 3, p, c, p, marks[p]))
+    records: list[Log] = []
+    cursors = [0] * paths
+    while any(k < len(s) for k, s in zip(cursors, streams, strict=True)):
+        live = [i for i in range(paths) if cursors[i] < len(streams[i])]
+        i = draw(st.sampled_from(live))
+        take = draw(st.integers(1, 4))  # a block of up to 4 of one path's records
+        block = streams[i][cursors[i] : cursors[i] + take]
+        cursors[i] += len(block)
+        if any(e.kind == MARK for e in block):  # marks travel alone
+            records += [[e] for e in block]
+        else:
+            records.append(block)
+    return n, records
+
+
+def _numbers(envs: Log) -> list[int]:
+    return [e.c for e in envs]
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=one_partition_by_several_paths(), data=st.data())
+def test_the_output_writes_one_input_partition_in_its_order_whatever_path_each_took(
+    case: tuple[int, list[Log]], data: st.DataObject
+) -> None:
+    """`Chain` releases every record once, in the input task's numbering, however the paths
+    interleave and whatever is read twice; what it still holds is counted (payments, bytes) and its oldest input offset
+    is that of the oldest block with a record still held."""
+    n, records = case
+    chain = Chain(3, Meta())
+    released: Log = []
+    held: dict[int, int] = {}  # block offset -> records held
+    for offset, block in enumerate(records):
+        chain.offer_block(block, offset, 10)
+        for env in block:
+            if env.kind == DATA:
+                held[offset] = held.get(offset, 0) + 1
+        if data.draw(st.integers(0, 3)) == 0:  # a block read twice: nothing changes
+            again = data.draw(st.integers(0, offset))
+            chain.offer_block(records[again], again, 10)
+        if data.draw(st.booleans()):
+            out = chain.release()
+            for env in out:
+                at = next(o for o, b in enumerate(records) if any(e is env for e in b))
+                held[at] -= 1
+                if not held[at]:
+                    del held[at]
+            released += out
+        assert chain.oldest() == (min(held) if held else None)
+        waiting = [e for b in records[: offset + 1] for e in b if e.kind == DATA]
+        waiting = [e for e in waiting if all(e is not r for r in released)]
+        assert len(chain) == sum(1 + len(e.more) for e in waiting)
+        assert chain.bytes == 10 * len(chain)
+    released += chain.release()
+    assert _numbers(released) == list(range(1, n + 1))
+    assert chain.meta.chain == n and not len(chain) and chain.oldest() is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=one_partition_by_several_paths(), data=st.data())
+def test_the_output_across_crashes_neither_loses_nor_repeats(
+    case: tuple[int, list[Log]], data: st.DataObject
+) -> None:
+    """Commits after any release, crashes after any block, reading again from the committed
+    offset (blocks half released then are read again whole): every record out once, in
+    order."""
+    n, records = case
+    committed = (encode_meta(Meta()), 0, 0)  # (meta, input offset, records released)
+    chain = Chain(3, decode_meta(committed[0]))
+    released: Log = []
+    offset = 0
+    crashes = 0
+    while offset < len(records):
+        chain.offer_block(records[offset], offset)
+        offset += 1
+        if data.draw(st.booleans()):
+            released += chain.release()
+        if data.draw(st.booleans()):  # a commit, after a release (as the processor does)
+            released += chain.release()
+            oldest = chain.oldest()
+            resume = oldest if oldest is not None else offset
+            committed = (encode_meta(chain.committed_meta(resume)), resume, len(released))
+        if crashes < 3 and data.draw(st.integers(0, 5)) == 0:  # crash: back to the commit
+            crashes += 1
+            meta, offset, kept = committed
+            released = released[:kept]
+            chain = Chain(3, decode_meta(meta))
+    released += chain.release()
+    assert _numbers(released) == list(range(1, n + 1))
+
+
+def test_a_bundle_in_the_chain_counts_its_payments() -> None:
+    chain = Chain(1, Meta())
+    head = Envelope(DATA, 0, 0, 7, 0, 0, c=2, more=[Lean(b"a"), Lean(b"b")])
+    chain.offer_block([head], 0, 5)
+    assert len(chain) == 3 and chain.bytes == 15 and not chain.release()  # waits for 1
+    chain.offer_block([Envelope(DATA, 0, 0, 3, 1, 0, c=1)], 1, 5)
+    assert _numbers(chain.release()) == [1, 2] and not len(chain) and chain.bytes == 0
+    chain.offer_block([Envelope(DATA, 0, 0, 3, 1, 0, c=1)], 2, 5)  # read again: skipped
+    assert not len(chain) and chain.oldest() is None and chain.next_number() == 3

@@ -54,6 +54,8 @@ class TaskStatus(msgspec.Struct, frozen=True):
     lowest: int = -1  # the upstream whose mark holds it back (the lowest), -1: none
     lowest_mark: str = ""
     paused_s: float = 0.0  # inputs: how long it has been paused for back-pressure
+    # output tasks (they write in input order, not by marks): the record they wait for
+    next_record: str = ""
 
 
 class Status(msgspec.Struct, frozen=True):
@@ -91,7 +93,9 @@ def waits(tasks: list[TaskStatus]) -> list[str]:
     for t in sorted(tasks, key=lambda t: -t.buffered):
         if not t.buffered:
             continue
-        if t.heard < t.upstream:
+        if t.next_record:
+            why = f"{t.next_record}, to write its records in input order"
+        elif t.heard < t.upstream:
             why = (
                 f"marks from {t.upstream - t.heard} of its {t.upstream} upstream tasks, unheard yet"
             )

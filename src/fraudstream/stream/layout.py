@@ -51,10 +51,10 @@ SHAPE_KEY = b"shape"
 STATUS_TOPIC_CONFIG = {"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"}
 REPARTITION_TOPIC_CONFIG = {"retention.ms": "-1"}  # kept until purged (`prepare_topology`)
 # ordering.encode_block; 3: HopTx arrays, HOLD marks; 4: block hits; 5: feature rows as bytes;
-# 6: bundles (Envelope.more), which a detector of format 5 would read as their first payment
-# alone, silently: a group of format 5 is moved to 6 in place (`Shape.upgrades`), so that such
-# a detector started later refuses it
-REPARTITION_FORMAT = 6
+# 6: bundles (Envelope.more); 7: payments skip the last keyed stage under its floor, and the
+# output orders by the input task's numbers (Envelope.c, `Chain`): what an earlier version
+# left in flight carries none, so a group of format 6 is refused, not moved on in place
+REPARTITION_FORMAT = 7
 CHANGELOG_FORMAT = 2  # 2: a table row starts with its layout id, layouts described (2026-12-02)
 
 
@@ -88,15 +88,6 @@ class Shape(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
             label_partitions=topology.labels,
             format=REPARTITION_FORMAT,
             changelog=CHANGELOG_FORMAT,
-        )
-
-    def upgrades(self, now: Shape) -> bool:
-        """Whether a group recorded as `self` goes on as `now` once its record says so: the
-        same in all but a repartition format this version reads too (5 → 6)."""
-        return (
-            self.format == 5
-            and now.format == REPARTITION_FORMAT
-            and msgspec.structs.replace(self, format=now.format) == now
         )
 
     def differences(self, now: Shape) -> list[str]:
@@ -273,16 +264,6 @@ def prepare_topology(
     # a shape topic this start created is empty (one another detector created meanwhile
     # is not in `created`: it is read)
     before = None if topology.shape_topic in created else _read_shape(s, topology.shape_topic)
-    if before is not None and before.upgrades(now):
-        log.info(
-            "group %s: recording repartition format %d (was %d); a detector of an earlier "
-            "version will refuse this group from now on (docs/upgrading.md)",
-            group,
-            now.format,
-            before.format,
-        )
-        _write_shape(s, topology.shape_topic, now)
-        before = now
     if before is not None and before != now:
         raise GroupMismatchError(
             f"group {group} was built for another topology: "

@@ -37,6 +37,7 @@ __all__ = [
     "INF",
     "LABEL",
     "MARK",
+    "Chain",
     "Envelope",
     "HopTx",
     "Key",
@@ -127,6 +128,9 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     # without their transaction. It travels as one envelope, in its head's place in the
     # order; the output writes them after it (see `Orderer`).
     more: list[Lean] = []
+    # DATA from an input task: its number among the records (bundles count once) that task
+    # sent toward the output stage, by whichever path (1, 2, …); the output's order (`Chain`)
+    c: int = 0
 
     @property
     def order(self) -> Key:
@@ -146,6 +150,9 @@ class Meta(msgspec.Struct, omit_defaults=True):
     ahead: dict[int, list[int]] = {}  # per upstream: numbers released beyond `done`
     marks: dict[int, Key] = {}  # per upstream: its latest mark
     mark_seen: dict[int, int] = {}  # per upstream: the number of that mark
+    # input tasks: the number (`Envelope.c`) of the last record sent toward the output;
+    # output tasks: that of the last record released (`Chain`)
+    chain: int = 0
 
 
 # A repartition record is a block: the envelopes one task sends one downstream partition in
@@ -274,15 +281,31 @@ class Orderer:
         elif run and entry[:3] < run[-1][:3]:
             self._unsorted.add(u)
         run.append(entry)
-        self._count += k
-        self.bytes += size * k
+        self._hold(offset, 1, k, size)
+
+    def _hold(self, offset: int, entries: int, payments: int, size: int) -> None:
+        """`entries` more buffered from the record at input `offset`, carrying `payments`
+        payments of `size` bytes each."""
+        self._count += payments
+        self.bytes += size * payments
         at = self._at
         n = at.get(offset)
         if n is None:
-            at[offset] = 1
+            at[offset] = entries
             heapq.heappush(self._offsets, offset)
         else:
-            at[offset] = n + 1
+            at[offset] = n + entries
+
+    def _let_go(self, entry: Entry) -> None:
+        """One buffered entry released."""
+        self._count -= entry[6]
+        self.bytes -= entry[5]
+        at, offset = self._at, entry[3]
+        n = at[offset] - 1
+        if n:
+            at[offset] = n
+        else:
+            del at[offset]
 
     def offer_block(self, block: list[Envelope], offset: int, size: int = 0) -> None:
         """`offer` of each envelope of one repartition record, in order (they share its
@@ -314,17 +337,8 @@ class Orderer:
                     unsorted.add(u)
             run.append(entry)
             added += 1
-        if not added:
-            return
-        self._count += held
-        self.bytes += size * held
-        at = self._at
-        n = at.get(offset)
-        if n is None:
-            at[offset] = added
-            heapq.heappush(self._offsets, offset)
-        else:
-            at[offset] = n + added
+        if added:
+            self._hold(offset, added, held, size)
 
     def bound(self) -> Key | None:
         """Nothing at or below this key can still arrive (None: an upstream is unheard)."""
@@ -395,18 +409,10 @@ class Orderer:
         cut: list[Entry] = [entry for _, piece in pieces for entry in piece]
         if len(pieces) > 1:
             cut.sort(key=_order)  # a merge of sorted runs
-        at = self._at
         out: list[Envelope] = []
         for entry in cut:
             env = entry[4]
-            self._count -= entry[6]
-            self.bytes -= entry[5]
-            offset = entry[3]
-            n = at[offset] - 1
-            if n:
-                at[offset] = n
-            else:
-                del at[offset]
+            self._let_go(entry)
             self._done(env.u, env.s)
             out.append(env)
         return out
@@ -447,3 +453,66 @@ class Orderer:
         while offsets and offsets[0] not in at:  # released since
             heapq.heappop(offsets)
         return offsets[0] if offsets else None
+
+
+class Chain(Orderer):
+    """The output stage's buffer. That stage is partitioned like the input, so what one task
+    reads all comes from one input partition, and its input task numbers every record it
+    sends toward the output (`Envelope.c`: through the keyed stages, or straight to the
+    output when no keyed stage needs it), so a record goes out once the one numbered before
+    it has (`Meta.chain`). Input order comes back whatever path each record took and however
+    the paths' blocks interleave; no mark is needed for it. Marks are still read, for
+    back-pressure (HOLD) and `fraudstream status`.
+
+    Exactly once across restarts: a record numbered at or below the last released is
+    skipped (read again after a rewind), and so is one read twice; the committed offset is
+    the oldest still buffered, as in `Orderer`."""
+
+    def __init__(self, upstream: int, meta: Meta) -> None:
+        super().__init__(upstream, meta)
+        self._waiting: dict[int, Entry] = {}  # by number
+
+    def reset(self, meta: Meta) -> None:
+        super().reset(meta)
+        self._waiting.clear()
+
+    def offer(self, env: Envelope, offset: int, size: int = 0) -> None:
+        self.offer_block([env], offset, size)
+
+    def offer_block(self, block: list[Envelope], offset: int, size: int = 0) -> None:
+        waiting, last = self._waiting, self.meta.chain
+        added = held = 0
+        for env in block:
+            if env.kind >= MARK:
+                super().offer(env, offset, size)
+                continue
+            c = env.c
+            if c <= last or c in waiting:
+                continue  # released before a rewind, or read twice
+            more = env.more
+            k = 1 + len(more) if more else 1
+            waiting[c] = (env.t, env.q, env.o, offset, env, size * k, k)
+            held += k
+            added += 1
+        if added:
+            self._hold(offset, added, held, size)
+
+    def release(self) -> list[Envelope]:
+        """Every buffered record whose predecessors have all gone out, in input order."""
+        waiting = self._waiting
+        c = self.meta.chain + 1
+        entry = waiting.pop(c, None)
+        if entry is None:
+            return []
+        out: list[Envelope] = []
+        while entry is not None:
+            out.append(entry[4])
+            self._let_go(entry)
+            c += 1
+            entry = waiting.pop(c, None)
+        self.meta.chain = c - 1
+        return out
+
+    def next_number(self) -> int:
+        """The number of the record it waits for next."""
+        return self.meta.chain + 1

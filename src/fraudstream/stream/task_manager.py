@@ -29,6 +29,7 @@ from fraudstream.stream.health import TaskStatus, describe_key
 from fraudstream.stream.ordering import (
     HOLD,
     MARK,
+    Chain,
     Envelope,
     Key,
     Meta,
@@ -520,9 +521,12 @@ class TaskManager:
         for (topic, partition), task in sorted(self.tasks.items()):
             since = self.paused_since.get((topic, partition))
             marks = task.meta.marks
-            lowest, lowest_mark = -1, ""
+            lowest, lowest_mark, next_record = -1, "", ""
             keyed = isinstance(task, KeyedTask)
-            if keyed and marks and len(marks) >= task.stage.upstream:
+            if isinstance(task, KeyedTask) and isinstance(task.orderer, Chain):  # input order
+                n = task.orderer.next_number()
+                next_record = f"the record numbered {n} from input partition {partition}"
+            elif keyed and marks and len(marks) >= task.stage.upstream:
                 lowest = min(marks, key=lambda u: marks[u])
                 lowest_mark = describe_key(marks[lowest])
             out.append(
@@ -537,6 +541,7 @@ class TaskManager:
                     lowest=lowest,
                     lowest_mark=lowest_mark,
                     paused_s=0.0 if since is None else round(now - since, 1),
+                    next_record=next_record,
                 )
             )
         return out

@@ -12,7 +12,8 @@ A task class per stage role (`topology.py`), each with the same hooks the proces
     InputTask   decode, validate, dead-letter; the account rules; decide (one stage) or forward
     LabelTask   verdicts, forwarded in event time to the first keyed stage
     KeyedTask   buffer until the marks allow, then the rules of its key; forward
-    OutputTask  buffer until the marks allow, then decide and write legit / fraud
+    OutputTask  buffer until the records before have gone out (input order: `Chain`), then
+                decide and write legit / fraud
 
 Tasks write only through the `RecordCollector`; they never see the producer or the consumer.
 """
@@ -46,6 +47,7 @@ from fraudstream.stream.ordering import (
     DATA,
     INF,
     LABEL,
+    Chain,
     Envelope,
     HopTx,
     Key,
@@ -95,9 +97,9 @@ class TaskContext:
     # the input and labels topics' ids: a task's `Meta.source`, so that its `last_offset`
     # is not taken for an offset of a topic deleted and created again under the same name
     input_ids: dict[str, str] = field(default_factory=dict)
-    # per stage index: the amount under which a payment crosses that stage without its
-    # decoded transaction (`lean`); only the last keyed stage (what it forwards goes to the
-    # output, which needs the input's bytes, not the transaction)
+    # per stage index: the amount under which a payment skips that stage and goes straight
+    # to the output, without its decoded transaction (`lean`); only the last keyed stage
+    # (the output needs the input's bytes, not the transaction)
     lean_below: dict[int, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,9 +113,10 @@ class TaskContext:
 
 
 def lean(tx: Transaction, value: bytes, floor: float) -> bool:
-    """Whether a payment may cross a stage without its decoded transaction: it is under the
-    stage's floor (`Engine.floor`: nothing there reads or changes state for it, no rule
-    fires) and the output can be its input bytes with members appended (`appendable`)."""
+    """Whether a payment may skip a stage, straight to the output without its decoded
+    transaction: it is under the stage's floor (`Engine.floor`: nothing there reads or
+    changes state for it, no rule fires) and the output can be its input bytes with members
+    appended (`appendable`)."""
     return tx.amount < floor and appendable(value, tx)
 
 
@@ -505,10 +508,13 @@ class InputTask(_Unbuffered):
         q = self.partition
         key = to.key
         route = topology.route
+        # under the floor of the next stage, when it is the last keyed one, nothing in the
+        # keyed stages concerns a payment: it goes straight to the output (in bundles)
         floor = ctx.lean_below.get(to.index, 0.0)
-        spread = route(to, None, q)  # where bundles go: no state of the stage is theirs
+        chain = meta.chain  # the number of the last record sent toward the output
         parts: list[int] = []
         envs: list[Envelope] = []
+        direct: list[Envelope] = []
         head: Envelope | None = None  # the open bundle (`Envelope.more`)
         room = room_bytes = 0  # payments it may still take, and their bytes
         for (i, decoded, order_time), (row, hits) in zip(placed, scored, strict=True):
@@ -545,17 +551,24 @@ class InputTask(_Unbuffered):
                 {"source": row} if row else {},  # feature rows (with a model)
                 hit,
             )
-            if skips:  # it opens a bundle
+            chain += 1
+            env.c = chain
+            if notes and i in notes:
+                env.note = notes[i]
+            if skips:  # it opens a bundle, straight to the output
                 head = env
                 room, room_bytes = BUNDLE - 1, BUNDLE_BYTES - size
-                parts.append(spread)
+                env.u = self.origin
+                direct.append(env)
             else:  # a payment the stage reads: the next one under the floor opens a bundle
                 head = None
                 parts.append(route(to, getattr(tx, key), q))
-            if notes and i in notes:
-                env.note = notes[i]
-            envs.append(env)
-        self.forward_all(parts, envs)
+                envs.append(env)
+        meta.chain = chain
+        if envs:
+            self.forward_all(parts, envs)
+        if direct:  # unnumbered: the output orders and skips them by `c`
+            collector.forward((topology.output.topic, q), direct)
 
 
 class LabelTask(_Unbuffered):
@@ -608,10 +621,11 @@ class KeyedTask(Task):
 
     role = KEYED
     buffers = True
+    buffer: type[Orderer] = Orderer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.orderer = Orderer(self.stage.upstream, self.meta)
+        self.orderer = self.buffer(self.stage.upstream, self.meta)
 
     def read(self, msgs: list[Any]) -> None:
         orderer = self.orderer
@@ -701,19 +715,29 @@ class KeyedTask(Task):
             return
         floor = self.ctx.lean_below.get(to.index, 0.0)
         parts: list[int] = []
+        on: list[Envelope] = []
+        direct: dict[int, list[Envelope]] = {}  # by output partition
         for env in out:
             if env.kind != DATA:  # a verdict, routed by its own key
                 assert env.label is not None
                 parts.append(route(to, getattr(env.label, to.key, None), env.q))
+                on.append(env)
                 continue
             tx = env.tx
-            value = None  # (no transaction: spread by origin, as `route` does)
-            if tx is not None:  # always, before the last keyed stage (only it is crossed lean)
-                value = getattr(tx, to.key)
-                if floor and lean(tx, env.value, floor):  # the next stage is the last keyed
-                    env.tx = None
-            parts.append(route(to, value, env.q))
-        self.forward_all(parts, out)
+            assert tx is not None  # (before the last keyed stage, every payment has it)
+            if floor and lean(tx, env.value, floor):  # the next stage, the last keyed,
+                env.tx = None  # has nothing for it: straight to the output (`Chain`)
+                env.u = self.origin
+                direct.setdefault(env.q, []).append(env)
+                continue
+            parts.append(route(to, getattr(tx, to.key), env.q))
+            on.append(env)
+        if on:
+            self.forward_all(parts, on)
+        if direct:
+            output, collector = self.ctx.topology.output.topic, self.ctx.collector
+            for q, envs in direct.items():
+                collector.forward((output, q), envs)
 
     def bound(self) -> Key | None:
         # After a restart the marks read past the resume offset are read again; the mark
@@ -742,9 +766,11 @@ class KeyedTask(Task):
 
 
 class OutputTask(KeyedTask):
-    """The last stage: input order back (it is partitioned like the input), the decisions."""
+    """The last stage: input order back (it is partitioned like the input: `Chain`), the
+    decisions."""
 
     role = OUTPUT
+    buffer = Chain
 
     def release(self) -> None:
         released = self.orderer.release()

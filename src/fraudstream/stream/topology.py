@@ -7,7 +7,14 @@ processes. A last stage, partitioned like the input, puts the decisions back in 
 and writes them out. Without such keys there is one stage, as in the tutorials.
 
     transactions ─► [source] ─► <group>.by-target ─► [target] ─► … ─► <group>.ordered ─► [out]
-    labels ────────────────────┘ (verdicts, for the payee/merchant features)
+    labels ────────────────────┘ (verdicts, for the payee/merchant features)         ▲
+                        └─ payments no keyed stage needs (under its floor) ──────────┘
+
+A payment that no keyed stage acts on (the only keyed stage's rules ignore payments under
+its floor, `Engine.floor`, and it keeps no model features) goes from the input stage
+straight to the last. The last stage reads one input partition's records only, and puts them
+back in input order by the number the input task gave each (`ordering.Chain`), whatever
+path each took.
 
 Every stage has a compacted changelog topic with one partition per stage partition. Every
 internal topic's name is made by `TopicNames`, here and nowhere else.
@@ -26,7 +33,7 @@ __all__ = ["INPUT", "KEYED", "LABELS", "OUTPUT", "Stage", "TopicNames", "Topolog
 INPUT = "input"  # decode and validate the input, run the account rules (and decide, if alone)
 LABELS = "labels"  # read verdicts and send them where the features learn from them
 KEYED = "keyed"  # buffer, release in event-time order, run the rules keyed by its key
-OUTPUT = "output"  # buffer, release in event-time order, decide, write legit / fraud
+OUTPUT = "output"  # buffer, release in input order, decide, write legit / fraud
 
 
 class TopicNames:
@@ -137,6 +144,11 @@ class Topology:
     def next(self, stage: Stage) -> Stage:
         """Where a task of `stage` sends (label tasks: the first keyed stage)."""
         return self.stages[max(stage.index, 0) + 1]
+
+    @property
+    def output(self) -> Stage:
+        """The last stage (of a staged topology: it decides and writes legit/fraud)."""
+        return self.stages[-1]
 
     def is_output(self, stage: Stage) -> bool:
         """The last stage of a staged topology: it decides and writes legit/fraud."""
