@@ -706,6 +706,57 @@ def test_a_clean_stop_deletes_what_the_group_committed_past_on_the_repartition_t
     assert config["retention.ms"].value == "-1"
 
 
+def test_an_output_waiting_for_a_record_that_never_comes_writes_on_without_it(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records numbered 1 and 3 from input partition 0 reach the output, 2 never does (as
+    when a broker lost its transaction after the commit: docs/delivery.md): 1 is written, 3
+    waits, and once every stage before is idle and OUTPUT_GAP_TIMEOUT_MS has passed, 3 is
+    written without 2, saying which numbers never came. 2, coming after all, is written
+    then, out of order, saying so."""
+    from confluent_kafka import Producer
+
+    from fraudstream.stream.ordering import DATA, Envelope, encode_block
+    from fraudstream.stream.topology import TopicNames
+
+    settings = make_settings(topic_partitions=1, output_gap_timeout_ms=1000)
+    ensure_topics(settings)
+    ordered = TopicNames(settings.detector_group).ordered
+    producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
+
+    def record(c: int) -> Envelope:
+        tx = {"id": f"g-{c}", "timestamp": 1_790_000_000_000 + c, "source": "A", "target": "B"}
+        value = json.dumps(tx | {"amount": 5.0, "currency": "EUR"}).encode()
+        return Envelope(DATA, 1_790_000_000_000 + c, 0, 10 * c, 0, 0, value=value, c=c)
+
+    def written() -> list[str]:
+        return [json.loads(m.value())["id"] for m in read_to_end(settings, settings.legit_topic)]
+
+    processor = Processor(settings, Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
+    stop = threading.Event()
+    thread = threading.Thread(target=processor.run, args=(stop,))
+    caplog.set_level(logging.WARNING, logger="fraudstream.stream.tasks")
+    thread.start()
+    try:
+        admin = AdminClient({"bootstrap.servers": settings.kafka_broker_url})
+        wait_for(lambda: ordered in admin.list_topics(timeout=10).topics, what="its topics")
+        producer.produce(ordered, encode_block([record(1), record(3)]), partition=0)
+        assert producer.flush(30) == 0
+        wait_for(lambda: written() == ["g-1", "g-3"], timeout=60, what="g-3 written without g-2")
+        skipped = [r.getMessage() for r in caplog.records if "never arrived" in r.getMessage()]
+        assert len(skipped) == 1, skipped
+        assert "records numbered 2 to 2 from input partition 0 never arrived" in skipped[0]
+        producer.produce(ordered, encode_block([record(2)]), partition=0)
+        assert producer.flush(30) == 0
+        wait_for(lambda: written() == ["g-1", "g-3", "g-2"], what="g-2 written late")
+        late = [r.getMessage() for r in caplog.records if "came after all" in r.getMessage()]
+        assert len(late) == 1 and "records numbered 2 from input partition 0" in late[0], late
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+
+
 def test_a_bad_repartition_record_read_again_after_a_restart_is_dead_lettered_once(
     make_settings: SettingsFactory,
 ) -> None:

@@ -570,3 +570,45 @@ def test_a_bundle_in_the_chain_counts_its_payments() -> None:
     assert _numbers(chain.release()) == [1, 2] and not len(chain) and chain.bytes == 0
     chain.offer_block([Envelope(DATA, 0, 0, 3, 1, 0, c=1)], 2, 5)  # read again: skipped
     assert not len(chain) and chain.oldest() is None and chain.next_number() == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=one_partition_by_several_paths(), data=st.data())
+def test_numbers_that_never_come_are_written_without_and_late_ones_after_all(
+    case: tuple[int, list[Log]], data: st.DataObject
+) -> None:
+    """Some records never arrive (a transaction the broker lost after it committed): once
+    nothing more comes, `skip_gap` writes on without them, and `Meta.lost` says which; every
+    record that did arrive goes out once, in order; one of the lost that comes after all is
+    written then, once, and is no longer counted lost."""
+    n, records = case
+    gone = set(data.draw(st.lists(st.integers(1, max(n, 1)), max_size=6)))
+    chain = Chain(3, Meta())
+    came: Log = []
+    for offset, block in enumerate(records):
+        kept = [e for e in block if e.kind != DATA or e.c not in gone]
+        came += [e for e in kept if e.kind == DATA]
+        chain.offer_block(kept, offset)
+        if data.draw(st.booleans()):
+            assert not chain.late()
+    released = chain.release()
+    while chain.gap():
+        first, last = chain.skip_gap() or (0, 0)
+        assert first <= last and all(c in gone for c in range(first, last + 1))
+        released += chain.release()
+    assert _numbers(released) == sorted(e.c for e in came)
+    missing = sorted(c for c in gone if c < max(_numbers(came), default=0))
+    assert [c for a, b in chain.meta.lost for c in range(a, b + 1)] == missing
+    assert not chain.gap() and not len(chain)
+    if missing:  # one comes after all, twice (read again): written once, out of order
+        c = data.draw(st.sampled_from(missing))
+        late = Envelope(DATA, 0, 5, 100 + 2 * c, 0, 0, c=c)
+        chain.offer_block([late], len(records))
+        chain.offer_block([late], len(records) + 1)
+        assert chain.late() == [c]
+        assert _numbers(chain.release()) == [c] and not len(chain) and chain.oldest() is None
+        assert [x for a, b in chain.meta.lost for x in range(a, b + 1)] == [
+            x for x in missing if x != c
+        ]
+        chain.offer_block([late], len(records) + 2)  # and once out, skipped as any other
+        assert not len(chain) and not chain.release()

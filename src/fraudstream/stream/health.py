@@ -47,7 +47,7 @@ class TaskStatus(msgspec.Struct, frozen=True):
     topic: str
     partition: int
     stage: str  # "input", "labels", "by-target", …, "ordered"
-    buffered: int = 0  # records held until the upstream marks allow them out
+    buffered: int = 0  # records held until the upstream marks (output: the next one) allow
     mark: str = ""  # the last mark this task sent downstream
     upstream: int = 0  # how many upstream tasks it needs marks from
     heard: int = 0  # how many of them it has heard

@@ -254,8 +254,9 @@ class InputCheck:
             resume - 1,
             found,
             first - 1,
-            "Deciding them now (RESUME_PAST_STATE=rewind; an output of theirs that a topic "
-            "already holds is written again)."
+            "Deciding them now (RESUME_PAST_STATE=rewind; where a commit of theirs reached "
+            "the output before it was lost, some of their outputs may be written twice, or "
+            "not again)."
             if rewind
             else "They are skipped: the group's committed offset is followed. A group whose "
             "offsets are never moved by hand can set RESUME_PAST_STATE=rewind, and its "

@@ -153,6 +153,9 @@ class Meta(msgspec.Struct, omit_defaults=True):
     # input tasks: the number (`Envelope.c`) of the last record sent toward the output;
     # output tasks: that of the last record released (`Chain`)
     chain: int = 0
+    # output tasks: numbers it wrote on without (`Chain.skip_gap`), as (first, last) ranges;
+    # one that comes after all is still written
+    lost: list[tuple[int, int]] = []
 
 
 # A repartition record is a block: the envelopes one task sends one downstream partition in
@@ -466,7 +469,13 @@ class Chain(Orderer):
 
     Exactly once across restarts: a record numbered at or below the last released is
     skipped (read again after a rewind), and so is one read twice; the committed offset is
-    the oldest still buffered, as in `Orderer`."""
+    the oldest still buffered, as in `Orderer`.
+
+    A number that never comes (its transaction's records lost by the broker: KAFKA-20734 in
+    docs/delivery.md) would hold the partition for good: `skip_gap` writes on without it,
+    which the runtime does only once every stage before is idle and the gap has lasted
+    OUTPUT_GAP_TIMEOUT_MS. Should such a record come after all, it is written then, out of
+    order (`late`)."""
 
     def __init__(self, upstream: int, meta: Meta) -> None:
         super().__init__(upstream, meta)
@@ -487,7 +496,7 @@ class Chain(Orderer):
                 super().offer(env, offset, size)
                 continue
             c = env.c
-            if c <= last or c in waiting:
+            if (c <= last and not self._was_lost(c)) or c in waiting:
                 continue  # released before a rewind, or read twice
             more = env.more
             k = 1 + len(more) if more else 1
@@ -498,13 +507,14 @@ class Chain(Orderer):
             self._hold(offset, added, held, size)
 
     def release(self) -> list[Envelope]:
-        """Every buffered record whose predecessors have all gone out, in input order."""
+        """Every buffered record whose predecessors have all gone out, in input order (and
+        first any that came after its number was written on without: `late`)."""
         waiting = self._waiting
+        out = self._late() if self.meta.lost else []
         c = self.meta.chain + 1
         entry = waiting.pop(c, None)
         if entry is None:
-            return []
-        out: list[Envelope] = []
+            return out
         while entry is not None:
             out.append(entry[4])
             self._let_go(entry)
@@ -516,3 +526,46 @@ class Chain(Orderer):
     def next_number(self) -> int:
         """The number of the record it waits for next."""
         return self.meta.chain + 1
+
+    def gap(self) -> bool:
+        """Whether it holds records but not the next one."""
+        chain = self.meta.chain
+        return chain + 1 not in self._waiting and any(c > chain for c in self._waiting)
+
+    def idle_upstream(self) -> bool:
+        """Whether every upstream task has said it is idle (marks at INF)."""
+        bound = self.bound()
+        return bound is not None and bound[0] >= INF
+
+    def skip_gap(self) -> tuple[int, int] | None:
+        """Write on without the numbers missing before the lowest it holds: they are noted in
+        `Meta.lost` (committed), and `release` then goes on. Returns the range skipped."""
+        if not self.gap():
+            return None
+        first = self.meta.chain + 1
+        last = min(c for c in self._waiting if c > first) - 1
+        self.meta.lost = [*self.meta.lost, (first, last)]
+        self.meta.chain = last
+        return first, last
+
+    def late(self) -> list[int]:
+        """Numbers it holds that it had written on without (released next, out of order)."""
+        return sorted(c for c in self._waiting if self._was_lost(c))
+
+    def _was_lost(self, c: int) -> bool:
+        return any(first <= c <= last for first, last in self.meta.lost)
+
+    def _late(self) -> list[Envelope]:
+        out = []
+        for c in self.late():
+            entry = self._waiting.pop(c)
+            out.append(entry[4])
+            self._let_go(entry)
+            kept: list[tuple[int, int]] = []
+            for first, last in self.meta.lost:  # c is no longer missing
+                if first <= c <= last:
+                    kept += [r for r in ((first, c - 1), (c + 1, last)) if r[0] <= r[1]]
+                else:
+                    kept.append((first, last))
+            self.meta.lost = kept
+        return out

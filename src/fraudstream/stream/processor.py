@@ -302,6 +302,7 @@ class Processor:
                 manager.backpressure()
                 if self.clock() >= self._next_end_check:
                     self._ends_by_watermarks()
+                    self._skip_gaps()
             if not txn.in_txn and manager.marks_due():
                 self._begin()
             # Over the buffers' bounds, the input that is not paused (the laggard, which
@@ -395,6 +396,19 @@ class Processor:
             for task in buffering:
                 if task.stage is stage:
                     task.release()
+        self.collector.flush()
+
+    def _skip_gaps(self) -> None:
+        """Output partitions waiting for good for a record that never came (checked with
+        the ends, every PARTITION_IDLE_MS) write on without it, in a transaction."""
+        assert self.manager is not None
+        due = self.manager.gaps_due()
+        if not due:
+            return
+        if not self.txn.in_txn:
+            self._begin()
+        for task in due:
+            task.skip_gap()
         self.collector.flush()
 
     def _ends_by_watermarks(self) -> None:

@@ -37,7 +37,14 @@ from fraudstream.stream.ordering import (
     encode_block,
 )
 from fraudstream.stream.snapshot import Snapshot, SnapshotStore
-from fraudstream.stream.tasks import META_KEY, KeyedTask, Task, TaskContext, new_task
+from fraudstream.stream.tasks import (
+    META_KEY,
+    KeyedTask,
+    OutputTask,
+    Task,
+    TaskContext,
+    new_task,
+)
 from fraudstream.stream.topology import INPUT, KEYED, LABELS
 
 __all__ = ["PURGE_EVERY_S", "TaskManager", "choose_paused"]
@@ -511,6 +518,14 @@ class TaskManager:
             del self.paused_since[part]
         for part in pause:
             self.paused_since[part] = now
+
+    def gaps_due(self) -> list[OutputTask]:
+        """The output tasks to write on without a record that never came
+        (`OutputTask.gap_due`)."""
+        now, timeout = self.clock(), self.settings.output_gap_timeout_ms / 1000
+        return [
+            t for t in self.tasks.values() if isinstance(t, OutputTask) and t.gap_due(now, timeout)
+        ]
 
     # --- health ----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ Tasks write only through the `RecordCollector`; they never see the producer or t
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ __all__ = [
     "TaskContext",
     "new_task",
 ]
+
+log = logging.getLogger(__name__)
 
 META_KEY = b"m"  # a task's bookkeeping (Meta) in its changelog, beside the state's keys
 # A bundle (`Envelope.more`) takes at most this many payments, and no more once their input
@@ -772,8 +775,68 @@ class OutputTask(KeyedTask):
     role = OUTPUT
     buffer = Chain
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (since when, the number) it holds records but not the one numbered next
+        self.gap_since: tuple[float, int] | None = None
+
+    def gap_due(self, now: float, timeout_s: float) -> bool:
+        """Whether to write on without the record it waits for (`Chain.skip_gap`): it has
+        waited `timeout_s` for it, holding later ones, and every stage before is idle, so
+        nothing is on its way."""
+        chain = self.orderer
+        assert isinstance(chain, Chain)
+        if not chain.gap():
+            self.gap_since = None
+            return False
+        waits = chain.next_number()
+        if self.gap_since is None or self.gap_since[1] != waits:
+            self.gap_since = (now, waits)
+        return now - self.gap_since[0] >= timeout_s and chain.idle_upstream()
+
+    def skip_gap(self) -> None:
+        """Write on without the records it waited for (see `gap_due`), loudly."""
+        chain = self.orderer
+        assert isinstance(chain, Chain)
+        skipped = chain.skip_gap()
+        if skipped is None:
+            return
+        first, last = skipped
+        log.warning(
+            "%s[%d]: records numbered %d to %d from input partition %d never arrived; every "
+            "stage before has been idle and the records after them waited %.0fs, so they are "
+            "written without them. Their transaction's records were lost after it committed "
+            "(a broker that dropped a commit's markers: docs/delivery.md); should they come "
+            "after all, they are written then, out of order",
+            self.stage.topic,
+            self.partition,
+            first,
+            last,
+            self.partition,
+            self.ctx.settings.output_gap_timeout_ms / 1000,
+        )
+        self.gap_since = None
+        self.dirty = True
+        self.release()
+
+    def rollback(self) -> None:
+        super().rollback()
+        self.gap_since = None
+
     def release(self) -> None:
-        released = self.orderer.release()
+        chain = self.orderer
+        assert isinstance(chain, Chain)
+        late = chain.late() if chain.meta.lost else []
+        if late:
+            log.warning(
+                "%s[%d]: records numbered %s from input partition %d came after all, after "
+                "the ones the output wrote without them: written now, out of order",
+                self.stage.topic,
+                self.partition,
+                ", ".join(map(str, late)),
+                self.partition,
+            )
+        released = chain.release()
         if not released:
             return
         ctx = self.ctx
