@@ -115,11 +115,13 @@ class Settings(BaseSettings):
     group's offsets were moved forward on purpose), `rewind` decides them first (a group
     whose offsets are never moved by hand: they were lost with a commit the broker
     dropped). Either way they are logged and counted (docs/delivery.md)."""
-    output_gap_timeout_ms: int = Field(default=30_000, ge=1000)
-    """An output partition that holds records but not the one numbered before them, while
-    every stage before it is idle, waits this long for it, then writes on without it (a
-    broker lost that record's transaction after it committed: docs/delivery.md) and logs
-    which; one that comes later is written then, out of order."""
+    output_gap_timeout_ms: int = Field(default=300_000, ge=1000)
+    """An output partition that holds records but not the one numbered before them waits
+    this long for it, and then, once the marks of the stage before say it is idle, writes on
+    without it (a broker lost that record's transaction after it committed:
+    docs/delivery.md) and logs which; one that comes later is written then, out of order.
+    Longer than a rebalance after a process dies, a restore and a stuck commit, as marks may
+    say idle from before."""
     stall_warning_ms: int = Field(default=30_000, ge=1000)
     """Input pending and no decision committed for this many ms, or an input partition
     paused for back-pressure this long: the detector logs what it waits for, and

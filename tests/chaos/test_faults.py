@@ -570,7 +570,15 @@ def test_broker_killed_and_restarted_mid_run(tmp_path: Path) -> None:
     broker = LocalBroker(port=free_port(), data_dir=tmp_path / "kafka")
     broker.start()
     settings = settings_on(broker, topic_partitions=1)
-    d = Detectors(settings, tmp_path, rules=str(DEFAULT_RULES), COMMIT_STUCK_TIMEOUT_MS="15000")
+    # (a commit whose records the broker lost, below, leaves the output a gap it writes on
+    # without once idle: sooner than by default, within this test's wait)
+    d = Detectors(
+        settings,
+        tmp_path,
+        rules=str(DEFAULT_RULES),
+        COMMIT_STUCK_TIMEOUT_MS="15000",
+        OUTPUT_GAP_TIMEOUT_MS="10000",
+    )
     try:
         ensure_topics(settings)
         n = 100_000

@@ -480,10 +480,12 @@ class Chain(Orderer):
     def __init__(self, upstream: int, meta: Meta) -> None:
         super().__init__(upstream, meta)
         self._waiting: dict[int, Entry] = {}  # by number
+        self._late: dict[int, Entry] = {}  # numbers it wrote on without, come after all
 
     def reset(self, meta: Meta) -> None:
         super().reset(meta)
         self._waiting.clear()
+        self._late.clear()
 
     def offer(self, env: Envelope, offset: int, size: int = 0) -> None:
         self.offer_block([env], offset, size)
@@ -496,11 +498,16 @@ class Chain(Orderer):
                 super().offer(env, offset, size)
                 continue
             c = env.c
-            if (c <= last and not self._was_lost(c)) or c in waiting:
-                continue  # released before a rewind, or read twice
+            into = waiting
+            if c <= last:
+                if not self.meta.lost or c in self._late or not self._was_lost(c):
+                    continue  # released before a rewind, or read twice
+                into = self._late
+            elif c in waiting:
+                continue  # read twice
             more = env.more
             k = 1 + len(more) if more else 1
-            waiting[c] = (env.t, env.q, env.o, offset, env, size * k, k)
+            into[c] = (env.t, env.q, env.o, offset, env, size * k, k)
             held += k
             added += 1
         if added:
@@ -510,7 +517,7 @@ class Chain(Orderer):
         """Every buffered record whose predecessors have all gone out, in input order (and
         first any that came after its number was written on without: `late`)."""
         waiting = self._waiting
-        out = self._late() if self.meta.lost else []
+        out = self._release_late() if self._late else []
         c = self.meta.chain + 1
         entry = waiting.pop(c, None)
         if entry is None:
@@ -550,15 +557,15 @@ class Chain(Orderer):
 
     def late(self) -> list[int]:
         """Numbers it holds that it had written on without (released next, out of order)."""
-        return sorted(c for c in self._waiting if self._was_lost(c))
+        return sorted(self._late)
 
     def _was_lost(self, c: int) -> bool:
         return any(first <= c <= last for first, last in self.meta.lost)
 
-    def _late(self) -> list[Envelope]:
+    def _release_late(self) -> list[Envelope]:
         out = []
         for c in self.late():
-            entry = self._waiting.pop(c)
+            entry = self._late.pop(c)
             out.append(entry[4])
             self._let_go(entry)
             kept: list[tuple[int, int]] = []

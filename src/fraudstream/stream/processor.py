@@ -286,23 +286,18 @@ class Processor:
                 try:
                     self._process(msgs)
                 except KafkaException as exc:
-                    # e.g. the producer lost its epoch mid-transaction (librdkafka refuses
-                    # to produce until the transaction is aborted): abort and redo; or it
-                    # failed fatally (not fenced): replace it and redo
-                    err = txn.cause(exc.args[0])
-                    if renewable(err):
-                        self._renew(err)
+                    if self._produce_failed(exc):
                         continue
-                    if not txn.in_txn or not abortable(err):
-                        raise KafkaException(err) from None
-                    log.warning("producing failed, aborting and rewinding: %s", err)
-                    self._abort()
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
             if staged:
                 manager.backpressure()
                 if self.clock() >= self._next_end_check:
                     self._ends_by_watermarks()
-                    self._skip_gaps()
+                    try:
+                        self._skip_gaps()
+                    except KafkaException as exc:
+                        if self._produce_failed(exc):
+                            continue
             if not txn.in_txn and manager.marks_due():
                 self._begin()
             # Over the buffers' bounds, the input that is not paused (the laggard, which
@@ -397,6 +392,22 @@ class Processor:
                 if task.stage is stage:
                     task.release()
         self.collector.flush()
+
+    def _produce_failed(self, exc: KafkaException) -> bool:
+        """Producing in the open transaction failed: e.g. the producer lost its epoch
+        mid-transaction (librdkafka refuses to produce until the transaction is aborted):
+        abort and redo; or it failed fatally (not fenced): replace it and redo (returns True:
+        the step is over). Anything else is fatal."""
+        txn = self.txn
+        err = txn.cause(exc.args[0])
+        if renewable(err):
+            self._renew(err)
+            return True
+        if not txn.in_txn or not abortable(err):
+            raise KafkaException(err) from None
+        log.warning("producing failed, aborting and rewinding: %s", err)
+        self._abort()
+        return False
 
     def _skip_gaps(self) -> None:
         """Output partitions waiting for good for a record that never came (checked with

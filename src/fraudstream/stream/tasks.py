@@ -795,29 +795,30 @@ class OutputTask(KeyedTask):
         return now - self.gap_since[0] >= timeout_s and chain.idle_upstream()
 
     def skip_gap(self) -> None:
-        """Write on without the records it waited for (see `gap_due`), loudly."""
+        """Write on without the records it waited for (see `gap_due`), and without any
+        other number missing among those it holds (the same loss), loudly."""
         chain = self.orderer
         assert isinstance(chain, Chain)
-        skipped = chain.skip_gap()
-        if skipped is None:
+        skipped = []
+        while (gap := chain.skip_gap()) is not None:
+            skipped.append(f"{gap[0]} to {gap[1]}" if gap[1] > gap[0] else str(gap[0]))
+            self.release()
+        if not skipped:
             return
-        first, last = skipped
         log.warning(
-            "%s[%d]: records numbered %d to %d from input partition %d never arrived; every "
-            "stage before has been idle and the records after them waited %.0fs, so they are "
-            "written without them. Their transaction's records were lost after it committed "
-            "(a broker that dropped a commit's markers: docs/delivery.md); should they come "
-            "after all, they are written then, out of order",
+            "%s[%d]: records numbered %s from input partition %d never arrived; the stage "
+            "before is idle and the records after them waited %.0fs, so they are written "
+            "without them. Their transaction's records were lost after it committed (a broker "
+            "that dropped a commit's markers: docs/delivery.md); should they come after all, "
+            "they are written then, out of order",
             self.stage.topic,
             self.partition,
-            first,
-            last,
+            ", ".join(skipped),
             self.partition,
             self.ctx.settings.output_gap_timeout_ms / 1000,
         )
         self.gap_since = None
         self.dirty = True
-        self.release()
 
     def rollback(self) -> None:
         super().rollback()
