@@ -473,9 +473,10 @@ class Chain(Orderer):
 
     A number that never comes (its transaction's records lost by the broker: KAFKA-20734 in
     docs/delivery.md) would hold the partition for good: `skip_gap` writes on without it,
-    which the runtime does only once every stage before is idle and the gap has lasted
-    OUTPUT_GAP_TIMEOUT_MS. Should such a record come after all, it is written then, out of
-    order (`late`)."""
+    which the runtime does once the gap has lasted OUTPUT_GAP_TIMEOUT_MS and the upstream
+    marks say idle (`idle_upstream`: they may say so from an earlier quiet spell, hence the
+    long wait). Should such a record come after all, it is written then, out of order, once
+    (`late`)."""
 
     def __init__(self, upstream: int, meta: Meta) -> None:
         super().__init__(upstream, meta)
