@@ -536,9 +536,9 @@ class Chain(Orderer):
         return self.meta.chain + 1
 
     def gap(self) -> bool:
-        """Whether it holds records but not the next one."""
-        chain = self.meta.chain
-        return chain + 1 not in self._waiting and any(c > chain for c in self._waiting)
+        """Whether it holds records but not the next one (it holds none at or below the
+        last released: those it had written on without wait apart, in `_late`)."""
+        return bool(self._waiting) and self.meta.chain + 1 not in self._waiting
 
     def idle_upstream(self) -> bool:
         """Whether every upstream task has said it is idle (marks at INF)."""
@@ -550,8 +550,7 @@ class Chain(Orderer):
         `Meta.lost` (committed), and `release` then goes on. Returns the range skipped."""
         if not self.gap():
             return None
-        first = self.meta.chain + 1
-        last = min(c for c in self._waiting if c > first) - 1
+        first, last = self.meta.chain + 1, min(self._waiting) - 1
         self.meta.lost = [*self.meta.lost, (first, last)]
         self.meta.chain = last
         return first, last
