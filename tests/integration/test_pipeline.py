@@ -746,11 +746,19 @@ def test_an_output_waiting_for_a_record_that_never_comes_writes_on_without_it(
         skipped = [r.getMessage() for r in caplog.records if "never arrived" in r.getMessage()]
         assert len(skipped) == 1, skipped
         assert "records numbered 2 from input partition 0 never arrived" in skipped[0]
+        # counted once committed (`written` reads committed outputs; the count follows
+        # the commit in the processing thread)
+        wait_for(lambda: processor.stats.gap_numbers == 1, what="the skipped number counted")
+        assert processor.stats.late_numbers == 0
         producer.produce(ordered, encode_block([record(2)]), partition=0)
         assert producer.flush(30) == 0
         wait_for(lambda: written() == ["g-1", "g-3", "g-2"], what="g-2 written late")
         late = [r.getMessage() for r in caplog.records if "came after all" in r.getMessage()]
         assert len(late) == 1 and "records numbered 2 from input partition 0" in late[0], late
+        wait_for(lambda: processor.stats.late_numbers == 1, what="the late number counted")
+        exposed = generate_latest(processor.metrics.registry).decode()
+        assert "fraudstream_output_gap_numbers_total 1.0" in exposed
+        assert "fraudstream_output_late_numbers_total 1.0" in exposed
     finally:
         stop.set()
         thread.join(60)

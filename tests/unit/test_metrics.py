@@ -50,7 +50,8 @@ def test_every_metric_the_grafana_dashboard_queries_is_exposed() -> None:
 
 
 def test_the_detectors_totals_are_its_committed_counts() -> None:
-    stats = ProcessorStats(legit=7, fraud=2, dead_letter=3, commits=4)
+    stats = ProcessorStats(legit=7, fraud=2, dead_letter=3, commits=4, gap_numbers=6)
+    stats.late_numbers = 1
     stats.dead_letters.update({"not_json": 2, "not_utf8": 1})
     stats.rule_hits.update({"burst_1h": 5})
     metrics = RuntimeMetrics()
@@ -67,3 +68,5 @@ def test_the_detectors_totals_are_its_committed_counts() -> None:
     assert samples[("fraudstream_dead_letters_total", (("error_class", "not_utf8"),))] == 1
     assert samples[("fraudstream_commits_total", ())] == 4
     assert samples[("fraudstream_rule_hits_total", (("rule", "burst_1h"),))] == 5
+    assert samples[("fraudstream_output_gap_numbers_total", ())] == 6
+    assert samples[("fraudstream_output_late_numbers_total", ())] == 1

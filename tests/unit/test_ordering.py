@@ -564,12 +564,15 @@ def test_the_output_across_crashes_neither_loses_nor_repeats(
 def test_a_bundle_in_the_chain_counts_its_payments() -> None:
     chain = Chain(1, Meta())
     head = Envelope(DATA, 0, 0, 7, 0, 0, c=2, more=[Lean(b"a"), Lean(b"b")])
+    assert chain.held_from() is None
     chain.offer_block([head], 0, 5)
     assert len(chain) == 3 and chain.bytes == 15 and not chain.release()  # waits for 1
+    assert chain.next_number() == 1 and chain.held_from() == 7  # 1 is before input offset 7
     chain.offer_block([Envelope(DATA, 0, 0, 3, 1, 0, c=1)], 1, 5)
     assert _numbers(chain.release()) == [1, 2] and not len(chain) and chain.bytes == 0
     chain.offer_block([Envelope(DATA, 0, 0, 3, 1, 0, c=1)], 2, 5)  # read again: skipped
     assert not len(chain) and chain.oldest() is None and chain.next_number() == 3
+    assert chain.held_from() is None
 
 
 @settings(max_examples=300, deadline=None)

@@ -49,6 +49,10 @@ class ProcessorStats:
     restored_keys: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)  # by error class
     rule_hits: Counter[str] = field(default_factory=Counter)  # decided records a rule fired on
+    # numbers (a record on `ordered`: a payment, or a bundle of them) an output task wrote on
+    # without after OUTPUT_GAP_TIMEOUT_MS, and those of them written when they came after all
+    gap_numbers: int = 0
+    late_numbers: int = 0
 
     @property
     def total(self) -> int:

@@ -108,6 +108,18 @@ class _Totals(Collector):
             "Producers replaced after a commit that kept timing out",
             value=s.renewed,
         )
+        yield CounterMetricFamily(
+            "fraudstream_output_gap_numbers",
+            "Numbered records (a payment or a bundle of them) the output stage wrote on "
+            "without after OUTPUT_GAP_TIMEOUT_MS, committed: records a broker lost after "
+            "their commit (docs/delivery.md); any rise calls for a look",
+            value=s.gap_numbers,
+        )
+        yield CounterMetricFamily(
+            "fraudstream_output_late_numbers",
+            "Of those, the ones that came after all and were written then, out of order",
+            value=s.late_numbers,
+        )
         yield labelled(
             CounterMetricFamily,
             "fraudstream_labels_skipped",

@@ -535,6 +535,13 @@ class Chain(Orderer):
         """The number of the record it waits for next."""
         return self.meta.chain + 1
 
+    def held_from(self) -> int | None:
+        """The input offset of the lowest-numbered record it holds (the one it waits for
+        comes before it in the input), or None when it holds none."""
+        if not self._waiting:
+            return None
+        return self._waiting[min(self._waiting)][4].o
+
     def gap(self) -> bool:
         """Whether it holds records but not the next one (it holds none at or below the
         last released: those it had written on without wait apart, in `_late`)."""

@@ -517,6 +517,8 @@ class Processor:
         )
         s.dead_letters.update(done.dead_letters)
         s.rule_hits.update(done.rule_hits)
+        s.gap_numbers += done.gap_numbers
+        s.late_numbers += done.late_numbers
         s.commits += 1
         self._last_commit_ms = self.wall_ms()
         if manager.snapshot_due():

@@ -539,8 +539,10 @@ class TaskManager:
             lowest, lowest_mark, next_record = -1, "", ""
             keyed = isinstance(task, KeyedTask)
             if isinstance(task, KeyedTask) and isinstance(task.orderer, Chain):  # input order
-                n = task.orderer.next_number()
+                n, after = task.orderer.next_number(), task.orderer.held_from()
                 next_record = f"the record numbered {n} from input partition {partition}"
+                if after is not None:  # (what an operator can look up in the input)
+                    next_record += f", before input offset {after}"
             elif keyed and marks and len(marks) >= task.stage.upstream:
                 lowest = min(marks, key=lambda u: marks[u])
                 lowest_mark = describe_key(marks[lowest])

@@ -800,11 +800,14 @@ class OutputTask(KeyedTask):
         chain = self.orderer
         assert isinstance(chain, Chain)
         skipped = []
+        numbers = 0
         while (gap := chain.skip_gap()) is not None:
             skipped.append(f"{gap[0]} to {gap[1]}" if gap[1] > gap[0] else str(gap[0]))
+            numbers += gap[1] - gap[0] + 1
             self.release()
         if not skipped:
             return
+        self.ctx.collector.pending.gap_numbers += numbers
         log.warning(
             "%s[%d]: records numbered %s from input partition %d never arrived; the stage "
             "before is idle and the records after them waited %.0fs, so they are written "
@@ -829,6 +832,7 @@ class OutputTask(KeyedTask):
         assert isinstance(chain, Chain)
         late = chain.late() if chain.meta.lost else []
         if late:
+            self.ctx.collector.pending.late_numbers += len(late)
             log.warning(
                 "%s[%d]: records numbered %s from input partition %d came after all, after "
                 "the ones the output wrote without them: written now, out of order",
