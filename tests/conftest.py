@@ -28,6 +28,17 @@ from fraudstream.stream.layout import group_topics
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One thread per native pool (OpenMP, BLAS) in the test processes, as `detect`, `train`
+    and `backtest` cap theirs (MODEL_THREADS): beside the other xdist worker, a pool of a
+    thread per core spins against it, and the tests that train a model in-process took
+    twice as long (57 s against 29 s for one, measured with two busy cores). Processes
+    the tests start make their own cap (tests/unit/test_trees.py checks it)."""
+    from fraudstream.detection.model import limit_native_threads
+
+    limit_native_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`), each with a
     broker of its own: the fault scenarios one after another on one worker (two of them at
