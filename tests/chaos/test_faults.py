@@ -29,6 +29,7 @@ from fraudstream.broker import LocalBroker, free_port
 from fraudstream.config import Settings, load_settings
 from fraudstream.generator import TutorialSource, generate
 from fraudstream.stream import committed_progress, ensure_topics, group_lag
+from fraudstream.stream.health import format_status, read_status
 from tests.chaos.verify import decided, verify
 from tests.conftest import (
     REPO,
@@ -189,8 +190,21 @@ def _wait_running(
     except AssertionError as exc:
         if not str(exc).startswith("timed out"):
             raise
-        tails = "".join(f"\n--- {name}:\n{text[-3000:]}" for name, text in running.logs())
-        raise AssertionError(f"{exc}{tails}") from None
+        tails = "".join(f"\n--- {name}:\n{_told(text)}" for name, text in running.logs())
+        try:  # every task's last mark sent, by instance: who holds whom back
+            status = "\n--- fraudstream status:\n" + format_status(read_status(running.settings))
+        except Exception as status_exc:  # (the broker may be what failed)
+            status = f"\n--- fraudstream status failed: {status_exc!r}"
+        raise AssertionError(f"{exc}{tails}{status}") from None
+
+
+def _told(text: str, limit: int = 6000) -> str:
+    """The end of a detector's log without its progress lines but the last: what it said
+    about its assignments, restores, marks and stalls."""
+    lines = text.splitlines()
+    told = [line for line in lines if " INFO fraudstream: decided " not in line]
+    progress = [line for line in lines if " INFO fraudstream: decided " in line]
+    return "\n".join(told + progress[-1:])[-limit:]
 
 
 def wait_done(

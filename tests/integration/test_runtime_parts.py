@@ -16,6 +16,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from fraudstream.config import Settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.stream import consumer_config, ensure_topics
+from fraudstream.stream.changelog import wait_readable
+from fraudstream.stream.clients import admin_client
 from fraudstream.stream.collector import RecordCollector
 from fraudstream.stream.layout import GroupMismatchError, prepare_topology
 from fraudstream.stream.ordering import (
@@ -85,6 +87,38 @@ def test_committed_records_are_visible_and_aborted_ones_never(settings: Settings
         b"kept",
         b"kept too",
     ]
+
+
+def test_a_commit_is_readable_to_its_end_once_wait_readable_says_so(settings: Settings) -> None:
+    """`commit_transaction` returns before the transaction's markers are written, and a
+    read_committed reader stops before it until then (a new owner restoring a changelog
+    would miss the last commit of the one that handed it over). `wait_readable` waits for
+    the markers: after it, a reader's end is the partition's end, every time; an open
+    transaction holds it back until the timeout, and is named."""
+    admin = admin_client(settings, "parts-readable")
+    txn = _coordinator(settings)
+    collector = RecordCollector(settings, txn)
+    tp = TopicPartition(settings.legit_topic, 0)
+    config = consumer_config(settings, "parts-ends", group_id=f"ends-{uuid.uuid4()}")
+    reader = Consumer(config)  # read_committed: its end is the last stable offset
+    everything = Consumer(config | {"isolation.level": "read_uncommitted"})
+    try:
+        txn.begin()
+        collector.send(settings.legit_topic, b"open", b"k", partition=0)
+        txn.producer.flush(10)
+        assert wait_readable(admin, [tp], timeout=0.3) == [tp]
+        txn.commit([], None)
+        for i in range(30):
+            if i:
+                txn.begin()
+                collector.send(settings.legit_topic, b"more", b"k", partition=0)
+                txn.commit([], None)
+            assert wait_readable(admin, [tp]) == []
+            stable = reader.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+            assert stable == everything.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+    finally:
+        reader.close()
+        everything.close()
 
 
 def test_a_commit_that_keeps_timing_out_is_raised_then_a_renewed_producer_commits(
@@ -659,18 +693,29 @@ def test_a_task_rolls_back_to_its_committed_bookkeeping(settings: Settings) -> N
     ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
     task = InputTask(ctx, topology.stages[0], 1, engine.for_stage("source"), Meta())
     assert task.commit_offset(42) is None  # read nothing: nothing to commit
+    assert task.changes(None) == [] and not task.wrote
+    task.commit()
+    assert not task.wrote  # (a handover has nothing of it to wait for: `hand_over`)
     task.dirty = True
     task.meta.stream_time, task.meta.last_offset = 5_000, 41
     assert task.bound() == (5_000, 1, 41)
     assert task.commit_offset(42) == 42
     changes = task.changes(42)
+    assert not task.wrote  # not before that transaction commits
     task.commit()
     assert [k for k, _ in changes] == [b"m"]  # the bookkeeping moved
+    assert task.wrote
     assert task.changes(42) == []  # and is not written again unchanged
     task.meta.stream_time, task.idle = 9_000, True
     assert task.bound() == (INF, 1, 41)  # idle: it holds nothing back
     task.rollback()
     assert task.meta.stream_time == 5_000 and not task.idle and not task.dirty
+    fresh = InputTask(ctx, topology.stages[0], 2, engine.for_stage("source"), Meta())
+    fresh.meta.last_offset = 7
+    assert fresh.changes(8) != []
+    fresh.rollback()  # aborted: it wrote nothing
+    fresh.commit()
+    assert not fresh.wrote
 
 
 def test_a_commit_in_a_rebalance_covers_what_the_tasks_read_not_what_was_delivered(

@@ -7,6 +7,7 @@ partition per task (a stage's partition), read back when that partition is assig
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -25,7 +26,10 @@ __all__ = [
     "read_changelog",
     "topic_id",
     "topic_ids",
+    "wait_readable",
 ]
+
+log = logging.getLogger(__name__)
 
 FIRST_RECORD_TIMEOUT_S = 5.0  # `first_record`: the whole look, requests and reading
 
@@ -112,6 +116,52 @@ def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[i
         return {p: end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
     finally:
         consumer.close()
+
+
+def wait_readable(
+    admin: Any, tps: list[TopicPartition], timeout: float = 10, *, name: str = ""
+) -> list[TopicPartition]:
+    """Wait until a read_committed reader can read each partition to its end: its last stable
+    offset has reached its high watermark as it is now. A producer's `commit_transaction`
+    returns once the transaction is decided, before its markers are written on the
+    partitions; until then a reader stops before it (measured: 35 of 200 commits, asked right
+    after they returned). Returns the partitions still not readable after `timeout` (an
+    open transaction of another producer holds them until it ends)."""
+    from confluent_kafka import IsolationLevel
+    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+    from fraudstream.stream.clients import admin_result
+
+    def ends(level: IsolationLevel) -> dict[tuple[str, int], int]:
+        asked = admin.list_offsets(
+            dict.fromkeys(tps, latest), isolation_level=level, request_timeout=5
+        )
+        return {(tp.topic, tp.partition): admin_result(f, 5).offset for tp, f in asked.items()}
+
+    if not tps:
+        return []
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+    started = time.monotonic()
+    high = ends(IsolationLevel.READ_UNCOMMITTED)
+    said, pause = False, 0.002
+    while True:
+        stable = ends(IsolationLevel.READ_COMMITTED)
+        behind = [
+            tp for tp in tps if stable[(tp.topic, tp.partition)] < high[(tp.topic, tp.partition)]
+        ]
+        waited = time.monotonic() - started
+        if not behind or waited >= timeout:
+            return behind
+        if waited >= 1 and not said:
+            said = True
+            log.info(
+                "%swaiting for the last transaction's markers on %s to be written, so that "
+                "whoever takes these partitions next restores them whole",
+                f"{name}: " if name else "",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind[:5]),
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def first_record(

@@ -634,6 +634,8 @@ class Processor:
         assert self.manager is not None
         if self.txn.in_txn:
             self._commit(settled=False)
+        # the commits readable before the next owner restores (`TaskManager.hand_over`)
+        self.manager.hand_over(partitions)
         self.manager.drop(partitions)
         if partitions:
             log.info("gave up %d partitions; holds %s", len(partitions), self.manager.holding())

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from fraudstream.detection import Engine
-from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id
+from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id, wait_readable
 from fraudstream.stream.clients import admin_client
 from fraudstream.stream.health import TaskStatus, describe_key
 from fraudstream.stream.ordering import (
@@ -217,6 +217,39 @@ class TaskManager:
             self.engine.drift.rollback()
         self.assign(list(self.tasks))
 
+    def hand_over(self, partitions: list[TopicPartition]) -> None:
+        """Before these tasks go to another instance: wait until their changelogs can be
+        read to the end. The commit before returned once its transaction was decided, not
+        once its markers were written; a new owner restoring in between would stop before
+        that transaction and run on without its state and marks (a lower mark number than
+        the one its downstream tasks have read, so they ignored its later marks and waited
+        for good: CI, 2026-12-07, docs/delivery.md)."""
+        changelogs = [
+            TopicPartition(task.stage.changelog, tp.partition)
+            for tp in partitions
+            if (task := self.tasks.get((tp.topic, tp.partition))) is not None and task.wrote
+        ]
+        if not changelogs:
+            return
+        try:
+            behind = wait_readable(self._admin_client(), changelogs, name=self.name)
+        except KafkaException as exc:  # (the broker is what failed: its restart ends it)
+            log.warning("could not check that the changelogs handed over are readable: %s", exc)
+            return
+        if behind:
+            log.warning(
+                "the last commit on %s is still not readable (its transaction markers not "
+                "written): whoever takes these partitions next may restore them without it; "
+                "check the broker's health",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind[:5]),
+            )
+
+    def _admin_client(self) -> AdminClient:
+        """The admin client this manager's requests share (made on first use)."""
+        if self._admin is None:
+            self._admin = admin_client(self.settings, f"{self.name}-admin")
+        return self._admin
+
     def drop(self, partitions: list[TopicPartition]) -> None:
         """Revoked or lost: these tasks are another instance's now."""
         for tp in partitions:
@@ -408,9 +441,7 @@ class TaskManager:
             return
         for tp in done:
             purged[(tp.topic, tp.partition)] = tp.offset
-        if self._admin is None:
-            self._admin = admin_client(self.settings, f"{self.name}-purge")
-        futures = self._admin.delete_records(done)
+        futures = self._admin_client().delete_records(done)
         for tp, future in futures.items():
             future.add_done_callback(_log_purge_failure(tp))
         if wait:

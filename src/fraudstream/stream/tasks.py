@@ -276,6 +276,10 @@ class Task:
         self.keep_meta = ctx.topology.staged or stage.role == INPUT
         self._saved = encode_meta(meta)  # the Meta as last committed
         self._committing = self._saved
+        # whether a committed transaction wrote on its changelog (since it was made), and
+        # whether the open one does: a handover waits for those to be readable (`hand_over`)
+        self.wrote = False
+        self._writes = False
         self.dirty = False  # read something since the last commit
         # the offset after the last record it read (-1: none since it was made or rolled
         # back): what a commit may cover while records are delivered but not read yet
@@ -348,6 +352,8 @@ class Task:
             if blob != self._saved:
                 out.append((META_KEY, blob))
             self._committing = blob
+        if out:
+            self._writes = True
         return out
 
     def commit(self) -> None:
@@ -356,12 +362,15 @@ class Task:
         if self.keep_meta:
             self._saved = self._committing
         self.dirty = False
+        if self._writes:
+            self.wrote, self._writes = True, False
 
     def rollback(self) -> None:
         if self.engine is not None:
             self.engine.rollback()
         self.meta = decode_meta(self._saved)
         self.dirty = False
+        self._writes = False
         self.read_to = -1
         self.at_end = None
         self.held = None
