@@ -122,37 +122,54 @@ def wait_readable(
     admin: Any, tps: list[TopicPartition], timeout: float = 10, *, name: str = ""
 ) -> list[TopicPartition]:
     """Wait until a read_committed reader can read each partition to its end: its last stable
-    offset has reached its high watermark as it is now. A producer's `commit_transaction`
+    offset has reached its high watermark as first asked. A producer's `commit_transaction`
     returns once the transaction is decided, before its markers are written on the
     partitions; until then a reader stops before it (measured: 35 of 200 commits, asked right
     after they returned). Returns the partitions still not readable after `timeout` (an
-    open transaction of another producer holds them until it ends)."""
+    open transaction of another producer holds them until it ends). A retriable error (a
+    leader moving) is asked again within `timeout`; others raise, as KafkaException."""
     from confluent_kafka import IsolationLevel
     from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
     from fraudstream.stream.clients import admin_result
 
-    def ends(level: IsolationLevel) -> dict[tuple[str, int], int]:
-        asked = admin.list_offsets(
-            dict.fromkeys(tps, latest), isolation_level=level, request_timeout=5
-        )
-        return {(tp.topic, tp.partition): admin_result(f, 5).offset for tp, f in asked.items()}
-
     if not tps:
         return []
     latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+    deadline = time.monotonic() + timeout
+
+    def ends(level: IsolationLevel) -> dict[tuple[str, int], int] | None:
+        """Each partition's end at `level`; None after a retriable error."""
+        wait = max(min(5.0, deadline - time.monotonic()), 0.5)
+        asked = admin.list_offsets(
+            dict.fromkeys(tps, latest), isolation_level=level, request_timeout=wait
+        )
+        try:
+            return {
+                (tp.topic, tp.partition): admin_result(f, wait).offset for tp, f in asked.items()
+            }
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() >= deadline:
+                raise
+            return None
+
     started = time.monotonic()
-    high = ends(IsolationLevel.READ_UNCOMMITTED)
+    high = None
     said, pause = False, 0.002
     while True:
-        stable = ends(IsolationLevel.READ_COMMITTED)
-        behind = [
-            tp for tp in tps if stable[(tp.topic, tp.partition)] < high[(tp.topic, tp.partition)]
-        ]
-        waited = time.monotonic() - started
-        if not behind or waited >= timeout:
+        if high is None:
+            high = ends(IsolationLevel.READ_UNCOMMITTED)
+        stable = ends(IsolationLevel.READ_COMMITTED) if high is not None else None
+        behind = tps
+        if high is not None and stable is not None:
+            behind = [
+                tp
+                for tp in tps
+                if stable[(tp.topic, tp.partition)] < high[(tp.topic, tp.partition)]
+            ]
+        if not behind or time.monotonic() >= deadline:
             return behind
-        if waited >= 1 and not said:
+        if time.monotonic() - started >= 1 and not said:
             said = True
             log.info(
                 "%swaiting for the last transaction's markers on %s to be written, so that "
