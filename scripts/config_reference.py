@@ -36,8 +36,12 @@ Besides the variables below, `KAFKA_<NAME>` is any librdkafka setting, e.g.
 refuses, stops the program at start, naming the variable (and the nearest setting for a typo such
 as `KAFKA_BROKER_ULR`). A producer's batching settings are defaults such a variable overrides
 (`KAFKA_LINGER_MS`, 5 ms), and so is the detector's compression of what it writes (lz4: its
-internal topics carry each input record twice; `KAFKA_COMPRESSION_TYPE=none` turns it off);
-its guarantees (`enable.idempotence`, `acks=all`) are not. Consumers send a heartbeat every
+internal topics carry each input record twice; `KAFKA_COMPRESSION_TYPE=none` turns it off)
+and its transaction timeout (`KAFKA_TRANSACTION_TIMEOUT_MS`, 20 s; librdkafka's default is
+60 s): a transaction left open by a detector killed in the middle of it holds back every
+reader of the partitions it wrote until the broker aborts it, and a transaction open longer
+(a stall, a broker restart) stops its detector, fenced; its guarantees (`enable.idempotence`,
+`acks=all`) are not. Consumers send a heartbeat every
 500 ms (`KAFKA_HEARTBEAT_INTERVAL_MS`; librdkafka's own default is 3 s), so that a rebalance
 (a detector joining or leaving) is noticed within half a second. `KAFKA_GROUP_PROTOCOL=consumer`
 switches the groups to Kafka's new protocol (KIP-848, brokers from 4.0) with the broker's

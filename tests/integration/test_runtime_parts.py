@@ -5,7 +5,10 @@ names them). The whole loop is tested by the pipeline and fault scenarios."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,11 @@ from fraudstream.config import Settings
 from fraudstream.detection import Engine, load_ruleset
 from fraudstream.stream import consumer_config, ensure_topics
 from fraudstream.stream.changelog import wait_readable
-from fraudstream.stream.clients import admin_client
+from fraudstream.stream.clients import (
+    BROKER_ABORT_SWEEP_MS,
+    admin_client,
+    transaction_timeout_ms,
+)
 from fraudstream.stream.collector import RecordCollector
 from fraudstream.stream.layout import GroupMismatchError, prepare_topology
 from fraudstream.stream.ordering import (
@@ -43,6 +50,7 @@ from fraudstream.stream.transactions import (
 from tests.conftest import (
     REPO,
     SettingsFactory,
+    env_for,
     no_open_transaction,
     produce_raw,
     read_to_end,
@@ -119,6 +127,83 @@ def test_a_commit_is_readable_to_its_end_once_wait_readable_says_so(settings: Se
     finally:
         reader.close()
         everything.close()
+
+
+# A process killed in the middle of a transaction: it wrote one record to a partition and
+# never committed or aborted (the detector's producer configuration, its transaction timeout)
+_KILLED_MID_TRANSACTION = """
+import sys
+from confluent_kafka import Producer
+from fraudstream.config import Settings
+from fraudstream.stream.clients import producer_config
+producer = Producer(producer_config(Settings(), "killed", transactional_id=sys.argv[2]))
+producer.init_transactions(30)
+producer.begin_transaction()
+producer.produce(sys.argv[1], b"never committed", b"k", partition=0)
+producer.flush(30)
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_handover_waits_out_a_transaction_a_killed_process_left_open(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two faults: a process killed in the middle of a transaction on a changelog partition
+    leaves it open until the broker aborts it (its transaction timeout, then the broker's
+    sweep), and no read_committed reader gets past it meanwhile. The partition's next owner
+    commits there, then hands it on within that window: its handover waits until its
+    commit is readable, so the owner after it restores that commit. (With librdkafka's 60 s
+    timeout and a 10 s wait, it handed over unreadable state.) The timeout is set shorter
+    here, as a user would (KAFKA_TRANSACTION_TIMEOUT_MS), and the wait follows it."""
+    from fraudstream.detection import tutorial_rules
+    from fraudstream.stream.changelog import read_changelog
+
+    monkeypatch.setenv("KAFKA_TRANSACTION_TIMEOUT_MS", "5000")
+    assert transaction_timeout_ms(settings) == 5000
+    engine = Engine(tutorial_rules(), version="tutorial-1")
+    topology = prepare_topology(settings, engine.stage_keys(), labels=False)
+    tp = (settings.transactions_topic, 0)
+    changelog = TopicPartition(topology.stages[0].changelog, 0)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_TRANSACTION, changelog.topic, f"killed-{uuid.uuid4()}"],
+        env=env_for(settings, KAFKA_TRANSACTION_TIMEOUT_MS="5000"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert killed.stdout is not None and killed.stdout.readline() == b"open\n"
+    killed.kill()
+    killed.wait(10)
+    killed_at = time.monotonic()
+    txn = _coordinator(settings)
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
+    consumer = Consumer(consumer_config(settings, "parts", group_id=settings.detector_group))
+    admin = admin_client(settings, "parts-handover")
+    try:
+        consumer.assign([TopicPartition(*tp, 0)])
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: 0.0, name="parts")
+        manager.assign([tp])
+        task = manager.tasks[tp]
+        txn.begin()
+        manager.begin()
+        task.meta.stream_time, task.meta.last_offset = 5_000, 41  # what it read, to write
+        txn.commit(manager.prepare_commit(), consumer.consumer_group_metadata())
+        manager.commit()
+        assert task.wrote
+        assert wait_readable(admin, [changelog], timeout=0.5) == [changelog]  # held back
+        manager.hand_over([TopicPartition(*tp)])
+        waited = time.monotonic() - killed_at
+        restored = read_changelog(settings, changelog.topic, [0], timeout=30)[0]
+        assert [k for k, _ in restored] == [b"m"], "the next owner restored without the commit"
+        bound = (transaction_timeout_ms(settings) + BROKER_ABORT_SWEEP_MS) / 1000 + 5
+        assert waited < bound
+    finally:
+        consumer.close()
+        killed.kill()
+        killed.wait(10)
+        for pipe in (killed.stdin, killed.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_a_commit_that_keeps_timing_out_is_raised_then_a_renewed_producer_commits(
@@ -765,7 +850,7 @@ def test_progress_is_readable_while_a_transaction_holds_offsets_pending(
     settings: Settings,
 ) -> None:
     """A detector killed between sending its offsets and committing leaves them pending for
-    up to the transaction timeout (60 s); `committed_progress` reads the last committed
+    up to the transaction timeout (20 s); `committed_progress` reads the last committed
     ones meanwhile instead of waiting (a chaos test once timed out on it)."""
     from fraudstream.stream import committed_progress
 

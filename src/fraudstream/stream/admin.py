@@ -83,7 +83,8 @@ def committed_progress(settings: Settings) -> int:
     topic = settings.transactions_topic
     # read_uncommitted: the offsets as last committed, without waiting for an open
     # transaction's pending offsets to settle (a killed detector's stay pending until its
-    # transaction times out, 60 s, or its successor starts: a read_committed fetch waits)
+    # transaction times out, 20 s (`TRANSACTION_TIMEOUT_MS`), or its successor starts: a
+    # read_committed fetch waits)
     consumer = Consumer(
         base_config(settings, "fraudstream-progress", consumer=True)
         | {"group.id": settings.detector_group, "isolation.level": "read_uncommitted"}

@@ -172,8 +172,9 @@ def wait_readable(
         if time.monotonic() - started >= 1 and not said:
             said = True
             log.info(
-                "%swaiting for the last transaction's markers on %s to be written, so that "
-                "whoever takes these partitions next restores them whole",
+                "%swaiting for the last transaction's markers on %s to be written (or for "
+                "the broker to abort a transaction left open there by a process that "
+                "stopped), so that whoever takes these partitions next restores them whole",
                 f"{name}: " if name else "",
                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind[:5]),
             )

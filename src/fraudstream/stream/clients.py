@@ -32,6 +32,7 @@ __all__ = [
     "failed_fatally",
     "passthrough",
     "producer_config",
+    "transaction_timeout_ms",
     "wait_for_broker",
 ]
 
@@ -130,6 +131,27 @@ def admin_result(future: Any, request_timeout: float) -> Any:
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, waited)) from None
 
 
+# A transaction still open this long is aborted by the broker (`transaction.timeout.ms`;
+# librdkafka's default is 60 s, Kafka Streams sets 10 s for exactly-once). A process killed
+# in the middle of one leaves it open: until the broker aborts it, no read_committed reader
+# gets past it on any partition it wrote (outputs, repartition topics, changelogs), and a
+# new owner's commits on those changelog partitions are unreadable. With the broker's sweep
+# after it, it is over before a session timeout (45 s by default) moves the partitions. Not
+# shorter: a transaction the broker aborted fences its producer for good (librdkafka raises
+# _FENCED, as for a zombie), which stops the detector; 20 s rides out a broker restart.
+TRANSACTION_TIMEOUT_MS = 20_000
+
+# How often the broker looks for transactions past their timeout
+# (`transaction.abort.timed.out.transaction.cleanup.interval.ms`, Kafka's default).
+BROKER_ABORT_SWEEP_MS = 10_000
+
+
+def transaction_timeout_ms(settings: Settings) -> int:
+    """The detector's transaction timeout: TRANSACTION_TIMEOUT_MS unless
+    KAFKA_TRANSACTION_TIMEOUT_MS says otherwise."""
+    return int(producer_config(settings, "-", transactional_id="-")["transaction.timeout.ms"])
+
+
 def producer_config(
     settings: Settings, client_id: str, *, transactional_id: str | None = None
 ) -> dict[str, Any]:
@@ -139,7 +161,9 @@ def producer_config(
     (`KAFKA_LINGER_MS`, `KAFKA_COMPRESSION_TYPE=none`). A transactional producer (the
     detector's) compresses with lz4: it writes every transaction about three times more bytes
     than it reads (the repartition topics carry the input record to the output), and writing
-    them was most of the broker's work (docs/performance.md, "The broker's work is bytes")."""
+    them was most of the broker's work (docs/performance.md, "The broker's work is bytes"),
+    and its transactions time out after `TRANSACTION_TIMEOUT_MS`
+    (`KAFKA_TRANSACTION_TIMEOUT_MS`)."""
     tuning: dict[str, Any] = {
         "linger.ms": 5,
         "batch.num.messages": 10_000,
@@ -154,8 +178,8 @@ def producer_config(
         "message.max.bytes": 4_194_304,
     }
     if transactional_id is not None:
-        tuning["compression.type"] = "lz4"
-        fixed |= {"transactional.id": transactional_id, "transaction.timeout.ms": 60_000}
+        tuning |= {"compression.type": "lz4", "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS}
+        fixed |= {"transactional.id": transactional_id}
     return tuning | base_config(settings, client_id) | fixed
 
 

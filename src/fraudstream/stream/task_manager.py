@@ -24,7 +24,11 @@ from confluent_kafka.admin import AdminClient
 
 from fraudstream.detection import Engine
 from fraudstream.stream.changelog import end_offsets, read_changelog, topic_id, wait_readable
-from fraudstream.stream.clients import admin_client
+from fraudstream.stream.clients import (
+    BROKER_ABORT_SWEEP_MS,
+    admin_client,
+    transaction_timeout_ms,
+)
 from fraudstream.stream.health import TaskStatus, describe_key
 from fraudstream.stream.ordering import (
     HOLD,
@@ -223,7 +227,10 @@ class TaskManager:
         once its markers were written; a new owner restoring in between would stop before
         that transaction and run on without its state and marks (a lower mark number than
         the one its downstream tasks have read, so they ignored its later marks and waited
-        for good: CI, 2026-12-07, docs/delivery.md)."""
+        for good: CI, 2026-12-07, docs/delivery.md). A transaction left open by a process
+        killed in the middle of it holds them back as well, until the broker aborts it: that
+        is waited for too (the transaction timeout, then the broker's sweep), or the next
+        owner would restore without this process's commits."""
         changelogs = [
             TopicPartition(task.stage.changelog, tp.partition)
             for tp in partitions
@@ -232,15 +239,21 @@ class TaskManager:
         if not changelogs:
             return
         try:
-            behind = wait_readable(self._admin_client(), changelogs, name=self.name)
+            behind = wait_readable(
+                self._admin_client(),
+                changelogs,
+                (transaction_timeout_ms(self.settings) + BROKER_ABORT_SWEEP_MS) / 1000 + 5,
+                name=self.name,
+            )
         except KafkaException as exc:  # (the broker is what failed: its restart ends it)
             log.warning("could not check that the changelogs handed over are readable: %s", exc)
             return
         if behind:
             log.warning(
                 "the last commit on %s is still not readable (its transaction markers not "
-                "written): whoever takes these partitions next may restore them without it; "
-                "check the broker's health",
+                "written, or a transaction of another producer still open before it): "
+                "whoever takes these partitions next may restore them without it; check the "
+                "broker's health",
                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind[:5]),
             )
 
