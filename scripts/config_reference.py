@@ -32,22 +32,24 @@ directory: a flag wins over an environment variable, which wins over `.env`. A b
 the program at start with the key's name.
 
 Besides the variables below, `KAFKA_<NAME>` is any librdkafka setting, e.g.
-`KAFKA_SECURITY_PROTOCOL=SASL_SSL` (never logged); a name librdkafka does not have, or a value it
-refuses, stops the program at start, naming the variable (and the nearest setting for a typo such
-as `KAFKA_BROKER_ULR`). A producer's batching settings are defaults such a variable overrides
-(`KAFKA_LINGER_MS`, 5 ms), and so is the detector's compression of what it writes (lz4: its
-internal topics carry each input record twice; `KAFKA_COMPRESSION_TYPE=none` turns it off)
-and its transaction timeout (`KAFKA_TRANSACTION_TIMEOUT_MS`, 20 s; librdkafka's default is
-60 s): a transaction left open by a detector killed in the middle of it holds back every
-reader of the partitions it wrote until the broker aborts it, and a transaction open longer
-(a stall, a broker restart) stops its detector, fenced; its guarantees (`enable.idempotence`,
-`acks=all`) are not. Consumers send a heartbeat every
-500 ms (`KAFKA_HEARTBEAT_INTERVAL_MS`; librdkafka's own default is 3 s), so that a rebalance
-(a detector joining or leaving) is noticed within half a second. `KAFKA_GROUP_PROTOCOL=consumer`
-switches the groups to Kafka's new protocol (KIP-848, brokers from 4.0) with the broker's
-`range` assignor (`KAFKA_GROUP_REMOTE_ASSIGNOR`), which spreads every stage of the detector over
-its processes whenever the group changes ([scaling.md](scaling.md)); the broker then sets the
-session and heartbeat, and `KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_HEARTBEAT_INTERVAL_MS` or
+`KAFKA_SECURITY_PROTOCOL=SASL_SSL` (never logged); a name librdkafka does not have, or a value
+it refuses, stops the program at start, naming the variable (and the nearest setting for a typo
+such as `KAFKA_BROKER_ULR`). A producer's batching settings are defaults such a variable
+overrides (`KAFKA_LINGER_MS`, 5 ms), and so is the detector's compression of what it writes
+(lz4: its internal topics carry each input record twice; `KAFKA_COMPRESSION_TYPE=none` turns it
+off); its guarantees (`enable.idempotence`, `acks=all`) are not. The detector's transactions
+time out after 20 s (`KAFKA_TRANSACTION_TIMEOUT_MS`; librdkafka's default is 60 s): a
+transaction left open by a detector killed in the middle of it holds back every reader of the
+partitions it wrote until the broker aborts it, and one open longer (a stall, a broker outage)
+stops its detector, fenced. Its commit intervals must stay under half of it, and
+`KAFKA_MESSAGE_TIMEOUT_MS` at or under it ([delivery.md](delivery.md)). Consumers send a
+heartbeat every 500 ms (`KAFKA_HEARTBEAT_INTERVAL_MS`; librdkafka's own default is 3 s), so that
+a rebalance (a detector joining or leaving) is noticed within half a second.
+`KAFKA_GROUP_PROTOCOL=consumer` switches the groups to Kafka's new protocol (KIP-848, brokers
+from 4.0) with the broker's `range` assignor (`KAFKA_GROUP_REMOTE_ASSIGNOR`), which spreads
+every stage of the detector over its processes whenever the group changes
+([scaling.md](scaling.md)); the broker then sets the session and heartbeat, and
+`KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_HEARTBEAT_INTERVAL_MS` or
 `KAFKA_PARTITION_ASSIGNMENT_STRATEGY` set beside it stop the start.
 
 `FRAUDSTREAM_CACHE` (default `~/.cache/fraudstream`, `./.cache` under make) is where the Kafka

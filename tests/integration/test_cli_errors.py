@@ -426,6 +426,24 @@ def cases(f: Files) -> Iterator[tuple[str, Case]]:
             {"KAFKA_SECURITY_PROTOCOL": "plaintext-please"},
         ),
     )
+    # what conflicts with the detector's transaction timeout (librdkafka names only its
+    # properties, and only once the broker answers)
+    yield (
+        "message-timeout-past-the-transaction-timeout",
+        Case(
+            ["detect"],
+            ["KAFKA_MESSAGE_TIMEOUT_MS", "at most 20,000 ms", "KAFKA_TRANSACTION_TIMEOUT_MS"],
+            {"KAFKA_MESSAGE_TIMEOUT_MS": "30000"},
+        ),
+    )
+    yield (
+        "commit-interval-near-the-transaction-timeout",
+        Case(
+            ["detect"],
+            ["COMMIT_INTERVAL_BACKLOG_MS", "at most 15,000 ms"],
+            {"COMMIT_INTERVAL_BACKLOG_MS": "16000", "KAFKA_TRANSACTION_TIMEOUT_MS": "30000"},
+        ),
+    )
 
 
 def test_every_bad_argument_is_refused_with_a_message_and_no_traceback(

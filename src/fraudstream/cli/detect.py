@@ -247,9 +247,11 @@ def _detect(settings: Settings) -> int:
     from fraudstream.detection import Engine, load_ruleset
     from fraudstream.detection.model import limit_native_threads, load_kernels_in_background
     from fraudstream.stream import Processor, ensure_topics
-    from fraudstream.stream.clients import admin_client, wait_for_broker
+    from fraudstream.stream.clients import admin_client, transaction_problems, wait_for_broker
     from fraudstream.stream.metrics import serve as serve_metrics
 
+    if problems := transaction_problems(settings):
+        raise ConfigError("; ".join(problems))
     path = Path(settings.rules_file or "rules/default.yaml")
     ruleset = load_ruleset(path)  # an invalid file stops the detector here, saying why
     # scikit-learn and scipy only if the model needs them (`FraudModel.load` caps them then)

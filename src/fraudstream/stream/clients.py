@@ -32,6 +32,7 @@ __all__ = [
     "failed_fatally",
     "passthrough",
     "producer_config",
+    "transaction_problems",
     "transaction_timeout_ms",
     "wait_for_broker",
 ]
@@ -150,6 +151,35 @@ def transaction_timeout_ms(settings: Settings) -> int:
     """The detector's transaction timeout: TRANSACTION_TIMEOUT_MS unless
     KAFKA_TRANSACTION_TIMEOUT_MS says otherwise."""
     return int(producer_config(settings, "-", transactional_id="-")["transaction.timeout.ms"])
+
+
+def transaction_problems(settings: Settings) -> list[str]:
+    """What in the configuration conflicts with the detector's transaction timeout, one line
+    each. librdkafka refuses the first two only when the detector's producer is made (after
+    the broker is found), naming its properties; a commit interval too close to the timeout
+    would have the broker abort transactions of a quiet input, which stops the detector."""
+    config = producer_config(settings, "-", transactional_id="-")
+    timeout = int(config["transaction.timeout.ms"])
+    said = f"the detector's transaction timeout, {timeout:,} ms (KAFKA_TRANSACTION_TIMEOUT_MS)"
+    problems = []
+    limits = (
+        ("message.timeout.ms", "KAFKA_MESSAGE_TIMEOUT_MS", timeout),
+        ("delivery.timeout.ms", "KAFKA_DELIVERY_TIMEOUT_MS", timeout),
+        ("socket.timeout.ms", "KAFKA_SOCKET_TIMEOUT_MS", timeout + 100),
+    )
+    for prop, var, limit in limits:
+        if prop in config and int(config[prop]) > limit:
+            problems.append(f"{var}: at most {limit:,} ms with {said} — lower it, or raise that")
+    for var, value in (
+        ("COMMIT_INTERVAL_MS", settings.commit_interval_ms),
+        ("COMMIT_INTERVAL_BACKLOG_MS", settings.commit_interval_backlog_ms),
+    ):
+        if value > timeout // 2:
+            problems.append(
+                f"{var}: at most {timeout // 2:,} ms, half {said}, or the broker aborts "
+                "transactions and the detector stops — lower it, or raise that"
+            )
+    return problems
 
 
 def producer_config(

@@ -66,9 +66,12 @@ def fatal_message(err: KafkaError) -> str:
     """What a user reads when the detector stops on a Kafka error."""
     if fenced(err):
         return (
-            f"this detector was fenced: another instance with the same transactional.id "
-            f"took over ({err}); its uncommitted work was aborted. Do not run two instances "
-            "with the same --instance; restart this one only if the other is gone"
+            f"this detector was fenced ({err}): another instance with the same "
+            "transactional.id took over, or the broker aborted a transaction of this one "
+            "that stayed open past the transaction timeout (KAFKA_TRANSACTION_TIMEOUT_MS, "
+            "20 s by default: a broker outage or a stall); its uncommitted work was aborted. "
+            "Do not run two instances with the same --instance; restart this one if no other "
+            "runs"
         )
     return (
         f"unrecoverable Kafka error ({err}); the detector stops without committing the open "
