@@ -183,8 +183,9 @@ class Settings(BaseSettings):
     `Authorization: Bearer`); a secret, never logged."""
 
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    """Port of the Prometheus metrics of `detect` and `alerts` at `/metrics` (unset: none);
-    `detect --workers N` gives worker i the port + i."""
+    """Port of the Prometheus metrics of `detect` and `alerts` at `/metrics` (unset: none),
+    and of `detect`'s readiness at `/readyz`; `detect --workers N` gives worker i the port
+    + i."""
     metrics_host: str = "127.0.0.1"
     """Address the Prometheus metrics endpoint listens on."""
 

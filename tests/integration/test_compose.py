@@ -54,6 +54,8 @@ def test_app_composition_runs_generator_detector_alerts_dashboard_from_one_docke
     assert services["alerts"]["command"] == ["alerts"]
     assert services["detector"]["environment"]["METRICS_PORT"] == "9100"
     assert services["alerts"]["environment"]["METRICS_PORT"] == "9101"
+    # the detector's health is its readiness (a 503 fails urlopen)
+    assert "http://127.0.0.1:9100/readyz" in " ".join(services["detector"]["healthcheck"]["test"])
     assert services["dashboard"]["ports"][0]["target"] == 5000
     assert c["networks"]["default"]["name"] == "kafka-network"
     assert c["networks"]["default"]["external"] is True

@@ -8,10 +8,13 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from confluent_kafka import Producer
 
+from fraudstream.broker import free_port
 from fraudstream.config import Settings
 from fraudstream.stream import committed_progress, group_lag
 from tests.chaos.test_faults import Detectors
@@ -50,12 +53,23 @@ def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Pa
         producer.produce(settings.transactions_topic, json.dumps(tx).encode(), partition=i % 2)
     assert producer.flush(30) == 0
 
-    stalling = _stalling(settings, tmp_path)
+    port = free_port()
+    readyz = f"http://127.0.0.1:{port}/readyz"
+    stalling = _stalling(settings, tmp_path, METRICS_PORT=str(port))
     try:
         proc = stalling.start()
         log = proc.log  # type: ignore[attr-defined]
         warning = _warned(log, "no decision committed for")
         assert "by-target[" in warning and "waiting for upstream task 2's mark" in warning, warning
+        # its readiness probe says so too, with what it waits for
+        wait_for(
+            lambda: _ready(readyz)[1].get("why", "").startswith("stalled: "),
+            timeout=30,
+            what="/readyz to say stalled",
+        )
+        code, body = _ready(readyz)
+        assert code == 503 and body["ready"] is False, body
+        assert "waiting for upstream task 2's mark" in body["why"], body
 
         def reported_stalled() -> bool:
             done = _status(settings)
@@ -68,7 +82,9 @@ def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Pa
     finally:
         stalling.cleanup()
 
-    flowing = Detectors(settings, tmp_path, rules=DEFAULT_RULES, STATUS_INTERVAL_MS="500")
+    flowing = Detectors(
+        settings, tmp_path, rules=DEFAULT_RULES, STATUS_INTERVAL_MS="500", METRICS_PORT=str(port)
+    )
     try:
         proc = flowing.start()
         wait_for(
@@ -76,6 +92,8 @@ def test_a_stalled_group_says_what_it_waits_for(settings: Settings, tmp_path: Pa
             timeout=60,
             what="the group to drain",
         )
+        wait_for(lambda: _ready(readyz)[0] == 200, timeout=30, what="/readyz to say ready")
+        assert _ready(readyz)[1] == {"ready": True, "why": ""}
         wait_for(lambda: _status(settings).returncode == 0, timeout=60, what="status ok")
         assert "ok: nothing is stuck" in _status(settings).stdout
         flowing.stop(proc)
@@ -161,6 +179,15 @@ def test_the_status_topic_is_compacted_a_minute_at_a_time(settings: Settings) ->
     assert configs["cleanup.policy"].value == "compact"
     assert configs["segment.ms"].value == "60000"
     assert configs["min.cleanable.dirty.ratio"].value == "0.1"
+
+
+def _ready(url: str) -> tuple[int, dict[str, Any]]:
+    """A `/readyz` answer: its status and body (0 and {} while nothing answers)."""
+    try:
+        answer = httpx.get(url, timeout=5)
+    except httpx.HTTPError:
+        return 0, {}
+    return answer.status_code, answer.json()
 
 
 def _stalling(settings: Settings, tmp_path: Path, **env: str) -> Detectors:

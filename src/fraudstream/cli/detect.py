@@ -277,7 +277,7 @@ def _detect(settings: Settings) -> int:
     )
     processor = Processor(settings, engine, admin=admin)
     del admin  # (the processor lets go of it once the topology is prepared)
-    serve_metrics(processor.metrics.registry, settings)
+    serve_metrics(processor.metrics.registry, settings, ready=processor.readiness)
     stop = StopOnSignal().install()
 
     def report() -> None:

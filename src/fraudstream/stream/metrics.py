@@ -11,13 +11,18 @@ stall, drift), and two histograms are observed once per batch and once per commi
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from fraudstream.config import Settings
@@ -42,6 +47,9 @@ class Health:
     # (topic, partition): input offsets resumed past that its state never read (replaced,
     # not changed in place, by the processing thread: `Processor._skipped`)
     skipped_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    # `/readyz`: partitions held and restored, nothing stalled; else why not
+    ready: bool = False
+    why: str = "starting"
 
 
 class RuntimeMetrics:
@@ -189,15 +197,48 @@ def labelled(
     return metric
 
 
-def serve(registry: CollectorRegistry, settings: Settings) -> None:
-    """Serve `/metrics` on METRICS_HOST:METRICS_PORT in a daemon thread (no-op when unset)."""
+class _Quiet(WSGIRequestHandler):
+    """No line per request on stderr (a scrape every few seconds)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(
+    registry: CollectorRegistry,
+    settings: Settings,
+    ready: Callable[[], tuple[bool, str]] | None = None,
+) -> None:
+    """Serve `/metrics` on METRICS_HOST:METRICS_PORT in a daemon thread (no-op when unset),
+    and, given `ready` (whether the process is ready, and why not), `/readyz`: 200 when it
+    is, else 503, with `{"ready": …, "why": …}` either way (an orchestrator's readiness
+    probe; the body says what it waits for)."""
     if settings.metrics_port is None:
         return
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if ready is None or environ.get("PATH_INFO") != "/readyz":
+            return metrics_app(environ, start_response)
+        ok, why = ready()
+        body = json.dumps({"ready": ok, "why": why}).encode()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        start_response(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    class Server(ThreadingWSGIServer):
+        pass
+
     try:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+        host, port = settings.metrics_host, settings.metrics_port
+        Server.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        httpd = make_server(host, port, app, Server, handler_class=_Quiet)
     except OSError as exc:
         raise ConfigError(
             f"METRICS_PORT {settings.metrics_port} on {settings.metrics_host}: {exc.strerror} — "
             "stop what uses it or give another port"
         ) from None
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)

@@ -320,9 +320,16 @@ class Processor:
         if staged:
             manager.purge(wait=10)
 
+    def readiness(self) -> tuple[bool, str]:
+        """Whether this process holds its partitions, restored, and nothing is stalled (its
+        health loop's view, once a second); else why not (`/readyz`)."""
+        h = self.metrics.health
+        return h.ready, h.why
+
     def close(self) -> None:
         """Abort what is uncommitted (a fenced producer cannot: the broker aborts it) and
         leave the group."""
+        self.metrics.health.ready, self.metrics.health.why = False, "stopping"
         self.txn.close()
         self.consumer.close()
         if self._status_producer is not None:
@@ -579,7 +586,11 @@ class Processor:
         assert self.manager is not None
         if self.txn.in_txn:
             self._commit(settled=False)
+        h = self.metrics.health
+        if partitions:
+            h.ready, h.why = False, f"restoring the state of {len(partitions)} partitions"
         self.manager.assign([(tp.topic, tp.partition) for tp in partitions])
+        h.ready, h.why = not h.stalled, "stalled (as last seen)" if h.stalled else ""
         self.stats.restored_keys = self.manager.restored_keys
         if partitions:
             log.info("assigned %d partitions; holds %s", len(partitions), self.manager.holding())
@@ -716,6 +727,15 @@ class Processor:
             (self.wall_ms() - self._last_commit_ms) / 1000 if self._last_commit_ms else 0.0
         )
         h.stalled, h.drift, h.dead_letters = stalled, self._drift_said, dict(skipped)
+        if not self._assigned:  # (`/readyz`)
+            h.ready = False
+            h.why = (
+                self._unassigned(now)
+                if now - self._joined_at >= warn_s
+                else f"joining group {self.settings.detector_group}: no partitions yet"
+            )
+        else:
+            h.ready, h.why = not stalled, f"stalled: {why}" if stalled else ""
         if now >= self._next_status:
             self._next_status = now + self.settings.status_interval_ms / 1000
             self._publish_status(tasks, stalled=stalled, why=why)
