@@ -590,7 +590,8 @@ class Processor:
         if partitions:
             h.ready, h.why = False, f"restoring the state of {len(partitions)} partitions"
         self.manager.assign([(tp.topic, tp.partition) for tp in partitions])
-        h.ready, h.why = not h.stalled, "stalled (as last seen)" if h.stalled else ""
+        if partitions:  # (the next health check, within a second, says whether it is ready)
+            h.why = "restored, not checked yet"
         self.stats.restored_keys = self.manager.restored_keys
         if partitions:
             log.info("assigned %d partitions; holds %s", len(partitions), self.manager.holding())
@@ -646,6 +647,9 @@ class Processor:
         if self.txn.in_txn:
             self._commit(settled=False)
         # the commits readable before the next owner restores (`TaskManager.hand_over`)
+        if partitions:
+            h = self.metrics.health
+            h.ready, h.why = False, f"handing {len(partitions)} partitions over"
         self.manager.hand_over(partitions)
         self.manager.drop(partitions)
         if partitions:
@@ -727,7 +731,7 @@ class Processor:
             (self.wall_ms() - self._last_commit_ms) / 1000 if self._last_commit_ms else 0.0
         )
         h.stalled, h.drift, h.dead_letters = stalled, self._drift_said, dict(skipped)
-        if not self._assigned:  # (`/readyz`)
+        if not self.manager.tasks:  # (`/readyz`: none yet, none left, or a spare member)
             h.ready = False
             h.why = (
                 self._unassigned(now)
