@@ -28,12 +28,13 @@ $(FRAUDSTREAM_CACHE)/.kafka: $(VENV)/.installed
 	$(BIN)/fraudstream broker fetch
 	touch $@
 
-setup-test: setup  ## setup, plus Chromium, kcat, openssl (test certificates) and the docker compose plugin
+setup-test: setup  ## setup, plus Chromium, kcat, openssl (test certificates), the docker compose plugin and Kafka 3.9's jars
 	@if ! command -v chromium >/dev/null || ! command -v kcat >/dev/null \
 	    || ! command -v openssl >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium kcat openssl; fi
 	@bash scripts/install-compose.sh
+	@$(BIN)/python -c "from fraudstream.broker.artifacts import OLDER_KAFKA_VERSION as v, ensure_kafka; ensure_kafka(version=v)"
 
 run: setup  ## start broker, generator, detector and dashboard; Ctrl-C stops them all
 	$(BIN)/fraudstream run

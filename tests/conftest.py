@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fraudstream.broker import LocalBroker, free_port
+from fraudstream.broker.artifacts import KAFKA_VERSION
 from fraudstream.config import Settings, load_settings
 from fraudstream.errors import BrokerError
 from fraudstream.stream import consumer_config, ensure_topics
@@ -52,8 +53,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    """The real broker: the same code as `fraudstream broker start`, on a free port."""
-    broker = LocalBroker(port=free_port(), data_dir=tmp_path_factory.mktemp("kafka"))
+    """The real broker: the same code as `fraudstream broker start`, on a free port
+    (`FRAUDSTREAM_TEST_KAFKA_VERSION`: another Apache Kafka version than the default)."""
+    version = os.environ.get("FRAUDSTREAM_TEST_KAFKA_VERSION") or KAFKA_VERSION
+    broker = LocalBroker(
+        port=free_port(), data_dir=tmp_path_factory.mktemp("kafka"), version=version
+    )
     try:
         broker.start()
     except BrokerError:
@@ -61,7 +66,9 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
         # that (and only that) earns a second try on fresh ports.
         if "Address already in use" not in broker.log_file.read_text(errors="replace"):
             raise
-        broker = LocalBroker(port=free_port(), data_dir=tmp_path_factory.mktemp("kafka"))
+        broker = LocalBroker(
+            port=free_port(), data_dir=tmp_path_factory.mktemp("kafka"), version=version
+        )
         broker.start()
     yield broker
     # killed, not stopped: its data is thrown away, and a clean stop of a broker holding every

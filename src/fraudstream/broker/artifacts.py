@@ -10,9 +10,18 @@ from pathlib import Path
 
 from fraudstream.errors import BrokerError
 
-__all__ = ["KAFKA_VERSION", "default_cache_dir", "ensure_kafka", "java_executable"]
+__all__ = [
+    "KAFKA_VERSION",
+    "OLDER_KAFKA_VERSION",
+    "default_cache_dir",
+    "ensure_kafka",
+    "java_executable",
+]
 
 KAFKA_VERSION = "4.4.0"
+# The last Apache Kafka before 4.0, which the tests also run a fault scenario on
+# (tests/chaos/test_older_broker.py); `make setup-test` fetches it
+OLDER_KAFKA_VERSION = "3.9.2"
 
 
 def default_cache_dir() -> Path:

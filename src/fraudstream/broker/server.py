@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fraudstream.broker.artifacts import ensure_kafka, java_executable
+from fraudstream.broker.artifacts import KAFKA_VERSION, ensure_kafka, java_executable
 from fraudstream.errors import BrokerError
 
 __all__ = ["LocalBroker", "free_port"]
@@ -92,6 +92,7 @@ class LocalBroker:
     data_dir: Path = Path(".fraudstream/broker")
     cache_dir: Path | None = None
     heap: str = "1g"
+    version: str = KAFKA_VERSION  # Apache Kafka's, from Maven Central (KRaft: 3.9 or later)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -130,7 +131,7 @@ class LocalBroker:
                 f"port {self.port} is taken by another program; stop it, or use --port, or point "
                 f"KAFKA_BROKER_URL at it if it is a Kafka broker you want to use"
             )
-        lib = ensure_kafka(self.cache_dir)
+        lib = ensure_kafka(self.cache_dir, self.version)
         java = java_executable()
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
