@@ -943,6 +943,77 @@ def test_a_hold_from_another_process_pauses_the_inputs_here_that_run_ahead(
         consumer.close()
 
 
+def test_a_paused_input_never_goes_idle_however_it_looked_at_its_end(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """An input read as it is written sits at its high watermark as its last fetch saw it.
+    Paused there by back-pressure, no fetch asks for it any more: it looked at its end for
+    good, went idle once PARTITION_IDLE_MS passed, and its mark said nothing more would come
+    from it while records waited there, so the stages released the other partitions' later
+    records before them (decisions other than a run without the pause). A paused partition
+    is never at its end now, and an idle one is not paused (it has nothing to read, and what
+    comes there must not wait behind its mark)."""
+    settings = make_settings(
+        state_dir=str(tmp_path), topic_partitions=2, max_buffered_records=50, partition_idle_ms=0
+    )
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    txn = _coordinator(settings)
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
+    # (a fetch waits 10 ms for records: the one in flight when it pauses is soon over)
+    config = consumer_config(settings, "parts", group_id=settings.detector_group)
+    consumer = Consumer(config | {"fetch.wait.max.ms": 10})
+    producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
+    now = [0.0]
+    first, keyed = topology.stages[0].topic, topology.stages[1].topic
+    ahead, laggard = (first, 0), (first, 1)
+    try:
+        for i in range(5):
+            producer.produce(first, _tx(i), partition=0)
+        assert producer.flush(30) == 0
+        consumer.assign([TopicPartition(t, p, 0) for t, p in [ahead, laggard, (keyed, 0)]])
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: now[0], name="parts")
+        manager.assign([ahead, laggard, (keyed, 0)])
+        read: list[Any] = []
+        deadline = time.monotonic() + 30
+        while len(read) < 5 and time.monotonic() < deadline:  # read as written: at its end
+            read += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
+        assert len(read) == 5
+        task = manager.tasks[ahead]
+        manager.ends_by_watermarks()
+        assert task.at_end is not None  # (it is at its end: the check sees it)
+        task.at_end = None
+        manager.tasks[ahead].meta.sent = (70, 0, 4)
+        manager.tasks[laggard].meta.sent = (50, 1, 9)
+        orderer = manager.tasks[(keyed, 0)].orderer  # type: ignore[attr-defined]
+        for i in range(settings.max_buffered_records + 1):  # over the bounds
+            orderer.offer(Envelope(DATA, 80, 0, 10 + i, 0, 1 + i), offset=i)
+        manager.backpressure()
+        assert manager.pressing and manager.paused == {ahead}
+        consumer.consume(10, timeout=0.5)  # (the fetch in flight at the pause ends)
+        for i in range(5, 10):  # written while it is paused: nobody fetches them
+            producer.produce(first, _tx(i), partition=0)
+        assert producer.flush(30) == 0
+        for _ in range(3):
+            now[0] += 1
+            consumer.consume(10, timeout=0.2)
+            # its end as the last fetch saw it, with 5 records after it: it looks at its end
+            assert consumer.get_watermark_offsets(TopicPartition(*ahead), cached=True)[1] == 5
+            manager.ends_by_watermarks()
+            manager.reached_end([ahead])  # (an end-of-partition event still queued)
+            manager.marks_due()
+            assert task.at_end is None and not task.idle
+            assert task.bound() == (task.meta.stream_time, 0, task.meta.last_offset)
+        # an input gone idle (read to its end, silent) is resumed, and never paused
+        task.idle = True
+        now[0] += 1
+        manager.backpressure()
+        assert manager.pressing and manager.paused == set()
+    finally:
+        consumer.close()
+
+
 def test_what_the_open_transaction_forwarded_counts_against_the_bounds(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:

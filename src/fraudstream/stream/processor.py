@@ -159,7 +159,7 @@ class Processor:
         self._joined_at = 0.0  # clock() when it subscribed (the group's join under way)
         self._unassigned_said = 0.0  # when waiting for a first assignment was last logged
         self._rejoin = False  # leave and join again before processing (`_on_assign`)
-        self._next_end_check = 0.0  # when `_ends_by_watermarks` looks next
+        self._next_end_check = 0.0  # when `TaskManager.ends_by_watermarks` looks next
 
     @property
     def tasks(self) -> dict[tuple[str, int], Any]:
@@ -292,7 +292,8 @@ class Processor:
             if staged:
                 manager.backpressure()
                 if self.clock() >= self._next_end_check:
-                    self._ends_by_watermarks()
+                    self._next_end_check = self.clock() + max(s.partition_idle_ms, 100) / 1000
+                    manager.ends_by_watermarks()
                     try:
                         self._skip_gaps()
                     except KafkaException as exc:
@@ -389,10 +390,9 @@ class Processor:
             task.take(run)
             if task.buffers:
                 buffering.append(task)
-        for tp in ends:
-            task = tasks.get(tp)
-            if task is not None and task.at_end is None:
-                task.at_end = self.clock()
+        if ends:
+            assert self.manager is not None
+            self.manager.reached_end(ends)
         assert self.topology is not None
         for stage in self.topology.buffered:  # upstream first: their output is read later
             for task in buffering:
@@ -428,43 +428,6 @@ class Processor:
         for task in due:
             task.skip_gap()
         self.collector.flush()
-
-    def _ends_by_watermarks(self) -> None:
-        """An input or labels partition read to its end goes idle (its mark then holds no
-        stage back) when the consumer says so with an end-of-partition event, which
-        librdkafka sends once per offset: one missed leaves the stages waiting for it for good
-        (a group's last records held in the output). So every PARTITION_IDLE_MS, a partition
-        not known to be at its end is taken to be there when its position (or, with nothing
-        read since it was assigned, where it resumes) has reached its high watermark as the
-        last fetch saw it (no request to the broker)."""
-        self._next_end_check = self.clock() + max(self.settings.partition_idle_ms, 100) / 1000
-        waiting = [
-            (tp, task)
-            for tp, task in self.tasks.items()
-            if not task.buffers and task.at_end is None and not task.idle
-        ]
-        if not waiting:
-            return
-        try:
-            positions = self.consumer.position([TopicPartition(t, p) for (t, p), _ in waiting])
-        except KafkaException:
-            return  # (asked again next time)
-        now = self.clock()
-        for (_, task), at in zip(waiting, positions, strict=True):
-            try:
-                low, high = self.consumer.get_watermark_offsets(at, cached=True)
-            except KafkaException:
-                continue
-            if high < 0:
-                continue  # not fetched yet
-            # where it reads: its position, or with nothing read since it was assigned, where
-            # it resumes (its changelog's place), or an empty partition's start
-            here = at.offset
-            if here < 0:
-                resume = task.resume_offset()
-                here = resume if resume is not None else (high if low == high else -1)
-            if here >= high:
-                task.at_end = now
 
     def _skipped(self, topic: str, partition: int, n: int) -> None:
         """`n` input offsets this partition resumed past that its state never read: counted

@@ -16,7 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -292,6 +292,66 @@ class TaskManager:
                 usable[p] = snap
         return usable
 
+    # --- idleness ---------------------------------------------------------------------------
+
+    def reached_end(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """The consumer said these partitions were read to their end (end-of-partition
+        events): from now, an input or labels task there goes idle once PARTITION_IDLE_MS
+        passes with nothing more (`marks_due`). Not a paused one: see `ends_by_watermarks`."""
+        now = self.clock()
+        for tp in partitions:
+            task = self.tasks.get(tp)
+            if task is not None and task.at_end is None and tp not in self.paused_since:
+                task.at_end = now
+
+    def ends_by_watermarks(self) -> None:
+        """An input or labels partition read to its end goes idle (its mark then holds no
+        stage back) when the consumer says so with an end-of-partition event, which
+        librdkafka sends once per offset: one missed leaves the stages waiting for it for good
+        (a group's last records held in the output). So, every PARTITION_IDLE_MS, a partition
+        not known to be at its end is taken to be there when its position (or, with nothing
+        read since it was assigned, where it resumes) has reached its high watermark as the
+        last fetch saw it (no request to the broker).
+
+        Never a paused partition (back-pressure): no fetch asks for it, so the watermark it
+        is compared with is the one seen before the pause, and a partition that was read
+        up to it then looks at its end however much came since. Taken for idle, its mark
+        said "nothing more from here" while records were waiting there, and the stages
+        released later records of the other partitions before them: decisions other than a
+        run without the pause (a live input, its partitions read as they are written, then
+        paused for longer than PARTITION_IDLE_MS)."""
+        waiting = [
+            (tp, task)
+            for tp, task in self.tasks.items()
+            if not task.buffers
+            and task.at_end is None
+            and not task.idle
+            and tp not in self.paused_since
+        ]
+        if not waiting:
+            return
+        consumer = self.consumer
+        try:
+            positions = consumer.position([TopicPartition(t, p) for (t, p), _ in waiting])
+        except KafkaException:
+            return  # (asked again next time)
+        now = self.clock()
+        for (_, task), at in zip(waiting, positions, strict=True):
+            try:
+                low, high = consumer.get_watermark_offsets(at, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue  # not fetched yet
+            # where it reads: its position, or with nothing read since it was assigned, where
+            # it resumes (its changelog's place), or an empty partition's start
+            here = at.offset
+            if here < 0:
+                resume = task.resume_offset()
+                here = resume if resume is not None else (high if low == high else -1)
+            if here >= high:
+                task.at_end = now
+
     # --- marks -----------------------------------------------------------------------------
 
     def marks_due(self) -> bool:
@@ -477,7 +537,8 @@ class TaskManager:
         keyed or output tasks hear one from another pauses its own inputs that are ahead of
         the lowest mark they have heard, until the marks say otherwise; never the input the
         whole group waits for (the lowest its first keyed stage heard). Pausing only delays
-        reading, so order, marks and exactly-once are untouched."""
+        reading, so order, marks and exactly-once are untouched: a paused partition never
+        counts as read to its end (`ends_by_watermarks`), and one gone idle is not paused."""
         now = self.clock()
         if now < self._next_backpressure:
             return
@@ -505,7 +566,9 @@ class TaskManager:
                     low = orderer.bound()
                     if low is not None and (held is None or low < held):
                         held = low
-            elif task.stage.role in (INPUT, LABELS):  # what feeds the stages
+            elif task.stage.role in (INPUT, LABELS) and not task.idle:  # what feeds the stages
+                # (one gone idle has nothing to read: paused, what comes there would wait
+                # behind its mark that says nothing more comes)
                 # its mark as sent, as the stages know it (compared with what they heard)
                 mark = task.meta.sent or task.bound()
                 inputs.append(((topic, partition), mark if mark is not None else (-1, -1, -1)))
@@ -562,6 +625,8 @@ class TaskManager:
             del self.paused_since[part]
         for part in pause:
             self.paused_since[part] = now
+            # not at its end while paused, however it looked (`ends_by_watermarks`)
+            self.tasks[part].at_end = None
 
     def gaps_due(self) -> list[OutputTask]:
         """The output tasks to write on without a record that never came
