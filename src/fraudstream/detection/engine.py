@@ -50,7 +50,8 @@ __all__ = ["Engine", "HitTuple", "Packed", "Scored", "rule_key"]
 
 _json = msgspec.json.Encoder().encode
 # changelog keys: b"<kind>\x00<name>\x00<key>"; kinds t (a table's row), L (a table's
-# layout), f (a fan-in/out group), l (labels), e (when the next daily eviction falls)
+# layout), f (a fan-in/out group), s (when a fan-in/out rule last swept its groups), l
+# (labels), e (when the next daily eviction falls)
 EVICTION_KEY = b"e\x00\x00"
 # Calls with fewer transactions than this are scored one at a time (`score_each`, the same
 # results: the property tests hold the two paths equal): measured per call, with every
@@ -297,6 +298,9 @@ class Engine:
         for r in self._fan_rules:
             prefix = b"f\x00" + self._state_ids[r.id].encode() + b"\x00"
             out += [(prefix + g.encode(), None if m is None else _json(m)) for g, m in r.changes()]
+            swept = r.swept()
+            if swept is not None:  # (the sweep's schedule is state too: `FanIn.swept`)
+                out.append((b"s\x00" + prefix[2:], b"%d" % swept))
         if self.features is not None:
             out += [(b"l\x00\x00" + k, v) for k, v in self.features.changes()]
         if self._next_evict != self._evict_at_begin:  # evicted: when the next one falls
@@ -403,12 +407,14 @@ class Engine:
                 else:
                     table.load_row(keys[j], value, hashes[j])
                 j += 1
-            elif kind == b"f":
+            elif kind == b"f" or kind == b"s":
                 if name not in sets:
                     sets.add(name)
                     self._note_stored(name.decode(), column=False)
                 fan = fans.get(name.decode())
-                if fan is not None:
+                if fan is not None and kind == b"s":
+                    fan.load_sweep(int(value or b"0"))
+                elif fan is not None:
                     members = None if value is None else msgspec.json.decode(value)
                     fan.load_group(k.decode(), members)
             elif kind == b"l":

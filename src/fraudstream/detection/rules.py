@@ -608,6 +608,17 @@ class FanIn:
     def commit(self) -> None:
         self.journal = None
 
+    def swept(self) -> int | None:
+        """When it last swept, if it did in the open transaction (else None). The sweep drops
+        whole groups gone out of the window of the payment that ran it; a payment later in
+        the stream but earlier in time (a late one) would have counted their members, so
+        when it sweeps is part of the state: a restore that forgot it swept at its first
+        payment, and a late payment then decided otherwise than without the restart."""
+        return self._last_sweep if self._last_sweep != self._sweep_at_begin else None
+
+    def load_sweep(self, at: int) -> None:
+        self._last_sweep = self._sweep_at_begin = at
+
     def load_group(self, group: str, members: dict[str, int] | None) -> None:
         if members is None:
             self._seen.pop(group, None)
