@@ -943,6 +943,40 @@ def test_a_hold_from_another_process_pauses_the_inputs_here_that_run_ahead(
         consumer.close()
 
 
+def _live_input(
+    make_settings: SettingsFactory, tmp_path: Path, **kw: Any
+) -> tuple[Settings, Engine, Topology, TaskContext, Consumer, Producer]:
+    """The default rules' stages on 2 partitions, and a consumer (fetches wait 10 ms for
+    records: one in flight is soon over) and a producer for them; 5 records in input
+    partition 0."""
+    settings = make_settings(state_dir=str(tmp_path), topic_partitions=2, **kw)
+    ensure_topics(settings)
+    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
+    topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
+    txn = _coordinator(settings)
+    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
+    config = consumer_config(settings, "parts", group_id=settings.detector_group)
+    consumer = Consumer(config | {"fetch.wait.max.ms": 10})
+    producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
+    _write(producer, topology.stages[0].topic, range(5))
+    return settings, engine, topology, ctx, consumer, producer
+
+
+def _write(producer: Producer, topic: str, numbers: range) -> None:
+    for i in numbers:
+        producer.produce(topic, _tx(i), partition=0)
+    assert producer.flush(30) == 0
+
+
+def _read(consumer: Consumer, n: int) -> None:
+    """Consume `n` records (as a step of the loop would)."""
+    read: list[Any] = []
+    deadline = time.monotonic() + 30
+    while len(read) < n and time.monotonic() < deadline:
+        read += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
+    assert len(read) == n
+
+
 def test_a_paused_input_never_goes_idle_however_it_looked_at_its_end(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
@@ -953,33 +987,17 @@ def test_a_paused_input_never_goes_idle_however_it_looked_at_its_end(
     records before them (decisions other than a run without the pause). A paused partition
     is never at its end now, and an idle one is not paused (it has nothing to read, and what
     comes there must not wait behind its mark)."""
-    settings = make_settings(
-        state_dir=str(tmp_path), topic_partitions=2, max_buffered_records=50, partition_idle_ms=0
+    settings, engine, topology, ctx, consumer, producer = _live_input(
+        make_settings, tmp_path, max_buffered_records=50, partition_idle_ms=0
     )
-    ensure_topics(settings)
-    engine = Engine.from_ruleset(load_ruleset(DEFAULT_RULES))
-    topology = prepare_topology(settings, engine.stage_keys(), labels=engine.has_features)
-    txn = _coordinator(settings)
-    ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
-    # (a fetch waits 10 ms for records: the one in flight when it pauses is soon over)
-    config = consumer_config(settings, "parts", group_id=settings.detector_group)
-    consumer = Consumer(config | {"fetch.wait.max.ms": 10})
-    producer = Producer({"bootstrap.servers": settings.kafka_broker_url})
     now = [0.0]
     first, keyed = topology.stages[0].topic, topology.stages[1].topic
     ahead, laggard = (first, 0), (first, 1)
     try:
-        for i in range(5):
-            producer.produce(first, _tx(i), partition=0)
-        assert producer.flush(30) == 0
         consumer.assign([TopicPartition(t, p, 0) for t, p in [ahead, laggard, (keyed, 0)]])
         manager = TaskManager(ctx, consumer, engine, None, clock=lambda: now[0], name="parts")
         manager.assign([ahead, laggard, (keyed, 0)])
-        read: list[Any] = []
-        deadline = time.monotonic() + 30
-        while len(read) < 5 and time.monotonic() < deadline:  # read as written: at its end
-            read += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
-        assert len(read) == 5
+        _read(consumer, 5)  # read as written: at its end
         task = manager.tasks[ahead]
         manager.ends_by_watermarks()
         assert task.at_end is not None  # (it is at its end: the check sees it)
@@ -992,9 +1010,7 @@ def test_a_paused_input_never_goes_idle_however_it_looked_at_its_end(
         manager.backpressure()
         assert manager.pressing and manager.paused == {ahead}
         consumer.consume(10, timeout=0.5)  # (the fetch in flight at the pause ends)
-        for i in range(5, 10):  # written while it is paused: nobody fetches them
-            producer.produce(first, _tx(i), partition=0)
-        assert producer.flush(30) == 0
+        _write(producer, first, range(5, 10))  # written while it is paused: nobody fetches
         for _ in range(3):
             now[0] += 1
             consumer.consume(10, timeout=0.2)
@@ -1010,6 +1026,48 @@ def test_a_paused_input_never_goes_idle_however_it_looked_at_its_end(
         now[0] += 1
         manager.backpressure()
         assert manager.pressing and manager.paused == set()
+    finally:
+        consumer.close()
+
+
+def test_an_input_goes_idle_only_if_nothing_was_fetched_for_it_since_it_was_at_its_end(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """An input read to its end goes idle once PARTITION_IDLE_MS passes, but a step can take
+    longer than that (a slow commit, a restore in a rebalance) while the consumer fetches
+    what came meanwhile: it went idle with those records waiting, its mark let the stages
+    release the other partitions' later records first. Now it goes idle only if its position
+    is still at the high watermark of the last fetch, and never in a commit made inside a
+    rebalance callback (records delivered there, past the position, are not read yet)."""
+    _, engine, topology, ctx, consumer, producer = _live_input(
+        make_settings, tmp_path, partition_idle_ms=1000
+    )
+    now = [0.0]
+    tp = (topology.stages[0].topic, 0)
+    try:
+        consumer.assign([TopicPartition(*tp, 0)])
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: now[0], name="parts")
+        manager.assign([tp])
+        task = manager.tasks[tp]
+        _read(consumer, 5)
+        manager.ends_by_watermarks()
+        assert task.at_end == 0.0
+        # a long step: five more records written, and fetched, not yet read
+        _write(producer, tp[0], range(5, 10))
+        deadline = time.monotonic() + 30
+        while consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[1] < 10:
+            assert time.monotonic() < deadline, "the consumer never fetched the new records"
+            time.sleep(0.01)
+        now[0] += 2
+        manager.marks_due(settled=False)  # (in a rebalance: never)
+        assert task.at_end == 0.0 and not task.idle
+        manager.marks_due()
+        assert not task.idle and task.at_end is None  # records wait: not idle
+        _read(consumer, 5)  # read to its end again and silent: idle
+        manager.ends_by_watermarks()
+        now[0] += 2
+        manager.marks_due()
+        assert task.idle and task.bound()[0] == INF  # type: ignore[index]
     finally:
         consumer.close()
 

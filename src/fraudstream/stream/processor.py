@@ -458,7 +458,7 @@ class Processor:
             return
         try:
             if self.topology.staged:
-                manager.marks_due()
+                manager.marks_due(settled=settled)
                 manager.send_marks()
             offsets = manager.prepare_commit(settled=settled)
             if asked is not None:

@@ -330,41 +330,70 @@ class TaskManager:
         ]
         if not waiting:
             return
+        now = self.clock()
+        for (_, task), there in zip(waiting, self._at_end(waiting), strict=True):
+            if there:
+                task.at_end = now
+
+    def _at_end(self, tasks: list[tuple[tuple[str, int], Task]]) -> list[bool]:
+        """Whether each (partition, task)'s reading has reached the partition's high
+        watermark as the last fetch saw it (no request to the broker); False where that is
+        not known."""
         consumer = self.consumer
         try:
-            positions = consumer.position([TopicPartition(t, p) for (t, p), _ in waiting])
+            positions = consumer.position([TopicPartition(t, p) for (t, p), _ in tasks])
         except KafkaException:
-            return  # (asked again next time)
-        now = self.clock()
-        for (_, task), at in zip(waiting, positions, strict=True):
+            return [False] * len(tasks)  # (asked again next time)
+        out = []
+        for (_, task), at in zip(tasks, positions, strict=True):
             try:
                 low, high = consumer.get_watermark_offsets(at, cached=True)
             except KafkaException:
+                out.append(False)
                 continue
             if high < 0:
-                continue  # not fetched yet
+                out.append(False)  # not fetched yet
+                continue
             # where it reads: its position, or with nothing read since it was assigned, where
             # it resumes (its changelog's place), or an empty partition's start
             here = at.offset
             if here < 0:
                 resume = task.resume_offset()
                 here = resume if resume is not None else (high if low == high else -1)
-            if here >= high:
-                task.at_end = now
+            out.append(here >= high)
+        return out
 
     # --- marks -----------------------------------------------------------------------------
 
-    def marks_due(self) -> bool:
-        """Whether some task has a mark to send (an input gone idle, a bound that moved)."""
+    def marks_due(self, *, settled: bool = True) -> bool:
+        """Whether some task has a mark to send (an input gone idle, a bound that moved).
+
+        An input or labels partition read to its end PARTITION_IDLE_MS ago goes idle only if
+        it still is: the consumer fetched nothing for it since (its position still at the
+        high watermark the last fetch saw). Else a step that took longer than that (a slow
+        commit, a restore in a rebalance) made it idle with records fetched and waiting,
+        and the stages released the other partitions' later records before them. Never
+        between the records of a step (`settled` False: a rebalance callback, with records
+        delivered that no task has read, past the position)."""
         if not self.topology.staged:
             return False
         now = self.clock()
         due = False
+        quiet = [
+            (tp, task)
+            for tp, task in self.tasks.items()
+            if not task.buffers  # input and labels tasks go idle
+            and not task.idle
+            and task.at_end is not None
+            and now - task.at_end >= self._idle_s
+        ]
+        if quiet and settled:
+            for (_, task), there in zip(quiet, self._at_end(quiet), strict=True):
+                if there:
+                    task.idle = True
+                else:  # records came: read next (it is at its end again once they are)
+                    task.at_end = None
         for task in self.tasks.values():
-            at_end = task.at_end
-            unbuffered = not isinstance(task, KeyedTask)  # input and label tasks go idle
-            if unbuffered and at_end is not None and now - at_end >= self._idle_s:
-                task.idle = True
             if task.sends_marks:
                 bound = task.bound()
                 due = due or (
