@@ -146,16 +146,19 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.parametrize("side", ["giving", "receiving"])
 def test_a_handover_waits_out_a_transaction_a_killed_process_left_open(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, side: str
 ) -> None:
     """Two faults: a process killed in the middle of a transaction on a changelog partition
     leaves it open until the broker aborts it (its transaction timeout, then the broker's
     sweep), and no read_committed reader gets past it meanwhile. The partition's next owner
     commits there, then hands it on within that window: its handover waits until its
     commit is readable, so the owner after it restores that commit. (With librdkafka's 60 s
-    timeout and a 10 s wait, it handed over unreadable state.) The timeout is set shorter
-    here, as a user would (KAFKA_TRANSACTION_TIMEOUT_MS), and the wait follows it."""
+    timeout and a 10 s wait, it handed over unreadable state.) Killed too, that owner cannot
+    wait: the restore of the one after it waits then (`receiving`; before, it restored
+    without the commit). The timeout is set shorter here, as a user would
+    (KAFKA_TRANSACTION_TIMEOUT_MS), and the waits follow it."""
     from fraudstream.detection import tutorial_rules
     from fraudstream.stream.changelog import read_changelog
 
@@ -165,25 +168,32 @@ def test_a_handover_waits_out_a_transaction_a_killed_process_left_open(
     topology = prepare_topology(settings, engine.stage_keys(), labels=False)
     tp = (settings.transactions_topic, 0)
     changelog = TopicPartition(topology.stages[0].changelog, 0)
-    killed = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_MID_TRANSACTION, changelog.topic, f"killed-{uuid.uuid4()}"],
-        env=env_for(settings, KAFKA_TRANSACTION_TIMEOUT_MS="5000"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert killed.stdout is not None and killed.stdout.readline() == b"open\n"
-    killed.kill()
-    killed.wait(10)
-    killed_at = time.monotonic()
     txn = _coordinator(settings)
     ctx = TaskContext(settings, topology, engine, RecordCollector(settings, txn), lambda: 0)
     consumer = Consumer(consumer_config(settings, "parts", group_id=settings.detector_group))
     admin = admin_client(settings, "parts-handover")
+    killed: subprocess.Popen[bytes] | None = None
     try:
         consumer.assign([TopicPartition(*tp, 0)])
         manager = TaskManager(ctx, consumer, engine, None, clock=lambda: 0.0, name="parts")
-        manager.assign([tp])
+        manager.assign([tp])  # (restored before the other one's transaction: none to wait for)
         task = manager.tasks[tp]
+        killed = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _KILLED_MID_TRANSACTION,
+                changelog.topic,
+                f"killed-{uuid.uuid4()}",
+            ],
+            env=env_for(settings, KAFKA_TRANSACTION_TIMEOUT_MS="5000"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert killed.stdout is not None and killed.stdout.readline() == b"open\n"
+        killed.kill()
+        killed.wait(10)
+        killed_at = time.monotonic()
         txn.begin()
         manager.begin()
         task.meta.stream_time, task.meta.last_offset = 5_000, 41  # what it read, to write
@@ -191,19 +201,23 @@ def test_a_handover_waits_out_a_transaction_a_killed_process_left_open(
         manager.commit()
         assert task.wrote
         assert wait_readable(admin, [changelog], timeout=0.5) == [changelog]  # held back
-        manager.hand_over([TopicPartition(*tp)])
+        if side == "giving":
+            manager.hand_over([TopicPartition(*tp)])
         waited = time.monotonic() - killed_at
-        restored = read_changelog(settings, changelog.topic, [0], timeout=30)[0]
+        restored = read_changelog(settings, changelog.topic, [0], timeout=60)[0]
         assert [k for k, _ in restored] == [b"m"], "the next owner restored without the commit"
+        if side == "receiving":
+            waited = time.monotonic() - killed_at
         bound = (transaction_timeout_ms(settings) + BROKER_ABORT_SWEEP_MS) / 1000 + 5
         assert waited < bound
     finally:
         consumer.close()
-        killed.kill()
-        killed.wait(10)
-        for pipe in (killed.stdin, killed.stdout):
-            if pipe is not None:
-                pipe.close()
+        if killed is not None:
+            killed.kill()
+            killed.wait(10)
+            for pipe in (killed.stdin, killed.stdout):
+                if pipe is not None:
+                    pipe.close()
 
 
 def test_a_commit_that_keeps_timing_out_is_raised_then_a_renewed_producer_commits(

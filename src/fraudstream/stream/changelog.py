@@ -16,7 +16,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError
-from fraudstream.stream.clients import consumer_config
+from fraudstream.stream.clients import (
+    BROKER_ABORT_SWEEP_MS,
+    consumer_config,
+    transaction_timeout_ms,
+)
 
 __all__ = [
     "FIRST_RECORD_TIMEOUT_S",
@@ -63,7 +67,16 @@ def read_changelog(
     start: dict[int, int] | None = None,
 ) -> dict[int, list[tuple[bytes, bytes | None]]]:
     """Every committed record of these partitions, oldest first (read_committed, to the end
-    as it is now); from `start[p]` on where given (a snapshot's offset), else whole."""
+    as it is now); from `start[p]` on where given (a snapshot's offset), else whole.
+
+    A transaction left open there (by a process killed in the middle of one) hides what
+    was committed after it until the broker aborts it: a reader stops at its first record
+    (the last stable offset). The process that had these partitions before waited for its
+    own commits to be readable (`TaskManager.hand_over`), but one killed too could not,
+    and its commits, made after such a transaction of the owner before it, would be left
+    out. So the reading goes on to the high watermark the first fetch saw, waiting for
+    that transaction to end, at most the transaction timeout, the broker's sweep and 5 s
+    (saying what it waits for after a second, and warning if it gave up)."""
     start = start or {}
     out: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
     if not partitions:
@@ -78,18 +91,26 @@ def read_changelog(
         | {"fetch.wait.max.ms": 10}
     )
     try:
-        ends = {}
-        for p in partitions:
-            end = end_offset(consumer, TopicPartition(topic, p))
-            if end > max(start.get(p, 0), 0):
-                ends[p] = end
-        if not ends:
-            return out
-        consumer.assign([TopicPartition(topic, p, start.get(p, -2)) for p in ends])
+        # the last stable offsets (read_committed): what is committed now, read in any case
+        ends = {p: end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
+        # (one with nothing committed to read is assigned at its end: the fetch there tells
+        # whether anything lies beyond, and none is asked where it starts)
+        consumer.assign(
+            [
+                TopicPartition(
+                    topic, p, ends[p] if ends[p] <= start.get(p, 0) else start.get(p, -2)
+                )
+                for p in partitions
+            ]
+        )
         deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        open_wait = (transaction_timeout_ms(settings) + BROKER_ABORT_SWEEP_MS) / 1000 + 5
         left = dict(ends)
+        said = False
         while left:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise FraudstreamError(
                     f"restoring state from {topic} took over {timeout:.0f}s; is the broker "
                     "overloaded? Restart the detector to try again"
@@ -99,9 +120,40 @@ def read_changelog(
                 partition = msg.partition()
                 if msg.error() is None and key is not None and partition is not None:
                     out[partition].append((key, msg.value()))
-            for tp in consumer.position([TopicPartition(topic, p) for p in list(left)]):
-                if tp.offset >= left[tp.partition]:
-                    del left[tp.partition]
+            tps = [TopicPartition(topic, p) for p in list(left)]
+            behind = []
+            for tp in consumer.position(tps):
+                p = tp.partition
+                # the high watermark of the last fetch (past any open transaction); not
+                # fetched yet: -1
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                here = tp.offset if tp.offset >= 0 else max(start.get(p, 0), low)
+                if high < 0 or here < ends[p]:
+                    continue  # (the committed part is still being read)
+                left[p] = max(left[p], high)
+                if here >= left[p]:
+                    del left[p]
+                else:
+                    behind.append(tp)
+            if not behind:
+                continue
+            if now - started >= open_wait:
+                log.warning(
+                    "a transaction left open on %s is still not ended after %.0fs: restored "
+                    "without what was committed after it (check the broker's health)",
+                    ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind[:5]),
+                    now - started,
+                )
+                break
+            if now - started >= 1 and not said:
+                said = True
+                log.info(
+                    "waiting for a transaction left open on %s (by a process that stopped "
+                    "in the middle of one) to end, so that what was committed after it is "
+                    "restored too (at most %.0fs)",
+                    ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind[:5]),
+                    open_wait,
+                )
     finally:
         consumer.close()
     return out
