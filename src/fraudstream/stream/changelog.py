@@ -106,7 +106,8 @@ def read_changelog(
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         open_wait = (transaction_timeout_ms(settings) + BROKER_ABORT_SWEEP_MS) / 1000 + 5
-        left = dict(ends)
+        left = dict(ends)  # per partition, the end to read to
+        seen: set[int] = set()  # the partitions whose first fetch's high watermark is known
         said = False
         while left:
             now = time.monotonic()
@@ -128,9 +129,13 @@ def read_changelog(
                 # fetched yet: -1
                 low, high = consumer.get_watermark_offsets(tp, cached=True)
                 here = tp.offset if tp.offset >= 0 else max(start.get(p, 0), low)
-                if high < 0 or here < ends[p]:
+                if high < 0:
+                    continue  # (not fetched yet)
+                if p not in seen:  # (the end as the first fetch saw it)
+                    seen.add(p)
+                    left[p] = max(left[p], high)
+                if here < ends[p]:
                     continue  # (the committed part is still being read)
-                left[p] = max(left[p], high)
                 if here >= left[p]:
                     del left[p]
                 else:
