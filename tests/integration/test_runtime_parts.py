@@ -1086,6 +1086,37 @@ def test_an_input_goes_idle_only_if_nothing_was_fetched_for_it_since_it_was_at_i
         consumer.close()
 
 
+def test_an_input_at_its_end_with_nothing_delivered_since_it_was_assigned_goes_idle(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A partition assigned at its end (a restart after everything was decided) delivers no
+    record, so the consumer's position says nothing (-1001): its end-of-partition event is
+    what says it is at its end, and it goes idle once nothing more is fetched. (A check of
+    the position against the watermark, reviewed before it landed, would have held it back
+    for good, and with it every keyed stage.)"""
+    _, engine, topology, ctx, consumer, _ = _live_input(
+        make_settings, tmp_path, partition_idle_ms=1000
+    )
+    now = [0.0]
+    tp = (topology.stages[0].topic, 0)
+    try:
+        consumer.assign([TopicPartition(*tp, 5)])  # at its end: nothing to deliver
+        manager = TaskManager(ctx, consumer, engine, None, clock=lambda: now[0], name="parts")
+        manager.assign([tp])
+        task = manager.tasks[tp]
+        deadline = time.monotonic() + 30
+        while consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[1] < 5:
+            assert time.monotonic() < deadline, "the consumer never fetched"
+            assert not [m for m in consumer.consume(10, timeout=0.1) if m.error() is None]
+        assert consumer.position([TopicPartition(*tp)])[0].offset < 0
+        manager.reached_end([tp])  # (its end-of-partition event)
+        now[0] += 2
+        manager.marks_due()
+        assert task.idle
+    finally:
+        consumer.close()
+
+
 def test_what_the_open_transaction_forwarded_counts_against_the_bounds(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:

@@ -103,11 +103,11 @@ def read_changelog(
                 for p in partitions
             ]
         )
-        deadline = time.monotonic() + timeout
-        started = time.monotonic()
         open_wait = (transaction_timeout_ms(settings) + BROKER_ABORT_SWEEP_MS) / 1000 + 5
+        deadline = time.monotonic() + timeout + open_wait
         left = dict(ends)  # per partition, the end to read to
         seen: set[int] = set()  # the partitions whose first fetch's high watermark is known
+        since: dict[int, float] = {}  # partitions read to their stable end: since when
         said = False
         while left:
             now = time.monotonic()
@@ -138,19 +138,21 @@ def read_changelog(
                     continue  # (the committed part is still being read)
                 if here >= left[p]:
                     del left[p]
-                else:
+                    continue
+                waited = now - since.setdefault(p, now)  # (each from its own stable end)
+                if waited < open_wait:
                     behind.append(tp)
-            if not behind:
-                continue
-            if now - started >= open_wait:
+                    continue
                 log.warning(
-                    "a transaction left open on %s is still not ended after %.0fs: restored "
-                    "without what was committed after it (check the broker's health)",
-                    ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind[:5]),
-                    now - started,
+                    "a transaction left open on %s[%d] is still not ended after %.0fs: "
+                    "restored without what was committed after it (check the broker's "
+                    "health)",
+                    topic,
+                    p,
+                    waited,
                 )
-                break
-            if now - started >= 1 and not said:
+                del left[p]
+            if behind and now - min(since[tp.partition] for tp in behind) >= 1 and not said:
                 said = True
                 log.info(
                     "waiting for a transaction left open on %s (by a process that stopped "

@@ -302,7 +302,7 @@ class TaskManager:
         for tp in partitions:
             task = self.tasks.get(tp)
             if task is not None and task.at_end is None and tp not in self.paused_since:
-                task.at_end = now
+                task.at_end, task.end_high = now, self._high(tp)
 
     def ends_by_watermarks(self) -> None:
         """An input or labels partition read to its end goes idle (its mark then holds no
@@ -330,38 +330,34 @@ class TaskManager:
         ]
         if not waiting:
             return
-        now = self.clock()
-        for (_, task), there in zip(waiting, self._at_end(waiting), strict=True):
-            if there:
-                task.at_end = now
-
-    def _at_end(self, tasks: list[tuple[tuple[str, int], Task]]) -> list[bool]:
-        """Whether each (partition, task)'s reading has reached the partition's high
-        watermark as the last fetch saw it (no request to the broker); False where that is
-        not known."""
         consumer = self.consumer
         try:
-            positions = consumer.position([TopicPartition(t, p) for (t, p), _ in tasks])
+            positions = consumer.position([TopicPartition(t, p) for (t, p), _ in waiting])
         except KafkaException:
-            return [False] * len(tasks)  # (asked again next time)
-        out = []
-        for (_, task), at in zip(tasks, positions, strict=True):
+            return  # (asked again next time)
+        now = self.clock()
+        for (_, task), at in zip(waiting, positions, strict=True):
             try:
                 low, high = consumer.get_watermark_offsets(at, cached=True)
             except KafkaException:
-                out.append(False)
                 continue
             if high < 0:
-                out.append(False)  # not fetched yet
-                continue
+                continue  # not fetched yet
             # where it reads: its position, or with nothing read since it was assigned, where
             # it resumes (its changelog's place), or an empty partition's start
             here = at.offset
             if here < 0:
                 resume = task.resume_offset()
                 here = resume if resume is not None else (high if low == high else -1)
-            out.append(here >= high)
-        return out
+            if here >= high:
+                task.at_end, task.end_high = now, high
+
+    def _high(self, tp: tuple[str, int]) -> int:
+        """The partition's high watermark as the last fetch saw it (-1: not known)."""
+        try:
+            return int(self.consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[1])
+        except KafkaException:
+            return -1
 
     # --- marks -----------------------------------------------------------------------------
 
@@ -369,12 +365,14 @@ class TaskManager:
         """Whether some task has a mark to send (an input gone idle, a bound that moved).
 
         An input or labels partition read to its end PARTITION_IDLE_MS ago goes idle only if
-        it still is: the consumer fetched nothing for it since (its position still at the
-        high watermark the last fetch saw). Else a step that took longer than that (a slow
-        commit, a restore in a rebalance) made it idle with records fetched and waiting,
-        and the stages released the other partitions' later records before them. Never
-        between the records of a step (`settled` False: a rebalance callback, with records
-        delivered that no task has read, past the position)."""
+        the consumer fetched nothing for it since: the high watermark its fetches saw has not
+        moved since it was at its end (compared with itself, not with the position, which
+        says nothing before a first record is delivered, and stops at a transaction still
+        open upstream). Else a step that took longer than that (a slow commit, a restore in a
+        rebalance) made it idle with records fetched and waiting, and the stages released
+        the other partitions' later records before them. Never between the records of a
+        step (`settled` False: a rebalance callback, with records delivered that no task has
+        read yet)."""
         if not self.topology.staged:
             return False
         now = self.clock()
@@ -388,8 +386,9 @@ class TaskManager:
             and now - task.at_end >= self._idle_s
         ]
         if quiet and settled:
-            for (_, task), there in zip(quiet, self._at_end(quiet), strict=True):
-                if there:
+            for tp, task in quiet:
+                high = self._high(tp)
+                if high <= task.end_high:
                     task.idle = True
                 else:  # records came: read next (it is at its end again once they are)
                     task.at_end = None

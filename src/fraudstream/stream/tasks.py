@@ -285,6 +285,7 @@ class Task:
         # back): what a commit may cover while records are delivered but not read yet
         self.read_to = -1
         self.at_end: float | None = None  # input tasks: when the partition was read to its end
+        self.end_high = -1  # and its high watermark as the fetches saw it then (-1: not known)
         self.idle = False
         self.sends_marks = ctx.topology.staged and stage.role != OUTPUT
         # whether its last mark sent asked to hold back (HOLD); None: not known (resend)
