@@ -9,6 +9,7 @@ __all__ = [
     "KafkaUnavailableError",
     "PortInUseError",
     "ProcessingError",
+    "TopicNotFoundError",
     "not_utf8",
 ]
 
@@ -19,6 +20,10 @@ class FraudstreamError(Exception):
 
 class ConfigError(FraudstreamError):
     """A setting is missing or invalid; the message names the key."""
+
+
+class TopicNotFoundError(FraudstreamError):
+    """A topic to read does not exist on the broker."""
 
 
 class PortInUseError(ConfigError):

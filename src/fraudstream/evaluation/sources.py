@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.detection import Label
-from fraudstream.errors import FraudstreamError, KafkaUnavailableError
+from fraudstream.errors import FraudstreamError, TopicNotFoundError
 from fraudstream.schema import (
     InvalidTransaction,
     Transaction,
@@ -30,7 +28,7 @@ from fraudstream.schema import (
     decode_transaction,
     event_time_ms,
 )
-from fraudstream.stream import check_connection, consumer_config
+from fraudstream.stream import read_topic
 
 __all__ = ["iter_records", "read_decisions", "read_labels", "read_transactions"]
 
@@ -38,45 +36,6 @@ _NUMERIC = {"amount", "lat", "lon"}
 # A source with one of these endings, or a '/' (never in a topic name), is a file.
 _FILE_SUFFIXES = {".jsonl", ".json", ".ndjson", ".txt", ".csv", ".parquet"}
 _FORMATS = "a .jsonl, .csv or .parquet file, or a topic"
-
-
-def _topic_values(settings: Settings, topic: str) -> Iterator[tuple[bytes | None, int, int, int]]:
-    """Every committed record of a topic, from the beginning to its end when reading starts."""
-    check_connection(settings)  # nothing listening there: said in seconds
-    consumer = Consumer(
-        consumer_config(
-            settings, "fraudstream-reader", group_id=f"fraudstream-reader-{uuid.uuid4()}"
-        )
-    )
-    try:
-        try:
-            md = consumer.list_topics(topic, timeout=10)
-            if topic not in md.topics or md.topics[topic].error is not None:
-                raise FraudstreamError(
-                    f"{topic} is neither a file nor an existing topic at "
-                    f"{settings.kafka_broker_url} — give {_FORMATS}"
-                )
-            ends = {}
-            for p in md.topics[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                if high > low:
-                    ends[p] = high
-        except KafkaException as exc:
-            raise KafkaUnavailableError(settings.kafka_broker_url, str(exc)) from None
-        consumer.assign([TopicPartition(topic, p, -2) for p in ends])
-        idle = 0
-        while ends and idle < 3:  # transaction markers keep positions one short: idle ends it
-            msgs = consumer.consume(num_messages=10_000, timeout=1.0)
-            idle = 0 if msgs else idle + 1
-            for msg in msgs:
-                if msg.error() is not None:
-                    continue
-                p, off = int(msg.partition() or 0), int(msg.offset() or 0)
-                yield msg.value(), p, off, msg.timestamp()[1]
-                if p in ends and off + 1 >= ends[p]:
-                    del ends[p]
-    finally:
-        consumer.close()
 
 
 def iter_records(
@@ -105,8 +64,14 @@ def iter_records(
         raise FraudstreamError(f"{source}: no such file — check the path, or give {_FORMATS}")
     if settings is None:
         raise FraudstreamError(f"{source} is not a file (and no Kafka settings to read a topic)")
-    for value, p, off, ts in _topic_values(settings, source):
-        yield value, source, p, off, ts
+    try:
+        for value, p, off, ts in read_topic(settings, source):
+            yield value, source, p, off, ts
+    except TopicNotFoundError:
+        raise FraudstreamError(
+            f"{source} is neither a file nor an existing topic at "
+            f"{settings.kafka_broker_url} — give {_FORMATS}"
+        ) from None
 
 
 def _rename(row: dict[str, Any], columns: dict[str, str] | None) -> dict[str, Any]:

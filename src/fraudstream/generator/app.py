@@ -8,11 +8,13 @@ inside the transaction).
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,9 +27,13 @@ from fraudstream.generator.pacing import Pacer
 from fraudstream.generator.sim import Simulator
 from fraudstream.generator.tutorial import TutorialSource
 from fraudstream.progress import Progress, no_progress
-from fraudstream.stream import ensure_topics, producer_config
+from fraudstream.schema import InvalidTransaction, decode_transaction
+from fraudstream.stream import ensure_topics, producer_config, read_topic
 
-__all__ = ["GeneratorStats", "generate", "records"]
+__all__ = ["GeneratorStats", "generate", "records", "resume_point"]
+
+RESUME_TAIL = 64  # each partition's last records read for where a simulation left off
+_SIM_ID = re.compile(r"s(\d+)-(\d+)")
 
 # key, transaction JSON, and for the simulator (label key = transaction id, label JSON)
 Record = tuple[bytes, bytes, tuple[bytes, bytes] | None]
@@ -51,8 +57,10 @@ def records(
     *,
     fraud_rate: float = 0.01,
     label_delay_ms: int = 2 * 86_400_000,
+    resume: tuple[int, int] | None = None,
 ) -> Iterator[Record]:
-    """Endless (key, value, label) records of a profile."""
+    """Endless (key, value, label) records of a profile (`resume`: the simulation's start and
+    first id number, from `resume_point`)."""
     encode = msgspec.json.Encoder().encode
     if profile == "tutorial":
         source = TutorialSource(seed)
@@ -60,12 +68,44 @@ def records(
             t = source.next(wall_ms())
             yield t.source.encode(), encode(t), None
     elif profile == "sim":
+        start_ms, first = resume if resume is not None else (None, 1)
         for tx, label in Simulator(
-            seed=seed or 0, fraud_rate=fraud_rate, label_delay_ms=label_delay_ms
+            seed=seed or 0,
+            fraud_rate=fraud_rate,
+            label_delay_ms=label_delay_ms,
+            start_ms=start_ms,
+            first=first,
         ):
             yield tx["source"].encode(), encode(tx), (tx["id"].encode(), encode(label))
     else:
         raise ValueError(f"unknown profile {profile!r}; use tutorial or sim")
+
+
+def resume_point(settings: Settings, topic: str, seed: int) -> tuple[int, int] | None:
+    """Where a simulation written to `topic` goes on from: the latest event time of the
+    simulator's transactions among each partition's last `RESUME_TAIL` records, and the number
+    after the highest of `seed`'s ids there (1 if none); None when there are none.
+
+    A detector's input partitions keep their stream time across runs: a simulation starting
+    again at its first day would write history older than that, which the stages keyed by
+    payee hold back until the new clock passes the old one (docs/delivery.md). Only the
+    simulator's own records (ids `s<seed>-<n>`) count: a transaction sent by hand on the wall
+    clock is decided at the stream's time and moves no partition's clock."""
+    latest, number = None, 0
+    for value, partition, offset, ts in read_topic(settings, topic, last=RESUME_TAIL):
+        try:
+            tx = decode_transaction(
+                value, topic=topic, partition=partition, offset=offset, record_ts_ms=ts
+            ).tx
+        except InvalidTransaction:
+            continue  # the detector dead-letters it
+        found = _SIM_ID.fullmatch(tx.id or "")
+        if found is None or tx.timestamp is None:
+            continue
+        latest = max(latest or 0, tx.ts_ms)
+        if int(found[1]) == seed:
+            number = max(number, int(found[2]))
+    return None if latest is None else (latest, number + 1)
 
 
 def generate(
@@ -84,6 +124,7 @@ def generate(
     wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
 ) -> GeneratorStats:
     """Produce `count` transactions (or until `stop`) at `rate` per second (inf: no pacing).
+    The `sim` profile goes on where the simulation on the topic left off (`resume_point`).
 
     `clock` and `sleep` pace the output (a test passes a simulated clock and a `sleep` that
     advances it); `wall_ms` stamps the tutorial profile's transactions."""
@@ -107,7 +148,21 @@ def generate(
             except BufferError:
                 producer.poll(0.05)
 
-    source = records(profile, seed, wall_ms, fraud_rate=fraud_rate, label_delay_ms=label_delay_ms)
+    resume = resume_point(settings, topic, seed or 0) if profile == "sim" else None
+    if resume is not None and progress is not None:
+        when = datetime.fromtimestamp(resume[0] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        progress.write(
+            f"{topic} holds a simulation up to {when}: going on from there, with ids from "
+            f"s{seed or 0}-{resume[1]}\n"
+        )
+    source = records(
+        profile,
+        seed,
+        wall_ms,
+        fraud_rate=fraud_rate,
+        label_delay_ms=label_delay_ms,
+        resume=resume,
+    )
     limit = count if count is not None else 2**62
     chunk = 1 if math.isinf(rate) else max(1, min(10_000, int(rate / 200)))
     start = clock()

@@ -29,10 +29,18 @@ class Simulator:
     accounts: int = 20_000
     merchants: int = 2_000
     label_delay_ms: int = 2 * DAY  # mean delay of a fraud verdict (chargeback, review)
+    # Going on from an earlier run (`resume_point`): its clock from here, its ids numbered from
+    # `first`, the same world with traffic of its own (else the run would replay the first).
+    start_ms: int | None = None
+    first: int = 1
     world: World = field(init=False)
 
     def __post_init__(self) -> None:
-        self.world = World(self.seed, self.accounts, self.merchants)
+        if self.start_ms is None:
+            self.world = World(self.seed, self.accounts, self.merchants)
+        else:
+            self.world = World(self.seed, self.accounts, self.merchants, self.start_ms)
+            self.world.rng.seed(f"{self.seed}/{self.start_ms}/{self.first}")
         w = self.world
         share = self.fraud_rate / (len(SCENARIOS) + 1)
         # scenario starts per ordinary transaction
@@ -48,7 +56,7 @@ class Simulator:
         self._heap: list[tuple[int, int, dict[str, Any], str]] = []
         self._seq = itertools.count()
         self._normal = 0
-        self._n = 0
+        self._n = self.first - 1
 
     def _label(self, tx: dict[str, Any], scenario: str | None) -> dict[str, Any]:
         rng = self.world.rng

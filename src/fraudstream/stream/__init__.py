@@ -1,6 +1,6 @@
 """Stream runtime: Kafka clients, topics, the transactional detector loop, dead letters."""
 
-from fraudstream.stream.admin import committed_progress, ensure_topics, group_lag
+from fraudstream.stream.admin import committed_progress, ensure_topics, group_lag, read_topic
 from fraudstream.stream.clients import (
     base_config,
     check_connection,
@@ -23,4 +23,5 @@ __all__ = [
     "failed_fatally",
     "group_lag",
     "producer_config",
+    "read_topic",
 ]

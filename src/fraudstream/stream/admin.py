@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -10,11 +11,16 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from fraudstream.config import Settings
-from fraudstream.errors import FraudstreamError
-from fraudstream.stream.clients import admin_client, base_config, check_connection
+from fraudstream.errors import FraudstreamError, KafkaUnavailableError, TopicNotFoundError
+from fraudstream.stream.clients import (
+    admin_client,
+    base_config,
+    check_connection,
+    consumer_config,
+)
 from fraudstream.stream.topology import Topology
 
-__all__ = ["committed_progress", "create_missing", "ensure_topics", "group_lag"]
+__all__ = ["committed_progress", "create_missing", "ensure_topics", "group_lag", "read_topic"]
 
 
 def ensure_topics(
@@ -144,5 +150,46 @@ def group_lag(settings: Settings) -> int:
                 raise
             lag += end - max(tp.offset, 0)
         return lag
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    settings: Settings, topic: str, *, last: int | None = None
+) -> Iterator[tuple[bytes | None, int, int, int]]:
+    """(value, partition, offset, record time) of each committed record of `topic`, from its
+    beginning (or each partition's `last` offsets) to its end when reading starts, each
+    partition in order. Raises `TopicNotFoundError` when there is no such topic."""
+    check_connection(settings)  # nothing listening there: said in seconds
+    consumer = Consumer(
+        consumer_config(
+            settings, "fraudstream-reader", group_id=f"fraudstream-reader-{uuid.uuid4()}"
+        )
+    )
+    try:
+        try:
+            md = consumer.list_topics(topic, timeout=10)
+            if topic not in md.topics or md.topics[topic].error is not None:
+                raise TopicNotFoundError(f"no topic {topic} at {settings.kafka_broker_url}")
+            starts, ends = {}, {}
+            for p in md.topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > low:
+                    starts[p] = low if last is None else max(low, high - last)
+                    ends[p] = high
+        except KafkaException as exc:
+            raise KafkaUnavailableError(settings.kafka_broker_url, str(exc)) from None
+        consumer.assign([TopicPartition(topic, p, at) for p, at in starts.items()])
+        idle = 0
+        while ends and idle < 3:  # transaction markers keep positions one short: idle ends it
+            msgs = consumer.consume(num_messages=10_000, timeout=1.0)
+            idle = 0 if msgs else idle + 1
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                p, off = int(msg.partition() or 0), int(msg.offset() or 0)
+                yield msg.value(), p, off, msg.timestamp()[1]
+                if p in ends and off + 1 >= ends[p]:
+                    del ends[p]
     finally:
         consumer.close()
