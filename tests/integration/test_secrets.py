@@ -3,7 +3,8 @@
 Every command a user runs, and the detector and dashboard processes, run with
 KAFKA_SASL_PASSWORD set; no line of any of their logs (stdout and stderr, with LOG_LEVEL=DEBUG)
 holds the password, plain or URL-encoded; nor does the alerts process's, with the password
-in its SMTP URL and in its Slack webhook's path, while both sinks fail and are retried. (librdkafka's own `debug` output cannot be switched on
+in its SMTP URL and in its webhooks' paths, while the email and webhook sinks fail and are
+retried and the Slack sink delivers. (librdkafka's own `debug` output cannot be switched on
 from the environment: KAFKA_DEBUG is one of Kafka's script variables, never passed on.) The
 broker here speaks PLAINTEXT, which librdkafka accepts with SASL settings it then does not use
 (it warns that they do not apply); the error paths run too: a SASL connection the broker
@@ -24,6 +25,7 @@ import httpx
 
 from fraudstream.config import Settings
 from tests.conftest import REPO, env_for, read_to_end, running_dashboard, spawn, wait_for
+from tests.receivers import http_receiver
 
 PASSWORD = "s3cr3t-p@ss"
 FORMS = {PASSWORD, quote(PASSWORD, safe=""), quote_plus(PASSWORD)}  # s3cr3t-p%40ss
@@ -74,29 +76,34 @@ def test_the_sasl_password_is_in_no_log(settings: Settings, tmp_path: Path) -> N
         detect.send_signal(signal.SIGTERM)
         codes["detect"] = detect.wait(60)
     # alerts, with the password also in its SMTP URL (a server that refuses the connection,
-    # so every delivery fails and is logged) and a Slack webhook URL, whose path is a secret
+    # so every delivery fails and is logged), in the path of a webhook that refuses it too,
+    # and in the path of a Slack webhook that takes every alert (the HTTP client logged
+    # each request's URL: a Slack URL in full, once per alert)
     smtp = f"smtp://alerts:{quote(PASSWORD, safe='')}@127.0.0.1:1"
-    slack = f"http://127.0.0.1:1/services/{PASSWORD}"
-    alerts_env = env | {
-        "ALERT_SMTP_URL": smtp,
-        "ALERT_EMAIL_FROM": "fs@example.org",
-        "ALERT_EMAIL_TO": "analyst@example.org",
-        "ALERT_SLACK_WEBHOOK_URL": slack,
-        "ALERT_GROUP_WINDOW": "0",
-    }
-    alerts = spawn(["alerts"], alerts_env, logs / "alerts.log")
-    try:
-        wait_for(
-            lambda: (
-                "alert sink email failed" in (logs / "alerts.log").read_text()
-                and "alert sink slack failed" in (logs / "alerts.log").read_text()
-            ),
-            timeout=60,
-            what="the alerts process to try its sinks",
-        )
-    finally:
-        alerts.send_signal(signal.SIGTERM)
-        codes["alerts"] = alerts.wait(60)
+    with http_receiver() as slack:
+        alerts_env = env | {
+            "ALERT_SMTP_URL": smtp,
+            "ALERT_EMAIL_FROM": "fs@example.org",
+            "ALERT_EMAIL_TO": "analyst@example.org",
+            "ALERT_WEBHOOK_URL": f"http://127.0.0.1:1/hooks/{PASSWORD}",
+            "ALERT_SLACK_WEBHOOK_URL": f"{slack.url}/services/{PASSWORD}",
+            "ALERT_GROUP_WINDOW": "0",
+        }
+        alerts = spawn(["alerts"], alerts_env, logs / "alerts.log")
+        try:
+            wait_for(
+                lambda: (
+                    "alert sink email failed" in (logs / "alerts.log").read_text()
+                    and "alert sink webhook failed" in (logs / "alerts.log").read_text()
+                    and len(slack.posts) > 0
+                ),
+                timeout=60,
+                what="the alerts process to try its sinks",
+            )
+        finally:
+            alerts.send_signal(signal.SIGTERM)
+            codes["alerts"] = alerts.wait(60)
+    assert slack.posts[0].path == f"/services/{PASSWORD}"
     with running_dashboard(settings, logs / "dashboard.log", **SASL) as url:
         assert httpx.get(url + "/", timeout=10).status_code == 200
     # the password in a .env file rather than the environment

@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request's whole URL at INFO, and a webhook's path is its secret (a
+    # Slack URL's always): none of its lines below WARNING, whatever LOG_LEVEL says
+    logging.getLogger("httpx").setLevel(max(logging.getLogger().level, logging.WARNING))
     words = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(words)
     args.argv = words  # what `detect --workers N` runs its N processes with (less --workers)
