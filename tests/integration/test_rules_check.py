@@ -166,7 +166,7 @@ def test_every_problem_of_every_rule_in_one_pass(tmp_path: Path) -> None:
             "v1 weight": _has(problems, "v1", "weight"),
             "v1 key": _has(problems, "v1", "key", "sourc"),
             "v1 limit": _has(problems, "v1", "give max_count, max_sum or both"),
-            "v2 buckets": _has(problems, "v2", "buckets must be 1 or more, got 0"),
+            "v2 buckets": _has(problems, "v2", "buckets: must be a whole number, 1 or more, got 0"),
             "v3 buckets": _has(problems, "v3", "window must split into 7 equal buckets"),
             "model file": _has(problems, "model", "nowhere.model does not exist"),
             "model weight": _has(problems, "model", "model.weight is no longer used"),

@@ -218,6 +218,65 @@ rules:
         load_ruleset(bad)
 
 
+def test_rules_check_refuses_parameters_that_are_no_number_of_their_kind(tmp_path: Path) -> None:
+    """Each of these passed the check before: a limit in text stopped the detector at its
+    first batch (numpy compared the counts with a string), a negative limit or window made
+    the rule fire on every payment or on none, `true` counted as 1, `"no"` as true."""
+    from fraudstream.detection import RulesError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("""
+version: "1"
+rules:
+  - {id: v1, type: velocity, params: {key: source, window: 1h, max_count: "abc"}}
+  - {id: v2, type: velocity, params: {key: source, window: 1h, max_count: -1}}
+  - {id: v3, type: velocity, params: {key: source, window: 1h, max_count: 2.5}}
+  - {id: v4, type: velocity, params: {key: source, window: 1h, max_sum: true}}
+  - {id: v5, type: velocity, params: {key: source, window: 0h, max_count: 3}}
+  - {id: v6, type: velocity, params: {key: source, window: -3600000, max_count: 3}}
+  - {id: v7, type: velocity, params: {key: source, window: 1h, max_count: 3, buckets: 0}}
+  - {id: v8, type: velocity, params: {key: source, window: 1h, max_sum: 9, max_amount: 0}}
+  - {id: f1, type: fan_in, params: {window: 1d, min_distinct: 0}}
+  - {id: f2, type: fan_in, params: {window: 1d, min_distinct: 3, same_amount: "no"}}
+  - {id: d1, type: dormant, params: {idle: 30d, min_amount: -5}}
+  - {id: s1, type: small_then_large, params: {small_max: 0, large_min: 500, within: 1h}}
+  - {id: i1, type: impossible_travel, params: {max_speed_kmh: .nan}}
+  - {id: fine1, type: velocity, params: {key: source, window: 1h, max_count: 0, max_sum: 2.5}}
+  - {id: fine2, type: fan_in, params: {window: 1d, min_distinct: 2, same_amount: true}}
+""")
+    problems = dict(check_rules_file(bad))
+    assert set(problems) == {
+        "v1",
+        "v2",
+        "v3",
+        "v4",
+        "v5",
+        "v6",
+        "v7",
+        "v8",
+        "f1",
+        "f2",
+        "d1",
+        "s1",
+        "i1",
+    }
+    assert problems["v1"] == "max_count: must be a whole number, 0 or more, got 'abc'"
+    assert problems["v2"] == "max_count: must be a whole number, 0 or more, got -1"
+    assert problems["v3"] == "max_count: must be a whole number, 0 or more, got 2.5"
+    assert problems["v4"].startswith("max_sum: must be a number, 0 or more, got True")
+    assert problems["v5"] == "window: must be longer than zero, got '0h'"
+    assert problems["v6"] == "window: must be longer than zero, got -3600000"
+    assert problems["v7"].startswith("buckets: must be a whole number, 1 or more, got 0")
+    assert problems["v8"] == "max_amount: must be a number, above 0, got 0"
+    assert problems["f1"] == "min_distinct: must be a whole number, 1 or more, got 0"
+    assert problems["f2"] == "same_amount: must be true or false, got 'no'"
+    assert problems["d1"] == "min_amount: must be a number, 0 or more, got -5"
+    assert problems["s1"] == "small_max: must be a number, above 0, got 0"
+    assert problems["i1"] == "max_speed_kmh: must be a number, above 0, got nan"
+    with pytest.raises(RulesError):
+        load_ruleset(bad)
+
+
 def test_rules_check_refuses_a_threshold_above_one_and_a_file_that_is_not_utf8(
     tmp_path: Path,
 ) -> None:

@@ -135,6 +135,44 @@ def _when(value: Any) -> int:
 _REQUIRED = object()
 
 
+def _number(
+    low: float = 0.0, *, above: bool = False, whole: bool = False, none: bool = False
+) -> Any:
+    """A parameter's converter: a number (a whole one if `whole`) of at least `low` (above
+    it if `above`); None too if `none` (a limit not set). YAML's `true` is no number here,
+    nor is text: either passed the check before and then failed in the detector."""
+    kind = "a whole number" if whole else "a number"
+    bound = f"above {low:g}" if above else f"{low:g} or more"
+
+    def convert(value: Any) -> Any:
+        if value is None and none:
+            return None
+        fine = not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+        if fine and not (value > low if above else value >= low):  # (NaN fails both)
+            fine = False
+        if not fine:
+            raise ValueError(f"must be {kind}, {bound}, got {value!r}")
+        return int(value) if whole else float(value)
+
+    return convert
+
+
+def _span(value: Any) -> int:
+    """A rule's window or time span: a duration (`parse_duration`) longer than zero."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration like 10m, 1h, 24h, 90d")
+    ms = parse_duration(value)
+    if ms <= 0:
+        raise ValueError(f"must be longer than zero, got {value!r}")
+    return ms
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
 class _Params:
     """A rule's parameters, taken one by one; every problem is noted, none stops the rest."""
 
@@ -191,16 +229,20 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
         def make() -> Rule:
             return ThresholdRule(rid, *args, weight=w)
     elif spec.type == "velocity":
+        noted = len(q.problems)
         v = (
             q.key(),
-            q.take("window", parse_duration),
-            q.take("max_count", None, None),
-            q.take("max_sum", None, None),
-            q.take("buckets", int, 6),
-            q.take("min_amount", float, 0.0),
-            q.take("max_amount", float, math.inf),
+            q.take("window", _span),
+            q.take("max_count", _number(whole=True, none=True), None),
+            q.take("max_sum", _number(none=True), None),
+            q.take("buckets", _number(1, whole=True), 6),
+            q.take("min_amount", _number(), 0.0),
+            q.take("max_amount", _number(above=True), math.inf),
         )
-        q.problems += velocity_problems(v[1], v[4], v[2], v[3])
+        # (a limit given but refused is said once: not as missing too)
+        refused = any(p.startswith(("max_count:", "max_sum:")) for p in q.problems[noted:])
+        limits = (0, None) if refused else (v[2], v[3])
+        q.problems += velocity_problems(v[1], v[4], *limits)
 
         def make() -> Rule:
             return Velocity(
@@ -219,31 +261,35 @@ def _build(spec: _RuleSpec, lists: dict[str, list[str]]) -> Rule:
         f = (
             q.key("key", key),
             q.key("by", by),
-            q.take("window", parse_duration),
-            q.take("min_distinct", int),
-            q.take("same_amount", bool, False),
-            q.take("min_amount", float, 0.0),
+            q.take("window", _span),
+            q.take("min_distinct", _number(1, whole=True)),
+            q.take("same_amount", _flag, False),
+            q.take("min_amount", _number(), 0.0),
         )
 
         def make() -> Rule:
             return FanIn(rid, *f, weight=w)
     elif spec.type == "dormant":
-        d = (q.key(), q.take("idle", parse_duration), q.take("min_amount", float, 0.0))
+        d = (q.key(), q.take("idle", _span), q.take("min_amount", _number(), 0.0))
 
         def make() -> Rule:
             return DormantAccount(rid, *d, weight=w)
     elif spec.type == "small_then_large":
         t = (
             q.key(),
-            q.take("small_max", float),
-            q.take("large_min", float),
-            q.take("within", parse_duration),
+            q.take("small_max", _number(above=True)),
+            q.take("large_min", _number(above=True)),
+            q.take("within", _span),
         )
 
         def make() -> Rule:
             return SmallThenLarge(rid, *t, weight=w)
     elif spec.type == "impossible_travel":
-        i = (q.key(), q.take("max_speed_kmh", float), q.take("min_distance_km", float, 100.0))
+        i = (
+            q.key(),
+            q.take("max_speed_kmh", _number(above=True)),
+            q.take("min_distance_km", _number(), 100.0),
+        )
 
         def make() -> Rule:
             return ImpossibleTravel(rid, *i, weight=w)
