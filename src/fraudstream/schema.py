@@ -22,6 +22,8 @@ import pycountry
 
 __all__ = [
     "CURRENCIES",
+    "MAX_INPUT_BYTES",
+    "MAX_RECORD_BYTES",
     "Decision",
     "Decoded",
     "InvalidTransaction",
@@ -51,6 +53,14 @@ Longitude = Annotated[float, msgspec.Meta(ge=-180, le=180)]
 EpochMs = Annotated[int, msgspec.Meta(ge=946_684_800_000, lt=4_102_444_800_000)]
 
 MAX_AMOUNT = 1e12
+
+# The largest record the detector's producer sends (its `message.max.bytes`: the broker's
+# must allow it too), and the largest input value it takes: an output is the input's bytes
+# with the decision added, a dead letter carries headers, a hop an envelope's fields, so
+# an input within a few bytes of the limit could not be written on (the detector stopped at
+# it, and at every restart); larger ones are dead-lettered as `too_large`.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+MAX_INPUT_BYTES = MAX_RECORD_BYTES - 64 * 1024
 
 
 class InvalidTransaction(ValueError):
@@ -327,6 +337,13 @@ def _kept(exc: InvalidTransaction) -> InvalidTransaction:
 def _parse(value: bytes | None) -> Transaction:
     if value is None:
         raise InvalidTransaction("null_value", "record has no value (null / tombstone)")
+    if len(value) > MAX_INPUT_BYTES:
+        raise InvalidTransaction(
+            "too_large",
+            f"record of {len(value):,} bytes: the detector takes at most {MAX_INPUT_BYTES:,} "
+            f"(its producer's message.max.bytes, {MAX_RECORD_BYTES:,}, less room for the "
+            "decision it adds); shorten the record",
+        )
     try:
         return _decoder.decode(value)
     except msgspec.ValidationError as exc:
@@ -361,8 +378,21 @@ def _record_time(record_ts_ms: int) -> int:
 
 def appendable(raw: bytes, tx: Transaction) -> bool:
     """Whether the output can be the input's bytes with members appended: it is a plain
-    object without a `decision` of its own (nearly always)."""
-    return not tx.carries_decision() and (raw.endswith(b"}") or raw.rstrip().endswith(b"}"))
+    object without a `decision` of its own, nor an `id` or `timestamp` given as null, whose
+    derived values would be appended beside them (nearly always)."""
+    return (
+        not tx.carries_decision()
+        and (raw.endswith(b"}") or raw.rstrip().endswith(b"}"))
+        and not (b"null" in raw and _null_id_or_time(raw))
+    )
+
+
+def _null_id_or_time(raw: bytes) -> bool:
+    """Whether the JSON object `raw` has `id` or `timestamp` as null (a rare input)."""
+    obj = msgspec.json.decode(raw)
+    return isinstance(obj, dict) and any(
+        name in obj and obj[name] is None for name in ("id", "timestamp")
+    )
 
 
 def encode_decided(

@@ -563,6 +563,53 @@ def test_a_one_megabyte_value_goes_to_the_dead_letter_topic(settings: Settings) 
     assert [t["id"] for t in legit + fraud] == ["after"]
 
 
+def test_records_at_the_size_limit_are_dead_lettered_and_the_rest_decided(
+    settings: Settings,
+) -> None:
+    """Records the broker took but the detector could not write on (its output adds the
+    decision, a dead letter headers, a hop an envelope's fields): one within a few hundred
+    bytes of the producer's limit stopped the detector, with "Message size too large", and
+    at every restart again. Now such a record goes to the dead-letter topic as `too_large`
+    without its value (it stays in its topic, where the headers point); the largest input
+    taken is decided with its bytes intact, after small payments that open a bundle (which
+    it joined, passing the limit) and through the payee stage's hop."""
+    from confluent_kafka import Producer
+
+    from fraudstream.schema import MAX_INPUT_BYTES, MAX_RECORD_BYTES
+
+    def tx(name: str, size: int, currency: str = "EUR") -> bytes:
+        base = {"id": name, "source": "a", "target": "b", "amount": 5.0, "currency": currency}
+        pad = size - len(msgspec.json.encode(base | {"memo": ""}))
+        return msgspec.json.encode(base | {"memo": "x" * pad})
+
+    near, near_bad = (
+        tx("near", MAX_RECORD_BYTES - 300),
+        tx("near-bad", MAX_RECORD_BYTES - 300, "XYZ"),
+    )
+    fits = tx("fits", MAX_INPUT_BYTES)
+    assert len(near) == len(near_bad) == MAX_RECORD_BYTES - 300 and len(fits) == MAX_INPUT_BYTES
+    records = [tx("s1", 100), tx("s2", 100), fits, near, tx("s3", 100), near_bad, tx("s4", 100)]
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka_broker_url, "message.max.bytes": MAX_RECORD_BYTES}
+    )
+    for value in records:
+        producer.produce(settings.transactions_topic, value, b"a")
+    assert producer.flush(30) == 0
+    run_detector(settings, 7, engine=Engine.from_ruleset(load_ruleset(DEFAULT_RULES)))
+    dead = read_all(settings, settings.dlq_topic, expect=2)
+    assert len(dead) == 2
+    for msg, offset in zip(dead, (3, 5), strict=True):
+        headers = dict(msg.headers())
+        assert msg.value() is None and msg.key() == b"a"
+        assert headers["error.class"] == b"too_large"
+        assert int(headers["source.offset"]) == offset
+        assert int(headers["source.bytes"]) > MAX_RECORD_BYTES - 300
+    legit, fraud = _decided(settings, 5)
+    decided = {t["id"]: t for t in legit + fraud}
+    assert sorted(decided) == ["fits", "s1", "s2", "s3", "s4"]
+    assert len(decided["fits"]["memo"]) == len(msgspec.json.decode(fits)["memo"])
+
+
 def test_third_party_kcat_records_in_the_tutorial_form_are_routed(settings: Settings) -> None:
     kcat = shutil.which("kcat")
     assert kcat, "kcat is installed by `make setup-test`"

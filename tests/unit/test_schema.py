@@ -128,6 +128,26 @@ def test_a_decision_carried_by_the_input_is_replaced_not_duplicated() -> None:
     assert json.loads(out)["decision"]["outcome"] == "fraud"
 
 
+@pytest.mark.parametrize(
+    "given",
+    [b'"id":null,', b'"timestamp":null,', b'"id" : null , "timestamp":null,', b'"memo":null,'],
+)
+def test_an_id_or_time_given_as_null_is_replaced_not_duplicated(given: bytes) -> None:
+    """`"id":null` came out as `{"id":null,…,"id":"q-0-7",…}`: a reader keeping the first
+    member got null. The derived id and time now replace the null ones."""
+    raw = b"{" + given + b'"source":"a","target":"b","amount":5,"currency":"EUR","note":"null"}'
+    decoded = decode_transaction(
+        raw, topic="q", partition=0, offset=7, record_ts_ms=1_790_000_000_123
+    )
+    out = encode_decided(raw, decoded.added, DECISION, decoded.tx)
+    pairs = json.loads(out, object_pairs_hook=lambda kv: kv)
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names)), out
+    obj = json.loads(out)
+    assert obj["id"] == "q-0-7" and obj["timestamp"] == 1_790_000_000_123
+    assert obj["note"] == "null" and obj["decision"]["outcome"] == "fraud"
+
+
 _spaces = st.sampled_from([b"", b" ", b"\n", b" \t\r\n "])
 
 

@@ -19,6 +19,7 @@ from fraudstream.config import (
     is_kafka_tool_variable,
 )
 from fraudstream.errors import ConfigError, KafkaUnavailableError
+from fraudstream.schema import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def producer_config(
         "acks": "all",
         # An oversized bad record is forwarded unchanged to the dead-letter topic; the
         # broker's message.max.bytes must allow it too (the local broker's is 4 MiB).
-        "message.max.bytes": 4_194_304,
+        "message.max.bytes": MAX_RECORD_BYTES,
     }
     if transactional_id is not None:
         tuning |= {"compression.type": "lz4", "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS}

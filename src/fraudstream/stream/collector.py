@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fraudstream.config import Settings
+from fraudstream.schema import MAX_INPUT_BYTES
 from fraudstream.stream.dlq import dlq_headers
 from fraudstream.stream.ordering import (
     BLOCK_BYTES,
@@ -148,9 +149,17 @@ class RecordCollector:
         self.pending.legit += len(records) - fraud
 
     def dead_letter(self, msg: Any, error_class: str, message: str, stage: str) -> None:
-        """The record `msg` unchanged, with headers saying why and where it came from."""
+        """The record `msg` unchanged, with headers saying why and where it came from; one too
+        large to be written with them goes without its value and its own headers (it stays
+        in its topic, where `source.*` point), saying how large it was."""
         headers = dlq_headers(msg, error_class, message, stage)
-        self.send(self.dlq_topic, msg.value(), msg.key(), headers)
+        value, key = msg.value(), msg.key()
+        size = len(value or b"") + len(key or b"") + extra_bytes(None, headers)
+        if size > MAX_INPUT_BYTES:
+            headers = dlq_headers(msg, error_class, message, stage, original=False)
+            headers.append(("source.bytes", str(size).encode()))
+            value, key = None, key if key is None or len(key) <= 65_536 else None
+        self.send(self.dlq_topic, value, key, headers)
         self.pending.dead_letter += 1
         self.pending.dead_letters[error_class] += 1
 
@@ -161,6 +170,10 @@ class RecordCollector:
         out = outbox.get(dest)
         size = self._outbox_bytes.get(dest, 0)
         for env in envs:
+            if out and len(env.value) > BLOCK_BYTES:  # a large one goes in a block alone:
+                self._outbox_bytes[dest] = size  # (with others it could pass the record limit)
+                self._send_block(dest)
+                out, size = None, 0
             if out is None:
                 out = outbox[dest] = []
             out.append(env)

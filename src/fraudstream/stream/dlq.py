@@ -7,11 +7,14 @@ from typing import Any
 __all__ = ["dlq_headers"]
 
 
-def dlq_headers(msg: Any, error_class: str, message: str, stage: str) -> list[tuple[str, bytes]]:
-    """Original headers first, then ours: error class and message, stage, source coordinates."""
-    original = msg.headers() or []
+def dlq_headers(
+    msg: Any, error_class: str, message: str, stage: str, *, original: bool = True
+) -> list[tuple[str, bytes]]:
+    """Original headers first (unless not `original`), then ours: error class and message,
+    stage, source coordinates."""
+    kept = (msg.headers() or []) if original else []
     return [
-        *original,
+        *kept,
         ("error.class", error_class.encode()),
         ("error.message", message[:1000].encode("utf-8", "replace")),
         ("error.stage", stage.encode()),

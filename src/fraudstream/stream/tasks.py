@@ -542,7 +542,9 @@ class InputTask(_Unbuffered):
                 size = (len(value) + len(mkey)) if mkey else len(value)
                 if headers:
                     size += extra_bytes(None, headers)
-            if skips and head is not None and room and room_bytes > 0:  # in the open bundle
+            # (in the open bundle; a payment of a bundle's bytes or more opens its own, so a
+            # bundle stays well under the record limit)
+            if skips and head is not None and room and room_bytes > 0 and size < BUNDLE_BYTES:
                 assert not row  # (a stage with a floor keeps no model features)
                 note = notes.get(i, "") if notes else ""
                 head.more.append(Lean(value, decoded.added, mkey, headers, hit, note))
