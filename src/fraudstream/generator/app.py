@@ -92,7 +92,7 @@ def resume_point(settings: Settings, topic: str, seed: int) -> tuple[int, int] |
     simulator's own records (ids `s<seed>-<n>`) count: a transaction sent by hand on the wall
     clock is decided at the stream's time and moves no partition's clock."""
     latest, number = None, 0
-    for value, partition, offset, ts in read_topic(settings, topic, last=RESUME_TAIL):
+    for value, partition, offset, ts in read_topic(settings, topic, last=RESUME_TAIL, created=True):
         try:
             tx = decode_transaction(
                 value, topic=topic, partition=partition, offset=offset, record_ts_ms=ts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -12,6 +13,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError, KafkaUnavailableError, TopicNotFoundError
+from fraudstream.stream.changelog import NOT_YET
 from fraudstream.stream.clients import (
     admin_client,
     base_config,
@@ -155,11 +157,13 @@ def group_lag(settings: Settings) -> int:
 
 
 def read_topic(
-    settings: Settings, topic: str, *, last: int | None = None
+    settings: Settings, topic: str, *, last: int | None = None, created: bool = False
 ) -> Iterator[tuple[bytes | None, int, int, int]]:
     """(value, partition, offset, record time) of each committed record of `topic`, from its
     beginning (or each partition's `last` offsets) to its end when reading starts, each
-    partition in order. Raises `TopicNotFoundError` when there is no such topic."""
+    partition in order. Raises `TopicNotFoundError` when there is no such topic. `created`:
+    the caller has just made sure it exists, so a topic not known yet, or a partition
+    without its leader yet, is waited for (up to 30 s) rather than taken as missing."""
     check_connection(settings)  # nothing listening there: said in seconds
     consumer = Consumer(
         consumer_config(
@@ -168,12 +172,18 @@ def read_topic(
     )
     try:
         try:
+            deadline = time.monotonic() + 30
             md = consumer.list_topics(topic, timeout=10)
+            while created and (topic not in md.topics or md.topics[topic].error is not None):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)  # (a topic just created: its metadata is on its way)
+                md = consumer.list_topics(topic, timeout=10)
             if topic not in md.topics or md.topics[topic].error is not None:
                 raise TopicNotFoundError(f"no topic {topic} at {settings.kafka_broker_url}")
             starts, ends = {}, {}
             for p in md.topics[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                low, high = _watermarks(consumer, TopicPartition(topic, p), deadline, created)
                 if high > low:
                     starts[p] = low if last is None else max(low, high - last)
                     ends[p] = high
@@ -193,3 +203,21 @@ def read_topic(
                     del ends[p]
     finally:
         consumer.close()
+
+
+def _watermarks(
+    consumer: Consumer, tp: TopicPartition, deadline: float, wait: bool
+) -> tuple[int, int]:
+    """The partition's low and high watermarks; with `wait`, asked again while a topic just
+    created has no leader for it yet (until `deadline`)."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not wait or (not err.retriable() and err.code() not in NOT_YET):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

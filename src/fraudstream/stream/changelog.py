@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 FIRST_RECORD_TIMEOUT_S = 5.0  # `first_record`: the whole look, requests and reading
 
-_NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
+NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
     KafkaError._UNKNOWN_PARTITION,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -53,7 +53,7 @@ def end_offset(consumer: Consumer, tp: TopicPartition, timeout: float = 30) -> i
             return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
         except KafkaException as exc:
             err = exc.args[0]
-            if not (err.code() in _NOT_YET or err.retriable()) or time.monotonic() > deadline:
+            if not (err.code() in NOT_YET or err.retriable()) or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
 
