@@ -13,7 +13,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from fraudstream.config import Settings
 from fraudstream.errors import FraudstreamError, KafkaUnavailableError, TopicNotFoundError
-from fraudstream.stream.changelog import NOT_YET
+from fraudstream.stream.changelog import watermarks
 from fraudstream.stream.clients import (
     admin_client,
     base_config,
@@ -183,7 +183,11 @@ def read_topic(
                 raise TopicNotFoundError(f"no topic {topic} at {settings.kafka_broker_url}")
             starts, ends = {}, {}
             for p in md.topics[topic].partitions:
-                low, high = _watermarks(consumer, TopicPartition(topic, p), deadline, created)
+                tp = TopicPartition(topic, p)
+                if created:  # (a partition without its leader yet is asked again)
+                    low, high = watermarks(consumer, tp, max(deadline - time.monotonic(), 1))
+                else:
+                    low, high = consumer.get_watermark_offsets(tp, timeout=10)
                 if high > low:
                     starts[p] = low if last is None else max(low, high - last)
                     ends[p] = high
@@ -203,21 +207,3 @@ def read_topic(
                     del ends[p]
     finally:
         consumer.close()
-
-
-def _watermarks(
-    consumer: Consumer, tp: TopicPartition, deadline: float, wait: bool
-) -> tuple[int, int]:
-    """The partition's low and high watermarks; with `wait`, asked again while a topic just
-    created has no leader for it yet (until `deadline`)."""
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            return int(low), int(high)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if not wait or (not err.retriable() and err.code() not in NOT_YET):
-                raise
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 FIRST_RECORD_TIMEOUT_S = 5.0  # `first_record`: the whole look, requests and reading
 
-NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
+_NOT_YET = (  # a topic just created, whose leader the cluster is still electing or announcing
     KafkaError._UNKNOWN_PARTITION,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -47,13 +47,20 @@ NOT_YET = (  # a topic just created, whose leader the cluster is still electing 
 
 def end_offset(consumer: Consumer, tp: TopicPartition, timeout: float = 30) -> int:
     """The partition's end offset, waiting while a topic just created is not known yet."""
+    return watermarks(consumer, tp, timeout)[1]
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30) -> tuple[int, int]:
+    """The partition's low and high watermarks, waiting while a topic just created is not
+    known yet."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            return int(low), int(high)
         except KafkaException as exc:
             err = exc.args[0]
-            if not (err.code() in NOT_YET or err.retriable()) or time.monotonic() > deadline:
+            if not (err.code() in _NOT_YET or err.retriable()) or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
 
